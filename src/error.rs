@@ -1,0 +1,140 @@
+//! The crate's error type.
+//!
+//! One `#[non_exhaustive]` enum for everything a store operation can report. Every message says what
+//! happened and, where there is something to do, what to do. Storage failures keep their cause
+//! reachable through [`std::error::Error::source`] without exposing the engine's types.
+
+use std::fmt;
+
+use crate::idempotency::{KeyError, Lease};
+
+/// A `Result` with tollgate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything a tollgate operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The lease no longer owns its record: another request took the record over (its lease had
+    /// expired, or its process had restarted), or the record was removed. The work this lease did
+    /// must not be published; the new owner decides the outcome.
+    #[error("the lease was lost: another owner took over the record, or it was removed")]
+    LeaseLost,
+
+    /// A response (or checkpoint) is larger than the store's `max_response_bytes`. Nothing was
+    /// written and the record is still RUNNING; when this came from [`Lease::complete`] or
+    /// [`Lease::fail`], the lease is handed back in `lease` (take it with [`Error::into_lease`]) so
+    /// it can still be resolved, for example with a smaller error response or a release.
+    #[error(
+        "the response is {size} bytes, over the store's limit of {limit} bytes; nothing was written"
+    )]
+    ResponseTooLarge {
+        /// Size of the refused response, as counted by [`StoredResponse::size`](crate::idempotency::StoredResponse::size).
+        size: usize,
+        /// The configured `max_response_bytes`.
+        limit: usize,
+        /// The lease, given back so that the record can still be resolved.
+        lease: Option<Box<Lease>>,
+    },
+
+    /// The store holds `max_records` records and none of them has expired. Nothing is ever evicted
+    /// to make room: retry later, or raise the limit.
+    #[error(
+        "the store is full ({limit} records); nothing is evicted: retry later or raise max_records"
+    )]
+    CapacityExceeded {
+        /// The configured `max_records`.
+        limit: u64,
+    },
+
+    /// The idempotency key or its scope is not valid.
+    #[error("invalid idempotency key: {0}")]
+    InvalidKey(#[from] KeyError),
+
+    /// A configuration value or argument is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// An earlier write failed with an I/O error, so the store no longer knows what is on disk. Every
+    /// operation now fails with this error: close the store and open it again.
+    #[error("the store is poisoned after an I/O error: close and reopen it")]
+    Poisoned,
+
+    /// The store was closed (by [`Store::close`](crate::Store::close)); this handle or lease outlived it.
+    #[error("the store is closed")]
+    Closed,
+
+    /// The file was written by a newer tollgate whose on-disk format this version cannot read.
+    /// Nothing was changed in the file.
+    #[error(
+        "the store file has format version {found}; this tollgate reads up to version {supported}"
+    )]
+    IncompatibleFormat {
+        /// The version found in the file.
+        found: u8,
+        /// The newest version this build reads.
+        supported: u8,
+    },
+
+    /// The file is a database of some other program, or not a database at all. Nothing was changed.
+    #[error("not a tollgate store: {0}")]
+    NotAStore(String),
+
+    /// Another process (or another `Store` in this process) has the file open.
+    #[error("the store file is already open in another process or Store")]
+    AlreadyOpen,
+
+    /// A value read from disk could not be decoded. The file was damaged outside tollgate, or by a
+    /// bug; other records are unaffected.
+    #[error("corrupted store data: {0}")]
+    Corrupted(String),
+
+    /// The storage engine failed. The cause is in [`source`](std::error::Error::source).
+    #[error("storage error: {0}")]
+    Storage(#[source] StorageError),
+}
+
+impl Error {
+    /// The lease handed back by a refused [`Lease::complete`] or [`Lease::fail`], if this error
+    /// carries one.
+    pub fn into_lease(self) -> Option<Lease> {
+        match self {
+            Error::ResponseTooLarge { lease, .. } => lease.map(|boxed| *boxed),
+            _ => None,
+        }
+    }
+}
+
+/// An error of the storage engine, kept opaque so that the engine can change without changing
+/// tollgate's API. Its `source()` is the engine's own error.
+pub struct StorageError {
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl StorageError {
+    pub(crate) fn new(
+        inner: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Self {
+        Self {
+            inner: inner.into(),
+        }
+    }
+}
+
+impl fmt::Debug for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.inner, f)
+    }
+}
+
+impl fmt::Display for StorageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl std::error::Error for StorageError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.inner.as_ref())
+    }
+}

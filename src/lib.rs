@@ -1,0 +1,92 @@
+//! # tollgate
+//!
+//! Embedded, crash-safe idempotency records for Rust servers, on [redb](https://docs.rs/redb).
+//!
+//! APIs that charge cards or create orders get retried: by mobile apps on flaky networks, by
+//! double-clicks, by proxies. An `Idempotency-Key` makes a retry safe only if the server remembers
+//! what it did with that key, across restarts and crashes. tollgate keeps that memory in a local
+//! file, with every decision durable before it is returned:
+//!
+//! - an explicit NEW → RUNNING → COMPLETED / FAILED state machine per key;
+//! - fenced leases: a request that takes over from a crashed or stalled owner gets a higher token,
+//!   is told it is a recovery, and receives the last checkpoint; the stale owner's writes fail;
+//! - request fingerprints, so a key reused for a different request is refused, not replayed;
+//! - TTLs with an expiry index, and a single writer thread that group-commits, so concurrent
+//!   requests share one fsync.
+//!
+//! # Example
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::Store;
+//! use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+//!
+//! # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
+//! let store = Store::builder()
+//!     .record_ttl(Duration::from_secs(24 * 3600))
+//!     .lease_ttl(Duration::from_secs(30))
+//!     .open(dir.path().join("tollgate.redb"))?;
+//!
+//! let key = IdempotencyKey::new("customer:cus_42", "a7c1f0e2-charge")?;
+//! let request = Fingerprint::request()
+//!     .method("POST")
+//!     .path("/v1/charges")
+//!     .body(br#"{"amount":1000,"currency":"eur"}"#)
+//!     .finish();
+//!
+//! let response = match store.begin(&key, &request)? {
+//!     Begin::Acquired(lease) => {
+//!         // Execute the side effect exactly here, then record the outcome durably.
+//!         let response = StoredResponse::new(201, br#"{"id":"ch_1"}"#.to_vec())
+//!             .with_header("content-type", "application/json");
+//!         lease.complete(response.clone())?;
+//!         response
+//!     }
+//!     Begin::Replay(replay) => replay.into_response(),
+//!     Begin::InFlight { retry_after } => StoredResponse::new(409, format!("retry in {retry_after:?}")),
+//!     Begin::Mismatch => StoredResponse::new(422, b"key reused for another request".to_vec()),
+//! };
+//! assert_eq!(response.status, 201);
+//!
+//! // A retry of the same request gets the same response, without executing again.
+//! assert!(matches!(store.begin(&key, &request)?, Begin::Replay(r) if r.response().status == 201));
+//! store.close()?;
+//! # Ok::<(), tollgate::Error>(())
+//! ```
+//!
+//! # Crate features
+//!
+//! None yet: the synchronous core has no optional parts. Framework adapters, the CLI and metrics
+//! will come behind features.
+//!
+//! # Durability
+//!
+//! `begin` (when it creates or takes over a record) and every lease resolution return only after
+//! their write is committed with an fsync. See `docs/DESIGN.md` for the invariants and the
+//! durability rules, and `docs/FORMAT.md` for the on-disk layout.
+
+#![forbid(unsafe_code)]
+#![warn(missing_docs)]
+#![warn(
+    clippy::pedantic,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic
+)]
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
+// Names like `store::StoreBuilder` read better than the alternatives; `#[must_use]` on every
+// getter is noise (redb allows the same two).
+#![allow(clippy::module_name_repetitions, clippy::must_use_candidate)]
+
+mod clock;
+mod error;
+pub mod idempotency;
+mod storage;
+mod store;
+
+pub use clock::{Clock, ManualClock, SystemClock};
+pub use error::{Error, Result, StorageError};
+pub use store::{
+    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, Store, StoreBuilder,
+};

@@ -1,0 +1,18 @@
+//! The storage seam.
+//!
+//! Everything above this module (the state machine, the writer, the `Store`) deals in [`Record`]s
+//! and digests; only this module knows that they live in redb tables. A second backend (a shared
+//! database for multi-node deployments) implements the same operations:
+//!
+//! - open: create or check the file, durably bump the boot epoch, return the persisted counters;
+//! - read one record from the latest committed state, without blocking the writer;
+//! - run a batch of reads and writes in one atomic, durable transaction (`write`), where the batch
+//!   can read its own writes, put and delete records (keeping the expiry index in step), count
+//!   records, remove expired ones, and save the counters.
+//!
+//! [`Record`]: crate::idempotency::Record
+
+pub(crate) mod codec;
+mod redb_backend;
+
+pub(crate) use redb_backend::{Backend, OpenOptions, Tables};

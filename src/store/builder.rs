@@ -1,0 +1,186 @@
+//! Store configuration: [`StoreBuilder`] for the store, [`BeginOptions`] per call.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::Store;
+use crate::clock::{Clock, SystemClock, duration_to_nanos};
+use crate::error::{Error, Result};
+
+/// Default time a finished record is kept: 24 hours.
+pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
+/// Default lease duration: 30 seconds.
+pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
+/// Default largest stored response: 1 MiB.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Largest `max_response_bytes` accepted: 256 MiB, well inside the engine's value limit.
+pub const MAX_RESPONSE_BYTES_LIMIT: usize = 256 * 1024 * 1024;
+/// Default page cache: 64 MiB.
+pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+
+/// Options for one [`Store::begin_with`] call. `Default` takes the store's TTLs and does not wait.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use tollgate::BeginOptions;
+/// let options = BeginOptions { wait: Some(Duration::from_secs(2)), ..BeginOptions::default() };
+/// # let _ = options;
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct BeginOptions {
+    /// How long the finished record is kept. Default = the store's `record_ttl`.
+    pub record_ttl: Option<Duration>,
+    /// How long the lease lasts before another request may take over. Default = the store's
+    /// `lease_ttl`.
+    pub lease_ttl: Option<Duration>,
+    /// While the key is in flight, wait up to this long for it to finish (or for its lease to be
+    /// released or to expire) instead of returning [`Begin::InFlight`](crate::idempotency::Begin::InFlight)
+    /// at once. Default = no waiting.
+    pub wait: Option<Duration>,
+}
+
+/// The settings an open store runs with, in the units the writer uses.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Settings {
+    pub record_ttl: u64,
+    pub lease_ttl: u64,
+    pub max_records: Option<u64>,
+    pub max_response_bytes: usize,
+}
+
+impl Settings {
+    /// The TTLs for one call, in nanoseconds.
+    pub(crate) fn ttls(&self, options: &BeginOptions) -> Result<(u64, u64)> {
+        let pick = |given: Option<Duration>, default: u64, what: &str| match given {
+            Some(ttl) if ttl.is_zero() => Err(Error::InvalidArgument(format!(
+                "{what} must be greater than zero"
+            ))),
+            Some(ttl) => Ok(duration_to_nanos(ttl)),
+            None => Ok(default),
+        };
+        Ok((
+            pick(options.lease_ttl, self.lease_ttl, "lease_ttl")?,
+            pick(options.record_ttl, self.record_ttl, "record_ttl")?,
+        ))
+    }
+}
+
+/// Configures and opens a [`Store`]. Made by [`Store::builder`].
+#[must_use]
+pub struct StoreBuilder {
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) record_ttl: Duration,
+    pub(crate) lease_ttl: Duration,
+    pub(crate) max_records: Option<u64>,
+    pub(crate) max_response_bytes: usize,
+    pub(crate) cache_size: usize,
+}
+
+impl Default for StoreBuilder {
+    fn default() -> Self {
+        Self {
+            clock: Arc::new(SystemClock),
+            record_ttl: DEFAULT_RECORD_TTL,
+            lease_ttl: DEFAULT_LEASE_TTL,
+            max_records: None,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            cache_size: DEFAULT_CACHE_SIZE,
+        }
+    }
+}
+
+impl std::fmt::Debug for StoreBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreBuilder")
+            .field("record_ttl", &self.record_ttl)
+            .field("lease_ttl", &self.lease_ttl)
+            .field("max_records", &self.max_records)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("cache_size", &self.cache_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl StoreBuilder {
+    /// The time source. Default = [`SystemClock`].
+    pub fn clock(mut self, clock: impl Clock) -> Self {
+        self.clock = Arc::new(clock);
+        self
+    }
+
+    /// How long a finished record is replayed (and how long an abandoned RUNNING record is
+    /// remembered after its lease expires). Default = 24 hours.
+    pub fn record_ttl(mut self, ttl: Duration) -> Self {
+        self.record_ttl = ttl;
+        self
+    }
+
+    /// How long a lease lasts before another request may take the record over. Default = 30 s.
+    pub fn lease_ttl(mut self, ttl: Duration) -> Self {
+        self.lease_ttl = ttl;
+        self
+    }
+
+    /// The most records the store holds; a `begin` that would create one more fails with
+    /// [`Error::CapacityExceeded`] (expired records are removed first; live ones never are).
+    /// Default = unlimited.
+    pub fn max_records(mut self, limit: u64) -> Self {
+        self.max_records = Some(limit);
+        self
+    }
+
+    /// The largest response (and checkpoint) stored, as counted by
+    /// [`StoredResponse::size`](crate::idempotency::StoredResponse::size). Default = 1 MiB; at most
+    /// 256 MiB.
+    pub fn max_response_bytes(mut self, bytes: usize) -> Self {
+        self.max_response_bytes = bytes;
+        self
+    }
+
+    /// The storage engine's page cache, in bytes. Default = 64 MiB.
+    pub fn cache_size(mut self, bytes: usize) -> Self {
+        self.cache_size = bytes;
+        self
+    }
+
+    /// Opens the store at `path`, creating the file if it does not exist.
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for a zero TTL, a zero `max_records`, or a `max_response_bytes`
+    ///   over 256 MiB.
+    /// - [`Error::AlreadyOpen`] if another process or `Store` has the file open.
+    /// - [`Error::NotAStore`] if the file is not a tollgate store;
+    ///   [`Error::IncompatibleFormat`] if a newer tollgate wrote it. Neither changes the file.
+    /// - [`Error::Storage`] for I/O errors.
+    pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
+        Store::open_with(self, path.as_ref())
+    }
+
+    pub(crate) fn settings(&self) -> Result<Settings> {
+        if self.record_ttl.is_zero() || self.lease_ttl.is_zero() {
+            return Err(Error::InvalidArgument(
+                "record_ttl and lease_ttl must be greater than zero".into(),
+            ));
+        }
+        if self.max_records == Some(0) {
+            return Err(Error::InvalidArgument(
+                "max_records must be at least 1".into(),
+            ));
+        }
+        if self.max_response_bytes > MAX_RESPONSE_BYTES_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "max_response_bytes is {}; at most {MAX_RESPONSE_BYTES_LIMIT} is allowed",
+                self.max_response_bytes
+            )));
+        }
+        Ok(Settings {
+            record_ttl: duration_to_nanos(self.record_ttl),
+            lease_ttl: duration_to_nanos(self.lease_ttl),
+            max_records: self.max_records,
+            max_response_bytes: self.max_response_bytes,
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! The store: an open file, its writer thread, and the operations on it.
+//!
+//! [`Store`] is a cheap `Arc` handle. Reads (replays, `get`) run in a read transaction on the
+//! caller's thread and never wait for the writer. Writes (`begin` that creates or takes over a
+//! record, every lease resolution) go to the writer thread, which group-commits them (see
+//! `writer`). `close` stops the writer, joins it and releases the file; any handle or lease used
+//! afterwards gets [`Error::Closed`].
+
+mod builder;
+mod notify;
+mod writer;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+use parking_lot::RwLock;
+
+use builder::Settings;
+pub use builder::{
+    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
+};
+use notify::Notifier;
+use writer::{Answer, BeginRequest, Command, Sequencer, Writer};
+
+use crate::clock::StoreTime;
+use crate::error::{Error, Result};
+use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
+use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
+use crate::storage::{Backend, OpenOptions};
+
+/// An open tollgate store. `Clone + Send + Sync`; clones share one file and one writer thread.
+///
+/// # Examples
+///
+/// ```
+/// use tollgate::{Store, idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse}};
+/// # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
+/// # let path = dir.path().join("tollgate.redb");
+/// let store = Store::open(&path)?;
+/// let key = IdempotencyKey::new("user:42", "order-7f3a")?;
+/// let request = Fingerprint::of(b"POST /orders {\"sku\":\"A1\"}");
+///
+/// match store.begin(&key, &request)? {
+///     Begin::Acquired(lease) => lease.complete(StoredResponse::new(201, b"order 1".to_vec()))?,
+///     _ => unreachable!("first request"),
+/// }
+/// // The retry is answered from the store.
+/// let Begin::Replay(replay) = store.begin(&key, &request)? else { unreachable!() };
+/// assert_eq!(replay.response().body, b"order 1");
+/// store.close()?;
+/// # Ok::<(), tollgate::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct Store {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// `None` once closed.
+    engine: RwLock<Option<Engine>>,
+    settings: Settings,
+    time: Arc<StoreTime>,
+    poisoned: Arc<AtomicBool>,
+    notifier: Arc<Notifier>,
+    epoch: u64,
+}
+
+struct Engine {
+    backend: Arc<Backend>,
+    commands: Sender<Command>,
+    writer: JoinHandle<()>,
+}
+
+impl Engine {
+    /// Stops the writer (after it applied everything queued before), joins it and closes the file.
+    fn shut_down(self) -> Result<()> {
+        // If the writer is already gone the send fails; joining still reports how it ended.
+        let _ = self.commands.send(Command::Shutdown);
+        let joined = self.writer.join();
+        let closed = match Arc::try_unwrap(self.backend) {
+            Ok(backend) => backend.close(),
+            // Unreachable: only the writer (now joined) and this engine hold the backend.
+            Err(_) => Ok(()),
+        };
+        joined.map_err(|_| Error::Poisoned)?;
+        closed
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        if let Some(engine) = self.engine.get_mut().take() {
+            // Drop cannot report; `Store::close` is the way to see errors.
+            let _ = engine.shut_down();
+        }
+    }
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("epoch", &self.shared.epoch)
+            .field("closed", &self.shared.engine.read().is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path` with default settings, creating it if needed.
+    ///
+    /// # Errors
+    /// As for [`StoreBuilder::open`].
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        Store::builder().open(path)
+    }
+
+    /// A builder for a store with non-default settings.
+    pub fn builder() -> StoreBuilder {
+        StoreBuilder::default()
+    }
+
+    fn open_with(builder: StoreBuilder, path: &Path) -> Result<Store> {
+        let settings = builder.settings()?;
+        let (backend, counters) = Backend::open(
+            path,
+            OpenOptions {
+                cache_size: builder.cache_size,
+            },
+        )?;
+        let backend = Arc::new(backend);
+        let time = Arc::new(StoreTime::new(builder.clock, counters.clock_high_water));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let notifier = Arc::new(Notifier::default());
+        let (commands, receiver) = crossbeam_channel::unbounded();
+        let writer = Writer {
+            backend: Arc::clone(&backend),
+            commands: receiver,
+            poisoned: Arc::clone(&poisoned),
+            notifier: Arc::clone(&notifier),
+            sequencer: Sequencer {
+                time: Arc::clone(&time),
+                epoch: counters.epoch,
+                next_token: counters.next_token,
+                max_records: settings.max_records,
+            },
+        };
+        let writer = std::thread::Builder::new()
+            .name("tollgate-writer".into())
+            .spawn(move || writer.run())
+            .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
+        Ok(Store {
+            shared: Arc::new(Shared {
+                engine: RwLock::new(Some(Engine {
+                    backend,
+                    commands,
+                    writer,
+                })),
+                settings,
+                time,
+                poisoned,
+                notifier,
+                epoch: counters.epoch,
+            }),
+        })
+    }
+
+    /// Starts (or replays, or refuses) the request identified by `key` with the store's default
+    /// TTLs and no waiting. See [`Store::begin_with`].
+    ///
+    /// # Errors
+    /// As for [`Store::begin_with`].
+    pub fn begin(&self, key: &IdempotencyKey, fingerprint: &Fingerprint) -> Result<Begin> {
+        self.begin_with(key, fingerprint, &BeginOptions::default())
+    }
+
+    /// Starts the request identified by `key`:
+    /// - no record, or an expired one: [`Begin::Acquired`] with a fresh lease;
+    /// - RUNNING under a live lease: [`Begin::InFlight`] (or, with `options.wait`, wait for it);
+    /// - RUNNING under an expired lease, or one from before the store was last opened: taken over,
+    ///   [`Begin::Acquired`] with [`Lease::recovered`] set;
+    /// - COMPLETED or FAILED: [`Begin::Replay`];
+    /// - any record whose fingerprint differs: [`Begin::Mismatch`].
+    ///
+    /// A lease is durable before it is returned. Replays, mismatches and in-flight answers for
+    /// committed records are served from a read transaction, without the writer.
+    ///
+    /// # Errors
+    /// - [`Error::CapacityExceeded`] if a new record would exceed `max_records`.
+    /// - [`Error::InvalidArgument`] for a zero TTL in `options`.
+    /// - [`Error::Corrupted`] if the stored record cannot be decoded.
+    /// - [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`].
+    pub fn begin_with(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: &BeginOptions,
+    ) -> Result<Begin> {
+        let (lease_ttl, record_ttl) = self.shared.settings.ttls(options)?;
+        let request = BeginRequest {
+            fingerprint: fingerprint.0,
+            lease_ttl,
+            record_ttl,
+        };
+        let digest = key.digest();
+        let deadline = options.wait.map(|wait| Instant::now() + wait);
+        loop {
+            let seen = self.shared.notifier.generation();
+            let outcome = self.begin_once(digest, request)?;
+            match (outcome, deadline) {
+                (Begin::InFlight { retry_after }, Some(deadline)) if Instant::now() < deadline => {
+                    // Wake at the first of: a commit, the lease's expiry, the caller's deadline.
+                    let wake = Instant::now()
+                        .checked_add(retry_after)
+                        .map_or(deadline, |expiry| expiry.min(deadline));
+                    self.shared.notifier.wait_past(seen, wake);
+                }
+                (outcome, _) => return Ok(outcome),
+            }
+        }
+    }
+
+    fn begin_once(&self, digest: Digest, request: BeginRequest) -> Result<Begin> {
+        // Fast path: answers that need no write come from the latest committed state.
+        if let Some(record) = self.read_record(&digest)? {
+            let params = BeginParams {
+                fingerprint: request.fingerprint,
+                now: self.shared.time.now(),
+                epoch: self.shared.epoch,
+                lease_ttl: request.lease_ttl,
+                record_ttl: request.record_ttl,
+                next_token: 0,
+            };
+            match decide(Some(&record), &params) {
+                BeginDecision::Acquired { .. } => {}
+                decision => return Ok(self.to_begin(digest, decision)),
+            }
+        }
+        let answer = self.send(|reply| Command::Begin {
+            digest,
+            request,
+            reply,
+        })?;
+        match answer {
+            Answer::Begin(decision) => Ok(self.to_begin(digest, decision)),
+            Answer::Resolved(_) => Err(Error::Corrupted(
+                "the writer answered a begin with a resolution".into(),
+            )),
+        }
+    }
+
+    fn to_begin(&self, digest: Digest, decision: BeginDecision) -> Begin {
+        match decision {
+            BeginDecision::Acquired { grant, .. } => Begin::Acquired(Lease {
+                store: self.clone(),
+                digest,
+                token: grant.token,
+                attempt: grant.attempt,
+                recovered: grant.recovered,
+                checkpoint: grant.checkpoint,
+                expires_at: grant.lease_expires_at,
+            }),
+            BeginDecision::Replay { outcome, response } => {
+                Begin::Replay(Replay { outcome, response })
+            }
+            BeginDecision::InFlight { retry_after } => Begin::InFlight {
+                retry_after: Duration::from_nanos(retry_after),
+            },
+            BeginDecision::Mismatch => Begin::Mismatch,
+        }
+    }
+
+    /// The state of `key`'s record, or `None` if there is none or it has expired.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the record cannot be decoded; [`Error::Closed`],
+    /// [`Error::Poisoned`], [`Error::Storage`].
+    pub fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordInfo>> {
+        let now = self.shared.time.now();
+        Ok(self
+            .read_record(&key.digest())?
+            .filter(|record| !record.is_expired(now))
+            .map(|record| record.info()))
+    }
+
+    /// Flushes, stops the writer thread, and releases the file, which can be opened again at once.
+    /// Every clone of this store and every lease still alive gets [`Error::Closed`] afterwards.
+    /// Closing a store that a clone already closed does nothing.
+    ///
+    /// # Errors
+    /// [`Error::Storage`] if closing the file failed; [`Error::Poisoned`] if the writer thread had
+    /// panicked.
+    pub fn close(self) -> Result<()> {
+        let engine = self.shared.engine.write().take();
+        match engine {
+            Some(engine) => engine.shut_down(),
+            None => Ok(()),
+        }
+    }
+
+    /// The boot epoch of this open: one more than the previous open's.
+    pub fn epoch(&self) -> u64 {
+        self.shared.epoch
+    }
+
+    /// The configured `max_response_bytes`.
+    pub fn max_response_bytes(&self) -> usize {
+        self.shared.settings.max_response_bytes
+    }
+
+    pub(crate) fn resolve(
+        &self,
+        digest: Digest,
+        token: u64,
+        resolution: Resolution,
+    ) -> Result<Option<u64>> {
+        let answer = self.send(|reply| Command::Resolve {
+            digest,
+            token,
+            resolution,
+            reply,
+        })?;
+        match answer {
+            Answer::Resolved(expiry) => Ok(expiry),
+            Answer::Begin(_) => Err(Error::Corrupted(
+                "the writer answered a resolution with a begin".into(),
+            )),
+        }
+    }
+
+    fn check_usable(&self) -> Result<()> {
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    fn read_record(&self, digest: &Digest) -> Result<Option<crate::idempotency::Record>> {
+        self.check_usable()?;
+        let engine = self.shared.engine.read();
+        let engine = engine.as_ref().ok_or(Error::Closed)?;
+        engine.backend.read_record(digest)
+    }
+
+    /// Sends a command to the writer and waits for its answer.
+    fn send(&self, command: impl FnOnce(writer::Reply) -> Command) -> Result<Answer> {
+        self.check_usable()?;
+        let commands = {
+            let engine = self.shared.engine.read();
+            engine.as_ref().ok_or(Error::Closed)?.commands.clone()
+        };
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        commands.send(command(reply)).map_err(|_| Error::Closed)?;
+        // A dropped reply means the writer exited without answering: closed, or died (poisoned).
+        answer.recv().map_err(|_| {
+            if self.shared.poisoned.load(Ordering::Acquire) {
+                Error::Poisoned
+            } else {
+                Error::Closed
+            }
+        })?
+    }
+}
