@@ -78,6 +78,12 @@ impl Backend {
         })?;
         let db = opened.map_err(|error| match error {
             DatabaseError::DatabaseAlreadyOpen => Error::AlreadyOpen,
+            // redb reports a wrong magic number as an I/O error of kind InvalidData.
+            DatabaseError::Storage(redb::StorageError::Io(io))
+                if io.kind() == std::io::ErrorKind::InvalidData =>
+            {
+                Error::NotAStore(io.to_string())
+            }
             DatabaseError::Storage(redb::StorageError::Io(io)) => storage(io),
             DatabaseError::Storage(other) => Error::NotAStore(other.to_string()),
             DatabaseError::UpgradeRequired(version) => Error::NotAStore(format!(
