@@ -228,7 +228,7 @@ impl Model {
         let keep = self
             .records
             .get_mut(&key)
-            .map_or(true, |record| change(record, now));
+            .is_none_or(|record| change(record, now));
         if !keep {
             self.records.remove(&key);
         }
