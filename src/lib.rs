@@ -88,5 +88,5 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
 pub use store::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, Store, StoreBuilder,
+    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, Stats, Store, StoreBuilder,
 };

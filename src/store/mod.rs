@@ -8,6 +8,7 @@
 
 mod builder;
 mod notify;
+mod stats;
 mod writer;
 
 use std::path::Path;
@@ -25,6 +26,8 @@ pub use builder::{
     DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
 use notify::Notifier;
+use stats::Counters;
+pub use stats::Stats;
 use writer::{Answer, BeginRequest, Command, Sequencer, Writer};
 
 use crate::clock::StoreTime;
@@ -67,6 +70,7 @@ struct Shared {
     time: Arc<StoreTime>,
     poisoned: Arc<AtomicBool>,
     notifier: Arc<Notifier>,
+    counters: Arc<Counters>,
     epoch: u64,
 }
 
@@ -126,26 +130,28 @@ impl Store {
 
     fn open_with(builder: StoreBuilder, path: &Path) -> Result<Store> {
         let settings = builder.settings()?;
-        let (backend, counters) = Backend::open(
+        let (backend, persisted) = Backend::open(
             path,
             OpenOptions {
                 cache_size: builder.cache_size,
             },
         )?;
         let backend = Arc::new(backend);
-        let time = Arc::new(StoreTime::new(builder.clock, counters.clock_high_water));
+        let time = Arc::new(StoreTime::new(builder.clock, persisted.clock_high_water));
         let poisoned = Arc::new(AtomicBool::new(false));
         let notifier = Arc::new(Notifier::default());
+        let counters = Arc::new(Counters::default());
         let (commands, receiver) = crossbeam_channel::unbounded();
         let writer = Writer {
             backend: Arc::clone(&backend),
             commands: receiver,
             poisoned: Arc::clone(&poisoned),
             notifier: Arc::clone(&notifier),
+            counters: Arc::clone(&counters),
             sequencer: Sequencer {
                 time: Arc::clone(&time),
-                epoch: counters.epoch,
-                next_token: counters.next_token,
+                epoch: persisted.epoch,
+                next_token: persisted.next_token,
                 max_records: settings.max_records,
             },
         };
@@ -164,7 +170,8 @@ impl Store {
                 time,
                 poisoned,
                 notifier,
-                epoch: counters.epoch,
+                counters,
+                epoch: persisted.epoch,
             }),
         })
     }
@@ -300,6 +307,17 @@ impl Store {
             Some(engine) => engine.shut_down(),
             None => Ok(()),
         }
+    }
+
+    /// Counters of the writer's work since this open.
+    ///
+    /// # Errors
+    /// [`Error::Closed`] after `close`.
+    pub fn stats(&self) -> Result<Stats> {
+        if self.shared.engine.read().is_none() {
+            return Err(Error::Closed);
+        }
+        Ok(self.shared.counters.snapshot())
     }
 
     /// The boot epoch of this open: one more than the previous open's.

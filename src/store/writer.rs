@@ -24,6 +24,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crossbeam_channel::{Receiver, Sender};
 
 use super::notify::Notifier;
+use super::stats::Counters;
 use crate::clock::StoreTime;
 use crate::error::Error;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
@@ -74,6 +75,7 @@ pub(crate) struct Writer {
     pub commands: Receiver<Command>,
     pub poisoned: Arc<AtomicBool>,
     pub notifier: Arc<Notifier>,
+    pub counters: Arc<Counters>,
     pub sequencer: Sequencer,
 }
 
@@ -135,23 +137,28 @@ impl Writer {
         let sequencer = &mut self.sequencer;
         let token_before = sequencer.next_token;
         let committed = self.backend.write(|tables| {
+            let mut writes = 0;
             for command in batch.iter() {
                 match sequencer.execute(tables, command) {
                     Err(fatal @ Error::Storage(_)) => return Err(fatal),
-                    outcome => answers.push(outcome),
+                    outcome => {
+                        writes += u64::from(wrote_something(command, &outcome));
+                        answers.push(outcome);
+                    }
                 }
             }
             if tables.is_dirty() {
                 tables.save_counters(sequencer.next_token, sequencer.time.high_water())?;
             }
-            Ok(tables.is_dirty())
+            Ok(tables.is_dirty().then_some(writes))
         });
         match committed {
             Ok(wrote) => {
                 for (command, outcome) in batch.drain(..).zip(answers) {
                     answer(command, outcome);
                 }
-                if wrote {
+                if let Some(writes) = wrote {
+                    self.counters.committed(writes);
                     self.notifier.bump();
                 }
             }
@@ -255,6 +262,15 @@ fn lease_expiry(record: &Record) -> Option<u64> {
             lease_expires_at, ..
         } => Some(lease_expires_at),
         _ => None,
+    }
+}
+
+/// Whether `command`, answered with `outcome`, changed a record.
+fn wrote_something(command: &Command, outcome: &Result<Answer, Error>) -> bool {
+    match (command, outcome) {
+        (Command::Begin { .. }, Ok(Answer::Begin(BeginDecision::Acquired { .. })))
+        | (Command::Resolve { .. }, Ok(Answer::Resolved(_))) => true,
+        _ => false,
     }
 }
 
