@@ -267,11 +267,13 @@ fn lease_expiry(record: &Record) -> Option<u64> {
 
 /// Whether `command`, answered with `outcome`, changed a record.
 fn wrote_something(command: &Command, outcome: &Result<Answer, Error>) -> bool {
-    match (command, outcome) {
-        (Command::Begin { .. }, Ok(Answer::Begin(BeginDecision::Acquired { .. })))
-        | (Command::Resolve { .. }, Ok(Answer::Resolved(_))) => true,
-        _ => false,
-    }
+    matches!(
+        (command, outcome),
+        (
+            Command::Begin { .. },
+            Ok(Answer::Begin(BeginDecision::Acquired { .. }))
+        ) | (Command::Resolve { .. }, Ok(Answer::Resolved(_)))
+    )
 }
 
 fn answer(command: Command, outcome: Result<Answer, Error>) {
