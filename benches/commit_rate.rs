@@ -82,7 +82,7 @@ fn naive_redb_cycles(duration: Duration) -> Run {
     const TABLE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("records");
     let dir = tempfile::tempdir().expect("tempdir");
     let db = Database::create(dir.path().join("naive.redb")).expect("create");
-    let body = vec![b'x'; RESPONSE_BYTES];
+    let body = [b'x'; RESPONSE_BYTES];
     let started = Instant::now();
     let mut cycles = 0u64;
     while started.elapsed() < duration {
