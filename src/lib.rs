@@ -90,3 +90,8 @@ pub use store::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, Stats, Store, StoreBuilder,
 };
+
+// The README's quickstart runs as a doctest, so it cannot drift from the API.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;
