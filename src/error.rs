@@ -47,6 +47,16 @@ pub enum Error {
         limit: u64,
     },
 
+    /// A rate check's cost is larger than the limit's burst (or window limit): it could never be
+    /// allowed, so it is refused as a programming error rather than denied forever.
+    #[error("a cost of {cost} can never be allowed by a limit of {limit}")]
+    CostTooLarge {
+        /// The requested cost.
+        cost: u32,
+        /// The limit's burst or window limit.
+        limit: u32,
+    },
+
     /// The idempotency key or its scope is not valid.
     #[error("invalid idempotency key: {0}")]
     InvalidKey(#[from] KeyError),

@@ -81,6 +81,7 @@
 mod clock;
 mod error;
 pub mod idempotency;
+pub mod ratelimit;
 mod storage;
 mod store;
 

@@ -59,6 +59,8 @@ enum Op {
         seconds: u64,
     },
     Reopen,
+    /// Drop every handle without `close`. The final commit still runs (drop joins the writer).
+    DropAndReopen,
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -75,6 +77,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => prop_oneof![0..5u64, 25..35u64, 95..140u64].prop_map(|seconds| Op::Advance { seconds }),
         1 => (1..50u64).prop_map(|seconds| Op::StepBack { seconds }),
         1 => Just(Op::Reopen),
+        1 => Just(Op::DropAndReopen),
     ]
 }
 
@@ -127,19 +130,14 @@ struct Model {
     records: HashMap<u8, ModelRecord>,
     next_token: u64,
     epoch: u64,
-    /// The latest time the store has used, and the latest one it has written down.
+    /// The latest time the store has used (a clean close persists it).
     now: u64,
-    persisted_now: u64,
 }
 
 impl Model {
     fn observe(&mut self, clock: u64) -> u64 {
         self.now = self.now.max(clock);
         self.now
-    }
-
-    fn wrote(&mut self) {
-        self.persisted_now = self.now;
     }
 
     fn live(&self, key: u8) -> Option<&ModelRecord> {
@@ -200,7 +198,6 @@ impl Model {
                 },
             },
         );
-        self.wrote();
         Expected::Acquired {
             token,
             attempt,
@@ -232,7 +229,6 @@ impl Model {
         if !keep {
             self.records.remove(&key);
         }
-        self.wrote();
         true
     }
 
@@ -289,7 +285,6 @@ impl Harness {
                 next_token: 1,
                 epoch: 0,
                 now: 0,
-                persisted_now: 0,
             },
         };
         harness.open();
@@ -435,11 +430,16 @@ impl Harness {
                 self.clock
                     .set(self.clock.now() - Duration::from_secs(*seconds));
             }
+            Op::DropAndReopen => {
+                self.held.clear();
+                drop(self.store.take());
+                self.open();
+            }
             Op::Reopen => {
                 // Leases of the closed store are dead: their records are taken over at reopen.
                 self.held.clear();
+                // A clean close persists the clock's high-water mark, reads included: time goes on.
                 self.store.take().unwrap().close().unwrap();
-                self.model.now = self.model.persisted_now;
                 self.open();
             }
         }

@@ -8,6 +8,10 @@
 //!          value: ()            big-endian so that byte order is time order
 //! meta     key:   name (UTF-8)
 //!          value: [version = 1][u64 little-endian]
+//! rates    key:   counter key (32 bytes, SHA-256 of the framed limit name and subject)
+//!          value: [version = 1][kind: u8][idle_at: u64 LE][a: u64 LE][b: u64 LE][c: u64 LE]
+//!                 kind 1 GCRA (a = tat), 2 fixed window (a = window, b = count),
+//!                 3 sliding window (a = window, b = previous, c = current)
 //! ```
 //!
 //! Every value starts with a version byte, so a later format can be told apart and refused or
@@ -16,6 +20,7 @@
 
 use crate::error::Error;
 use crate::idempotency::Record;
+use crate::ratelimit::RateState;
 
 /// Version byte of record values.
 pub(crate) const RECORD_V1: u8 = 1;
@@ -26,6 +31,74 @@ pub(crate) const META_V1: u8 = 1;
 pub(crate) const EXPIRY_KEY_LEN: usize = 8 + 1 + 32;
 /// Expiry-index kind of an idempotency record.
 pub(crate) const KIND_RECORD: u8 = 1;
+/// Expiry-index kind of a rate counter.
+pub(crate) const KIND_RATE: u8 = 2;
+
+/// Version byte of rate counter values.
+pub(crate) const RATE_V1: u8 = 1;
+/// Length of a rate counter value.
+pub(crate) const RATE_VALUE_LEN: usize = 2 + 4 * 8;
+
+/// A rate counter as stored: its state and when it becomes idle (its expiry-index time).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct StoredRate {
+    pub state: RateState,
+    pub idle_at: u64,
+}
+
+pub(crate) fn encode_rate(rate: &StoredRate) -> [u8; RATE_VALUE_LEN] {
+    let (kind, fields) = match rate.state {
+        RateState::Gcra { tat } => (1, [tat, 0, 0]),
+        RateState::FixedWindow { window, count } => (2, [window, count, 0]),
+        RateState::SlidingWindow {
+            window,
+            previous,
+            current,
+        } => (3, [window, previous, current]),
+    };
+    let mut out = [0; RATE_VALUE_LEN];
+    out[0] = RATE_V1;
+    out[1] = kind;
+    for (slot, value) in out[2..]
+        .chunks_exact_mut(8)
+        .zip(std::iter::once(rate.idle_at).chain(fields))
+    {
+        slot.copy_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+pub(crate) fn decode_rate(bytes: &[u8]) -> Result<StoredRate, Error> {
+    let corrupted = |what: &str| Error::Corrupted(format!("rate counter value: {what}"));
+    let [RATE_V1, kind, rest @ ..] = bytes else {
+        return Err(corrupted("unknown version or too short"));
+    };
+    if rest.len() != 4 * 8 {
+        return Err(corrupted("wrong length"));
+    }
+    let mut words = [0u64; 4];
+    for (word, chunk) in words.iter_mut().zip(rest.chunks_exact(8)) {
+        *word = chunk
+            .try_into()
+            .map(u64::from_le_bytes)
+            .map_err(|_| corrupted("wrong length"))?;
+    }
+    let [idle_at, a, b, c] = words;
+    let state = match kind {
+        1 => RateState::Gcra { tat: a },
+        2 => RateState::FixedWindow {
+            window: a,
+            count: b,
+        },
+        3 => RateState::SlidingWindow {
+            window: a,
+            previous: b,
+            current: c,
+        },
+        _ => return Err(corrupted("unknown algorithm")),
+    };
+    Ok(StoredRate { state, idle_at })
+}
 
 pub(crate) fn encode_record(record: &Record) -> Result<Vec<u8>, Error> {
     let mut out = vec![RECORD_V1];
@@ -168,6 +241,37 @@ mod tests {
         assert!(early < late);
         assert!(matches!(decode_expiry_key(&late), Ok((256, KIND_RECORD, id)) if id == [0; 32]));
         assert!(decode_expiry_key(&late[..40]).is_err());
+    }
+
+    #[test]
+    fn rate_values_round_trip_and_reject_garbage() {
+        for state in [
+            RateState::Gcra { tat: 7 },
+            RateState::FixedWindow {
+                window: 60,
+                count: 3,
+            },
+            RateState::SlidingWindow {
+                window: 60,
+                previous: 4,
+                current: u64::MAX,
+            },
+        ] {
+            let rate = StoredRate { state, idle_at: 99 };
+            assert_eq!(decode_rate(&encode_rate(&rate)).ok(), Some(rate));
+        }
+        let good = encode_rate(&StoredRate {
+            state: RateState::Gcra { tat: 1 },
+            idle_at: 1,
+        });
+        assert!(decode_rate(&good[..10]).is_err());
+        let mut bad_kind = good;
+        bad_kind[1] = 9;
+        assert!(decode_rate(&bad_kind).is_err());
+        let mut bad_version = good;
+        bad_version[0] = 2;
+        assert!(decode_rate(&bad_version).is_err());
+        assert!(decode_rate(&[]).is_err());
     }
 
     #[test]

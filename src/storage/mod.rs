@@ -15,4 +15,5 @@
 pub(crate) mod codec;
 mod redb_backend;
 
+pub(crate) use codec::StoredRate;
 pub(crate) use redb_backend::{Backend, OpenOptions, Tables};

@@ -21,13 +21,14 @@ use redb::{
     TableDefinition, TableHandle,
 };
 
-use super::codec::{self, EXPIRY_KEY_LEN, KIND_RECORD};
+use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
 use crate::error::{Error, StorageError};
 use crate::idempotency::{Digest, Record};
 
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_records");
 const EXPIRY: TableDefinition<&[u8; EXPIRY_KEY_LEN], ()> = TableDefinition::new("tollgate_expiry");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("tollgate_meta");
+const RATES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_rates");
 
 /// The on-disk format this build writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u64 = 1;
@@ -36,6 +37,10 @@ const META_FORMAT: &str = "format_version";
 const META_EPOCH: &str = "epoch";
 const META_NEXT_TOKEN: &str = "next_token";
 const META_CLOCK: &str = "clock_high_water";
+/// 1 when the last session left no batched rate decision unflushed; 0 while a batched session runs.
+const META_RATE_CLEAN: &str = "rate_clean";
+/// The latest time a store was reopened after an unclean batched session (0: never).
+const META_RATE_RECOVERY: &str = "rate_recovery_at";
 
 fn storage<E>(error: E) -> Error
 where
@@ -48,6 +53,10 @@ where
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OpenOptions {
     pub cache_size: usize,
+    /// The clock's reading at open, in nanoseconds (clamped to the persisted high-water mark).
+    pub now: u64,
+    /// Whether this session keeps rate decisions in memory before flushing them.
+    pub batched_rates: bool,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -59,6 +68,8 @@ pub(crate) struct Counters {
     pub next_token: u64,
     /// The latest time the store has used, in nanoseconds since the Unix epoch.
     pub clock_high_water: u64,
+    /// The latest reopen after a batched session ended uncleanly, if any.
+    pub rate_recovery_at: Option<u64>,
 }
 
 /// An open store file.
@@ -91,11 +102,11 @@ impl Backend {
             )),
             other => storage(other),
         })?;
-        let counters = Self::initialize(&db)?;
+        let counters = Self::initialize(&db, options)?;
         Ok((Self { db }, counters))
     }
 
-    fn initialize(db: &Database) -> Result<Counters, Error> {
+    fn initialize(db: &Database, options: OpenOptions) -> Result<Counters, Error> {
         let txn = db.begin_write().map_err(storage)?;
         let mut names = Vec::new();
         for handle in txn.list_tables().map_err(storage)? {
@@ -135,10 +146,16 @@ impl Backend {
                 }
                 _ => {}
             }
+            let clock_high_water = read(META_CLOCK)?.unwrap_or(0);
+            let mut rate_recovery_at = read(META_RATE_RECOVERY)?.filter(|at| *at > 0);
+            if read(META_RATE_CLEAN)? == Some(0) {
+                rate_recovery_at = Some(options.now.max(clock_high_water));
+            }
             let counters = Counters {
                 epoch: read(META_EPOCH)?.unwrap_or(0).saturating_add(1),
                 next_token: read(META_NEXT_TOKEN)?.unwrap_or(1),
-                clock_high_water: read(META_CLOCK)?.unwrap_or(0),
+                clock_high_water,
+                rate_recovery_at,
             };
             if format.is_none() {
                 meta.insert(META_FORMAT, codec::encode_meta(FORMAT_VERSION).as_slice())
@@ -146,9 +163,17 @@ impl Backend {
             }
             meta.insert(META_EPOCH, codec::encode_meta(counters.epoch).as_slice())
                 .map_err(storage)?;
+            if let Some(at) = counters.rate_recovery_at {
+                meta.insert(META_RATE_RECOVERY, codec::encode_meta(at).as_slice())
+                    .map_err(storage)?;
+            }
+            let clean = u64::from(!options.batched_rates);
+            meta.insert(META_RATE_CLEAN, codec::encode_meta(clean).as_slice())
+                .map_err(storage)?;
             counters
         };
         txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(RATES).map_err(storage)?;
         txn.open_table(EXPIRY).map_err(storage)?;
         txn.commit().map_err(storage)?;
         Ok(counters)
@@ -164,6 +189,16 @@ impl Backend {
             .transpose()
     }
 
+    /// Reads one rate counter from the latest committed state.
+    pub(crate) fn read_rate(&self, key: &[u8; 32]) -> Result<Option<StoredRate>, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(RATES).map_err(storage)?;
+        let value = table.get(key).map_err(storage)?;
+        value
+            .map(|bytes| codec::decode_rate(bytes.value()))
+            .transpose()
+    }
+
     /// Runs `work` in one write transaction and commits it durably, if it wrote anything (a batch
     /// that only read costs no fsync). If `work` fails, nothing is committed.
     pub(crate) fn write<R>(
@@ -176,6 +211,7 @@ impl Backend {
                 records: txn.open_table(RECORDS).map_err(storage)?,
                 expiry: txn.open_table(EXPIRY).map_err(storage)?,
                 meta: txn.open_table(META).map_err(storage)?,
+                rates: txn.open_table(RATES).map_err(storage)?,
                 dirty: false,
             };
             (work(&mut tables), tables.dirty)
@@ -208,6 +244,7 @@ pub(crate) struct Tables<'txn> {
     records: Table<'txn, &'static [u8; 32], &'static [u8]>,
     expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
+    rates: Table<'txn, &'static [u8; 32], &'static [u8]>,
     dirty: bool,
 }
 
@@ -280,25 +317,26 @@ impl Tables<'_> {
     pub(crate) fn remove_expired_records(&mut self, now: u64, limit: usize) -> Result<u64, Error> {
         let end = codec::expiry_key(now, u8::MAX, &[u8::MAX; 32]);
         let mut due = Vec::new();
-        for entry in self
+        // Rate-counter entries share the index; look past a bounded number of them.
+        let entries = self
             .expiry
             .range::<&[u8; EXPIRY_KEY_LEN]>(..=&end)
-            .map_err(storage)?
-        {
+            .map_err(storage)?;
+        for entry in entries.take(limit.saturating_mul(16)) {
             if due.len() >= limit {
                 break;
             }
             let (key, _) = entry.map_err(storage)?;
-            due.push(*key.value());
+            let key = *key.value();
+            if key[8] == KIND_RECORD {
+                due.push(key);
+            }
         }
         let mut removed = 0;
         self.dirty |= !due.is_empty();
         for key in due {
-            let (expires_at, kind, id) = codec::decode_expiry_key(&key)?;
+            let (expires_at, _, id) = codec::decode_expiry_key(&key)?;
             self.expiry.remove(&key).map_err(storage)?;
-            if kind != KIND_RECORD {
-                continue;
-            }
             let digest = Digest(id);
             // Remove the record only if this index entry is its current one.
             if self
@@ -310,6 +348,50 @@ impl Tables<'_> {
             }
         }
         Ok(removed)
+    }
+
+    /// The rate counter as written so far in this transaction.
+    pub(crate) fn rate(&self, key: &[u8; 32]) -> Result<Option<StoredRate>, Error> {
+        let value = self.rates.get(key).map_err(storage)?;
+        value
+            .map(|bytes| codec::decode_rate(bytes.value()))
+            .transpose()
+    }
+
+    /// Writes a rate counter (`None`: deletes it), keeping the expiry index in step.
+    pub(crate) fn put_rate(
+        &mut self,
+        key: &[u8; 32],
+        rate: Option<&StoredRate>,
+    ) -> Result<(), Error> {
+        self.dirty = true;
+        let old = match self.rates.remove(key).map_err(storage)? {
+            Some(bytes) => codec::decode_rate(bytes.value()).ok(),
+            None => None,
+        };
+        if let Some(old) = old {
+            self.expiry
+                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, key))
+                .map_err(storage)?;
+        }
+        if let Some(rate) = rate {
+            self.rates
+                .insert(key, codec::encode_rate(rate).as_slice())
+                .map_err(storage)?;
+            self.expiry
+                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, key), ())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Records that every batched rate decision of this session is on disk.
+    pub(crate) fn mark_rates_clean(&mut self) -> Result<(), Error> {
+        self.dirty = true;
+        self.meta
+            .insert(META_RATE_CLEAN, codec::encode_meta(1).as_slice())
+            .map_err(storage)?;
+        Ok(())
     }
 
     /// Persists the lease-token counter and the clock's high-water mark.

@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::Store;
 use crate::clock::{Clock, SystemClock, duration_to_nanos};
 use crate::error::{Error, Result};
+use crate::ratelimit::{CrashPolicy, RateDurability};
 
 /// Default time a finished record is kept: 24 hours.
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -77,6 +78,8 @@ pub struct StoreBuilder {
     pub(crate) max_records: Option<u64>,
     pub(crate) max_response_bytes: usize,
     pub(crate) cache_size: usize,
+    pub(crate) rate_durability: RateDurability,
+    pub(crate) crash_policy: CrashPolicy,
 }
 
 impl Default for StoreBuilder {
@@ -88,6 +91,8 @@ impl Default for StoreBuilder {
             max_records: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             cache_size: DEFAULT_CACHE_SIZE,
+            rate_durability: RateDurability::default(),
+            crash_policy: CrashPolicy::default(),
         }
     }
 }
@@ -100,6 +105,8 @@ impl std::fmt::Debug for StoreBuilder {
             .field("max_records", &self.max_records)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("cache_size", &self.cache_size)
+            .field("rate_durability", &self.rate_durability)
+            .field("crash_policy", &self.crash_policy)
             .finish_non_exhaustive()
     }
 }
@@ -146,11 +153,25 @@ impl StoreBuilder {
         self
     }
 
+    /// When rate-limit decisions become durable. Default =
+    /// `RateDurability::Batched { max_delay: 50 ms }`.
+    pub fn rate_durability(mut self, durability: RateDurability) -> Self {
+        self.rate_durability = durability;
+        self
+    }
+
+    /// How rate counters are treated after an unclean shutdown of a batched session. Default =
+    /// [`CrashPolicy::DrainOnRecovery`].
+    pub fn crash_policy(mut self, policy: CrashPolicy) -> Self {
+        self.crash_policy = policy;
+        self
+    }
+
     /// Opens the store at `path`, creating the file if it does not exist.
     ///
     /// # Errors
-    /// - [`Error::InvalidArgument`] for a zero TTL, a zero `max_records`, or a `max_response_bytes`
-    ///   over 256 MiB.
+    /// - [`Error::InvalidArgument`] for a zero TTL, a zero `max_records`, a `max_response_bytes`
+    ///   over 256 MiB, or a zero Batched `max_delay`.
     /// - [`Error::AlreadyOpen`] if another process or `Store` has the file open.
     /// - [`Error::NotAStore`] if the file is not a tollgate store;
     ///   [`Error::IncompatibleFormat`] if a newer tollgate wrote it. Neither changes the file.
@@ -169,6 +190,14 @@ impl StoreBuilder {
             return Err(Error::InvalidArgument(
                 "max_records must be at least 1".into(),
             ));
+        }
+        if let RateDurability::Batched { max_delay } = self.rate_durability {
+            if max_delay.is_zero() {
+                return Err(Error::InvalidArgument(
+                    "Batched max_delay must be greater than zero; use Immediate for no delay"
+                        .into(),
+                ));
+            }
         }
         if self.max_response_bytes > MAX_RESPONSE_BYTES_LIMIT {
             return Err(Error::InvalidArgument(format!(

@@ -8,6 +8,8 @@
 
 mod builder;
 mod notify;
+mod rate;
+mod rate_cache;
 mod stats;
 mod writer;
 
@@ -31,10 +33,14 @@ pub use stats::Stats;
 use writer::{Answer, BeginRequest, Command, Sequencer, Writer};
 
 use crate::clock::StoreTime;
+use crate::clock::system_time_to_nanos;
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
+use crate::ratelimit::RateDurability;
 use crate::storage::{Backend, OpenOptions};
+use rate::Recovery;
+use rate_cache::RateCache;
 
 /// An open tollgate store. `Clone + Send + Sync`; clones share one file and one writer thread.
 ///
@@ -72,6 +78,9 @@ struct Shared {
     notifier: Arc<Notifier>,
     counters: Arc<Counters>,
     epoch: u64,
+    /// Present in Batched rate mode.
+    rate_cache: Option<Arc<RateCache>>,
+    recovery: Recovery,
 }
 
 struct Engine {
@@ -130,12 +139,20 @@ impl Store {
 
     fn open_with(builder: StoreBuilder, path: &Path) -> Result<Store> {
         let settings = builder.settings()?;
+        let rate_flush_every = match builder.rate_durability {
+            RateDurability::Batched { max_delay } => Some(max_delay),
+            RateDurability::Immediate => None,
+        };
         let (backend, persisted) = Backend::open(
             path,
             OpenOptions {
                 cache_size: builder.cache_size,
+                now: system_time_to_nanos(builder.clock.now()),
+                batched_rates: rate_flush_every.is_some(),
             },
         )?;
+        let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
+        let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::default()));
         let backend = Arc::new(backend);
         let time = Arc::new(StoreTime::new(builder.clock, persisted.clock_high_water));
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -153,7 +170,12 @@ impl Store {
                 epoch: persisted.epoch,
                 next_token: persisted.next_token,
                 max_records: settings.max_records,
+                recovery,
             },
+            rate_flush: rate_cache
+                .as_ref()
+                .zip(rate_flush_every)
+                .map(|(cache, every)| (Arc::clone(cache), every)),
         };
         let writer = std::thread::Builder::new()
             .name("tollgate-writer".into())
@@ -172,6 +194,8 @@ impl Store {
                 notifier,
                 counters,
                 epoch: persisted.epoch,
+                rate_cache,
+                recovery,
             }),
         })
     }
@@ -254,8 +278,8 @@ impl Store {
         })?;
         match answer {
             Answer::Begin(decision) => Ok(self.to_begin(digest, decision)),
-            Answer::Resolved(_) => Err(Error::Corrupted(
-                "the writer answered a begin with a resolution".into(),
+            Answer::Resolved(_) | Answer::Rate(..) => Err(Error::Corrupted(
+                "the writer answered a begin with something else".into(),
             )),
         }
     }
@@ -317,7 +341,11 @@ impl Store {
         if self.shared.engine.read().is_none() {
             return Err(Error::Closed);
         }
-        Ok(self.shared.counters.snapshot())
+        let mut stats = self.shared.counters.snapshot();
+        if let Some(cache) = &self.shared.rate_cache {
+            stats.rate_counters_in_memory = cache.len() as u64;
+        }
+        Ok(stats)
     }
 
     /// The boot epoch of this open: one more than the previous open's.
@@ -344,13 +372,13 @@ impl Store {
         })?;
         match answer {
             Answer::Resolved(expiry) => Ok(expiry),
-            Answer::Begin(_) => Err(Error::Corrupted(
-                "the writer answered a resolution with a begin".into(),
+            Answer::Begin(_) | Answer::Rate(..) => Err(Error::Corrupted(
+                "the writer answered a resolution with something else".into(),
             )),
         }
     }
 
-    fn check_usable(&self) -> Result<()> {
+    pub(crate) fn check_usable(&self) -> Result<()> {
         if self.shared.poisoned.load(Ordering::Acquire) {
             Err(Error::Poisoned)
         } else {

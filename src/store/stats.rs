@@ -11,8 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 pub struct Stats {
     /// Write transactions committed (each one fsync).
     pub commits: u64,
-    /// Changes committed: records created, taken over or resolved.
+    /// Changes committed: records created, taken over or resolved, rate counters written.
     pub writes: u64,
+    /// Rate counters held in memory (Batched mode; 0 in Immediate mode).
+    pub rate_counters_in_memory: u64,
 }
 
 #[derive(Default)]
@@ -31,6 +33,7 @@ impl Counters {
         Stats {
             commits: self.commits.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            rate_counters_in_memory: 0,
         }
     }
 }

@@ -20,22 +20,30 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::notify::Notifier;
+use super::rate::Recovery;
+use super::rate_cache::RateCache;
 use super::stats::Counters;
 use crate::clock::StoreTime;
 use crate::error::Error;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
 use crate::idempotency::{Digest, Record};
-use crate::storage::{Backend, Tables};
+use crate::ratelimit::charge::{self, RateOp, RateOutcome};
+use crate::ratelimit::{RateState, Spec, idle_at, is_idle};
+use crate::storage::{Backend, StoredRate, Tables};
 
 /// Most commands applied in one transaction. Bounds the latency a single batch can add.
 pub(crate) const MAX_BATCH: usize = 1024;
 
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;
+
+/// How often the batched rate cache drops idle and unused counters.
+const EVICT_EVERY: Duration = Duration::from_secs(1);
 
 /// A request to the writer.
 pub(crate) enum Command {
@@ -48,6 +56,11 @@ pub(crate) enum Command {
         digest: Digest,
         token: u64,
         resolution: Resolution,
+        reply: Reply,
+    },
+    /// A rate operation in Immediate mode.
+    Rate {
+        op: RateOp,
         reply: Reply,
     },
     Shutdown,
@@ -65,6 +78,8 @@ pub(crate) enum Answer {
     Begin(BeginDecision),
     /// A resolution was applied; for an extension, the lease's new expiry.
     Resolved(Option<u64>),
+    /// A rate operation's outcome, and whether it changed a counter.
+    Rate(RateOutcome, bool),
 }
 
 pub(crate) type Reply = Sender<Result<Answer, Error>>;
@@ -77,6 +92,8 @@ pub(crate) struct Writer {
     pub notifier: Arc<Notifier>,
     pub counters: Arc<Counters>,
     pub sequencer: Sequencer,
+    /// Batched rate counters to flush, and how often.
+    pub rate_flush: Option<(Arc<RateCache>, Duration)>,
 }
 
 /// The writer's in-memory counters and limits, applied to each command.
@@ -85,6 +102,7 @@ pub(crate) struct Sequencer {
     pub epoch: u64,
     pub next_token: u64,
     pub max_records: Option<u64>,
+    pub recovery: Recovery,
 }
 
 /// Poisons the store if the writer thread unwinds.
@@ -102,16 +120,89 @@ impl Writer {
     pub(crate) fn run(mut self) {
         let _guard = PoisonOnPanic(Arc::clone(&self.poisoned));
         let mut batch = Vec::with_capacity(64);
-        while let Ok(first) = self.commands.recv() {
-            batch.push(first);
-            while batch.len() < MAX_BATCH {
-                match self.commands.try_recv() {
-                    Ok(command) => batch.push(command),
+        let flush_every = self.rate_flush.as_ref().map(|(_, every)| *every);
+        let mut next_flush = flush_every.map(|every| Instant::now() + every);
+        let mut next_evict = Instant::now() + EVICT_EVERY;
+        loop {
+            let first = match next_flush {
+                Some(deadline) => match self.commands.recv_deadline(deadline) {
+                    Ok(command) => Some(command),
+                    Err(RecvTimeoutError::Timeout) => None,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                },
+                None => match self.commands.recv() {
+                    Ok(command) => Some(command),
                     Err(_) => break,
+                },
+            };
+            let mut stop = false;
+            if let Some(first) = first {
+                batch.push(first);
+                while batch.len() < MAX_BATCH {
+                    match self.commands.try_recv() {
+                        Ok(command) => batch.push(command),
+                        Err(_) => break,
+                    }
                 }
+                stop = self.apply(&mut batch);
             }
-            if self.apply(&mut batch) {
+            if let (Some(deadline), Some(every)) = (next_flush.as_mut(), flush_every) {
+                if stop {
+                    break;
+                }
+                if Instant::now() >= *deadline {
+                    self.flush_rates(false);
+                    *deadline = Instant::now() + every;
+                    if Instant::now() >= next_evict {
+                        self.evict_rates();
+                        next_evict = Instant::now() + EVICT_EVERY;
+                    }
+                }
+            } else if stop {
                 return;
+            }
+        }
+        // Shutting down (or every handle is gone): the final commit saves the counters (the clock's
+        // high-water mark includes reads) and, in Batched mode, flushes and marks the session clean.
+        self.flush_rates(true);
+    }
+
+    /// Writes every changed batched counter in one transaction; `last` also saves the counters
+    /// and records that the session ended cleanly. A failure poisons the store.
+    fn flush_rates(&mut self, last: bool) {
+        if self.poisoned.load(Ordering::Acquire) {
+            return;
+        }
+        let dirty = match &self.rate_flush {
+            Some((cache, _)) => cache.take_dirty(),
+            None => Vec::new(),
+        };
+        if dirty.is_empty() && !last {
+            return;
+        }
+        let batched = self.rate_flush.is_some();
+        let sequencer = &self.sequencer;
+        let now = sequencer.time.now();
+        let written = self.backend.write(|tables| {
+            for (key, spec, state) in &dirty {
+                tables.put_rate(key, stored(spec, *state, now).as_ref())?;
+            }
+            if last && batched {
+                tables.mark_rates_clean()?;
+            }
+            tables.save_counters(sequencer.next_token, sequencer.time.high_water())?;
+            Ok(())
+        });
+        match written {
+            Ok(()) => self.counters.committed(dirty.len() as u64),
+            Err(_) => self.poisoned.store(true, Ordering::Release),
+        }
+    }
+
+    fn evict_rates(&self) {
+        if let Some((cache, _)) = &self.rate_flush {
+            if !self.poisoned.load(Ordering::Acquire) {
+                cache.evict(self.sequencer.time.now());
             }
         }
     }
@@ -207,8 +298,24 @@ impl Sequencer {
                     }
                 }
             }
+            Command::Rate { op, .. } => self.rate(tables, op, now),
             Command::Shutdown => Err(Error::Closed),
         }
+    }
+
+    fn rate(&self, tables: &mut Tables<'_>, op: &RateOp, now: u64) -> Result<Answer, Error> {
+        let targets = op.targets();
+        let mut states = Vec::with_capacity(targets.len());
+        for target in targets {
+            let on_disk = tables.rate(&target.key)?.map(|rate| rate.state);
+            states.push(self.recovery.on_load(&target.spec, on_disk, now));
+        }
+        let (outcome, writes) = charge::apply(op, &states, now);
+        let wrote = writes.is_some();
+        for (target, state) in targets.iter().zip(writes.into_iter().flatten()) {
+            tables.put_rate(&target.key, stored(&target.spec, state, now).as_ref())?;
+        }
+        Ok(Answer::Rate(outcome, wrote))
     }
 
     fn begin(
@@ -256,6 +363,16 @@ impl Sequencer {
     }
 }
 
+/// A counter as it should be stored: idle counters are deleted (they equal a fresh one).
+fn stored(spec: &Spec, state: Option<RateState>, now: u64) -> Option<StoredRate> {
+    state
+        .filter(|state| !is_idle(spec, *state, now))
+        .map(|state| StoredRate {
+            state,
+            idle_at: idle_at(spec, state),
+        })
+}
+
 fn lease_expiry(record: &Record) -> Option<u64> {
     match record.body {
         crate::idempotency::RecordBody::Running {
@@ -273,12 +390,15 @@ fn wrote_something(command: &Command, outcome: &Result<Answer, Error>) -> bool {
             Command::Begin { .. },
             Ok(Answer::Begin(BeginDecision::Acquired { .. }))
         ) | (Command::Resolve { .. }, Ok(Answer::Resolved(_)))
+            | (Command::Rate { .. }, Ok(Answer::Rate(_, true)))
     )
 }
 
 fn answer(command: Command, outcome: Result<Answer, Error>) {
     match command {
-        Command::Begin { reply, .. } | Command::Resolve { reply, .. } => {
+        Command::Begin { reply, .. }
+        | Command::Resolve { reply, .. }
+        | Command::Rate { reply, .. } => {
             // The caller may have gone (its thread ended); nothing to do then.
             let _ = reply.send(outcome);
         }

@@ -1,0 +1,414 @@
+//! The three rate algorithms, as pure functions over fixed-width state.
+//!
+//! `(spec, state, now, cost) -> evaluation`: no I/O, no clock, no locks. The store keeps the state
+//! (in memory, on disk, or both) and applies what these functions return.
+//!
+//! - **GCRA** (generic cell rate algorithm; a token bucket without a timer): one `u64`, the
+//!   theoretical arrival time `tat`. With emission interval `T = period / n` and burst `B`, a request
+//!   of cost `c` at `now` is allowed iff `max(tat, now) + c·T − now ≤ B·T`; then
+//!   `tat = max(tat, now) + c·T`. Remaining = `⌊(B·T − (tat − now)) / T⌋`.
+//! - **Fixed window**: `n` per aligned window `[k·period, (k+1)·period)`; state (window start, count).
+//! - **Sliding window counter**: the current window's count plus the previous window's count
+//!   weighted by how much of the previous window the sliding period still covers:
+//!   `estimate = previous·(period − elapsed)/period + current`. Allowed iff `estimate + c ≤ n`.
+//!   All arithmetic for it is exact, in `u128`, scaled by `period`.
+//!
+//! # Rules every function keeps
+//! - **Time going backwards mints nothing**: a `now` before the state's own time is treated as the
+//!   state's time ("no time passed"). (The store's clock is clamped too; this holds on its own.)
+//! - **Saturating arithmetic**: no quota, cost or time panics or wraps.
+//! - **Idle means fresh**: [`is_idle`] is true exactly when the state allows what a fresh state
+//!   allows, now and at every later time, so dropping it changes no decision.
+
+/// The algorithm and its parameters, validated (see `Limit::new`): `limit ≥ 1`, `period ≥ 1`, and
+/// for GCRA `interval ≥ 1` and `limit · interval` fits in a `u64`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Spec {
+    Gcra { interval: u64, burst: u64 },
+    FixedWindow { limit: u64, period: u64 },
+    SlidingWindow { limit: u64, period: u64 },
+}
+
+/// The persistent state of one (limit, subject).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum RateState {
+    Gcra {
+        tat: u64,
+    },
+    FixedWindow {
+        window: u64,
+        count: u64,
+    },
+    SlidingWindow {
+        window: u64,
+        previous: u64,
+        current: u64,
+    },
+}
+
+/// What a check (or peek) found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Evaluation {
+    pub allowed: bool,
+    /// The state to store if this evaluation is applied (unchanged when denied or peeked).
+    pub state: RateState,
+    /// Quota left after this evaluation.
+    pub remaining: u64,
+    /// Nanoseconds until the quota is fully available again.
+    pub reset_after: u64,
+    /// When denied, nanoseconds until the same cost would be allowed.
+    pub retry_after: Option<u64>,
+}
+
+impl Spec {
+    /// The most a single check can ever be allowed: the burst, or the window's limit.
+    pub(crate) fn capacity(&self) -> u64 {
+        match *self {
+            Spec::Gcra { burst, .. } => burst,
+            Spec::FixedWindow { limit, .. } | Spec::SlidingWindow { limit, .. } => limit,
+        }
+    }
+
+    /// The time over which `capacity()` is granted, in nanoseconds (for headers).
+    pub(crate) fn window(&self) -> u64 {
+        match *self {
+            Spec::Gcra { interval, burst } => interval.saturating_mul(burst),
+            Spec::FixedWindow { period, .. } | Spec::SlidingWindow { period, .. } => period,
+        }
+    }
+
+    /// A fresh state, as of `now`.
+    pub(crate) fn fresh(&self, now: u64) -> RateState {
+        match *self {
+            Spec::Gcra { .. } => RateState::Gcra { tat: now },
+            Spec::FixedWindow { period, .. } => RateState::FixedWindow {
+                window: align(now, period),
+                count: 0,
+            },
+            Spec::SlidingWindow { period, .. } => RateState::SlidingWindow {
+                window: align(now, period),
+                previous: 0,
+                current: 0,
+            },
+        }
+    }
+
+    /// The most restrictive state reachable at `at`: all quota spent at that instant. Used after an
+    /// unclean shutdown, when decisions made since the last flush are unknown.
+    pub(crate) fn drained(&self, at: u64) -> RateState {
+        match *self {
+            Spec::Gcra { interval, burst } => RateState::Gcra {
+                tat: at.saturating_add(interval.saturating_mul(burst)),
+            },
+            Spec::FixedWindow { limit, period } => RateState::FixedWindow {
+                window: align(at, period),
+                count: limit,
+            },
+            Spec::SlidingWindow { limit, period } => RateState::SlidingWindow {
+                window: align(at, period),
+                previous: limit,
+                current: limit,
+            },
+        }
+    }
+}
+
+/// `time` rounded down to a multiple of `period` (`period ≥ 1`).
+fn align(time: u64, period: u64) -> u64 {
+    time - time % period.max(1)
+}
+
+/// The state as of `now`, with windows rolled forward. A state of another algorithm (the limit's
+/// quota was changed) counts as fresh. `now` earlier than the state's window is treated as the
+/// window's own time: no time passed.
+fn normalize(spec: &Spec, state: Option<RateState>, now: u64) -> (RateState, u64) {
+    let Some(state) = state else {
+        return (spec.fresh(now), now);
+    };
+    match (*spec, state) {
+        (Spec::Gcra { .. }, RateState::Gcra { .. }) => (state, now),
+        (Spec::FixedWindow { period, .. }, RateState::FixedWindow { window, .. }) => {
+            let now = now.max(window);
+            let current = align(now, period);
+            let rolled = if current == window {
+                state
+            } else {
+                RateState::FixedWindow {
+                    window: current,
+                    count: 0,
+                }
+            };
+            (rolled, now)
+        }
+        (
+            Spec::SlidingWindow { period, .. },
+            RateState::SlidingWindow {
+                window, current, ..
+            },
+        ) => {
+            let now = now.max(window);
+            let aligned = align(now, period);
+            let rolled = if aligned == window {
+                state
+            } else if aligned == window.saturating_add(period) {
+                RateState::SlidingWindow {
+                    window: aligned,
+                    previous: current,
+                    current: 0,
+                }
+            } else {
+                RateState::SlidingWindow {
+                    window: aligned,
+                    previous: 0,
+                    current: 0,
+                }
+            };
+            (rolled, now)
+        }
+        _ => (spec.fresh(now), now),
+    }
+}
+
+/// Evaluates a request of `cost` at `now`. `cost == 0` evaluates without charging (a peek).
+/// `cost` must not exceed `spec.capacity()` (the store checks; a larger cost is simply denied
+/// here, with no retry time).
+pub(crate) fn evaluate(spec: &Spec, state: Option<RateState>, now: u64, cost: u64) -> Evaluation {
+    let (state, now) = normalize(spec, state, now);
+    match (*spec, state) {
+        (Spec::Gcra { interval, burst }, RateState::Gcra { tat }) => {
+            gcra(interval, burst, tat, now, cost)
+        }
+        (Spec::FixedWindow { limit, period }, RateState::FixedWindow { window, count }) => {
+            fixed(limit, period, window, count, now, cost)
+        }
+        (
+            Spec::SlidingWindow { limit, period },
+            RateState::SlidingWindow {
+                window,
+                previous,
+                current,
+            },
+        ) => sliding(limit, period, window, previous, current, now, cost),
+        // normalize() always returns the spec's own kind.
+        _ => Evaluation {
+            allowed: false,
+            state,
+            remaining: 0,
+            reset_after: 0,
+            retry_after: None,
+        },
+    }
+}
+
+fn gcra(interval: u64, burst: u64, tat: u64, now: u64, cost: u64) -> Evaluation {
+    let capacity = interval.saturating_mul(burst);
+    let base = tat.max(now);
+    let charged = base.saturating_add(cost.saturating_mul(interval));
+    let allowed = charged - now <= capacity;
+    let tat = if allowed { charged } else { base };
+    let used = tat - now;
+    Evaluation {
+        allowed,
+        state: RateState::Gcra { tat },
+        remaining: capacity.saturating_sub(used) / interval,
+        reset_after: used,
+        retry_after: (!allowed && cost <= burst).then(|| charged - now - capacity),
+    }
+}
+
+fn fixed(limit: u64, period: u64, window: u64, count: u64, now: u64, cost: u64) -> Evaluation {
+    let allowed = count.saturating_add(cost) <= limit;
+    let count = if allowed { count + cost } else { count };
+    let window_end = window.saturating_add(period);
+    let until_next = window_end.saturating_sub(now);
+    Evaluation {
+        allowed,
+        state: RateState::FixedWindow { window, count },
+        remaining: limit.saturating_sub(count),
+        reset_after: if count == 0 { 0 } else { until_next },
+        retry_after: (!allowed && cost <= limit).then_some(until_next),
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sliding(
+    limit: u64,
+    period: u64,
+    window: u64,
+    previous: u64,
+    current: u64,
+    now: u64,
+    cost: u64,
+) -> Evaluation {
+    let p = u128::from(period);
+    let elapsed = u128::from(now - window).min(p);
+    // estimate · period, exactly.
+    let scaled = |previous: u64, current: u64, elapsed: u128| {
+        u128::from(previous) * (p - elapsed) + u128::from(current) * p
+    };
+    let used = scaled(previous, current, elapsed);
+    let allowed = used + u128::from(cost) * p <= u128::from(limit) * p;
+    let current = if allowed {
+        current.saturating_add(cost)
+    } else {
+        current
+    };
+    let used = scaled(previous, current, elapsed);
+    let capacity = u128::from(limit) * p;
+    let remaining = u64::try_from(capacity.saturating_sub(used) / p).unwrap_or(u64::MAX);
+    let window_end = window.saturating_add(period);
+    let reset_after = if current > 0 {
+        window_end.saturating_add(period).saturating_sub(now)
+    } else if previous > 0 {
+        window_end.saturating_sub(now)
+    } else {
+        0
+    };
+    let retry_after = if allowed || cost > limit {
+        None
+    } else {
+        Some(sliding_retry(
+            limit, period, window, previous, current, now, cost,
+        ))
+    };
+    Evaluation {
+        allowed,
+        state: RateState::SlidingWindow {
+            window,
+            previous,
+            current,
+        },
+        remaining,
+        reset_after,
+        retry_after,
+    }
+}
+
+/// The earliest time from `now` at which `cost` fits, with no further charges (`cost ≤ limit`).
+#[allow(clippy::too_many_arguments)]
+fn sliding_retry(
+    limit: u64,
+    period: u64,
+    window: u64,
+    previous: u64,
+    current: u64,
+    now: u64,
+    cost: u64,
+) -> u64 {
+    let p = u128::from(period);
+    // In a window whose (previous, current) are given, the elapsed time from which
+    // previous·(p − e) + (current + cost)·p ≤ limit·p, if any.
+    let earliest = |previous: u64, current: u64| -> Option<u128> {
+        let room = u128::from(limit).checked_sub(u128::from(current) + u128::from(cost))? * p;
+        if previous == 0 {
+            return Some(0);
+        }
+        // previous·(p − e) ≤ room  ⇔  e ≥ p − room / previous, rounded up.
+        let covered = room / u128::from(previous);
+        Some(p.saturating_sub(covered))
+    };
+    let this_window = earliest(previous, current)
+        .map(|e| u128::from(window) + e)
+        .filter(|at| *at < u128::from(window) + p);
+    let next_start = u128::from(window) + p;
+    let at = this_window
+        .or_else(|| earliest(current, 0).map(|e| next_start + e))
+        .unwrap_or(next_start + p);
+    u64::try_from(at.saturating_sub(u128::from(now))).unwrap_or(u64::MAX)
+}
+
+/// Gives back up to `amount` of spent quota (never more than was spent).
+pub(crate) fn refund(spec: &Spec, state: Option<RateState>, now: u64, amount: u64) -> RateState {
+    let (state, now) = normalize(spec, state, now);
+    match (*spec, state) {
+        (Spec::Gcra { interval, .. }, RateState::Gcra { tat }) => RateState::Gcra {
+            tat: tat.saturating_sub(amount.saturating_mul(interval)).max(now),
+        },
+        (_, RateState::FixedWindow { window, count }) => RateState::FixedWindow {
+            window,
+            count: count.saturating_sub(amount),
+        },
+        (
+            _,
+            RateState::SlidingWindow {
+                window,
+                previous,
+                current,
+            },
+        ) => {
+            let from_current = amount.min(current);
+            RateState::SlidingWindow {
+                window,
+                previous: previous.saturating_sub(amount - from_current),
+                current: current - from_current,
+            }
+        }
+        (_, other) => other,
+    }
+}
+
+/// The later of two states: the one that allows less, now and from now on. Both must be of
+/// `spec`'s kind (anything else is fresh and loses).
+pub(crate) fn most_restrictive(
+    spec: &Spec,
+    a: Option<RateState>,
+    b: RateState,
+    now: u64,
+) -> RateState {
+    let (a, _) = normalize(spec, a, now);
+    let (b, _) = normalize(spec, Some(b), now);
+    match (a, b) {
+        (RateState::Gcra { tat: x }, RateState::Gcra { tat: y }) => {
+            RateState::Gcra { tat: x.max(y) }
+        }
+        (RateState::FixedWindow { window, count: x }, RateState::FixedWindow { count: y, .. }) => {
+            RateState::FixedWindow {
+                window,
+                count: x.max(y),
+            }
+        }
+        (
+            RateState::SlidingWindow {
+                window,
+                previous: p1,
+                current: c1,
+            },
+            RateState::SlidingWindow {
+                previous: p2,
+                current: c2,
+                ..
+            },
+        ) => RateState::SlidingWindow {
+            window,
+            previous: p1.max(p2),
+            current: c1.max(c2),
+        },
+        (_, b) => b,
+    }
+}
+
+/// Whether `state` is indistinguishable from a fresh one at `now` and every later time.
+pub(crate) fn is_idle(spec: &Spec, state: RateState, now: u64) -> bool {
+    let (state, _) = normalize(spec, Some(state), now);
+    match state {
+        RateState::Gcra { tat } => tat <= now,
+        RateState::FixedWindow { count, .. } => count == 0,
+        RateState::SlidingWindow {
+            previous, current, ..
+        } => previous == 0 && current == 0,
+    }
+}
+
+/// The time from which `state` is idle, for the expiry index.
+pub(crate) fn idle_at(spec: &Spec, state: RateState) -> u64 {
+    match (*spec, state) {
+        (_, RateState::Gcra { tat }) => tat,
+        (Spec::FixedWindow { period, .. }, RateState::FixedWindow { window, .. }) => {
+            window.saturating_add(period)
+        }
+        (Spec::SlidingWindow { period, .. }, RateState::SlidingWindow { window, .. }) => {
+            window.saturating_add(period.saturating_mul(2))
+        }
+        _ => 0,
+    }
+}

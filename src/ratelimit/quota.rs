@@ -1,0 +1,272 @@
+//! Quotas (how much, how often, which algorithm) and limits (a named quota).
+//!
+//! # Burst sizes
+//!
+//! A GCRA quota of `n` per `period` grants one unit every `period / n` and lets up to `burst`
+//! units be spent at once (default `burst = n`). `Quota::per_minute(60)` therefore allows 60
+//! requests in a burst, then one per second. `Quota::per_minute(60).with_burst(5)` allows 5 at
+//! once, then one per second: smoother traffic for the same long-run rate.
+//!
+//! Fixed and sliding windows have no separate burst: up to `n` in a window.
+//!
+//! ```
+//! use std::time::Duration;
+//! use tollgate::ratelimit::{Limit, Quota};
+//!
+//! let login = Limit::new("login", Quota::fixed_window(10, Duration::from_secs(15 * 60)))?;
+//! let api = Limit::new("api", Quota::per_second(50).with_burst(200))?;
+//! assert_eq!(api.quota().burst(), 200);
+//! # let _ = login;
+//! # Ok::<(), tollgate::Error>(())
+//! ```
+
+use std::time::Duration;
+
+use sha2::{Digest as _, Sha256};
+
+use super::algorithm::Spec;
+use crate::clock::duration_to_nanos;
+use crate::error::{Error, Result};
+
+/// Longest limit name, in bytes.
+pub const MAX_LIMIT_NAME_LEN: usize = 64;
+/// Longest subject, in bytes.
+pub const MAX_SUBJECT_LEN: usize = 512;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Algorithm {
+    Gcra,
+    FixedWindow,
+    SlidingWindow,
+}
+
+/// How much may be spent, how fast, and by which algorithm. Validated by [`Limit::new`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Quota {
+    algorithm: Algorithm,
+    count: u32,
+    period: Duration,
+    burst: Option<u32>,
+}
+
+impl Quota {
+    /// GCRA: `n` per `period`, burst `n`.
+    pub fn new(n: u32, period: Duration) -> Self {
+        Self {
+            algorithm: Algorithm::Gcra,
+            count: n,
+            period,
+            burst: None,
+        }
+    }
+
+    /// GCRA: `n` per second, burst `n`.
+    pub fn per_second(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(1))
+    }
+
+    /// GCRA: `n` per minute, burst `n`.
+    pub fn per_minute(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(60))
+    }
+
+    /// GCRA: `n` per hour, burst `n`.
+    pub fn per_hour(n: u32) -> Self {
+        Self::new(n, Duration::from_secs(3600))
+    }
+
+    /// `n` per aligned window of `period` (windows start at multiples of `period` since the Unix
+    /// epoch): what "60 per minute" often means.
+    pub fn fixed_window(n: u32, period: Duration) -> Self {
+        Self {
+            algorithm: Algorithm::FixedWindow,
+            ..Self::new(n, period)
+        }
+    }
+
+    /// `n` per sliding `period`, estimated from the current and previous aligned windows' counts
+    /// (the previous one weighted by how much of it the sliding period still covers).
+    pub fn sliding_window(n: u32, period: Duration) -> Self {
+        Self {
+            algorithm: Algorithm::SlidingWindow,
+            ..Self::new(n, period)
+        }
+    }
+
+    /// Sets the GCRA burst: how much may be spent at once. GCRA only; [`Limit::new`] refuses it on
+    /// a window quota.
+    #[must_use]
+    pub fn with_burst(mut self, burst: u32) -> Self {
+        self.burst = Some(burst);
+        self
+    }
+
+    /// Units granted per period.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// The period.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// The most that can be spent at once: the burst for GCRA, `n` for windows.
+    pub fn burst(&self) -> u32 {
+        self.burst.unwrap_or(self.count)
+    }
+
+    pub(crate) fn spec(&self) -> Result<Spec> {
+        let invalid = |what: &str| Err(Error::InvalidArgument(format!("invalid quota: {what}")));
+        if self.count == 0 {
+            return invalid("the count must be at least 1");
+        }
+        let period = duration_to_nanos(self.period);
+        if period == 0 {
+            return invalid("the period must be longer than zero");
+        }
+        let limit = u64::from(self.count);
+        match self.algorithm {
+            Algorithm::Gcra => {
+                let burst = u64::from(self.burst());
+                if burst == 0 {
+                    return invalid("the burst must be at least 1");
+                }
+                let interval = period / limit;
+                if interval == 0 {
+                    return invalid("more than one unit per nanosecond");
+                }
+                if interval.checked_mul(burst).is_none() {
+                    return invalid("burst × interval exceeds 584 years");
+                }
+                Ok(Spec::Gcra { interval, burst })
+            }
+            Algorithm::FixedWindow | Algorithm::SlidingWindow if self.burst.is_some() => {
+                invalid("with_burst applies to GCRA quotas only")
+            }
+            Algorithm::FixedWindow => Ok(Spec::FixedWindow { limit, period }),
+            Algorithm::SlidingWindow => Ok(Spec::SlidingWindow { limit, period }),
+        }
+    }
+}
+
+/// A named, validated quota. The name namespaces the counters: two limits with different names
+/// count separately for the same subject.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Limit {
+    name: String,
+    quota: Quota,
+    pub(crate) spec: Spec,
+}
+
+impl Limit {
+    /// A limit called `name` enforcing `quota`.
+    ///
+    /// Names are 1 to 64 characters of `A–Z a–z 0–9 _ - . :` (they appear in headers and logs).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad name, a zero count, burst or period, a burst on a window
+    /// quota, or a rate above one unit per nanosecond.
+    pub fn new(name: &str, quota: Quota) -> Result<Limit> {
+        if name.is_empty() || name.len() > MAX_LIMIT_NAME_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "limit names are 1 to {MAX_LIMIT_NAME_LEN} bytes; got {}",
+                name.len()
+            )));
+        }
+        if let Some(bad) = name
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':')))
+        {
+            return Err(Error::InvalidArgument(format!(
+                "limit names use A-Z a-z 0-9 _ - . : only; found {bad:?}"
+            )));
+        }
+        Ok(Limit {
+            name: name.to_owned(),
+            spec: quota.spec()?,
+            quota,
+        })
+    }
+
+    /// The limit's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The limit's quota.
+    pub fn quota(&self) -> &Quota {
+        &self.quota
+    }
+
+    /// The key of `subject`'s counter under this limit:
+    /// `SHA-256("tollgate/rate/v1" || u32be(len name) || name || u32be(len subject) || subject)`.
+    /// Subjects (IP addresses, user ids, API keys) are never stored raw.
+    pub(crate) fn counter_key(&self, subject: &str) -> Result<[u8; 32]> {
+        if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+            return Err(Error::InvalidArgument(format!(
+                "subjects are 1 to {MAX_SUBJECT_LEN} bytes; got {}",
+                subject.len()
+            )));
+        }
+        let mut hasher = Sha256::new();
+        hasher.update(b"tollgate/rate/v1");
+        for part in [self.name.as_bytes(), subject.as_bytes()] {
+            hasher.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
+            hasher.update(part);
+        }
+        Ok(hasher.finalize().into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bad_quotas_and_names_are_typed_errors() {
+        let second = Duration::from_secs(1);
+        for quota in [
+            Quota::per_second(0),
+            Quota::new(1, Duration::ZERO),
+            Quota::per_second(1).with_burst(0),
+            Quota::fixed_window(5, second).with_burst(2),
+            Quota::sliding_window(0, second),
+            Quota::new(10, Duration::from_nanos(5)),
+        ] {
+            assert!(
+                matches!(Limit::new("ok", quota), Err(Error::InvalidArgument(_))),
+                "{quota:?}"
+            );
+        }
+        for name in ["", "has space", "ü", &"n".repeat(65)] {
+            assert!(matches!(
+                Limit::new(name, Quota::per_second(1)),
+                Err(Error::InvalidArgument(_))
+            ));
+        }
+        assert!(Limit::new("api:v1.read-write_x", Quota::per_second(1)).is_ok());
+    }
+
+    #[test]
+    fn subjects_are_bounded_and_namespaced_by_limit() {
+        let a = Limit::new("a", Quota::per_second(1)).unwrap();
+        let b = Limit::new("b", Quota::per_second(1)).unwrap();
+        assert!(a.counter_key("").is_err());
+        assert!(a.counter_key(&"s".repeat(513)).is_err());
+        assert_ne!(a.counter_key("x").unwrap(), b.counter_key("x").unwrap());
+        assert_eq!(a.counter_key("x").unwrap(), a.counter_key("x").unwrap());
+    }
+
+    #[test]
+    fn gcra_spec_from_rate_and_burst() {
+        let limit = Limit::new("a", Quota::per_minute(60).with_burst(5)).unwrap();
+        assert_eq!(
+            limit.spec,
+            Spec::Gcra {
+                interval: 1_000_000_000,
+                burst: 5
+            }
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! The rate-limit operations of [`Store`]: `check`, `check_n`, `check_all`, `peek`, `refund`,
+//! `reset`.
+//!
+//! Each builds a [`RateOp`] over the counters it touches, then runs it either through the writer
+//! (Immediate: durable on return) or against the in-memory cache (Batched: flushed by the writer
+//! within `max_delay`). Both paths load counters through [`Recovery::on_load`], which applies the
+//! crash policy, and both decide with the same pure `charge::apply`.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::Store;
+use super::writer::{Answer, Command};
+use crate::error::{Error, Result};
+use crate::ratelimit::charge::{RateOp, RateOutcome, Target};
+use crate::ratelimit::{CrashPolicy, Decision, Limit, RateState, Spec, most_restrictive};
+
+/// How counters loaded from disk are adjusted after an unclean batched session.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Recovery {
+    /// With `DrainOnRecovery` after an unclean shutdown: the recovery time.
+    drain_from: Option<u64>,
+}
+
+impl Recovery {
+    pub(crate) fn new(policy: CrashPolicy, recovered_at: Option<u64>) -> Self {
+        Self {
+            drain_from: match policy {
+                CrashPolicy::DrainOnRecovery => recovered_at,
+                CrashPolicy::TrustLastFlush => None,
+            },
+        }
+    }
+
+    /// The counter as decisions may use it: at least as spent as "everything spent at recovery".
+    /// Once a window (or a burst refill) has passed since recovery this changes nothing.
+    pub(crate) fn on_load(
+        &self,
+        spec: &Spec,
+        state: Option<RateState>,
+        now: u64,
+    ) -> Option<RateState> {
+        match self.drain_from {
+            Some(at) => Some(most_restrictive(spec, state, spec.drained(at), now)),
+            None => state,
+        }
+    }
+}
+
+impl Store {
+    /// Charges 1 to `subject`'s counter under `limit`. Equivalent to `check_n(limit, subject, 1)`.
+    ///
+    /// # Errors
+    /// As for [`Store::check_n`].
+    pub fn check(&self, limit: &Limit, subject: &str) -> Result<Decision> {
+        self.check_n(limit, subject, 1)
+    }
+
+    /// Charges `cost` to `subject`'s counter under `limit` if the quota allows it; a denied check
+    /// charges nothing. A cost of 0 charges nothing and reports like [`Store::peek`].
+    ///
+    /// # Errors
+    /// - [`Error::CostTooLarge`] if `cost` exceeds the limit's burst (or window limit): such a
+    ///   request could never be allowed.
+    /// - [`Error::InvalidArgument`] for an empty subject or one over 512 bytes.
+    /// - [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`], [`Error::Corrupted`].
+    pub fn check_n(&self, limit: &Limit, subject: &str, cost: u32) -> Result<Decision> {
+        self.check_all(&[(limit, subject)], cost)
+    }
+
+    /// Charges `cost` to every `(limit, subject)` counter, or to none: if any limit denies, nothing
+    /// is charged. The decision reports the most restrictive limit: among denials the one with the
+    /// longest wait, otherwise the one with the least remaining.
+    ///
+    /// # Errors
+    /// As for [`Store::check_n`], and [`Error::InvalidArgument`] for an empty list or the same
+    /// `(limit name, subject)` listed twice.
+    pub fn check_all(&self, checks: &[(&Limit, &str)], cost: u32) -> Result<Decision> {
+        if checks.is_empty() {
+            return Err(Error::InvalidArgument(
+                "check_all needs at least one limit".into(),
+            ));
+        }
+        let mut targets = Vec::with_capacity(checks.len());
+        let mut seen = HashSet::with_capacity(checks.len());
+        for (limit, subject) in checks {
+            let capacity = limit.spec.capacity();
+            if u64::from(cost) > capacity {
+                return Err(Error::CostTooLarge {
+                    cost,
+                    limit: u32::try_from(capacity).unwrap_or(u32::MAX),
+                });
+            }
+            let key = limit.counter_key(subject)?;
+            if !seen.insert(key) {
+                return Err(Error::InvalidArgument(format!(
+                    "limit {:?} is listed twice for the same subject",
+                    limit.name()
+                )));
+            }
+            targets.push(Target {
+                key,
+                spec: limit.spec,
+            });
+        }
+        let limits: Vec<&Limit> = checks.iter().map(|(limit, _)| *limit).collect();
+        let op = RateOp::Charge {
+            targets,
+            cost: u64::from(cost),
+        };
+        self.run_rate(&op, &limits, true)
+    }
+
+    /// Reports `subject`'s counter under `limit` without charging: `allowed()` says whether a check
+    /// of cost 1 would pass now.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad subject; [`Error::Closed`], [`Error::Poisoned`],
+    /// [`Error::Storage`], [`Error::Corrupted`].
+    pub fn peek(&self, limit: &Limit, subject: &str) -> Result<Decision> {
+        let target = Self::target(limit, subject)?;
+        self.run_rate(&RateOp::Peek { target }, &[limit], false)
+    }
+
+    /// Gives back up to `amount` of what `subject` spent under `limit` (for example when the
+    /// request it paid for failed before doing work). Never raises the counter above a fresh one.
+    ///
+    /// # Errors
+    /// As for [`Store::peek`].
+    pub fn refund(&self, limit: &Limit, subject: &str, amount: u32) -> Result<Decision> {
+        let target = Self::target(limit, subject)?;
+        let op = RateOp::Refund {
+            target,
+            amount: u64::from(amount),
+        };
+        self.run_rate(&op, &[limit], true)
+    }
+
+    /// Forgets `subject`'s counter under `limit`: its next check starts from a full quota.
+    ///
+    /// # Errors
+    /// As for [`Store::peek`].
+    pub fn reset(&self, limit: &Limit, subject: &str) -> Result<()> {
+        let target = Self::target(limit, subject)?;
+        self.run_rate(&RateOp::Reset { target }, &[limit], true)
+            .map(drop)
+    }
+
+    fn target(limit: &Limit, subject: &str) -> Result<Target> {
+        Ok(Target {
+            key: limit.counter_key(subject)?,
+            spec: limit.spec,
+        })
+    }
+
+    /// Runs `op` in the configured durability mode. `writes` says whether `op` may change counters
+    /// (a peek never goes to the writer).
+    fn run_rate(&self, op: &RateOp, limits: &[&Limit], writes: bool) -> Result<Decision> {
+        let outcome = match (&self.shared.rate_cache, writes) {
+            (Some(cache), _) => {
+                self.check_usable()?;
+                let engine = self.shared.engine.read();
+                let engine = engine.as_ref().ok_or(Error::Closed)?;
+                let now = self.shared.time.now();
+                let recovery = self.shared.recovery;
+                cache.run(op, now, |key, spec| {
+                    let stored = engine.backend.read_rate(key)?.map(|rate| rate.state);
+                    Ok(recovery.on_load(spec, stored, now))
+                })?
+            }
+            (None, true) => {
+                let answer = self.send(|reply| Command::Rate {
+                    op: op.clone(),
+                    reply,
+                })?;
+                match answer {
+                    Answer::Rate(outcome, _) => outcome,
+                    _ => {
+                        return Err(Error::Corrupted(
+                            "the writer answered a rate operation with something else".into(),
+                        ));
+                    }
+                }
+            }
+            (None, false) => {
+                self.check_usable()?;
+                let engine = self.shared.engine.read();
+                let engine = engine.as_ref().ok_or(Error::Closed)?;
+                let now = self.shared.time.now();
+                let mut states = Vec::with_capacity(op.targets().len());
+                for target in op.targets() {
+                    let stored = engine
+                        .backend
+                        .read_rate(&target.key)?
+                        .map(|rate| rate.state);
+                    states.push(self.shared.recovery.on_load(&target.spec, stored, now));
+                }
+                crate::ratelimit::charge::apply(op, &states, now).0
+            }
+        };
+        Ok(decision(&outcome, limits))
+    }
+}
+
+fn decision(outcome: &RateOutcome, limits: &[&Limit]) -> Decision {
+    let limit = limits.get(outcome.deciding).or(limits.first());
+    let (policy, capacity, window) = limit.map_or((String::new(), 0, 0), |limit| {
+        (
+            limit.name().to_owned(),
+            limit.spec.capacity(),
+            limit.spec.window(),
+        )
+    });
+    let evaluation = &outcome.evaluation;
+    Decision {
+        allowed: outcome.allowed,
+        limit: u32::try_from(capacity).unwrap_or(u32::MAX),
+        remaining: u32::try_from(evaluation.remaining).unwrap_or(u32::MAX),
+        reset_after: Duration::from_nanos(evaluation.reset_after),
+        retry_after: if outcome.allowed {
+            None
+        } else {
+            evaluation.retry_after.map(Duration::from_nanos)
+        },
+        policy,
+        window: Duration::from_nanos(window),
+    }
+}
