@@ -159,7 +159,7 @@ impl Writer {
                     }
                 }
             } else if stop {
-                return;
+                break;
             }
         }
         // Shutting down (or every handle is gone): the final commit saves the counters (the clock's
@@ -182,7 +182,9 @@ impl Writer {
         }
         let batched = self.rate_flush.is_some();
         let sequencer = &self.sequencer;
-        let now = sequencer.time.now();
+        // The latest time an operation used; background work never reads the clock itself, so
+        // the store's time moves only with operations.
+        let now = sequencer.time.high_water();
         let written = self.backend.write(|tables| {
             for (key, spec, state) in &dirty {
                 tables.put_rate(key, stored(spec, *state, now).as_ref())?;
@@ -202,7 +204,7 @@ impl Writer {
     fn evict_rates(&self) {
         if let Some((cache, _)) = &self.rate_flush {
             if !self.poisoned.load(Ordering::Acquire) {
-                cache.evict(self.sequencer.time.now());
+                cache.evict(self.sequencer.time.high_water());
             }
         }
     }
