@@ -333,6 +333,17 @@ impl Store {
         }
     }
 
+    /// Writes every batched rate counter changed so far, durably, and drops idle counters from
+    /// memory. Batched mode does this by itself at least every `max_delay`; call it for a durable
+    /// point of your choosing (before maintenance, at the end of a test). In Immediate mode there is
+    /// nothing to flush.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`] (including when this flush failed).
+    pub fn flush(&self) -> Result<()> {
+        self.send(|reply| Command::Flush { reply }).map(drop)
+    }
+
     /// Counters of the writer's work since this open.
     ///
     /// # Errors

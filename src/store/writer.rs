@@ -63,6 +63,10 @@ pub(crate) enum Command {
         op: RateOp,
         reply: Reply,
     },
+    /// Flush batched rate counters now and drop idle ones from memory.
+    Flush {
+        reply: Reply,
+    },
     Shutdown,
 }
 
@@ -154,7 +158,7 @@ impl Writer {
                     self.flush_rates(false);
                     *deadline = Instant::now() + every;
                     if Instant::now() >= next_evict {
-                        self.evict_rates();
+                        self.evict_rates(self.sequencer.time.high_water());
                         next_evict = Instant::now() + EVICT_EVERY;
                     }
                 }
@@ -201,10 +205,10 @@ impl Writer {
         }
     }
 
-    fn evict_rates(&self) {
+    fn evict_rates(&self, now: u64) {
         if let Some((cache, _)) = &self.rate_flush {
             if !self.poisoned.load(Ordering::Acquire) {
-                cache.evict(self.sequencer.time.high_water());
+                cache.evict(now);
             }
         }
     }
@@ -225,6 +229,15 @@ impl Writer {
             }
             return shutdown.is_some();
         }
+        // Flush requests are answered after the batch and a flush, so that they cover it.
+        let mut flushes = Vec::new();
+        batch.retain_mut(|command| match command {
+            Command::Flush { reply } => {
+                flushes.push(reply.clone());
+                false
+            }
+            _ => true,
+        });
 
         let mut answers = Vec::with_capacity(batch.len());
         let sequencer = &mut self.sequencer;
@@ -267,6 +280,22 @@ impl Writer {
                 self.notifier.bump();
             }
         }
+        if !flushes.is_empty() {
+            // A flush is an operation: it reads the clock, so idleness is judged as of now.
+            let now = self.sequencer.time.now();
+            self.flush_rates(false);
+            self.evict_rates(now);
+            let outcome = || {
+                if self.poisoned.load(Ordering::Acquire) {
+                    Err(Error::Poisoned)
+                } else {
+                    Ok(Answer::Resolved(None))
+                }
+            };
+            for reply in flushes {
+                let _ = reply.send(outcome());
+            }
+        }
         shutdown.is_some()
     }
 }
@@ -301,6 +330,8 @@ impl Sequencer {
                 }
             }
             Command::Rate { op, .. } => self.rate(tables, op, now),
+            // Handled by the writer itself, after the batch (see `apply`).
+            Command::Flush { .. } => Ok(Answer::Resolved(None)),
             Command::Shutdown => Err(Error::Closed),
         }
     }
@@ -400,7 +431,8 @@ fn answer(command: Command, outcome: Result<Answer, Error>) {
     match command {
         Command::Begin { reply, .. }
         | Command::Resolve { reply, .. }
-        | Command::Rate { reply, .. } => {
+        | Command::Rate { reply, .. }
+        | Command::Flush { reply } => {
             // The caller may have gone (its thread ended); nothing to do then.
             let _ = reply.send(outcome);
         }

@@ -1,0 +1,77 @@
+//! `check_all` charges every limit or none, and reports the most restrictive one.
+
+use std::time::{Duration, SystemTime};
+
+use tollgate::ratelimit::{Limit, Quota, RateDurability};
+use tollgate::{ManualClock, Store};
+
+#[test]
+fn a_denial_by_any_limit_charges_none_of_them_in_either_mode() {
+    for durability in [RateDurability::Immediate, RateDurability::default()] {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+        let store = Store::builder()
+            .clock(clock)
+            .rate_durability(durability)
+            .open(dir.path().join("rates.redb"))
+            .unwrap();
+        let per_user = Limit::new("user", Quota::per_hour(100)).unwrap();
+        let per_ip = Limit::new("ip", Quota::fixed_window(3, Duration::from_secs(60))).unwrap();
+        let global = Limit::new(
+            "global",
+            Quota::sliding_window(1000, Duration::from_secs(60)),
+        )
+        .unwrap();
+        let checks = [
+            (&per_user, "user:1"),
+            (&per_ip, "10.0.0.1"),
+            (&global, "all"),
+        ];
+
+        let first = store.check_all(&checks, 2).unwrap();
+        assert!(first.allowed());
+        assert_eq!((first.policy(), first.remaining()), ("ip", 1));
+
+        // The ip limit has 1 left; a cost of 2 is denied, and nothing is charged anywhere.
+        let denied = store.check_all(&checks, 2).unwrap();
+        assert!(!denied.allowed());
+        assert_eq!(denied.policy(), "ip");
+        assert_eq!(denied.retry_after(), Some(Duration::from_secs(60)));
+        assert_eq!(
+            store.peek(&per_user, "user:1").unwrap().remaining(),
+            98,
+            "{durability:?}"
+        );
+        assert_eq!(store.peek(&per_ip, "10.0.0.1").unwrap().remaining(), 1);
+        assert_eq!(store.peek(&global, "all").unwrap().remaining(), 998);
+
+        // A cost that fits everywhere charges everywhere.
+        assert!(store.check_all(&checks, 1).unwrap().allowed());
+        assert_eq!(store.peek(&per_user, "user:1").unwrap().remaining(), 97);
+        assert_eq!(store.peek(&per_ip, "10.0.0.1").unwrap().remaining(), 0);
+        assert_eq!(store.peek(&global, "all").unwrap().remaining(), 997);
+        store.close().unwrap();
+    }
+}
+
+#[test]
+fn among_denials_the_longest_wait_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    let store = Store::builder()
+        .clock(clock)
+        .open(dir.path().join("rates.redb"))
+        .unwrap();
+    let short = Limit::new("short", Quota::per_second(1)).unwrap();
+    let long = Limit::new("long", Quota::per_hour(1)).unwrap();
+    assert!(
+        store
+            .check_all(&[(&short, "s"), (&long, "s")], 1)
+            .unwrap()
+            .allowed()
+    );
+    let denied = store.check_all(&[(&short, "s"), (&long, "s")], 1).unwrap();
+    assert_eq!((denied.allowed(), denied.policy()), (false, "long"));
+    assert_eq!(denied.retry_after(), Some(Duration::from_secs(3600)));
+    assert_eq!(denied.limit(), 1);
+}
