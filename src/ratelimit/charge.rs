@@ -8,36 +8,40 @@
 //! left).
 
 use super::algorithm::{self, Evaluation, RateState, Spec};
+use super::key::CounterKey;
 
 /// One counter an operation touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Target {
-    pub key: [u8; 32],
+    pub key: CounterKey,
     pub spec: Spec,
 }
 
-/// A rate operation on loaded counters.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum RateOp {
+/// What to do to the targets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum OpKind {
     /// Charge `cost` to every target, or to none.
-    Charge { targets: Vec<Target>, cost: u64 },
-    /// Report without charging.
-    Peek { target: Target },
-    /// Give back up to `amount`.
-    Refund { target: Target, amount: u64 },
-    /// Forget the counter: the subject starts fresh.
-    Reset { target: Target },
+    Charge { cost: u64 },
+    /// Report on the single target without charging.
+    Peek,
+    /// Give back up to `amount` to the single target.
+    Refund { amount: u64 },
+    /// Forget the single target's counter: the subject starts fresh.
+    Reset,
 }
 
-impl RateOp {
-    pub(crate) fn targets(&self) -> &[Target] {
-        match self {
-            RateOp::Charge { targets, .. } => targets,
-            RateOp::Peek { target } | RateOp::Refund { target, .. } | RateOp::Reset { target } => {
-                std::slice::from_ref(target)
-            }
-        }
+impl OpKind {
+    /// Whether the operation may change counters (a peek never does).
+    pub(crate) fn writes(self) -> bool {
+        !matches!(self, OpKind::Peek)
     }
+}
+
+/// An operation with owned targets, to send to the writer thread.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct RateOp {
+    pub kind: OpKind,
+    pub targets: Vec<Target>,
 }
 
 /// What an operation decided.
@@ -49,64 +53,107 @@ pub(crate) struct RateOutcome {
     pub evaluation: Evaluation,
 }
 
-/// Applies `op` to `states` (one per target, in order, `None` = fresh) at `now`. Returns the
-/// outcome and the new states to store, or `None` if nothing changes. `Some(None)` for a target
-/// means: delete its counter.
+/// Applies `kind` to `targets`, whose loaded states are `states` (same order, `None` = fresh), at
+/// `now`. On return `states` holds the states to store (`None` = delete the counter); the `bool`
+/// says whether anything changed. Peek, refund and reset use only the first target.
 pub(crate) fn apply(
-    op: &RateOp,
-    states: &[Option<RateState>],
+    kind: OpKind,
+    targets: &[Target],
+    states: &mut [Option<RateState>],
     now: u64,
-) -> (RateOutcome, Option<Vec<Option<RateState>>>) {
-    match op {
-        RateOp::Charge { targets, cost } => {
-            let evaluations: Vec<Evaluation> = targets
-                .iter()
-                .zip(states)
-                .map(|(target, state)| algorithm::evaluate(&target.spec, *state, now, *cost))
-                .collect();
-            let allowed = evaluations.iter().all(|e| e.allowed);
-            let deciding = most_restrictive(&evaluations);
-            let outcome = RateOutcome {
-                allowed,
-                deciding,
-                evaluation: evaluations[deciding],
-            };
-            let writes =
-                (allowed && *cost > 0).then(|| evaluations.iter().map(|e| Some(e.state)).collect());
-            (outcome, writes)
+) -> (RateOutcome, bool) {
+    let first = |states: &[Option<RateState>]| states.first().copied().flatten();
+    let Some(spec) = targets.first().map(|target| target.spec) else {
+        let nothing = algorithm::evaluate(
+            &Spec::FixedWindow {
+                limit: 1,
+                period: 1,
+            },
+            None,
+            now,
+            0,
+        );
+        return (
+            RateOutcome {
+                allowed: false,
+                deciding: 0,
+                evaluation: nothing,
+            },
+            false,
+        );
+    };
+    match kind {
+        OpKind::Charge { cost } => {
+            let mut allowed = true;
+            let mut deciding = 0;
+            let mut decided: Option<Evaluation> = None;
+            for (index, (target, state)) in targets.iter().zip(states.iter()).enumerate() {
+                let evaluation = algorithm::evaluate(&target.spec, *state, now, cost);
+                allowed &= evaluation.allowed;
+                if decided.is_none_or(|best| rank(&evaluation) > rank(&best)) {
+                    decided = Some(evaluation);
+                    deciding = index;
+                }
+            }
+            let changed = allowed && cost > 0;
+            if changed {
+                if let ([_], [state], Some(evaluation)) = (targets, &mut *states, decided) {
+                    // One counter: its evaluation is already at hand.
+                    *state = Some(evaluation.state);
+                } else {
+                    for (target, state) in targets.iter().zip(states.iter_mut()) {
+                        *state = Some(algorithm::evaluate(&target.spec, *state, now, cost).state);
+                    }
+                }
+            }
+            let evaluation = decided.unwrap_or_else(|| peek(&spec, None, now));
+            (
+                RateOutcome {
+                    allowed,
+                    deciding,
+                    evaluation,
+                },
+                changed,
+            )
         }
-        RateOp::Peek { target } => {
-            let evaluation = peek(&target.spec, states[0], now);
+        OpKind::Peek => {
+            let evaluation = peek(&spec, first(states), now);
             (
                 RateOutcome {
                     allowed: evaluation.allowed,
                     deciding: 0,
                     evaluation,
                 },
-                None,
+                false,
             )
         }
-        RateOp::Refund { target, amount } => {
-            let refunded = algorithm::refund(&target.spec, states[0], now, *amount);
-            let evaluation = peek(&target.spec, Some(refunded), now);
+        OpKind::Refund { amount } => {
+            let refunded = algorithm::refund(&spec, first(states), now, amount);
+            if let Some(state) = states.first_mut() {
+                *state = Some(refunded);
+            }
+            let evaluation = peek(&spec, Some(refunded), now);
             (
                 RateOutcome {
                     allowed: evaluation.allowed,
                     deciding: 0,
                     evaluation,
                 },
-                Some(vec![Some(refunded)]),
+                true,
             )
         }
-        RateOp::Reset { target } => {
-            let evaluation = peek(&target.spec, None, now);
+        OpKind::Reset => {
+            if let Some(state) = states.first_mut() {
+                *state = None;
+            }
+            let evaluation = peek(&spec, None, now);
             (
                 RateOutcome {
                     allowed: true,
                     deciding: 0,
                     evaluation,
                 },
-                Some(vec![None]),
+                true,
             )
         }
     }
@@ -123,23 +170,16 @@ fn peek(spec: &Spec, state: Option<RateState>, now: u64) -> Evaluation {
     }
 }
 
-/// The deciding evaluation: among denials the longest wait; if none denies, the least remaining
-/// (then the longest reset).
-fn most_restrictive(evaluations: &[Evaluation]) -> usize {
-    let rank = |e: &Evaluation| {
-        (
-            !e.allowed,
-            e.retry_after
-                .unwrap_or(if e.allowed { 0 } else { u64::MAX }),
-            u64::MAX - e.remaining,
-            e.reset_after,
-        )
-    };
-    evaluations
-        .iter()
-        .enumerate()
-        .max_by_key(|(_, e)| rank(e))
-        .map_or(0, |(index, _)| index)
+/// Orders evaluations by restrictiveness: a denial over an allowance; among denials the longer
+/// wait; among allowances the fewer remaining, then the longer reset.
+fn rank(e: &Evaluation) -> (bool, u64, u64, u64) {
+    (
+        !e.allowed,
+        e.retry_after
+            .unwrap_or(if e.allowed { 0 } else { u64::MAX }),
+        u64::MAX - e.remaining,
+        e.reset_after,
+    )
 }
 
 #[cfg(test)]
@@ -150,7 +190,7 @@ mod tests {
 
     fn target(key: u8, spec: Spec) -> Target {
         Target {
-            key: [key; 32],
+            key: CounterKey([key; 16]),
             spec,
         }
     }
@@ -171,17 +211,15 @@ mod tests {
                 period: 60 * SECOND,
             },
         );
-        let op = RateOp::Charge {
-            targets: vec![roomy, tight],
-            cost: 1,
-        };
-        let (first, writes) = apply(&op, &[None, None], 0);
-        assert!(first.allowed);
-        let writes = writes.unwrap();
-        let (second, none) = apply(&op, &writes, 1);
-        assert!(!second.allowed);
+        let targets = [roomy, tight];
+        let mut states = [None, None];
+        let (first, changed) = apply(OpKind::Charge { cost: 1 }, &targets, &mut states, 0);
+        assert!(first.allowed && changed);
+        let before = states;
+        let (second, changed) = apply(OpKind::Charge { cost: 1 }, &targets, &mut states, 1);
+        assert!(!second.allowed && !changed);
         assert_eq!(second.deciding, 1);
-        assert_eq!(none, None);
+        assert_eq!(states, before);
     }
 
     #[test]
@@ -200,11 +238,12 @@ mod tests {
                 period: SECOND,
             },
         );
-        let op = RateOp::Charge {
-            targets: vec![roomy, tight],
-            cost: 2,
-        };
-        let (outcome, _) = apply(&op, &[None, None], 0);
+        let (outcome, _) = apply(
+            OpKind::Charge { cost: 2 },
+            &[roomy, tight],
+            &mut [None, None],
+            0,
+        );
         assert_eq!((outcome.deciding, outcome.evaluation.remaining), (1, 3));
     }
 
@@ -214,15 +253,12 @@ mod tests {
             interval: SECOND,
             burst: 1,
         };
-        let op = RateOp::Peek {
-            target: target(1, spec),
-        };
-        let (outcome, writes) = apply(&op, &[None], 0);
-        assert!(outcome.allowed);
+        let targets = [target(1, spec)];
+        let (outcome, changed) = apply(OpKind::Peek, &targets, &mut [None], 0);
+        assert!(outcome.allowed && !changed);
         assert_eq!(outcome.evaluation.remaining, 1);
-        assert_eq!(writes, None);
-        let spent = Some(RateState::Gcra { tat: SECOND });
-        let (outcome, _) = apply(&op, &[spent], 0);
+        let mut spent = [Some(RateState::Gcra { tat: SECOND })];
+        let (outcome, _) = apply(OpKind::Peek, &targets, &mut spent, 0);
         assert!(!outcome.allowed);
         assert_eq!(outcome.evaluation.retry_after, Some(SECOND));
     }

@@ -10,6 +10,7 @@
 //!
 //! Seconds are rounded *up*, so a client that waits the advertised time is never early.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 /// The result of a rate check, peek or refund.
@@ -20,7 +21,7 @@ pub struct Decision {
     pub(crate) remaining: u32,
     pub(crate) reset_after: Duration,
     pub(crate) retry_after: Option<Duration>,
-    pub(crate) policy: String,
+    pub(crate) policy: Arc<str>,
     pub(crate) window: Duration,
 }
 
@@ -119,7 +120,7 @@ mod tests {
             remaining: if allowed { 3 } else { 0 },
             reset_after: Duration::from_millis(4_200),
             retry_after: (!allowed).then_some(Duration::from_millis(1_001)),
-            policy: "login".into(),
+            policy: Arc::from("login"),
             window: Duration::from_secs(900),
         }
     }

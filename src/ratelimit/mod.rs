@@ -28,12 +28,14 @@
 mod algorithm;
 pub(crate) mod charge;
 mod decision;
+mod key;
 mod quota;
 
 use std::time::Duration;
 
 pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
+pub(crate) use key::{CounterKey, CounterKeys, PassThroughHasher};
 pub use quota::{Limit, MAX_LIMIT_NAME_LEN, MAX_SUBJECT_LEN, Quota};
 
 /// When a charging decision reaches the disk. Set with

@@ -20,9 +20,8 @@
 //! # Ok::<(), tollgate::Error>(())
 //! ```
 
+use std::sync::Arc;
 use std::time::Duration;
-
-use sha2::{Digest as _, Sha256};
 
 use super::algorithm::Spec;
 use crate::clock::duration_to_nanos;
@@ -154,7 +153,7 @@ impl Quota {
 /// count separately for the same subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Limit {
-    name: String,
+    name: Arc<str>,
     quota: Quota,
     pub(crate) spec: Spec,
 }
@@ -183,7 +182,7 @@ impl Limit {
             )));
         }
         Ok(Limit {
-            name: name.to_owned(),
+            name: Arc::from(name),
             spec: quota.spec()?,
             quota,
         })
@@ -199,23 +198,8 @@ impl Limit {
         &self.quota
     }
 
-    /// The key of `subject`'s counter under this limit:
-    /// `SHA-256("tollgate/rate/v1" || u32be(len name) || name || u32be(len subject) || subject)`.
-    /// Subjects (IP addresses, user ids, API keys) are never stored raw.
-    pub(crate) fn counter_key(&self, subject: &str) -> Result<[u8; 32]> {
-        if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "subjects are 1 to {MAX_SUBJECT_LEN} bytes; got {}",
-                subject.len()
-            )));
-        }
-        let mut hasher = Sha256::new();
-        hasher.update(b"tollgate/rate/v1");
-        for part in [self.name.as_bytes(), subject.as_bytes()] {
-            hasher.update(u32::try_from(part.len()).unwrap_or(u32::MAX).to_be_bytes());
-            hasher.update(part);
-        }
-        Ok(hasher.finalize().into())
+    pub(crate) fn shared_name(&self) -> Arc<str> {
+        Arc::clone(&self.name)
     }
 }
 
@@ -246,16 +230,6 @@ mod tests {
             ));
         }
         assert!(Limit::new("api:v1.read-write_x", Quota::per_second(1)).is_ok());
-    }
-
-    #[test]
-    fn subjects_are_bounded_and_namespaced_by_limit() {
-        let a = Limit::new("a", Quota::per_second(1)).unwrap();
-        let b = Limit::new("b", Quota::per_second(1)).unwrap();
-        assert!(a.counter_key("").is_err());
-        assert!(a.counter_key(&"s".repeat(513)).is_err());
-        assert_ne!(a.counter_key("x").unwrap(), b.counter_key("x").unwrap());
-        assert_eq!(a.counter_key("x").unwrap(), a.counter_key("x").unwrap());
     }
 
     #[test]

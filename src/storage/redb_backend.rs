@@ -24,11 +24,12 @@ use redb::{
 use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
 use crate::error::{Error, StorageError};
 use crate::idempotency::{Digest, Record};
+use crate::ratelimit::CounterKeys;
 
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_records");
 const EXPIRY: TableDefinition<&[u8; EXPIRY_KEY_LEN], ()> = TableDefinition::new("tollgate_expiry");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("tollgate_meta");
-const RATES: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_rates");
+const RATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tollgate_rates");
 
 /// The on-disk format this build writes and the newest it reads.
 pub(crate) const FORMAT_VERSION: u64 = 1;
@@ -41,6 +42,8 @@ const META_CLOCK: &str = "clock_high_water";
 const META_RATE_CLEAN: &str = "rate_clean";
 /// The latest time a store was reopened after an unclean batched session (0: never).
 const META_RATE_RECOVERY: &str = "rate_recovery_at";
+/// The two halves of the secret that keys rate counters (drawn when the file is created).
+const META_RATE_SECRET: [&str; 2] = ["rate_key_secret_0", "rate_key_secret_1"];
 
 fn storage<E>(error: E) -> Error
 where
@@ -70,6 +73,8 @@ pub(crate) struct Counters {
     pub clock_high_water: u64,
     /// The latest reopen after a batched session ended uncleanly, if any.
     pub rate_recovery_at: Option<u64>,
+    /// The secret that keys rate counters.
+    pub rate_secret: (u64, u64),
 }
 
 /// An open store file.
@@ -151,12 +156,27 @@ impl Backend {
             if read(META_RATE_CLEAN)? == Some(0) {
                 rate_recovery_at = Some(options.now.max(clock_high_water));
             }
+            let stored_secret = (read(META_RATE_SECRET[0])?, read(META_RATE_SECRET[1])?);
+            let rate_secret = match stored_secret {
+                (Some(low), Some(high)) => (low, high),
+                _ => CounterKeys::generate_secret(options.now),
+            };
             let counters = Counters {
                 epoch: read(META_EPOCH)?.unwrap_or(0).saturating_add(1),
                 next_token: read(META_NEXT_TOKEN)?.unwrap_or(1),
                 clock_high_water,
                 rate_recovery_at,
+                rate_secret,
             };
+            if stored_secret != (Some(rate_secret.0), Some(rate_secret.1)) {
+                for (name, half) in META_RATE_SECRET
+                    .into_iter()
+                    .zip([rate_secret.0, rate_secret.1])
+                {
+                    meta.insert(name, codec::encode_meta(half).as_slice())
+                        .map_err(storage)?;
+                }
+            }
             if format.is_none() {
                 meta.insert(META_FORMAT, codec::encode_meta(FORMAT_VERSION).as_slice())
                     .map_err(storage)?;
@@ -190,7 +210,7 @@ impl Backend {
     }
 
     /// Reads one rate counter from the latest committed state.
-    pub(crate) fn read_rate(&self, key: &[u8; 32]) -> Result<Option<StoredRate>, Error> {
+    pub(crate) fn read_rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
         let txn = self.db.begin_read().map_err(storage)?;
         let table = txn.open_table(RATES).map_err(storage)?;
         let value = table.get(key).map_err(storage)?;
@@ -244,7 +264,7 @@ pub(crate) struct Tables<'txn> {
     records: Table<'txn, &'static [u8; 32], &'static [u8]>,
     expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
     meta: Table<'txn, &'static str, &'static [u8]>,
-    rates: Table<'txn, &'static [u8; 32], &'static [u8]>,
+    rates: Table<'txn, &'static [u8; 16], &'static [u8]>,
     dirty: bool,
 }
 
@@ -351,7 +371,7 @@ impl Tables<'_> {
     }
 
     /// The rate counter as written so far in this transaction.
-    pub(crate) fn rate(&self, key: &[u8; 32]) -> Result<Option<StoredRate>, Error> {
+    pub(crate) fn rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
         let value = self.rates.get(key).map_err(storage)?;
         value
             .map(|bytes| codec::decode_rate(bytes.value()))
@@ -361,17 +381,20 @@ impl Tables<'_> {
     /// Writes a rate counter (`None`: deletes it), keeping the expiry index in step.
     pub(crate) fn put_rate(
         &mut self,
-        key: &[u8; 32],
+        key: &[u8; 16],
         rate: Option<&StoredRate>,
     ) -> Result<(), Error> {
         self.dirty = true;
+        // The expiry index's id field is 32 bytes: a counter key padded with zeros.
+        let mut id = [0; 32];
+        id[..16].copy_from_slice(key);
         let old = match self.rates.remove(key).map_err(storage)? {
             Some(bytes) => codec::decode_rate(bytes.value()).ok(),
             None => None,
         };
         if let Some(old) = old {
             self.expiry
-                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, key))
+                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, &id))
                 .map_err(storage)?;
         }
         if let Some(rate) = rate {
@@ -379,7 +402,7 @@ impl Tables<'_> {
                 .insert(key, codec::encode_rate(rate).as_slice())
                 .map_err(storage)?;
             self.expiry
-                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, key), ())
+                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, &id), ())
                 .map_err(storage)?;
         }
         Ok(())

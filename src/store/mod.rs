@@ -37,7 +37,7 @@ use crate::clock::system_time_to_nanos;
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
-use crate::ratelimit::RateDurability;
+use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::storage::{Backend, OpenOptions};
 use rate::Recovery;
 use rate_cache::RateCache;
@@ -81,6 +81,7 @@ struct Shared {
     /// Present in Batched rate mode.
     rate_cache: Option<Arc<RateCache>>,
     recovery: Recovery,
+    rate_keys: CounterKeys,
 }
 
 struct Engine {
@@ -196,6 +197,7 @@ impl Store {
                 epoch: persisted.epoch,
                 rate_cache,
                 recovery,
+                rate_keys: CounterKeys::new(persisted.rate_secret),
             }),
         })
     }
@@ -400,7 +402,7 @@ impl Store {
     fn read_record(&self, digest: &Digest) -> Result<Option<crate::idempotency::Record>> {
         self.check_usable()?;
         let engine = self.shared.engine.read();
-        let engine = engine.as_ref().ok_or(Error::Closed)?;
+        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
         engine.backend.read_record(digest)
     }
 
@@ -409,7 +411,11 @@ impl Store {
         self.check_usable()?;
         let commands = {
             let engine = self.shared.engine.read();
-            engine.as_ref().ok_or(Error::Closed)?.commands.clone()
+            engine
+                .as_ref()
+                .ok_or_else(|| Error::Closed)?
+                .commands
+                .clone()
         };
         let (reply, answer) = crossbeam_channel::bounded(1);
         commands.send(command(reply)).map_err(|_| Error::Closed)?;

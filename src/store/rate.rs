@@ -6,13 +6,12 @@
 //! within `max_delay`). Both paths load counters through [`Recovery::on_load`], which applies the
 //! crash policy, and both decide with the same pure `charge::apply`.
 
-use std::collections::HashSet;
 use std::time::Duration;
 
 use super::Store;
 use super::writer::{Answer, Command};
 use crate::error::{Error, Result};
-use crate::ratelimit::charge::{RateOp, RateOutcome, Target};
+use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
 use crate::ratelimit::{CrashPolicy, Decision, Limit, RateState, Spec, most_restrictive};
 
 /// How counters loaded from disk are adjusted after an unclean batched session.
@@ -65,7 +64,18 @@ impl Store {
     /// - [`Error::InvalidArgument`] for an empty subject or one over 512 bytes.
     /// - [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`], [`Error::Corrupted`].
     pub fn check_n(&self, limit: &Limit, subject: &str, cost: u32) -> Result<Decision> {
-        self.check_all(&[(limit, subject)], cost)
+        let capacity = limit.spec.capacity();
+        if u64::from(cost) > capacity {
+            return Err(Error::CostTooLarge {
+                cost,
+                limit: u32::try_from(capacity).unwrap_or(u32::MAX),
+            });
+        }
+        let target = self.target(limit, subject)?;
+        let kind = OpKind::Charge {
+            cost: u64::from(cost),
+        };
+        self.run_rate(kind, &[target], &[limit])
     }
 
     /// Charges `cost` to every `(limit, subject)` counter, or to none: if any limit denies, nothing
@@ -76,14 +86,10 @@ impl Store {
     /// As for [`Store::check_n`], and [`Error::InvalidArgument`] for an empty list or the same
     /// `(limit name, subject)` listed twice.
     pub fn check_all(&self, checks: &[(&Limit, &str)], cost: u32) -> Result<Decision> {
-        if checks.is_empty() {
-            return Err(Error::InvalidArgument(
-                "check_all needs at least one limit".into(),
-            ));
-        }
-        let mut targets = Vec::with_capacity(checks.len());
-        let mut seen = HashSet::with_capacity(checks.len());
-        for (limit, subject) in checks {
+        let kind = OpKind::Charge {
+            cost: u64::from(cost),
+        };
+        for (limit, _) in checks {
             let capacity = limit.spec.capacity();
             if u64::from(cost) > capacity {
                 return Err(Error::CostTooLarge {
@@ -91,24 +97,28 @@ impl Store {
                     limit: u32::try_from(capacity).unwrap_or(u32::MAX),
                 });
             }
-            let key = limit.counter_key(subject)?;
-            if !seen.insert(key) {
-                return Err(Error::InvalidArgument(format!(
-                    "limit {:?} is listed twice for the same subject",
-                    limit.name()
-                )));
-            }
-            targets.push(Target {
-                key,
-                spec: limit.spec,
-            });
         }
-        let limits: Vec<&Limit> = checks.iter().map(|(limit, _)| *limit).collect();
-        let op = RateOp::Charge {
-            targets,
-            cost: u64::from(cost),
-        };
-        self.run_rate(&op, &limits, true)
+        match checks {
+            [] => Err(Error::InvalidArgument(
+                "check_all needs at least one limit".into(),
+            )),
+            [(limit, subject)] => self.check_n(limit, subject, cost),
+            _ => {
+                let mut targets = Vec::with_capacity(checks.len());
+                for (limit, subject) in checks {
+                    targets.push(self.target(limit, subject)?);
+                }
+                let mut keys: Vec<_> = targets.iter().map(|t| t.key.0).collect();
+                keys.sort_unstable();
+                if keys.windows(2).any(|pair| pair[0] == pair[1]) {
+                    return Err(Error::InvalidArgument(
+                        "the same limit and subject are listed twice".into(),
+                    ));
+                }
+                let limits: Vec<&Limit> = checks.iter().map(|(limit, _)| *limit).collect();
+                self.run_rate(kind, &targets, &limits)
+            }
+        }
     }
 
     /// Reports `subject`'s counter under `limit` without charging: `allowed()` says whether a check
@@ -118,8 +128,8 @@ impl Store {
     /// [`Error::InvalidArgument`] for a bad subject; [`Error::Closed`], [`Error::Poisoned`],
     /// [`Error::Storage`], [`Error::Corrupted`].
     pub fn peek(&self, limit: &Limit, subject: &str) -> Result<Decision> {
-        let target = Self::target(limit, subject)?;
-        self.run_rate(&RateOp::Peek { target }, &[limit], false)
+        let target = self.target(limit, subject)?;
+        self.run_rate(OpKind::Peek, &[target], &[limit])
     }
 
     /// Gives back up to `amount` of what `subject` spent under `limit` (for example when the
@@ -128,12 +138,11 @@ impl Store {
     /// # Errors
     /// As for [`Store::peek`].
     pub fn refund(&self, limit: &Limit, subject: &str, amount: u32) -> Result<Decision> {
-        let target = Self::target(limit, subject)?;
-        let op = RateOp::Refund {
-            target,
+        let target = self.target(limit, subject)?;
+        let kind = OpKind::Refund {
             amount: u64::from(amount),
         };
-        self.run_rate(&op, &[limit], true)
+        self.run_rate(kind, &[target], &[limit])
     }
 
     /// Forgets `subject`'s counter under `limit`: its next check starts from a full quota.
@@ -141,39 +150,39 @@ impl Store {
     /// # Errors
     /// As for [`Store::peek`].
     pub fn reset(&self, limit: &Limit, subject: &str) -> Result<()> {
-        let target = Self::target(limit, subject)?;
-        self.run_rate(&RateOp::Reset { target }, &[limit], true)
-            .map(drop)
+        let target = self.target(limit, subject)?;
+        self.run_rate(OpKind::Reset, &[target], &[limit]).map(drop)
     }
 
-    fn target(limit: &Limit, subject: &str) -> Result<Target> {
+    fn target(&self, limit: &Limit, subject: &str) -> Result<Target> {
         Ok(Target {
-            key: limit.counter_key(subject)?,
+            key: self.shared.rate_keys.key(limit.name(), subject)?,
             spec: limit.spec,
         })
     }
 
-    /// Runs `op` in the configured durability mode. `writes` says whether `op` may change counters
-    /// (a peek never goes to the writer).
-    fn run_rate(&self, op: &RateOp, limits: &[&Limit], writes: bool) -> Result<Decision> {
-        let outcome = match (&self.shared.rate_cache, writes) {
-            (Some(cache), _) => {
+    /// Runs `kind` on `targets` in the configured durability mode: against the in-memory cache
+    /// (Batched), through the writer (Immediate, changing operations), or from a read transaction
+    /// (Immediate peeks).
+    fn run_rate(&self, kind: OpKind, targets: &[Target], limits: &[&Limit]) -> Result<Decision> {
+        let outcome = match &self.shared.rate_cache {
+            Some(cache) => {
                 self.check_usable()?;
                 let engine = self.shared.engine.read();
-                let engine = engine.as_ref().ok_or(Error::Closed)?;
+                let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
                 let now = self.shared.time.now();
                 let recovery = self.shared.recovery;
-                cache.run(op, now, |key, spec| {
-                    let stored = engine.backend.read_rate(key)?.map(|rate| rate.state);
+                cache.run(kind, targets, now, |key, spec| {
+                    let stored = engine.backend.read_rate(&key.0)?.map(|rate| rate.state);
                     Ok(recovery.on_load(spec, stored, now))
                 })?
             }
-            (None, true) => {
-                let answer = self.send(|reply| Command::Rate {
-                    op: op.clone(),
-                    reply,
-                })?;
-                match answer {
+            None if kind.writes() => {
+                let op = RateOp {
+                    kind,
+                    targets: targets.to_vec(),
+                };
+                match self.send(|reply| Command::Rate { op, reply })? {
                     Answer::Rate(outcome, _) => outcome,
                     _ => {
                         return Err(Error::Corrupted(
@@ -182,20 +191,20 @@ impl Store {
                     }
                 }
             }
-            (None, false) => {
+            None => {
                 self.check_usable()?;
                 let engine = self.shared.engine.read();
-                let engine = engine.as_ref().ok_or(Error::Closed)?;
+                let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
                 let now = self.shared.time.now();
-                let mut states = Vec::with_capacity(op.targets().len());
-                for target in op.targets() {
+                let mut states = Vec::with_capacity(targets.len());
+                for target in targets {
                     let stored = engine
                         .backend
-                        .read_rate(&target.key)?
+                        .read_rate(&target.key.0)?
                         .map(|rate| rate.state);
                     states.push(self.shared.recovery.on_load(&target.spec, stored, now));
                 }
-                crate::ratelimit::charge::apply(op, &states, now).0
+                charge::apply(kind, targets, &mut states, now).0
             }
         };
         Ok(decision(&outcome, limits))
@@ -204,13 +213,16 @@ impl Store {
 
 fn decision(outcome: &RateOutcome, limits: &[&Limit]) -> Decision {
     let limit = limits.get(outcome.deciding).or(limits.first());
-    let (policy, capacity, window) = limit.map_or((String::new(), 0, 0), |limit| {
-        (
-            limit.name().to_owned(),
-            limit.spec.capacity(),
-            limit.spec.window(),
-        )
-    });
+    let (policy, capacity, window) = limit.map_or_else(
+        || (std::sync::Arc::from(""), 0, 0),
+        |limit| {
+            (
+                limit.shared_name(),
+                limit.spec.capacity(),
+                limit.spec.window(),
+            )
+        },
+    );
     let evaluation = &outcome.evaluation;
     Decision {
         allowed: outcome.allowed,

@@ -16,12 +16,13 @@
 //! the previous flush committed: a reload from disk always sees the latest state.
 
 use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
 
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
-use crate::ratelimit::charge::{self, RateOp, RateOutcome};
-use crate::ratelimit::{RateState, Spec, is_idle};
+use crate::ratelimit::charge::{self, OpKind, RateOutcome, Target};
+use crate::ratelimit::{CounterKey, PassThroughHasher, RateState, Spec, is_idle};
 
 const SHARDS: usize = 64;
 
@@ -34,12 +35,48 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<[u8; 32], Entry>,
-    dirty: Vec<[u8; 32]>,
+    entries: HashMap<CounterKey, Entry, BuildHasherDefault<PassThroughHasher>>,
+    dirty: Vec<CounterKey>,
+}
+
+impl Shard {
+    /// The entry's state, loading it with `load` if it is not in memory.
+    fn state(
+        &mut self,
+        target: &Target,
+        load: &impl Fn(&CounterKey, &Spec) -> Result<Option<RateState>>,
+    ) -> Result<Option<RateState>> {
+        if let Some(entry) = self.entries.get_mut(&target.key) {
+            entry.touched = true;
+            return Ok(entry.state);
+        }
+        let state = load(&target.key, &target.spec)?;
+        self.entries.insert(
+            target.key,
+            Entry {
+                spec: target.spec,
+                state,
+                dirty: false,
+                touched: true,
+            },
+        );
+        Ok(state)
+    }
+
+    fn store(&mut self, target: &Target, state: Option<RateState>) {
+        if let Some(entry) = self.entries.get_mut(&target.key) {
+            entry.state = state;
+            entry.spec = target.spec;
+            if !entry.dirty {
+                entry.dirty = true;
+                self.dirty.push(target.key);
+            }
+        }
+    }
 }
 
 /// A changed counter to write: `None` deletes it.
-pub(crate) type DirtyCounter = ([u8; 32], Spec, Option<RateState>);
+pub(crate) type DirtyCounter = (CounterKey, Spec, Option<RateState>);
 
 pub(crate) struct RateCache {
     shards: Vec<Mutex<Shard>>,
@@ -53,20 +90,33 @@ impl Default for RateCache {
     }
 }
 
-fn shard_of(key: &[u8; 32]) -> usize {
-    usize::from(key[0]) % SHARDS
+fn shard_of(key: &CounterKey) -> usize {
+    // The PRF output's last byte: independent of the bits the maps hash on.
+    usize::from(key.0[15]) % SHARDS
 }
 
 impl RateCache {
-    /// Runs `op` at `now`. `load` reads a counter that is not in memory (from disk, with the crash
-    /// policy applied).
+    /// Runs `kind` on `targets` at `now`. `load` reads a counter that is not in memory (from
+    /// disk, with the crash policy applied).
     pub(crate) fn run(
         &self,
-        op: &RateOp,
+        kind: OpKind,
+        targets: &[Target],
         now: u64,
-        load: impl Fn(&[u8; 32], &Spec) -> Result<Option<RateState>>,
+        load: impl Fn(&CounterKey, &Spec) -> Result<Option<RateState>>,
     ) -> Result<RateOutcome> {
-        let targets = op.targets();
+        if let [target] = targets {
+            // The common case, without allocation: one counter, one lock.
+            let mut shard = self.shards[shard_of(&target.key)].lock();
+            let mut states = [shard.state(target, &load)?];
+            let (outcome, changed) = charge::apply(kind, targets, &mut states, now);
+            if changed {
+                shard.store(target, states[0]);
+            }
+            return Ok(outcome);
+        }
+        // Several counters: lock their shards in ascending order (no deadlock with another
+        // multi-counter operation), so the whole check is atomic.
         let mut order: Vec<usize> = targets.iter().map(|t| shard_of(&t.key)).collect();
         order.sort_unstable();
         order.dedup();
@@ -74,7 +124,6 @@ impl RateCache {
             .into_iter()
             .map(|index| (index, self.shards[index].lock()))
             .collect();
-        // Where each target's shard guard sits in `guards` (every shard was locked above).
         let mut positions = Vec::with_capacity(targets.len());
         for target in targets {
             let index = shard_of(&target.key);
@@ -84,43 +133,14 @@ impl RateCache {
                 .ok_or_else(|| Error::Corrupted("rate cache shard not locked".into()))?;
             positions.push(position);
         }
-
         let mut states = Vec::with_capacity(targets.len());
         for (target, &position) in targets.iter().zip(&positions) {
-            let entries = &mut guards[position].1.entries;
-            let state = if let Some(entry) = entries.get_mut(&target.key) {
-                entry.touched = true;
-                entry.state
-            } else {
-                let state = load(&target.key, &target.spec)?;
-                entries.insert(
-                    target.key,
-                    Entry {
-                        spec: target.spec,
-                        state,
-                        dirty: false,
-                        touched: true,
-                    },
-                );
-                state
-            };
-            states.push(state);
+            states.push(guards[position].1.state(target, &load)?);
         }
-
-        let (outcome, writes) = charge::apply(op, &states, now);
-        for ((target, &position), state) in targets
-            .iter()
-            .zip(&positions)
-            .zip(writes.into_iter().flatten())
-        {
-            let shard = &mut *guards[position].1;
-            if let Some(entry) = shard.entries.get_mut(&target.key) {
-                entry.state = state;
-                entry.spec = target.spec;
-                if !entry.dirty {
-                    entry.dirty = true;
-                    shard.dirty.push(target.key);
-                }
+        let (outcome, changed) = charge::apply(kind, targets, &mut states, now);
+        if changed {
+            for ((target, &position), state) in targets.iter().zip(&positions).zip(states) {
+                guards[position].1.store(target, state);
             }
         }
         Ok(outcome)

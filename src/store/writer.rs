@@ -191,7 +191,7 @@ impl Writer {
         let now = sequencer.time.high_water();
         let written = self.backend.write(|tables| {
             for (key, spec, state) in &dirty {
-                tables.put_rate(key, stored(spec, *state, now).as_ref())?;
+                tables.put_rate(&key.0, stored(spec, *state, now).as_ref())?;
             }
             if last && batched {
                 tables.mark_rates_clean()?;
@@ -337,18 +337,18 @@ impl Sequencer {
     }
 
     fn rate(&self, tables: &mut Tables<'_>, op: &RateOp, now: u64) -> Result<Answer, Error> {
-        let targets = op.targets();
-        let mut states = Vec::with_capacity(targets.len());
-        for target in targets {
-            let on_disk = tables.rate(&target.key)?.map(|rate| rate.state);
+        let mut states = Vec::with_capacity(op.targets.len());
+        for target in &op.targets {
+            let on_disk = tables.rate(&target.key.0)?.map(|rate| rate.state);
             states.push(self.recovery.on_load(&target.spec, on_disk, now));
         }
-        let (outcome, writes) = charge::apply(op, &states, now);
-        let wrote = writes.is_some();
-        for (target, state) in targets.iter().zip(writes.into_iter().flatten()) {
-            tables.put_rate(&target.key, stored(&target.spec, state, now).as_ref())?;
+        let (outcome, changed) = charge::apply(op.kind, &op.targets, &mut states, now);
+        if changed {
+            for (target, state) in op.targets.iter().zip(states) {
+                tables.put_rate(&target.key.0, stored(&target.spec, state, now).as_ref())?;
+            }
         }
-        Ok(Answer::Rate(outcome, wrote))
+        Ok(Answer::Rate(outcome, changed))
     }
 
     fn begin(
