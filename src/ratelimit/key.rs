@@ -7,7 +7,7 @@
 //!   (`SipHash` is a keyed pseudo-random function), and chance collisions are negligible at 128 bits;
 //! - it costs about 100 instructions, where SHA-256 cost about 3,400 on the check path.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 
 use siphasher::sip128::SipHasher13;
 
@@ -18,34 +18,18 @@ use crate::error::{Error, Result};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct CounterKey(pub [u8; 16]);
 
-impl Hash for CounterKey {
-    // Keys are outputs of a keyed PRF: their first 8 bytes are already a good hash.
-    fn hash<H: Hasher>(&self, state: &mut H) {
-        let mut low = [0; 8];
-        low.copy_from_slice(&self.0[..8]);
-        state.write_u64(u64::from_le_bytes(low));
+/// Checks that a subject is 1 to 512 bytes.
+///
+/// # Errors
+/// [`Error::InvalidArgument`] otherwise.
+pub(crate) fn check_subject(subject: &str) -> Result<()> {
+    if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
+        return Err(Error::InvalidArgument(format!(
+            "subjects are 1 to {MAX_SUBJECT_LEN} bytes; got {}",
+            subject.len()
+        )));
     }
-}
-
-/// A hasher for [`CounterKey`] maps that passes the key's own bits through.
-#[derive(Default)]
-pub(crate) struct PassThroughHasher(u64);
-
-impl Hasher for PassThroughHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        // Only `write_u64` is used by `CounterKey`; fold anything else in so it is still a hash.
-        for byte in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(*byte);
-        }
-    }
-
-    fn write_u64(&mut self, n: u64) {
-        self.0 = n;
-    }
+    Ok(())
 }
 
 /// Computes counter keys with a store's secret.
@@ -72,12 +56,7 @@ impl CounterKeys {
     /// # Errors
     /// [`Error::InvalidArgument`] for an empty subject or one over 512 bytes.
     pub(crate) fn key(&self, limit: &str, subject: &str) -> Result<CounterKey> {
-        if subject.is_empty() || subject.len() > MAX_SUBJECT_LEN {
-            return Err(Error::InvalidArgument(format!(
-                "subjects are 1 to {MAX_SUBJECT_LEN} bytes; got {}",
-                subject.len()
-            )));
-        }
+        check_subject(subject)?;
         // One write of the whole framed input: SipHash's per-call overhead dominates for short
         // inputs. A small buffer serves the usual sizes (clearing the large one costs more than
         // hashing).

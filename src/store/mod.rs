@@ -153,7 +153,8 @@ impl Store {
             },
         )?;
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
-        let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::default()));
+        let rate_keys = CounterKeys::new(persisted.rate_secret);
+        let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys)));
         let backend = Arc::new(backend);
         let time = Arc::new(StoreTime::new(builder.clock, persisted.clock_high_water));
         let poisoned = Arc::new(AtomicBool::new(false));
@@ -197,7 +198,7 @@ impl Store {
                 epoch: persisted.epoch,
                 rate_cache,
                 recovery,
-                rate_keys: CounterKeys::new(persisted.rate_secret),
+                rate_keys,
             }),
         })
     }

@@ -9,10 +9,13 @@
 use std::time::Duration;
 
 use super::Store;
+use super::rate_cache::{Query, RateCache};
 use super::writer::{Answer, Command};
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
-use crate::ratelimit::{CrashPolicy, Decision, Limit, RateState, Spec, most_restrictive};
+use crate::ratelimit::{
+    CounterKey, CrashPolicy, Decision, Limit, RateState, Spec, check_subject, most_restrictive,
+};
 
 /// How counters loaded from disk are adjusted after an unclean batched session.
 #[derive(Debug, Clone, Copy)]
@@ -64,18 +67,7 @@ impl Store {
     /// - [`Error::InvalidArgument`] for an empty subject or one over 512 bytes.
     /// - [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`], [`Error::Corrupted`].
     pub fn check_n(&self, limit: &Limit, subject: &str, cost: u32) -> Result<Decision> {
-        let capacity = limit.spec.capacity();
-        if u64::from(cost) > capacity {
-            return Err(Error::CostTooLarge {
-                cost,
-                limit: u32::try_from(capacity).unwrap_or(u32::MAX),
-            });
-        }
-        let target = self.target(limit, subject)?;
-        let kind = OpKind::Charge {
-            cost: u64::from(cost),
-        };
-        self.run_rate(kind, &[target], &[limit])
+        self.check_all(&[(limit, subject)], cost)
     }
 
     /// Charges `cost` to every `(limit, subject)` counter, or to none: if any limit denies, nothing
@@ -86,9 +78,6 @@ impl Store {
     /// As for [`Store::check_n`], and [`Error::InvalidArgument`] for an empty list or the same
     /// `(limit name, subject)` listed twice.
     pub fn check_all(&self, checks: &[(&Limit, &str)], cost: u32) -> Result<Decision> {
-        let kind = OpKind::Charge {
-            cost: u64::from(cost),
-        };
         for (limit, _) in checks {
             let capacity = limit.spec.capacity();
             if u64::from(cost) > capacity {
@@ -98,27 +87,27 @@ impl Store {
                 });
             }
         }
-        match checks {
-            [] => Err(Error::InvalidArgument(
+        if checks.is_empty() {
+            return Err(Error::InvalidArgument(
                 "check_all needs at least one limit".into(),
-            )),
-            [(limit, subject)] => self.check_n(limit, subject, cost),
-            _ => {
-                let mut targets = Vec::with_capacity(checks.len());
-                for (limit, subject) in checks {
-                    targets.push(self.target(limit, subject)?);
-                }
-                let mut keys: Vec<_> = targets.iter().map(|t| t.key.0).collect();
-                keys.sort_unstable();
-                if keys.windows(2).any(|pair| pair[0] == pair[1]) {
-                    return Err(Error::InvalidArgument(
-                        "the same limit and subject are listed twice".into(),
-                    ));
-                }
-                let limits: Vec<&Limit> = checks.iter().map(|(limit, _)| *limit).collect();
-                self.run_rate(kind, &targets, &limits)
+            ));
+        }
+        if checks.len() > 1 {
+            let mut pairs: Vec<(&str, &str)> = checks
+                .iter()
+                .map(|(limit, subject)| (limit.name(), *subject))
+                .collect();
+            pairs.sort_unstable();
+            if pairs.windows(2).any(|pair| pair[0] == pair[1]) {
+                return Err(Error::InvalidArgument(
+                    "the same limit and subject are listed twice".into(),
+                ));
             }
         }
+        let kind = OpKind::Charge {
+            cost: u64::from(cost),
+        };
+        self.run_rate(kind, checks)
     }
 
     /// Reports `subject`'s counter under `limit` without charging: `allowed()` says whether a check
@@ -128,8 +117,7 @@ impl Store {
     /// [`Error::InvalidArgument`] for a bad subject; [`Error::Closed`], [`Error::Poisoned`],
     /// [`Error::Storage`], [`Error::Corrupted`].
     pub fn peek(&self, limit: &Limit, subject: &str) -> Result<Decision> {
-        let target = self.target(limit, subject)?;
-        self.run_rate(OpKind::Peek, &[target], &[limit])
+        self.run_rate(OpKind::Peek, &[(limit, subject)])
     }
 
     /// Gives back up to `amount` of what `subject` spent under `limit` (for example when the
@@ -138,11 +126,10 @@ impl Store {
     /// # Errors
     /// As for [`Store::peek`].
     pub fn refund(&self, limit: &Limit, subject: &str, amount: u32) -> Result<Decision> {
-        let target = self.target(limit, subject)?;
         let kind = OpKind::Refund {
             amount: u64::from(amount),
         };
-        self.run_rate(kind, &[target], &[limit])
+        self.run_rate(kind, &[(limit, subject)])
     }
 
     /// Forgets `subject`'s counter under `limit`: its next check starts from a full quota.
@@ -150,69 +137,93 @@ impl Store {
     /// # Errors
     /// As for [`Store::peek`].
     pub fn reset(&self, limit: &Limit, subject: &str) -> Result<()> {
-        let target = self.target(limit, subject)?;
-        self.run_rate(OpKind::Reset, &[target], &[limit]).map(drop)
+        self.run_rate(OpKind::Reset, &[(limit, subject)]).map(drop)
     }
 
-    fn target(&self, limit: &Limit, subject: &str) -> Result<Target> {
-        Ok(Target {
-            key: self.shared.rate_keys.key(limit.name(), subject)?,
-            spec: limit.spec,
-        })
-    }
-
-    /// Runs `kind` on `targets` in the configured durability mode: against the in-memory cache
-    /// (Batched), through the writer (Immediate, changing operations), or from a read transaction
-    /// (Immediate peeks).
-    fn run_rate(&self, kind: OpKind, targets: &[Target], limits: &[&Limit]) -> Result<Decision> {
-        let outcome = match &self.shared.rate_cache {
-            Some(cache) => {
-                self.check_usable()?;
-                let engine = self.shared.engine.read();
-                let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-                let now = self.shared.time.now();
-                let recovery = self.shared.recovery;
-                cache.run(kind, targets, now, |key, spec| {
-                    let stored = engine.backend.read_rate(&key.0)?.map(|rate| rate.state);
-                    Ok(recovery.on_load(spec, stored, now))
-                })?
-            }
-            None if kind.writes() => {
-                let op = RateOp {
-                    kind,
-                    targets: targets.to_vec(),
-                };
-                match self.send(|reply| Command::Rate { op, reply })? {
-                    Answer::Rate(outcome, _) => outcome,
-                    _ => {
-                        return Err(Error::Corrupted(
-                            "the writer answered a rate operation with something else".into(),
-                        ));
-                    }
-                }
-            }
-            None => {
-                self.check_usable()?;
-                let engine = self.shared.engine.read();
-                let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-                let now = self.shared.time.now();
-                let mut states = Vec::with_capacity(targets.len());
-                for target in targets {
-                    let stored = engine
-                        .backend
-                        .read_rate(&target.key.0)?
-                        .map(|rate| rate.state);
-                    states.push(self.shared.recovery.on_load(&target.spec, stored, now));
-                }
-                charge::apply(kind, targets, &mut states, now).0
-            }
+    /// Runs `kind` on the `(limit, subject)` counters in the configured durability mode: against
+    /// the in-memory cache (Batched), through the writer (Immediate, changing operations), or from
+    /// a read transaction (Immediate peeks).
+    fn run_rate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<Decision> {
+        for (_, subject) in checks {
+            check_subject(subject)?;
+        }
+        let outcome = if let Some(cache) = &self.shared.rate_cache {
+            self.run_batched(cache, kind, checks)?
+        } else {
+            self.run_immediate(kind, checks)?
         };
-        Ok(decision(&outcome, limits))
+        Ok(decision(&outcome, checks))
+    }
+
+    /// Batched mode: decide from memory; the writer flushes changes within `max_delay`.
+    fn run_batched(
+        &self,
+        cache: &RateCache,
+        kind: OpKind,
+        checks: &[(&Limit, &str)],
+    ) -> Result<RateOutcome> {
+        self.check_usable()?;
+        // Held for the whole operation, so that `close` (which takes it exclusively before the
+        // final flush) never misses a change.
+        let engine = self.shared.engine.read();
+        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+        let now = self.shared.time.now();
+        let recovery = self.shared.recovery;
+        let loader = |key: &CounterKey, spec: &Spec| {
+            let stored = engine.backend.read_rate(&key.0)?.map(|rate| rate.state);
+            Ok(recovery.on_load(spec, stored, now))
+        };
+        if let [(limit, subject)] = checks {
+            cache.run(kind, &[Query { limit, subject }], now, &loader)
+        } else {
+            let queries: Vec<Query<'_>> = checks
+                .iter()
+                .map(|&(limit, subject)| Query { limit, subject })
+                .collect();
+            cache.run(kind, &queries, now, &loader)
+        }
+    }
+
+    /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
+    /// committed state.
+    fn run_immediate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        let mut targets = Vec::with_capacity(checks.len());
+        for (limit, subject) in checks {
+            targets.push(Target {
+                key: self.shared.rate_keys.key(limit.name(), subject)?,
+                spec: limit.spec,
+            });
+        }
+        if kind.writes() {
+            let op = RateOp { kind, targets };
+            return match self.send(|reply| Command::Rate { op, reply })? {
+                Answer::Rate(outcome, _) => Ok(outcome),
+                _ => Err(Error::Corrupted(
+                    "the writer answered a rate operation with something else".into(),
+                )),
+            };
+        }
+        self.check_usable()?;
+        let engine = self.shared.engine.read();
+        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+        let now = self.shared.time.now();
+        let mut states = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let stored = engine
+                .backend
+                .read_rate(&target.key.0)?
+                .map(|rate| rate.state);
+            states.push(self.shared.recovery.on_load(&target.spec, stored, now));
+        }
+        Ok(charge::apply(kind, &targets, &mut states, now).0)
     }
 }
 
-fn decision(outcome: &RateOutcome, limits: &[&Limit]) -> Decision {
-    let limit = limits.get(outcome.deciding).or(limits.first());
+fn decision(outcome: &RateOutcome, checks: &[(&Limit, &str)]) -> Decision {
+    let limit = checks
+        .get(outcome.deciding)
+        .or(checks.first())
+        .map(|(limit, _)| *limit);
     let (policy, capacity, window) = limit.map_or_else(
         || (std::sync::Arc::from(""), 0, 0),
         |limit| {

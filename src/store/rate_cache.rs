@@ -1,10 +1,18 @@
 //! Rate counters in memory, for [`RateDurability::Batched`](crate::ratelimit::RateDurability).
 //!
-//! 64 shards, each a mutex over a map from counter key to entry; keys are SHA-256 digests, so the
-//! first byte spreads them evenly. An operation locks the shards of all its counters in ascending
-//! shard order (so `check_all` never deadlocks with another), loads any counter it does not hold
-//! from disk, applies the pure `charge::apply`, and marks changed counters dirty. The writer thread
-//! takes the dirty counters at least every `max_delay` and writes them in one transaction.
+//! 64 shards, each a mutex over a hash table of entries found by *(limit name, subject)* with a
+//! randomly seeded fast hash (foldhash, hashbrown's default). The storage key (a keyed `SipHash` of
+//! the same pair, see `ratelimit::key`) is computed only when a counter is first loaded, and kept
+//! in the entry for flushing: on the hot path a check costs one short hash and one probe.
+//!
+//! An operation locks the shards of all its counters in ascending shard order (so `check_all`
+//! never deadlocks with another), loads any counter it does not hold from disk, applies the pure
+//! `charge::apply`, and marks changed counters dirty. The writer thread takes the dirty counters
+//! at least every `max_delay` and writes them in one transaction.
+//!
+//! Hash flooding: subjects are client-chosen, and foldhash is seeded per process but not a
+//! cryptographic PRF. A flood of colliding subjects could only slow lookups in one shard (equality
+//! still decides), never merge two counters: on disk, counters are keyed by SipHash-128.
 //!
 //! # Memory bound
 //! An entry leaves memory when it is clean (written) and either idle (indistinguishable from a
@@ -15,18 +23,23 @@
 //! An entry is only dropped when clean, and the writer drops entries only between flushes, after
 //! the previous flush committed: a reload from disk always sees the latest state.
 
-use std::collections::HashMap;
-use std::hash::BuildHasherDefault;
+use std::hash::BuildHasher;
+use std::sync::Arc;
 
+use hashbrown::{DefaultHashBuilder, HashTable};
 use parking_lot::{Mutex, MutexGuard};
 
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{self, OpKind, RateOutcome, Target};
-use crate::ratelimit::{CounterKey, PassThroughHasher, RateState, Spec, is_idle};
+use crate::ratelimit::{CounterKey, CounterKeys, Limit, RateState, Spec, is_idle};
 
 const SHARDS: usize = 64;
 
 struct Entry {
+    hash: u64,
+    limit: Arc<str>,
+    subject: Box<str>,
+    key: CounterKey,
     spec: Spec,
     state: Option<RateState>,
     dirty: bool,
@@ -35,41 +48,72 @@ struct Entry {
 
 #[derive(Default)]
 struct Shard {
-    entries: HashMap<CounterKey, Entry, BuildHasherDefault<PassThroughHasher>>,
-    dirty: Vec<CounterKey>,
+    entries: HashTable<Entry>,
+    /// Entries changed since the last flush, by (hash, storage key).
+    dirty: Vec<(u64, CounterKey)>,
+}
+
+/// One counter an operation asks for.
+#[derive(Clone, Copy)]
+pub(crate) struct Query<'a> {
+    pub limit: &'a Limit,
+    pub subject: &'a str,
+}
+
+/// Reads a counter that is not in memory.
+pub(crate) trait Loader {
+    fn load(&self, key: &CounterKey, spec: &Spec) -> Result<Option<RateState>>;
+}
+
+impl<F: Fn(&CounterKey, &Spec) -> Result<Option<RateState>>> Loader for F {
+    fn load(&self, key: &CounterKey, spec: &Spec) -> Result<Option<RateState>> {
+        self(key, spec)
+    }
 }
 
 impl Shard {
-    /// The entry's state, loading it with `load` if it is not in memory.
+    /// The counter's storage key and state, loading it if it is not in memory.
     fn state(
         &mut self,
-        target: &Target,
-        load: &impl Fn(&CounterKey, &Spec) -> Result<Option<RateState>>,
-    ) -> Result<Option<RateState>> {
-        if let Some(entry) = self.entries.get_mut(&target.key) {
+        hash: u64,
+        query: Query<'_>,
+        keys: &CounterKeys,
+        loader: &impl Loader,
+    ) -> Result<(CounterKey, Option<RateState>)> {
+        let name = query.limit.name();
+        let found = self
+            .entries
+            .find_mut(hash, |e| &*e.limit == name && &*e.subject == query.subject);
+        if let Some(entry) = found {
             entry.touched = true;
-            return Ok(entry.state);
+            return Ok((entry.key, entry.state));
         }
-        let state = load(&target.key, &target.spec)?;
-        self.entries.insert(
-            target.key,
+        let key = keys.key(name, query.subject)?;
+        let state = loader.load(&key, &query.limit.spec)?;
+        self.entries.insert_unique(
+            hash,
             Entry {
-                spec: target.spec,
+                hash,
+                limit: query.limit.shared_name(),
+                subject: query.subject.into(),
+                key,
+                spec: query.limit.spec,
                 state,
                 dirty: false,
                 touched: true,
             },
+            |e| e.hash,
         );
-        Ok(state)
+        Ok((key, state))
     }
 
-    fn store(&mut self, target: &Target, state: Option<RateState>) {
-        if let Some(entry) = self.entries.get_mut(&target.key) {
+    fn store(&mut self, hash: u64, target: &Target, state: Option<RateState>) {
+        if let Some(entry) = self.entries.find_mut(hash, |e| e.key == target.key) {
             entry.state = state;
             entry.spec = target.spec;
             if !entry.dirty {
                 entry.dirty = true;
-                self.dirty.push(target.key);
+                self.dirty.push((hash, target.key));
             }
         }
     }
@@ -80,67 +124,93 @@ pub(crate) type DirtyCounter = (CounterKey, Spec, Option<RateState>);
 
 pub(crate) struct RateCache {
     shards: Vec<Mutex<Shard>>,
-}
-
-impl Default for RateCache {
-    fn default() -> Self {
-        Self {
-            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
-        }
-    }
-}
-
-fn shard_of(key: &CounterKey) -> usize {
-    // The PRF output's last byte: independent of the bits the maps hash on.
-    usize::from(key.0[15]) % SHARDS
+    hasher: DefaultHashBuilder,
+    keys: CounterKeys,
 }
 
 impl RateCache {
-    /// Runs `kind` on `targets` at `now`. `load` reads a counter that is not in memory (from
+    pub(crate) fn new(keys: CounterKeys) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            hasher: DefaultHashBuilder::default(),
+            keys,
+        }
+    }
+
+    fn hash(&self, query: Query<'_>) -> u64 {
+        self.hasher.hash_one((query.limit.name(), query.subject))
+    }
+}
+
+/// The shard of a hash: bits 32..38, independent of the bits the tables use (the low bits pick a
+/// bucket, the top seven are the control byte).
+fn shard_of(hash: u64) -> usize {
+    usize::try_from((hash >> 32) % SHARDS as u64).unwrap_or(0)
+}
+
+impl RateCache {
+    /// Runs `kind` on `queries` at `now`. `loader` reads a counter that is not in memory (from
     /// disk, with the crash policy applied).
     pub(crate) fn run(
         &self,
         kind: OpKind,
-        targets: &[Target],
+        queries: &[Query<'_>],
         now: u64,
-        load: impl Fn(&CounterKey, &Spec) -> Result<Option<RateState>>,
+        loader: &impl Loader,
     ) -> Result<RateOutcome> {
-        if let [target] = targets {
+        if let [query] = queries {
             // The common case, without allocation: one counter, one lock.
-            let mut shard = self.shards[shard_of(&target.key)].lock();
-            let mut states = [shard.state(target, &load)?];
-            let (outcome, changed) = charge::apply(kind, targets, &mut states, now);
+            let hash = self.hash(*query);
+            let mut shard = self.shards[shard_of(hash)].lock();
+            let (key, state) = shard.state(hash, *query, &self.keys, loader)?;
+            let targets = [Target {
+                key,
+                spec: query.limit.spec,
+            }];
+            let mut states = [state];
+            let (outcome, changed) = charge::apply(kind, &targets, &mut states, now);
             if changed {
-                shard.store(target, states[0]);
+                shard.store(hash, &targets[0], states[0]);
             }
             return Ok(outcome);
         }
         // Several counters: lock their shards in ascending order (no deadlock with another
         // multi-counter operation), so the whole check is atomic.
-        let mut order: Vec<usize> = targets.iter().map(|t| shard_of(&t.key)).collect();
+        let hashes: Vec<u64> = queries.iter().map(|q| self.hash(*q)).collect();
+        let mut order: Vec<usize> = hashes.iter().map(|h| shard_of(*h)).collect();
         order.sort_unstable();
         order.dedup();
         let mut guards: Vec<(usize, MutexGuard<'_, Shard>)> = order
             .into_iter()
             .map(|index| (index, self.shards[index].lock()))
             .collect();
-        let mut positions = Vec::with_capacity(targets.len());
-        for target in targets {
-            let index = shard_of(&target.key);
+        let mut positions = Vec::with_capacity(queries.len());
+        for hash in &hashes {
+            let index = shard_of(*hash);
             let position = guards
                 .iter()
                 .position(|(i, _)| *i == index)
                 .ok_or_else(|| Error::Corrupted("rate cache shard not locked".into()))?;
             positions.push(position);
         }
-        let mut states = Vec::with_capacity(targets.len());
-        for (target, &position) in targets.iter().zip(&positions) {
-            states.push(guards[position].1.state(target, &load)?);
+        let mut targets = Vec::with_capacity(queries.len());
+        let mut states = Vec::with_capacity(queries.len());
+        for ((query, hash), &position) in queries.iter().zip(&hashes).zip(&positions) {
+            let (key, state) = guards[position]
+                .1
+                .state(*hash, *query, &self.keys, loader)?;
+            targets.push(Target {
+                key,
+                spec: query.limit.spec,
+            });
+            states.push(state);
         }
-        let (outcome, changed) = charge::apply(kind, targets, &mut states, now);
+        let (outcome, changed) = charge::apply(kind, &targets, &mut states, now);
         if changed {
-            for ((target, &position), state) in targets.iter().zip(&positions).zip(states) {
-                guards[position].1.store(target, state);
+            for (((target, hash), &position), state) in
+                targets.iter().zip(&hashes).zip(&positions).zip(states)
+            {
+                guards[position].1.store(*hash, target, state);
             }
         }
         Ok(outcome)
@@ -152,8 +222,8 @@ impl RateCache {
         for shard in &self.shards {
             let mut shard = shard.lock();
             let Shard { entries, dirty } = &mut *shard;
-            for key in dirty.drain(..) {
-                if let Some(entry) = entries.get_mut(&key) {
+            for (hash, key) in dirty.drain(..) {
+                if let Some(entry) = entries.find_mut(hash, |e| e.key == key) {
                     entry.dirty = false;
                     out.push((key, entry.spec, entry.state));
                 }
@@ -166,7 +236,7 @@ impl RateCache {
     /// after the latest flush committed.
     pub(crate) fn evict(&self, now: u64) {
         for shard in &self.shards {
-            shard.lock().entries.retain(|_, entry| {
+            shard.lock().entries.retain(|entry| {
                 let keep = entry.dirty
                     || (entry.touched
                         && entry
