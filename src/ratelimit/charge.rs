@@ -64,58 +64,26 @@ pub(crate) fn apply(
 ) -> (RateOutcome, bool) {
     let first = |states: &[Option<RateState>]| states.first().copied().flatten();
     let Some(spec) = targets.first().map(|target| target.spec) else {
-        let nothing = algorithm::evaluate(
-            &Spec::FixedWindow {
-                limit: 1,
-                period: 1,
-            },
-            None,
-            now,
-            0,
-        );
-        return (
-            RateOutcome {
-                allowed: false,
-                deciding: 0,
-                evaluation: nothing,
-            },
-            false,
-        );
+        return (empty(now), false);
     };
     match kind {
-        OpKind::Charge { cost } => {
-            let mut allowed = true;
-            let mut deciding = 0;
-            let mut decided: Option<Evaluation> = None;
-            for (index, (target, state)) in targets.iter().zip(states.iter()).enumerate() {
-                let evaluation = algorithm::evaluate(&target.spec, *state, now, cost);
-                allowed &= evaluation.allowed;
-                if decided.is_none_or(|best| rank(&evaluation) > rank(&best)) {
-                    decided = Some(evaluation);
-                    deciding = index;
-                }
-            }
-            let changed = allowed && cost > 0;
+        OpKind::Charge { cost } if targets.len() == 1 => {
+            // One counter: its evaluation is the decision.
+            let evaluation = algorithm::evaluate(&spec, first(states), now, cost);
+            let changed = evaluation.allowed && cost > 0;
             if changed {
-                if let ([_], [state], Some(evaluation)) = (targets, &mut *states, decided) {
-                    // One counter: its evaluation is already at hand.
+                if let Some(state) = states.first_mut() {
                     *state = Some(evaluation.state);
-                } else {
-                    for (target, state) in targets.iter().zip(states.iter_mut()) {
-                        *state = Some(algorithm::evaluate(&target.spec, *state, now, cost).state);
-                    }
                 }
             }
-            let evaluation = decided.unwrap_or_else(|| peek(&spec, None, now));
-            (
-                RateOutcome {
-                    allowed,
-                    deciding,
-                    evaluation,
-                },
-                changed,
-            )
+            let outcome = RateOutcome {
+                allowed: evaluation.allowed,
+                deciding: 0,
+                evaluation,
+            };
+            (outcome, changed)
         }
+        OpKind::Charge { cost } => charge_all(targets, states, now, cost),
         OpKind::Peek => {
             let evaluation = peek(&spec, first(states), now);
             (
@@ -156,6 +124,56 @@ pub(crate) fn apply(
                 true,
             )
         }
+    }
+}
+
+/// Charges `cost` to every target or to none; the most restrictive evaluation decides.
+fn charge_all(
+    targets: &[Target],
+    states: &mut [Option<RateState>],
+    now: u64,
+    cost: u64,
+) -> (RateOutcome, bool) {
+    let mut allowed = true;
+    let mut deciding = 0;
+    let mut decided: Option<Evaluation> = None;
+    for (index, (target, state)) in targets.iter().zip(states.iter()).enumerate() {
+        let evaluation = algorithm::evaluate(&target.spec, *state, now, cost);
+        allowed &= evaluation.allowed;
+        if decided.is_none_or(|best| rank(&evaluation) > rank(&best)) {
+            decided = Some(evaluation);
+            deciding = index;
+        }
+    }
+    let changed = allowed && cost > 0;
+    if changed {
+        for (target, state) in targets.iter().zip(states.iter_mut()) {
+            *state = Some(algorithm::evaluate(&target.spec, *state, now, cost).state);
+        }
+    }
+    let Some(evaluation) = decided else {
+        return (empty(now), false);
+    };
+    (
+        RateOutcome {
+            allowed,
+            deciding,
+            evaluation,
+        },
+        changed,
+    )
+}
+
+/// The outcome of an operation on no counters (callers never build one; kept total anyway).
+fn empty(now: u64) -> RateOutcome {
+    let spec = Spec::FixedWindow {
+        limit: 1,
+        period: 1,
+    };
+    RateOutcome {
+        allowed: false,
+        deciding: 0,
+        evaluation: algorithm::evaluate(&spec, None, now, 0),
     }
 }
 

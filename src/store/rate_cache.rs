@@ -38,12 +38,52 @@ const SHARDS: usize = 64;
 struct Entry {
     hash: u64,
     limit: Arc<str>,
-    subject: Box<str>,
+    subject: Subject,
     key: CounterKey,
     spec: Spec,
     state: Option<RateState>,
     dirty: bool,
     touched: bool,
+}
+
+/// A subject, inline when short (most are: IP addresses, ids), so that comparing it touches no
+/// other cache line.
+enum Subject {
+    Inline {
+        len: u8,
+        bytes: [u8; INLINE_SUBJECT],
+    },
+    Heap(Box<str>),
+}
+
+const INLINE_SUBJECT: usize = 46;
+
+impl Subject {
+    fn new(subject: &str) -> Self {
+        let mut bytes = [0; INLINE_SUBJECT];
+        match (bytes.get_mut(..subject.len()), u8::try_from(subject.len())) {
+            (Some(slot), Ok(len)) => {
+                slot.copy_from_slice(subject.as_bytes());
+                Subject::Inline { len, bytes }
+            }
+            _ => Subject::Heap(subject.into()),
+        }
+    }
+
+    fn is(&self, subject: &str) -> bool {
+        match self {
+            Subject::Inline { len, bytes } => {
+                bytes.get(..usize::from(*len)) == Some(subject.as_bytes())
+            }
+            Subject::Heap(boxed) => &**boxed == subject,
+        }
+    }
+}
+
+/// Whether `stored` names the same limit as `name`; limits share their name's allocation, so this
+/// is usually a pointer comparison.
+fn same_limit(stored: &Arc<str>, name: &str) -> bool {
+    std::ptr::eq(stored.as_ptr(), name.as_ptr()) && stored.len() == name.len() || &**stored == name
 }
 
 #[derive(Default)]
@@ -81,9 +121,9 @@ impl Shard {
         loader: &impl Loader,
     ) -> Result<(CounterKey, Option<RateState>)> {
         let name = query.limit.name();
-        let found = self
-            .entries
-            .find_mut(hash, |e| &*e.limit == name && &*e.subject == query.subject);
+        let found = self.entries.find_mut(hash, |e| {
+            same_limit(&e.limit, name) && e.subject.is(query.subject)
+        });
         if let Some(entry) = found {
             entry.touched = true;
             return Ok((entry.key, entry.state));
@@ -95,7 +135,7 @@ impl Shard {
             Entry {
                 hash,
                 limit: query.limit.shared_name(),
-                subject: query.subject.into(),
+                subject: Subject::new(query.subject),
                 key,
                 spec: query.limit.spec,
                 state,
