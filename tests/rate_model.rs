@@ -11,11 +11,13 @@
 //!
 //! `PROPTEST_CASES` runs more cases (default 48).
 
+mod fixture;
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use proptest::test_runner::TestRunner;
 use tollgate::ratelimit::{Decision, Limit, Quota, RateDurability};
 use tollgate::{Clock, ManualClock, Store};
 
@@ -420,18 +422,7 @@ fn run_case(kind: Kind, durability: RateDurability, ops: &[Op]) -> Result<(), Te
 
 #[test]
 fn rate_algorithms_agree_with_reference_models_in_both_modes() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(48);
-    let config = Config {
-        cases,
-        source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..Config::default()
-    };
+    let config = fixture::proptest_config(file!(), 48);
     let durability = prop_oneof![
         Just(RateDurability::Immediate),
         Just(RateDurability::Batched {

@@ -8,11 +8,13 @@
 //! `state_machine_model.proptest-regressions` and replayed first on every run.
 //! `PROPTEST_CASES` runs more cases (the default is 64).
 
+mod fixture;
+
 use std::collections::HashMap;
 use std::time::{Duration, SystemTime};
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, FileFailurePersistence, TestRunner};
+use proptest::test_runner::TestRunner;
 use tollgate::idempotency::{
     Begin, Fingerprint, IdempotencyKey, Lease, Outcome, RecordState, StoredResponse,
 };
@@ -491,18 +493,7 @@ fn check_resolution(result: Result<(), Error>, owned: bool) -> Result<(), TestCa
 
 #[test]
 fn store_agrees_with_the_reference_model() {
-    let cases = std::env::var("PROPTEST_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(64);
-    let config = Config {
-        cases,
-        source_file: Some(file!()),
-        failure_persistence: Some(Box::new(FileFailurePersistence::SourceParallel(
-            "proptest-regressions",
-        ))),
-        ..Config::default()
-    };
+    let config = fixture::proptest_config(file!(), 64);
     let mut runner = TestRunner::new(config);
     let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
         let mut harness = Harness::new();

@@ -188,7 +188,17 @@ pub(crate) fn evaluate(spec: &Spec, state: Option<RateState>, now: u64, cost: u6
                 previous,
                 current,
             },
-        ) => sliding(limit, period, window, previous, current, now, cost),
+        ) => sliding(
+            Window {
+                limit,
+                period,
+                start: window,
+                previous,
+                current,
+            },
+            now,
+            cost,
+        ),
         // normalize() always returns the spec's own kind.
         _ => Evaluation {
             allowed: false,
@@ -230,91 +240,94 @@ fn fixed(limit: u64, period: u64, window: u64, count: u64, now: u64, cost: u64) 
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sliding(
+/// A sliding-window counter and its quota, as one value.
+#[derive(Debug, Clone, Copy)]
+struct Window {
     limit: u64,
     period: u64,
-    window: u64,
+    /// Start of the current aligned window.
+    start: u64,
     previous: u64,
     current: u64,
-    now: u64,
-    cost: u64,
-) -> Evaluation {
-    let p = u128::from(period);
-    let elapsed = u128::from(now - window).min(p);
-    // estimate · period, exactly.
-    let scaled = |previous: u64, current: u64, elapsed: u128| {
+}
+
+impl Window {
+    /// `estimate · period`, exactly, with `elapsed` nanoseconds of the window gone.
+    fn scaled_use(&self, previous: u64, current: u64, elapsed: u128) -> u128 {
+        let p = u128::from(self.period);
         u128::from(previous) * (p - elapsed) + u128::from(current) * p
+    }
+
+    fn capacity(&self) -> u128 {
+        u128::from(self.limit) * u128::from(self.period)
+    }
+
+    /// The elapsed time within a window from which `previous·(p − e) + (current + cost)·p` fits,
+    /// if any.
+    fn earliest_fit(&self, previous: u64, current: u64, cost: u64) -> Option<u128> {
+        let p = u128::from(self.period);
+        let room = u128::from(self.limit).checked_sub(u128::from(current) + u128::from(cost))? * p;
+        if previous == 0 {
+            return Some(0);
+        }
+        // previous·(p − e) ≤ room  ⇔  e ≥ p − room / previous (floor keeps it exact).
+        Some(p.saturating_sub(room / u128::from(previous)))
+    }
+
+    /// The earliest time from `now` at which `cost` fits with no further charges (`cost ≤ limit`).
+    fn retry_after(&self, now: u64, cost: u64) -> u64 {
+        let p = u128::from(self.period);
+        let start = u128::from(self.start);
+        let this_window = self
+            .earliest_fit(self.previous, self.current, cost)
+            .map(|e| start + e)
+            .filter(|at| *at < start + p);
+        // In the next window the current count becomes the previous one.
+        let at = this_window
+            .or_else(|| {
+                self.earliest_fit(self.current, 0, cost)
+                    .map(|e| start + p + e)
+            })
+            .unwrap_or(start + 2 * p);
+        u64::try_from(at.saturating_sub(u128::from(now))).unwrap_or(u64::MAX)
+    }
+}
+
+fn sliding(window: Window, now: u64, cost: u64) -> Evaluation {
+    let elapsed = u128::from(now - window.start).min(u128::from(window.period));
+    let used = window.scaled_use(window.previous, window.current, elapsed);
+    let allowed = used + u128::from(cost) * u128::from(window.period) <= window.capacity();
+    let window = Window {
+        current: if allowed {
+            window.current.saturating_add(cost)
+        } else {
+            window.current
+        },
+        ..window
     };
-    let used = scaled(previous, current, elapsed);
-    let allowed = used + u128::from(cost) * p <= u128::from(limit) * p;
-    let current = if allowed {
-        current.saturating_add(cost)
-    } else {
-        current
-    };
-    let used = scaled(previous, current, elapsed);
-    let capacity = u128::from(limit) * p;
-    let remaining = u64::try_from(capacity.saturating_sub(used) / p).unwrap_or(u64::MAX);
-    let window_end = window.saturating_add(period);
-    let reset_after = if current > 0 {
-        window_end.saturating_add(period).saturating_sub(now)
-    } else if previous > 0 {
+    let used = window.scaled_use(window.previous, window.current, elapsed);
+    let remaining =
+        u64::try_from(window.capacity().saturating_sub(used) / u128::from(window.period))
+            .unwrap_or(u64::MAX);
+    let window_end = window.start.saturating_add(window.period);
+    let reset_after = if window.current > 0 {
+        window_end.saturating_add(window.period).saturating_sub(now)
+    } else if window.previous > 0 {
         window_end.saturating_sub(now)
     } else {
         0
     };
-    let retry_after = if allowed || cost > limit {
-        None
-    } else {
-        Some(sliding_retry(
-            limit, period, window, previous, current, now, cost,
-        ))
-    };
     Evaluation {
         allowed,
         state: RateState::SlidingWindow {
-            window,
-            previous,
-            current,
+            window: window.start,
+            previous: window.previous,
+            current: window.current,
         },
         remaining,
         reset_after,
-        retry_after,
+        retry_after: (!allowed && cost <= window.limit).then(|| window.retry_after(now, cost)),
     }
-}
-
-/// The earliest time from `now` at which `cost` fits, with no further charges (`cost ≤ limit`).
-#[allow(clippy::too_many_arguments)]
-fn sliding_retry(
-    limit: u64,
-    period: u64,
-    window: u64,
-    previous: u64,
-    current: u64,
-    now: u64,
-    cost: u64,
-) -> u64 {
-    let p = u128::from(period);
-    // In a window whose (previous, current) are given, the elapsed time from which
-    // previous·(p − e) + (current + cost)·p ≤ limit·p, if any.
-    let earliest = |previous: u64, current: u64| -> Option<u128> {
-        let room = u128::from(limit).checked_sub(u128::from(current) + u128::from(cost))? * p;
-        if previous == 0 {
-            return Some(0);
-        }
-        // previous·(p − e) ≤ room  ⇔  e ≥ p − room / previous, rounded up.
-        let covered = room / u128::from(previous);
-        Some(p.saturating_sub(covered))
-    };
-    let this_window = earliest(previous, current)
-        .map(|e| u128::from(window) + e)
-        .filter(|at| *at < u128::from(window) + p);
-    let next_start = u128::from(window) + p;
-    let at = this_window
-        .or_else(|| earliest(current, 0).map(|e| next_start + e))
-        .unwrap_or(next_start + p);
-    u64::try_from(at.saturating_sub(u128::from(now))).unwrap_or(u64::MAX)
 }
 
 /// Gives back up to `amount` of spent quota (never more than was spent).
