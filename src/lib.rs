@@ -88,8 +88,9 @@ mod store;
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};
 pub use store::{
-    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, Stats, Store, StoreBuilder,
+    BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,
+    DEFAULT_COMPACTION_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
+    MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store, StoreBuilder,
 };
 
 // The README's quickstart runs as a doctest, so it cannot drift from the API.

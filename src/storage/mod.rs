@@ -14,6 +14,8 @@
 
 pub(crate) mod codec;
 mod redb_backend;
+mod tables;
 
 pub(crate) use codec::StoredRate;
-pub(crate) use redb_backend::{Backend, OpenOptions, Tables};
+pub(crate) use redb_backend::{Backend, OpenOptions};
+pub(crate) use tables::{RecordCounts, Swept, Tables};

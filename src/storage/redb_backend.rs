@@ -17,11 +17,12 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
 
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata, Table,
+    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
     TableDefinition, TableHandle,
 };
 
-use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
+use super::codec::{self, EXPIRY_KEY_LEN, StoredRate};
+use super::tables::{RecordCounts, Tables};
 use crate::error::{Error, StorageError};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
@@ -36,16 +37,19 @@ pub(crate) const FORMAT_VERSION: u64 = 1;
 
 const META_FORMAT: &str = "format_version";
 const META_EPOCH: &str = "epoch";
-const META_NEXT_TOKEN: &str = "next_token";
-const META_CLOCK: &str = "clock_high_water";
+pub(super) const META_NEXT_TOKEN: &str = "next_token";
+pub(super) const META_CLOCK: &str = "clock_high_water";
+/// Records on disk by state: running, completed, failed.
+pub(super) const RECORD_COUNT_KEYS: [&str; 3] =
+    ["records_running", "records_completed", "records_failed"];
 /// 1 when the last session left no batched rate decision unflushed; 0 while a batched session runs.
-const META_RATE_CLEAN: &str = "rate_clean";
+pub(super) const META_RATE_CLEAN: &str = "rate_clean";
 /// The latest time a store was reopened after an unclean batched session (0: never).
 const META_RATE_RECOVERY: &str = "rate_recovery_at";
 /// The two halves of the secret that keys rate counters (drawn when the file is created).
 const META_RATE_SECRET: [&str; 2] = ["rate_key_secret_0", "rate_key_secret_1"];
 
-fn storage<E>(error: E) -> Error
+pub(super) fn storage<E>(error: E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -60,6 +64,9 @@ pub(crate) struct OpenOptions {
     pub now: u64,
     /// Whether this session keeps rate decisions in memory before flushing them.
     pub batched_rates: bool,
+    /// Whether every commit also writes redb's allocator state (a second fsync), so that an open
+    /// after a crash needs no repair walk.
+    pub quick_repair: bool,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -75,11 +82,14 @@ pub(crate) struct Counters {
     pub rate_recovery_at: Option<u64>,
     /// The secret that keys rate counters.
     pub rate_secret: (u64, u64),
+    /// Records on disk by state.
+    pub record_counts: RecordCounts,
 }
 
 /// An open store file.
 pub(crate) struct Backend {
     db: Database,
+    quick_repair: bool,
 }
 
 impl Backend {
@@ -92,54 +102,116 @@ impl Backend {
         let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path))).map_err(|_| {
             Error::Corrupted("the storage engine panicked while opening the file".into())
         })?;
-        let db = opened.map_err(|error| match error {
-            DatabaseError::DatabaseAlreadyOpen => Error::AlreadyOpen,
-            // redb reports a wrong magic number as an I/O error of kind InvalidData.
-            DatabaseError::Storage(redb::StorageError::Io(io))
-                if io.kind() == std::io::ErrorKind::InvalidData =>
-            {
-                Error::NotAStore(io.to_string())
-            }
-            DatabaseError::Storage(redb::StorageError::Io(io)) => storage(io),
-            DatabaseError::Storage(other) => Error::NotAStore(other.to_string()),
-            DatabaseError::UpgradeRequired(version) => Error::NotAStore(format!(
-                "a redb file of format {version}, which redb 4 cannot open"
-            )),
-            other => storage(other),
-        })?;
+        let db = opened.map_err(open_error)?;
         let counters = Self::initialize(&db, options)?;
-        Ok((Self { db }, counters))
+        Ok((
+            Self {
+                db,
+                quick_repair: options.quick_repair,
+            },
+            counters,
+        ))
     }
+}
 
+/// Maps redb's open errors to tollgate's.
+fn open_error(error: DatabaseError) -> Error {
+    match error {
+        DatabaseError::DatabaseAlreadyOpen => Error::AlreadyOpen,
+        // redb reports a wrong magic number as an I/O error of kind InvalidData.
+        DatabaseError::Storage(redb::StorageError::Io(io))
+            if io.kind() == std::io::ErrorKind::InvalidData =>
+        {
+            Error::NotAStore(io.to_string())
+        }
+        DatabaseError::Storage(redb::StorageError::Io(io)) => storage(io),
+        DatabaseError::Storage(other) => Error::NotAStore(other.to_string()),
+        DatabaseError::UpgradeRequired(version) => Error::NotAStore(format!(
+            "a redb file of format {version}, which redb 4 cannot open"
+        )),
+        other => storage(other),
+    }
+}
+
+/// Whether the file already has tollgate's meta table; refuses a redb database of another program.
+fn check_tables(txn: &redb::WriteTransaction) -> Result<bool, Error> {
+    let mut names = Vec::new();
+    for handle in txn.list_tables().map_err(storage)? {
+        names.push(handle.name().to_owned());
+    }
+    let has_meta = names.iter().any(|name| name == META.name());
+    let has_multimap = txn
+        .list_multimap_tables()
+        .map_err(storage)?
+        .next()
+        .is_some();
+    if !has_meta && (!names.is_empty() || has_multimap) {
+        return Err(Error::NotAStore(
+            "a redb database without tollgate's tables".into(),
+        ));
+    }
+    Ok(has_meta)
+}
+
+/// The meta values as found at open (`None`: absent).
+struct StoredMeta {
+    format: Option<u64>,
+    epoch: Option<u64>,
+    next_token: Option<u64>,
+    clock: Option<u64>,
+    rate_clean: Option<u64>,
+    rate_recovery: Option<u64>,
+    secret: [Option<u64>; 2],
+    counts: [Option<u64>; 3],
+}
+
+impl StoredMeta {
+    fn read(meta: &redb::Table<'_, &'static str, &'static [u8]>) -> Result<Self, Error> {
+        let read = |name: &str| -> Result<Option<u64>, Error> {
+            meta.get(name)
+                .map_err(storage)?
+                .map(|value| codec::decode_meta(name, value.value()))
+                .transpose()
+        };
+        Ok(Self {
+            format: read(META_FORMAT)?,
+            epoch: read(META_EPOCH)?,
+            next_token: read(META_NEXT_TOKEN)?,
+            clock: read(META_CLOCK)?,
+            rate_clean: read(META_RATE_CLEAN)?,
+            rate_recovery: read(META_RATE_RECOVERY)?,
+            secret: [read(META_RATE_SECRET[0])?, read(META_RATE_SECRET[1])?],
+            counts: [
+                read(RECORD_COUNT_KEYS[0])?,
+                read(RECORD_COUNT_KEYS[1])?,
+                read(RECORD_COUNT_KEYS[2])?,
+            ],
+        })
+    }
+}
+
+/// Counts records by state with one scan (for files written before the counts were kept).
+fn count_records(txn: &redb::WriteTransaction) -> Result<RecordCounts, Error> {
+    let table = txn.open_table(RECORDS).map_err(storage)?;
+    let mut counts = [0u64; 3];
+    for entry in table.iter().map_err(storage)? {
+        let (_, value) = entry.map_err(storage)?;
+        // An undecodable record is counted nowhere; reading its key reports it.
+        if let Ok(record) = codec::decode_record(value.value()) {
+            counts[RecordCounts::slot(&record)] += 1;
+        }
+    }
+    Ok(RecordCounts::from_array(counts))
+}
+
+impl Backend {
     fn initialize(db: &Database, options: OpenOptions) -> Result<Counters, Error> {
         let txn = db.begin_write().map_err(storage)?;
-        let mut names = Vec::new();
-        for handle in txn.list_tables().map_err(storage)? {
-            names.push(handle.name().to_owned());
-        }
-        let has_meta = names.iter().any(|name| name == META.name());
-        if !has_meta
-            && (!names.is_empty()
-                || txn
-                    .list_multimap_tables()
-                    .map_err(storage)?
-                    .next()
-                    .is_some())
-        {
-            return Err(Error::NotAStore(
-                "a redb database without tollgate's tables".into(),
-            ));
-        }
+        let has_meta = check_tables(&txn)?;
         let counters = {
             let mut meta = txn.open_table(META).map_err(storage)?;
-            let read = |name: &str| -> Result<Option<u64>, Error> {
-                meta.get(name)
-                    .map_err(storage)?
-                    .map(|value| codec::decode_meta(name, value.value()))
-                    .transpose()
-            };
-            let format = read(META_FORMAT)?;
-            match format {
+            let found = StoredMeta::read(&meta)?;
+            match found.format {
                 None if has_meta => {
                     return Err(Error::Corrupted("the format version is missing".into()));
                 }
@@ -151,45 +223,46 @@ impl Backend {
                 }
                 _ => {}
             }
-            let clock_high_water = read(META_CLOCK)?.unwrap_or(0);
-            let mut rate_recovery_at = read(META_RATE_RECOVERY)?.filter(|at| *at > 0);
-            if read(META_RATE_CLEAN)? == Some(0) {
-                rate_recovery_at = Some(options.now.max(clock_high_water));
-            }
-            let stored_secret = (read(META_RATE_SECRET[0])?, read(META_RATE_SECRET[1])?);
-            let rate_secret = match stored_secret {
-                (Some(low), Some(high)) => (low, high),
+            let clock_high_water = found.clock.unwrap_or(0);
+            let rate_recovery_at = if found.rate_clean == Some(0) {
+                Some(options.now.max(clock_high_water))
+            } else {
+                found.rate_recovery.filter(|at| *at > 0)
+            };
+            let rate_secret = match found.secret {
+                [Some(low), Some(high)] => (low, high),
                 _ => CounterKeys::generate_secret(options.now),
             };
+            let record_counts = match found.counts {
+                [Some(running), Some(completed), Some(failed)] => RecordCounts {
+                    running,
+                    completed,
+                    failed,
+                },
+                // The file predates the counts: count once.
+                _ => count_records(&txn)?,
+            };
             let counters = Counters {
-                epoch: read(META_EPOCH)?.unwrap_or(0).saturating_add(1),
-                next_token: read(META_NEXT_TOKEN)?.unwrap_or(1),
+                epoch: found.epoch.unwrap_or(0).saturating_add(1),
+                next_token: found.next_token.unwrap_or(1),
                 clock_high_water,
                 rate_recovery_at,
                 rate_secret,
+                record_counts,
             };
-            if stored_secret != (Some(rate_secret.0), Some(rate_secret.1)) {
-                for (name, half) in META_RATE_SECRET
-                    .into_iter()
-                    .zip([rate_secret.0, rate_secret.1])
-                {
-                    meta.insert(name, codec::encode_meta(half).as_slice())
-                        .map_err(storage)?;
-                }
-            }
-            if format.is_none() {
-                meta.insert(META_FORMAT, codec::encode_meta(FORMAT_VERSION).as_slice())
+            let mut writes = vec![
+                (META_EPOCH, counters.epoch),
+                (META_RATE_CLEAN, u64::from(!options.batched_rates)),
+                (META_RATE_SECRET[0], rate_secret.0),
+                (META_RATE_SECRET[1], rate_secret.1),
+                (META_FORMAT, found.format.unwrap_or(FORMAT_VERSION)),
+            ];
+            writes.extend(RECORD_COUNT_KEYS.into_iter().zip(record_counts.as_array()));
+            writes.extend(rate_recovery_at.map(|at| (META_RATE_RECOVERY, at)));
+            for (name, value) in writes {
+                meta.insert(name, codec::encode_meta(value).as_slice())
                     .map_err(storage)?;
             }
-            meta.insert(META_EPOCH, codec::encode_meta(counters.epoch).as_slice())
-                .map_err(storage)?;
-            if let Some(at) = counters.rate_recovery_at {
-                meta.insert(META_RATE_RECOVERY, codec::encode_meta(at).as_slice())
-                    .map_err(storage)?;
-            }
-            let clean = u64::from(!options.batched_rates);
-            meta.insert(META_RATE_CLEAN, codec::encode_meta(clean).as_slice())
-                .map_err(storage)?;
             counters
         };
         txn.open_table(RECORDS).map_err(storage)?;
@@ -225,7 +298,10 @@ impl Backend {
         &self,
         work: impl FnOnce(&mut Tables<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db.begin_write().map_err(storage)?;
+        if self.quick_repair {
+            txn.set_quick_repair(true);
+        }
         let (result, dirty) = {
             let mut tables = Tables {
                 records: txn.open_table(RECORDS).map_err(storage)?,
@@ -233,8 +309,9 @@ impl Backend {
                 meta: txn.open_table(META).map_err(storage)?,
                 rates: txn.open_table(RATES).map_err(storage)?,
                 dirty: false,
+                count_deltas: [0; 3],
             };
-            (work(&mut tables), tables.dirty)
+            (work(&mut tables), tables.is_dirty())
         };
         match result {
             Ok(value) if dirty => {
@@ -253,183 +330,43 @@ impl Backend {
         }
     }
 
+    /// Rate counters on disk. O(1).
+    pub(crate) fn rate_count(&self) -> Result<u64, Error> {
+        let txn = self.db.begin_read().map_err(storage)?;
+        let table = txn.open_table(RATES).map_err(storage)?;
+        table.len().map_err(storage)
+    }
+
+    /// Rewrites the file of a closed store so that it holds only live pages, and truncates it.
+    /// Returns the file's size before and after.
+    pub(crate) fn reclaim(path: &Path) -> Result<(u64, u64), Error> {
+        let size = |path: &Path| {
+            std::fs::metadata(path)
+                .map(|meta| meta.len())
+                .map_err(storage)
+        };
+        let before = size(path)?;
+        let opened = catch_unwind(AssertUnwindSafe(|| Database::open(path))).map_err(|_| {
+            Error::Corrupted("the storage engine panicked while opening the file".into())
+        })?;
+        let mut db = opened.map_err(open_error)?;
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            let mut names = txn.list_tables().map_err(storage)?;
+            if !names.any(|handle| handle.name() == META.name()) {
+                return Err(Error::NotAStore(
+                    "a redb database without tollgate's tables".into(),
+                ));
+            }
+        }
+        // compact() moves pages towards the start in steps; repeat until it finds nothing to do.
+        while db.compact().map_err(storage)? {}
+        db.close().map_err(storage)?;
+        Ok((before, size(path)?))
+    }
+
     /// Closes the file, reporting what dropping it would ignore.
     pub(crate) fn close(self) -> Result<(), Error> {
         self.db.close().map_err(storage)
-    }
-}
-
-/// The tables of one write transaction.
-pub(crate) struct Tables<'txn> {
-    records: Table<'txn, &'static [u8; 32], &'static [u8]>,
-    expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
-    meta: Table<'txn, &'static str, &'static [u8]>,
-    rates: Table<'txn, &'static [u8; 16], &'static [u8]>,
-    dirty: bool,
-}
-
-impl Tables<'_> {
-    /// Whether anything was written in this transaction.
-    pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty
-    }
-
-    /// The record as written so far in this transaction.
-    pub(crate) fn record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
-        let value = self.records.get(digest.as_bytes()).map_err(storage)?;
-        value
-            .map(|bytes| codec::decode_record(bytes.value()))
-            .transpose()
-    }
-
-    /// Writes `new` in place of `old` (the record as read in this transaction), keeping the expiry
-    /// index in step.
-    pub(crate) fn put_record(
-        &mut self,
-        digest: &Digest,
-        old: Option<&Record>,
-        new: &Record,
-    ) -> Result<(), Error> {
-        let encoded = codec::encode_record(new)?;
-        self.dirty = true;
-        if let Some(old) = old {
-            self.expiry
-                .remove(&codec::expiry_key(
-                    old.expires_at,
-                    KIND_RECORD,
-                    digest.as_bytes(),
-                ))
-                .map_err(storage)?;
-        }
-        self.records
-            .insert(digest.as_bytes(), encoded.as_slice())
-            .map_err(storage)?;
-        self.expiry
-            .insert(
-                &codec::expiry_key(new.expires_at, KIND_RECORD, digest.as_bytes()),
-                (),
-            )
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    /// Deletes `old` (the record as read in this transaction) and its index entry.
-    pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
-        self.dirty = true;
-        self.records.remove(digest.as_bytes()).map_err(storage)?;
-        self.expiry
-            .remove(&codec::expiry_key(
-                old.expires_at,
-                KIND_RECORD,
-                digest.as_bytes(),
-            ))
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    /// Records on disk, expired or not. O(1): redb keeps the length in the tree header.
-    pub(crate) fn record_count(&self) -> Result<u64, Error> {
-        self.records.len().map_err(storage)
-    }
-
-    /// Removes up to `limit` records that expired at or before `now`, oldest first, through the
-    /// expiry index. Returns how many were removed.
-    pub(crate) fn remove_expired_records(&mut self, now: u64, limit: usize) -> Result<u64, Error> {
-        let end = codec::expiry_key(now, u8::MAX, &[u8::MAX; 32]);
-        let mut due = Vec::new();
-        // Rate-counter entries share the index; look past a bounded number of them.
-        let entries = self
-            .expiry
-            .range::<&[u8; EXPIRY_KEY_LEN]>(..=&end)
-            .map_err(storage)?;
-        for entry in entries.take(limit.saturating_mul(16)) {
-            if due.len() >= limit {
-                break;
-            }
-            let (key, _) = entry.map_err(storage)?;
-            let key = *key.value();
-            if key[8] == KIND_RECORD {
-                due.push(key);
-            }
-        }
-        let mut removed = 0;
-        self.dirty |= !due.is_empty();
-        for key in due {
-            let (expires_at, _, id) = codec::decode_expiry_key(&key)?;
-            self.expiry.remove(&key).map_err(storage)?;
-            let digest = Digest(id);
-            // Remove the record only if this index entry is its current one.
-            if self
-                .record(&digest)?
-                .is_some_and(|record| record.expires_at == expires_at)
-            {
-                self.records.remove(&id).map_err(storage)?;
-                removed += 1;
-            }
-        }
-        Ok(removed)
-    }
-
-    /// The rate counter as written so far in this transaction.
-    pub(crate) fn rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
-        let value = self.rates.get(key).map_err(storage)?;
-        value
-            .map(|bytes| codec::decode_rate(bytes.value()))
-            .transpose()
-    }
-
-    /// Writes a rate counter (`None`: deletes it), keeping the expiry index in step.
-    pub(crate) fn put_rate(
-        &mut self,
-        key: &[u8; 16],
-        rate: Option<&StoredRate>,
-    ) -> Result<(), Error> {
-        self.dirty = true;
-        // The expiry index's id field is 32 bytes: a counter key padded with zeros.
-        let mut id = [0; 32];
-        id[..16].copy_from_slice(key);
-        let old = match self.rates.remove(key).map_err(storage)? {
-            Some(bytes) => codec::decode_rate(bytes.value()).ok(),
-            None => None,
-        };
-        if let Some(old) = old {
-            self.expiry
-                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, &id))
-                .map_err(storage)?;
-        }
-        if let Some(rate) = rate {
-            self.rates
-                .insert(key, codec::encode_rate(rate).as_slice())
-                .map_err(storage)?;
-            self.expiry
-                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, &id), ())
-                .map_err(storage)?;
-        }
-        Ok(())
-    }
-
-    /// Records that every batched rate decision of this session is on disk.
-    pub(crate) fn mark_rates_clean(&mut self) -> Result<(), Error> {
-        self.dirty = true;
-        self.meta
-            .insert(META_RATE_CLEAN, codec::encode_meta(1).as_slice())
-            .map_err(storage)?;
-        Ok(())
-    }
-
-    /// Persists the lease-token counter and the clock's high-water mark.
-    pub(crate) fn save_counters(
-        &mut self,
-        next_token: u64,
-        clock_high_water: u64,
-    ) -> Result<(), Error> {
-        self.dirty = true;
-        self.meta
-            .insert(META_NEXT_TOKEN, codec::encode_meta(next_token).as_slice())
-            .map_err(storage)?;
-        self.meta
-            .insert(META_CLOCK, codec::encode_meta(clock_high_water).as_slice())
-            .map_err(storage)?;
-        Ok(())
     }
 }

@@ -19,6 +19,10 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 /// Default page cache: 64 MiB.
 pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+/// Default time between background compaction sweeps: 60 s.
+pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
+/// Default most removals in one compaction step (one write transaction): 1,000.
+pub const DEFAULT_COMPACTION_BATCH: usize = 1000;
 
 /// Options for one [`Store::begin_with`] call. `Default` takes the store's TTLs and does not wait.
 ///
@@ -50,6 +54,7 @@ pub(crate) struct Settings {
     pub lease_ttl: u64,
     pub max_records: Option<u64>,
     pub max_response_bytes: usize,
+    pub compaction_batch: usize,
 }
 
 impl Settings {
@@ -80,6 +85,9 @@ pub struct StoreBuilder {
     pub(crate) cache_size: usize,
     pub(crate) rate_durability: RateDurability,
     pub(crate) crash_policy: CrashPolicy,
+    pub(crate) compaction_interval: Option<Duration>,
+    pub(crate) compaction_batch: usize,
+    pub(crate) quick_repair: bool,
 }
 
 impl Default for StoreBuilder {
@@ -93,6 +101,9 @@ impl Default for StoreBuilder {
             cache_size: DEFAULT_CACHE_SIZE,
             rate_durability: RateDurability::default(),
             crash_policy: CrashPolicy::default(),
+            compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
+            compaction_batch: DEFAULT_COMPACTION_BATCH,
+            quick_repair: false,
         }
     }
 }
@@ -107,6 +118,9 @@ impl std::fmt::Debug for StoreBuilder {
             .field("cache_size", &self.cache_size)
             .field("rate_durability", &self.rate_durability)
             .field("crash_policy", &self.crash_policy)
+            .field("compaction_interval", &self.compaction_interval)
+            .field("compaction_batch", &self.compaction_batch)
+            .field("quick_repair", &self.quick_repair)
             .finish_non_exhaustive()
     }
 }
@@ -167,11 +181,49 @@ impl StoreBuilder {
         self
     }
 
+    /// How often the background thread sweeps expired records and idle rate counters. Default =
+    /// 60 s.
+    pub fn compaction_interval(mut self, interval: Duration) -> Self {
+        self.compaction_interval = Some(interval);
+        self
+    }
+
+    /// Whether to run the background compaction thread at all. Default = `true`. Without it,
+    /// expired records still behave as absent; they are removed by [`Store::compact_now`], or,
+    /// at `max_records`, by the capacity check.
+    pub fn background_compaction(mut self, enabled: bool) -> Self {
+        if enabled {
+            self.compaction_interval
+                .get_or_insert(DEFAULT_COMPACTION_INTERVAL);
+        } else {
+            self.compaction_interval = None;
+        }
+        self
+    }
+
+    /// The most removals in one compaction step, that is in one write transaction shared with
+    /// foreground requests. Smaller steps stall foreground writes less; larger ones sweep faster.
+    /// Default = 1,000.
+    pub fn compaction_batch(mut self, batch: usize) -> Self {
+        self.compaction_batch = batch;
+        self
+    }
+
+    /// redb's quick-repair: every commit also writes the allocator state, so that opening after a
+    /// crash needs no repair walk over the whole file (which takes time proportional to the file).
+    /// The price is a second fsync per commit, roughly halving the durable commit rate. Default =
+    /// off: crashes are rare and repair runs once, commits run all the time. See
+    /// `docs/BENCHMARKS.md` for measured open times.
+    pub fn quick_repair(mut self, enabled: bool) -> Self {
+        self.quick_repair = enabled;
+        self
+    }
+
     /// Opens the store at `path`, creating the file if it does not exist.
     ///
     /// # Errors
     /// - [`Error::InvalidArgument`] for a zero TTL, a zero `max_records`, a `max_response_bytes`
-    ///   over 256 MiB, or a zero Batched `max_delay`.
+    ///   over 256 MiB, a zero Batched `max_delay`, or a zero compaction interval or batch.
     /// - [`Error::AlreadyOpen`] if another process or `Store` has the file open.
     /// - [`Error::NotAStore`] if the file is not a tollgate store;
     ///   [`Error::IncompatibleFormat`] if a newer tollgate wrote it. Neither changes the file.
@@ -199,6 +251,11 @@ impl StoreBuilder {
                 ));
             }
         }
+        if self.compaction_batch == 0 || self.compaction_interval.is_some_and(|i| i.is_zero()) {
+            return Err(Error::InvalidArgument(
+                "compaction_batch and compaction_interval must be greater than zero".into(),
+            ));
+        }
         if self.max_response_bytes > MAX_RESPONSE_BYTES_LIMIT {
             return Err(Error::InvalidArgument(format!(
                 "max_response_bytes is {}; at most {MAX_RESPONSE_BYTES_LIMIT} is allowed",
@@ -210,6 +267,7 @@ impl StoreBuilder {
             lease_ttl: duration_to_nanos(self.lease_ttl),
             max_records: self.max_records,
             max_response_bytes: self.max_response_bytes,
+            compaction_batch: self.compaction_batch,
         })
     }
 }

@@ -7,6 +7,8 @@
 //! afterwards gets [`Error::Closed`].
 
 mod builder;
+mod bulk;
+mod compaction;
 mod notify;
 mod rate;
 mod rate_cache;
@@ -24,12 +26,15 @@ use parking_lot::RwLock;
 
 use builder::Settings;
 pub use builder::{
-    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
+    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
+    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT,
+    StoreBuilder,
 };
+use compaction::Compactor;
+pub use compaction::Reclaimed;
 use notify::Notifier;
 use stats::Counters;
-pub use stats::Stats;
+pub use stats::{CompactionReport, Stats};
 use writer::{Answer, BeginRequest, Command, Sequencer, Writer};
 
 use crate::clock::StoreTime;
@@ -82,17 +87,23 @@ struct Shared {
     rate_cache: Option<Arc<RateCache>>,
     recovery: Recovery,
     rate_keys: CounterKeys,
+    path: std::path::PathBuf,
 }
 
 struct Engine {
     backend: Arc<Backend>,
     commands: Sender<Command>,
     writer: JoinHandle<()>,
+    compactor: Option<Compactor>,
 }
 
 impl Engine {
-    /// Stops the writer (after it applied everything queued before), joins it and closes the file.
+    /// Stops the compactor, then the writer (after it applied everything queued before), joins
+    /// both and closes the file.
     fn shut_down(self) -> Result<()> {
+        if let Some(compactor) = self.compactor {
+            compactor.stop();
+        }
         // If the writer is already gone the send fails; joining still reports how it ended.
         let _ = self.commands.send(Command::Shutdown);
         let joined = self.writer.join();
@@ -150,6 +161,7 @@ impl Store {
                 cache_size: builder.cache_size,
                 now: system_time_to_nanos(builder.clock.now()),
                 batched_rates: rate_flush_every.is_some(),
+                quick_repair: builder.quick_repair,
             },
         )?;
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
@@ -159,7 +171,7 @@ impl Store {
         let time = Arc::new(StoreTime::new(builder.clock, persisted.clock_high_water));
         let poisoned = Arc::new(AtomicBool::new(false));
         let notifier = Arc::new(Notifier::default());
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(persisted.record_counts));
         let (commands, receiver) = crossbeam_channel::unbounded();
         let writer = Writer {
             backend: Arc::clone(&backend),
@@ -173,6 +185,7 @@ impl Store {
                 next_token: persisted.next_token,
                 max_records: settings.max_records,
                 recovery,
+                record_counts: persisted.record_counts,
             },
             rate_flush: rate_cache
                 .as_ref()
@@ -183,12 +196,25 @@ impl Store {
             .name("tollgate-writer".into())
             .spawn(move || writer.run())
             .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
+        let compactor = match builder.compaction_interval {
+            Some(interval) => Some(
+                Compactor::spawn(
+                    commands.clone(),
+                    interval,
+                    settings.compaction_batch,
+                    Arc::clone(&counters),
+                )
+                .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?,
+            ),
+            None => None,
+        };
         Ok(Store {
             shared: Arc::new(Shared {
                 engine: RwLock::new(Some(Engine {
                     backend,
                     commands,
                     writer,
+                    compactor,
                 })),
                 settings,
                 time,
@@ -199,6 +225,7 @@ impl Store {
                 rate_cache,
                 recovery,
                 rate_keys,
+                path: path.to_owned(),
             }),
         })
     }
@@ -281,7 +308,7 @@ impl Store {
         })?;
         match answer {
             Answer::Begin(decision) => Ok(self.to_begin(digest, decision)),
-            Answer::Resolved(_) | Answer::Rate(..) => Err(Error::Corrupted(
+            _ => Err(Error::Corrupted(
                 "the writer answered a begin with something else".into(),
             )),
         }
@@ -347,15 +374,22 @@ impl Store {
         self.send(|reply| Command::Flush { reply }).map(drop)
     }
 
-    /// Counters of the writer's work since this open.
+    /// The store's numbers: records by state, rate counters and file size on disk, the writer's
+    /// commits and writes since this open (`writes / commits` is the group-commit factor), and the
+    /// last compaction sweep. Cheap: maintained counters, no scan.
     ///
     /// # Errors
-    /// [`Error::Closed`] after `close`.
+    /// [`Error::Closed`] after `close`; [`Error::Storage`] if the file cannot be read.
     pub fn stats(&self) -> Result<Stats> {
-        if self.shared.engine.read().is_none() {
-            return Err(Error::Closed);
-        }
         let mut stats = self.shared.counters.snapshot();
+        {
+            let engine = self.shared.engine.read();
+            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+            stats.rate_states = engine.backend.rate_count()?;
+        }
+        stats.file_bytes = std::fs::metadata(&self.shared.path)
+            .map(|meta| meta.len())
+            .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
         if let Some(cache) = &self.shared.rate_cache {
             stats.rate_counters_in_memory = cache.len() as u64;
         }
@@ -386,7 +420,7 @@ impl Store {
         })?;
         match answer {
             Answer::Resolved(expiry) => Ok(expiry),
-            Answer::Begin(_) | Answer::Rate(..) => Err(Error::Corrupted(
+            _ => Err(Error::Corrupted(
                 "the writer answered a resolution with something else".into(),
             )),
         }

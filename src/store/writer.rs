@@ -34,7 +34,7 @@ use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Reso
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 use crate::ratelimit::{RateState, Spec, idle_at, is_idle};
-use crate::storage::{Backend, StoredRate, Tables};
+use crate::storage::{Backend, RecordCounts, StoredRate, Swept, Tables};
 
 /// Most commands applied in one transaction. Bounds the latency a single batch can add.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -67,8 +67,23 @@ pub(crate) enum Command {
     Flush {
         reply: Reply,
     },
+    /// Remove up to `limit` due expiry-index entries with their records and counters.
+    Compact {
+        limit: usize,
+        reply: Reply,
+    },
+    /// Write completed records in this batch's transaction (the bulk-load helper).
+    Bulk {
+        count: u64,
+        records: BulkRecords,
+        reply: Reply,
+    },
     Shutdown,
 }
+
+/// Records for [`Command::Bulk`], produced on the writer thread inside the transaction: called
+/// with 0, 1, 2, … until it returns `None`.
+pub(crate) type BulkRecords = Box<dyn FnMut(u64) -> Option<(Digest, Record)> + Send>;
 
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct BeginRequest {
@@ -84,6 +99,10 @@ pub(crate) enum Answer {
     Resolved(Option<u64>),
     /// A rate operation's outcome, and whether it changed a counter.
     Rate(RateOutcome, bool),
+    /// What a compaction step removed.
+    Swept(Swept),
+    /// Records written by a bulk load.
+    Loaded(u64),
 }
 
 pub(crate) type Reply = Sender<Result<Answer, Error>>;
@@ -107,6 +126,8 @@ pub(crate) struct Sequencer {
     pub next_token: u64,
     pub max_records: Option<u64>,
     pub recovery: Recovery,
+    /// Records on disk by state, as of the last commit.
+    pub record_counts: RecordCounts,
 }
 
 /// Poisons the store if the writer thread unwinds.
@@ -196,11 +217,17 @@ impl Writer {
             if last && batched {
                 tables.mark_rates_clean()?;
             }
-            tables.save_counters(sequencer.next_token, sequencer.time.high_water())?;
+            tables.save_counters(
+                sequencer.next_token,
+                sequencer.time.high_water(),
+                sequencer.record_counts,
+            )?;
             Ok(())
         });
         match written {
-            Ok(()) => self.counters.committed(dirty.len() as u64),
+            Ok(()) => self
+                .counters
+                .committed(dirty.len() as u64, self.sequencer.record_counts),
             Err(_) => self.poisoned.store(true, Ordering::Release),
         }
     }
@@ -244,27 +271,29 @@ impl Writer {
         let token_before = sequencer.next_token;
         let committed = self.backend.write(|tables| {
             let mut writes = 0;
-            for command in batch.iter() {
+            for command in batch.iter_mut() {
                 match sequencer.execute(tables, command) {
                     Err(fatal @ Error::Storage(_)) => return Err(fatal),
                     outcome => {
-                        writes += u64::from(wrote_something(command, &outcome));
+                        writes += changes(command, &outcome);
                         answers.push(outcome);
                     }
                 }
             }
+            let counts = sequencer.record_counts.plus(tables.count_deltas());
             if tables.is_dirty() {
-                tables.save_counters(sequencer.next_token, sequencer.time.high_water())?;
+                tables.save_counters(sequencer.next_token, sequencer.time.high_water(), counts)?;
             }
-            Ok(tables.is_dirty().then_some(writes))
+            Ok(tables.is_dirty().then_some((writes, counts)))
         });
         match committed {
             Ok(wrote) => {
                 for (command, outcome) in batch.drain(..).zip(answers) {
                     answer(command, outcome);
                 }
-                if let Some(writes) = wrote {
-                    self.counters.committed(writes);
+                if let Some((writes, counts)) = wrote {
+                    self.sequencer.record_counts = counts;
+                    self.counters.committed(writes, counts);
                     self.notifier.bump();
                 }
             }
@@ -301,7 +330,7 @@ impl Writer {
 }
 
 impl Sequencer {
-    fn execute(&mut self, tables: &mut Tables<'_>, command: &Command) -> Result<Answer, Error> {
+    fn execute(&mut self, tables: &mut Tables<'_>, command: &mut Command) -> Result<Answer, Error> {
         let now = self.time.now();
         match command {
             Command::Begin {
@@ -332,8 +361,40 @@ impl Sequencer {
             Command::Rate { op, .. } => self.rate(tables, op, now),
             // Handled by the writer itself, after the batch (see `apply`).
             Command::Flush { .. } => Ok(Answer::Resolved(None)),
+            Command::Compact { limit, .. } => Ok(Answer::Swept(tables.sweep(now, *limit)?)),
+            Command::Bulk { count, records, .. } => self.bulk(tables, *count, records, now),
             Command::Shutdown => Err(Error::Closed),
         }
+    }
+
+    /// Writes every record `records` yields (called with 0, 1, 2, … until it returns `None`).
+    fn bulk(
+        &mut self,
+        tables: &mut Tables<'_>,
+        count: u64,
+        records: &mut BulkRecords,
+        now: u64,
+    ) -> Result<Answer, Error> {
+        if let Some(limit) = self.max_records {
+            // Checked before writing anything, so that a refusal leaves nothing half-loaded.
+            // (Conservative: a record that replaces one with the same key counts as new.)
+            let total = |tables: &Tables<'_>| -> Result<u64, Error> {
+                Ok(tables.record_count()?.saturating_add(count))
+            };
+            if total(tables)? > limit {
+                tables.sweep(now, usize::MAX)?;
+                if total(tables)? > limit {
+                    return Err(Error::CapacityExceeded { limit });
+                }
+            }
+        }
+        let mut written = 0;
+        while let Some((digest, record)) = records(written) {
+            let existing = tables.record(&digest)?;
+            tables.put_record(&digest, existing.as_ref(), &record)?;
+            written += 1;
+        }
+        Ok(Answer::Loaded(written))
     }
 
     fn rate(&self, tables: &mut Tables<'_>, op: &RateOp, now: u64) -> Result<Answer, Error> {
@@ -387,7 +448,7 @@ impl Sequencer {
         if tables.record_count()? < limit {
             return Ok(());
         }
-        tables.remove_expired_records(now, CAPACITY_SWEEP)?;
+        tables.sweep(now, CAPACITY_SWEEP)?;
         if tables.record_count()? < limit {
             Ok(())
         } else {
@@ -415,16 +476,16 @@ fn lease_expiry(record: &Record) -> Option<u64> {
     }
 }
 
-/// Whether `command`, answered with `outcome`, changed a record.
-fn wrote_something(command: &Command, outcome: &Result<Answer, Error>) -> bool {
-    matches!(
-        (command, outcome),
-        (
-            Command::Begin { .. },
-            Ok(Answer::Begin(BeginDecision::Acquired { .. }))
-        ) | (Command::Resolve { .. }, Ok(Answer::Resolved(_)))
-            | (Command::Rate { .. }, Ok(Answer::Rate(_, true)))
-    )
+/// How many records or counters `command`, answered with `outcome`, changed.
+fn changes(command: &Command, outcome: &Result<Answer, Error>) -> u64 {
+    match (command, outcome) {
+        (Command::Begin { .. }, Ok(Answer::Begin(BeginDecision::Acquired { .. })))
+        | (Command::Resolve { .. }, Ok(Answer::Resolved(_)))
+        | (Command::Rate { .. }, Ok(Answer::Rate(_, true))) => 1,
+        (Command::Bulk { .. }, Ok(Answer::Loaded(written))) => *written,
+        (Command::Compact { .. }, Ok(Answer::Swept(swept))) => swept.records + swept.rate_states,
+        _ => 0,
+    }
 }
 
 fn answer(command: Command, outcome: Result<Answer, Error>) {
@@ -432,7 +493,9 @@ fn answer(command: Command, outcome: Result<Answer, Error>) {
         Command::Begin { reply, .. }
         | Command::Resolve { reply, .. }
         | Command::Rate { reply, .. }
-        | Command::Flush { reply } => {
+        | Command::Flush { reply }
+        | Command::Compact { reply, .. }
+        | Command::Bulk { reply, .. } => {
             // The caller may have gone (its thread ended); nothing to do then.
             let _ = reply.send(outcome);
         }

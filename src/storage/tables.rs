@@ -1,0 +1,261 @@
+//! The tables of one write transaction, and every change the writer makes through them.
+//!
+//! Each method keeps the derived structures in step with the data in the same transaction: the
+//! expiry index with records and counters, and the per-state record counts with records. The
+//! counts are deltas here; the writer adds them to its totals and saves them with the counters.
+
+use redb::{ReadableTable, ReadableTableMetadata, Table};
+
+use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
+use super::redb_backend::{
+    META_CLOCK, META_NEXT_TOKEN, META_RATE_CLEAN, RECORD_COUNT_KEYS, storage,
+};
+use crate::error::Error;
+use crate::idempotency::{Digest, Record, RecordBody};
+
+/// Records on disk by state, expired or not.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct RecordCounts {
+    pub running: u64,
+    pub completed: u64,
+    pub failed: u64,
+}
+
+impl RecordCounts {
+    pub(crate) fn as_array(self) -> [u64; 3] {
+        [self.running, self.completed, self.failed]
+    }
+
+    pub(crate) fn from_array([running, completed, failed]: [u64; 3]) -> Self {
+        Self {
+            running,
+            completed,
+            failed,
+        }
+    }
+
+    /// `self` changed by `deltas` (saturating: counts are statistics, never trusted for safety).
+    pub(crate) fn plus(self, deltas: [i64; 3]) -> Self {
+        let mut counts = self.as_array();
+        for (count, delta) in counts.iter_mut().zip(deltas) {
+            *count = count.saturating_add_signed(delta);
+        }
+        Self::from_array(counts)
+    }
+
+    /// Which slot a record counts in.
+    pub(crate) fn slot(record: &Record) -> usize {
+        match record.body {
+            RecordBody::Running { .. } => 0,
+            RecordBody::Completed(_) => 1,
+            RecordBody::Failed(_) => 2,
+        }
+    }
+}
+
+/// What one sweep step removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Swept {
+    pub records: u64,
+    pub rate_states: u64,
+    /// Whether the step stopped at its limit: more may be due.
+    pub more: bool,
+}
+
+/// The tables of one write transaction.
+pub(crate) struct Tables<'txn> {
+    pub(super) records: Table<'txn, &'static [u8; 32], &'static [u8]>,
+    pub(super) expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
+    pub(super) meta: Table<'txn, &'static str, &'static [u8]>,
+    pub(super) rates: Table<'txn, &'static [u8; 16], &'static [u8]>,
+    pub(super) dirty: bool,
+    pub(super) count_deltas: [i64; 3],
+}
+
+impl Tables<'_> {
+    /// Whether anything was written in this transaction.
+    pub(crate) fn is_dirty(&self) -> bool {
+        self.dirty
+    }
+
+    /// How the per-state record counts changed in this transaction.
+    pub(crate) fn count_deltas(&self) -> [i64; 3] {
+        self.count_deltas
+    }
+
+    /// The record as written so far in this transaction.
+    pub(crate) fn record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
+        let value = self.records.get(digest.as_bytes()).map_err(storage)?;
+        value
+            .map(|bytes| codec::decode_record(bytes.value()))
+            .transpose()
+    }
+
+    /// Writes `new` in place of `old` (the record as read in this transaction), keeping the expiry
+    /// index and the counts in step.
+    pub(crate) fn put_record(
+        &mut self,
+        digest: &Digest,
+        old: Option<&Record>,
+        new: &Record,
+    ) -> Result<(), Error> {
+        let encoded = codec::encode_record(new)?;
+        self.dirty = true;
+        if let Some(old) = old {
+            self.expiry
+                .remove(&codec::expiry_key(
+                    old.expires_at,
+                    KIND_RECORD,
+                    digest.as_bytes(),
+                ))
+                .map_err(storage)?;
+            self.count_deltas[RecordCounts::slot(old)] -= 1;
+        }
+        self.records
+            .insert(digest.as_bytes(), encoded.as_slice())
+            .map_err(storage)?;
+        self.expiry
+            .insert(
+                &codec::expiry_key(new.expires_at, KIND_RECORD, digest.as_bytes()),
+                (),
+            )
+            .map_err(storage)?;
+        self.count_deltas[RecordCounts::slot(new)] += 1;
+        Ok(())
+    }
+
+    /// Deletes `old` (the record as read in this transaction) and its index entry.
+    pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
+        self.dirty = true;
+        self.records.remove(digest.as_bytes()).map_err(storage)?;
+        self.expiry
+            .remove(&codec::expiry_key(
+                old.expires_at,
+                KIND_RECORD,
+                digest.as_bytes(),
+            ))
+            .map_err(storage)?;
+        self.count_deltas[RecordCounts::slot(old)] -= 1;
+        Ok(())
+    }
+
+    /// Records on disk, expired or not. O(1): redb keeps the length in the tree header.
+    pub(crate) fn record_count(&self) -> Result<u64, Error> {
+        self.records.len().map_err(storage)
+    }
+
+    /// Removes up to `limit` index entries that are due at `now` (oldest first), with the expired
+    /// records and idle rate counters they point to. An entry whose record or counter has since
+    /// moved (its time changed) is stale and only the entry goes.
+    pub(crate) fn sweep(&mut self, now: u64, limit: usize) -> Result<Swept, Error> {
+        let end = codec::expiry_key(now, u8::MAX, &[u8::MAX; 32]);
+        let mut due = Vec::with_capacity(limit.min(4096));
+        for entry in self
+            .expiry
+            .range::<&[u8; EXPIRY_KEY_LEN]>(..=&end)
+            .map_err(storage)?
+            .take(limit)
+        {
+            let (key, _) = entry.map_err(storage)?;
+            due.push(*key.value());
+        }
+        let mut swept = Swept {
+            more: due.len() >= limit,
+            ..Swept::default()
+        };
+        self.dirty |= !due.is_empty();
+        for key in due {
+            let (at, kind, id) = codec::decode_expiry_key(&key)?;
+            self.expiry.remove(&key).map_err(storage)?;
+            match kind {
+                KIND_RECORD => {
+                    let digest = Digest(id);
+                    if let Some(record) = self.record(&digest)?.filter(|r| r.expires_at == at) {
+                        self.records.remove(&id).map_err(storage)?;
+                        self.count_deltas[RecordCounts::slot(&record)] -= 1;
+                        swept.records += 1;
+                    }
+                }
+                KIND_RATE => {
+                    let mut counter = [0; 16];
+                    counter.copy_from_slice(&id[..16]);
+                    if self.rate(&counter)?.is_some_and(|rate| rate.idle_at == at) {
+                        self.rates.remove(&counter).map_err(storage)?;
+                        swept.rate_states += 1;
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(swept)
+    }
+
+    /// The rate counter as written so far in this transaction.
+    pub(crate) fn rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
+        let value = self.rates.get(key).map_err(storage)?;
+        value
+            .map(|bytes| codec::decode_rate(bytes.value()))
+            .transpose()
+    }
+
+    /// Writes a rate counter (`None`: deletes it), keeping the expiry index in step.
+    pub(crate) fn put_rate(
+        &mut self,
+        key: &[u8; 16],
+        rate: Option<&StoredRate>,
+    ) -> Result<(), Error> {
+        self.dirty = true;
+        // The expiry index's id field is 32 bytes: a counter key padded with zeros.
+        let mut id = [0; 32];
+        id[..16].copy_from_slice(key);
+        let old = match self.rates.remove(key).map_err(storage)? {
+            Some(bytes) => codec::decode_rate(bytes.value()).ok(),
+            None => None,
+        };
+        if let Some(old) = old {
+            self.expiry
+                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, &id))
+                .map_err(storage)?;
+        }
+        if let Some(rate) = rate {
+            self.rates
+                .insert(key, codec::encode_rate(rate).as_slice())
+                .map_err(storage)?;
+            self.expiry
+                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, &id), ())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
+    /// Records that every batched rate decision of this session is on disk.
+    pub(crate) fn mark_rates_clean(&mut self) -> Result<(), Error> {
+        self.dirty = true;
+        self.meta
+            .insert(META_RATE_CLEAN, codec::encode_meta(1).as_slice())
+            .map_err(storage)?;
+        Ok(())
+    }
+
+    /// Persists the lease-token counter, the clock's high-water mark and the record counts.
+    pub(crate) fn save_counters(
+        &mut self,
+        next_token: u64,
+        clock_high_water: u64,
+        counts: RecordCounts,
+    ) -> Result<(), Error> {
+        self.dirty = true;
+        let values = [
+            (META_NEXT_TOKEN, next_token),
+            (META_CLOCK, clock_high_water),
+        ]
+        .into_iter()
+        .chain(RECORD_COUNT_KEYS.into_iter().zip(counts.as_array()));
+        for (name, value) in values {
+            self.meta
+                .insert(name, codec::encode_meta(value).as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+}

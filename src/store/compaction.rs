@@ -1,0 +1,183 @@
+//! TTL compaction: removing expired records and idle rate counters, and giving space back.
+//!
+//! A sweep walks the expiry index from its oldest entry, in steps of at most `compaction_batch`
+//! removals. Each step is one [`Command::Compact`] to the writer thread, so it shares the writer's
+//! queue with foreground requests: a begin or a check waits behind at most one step, never a whole
+//! sweep. A step that fails ends the sweep; the next tick starts over (an I/O error poisons the
+//! store as any write does).
+//!
+//! The background thread (`tollgate-compactor`) sleeps on its stop channel with a timeout of
+//! `compaction_interval`; a message (or the channel closing) stops it, also between two steps of a
+//! sweep. `close` and drop stop and join it before the writer. No spinning, no leaked thread.
+//!
+//! Removal never touches anything live: a record is removed only when its `expires_at` has passed
+//! and equals the index entry's time (an extended lease moves both), a counter only when its
+//! `idle_at` has passed and equals the entry's time.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::Store;
+use super::stats::{CompactionReport, Counters};
+use super::writer::{Answer, Command};
+use crate::error::{Error, Result};
+use crate::storage::{Backend, Swept};
+
+/// Runs one sweep: `step(limit)` removes up to `limit` due entries; repeats while a step stops at
+/// its limit and `interrupted()` is false.
+fn sweep(
+    mut step: impl FnMut(usize) -> Result<Swept>,
+    batch: usize,
+    interrupted: impl Fn() -> bool,
+) -> Result<CompactionReport> {
+    let started = Instant::now();
+    let mut report = CompactionReport {
+        removed_records: 0,
+        removed_rate_states: 0,
+        batches: 0,
+        elapsed: Duration::ZERO,
+        finished_at: SystemTime::UNIX_EPOCH,
+    };
+    loop {
+        let swept = step(batch)?;
+        report.removed_records += swept.records;
+        report.removed_rate_states += swept.rate_states;
+        report.batches += 1;
+        if !swept.more || interrupted() {
+            break;
+        }
+    }
+    report.elapsed = started.elapsed();
+    report.finished_at = SystemTime::now();
+    Ok(report)
+}
+
+fn swept(answer: &Answer) -> Result<Swept> {
+    match answer {
+        Answer::Swept(swept) => Ok(*swept),
+        _ => Err(Error::Corrupted(
+            "the writer answered a compaction step with something else".into(),
+        )),
+    }
+}
+
+/// The background compaction thread.
+pub(crate) struct Compactor {
+    stop: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Compactor {
+    pub(crate) fn spawn(
+        commands: Sender<Command>,
+        interval: Duration,
+        batch: usize,
+        counters: Arc<Counters>,
+    ) -> std::io::Result<Self> {
+        let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
+        let thread = std::thread::Builder::new()
+            .name("tollgate-compactor".into())
+            .spawn(move || run(&commands, &stopped, interval, batch, &counters))?;
+        Ok(Self { stop, thread })
+    }
+
+    /// Stops the thread (between two steps if it is sweeping) and joins it.
+    pub(crate) fn stop(self) {
+        // A full channel means a stop is already pending; a closed one that the thread has ended.
+        let _ = self.stop.try_send(());
+        // The thread never panics by design; if it did, there is nothing left to stop.
+        let _ = self.thread.join();
+    }
+}
+
+fn run(
+    commands: &Sender<Command>,
+    stopped: &Receiver<()>,
+    interval: Duration,
+    batch: usize,
+    counters: &Counters,
+) {
+    loop {
+        match stopped.recv_timeout(interval) {
+            Err(RecvTimeoutError::Timeout) => {}
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
+        }
+        let step = |limit| {
+            let (reply, answer) = crossbeam_channel::bounded(1);
+            commands
+                .send(Command::Compact { limit, reply })
+                .map_err(|_| Error::Closed)?;
+            swept(&answer.recv().map_err(|_| Error::Closed)??)
+        };
+        // A failed step ends this sweep; the next tick tries again.
+        if let Ok(report) = sweep(step, batch, || !stopped.is_empty()) {
+            counters.compacted(report);
+        }
+    }
+}
+
+/// What [`Store::reclaim_space`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Reclaimed {
+    /// File size before.
+    pub before_bytes: u64,
+    /// File size after.
+    pub after_bytes: u64,
+}
+
+impl Store {
+    /// Runs one full sweep now: removes every expired record and idle rate counter, in steps of
+    /// `compaction_batch` through the writer (foreground requests interleave), and reports it. The
+    /// report is also kept as `Stats::last_compaction`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use std::time::{Duration, UNIX_EPOCH};
+    /// # use tollgate::{ManualClock, Store, idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse}};
+    /// # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
+    /// let clock = ManualClock::new(UNIX_EPOCH + Duration::from_secs(1_800_000_000));
+    /// let store = Store::builder().clock(clock.clone()).record_ttl(Duration::from_secs(60))
+    ///     .open(dir.path().join("t.redb"))?;
+    /// let key = IdempotencyKey::new("s", "k")?;
+    /// if let Begin::Acquired(lease) = store.begin(&key, &Fingerprint::of(b"r"))? {
+    ///     lease.complete(StoredResponse::new(200, b"ok".to_vec()))?;
+    /// }
+    /// clock.advance(Duration::from_secs(60));
+    /// assert_eq!(store.compact_now()?.removed_records, 1);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`] (which poisons the store).
+    pub fn compact_now(&self) -> Result<CompactionReport> {
+        let step = |limit| swept(&self.send(|reply| Command::Compact { limit, reply })?);
+        let report = sweep(step, self.shared.settings.compaction_batch, || false)?;
+        self.shared.counters.compacted(report);
+        Ok(report)
+    }
+
+    /// Rewrites the store file at `path` so that it holds only live data, and truncates it.
+    ///
+    /// redb reuses the pages that removals free, so a store's file stops growing once compaction
+    /// keeps pace; but it never shrinks by itself. Call this after the live data shrank for good
+    /// (a traffic peak passed, a TTL was shortened, a sweep removed most records) and the file's
+    /// size matters. The store must be closed: this needs the file to itself, and takes roughly
+    /// as long as copying the live data.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] if a `Store` or another process has the file open;
+    /// [`Error::NotAStore`] for a file that is not a tollgate store; [`Error::Storage`] for I/O.
+    pub fn reclaim_space(path: impl AsRef<Path>) -> Result<Reclaimed> {
+        let (before_bytes, after_bytes) = Backend::reclaim(path.as_ref())?;
+        Ok(Reclaimed {
+            before_bytes,
+            after_bytes,
+        })
+    }
+}
