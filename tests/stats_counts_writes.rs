@@ -43,3 +43,39 @@ fn writes_are_counted_exactly_and_reads_are_not() {
     store.clone().close().unwrap();
     assert!(matches!(store.stats(), Err(Error::Closed)));
 }
+
+#[test]
+fn records_are_counted_by_state_across_transitions_and_reopen() {
+    let fixture = Fixture::new();
+    let store = fixture
+        .builder()
+        .background_compaction(false)
+        .open(fixture.path())
+        .unwrap();
+    let running = acquired(store.begin(&key("a"), &request("r")).unwrap());
+    acquired(store.begin(&key("b"), &request("r")).unwrap())
+        .complete(response("ok"))
+        .unwrap();
+    acquired(store.begin(&key("c"), &request("r")).unwrap())
+        .fail(tollgate::idempotency::StoredResponse::new(
+            402,
+            b"no".to_vec(),
+        ))
+        .unwrap();
+    acquired(store.begin(&key("d"), &request("r")).unwrap())
+        .release()
+        .unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.running, stats.completed, stats.failed), (1, 1, 1));
+    assert!(stats.file_bytes > 0);
+    assert_eq!(stats.last_compaction, None);
+    // A takeover replaces a RUNNING record with a RUNNING record.
+    drop(running);
+    store.close().unwrap();
+    let store = fixture.open();
+    acquired(store.begin(&key("a"), &request("r")).unwrap())
+        .complete(response("ok"))
+        .unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!((stats.running, stats.completed, stats.failed), (0, 2, 1));
+}

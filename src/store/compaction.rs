@@ -165,10 +165,12 @@ impl Store {
     /// Rewrites the store file at `path` so that it holds only live data, and truncates it.
     ///
     /// redb reuses the pages that removals free, so a store's file stops growing once compaction
-    /// keeps pace; but it never shrinks by itself. Call this after the live data shrank for good
-    /// (a traffic peak passed, a TTL was shortened, a sweep removed most records) and the file's
-    /// size matters. The store must be closed: this needs the file to itself, and takes roughly
-    /// as long as copying the live data.
+    /// keeps pace, and it gives back free space at the *end* of the file as it commits. Free space
+    /// in the middle (records that expired while later ones stayed) is only reused, never
+    /// returned. Call this after the live data shrank for good (a traffic peak passed, a TTL was
+    /// shortened, a sweep removed most records) when `Stats::file_bytes` matters. The store must
+    /// be closed: this needs the file to itself, and takes roughly as long as copying the live
+    /// data.
     ///
     /// # Errors
     /// [`Error::AlreadyOpen`] if a `Store` or another process has the file open;
