@@ -288,12 +288,16 @@ impl Writer {
         });
         match committed {
             Ok(wrote) => {
-                for (command, outcome) in batch.drain(..).zip(answers) {
-                    answer(command, outcome);
-                }
+                // Counters first, so that a caller reading `stats()` after its answer sees its
+                // own write counted.
                 if let Some((writes, counts)) = wrote {
                     self.sequencer.record_counts = counts;
                     self.counters.committed(writes, counts);
+                }
+                for (command, outcome) in batch.drain(..).zip(answers) {
+                    answer(command, outcome);
+                }
+                if wrote.is_some() {
                     self.notifier.bump();
                 }
             }
