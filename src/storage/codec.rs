@@ -128,6 +128,31 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, Error> {
     }
 }
 
+/// The leading fields of a record value, decoded without the response or checkpoint.
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+pub(crate) struct RecordHead {
+    _fingerprint: [u8; 32],
+    _created_at: u64,
+    pub expires_at: u64,
+    _attempts: u32,
+    _record_ttl: u64,
+    /// The body's variant: 0 running, 1 completed, 2 failed (postcard encodes it as a varint,
+    /// exactly like a `u32`).
+    pub state: u32,
+}
+
+/// Decodes only the head of a record value: what a sweep needs, without allocating.
+pub(crate) fn decode_record_head(bytes: &[u8]) -> Result<RecordHead, Error> {
+    match bytes.split_first() {
+        Some((&RECORD_V1, rest)) => postcard::take_from_bytes::<RecordHead>(rest)
+            .map(|(head, _)| head)
+            .map_err(|error| Error::Corrupted(format!("undecodable record head: {error}"))),
+        _ => Err(Error::Corrupted(
+            "record value has an unknown version".into(),
+        )),
+    }
+}
+
 pub(crate) fn encode_meta(value: u64) -> [u8; 9] {
     let mut out = [0; 9];
     out[0] = META_V1;
@@ -209,6 +234,27 @@ mod tests {
             let decoded = bytes.and_then(|b| decode_record(&b).map_err(|e| e.to_string()));
             assert_eq!(decoded, Ok(record));
         }
+    }
+
+    #[test]
+    fn the_head_decoder_reads_what_the_full_decoder_reads() {
+        for body in [
+            sample().body,
+            RecordBody::Completed(StoredResponse::new(1, vec![9; 300])),
+            RecordBody::Failed(StoredResponse::new(2, Vec::new())),
+        ] {
+            let record = Record { body, ..sample() };
+            let bytes = encode_record(&record).expect("encodes");
+            let head = decode_record_head(&bytes).expect("decodes");
+            let state = match record.body {
+                RecordBody::Running { .. } => 0,
+                RecordBody::Completed(_) => 1,
+                RecordBody::Failed(_) => 2,
+            };
+            assert_eq!((head.expires_at, head.state), (record.expires_at, state));
+        }
+        assert!(decode_record_head(&[]).is_err());
+        assert!(decode_record_head(&[1, 2, 3]).is_err());
     }
 
     #[test]

@@ -169,11 +169,29 @@ impl Tables<'_> {
             self.expiry.remove(&key).map_err(storage)?;
             match kind {
                 KIND_RECORD => {
-                    let digest = Digest(id);
-                    if let Some(record) = self.record(&digest)?.filter(|r| r.expires_at == at) {
-                        self.records.remove(&id).map_err(storage)?;
-                        self.count_deltas[RecordCounts::slot(&record)] -= 1;
-                        swept.records += 1;
+                    // One B-tree operation: remove, then check what was removed. The index is kept
+                    // in step, so the record's expiry is the entry's; if a damaged value says
+                    // otherwise, put it back untouched.
+                    let removed = match self.records.remove(&id).map_err(storage)? {
+                        Some(value) => match codec::decode_record_head(value.value()) {
+                            Ok(head) if head.expires_at == at => Ok(head.state),
+                            _ => Err(value.value().to_vec()),
+                        },
+                        None => continue,
+                    };
+                    match removed {
+                        Ok(state) => {
+                            let slot = usize::try_from(state).unwrap_or(usize::MAX);
+                            if let Some(delta) = self.count_deltas.get_mut(slot) {
+                                *delta -= 1;
+                            }
+                            swept.records += 1;
+                        }
+                        Err(bytes) => {
+                            self.records
+                                .insert(&id, bytes.as_slice())
+                                .map_err(storage)?;
+                        }
                     }
                 }
                 KIND_RATE => {

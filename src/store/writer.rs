@@ -169,7 +169,25 @@ impl Writer {
                         Err(_) => break,
                     }
                 }
-                stop = self.apply(&mut batch);
+                // Compaction steps get transactions of their own, after the foreground batch:
+                // a request never shares a commit (and its larger fsync) with a sweep step, and
+                // waits behind at most one step.
+                let mut steps: Vec<Command> = Vec::new();
+                let mut index = 0;
+                while index < batch.len() {
+                    if matches!(batch[index], Command::Compact { .. }) {
+                        steps.push(batch.remove(index));
+                    } else {
+                        index += 1;
+                    }
+                }
+                if !batch.is_empty() {
+                    stop = self.apply(&mut batch);
+                }
+                for step in steps {
+                    batch.push(step);
+                    stop |= self.apply(&mut batch);
+                }
             }
             if let (Some(deadline), Some(every)) = (next_flush.as_mut(), flush_every) {
                 if stop {
