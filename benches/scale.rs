@@ -3,6 +3,8 @@
 //! ```text
 //! cargo bench --bench scale                        # the full run: minutes, several GB of disk
 //! TOLLGATE_SCALE_RECORDS=1000000 cargo bench --bench scale   # a smaller "large" store
+//! TOLLGATE_SCALE_CACHE_MIB=1024 cargo bench --bench scale     # page cache (default 64 MiB)
+//! TOLLGATE_SCALE_ONLY=compaction cargo bench --bench scale    # or `large`: one half only
 //! ```
 //!
 //! Targets (issue "TTL compaction"):
@@ -32,10 +34,19 @@ fn key(prefix: &str, i: u64) -> IdempotencyKey {
     IdempotencyKey::new("scale", &format!("{prefix}-{i}")).expect("valid key")
 }
 
+/// The page cache for every store of the run: `TOLLGATE_SCALE_CACHE_MIB`, default 64 MiB.
+fn cache_size() -> usize {
+    std::env::var("TOLLGATE_SCALE_CACHE_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(DEFAULT_CACHE_SIZE, |mib| mib << 20)
+}
+
 fn builder(clock: &ManualClock) -> StoreBuilder {
     Store::builder()
         .clock(clock.clone())
         .background_compaction(false)
+        .cache_size(cache_size())
 }
 
 fn clock() -> ManualClock {
@@ -185,6 +196,7 @@ fn child_command(mode: &str, path: &Path) -> Command {
 fn child_rss(path: &Path) {
     let store = Store::builder()
         .background_compaction(false)
+        .cache_size(cache_size())
         .open(path)
         .expect("open");
     let (rate, _) = workload(&store, 64, "rss", &for_seconds(5));
@@ -284,7 +296,7 @@ fn large(dir: &Path, records: u64) {
     child.wait().expect("wait");
     println!(
         "child with {records} records, cache {} MiB: {} (target <= cache + 64 MiB)",
-        DEFAULT_CACHE_SIZE >> 20,
+        cache_size() >> 20,
         line.unwrap_or_default()
     );
 
@@ -313,6 +325,11 @@ fn main() {
     let dir =
         tempfile::tempdir_in(std::env::var("TOLLGATE_SCALE_DIR").unwrap_or_else(|_| ".".into()))
             .expect("tempdir");
-    compaction(dir.path());
-    large(dir.path(), records);
+    let only = std::env::var("TOLLGATE_SCALE_ONLY").unwrap_or_default();
+    if only != "large" {
+        compaction(dir.path());
+    }
+    if only != "compaction" {
+        large(dir.path(), records);
+    }
 }

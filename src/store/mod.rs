@@ -191,6 +191,7 @@ impl Store {
                 .as_ref()
                 .zip(rate_flush_every)
                 .map(|(cache, every)| (Arc::clone(cache), every)),
+            last_foreground: Instant::now(),
         };
         let writer = std::thread::Builder::new()
             .name("tollgate-writer".into())

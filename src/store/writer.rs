@@ -42,6 +42,11 @@ pub(crate) const MAX_BATCH: usize = 1024;
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;
 
+/// A compaction step taken while requests are queued is `compaction_batch` divided by this.
+const BUSY_STEP_DIVISOR: usize = 8;
+/// Foreground work this recent makes the store count as busy for compaction steps.
+const BUSY_WINDOW: Duration = Duration::from_millis(10);
+
 /// How often the batched rate cache drops idle and unused counters.
 const EVICT_EVERY: Duration = Duration::from_secs(1);
 
@@ -117,6 +122,8 @@ pub(crate) struct Writer {
     pub sequencer: Sequencer,
     /// Batched rate counters to flush, and how often.
     pub rate_flush: Option<(Arc<RateCache>, Duration)>,
+    /// When the last foreground batch was applied (compaction steps shrink while it is recent).
+    pub last_foreground: Instant,
 }
 
 /// The writer's in-memory counters and limits, applied to each command.
@@ -183,8 +190,18 @@ impl Writer {
                 }
                 if !batch.is_empty() {
                     stop = self.apply(&mut batch);
+                    self.last_foreground = Instant::now();
                 }
-                for step in steps {
+                for mut step in steps {
+                    // While requests wait, take a short step: a sweep yields to foreground work
+                    // and runs at full size only when the store is otherwise idle.
+                    if let Command::Compact { limit, .. } = &mut step {
+                        let busy = !self.commands.is_empty()
+                            || self.last_foreground.elapsed() < BUSY_WINDOW;
+                        if busy {
+                            *limit = (*limit / BUSY_STEP_DIVISOR).max(1);
+                        }
+                    }
                     batch.push(step);
                     stop |= self.apply(&mut batch);
                 }
