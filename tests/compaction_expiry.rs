@@ -80,7 +80,8 @@ fn small_batches_sweep_everything_in_several_steps() {
     fixture.clock.advance(Duration::from_secs(1));
     let report = store.compact_now().unwrap();
     assert_eq!(report.removed_records, 100);
-    assert_eq!(report.batches, 15); // 14 full steps of 7, one of 2
+    // No step removes more than the batch (steps shrink further while the store is busy).
+    assert!(report.batches >= 15, "{report:?}");
     let stats = store.stats().unwrap();
     assert_eq!((stats.completed, stats.running, stats.failed), (0, 0, 0));
     assert_eq!(store.compact_now().unwrap().removed_records, 0);
