@@ -12,6 +12,7 @@ mod compaction;
 mod notify;
 mod rate;
 mod rate_cache;
+mod sequencer;
 mod stats;
 mod writer;
 
@@ -33,9 +34,10 @@ pub use builder::{
 use compaction::Compactor;
 pub use compaction::Reclaimed;
 use notify::Notifier;
+use sequencer::Sequencer;
 use stats::Counters;
 pub use stats::{CompactionReport, Stats};
-use writer::{Answer, BeginRequest, Command, Sequencer, Writer};
+use writer::{Answer, BeginRequest, Command, Writer};
 
 use crate::clock::StoreTime;
 use crate::clock::system_time_to_nanos;

@@ -1,5 +1,8 @@
 //! The writer thread: every durable change goes through it, in group commits.
 //!
+//! This file is the thread's mechanics (batching, commits, answers, poisoning, the rate flush
+//! timer); what each command does inside the transaction is `sequencer.rs`.
+//!
 //! Callers send a [`Command`] with a one-shot reply channel and block on the reply. The thread
 //! blocks for the first command, drains whatever else is queued (up to [`MAX_BATCH`]), runs the
 //! whole batch in one write transaction, commits once (one fsync), and only then answers every
@@ -25,22 +28,17 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::notify::Notifier;
-use super::rate::Recovery;
 use super::rate_cache::RateCache;
+use super::sequencer::{Sequencer, stored};
 use super::stats::Counters;
-use crate::clock::StoreTime;
 use crate::error::Error;
-use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
+use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
-use crate::ratelimit::charge::{self, RateOp, RateOutcome};
-use crate::ratelimit::{RateState, Spec, idle_at, is_idle};
-use crate::storage::{Backend, RecordCounts, StoredRate, Swept, Tables};
+use crate::ratelimit::charge::{RateOp, RateOutcome};
+use crate::storage::{Backend, Swept};
 
 /// Most commands applied in one transaction. Bounds the latency a single batch can add.
 pub(crate) const MAX_BATCH: usize = 1024;
-
-/// Expired records removed, at most, to make room when the store is at `max_records`.
-const CAPACITY_SWEEP: usize = 64;
 
 /// A compaction step taken while requests are queued is `compaction_batch` divided by this.
 const BUSY_STEP_DIVISOR: usize = 8;
@@ -124,17 +122,6 @@ pub(crate) struct Writer {
     pub rate_flush: Option<(Arc<RateCache>, Duration)>,
     /// When the last foreground batch was applied (compaction steps shrink while it is recent).
     pub last_foreground: Instant,
-}
-
-/// The writer's in-memory counters and limits, applied to each command.
-pub(crate) struct Sequencer {
-    pub time: Arc<StoreTime>,
-    pub epoch: u64,
-    pub next_token: u64,
-    pub max_records: Option<u64>,
-    pub recovery: Recovery,
-    /// Records on disk by state, as of the last commit.
-    pub record_counts: RecordCounts,
 }
 
 /// Poisons the store if the writer thread unwinds.
@@ -365,153 +352,6 @@ impl Writer {
             }
         }
         shutdown.is_some()
-    }
-}
-
-impl Sequencer {
-    fn execute(&mut self, tables: &mut Tables<'_>, command: &mut Command) -> Result<Answer, Error> {
-        let now = self.time.now();
-        match command {
-            Command::Begin {
-                digest, request, ..
-            } => self.begin(tables, digest, request, now),
-            Command::Resolve {
-                digest,
-                token,
-                resolution,
-                ..
-            } => {
-                let existing = tables.record(digest)?;
-                let effect = machine::resolve(existing.as_ref(), *token, resolution.clone(), now)
-                    .map_err(|machine::Fenced| Error::LeaseLost)?;
-                match effect {
-                    Effect::Put(record) => {
-                        tables.put_record(digest, existing.as_ref(), &record)?;
-                        Ok(Answer::Resolved(lease_expiry(&record)))
-                    }
-                    Effect::Delete => {
-                        if let Some(old) = &existing {
-                            tables.delete_record(digest, old)?;
-                        }
-                        Ok(Answer::Resolved(None))
-                    }
-                }
-            }
-            Command::Rate { op, .. } => self.rate(tables, op, now),
-            // Handled by the writer itself, after the batch (see `apply`).
-            Command::Flush { .. } => Ok(Answer::Resolved(None)),
-            Command::Compact { limit, .. } => Ok(Answer::Swept(tables.sweep(now, *limit)?)),
-            Command::Bulk { count, records, .. } => self.bulk(tables, *count, records, now),
-            Command::Shutdown => Err(Error::Closed),
-        }
-    }
-
-    /// Writes every record `records` yields (called with 0, 1, 2, … until it returns `None`).
-    fn bulk(
-        &mut self,
-        tables: &mut Tables<'_>,
-        count: u64,
-        records: &mut BulkRecords,
-        now: u64,
-    ) -> Result<Answer, Error> {
-        if let Some(limit) = self.max_records {
-            // Checked before writing anything, so that a refusal leaves nothing half-loaded.
-            // (Conservative: a record that replaces one with the same key counts as new.)
-            let total = |tables: &Tables<'_>| -> Result<u64, Error> {
-                Ok(tables.record_count()?.saturating_add(count))
-            };
-            if total(tables)? > limit {
-                tables.sweep(now, usize::MAX)?;
-                if total(tables)? > limit {
-                    return Err(Error::CapacityExceeded { limit });
-                }
-            }
-        }
-        let mut written = 0;
-        while let Some((digest, record)) = records(written) {
-            let existing = tables.record(&digest)?;
-            tables.put_record(&digest, existing.as_ref(), &record)?;
-            written += 1;
-        }
-        Ok(Answer::Loaded(written))
-    }
-
-    fn rate(&self, tables: &mut Tables<'_>, op: &RateOp, now: u64) -> Result<Answer, Error> {
-        let mut states = Vec::with_capacity(op.targets.len());
-        for target in &op.targets {
-            let on_disk = tables.rate(&target.key.0)?.map(|rate| rate.state);
-            states.push(self.recovery.on_load(&target.spec, on_disk, now));
-        }
-        let (outcome, changed) = charge::apply(op.kind, &op.targets, &mut states, now);
-        if changed {
-            for (target, state) in op.targets.iter().zip(states) {
-                tables.put_rate(&target.key.0, stored(&target.spec, state, now).as_ref())?;
-            }
-        }
-        Ok(Answer::Rate(outcome, changed))
-    }
-
-    fn begin(
-        &mut self,
-        tables: &mut Tables<'_>,
-        digest: &Digest,
-        request: &BeginRequest,
-        now: u64,
-    ) -> Result<Answer, Error> {
-        let existing = tables.record(digest)?;
-        let params = BeginParams {
-            fingerprint: request.fingerprint,
-            now,
-            epoch: self.epoch,
-            lease_ttl: request.lease_ttl,
-            record_ttl: request.record_ttl,
-            next_token: self.next_token,
-        };
-        let decision = machine::begin(existing.as_ref(), &params);
-        if let BeginDecision::Acquired { record, .. } = &decision {
-            if existing.is_none() {
-                self.make_room(tables, now)?;
-            }
-            tables.put_record(digest, existing.as_ref(), record)?;
-            self.next_token = self.next_token.saturating_add(1);
-        }
-        Ok(Answer::Begin(decision))
-    }
-
-    /// Refuses a new record when the store is full, after removing already-expired records (never
-    /// live ones: nothing is evicted).
-    fn make_room(&self, tables: &mut Tables<'_>, now: u64) -> Result<(), Error> {
-        let Some(limit) = self.max_records else {
-            return Ok(());
-        };
-        if tables.record_count()? < limit {
-            return Ok(());
-        }
-        tables.sweep(now, CAPACITY_SWEEP)?;
-        if tables.record_count()? < limit {
-            Ok(())
-        } else {
-            Err(Error::CapacityExceeded { limit })
-        }
-    }
-}
-
-/// A counter as it should be stored: idle counters are deleted (they equal a fresh one).
-fn stored(spec: &Spec, state: Option<RateState>, now: u64) -> Option<StoredRate> {
-    state
-        .filter(|state| !is_idle(spec, *state, now))
-        .map(|state| StoredRate {
-            state,
-            idle_at: idle_at(spec, state),
-        })
-}
-
-fn lease_expiry(record: &Record) -> Option<u64> {
-    match record.body {
-        crate::idempotency::RecordBody::Running {
-            lease_expires_at, ..
-        } => Some(lease_expires_at),
-        _ => None,
     }
 }
 
