@@ -45,14 +45,16 @@ const QUOTA: u32 = 10;
 const START: u64 = 1_800_000_000;
 
 fn builder(cycle: u64) -> StoreBuilder {
-    // The clock stands still within a session and moves half a rate window between sessions:
-    // leases never expire by time (every takeover is an epoch takeover after a kill), and each
-    // window holds two sessions, so a crash in the middle of a window is what the limit faces.
+    // The clock stands still within a session and moves half a rate window between sessions, so
+    // each window holds two sessions and a crash lands in its middle. Records are kept far longer
+    // than any run's simulated time: an expired record would rightly behave as absent, which is
+    // not what this test is about.
     let at = START + cycle * WINDOW.as_secs() / 2;
     Store::builder()
         .clock(ManualClock::new(
             SystemTime::UNIX_EPOCH + Duration::from_secs(at),
         ))
+        .record_ttl(Duration::from_secs(10 * 365 * 24 * 3600))
         .rate_durability(RateDurability::Batched {
             max_delay: Duration::from_millis(5),
         })
