@@ -11,11 +11,7 @@ use fixture::{Fixture, key, request, response};
 fn close_during_a_sweep_joins_and_the_next_open_continues() {
     let fixture = Fixture::new();
     {
-        let store = fixture
-            .builder()
-            .background_compaction(false)
-            .open(fixture.path())
-            .unwrap();
+        let store = fixture.open_without_compactor();
         store
             .bulk_load(20_000, Duration::from_secs(1), |i| {
                 (key(&format!("k{i}")), request("r"), response("x"))
@@ -43,11 +39,7 @@ fn close_during_a_sweep_joins_and_the_next_open_continues() {
             store.close().unwrap();
         }
     }
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open(fixture.path())
-        .unwrap();
+    let store = fixture.open_without_compactor();
     store.compact_now().unwrap();
     let stats = store.stats().unwrap();
     assert_eq!(stats.completed, 0);

@@ -12,11 +12,7 @@ use tollgate::ratelimit::{Limit, Quota, RateDurability};
 #[test]
 fn a_sweep_removes_exactly_the_expired_records() {
     let fixture = Fixture::new();
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open(fixture.path())
-        .unwrap();
+    let store = fixture.open_without_compactor();
     for i in 0..10 {
         acquired(
             store

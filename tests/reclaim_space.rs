@@ -12,11 +12,7 @@ use tollgate::{Error, Store};
 #[test]
 fn reclaim_shrinks_a_fragmented_file_and_keeps_live_records() {
     let fixture = Fixture::new();
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open(fixture.path())
-        .unwrap();
+    let store = fixture.open_without_compactor();
     let body = "x".repeat(1000);
     // Written first, so stored first: these expire in a second and leave a hole mid-file.
     let early = body.clone();

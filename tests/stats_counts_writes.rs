@@ -47,11 +47,7 @@ fn writes_are_counted_exactly_and_reads_are_not() {
 #[test]
 fn records_are_counted_by_state_across_transitions_and_reopen() {
     let fixture = Fixture::new();
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open(fixture.path())
-        .unwrap();
+    let store = fixture.open_without_compactor();
     let running = acquired(store.begin(&key("a"), &request("r")).unwrap());
     acquired(store.begin(&key("b"), &request("r")).unwrap())
         .complete(response("ok"))
