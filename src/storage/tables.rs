@@ -92,7 +92,7 @@ impl Tables<'_> {
     }
 
     /// Writes `new` in place of `old` (the record as read in this transaction), keeping the expiry
-    /// index and the counts in step.
+    /// index and the counts in step. The index entry is left alone when the expiry is unchanged.
     pub(crate) fn put_record(
         &mut self,
         digest: &Digest,
@@ -101,25 +101,21 @@ impl Tables<'_> {
     ) -> Result<(), Error> {
         let encoded = codec::encode_record(new)?;
         self.dirty = true;
+        let same_expiry = old.is_some_and(|old| old.expires_at == new.expires_at);
         if let Some(old) = old {
-            self.expiry
-                .remove(&codec::expiry_key(
-                    old.expires_at,
-                    KIND_RECORD,
-                    digest.as_bytes(),
-                ))
-                .map_err(storage)?;
-            self.count_deltas[RecordCounts::slot(old)] -= 1;
+            self.forget(digest, old, !same_expiry)?;
         }
         self.records
             .insert(digest.as_bytes(), encoded.as_slice())
             .map_err(storage)?;
-        self.expiry
-            .insert(
-                &codec::expiry_key(new.expires_at, KIND_RECORD, digest.as_bytes()),
-                (),
-            )
-            .map_err(storage)?;
+        if !same_expiry {
+            self.expiry
+                .insert(
+                    &codec::expiry_key(new.expires_at, KIND_RECORD, digest.as_bytes()),
+                    (),
+                )
+                .map_err(storage)?;
+        }
         self.count_deltas[RecordCounts::slot(new)] += 1;
         Ok(())
     }
@@ -128,13 +124,20 @@ impl Tables<'_> {
     pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
         self.dirty = true;
         self.records.remove(digest.as_bytes()).map_err(storage)?;
-        self.expiry
-            .remove(&codec::expiry_key(
-                old.expires_at,
-                KIND_RECORD,
-                digest.as_bytes(),
-            ))
-            .map_err(storage)?;
+        self.forget(digest, old, true)
+    }
+
+    /// Takes `old` out of the counts and, if `unindex`, out of the expiry index.
+    fn forget(&mut self, digest: &Digest, old: &Record, unindex: bool) -> Result<(), Error> {
+        if unindex {
+            self.expiry
+                .remove(&codec::expiry_key(
+                    old.expires_at,
+                    KIND_RECORD,
+                    digest.as_bytes(),
+                ))
+                .map_err(storage)?;
+        }
         self.count_deltas[RecordCounts::slot(old)] -= 1;
         Ok(())
     }
