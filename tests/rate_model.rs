@@ -112,6 +112,14 @@ struct Bucket {
 #[derive(Debug, Default, Clone)]
 struct Counts(HashMap<u64, u64>);
 
+impl Counts {
+    /// The counts of the window before `window` and of `window` itself.
+    fn around(&self, window: u64) -> (u64, u64) {
+        let count = |w: Option<u64>| w.and_then(|w| self.0.get(&w)).copied().unwrap_or(0);
+        (count(window.checked_sub(1)), count(Some(window)))
+    }
+}
+
 #[derive(Debug, Clone)]
 enum Subject {
     Bucket(Bucket),
@@ -154,8 +162,8 @@ impl Reference {
         self.subjects[subject] = Reference::new(self.kind).subjects.swap_remove(0);
     }
 
-    /// Charges `cost` (0 = peek-like report without the cost-1 question).
-    fn check(&mut self, subject: usize, cost: u64, now: u64, charge: bool) -> Expected {
+    /// Charges `cost` if it fits (0 reports without charging).
+    fn check(&mut self, subject: usize, cost: u64, now: u64) -> Expected {
         let kind = self.kind;
         let period = self.period();
         match (&mut self.subjects[subject], kind) {
@@ -174,7 +182,7 @@ impl Reference {
                 let need = u128::from(cost) * t;
                 let allowed = credit >= need;
                 let after = if allowed { credit - need } else { credit };
-                if charge && allowed {
+                if allowed {
                     bucket.credit = Some(after);
                     bucket.last = bucket.last.max(now);
                 }
@@ -190,7 +198,7 @@ impl Reference {
                 let count = counts.0.get(&window).copied().unwrap_or(0);
                 let allowed = count + cost <= u64::from(n);
                 let after = if allowed { count + cost } else { count };
-                if charge && allowed {
+                if allowed {
                     counts.0.insert(window, after);
                 }
                 let until_next = (window + 1) * period - now;
@@ -205,12 +213,7 @@ impl Reference {
                 let fits = |counts: &Counts, at: u64, extra: u64| {
                     let window = at / period;
                     let elapsed = u128::from(at - window * period);
-                    let previous = window
-                        .checked_sub(1)
-                        .and_then(|w| counts.0.get(&w))
-                        .copied()
-                        .unwrap_or(0);
-                    let current = counts.0.get(&window).copied().unwrap_or(0);
+                    let (previous, current) = counts.around(window);
                     let used = u128::from(previous) * (u128::from(period) - elapsed)
                         + u128::from(current + extra) * u128::from(period);
                     (used <= u128::from(n) * u128::from(period), used)
@@ -223,12 +226,7 @@ impl Reference {
                 let (_, used) = fits(counts, now, 0);
                 let remaining = ((u128::from(n) * u128::from(period)).saturating_sub(used)
                     / u128::from(period)) as u64;
-                let previous = window
-                    .checked_sub(1)
-                    .and_then(|w| counts.0.get(&w))
-                    .copied()
-                    .unwrap_or(0);
-                let current = counts.0.get(&window).copied().unwrap_or(0);
+                let (previous, current) = counts.around(window);
                 let reset_after = if current > 0 {
                     (window + 2) * period - now
                 } else if previous > 0 {
@@ -249,9 +247,6 @@ impl Reference {
                     }
                     low - now
                 });
-                if !charge && allowed && cost > 0 {
-                    unreachable!("peeks are asked with charge = true and cost 0");
-                }
                 Expected {
                     allowed,
                     remaining,
@@ -275,7 +270,7 @@ impl Reference {
 
     fn clone_subject_check(&mut self, subject: usize, cost: u64, now: u64) -> Expected {
         let saved = self.subjects[subject].clone();
-        let expected = self.check(subject, cost, now, true);
+        let expected = self.check(subject, cost, now);
         self.subjects[subject] = saved;
         expected
     }
@@ -366,7 +361,7 @@ fn run_case(kind: Kind, durability: RateDurability, ops: &[Op]) -> Result<(), Te
                 let expected = if *cost == 0 {
                     reference.peek(*s, now)
                 } else {
-                    reference.check(*s, u64::from(*cost), now, true)
+                    reference.check(*s, u64::from(*cost), now)
                 };
                 let expected = if *cost == 0 {
                     Expected {
