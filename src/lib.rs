@@ -84,6 +84,9 @@ pub mod idempotency;
 pub mod ratelimit;
 mod storage;
 mod store;
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod testing;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};

@@ -14,8 +14,37 @@
 
 pub(crate) mod codec;
 mod redb_backend;
+#[cfg(any(test, feature = "test-support"))]
+mod sim_disk;
 mod tables;
 
 pub(crate) use codec::StoredRate;
 pub(crate) use redb_backend::{Backend, OpenOptions};
+#[cfg(any(test, feature = "test-support"))]
+pub use sim_disk::SimDisk;
+
+/// Where a store's bytes live.
+#[derive(Debug, Clone)]
+pub(crate) enum Location {
+    /// A file (the only choice outside tests).
+    File(std::path::PathBuf),
+    /// A simulated disk for crash and I/O-failure tests.
+    #[cfg(any(test, feature = "test-support"))]
+    Simulated(SimDisk),
+}
+
+impl Location {
+    /// The size of the store's bytes.
+    pub(crate) fn len(&self) -> Result<u64, crate::Error> {
+        match self {
+            Location::File(path) => std::fs::metadata(path)
+                .map(|meta| meta.len())
+                .map_err(redb_backend::storage),
+            #[cfg(any(test, feature = "test-support"))]
+            Location::Simulated(disk) => {
+                redb::StorageBackend::len(disk).map_err(redb_backend::storage)
+            }
+        }
+    }
+}
 pub(crate) use tables::{RecordCounts, Swept, Tables};

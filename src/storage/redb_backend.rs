@@ -21,6 +21,7 @@ use redb::{
     TableDefinition, TableHandle,
 };
 
+use super::Location;
 use super::codec::{self, EXPIRY_KEY_LEN, StoredRate};
 use super::tables::{RecordCounts, Tables};
 use crate::error::{Error, StorageError};
@@ -49,7 +50,7 @@ const META_RATE_RECOVERY: &str = "rate_recovery_at";
 /// The two halves of the secret that keys rate counters (drawn when the file is created).
 const META_RATE_SECRET: [&str; 2] = ["rate_key_secret_0", "rate_key_secret_1"];
 
-pub(super) fn storage<E>(error: E) -> Error
+pub(crate) fn storage<E>(error: E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {
@@ -95,11 +96,19 @@ pub(crate) struct Backend {
 impl Backend {
     /// Opens (or creates) the file, checks that it is a tollgate store of a readable format, and
     /// durably bumps the boot epoch.
-    pub(crate) fn open(path: &Path, options: OpenOptions) -> Result<(Self, Counters), Error> {
+    pub(crate) fn open(
+        location: &Location,
+        options: OpenOptions,
+    ) -> Result<(Self, Counters), Error> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(options.cache_size);
         // redb documents that opening a file damaged outside redb may panic; a library must not.
-        let opened = catch_unwind(AssertUnwindSafe(|| builder.create(path))).map_err(|_| {
+        let opened = catch_unwind(AssertUnwindSafe(|| match location {
+            Location::File(path) => builder.create(path),
+            #[cfg(any(test, feature = "test-support"))]
+            Location::Simulated(disk) => builder.create_with_backend(disk.clone()),
+        }))
+        .map_err(|_| {
             Error::Corrupted("the storage engine panicked while opening the file".into())
         })?;
         let db = opened.map_err(open_error)?;

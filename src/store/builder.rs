@@ -8,6 +8,7 @@ use super::Store;
 use crate::clock::{Clock, SystemClock, duration_to_nanos};
 use crate::error::{Error, Result};
 use crate::ratelimit::{CrashPolicy, RateDurability};
+use crate::storage::Location;
 
 /// Default time a finished record is kept: 24 hours.
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -229,7 +230,18 @@ impl StoreBuilder {
     ///   [`Error::IncompatibleFormat`] if a newer tollgate wrote it. Neither changes the file.
     /// - [`Error::Storage`] for I/O errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
-        Store::open_with(self, path.as_ref())
+        Store::open_with(self, Location::File(path.as_ref().to_owned()))
+    }
+
+    /// Opens the store on a simulated disk (crash and I/O-failure tests only).
+    ///
+    /// # Errors
+    /// As for [`StoreBuilder::open`]; a disk whose power is cut or whose operations fail gives
+    /// [`Error::Storage`].
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn open_simulated(self, disk: &crate::testing::SimDisk) -> Result<Store> {
+        Store::open_with(self, Location::Simulated(disk.clone()))
     }
 
     pub(crate) fn settings(&self) -> Result<Settings> {

@@ -45,7 +45,7 @@ use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
 use crate::ratelimit::{CounterKeys, RateDurability};
-use crate::storage::{Backend, OpenOptions};
+use crate::storage::{Backend, Location, OpenOptions};
 use rate::Recovery;
 use rate_cache::RateCache;
 
@@ -89,7 +89,7 @@ struct Shared {
     rate_cache: Option<Arc<RateCache>>,
     recovery: Recovery,
     rate_keys: CounterKeys,
-    path: std::path::PathBuf,
+    location: Location,
 }
 
 struct Engine {
@@ -151,14 +151,14 @@ impl Store {
         StoreBuilder::default()
     }
 
-    fn open_with(builder: StoreBuilder, path: &Path) -> Result<Store> {
+    pub(crate) fn open_with(builder: StoreBuilder, location: Location) -> Result<Store> {
         let settings = builder.settings()?;
         let rate_flush_every = match builder.rate_durability {
             RateDurability::Batched { max_delay } => Some(max_delay),
             RateDurability::Immediate => None,
         };
         let (backend, persisted) = Backend::open(
-            path,
+            &location,
             OpenOptions {
                 cache_size: builder.cache_size,
                 now: system_time_to_nanos(builder.clock.now()),
@@ -228,7 +228,7 @@ impl Store {
                 rate_cache,
                 recovery,
                 rate_keys,
-                path: path.to_owned(),
+                location,
             }),
         })
     }
@@ -390,9 +390,7 @@ impl Store {
             let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
             stats.rate_states = engine.backend.rate_count()?;
         }
-        stats.file_bytes = std::fs::metadata(&self.shared.path)
-            .map(|meta| meta.len())
-            .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
+        stats.file_bytes = self.shared.location.len()?;
         if let Some(cache) = &self.shared.rate_cache {
             stats.rate_counters_in_memory = cache.len() as u64;
         }

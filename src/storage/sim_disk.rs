@@ -1,0 +1,314 @@
+//! A simulated disk for crash and I/O-failure tests (feature `test-support`).
+//!
+//! It implements redb's `StorageBackend` over memory and keeps two images apart, as redb's own
+//! `tests/crash_consistency.rs` does:
+//! - **live**: every write applied at once (what the running process reads back);
+//! - **durable**: the live image as of the last completed `sync_data`.
+//!
+//! Writes since the last sync are also kept as a list, so a simulated power cut can leave behind
+//! any mix of them that redb's documented media assumptions allow (`docs/design.md`, "Assumptions
+//! about underlying media"): single bytes are atomic, a completed sync makes earlier writes
+//! durable, and a write changes no byte outside its range. [`SimDisk::crash_image`] keeps each
+//! unsynced write whole, drops it, or keeps a random subset of its 512-byte sectors (a torn
+//! write), and keeps or loses an unsynced change of the file's length.
+//!
+//! Two ways to fail:
+//! - [`SimDisk::cut_power_at_sync`]: the n-th sync never completes. It and every later operation
+//!   report an I/O error, as if the process had died mid-fsync; nothing after it reaches the disk.
+//! - [`SimDisk::fail_at_operation`]: the n-th mutating operation (write, length change or sync)
+//!   fails with an I/O error and so does every later one, until [`SimDisk::heal`]. The live image
+//!   keeps what was written before the failure, as a page cache would.
+//!
+//! Cost: a sync copies the whole image, so this is for small test stores only.
+
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+/// Sector size for torn writes.
+const SECTOR: usize = 512;
+
+/// An in-memory disk that can lose power or fail operations on cue. Clones share the disk.
+#[derive(Clone, Debug, Default)]
+pub struct SimDisk {
+    state: Arc<Mutex<DiskState>>,
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    live: Vec<u8>,
+    durable: Vec<u8>,
+    /// Writes since the last completed sync, oldest first: (offset, bytes).
+    unsynced: Vec<(usize, Vec<u8>)>,
+    /// Completed syncs.
+    syncs: u64,
+    /// Mutating operations attempted (writes, length changes, syncs).
+    operations: u64,
+    /// The sync (1-based, counted over the disk's life) that never completes.
+    power_cut_at_sync: Option<u64>,
+    /// The mutating operation (1-based) from which every operation fails.
+    fail_from_operation: Option<u64>,
+    /// Power is gone: every operation fails and nothing changes any more.
+    dead: bool,
+    /// Operations are failing (I/O failure injection), until healed.
+    failing: bool,
+}
+
+impl SimDisk {
+    /// An empty disk (redb creates a new database on it).
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A disk holding `image`, durable as if just synced.
+    pub fn from_image(image: Vec<u8>) -> Self {
+        let disk = Self::default();
+        {
+            let mut state = disk.state.lock();
+            state.durable.clone_from(&image);
+            state.live = image;
+        }
+        disk
+    }
+
+    /// Syncs completed so far.
+    pub fn syncs(&self) -> u64 {
+        self.state.lock().syncs
+    }
+
+    /// Mutating operations attempted so far (writes, length changes and syncs).
+    pub fn operations(&self) -> u64 {
+        self.state.lock().operations
+    }
+
+    /// Whether the simulated power cut has happened.
+    pub fn is_dead(&self) -> bool {
+        self.state.lock().dead
+    }
+
+    /// Whether injected failures are in effect (the failing operation has been reached).
+    pub fn is_failing(&self) -> bool {
+        self.state.lock().failing
+    }
+
+    /// Cuts the power during sync number `sync` (1-based, counting every sync since the disk was
+    /// created): that sync reports an error and the disk accepts nothing more.
+    pub fn cut_power_at_sync(&self, sync: u64) {
+        self.state.lock().power_cut_at_sync = Some(sync);
+    }
+
+    /// Makes mutating operation number `operation` (1-based, counting since the disk was
+    /// created) and every operation after it fail with an I/O error, until [`SimDisk::heal`].
+    pub fn fail_at_operation(&self, operation: u64) {
+        self.state.lock().fail_from_operation = Some(operation);
+    }
+
+    /// Ends injected failures: later operations succeed again on the live image.
+    pub fn heal(&self) {
+        let mut state = self.state.lock();
+        state.failing = false;
+        state.fail_from_operation = None;
+    }
+
+    /// The image as of the last completed sync.
+    pub fn durable_image(&self) -> Vec<u8> {
+        self.state.lock().durable.clone()
+    }
+
+    /// What a power cut now could leave on the disk: the durable image plus, chosen by `seed`,
+    /// some of the unsynced writes, each kept whole, dropped, or torn at sector boundaries, and
+    /// the unsynced file length kept or lost. `seed == 0` keeps no unsynced write.
+    pub fn crash_image(&self, seed: u64) -> Vec<u8> {
+        let state = self.state.lock();
+        let mut image = state.durable.clone();
+        if seed == 0 {
+            return image;
+        }
+        let mut random = SplitMix(seed);
+        let length = if random.next() % 2 == 0 {
+            state.live.len()
+        } else {
+            state.durable.len()
+        };
+        image.resize(length, 0);
+        for (offset, bytes) in &state.unsynced {
+            match random.next() % 3 {
+                0 => {}
+                1 => overlay(&mut image, *offset, bytes),
+                _ => {
+                    for (index, sector) in bytes.chunks(SECTOR).enumerate() {
+                        if random.next() % 2 == 0 {
+                            overlay(&mut image, offset + index * SECTOR, sector);
+                        }
+                    }
+                }
+            }
+        }
+        image
+    }
+
+    /// Counts a mutating operation and reports whether it must fail.
+    fn start_operation(state: &mut DiskState) -> Result<(), std::io::Error> {
+        if state.dead {
+            return Err(power_lost());
+        }
+        state.operations += 1;
+        if state
+            .fail_from_operation
+            .is_some_and(|from| state.operations >= from)
+        {
+            state.failing = true;
+        }
+        if state.failing {
+            return Err(std::io::Error::other("simulated I/O failure"));
+        }
+        Ok(())
+    }
+}
+
+/// Writes `bytes` at `offset` into `image`, clipped to its length.
+fn overlay(image: &mut [u8], offset: usize, bytes: &[u8]) {
+    if offset >= image.len() {
+        return;
+    }
+    let end = image.len().min(offset + bytes.len());
+    image[offset..end].copy_from_slice(&bytes[..end - offset]);
+}
+
+fn power_lost() -> std::io::Error {
+    std::io::Error::other("simulated power loss")
+}
+
+fn to_index(value: u64) -> Result<usize, std::io::Error> {
+    usize::try_from(value).map_err(|_| std::io::Error::other("offset beyond the address space"))
+}
+
+impl redb::StorageBackend for SimDisk {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        let state = self.state.lock();
+        if state.dead {
+            return Err(power_lost());
+        }
+        Ok(state.live.len() as u64)
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        let state = self.state.lock();
+        if state.dead {
+            return Err(power_lost());
+        }
+        let start = to_index(offset)?;
+        let bytes = start
+            .checked_add(out.len())
+            .and_then(|end| state.live.get(start..end))
+            .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
+        out.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        let mut state = self.state.lock();
+        Self::start_operation(&mut state)?;
+        let len = to_index(len)?;
+        state.live.resize(len, 0);
+        Ok(())
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        let mut state = self.state.lock();
+        Self::start_operation(&mut state)?;
+        if state.power_cut_at_sync == Some(state.syncs + 1) {
+            state.dead = true;
+            return Err(power_lost());
+        }
+        state.syncs += 1;
+        let DiskState { live, durable, .. } = &mut *state;
+        durable.clone_from(live);
+        state.unsynced.clear();
+        Ok(())
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        let mut state = self.state.lock();
+        Self::start_operation(&mut state)?;
+        let start = to_index(offset)?;
+        let end = start
+            .checked_add(data.len())
+            .ok_or_else(|| std::io::Error::other("write beyond the address space"))?;
+        if end > state.live.len() {
+            state.live.resize(end, 0);
+        }
+        state.live[start..end].copy_from_slice(data);
+        state.unsynced.push((start, data.to_vec()));
+        Ok(())
+    }
+}
+
+/// A tiny deterministic generator (`SplitMix64`) for choosing what survives a crash.
+struct SplitMix(u64);
+
+impl SplitMix {
+    fn next(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use redb::StorageBackend;
+
+    use super::*;
+
+    #[test]
+    fn power_cut_keeps_only_synced_bytes() {
+        let disk = SimDisk::new();
+        disk.write(0, b"abcd").unwrap();
+        disk.sync_data().unwrap();
+        disk.write(0, b"XY").unwrap();
+        disk.cut_power_at_sync(2);
+        assert!(disk.sync_data().is_err());
+        assert!(disk.is_dead());
+        assert!(disk.write(0, b"zz").is_err());
+        assert_eq!(disk.durable_image(), b"abcd");
+        assert_eq!(disk.crash_image(0), b"abcd");
+    }
+
+    #[test]
+    fn crash_images_mix_unsynced_writes_within_their_ranges() {
+        let disk = SimDisk::new();
+        disk.write(0, &[0u8; 2048]).unwrap();
+        disk.sync_data().unwrap();
+        disk.write(0, &[7u8; 2048]).unwrap();
+        let mut seen_torn = false;
+        for seed in 1..64 {
+            let image = disk.crash_image(seed);
+            assert_eq!(image.len(), 2048);
+            // Every sector is wholly old or wholly new.
+            for sector in image.chunks(SECTOR) {
+                assert!(sector.iter().all(|b| *b == sector[0]));
+            }
+            let new = image.chunks(SECTOR).filter(|s| s[0] == 7).count();
+            seen_torn |= new > 0 && new < 4;
+        }
+        assert!(seen_torn, "some seed tears the write");
+    }
+
+    #[test]
+    fn injected_failures_are_sticky_until_healed() {
+        let disk = SimDisk::new();
+        disk.fail_at_operation(2);
+        disk.write(0, b"a").unwrap();
+        assert!(disk.write(1, b"b").is_err());
+        assert!(disk.sync_data().is_err());
+        assert!(disk.is_failing());
+        disk.heal();
+        disk.write(1, b"c").unwrap();
+        let mut out = [0u8; 2];
+        disk.read(0, &mut out).unwrap();
+        assert_eq!(&out, b"ac");
+    }
+}

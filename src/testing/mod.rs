@@ -1,0 +1,17 @@
+//! Test support (feature `test-support`): not part of the stable API.
+//!
+//! - [`SimDisk`]: an in-memory disk that can lose power at a chosen sync or fail I/O from a chosen
+//!   operation, for the power-loss tests; open a store on it with `StoreBuilder::open_simulated`.
+//! - [`fuzz`]: the fuzz targets' logic as plain functions, so `cargo test` runs them over the
+//!   committed seed corpus and `cargo +nightly fuzz` runs them over generated inputs.
+
+// Test support reports violations by panicking: that is how fuzzers and tests see them.
+#![allow(clippy::expect_used, clippy::panic)]
+
+pub use crate::storage::SimDisk;
+
+mod harness;
+mod model;
+
+pub use harness::{Harness, Op};
+pub use model::{KEYS, LEASE_TTL, RATE_QUOTA, RATE_WINDOW, RECORD_TTL, SUBJECTS};
