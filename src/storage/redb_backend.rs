@@ -102,16 +102,14 @@ impl Backend {
     ) -> Result<(Self, Counters), Error> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(options.cache_size);
-        // redb documents that opening a file damaged outside redb may panic; a library must not.
-        let opened = catch_unwind(AssertUnwindSafe(|| match location {
-            Location::File(path) => builder.create(path),
+        let db = match location {
+            Location::File(path) if !path.exists() => {
+                return Self::create_atomically(&builder, path, options);
+            }
+            Location::File(path) => create(&builder, path)?,
             #[cfg(any(test, feature = "test-support"))]
-            Location::Simulated(disk) => builder.create_with_backend(disk.clone()),
-        }))
-        .map_err(|_| {
-            Error::Corrupted("the storage engine panicked while opening the file".into())
-        })?;
-        let db = opened.map_err(open_error)?;
+            Location::Simulated(disk) => guarded(|| builder.create_with_backend(disk.clone()))?,
+        };
         let counters = Self::initialize(&db, options)?;
         Ok((
             Self {
@@ -121,6 +119,88 @@ impl Backend {
             counters,
         ))
     }
+
+    /// Creates a new store so that a crash at any point leaves either no file at `path` or a
+    /// complete store: the file is made and initialized as `<path>.creating`, then linked to
+    /// `path` (which fails if another process created `path` meanwhile), and the directory is
+    /// synced. A `.creating` file left by a crash is removed when it is not a complete store.
+    fn create_atomically(
+        builder: &redb::Builder,
+        path: &Path,
+        options: OpenOptions,
+    ) -> Result<(Self, Counters), Error> {
+        let mut temporary = path.as_os_str().to_owned();
+        temporary.push(".creating");
+        let temporary = std::path::PathBuf::from(temporary);
+        let db = match create(builder, &temporary) {
+            Err(Error::NotAStore(_)) => {
+                // An interrupted creation: redb writes its magic number last.
+                std::fs::remove_file(&temporary).map_err(storage)?;
+                create(builder, &temporary)?
+            }
+            other => other?,
+        };
+        let counters = Self::initialize(&db, options)?;
+        match std::fs::hard_link(&temporary, path) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone else created the store first: use theirs.
+                drop(db);
+                std::fs::remove_file(&temporary).map_err(storage)?;
+                return Self::open(&Location::File(path.to_owned()), options);
+            }
+            // A file system without hard links: rename (which would replace a store another
+            // process created in the same instant; such file systems get no better).
+            Err(_) => {
+                std::fs::rename(&temporary, path).map_err(storage)?;
+                sync_directory(path)?;
+                return Ok((
+                    Self {
+                        db,
+                        quick_repair: options.quick_repair,
+                    },
+                    counters,
+                ));
+            }
+        }
+        std::fs::remove_file(&temporary).map_err(storage)?;
+        sync_directory(path)?;
+        Ok((
+            Self {
+                db,
+                quick_repair: options.quick_repair,
+            },
+            counters,
+        ))
+    }
+}
+
+/// Opens or creates the redb file at `path`.
+fn create(builder: &redb::Builder, path: &Path) -> Result<Database, Error> {
+    guarded(|| builder.create(path))
+}
+
+/// Runs a redb open; redb documents that opening a file damaged outside redb may panic, and a
+/// library must not.
+fn guarded(open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Database, Error> {
+    catch_unwind(AssertUnwindSafe(open))
+        .map_err(|_| Error::Corrupted("the storage engine panicked while opening the file".into()))?
+        .map_err(open_error)
+}
+
+/// Makes a new directory entry durable.
+fn sync_directory(path: &Path) -> Result<(), Error> {
+    let directory = match path.parent() {
+        Some(parent) if !parent.as_os_str().is_empty() => parent,
+        _ => Path::new("."),
+    };
+    #[cfg(unix)]
+    std::fs::File::open(directory)
+        .and_then(|dir| dir.sync_all())
+        .map_err(storage)?;
+    #[cfg(not(unix))]
+    let _ = directory;
+    Ok(())
 }
 
 /// Maps redb's open errors to tollgate's.
@@ -355,10 +435,7 @@ impl Backend {
                 .map_err(storage)
         };
         let before = size(path)?;
-        let opened = catch_unwind(AssertUnwindSafe(|| Database::open(path))).map_err(|_| {
-            Error::Corrupted("the storage engine panicked while opening the file".into())
-        })?;
-        let mut db = opened.map_err(open_error)?;
+        let mut db = guarded(|| Database::open(path))?;
         {
             let txn = db.begin_read().map_err(storage)?;
             let mut names = txn.list_tables().map_err(storage)?;
