@@ -68,6 +68,8 @@ pub(crate) struct OpenOptions {
     /// Whether every commit also writes redb's allocator state (a second fsync), so that an open
     /// after a crash needs no repair walk.
     pub quick_repair: bool,
+    /// Whether the open verifies every page's checksum (redb's integrity check).
+    pub verify: bool,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -102,6 +104,7 @@ impl Backend {
     ) -> Result<(Self, Counters), Error> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(options.cache_size);
+        builder.set_check_integrity_on_open(options.verify);
         let db = match location {
             Location::File(path) if !path.exists() => {
                 return Self::create_atomically(&builder, path, options);
@@ -110,7 +113,7 @@ impl Backend {
             #[cfg(any(test, feature = "test-support"))]
             Location::Simulated(disk) => guarded(|| builder.create_with_backend(disk.clone()))?,
         };
-        let counters = Self::initialize(&db, options)?;
+        let counters = contained(|| Self::initialize(&db, options))?;
         Ok((
             Self {
                 db,
@@ -140,7 +143,7 @@ impl Backend {
             }
             other => other?,
         };
-        let counters = Self::initialize(&db, options)?;
+        let counters = contained(|| Self::initialize(&db, options))?;
         match std::fs::hard_link(&temporary, path) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -188,6 +191,16 @@ fn guarded(open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Dat
         .map_err(open_error)
 }
 
+/// Runs a read; a panic inside redb (which it documents for damaged files) becomes
+/// [`Error::Corrupted`] for this read only.
+fn contained<R>(read: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
+    catch_unwind(AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        Err(Error::Corrupted(
+            "the storage engine panicked while reading: the file is damaged".into(),
+        ))
+    })
+}
+
 /// Makes a new directory entry durable.
 fn sync_directory(path: &Path) -> Result<(), Error> {
     let directory = match path.parent() {
@@ -214,6 +227,7 @@ fn open_error(error: DatabaseError) -> Error {
             Error::NotAStore(io.to_string())
         }
         DatabaseError::Storage(redb::StorageError::Io(io)) => storage(io),
+        DatabaseError::Storage(redb::StorageError::Corrupted(message)) => Error::Corrupted(message),
         DatabaseError::Storage(other) => Error::NotAStore(other.to_string()),
         DatabaseError::UpgradeRequired(version) => Error::NotAStore(format!(
             "a redb file of format {version}, which redb 4 cannot open"
@@ -363,27 +377,44 @@ impl Backend {
 
     /// Reads one record from the latest committed state, without the writer.
     pub(crate) fn read_record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(RECORDS).map_err(storage)?;
-        let value = table.get(digest.as_bytes()).map_err(storage)?;
-        value
-            .map(|bytes| codec::decode_record(bytes.value()))
-            .transpose()
+        contained(|| {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(RECORDS).map_err(storage)?;
+            let value = table.get(digest.as_bytes()).map_err(storage)?;
+            value
+                .map(|bytes| codec::decode_record(bytes.value()))
+                .transpose()
+        })
     }
 
     /// Reads one rate counter from the latest committed state.
     pub(crate) fn read_rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(RATES).map_err(storage)?;
-        let value = table.get(key).map_err(storage)?;
-        value
-            .map(|bytes| codec::decode_rate(bytes.value()))
-            .transpose()
+        contained(|| {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(RATES).map_err(storage)?;
+            let value = table.get(key).map_err(storage)?;
+            value
+                .map(|bytes| codec::decode_rate(bytes.value()))
+                .transpose()
+        })
     }
 
     /// Runs `work` in one write transaction and commits it durably, if it wrote anything (a batch
-    /// that only read costs no fsync). If `work` fails, nothing is committed.
+    /// that only read costs no fsync). If `work` fails, nothing is committed. A panic inside redb
+    /// (which it documents for damaged files) becomes [`Error::Storage`], which poisons the store.
     pub(crate) fn write<R>(
+        &self,
+        work: impl FnOnce(&mut Tables<'_>) -> Result<R, Error>,
+    ) -> Result<R, Error> {
+        catch_unwind(AssertUnwindSafe(|| self.write_unguarded(work))).unwrap_or_else(|_| {
+            Err(storage(std::io::Error::other(
+                "the storage engine panicked while writing: the file is damaged",
+            )))
+        })
+    }
+
+    /// [`Backend::write`] without the panic guard.
+    fn write_unguarded<R>(
         &self,
         work: impl FnOnce(&mut Tables<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
@@ -421,9 +452,11 @@ impl Backend {
 
     /// Rate counters on disk. O(1).
     pub(crate) fn rate_count(&self) -> Result<u64, Error> {
-        let txn = self.db.begin_read().map_err(storage)?;
-        let table = txn.open_table(RATES).map_err(storage)?;
-        table.len().map_err(storage)
+        contained(|| {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(RATES).map_err(storage)?;
+            table.len().map_err(storage)
+        })
     }
 
     /// Rewrites the file of a closed store so that it holds only live pages, and truncates it.
@@ -446,13 +479,13 @@ impl Backend {
             }
         }
         // compact() moves pages towards the start in steps; repeat until it finds nothing to do.
-        while db.compact().map_err(storage)? {}
+        while contained(|| db.compact().map_err(storage))? {}
         db.close().map_err(storage)?;
         Ok((before, size(path)?))
     }
 
     /// Closes the file, reporting what dropping it would ignore.
     pub(crate) fn close(self) -> Result<(), Error> {
-        self.db.close().map_err(storage)
+        contained(|| self.db.close().map_err(storage))
     }
 }

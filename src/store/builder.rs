@@ -89,6 +89,7 @@ pub struct StoreBuilder {
     pub(crate) compaction_interval: Option<Duration>,
     pub(crate) compaction_batch: usize,
     pub(crate) quick_repair: bool,
+    pub(crate) verify_on_open: bool,
 }
 
 impl Default for StoreBuilder {
@@ -105,6 +106,7 @@ impl Default for StoreBuilder {
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             compaction_batch: DEFAULT_COMPACTION_BATCH,
             quick_repair: false,
+            verify_on_open: false,
         }
     }
 }
@@ -122,6 +124,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("compaction_interval", &self.compaction_interval)
             .field("compaction_batch", &self.compaction_batch)
             .field("quick_repair", &self.quick_repair)
+            .field("verify_on_open", &self.verify_on_open)
             .finish_non_exhaustive()
     }
 }
@@ -217,6 +220,19 @@ impl StoreBuilder {
     /// `docs/BENCHMARKS.md` for measured open times.
     pub fn quick_repair(mut self, enabled: bool) -> Self {
         self.quick_repair = enabled;
+        self
+    }
+
+    /// Verify the checksum of every page when opening, not only after a crash. A file damaged
+    /// outside tollgate (a failing disk, a stray write, a bad copy) then fails to open with
+    /// [`Error::Corrupted`] instead of being trusted. Without it, redb may panic on such a file:
+    /// tollgate turns a panic into [`Error::Corrupted`] or [`Error::Storage`], but the `open_corrupt`
+    /// fuzz target found damage that makes redb abort the process (a panic while unwinding), which
+    /// no library can catch. The price is reading the whole file at open (see
+    /// `docs/BENCHMARKS.md`). Default = off: crashes and power loss need no verification (redb
+    /// detects torn commits by itself); this is for files whose media you do not trust.
+    pub fn verify_on_open(mut self, enabled: bool) -> Self {
+        self.verify_on_open = enabled;
         self
     }
 

@@ -164,6 +164,7 @@ impl Store {
                 now: system_time_to_nanos(builder.clock.now()),
                 batched_rates: rate_flush_every.is_some(),
                 quick_repair: builder.quick_repair,
+                verify: builder.verify_on_open,
             },
         )?;
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);

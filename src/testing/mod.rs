@@ -10,6 +10,7 @@
 
 pub use crate::storage::SimDisk;
 
+pub mod fuzz;
 mod harness;
 mod model;
 

@@ -1,0 +1,345 @@
+//! The fuzz targets' logic, as plain functions of the fuzzer's bytes. `fuzz/fuzz_targets/*.rs`
+//! call them under libFuzzer; `tests/fuzz_seeds.rs` calls them over the committed seed corpus
+//! (`fuzz/seeds/<target>/`), so a regression shows up in `cargo test` without nightly.
+//!
+//! Each function panics when it finds a violation; that is how a fuzzer sees one.
+
+use std::sync::OnceLock;
+use std::time::{Duration, SystemTime};
+
+use super::harness::{Harness, Op};
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+use crate::ratelimit::{Limit, Quota, RateDurability};
+use crate::storage::{RecordCounts, SimDisk, codec};
+use crate::{ManualClock, Store, StoreBuilder};
+
+/// Most operations one `state_machine` input runs.
+const MAX_OPS: usize = 64;
+
+/// `decode_record`: arbitrary bytes into every decoder of on-disk values. Never a panic; whatever
+/// decodes re-encodes to a value that decodes the same, and a record's head agrees with it.
+/// (Allocation stays bounded by the input: the fuzz run sets libFuzzer's `-malloc_limit_mb`.)
+pub fn decode_record(data: &[u8]) {
+    if let Ok(record) = codec::decode_record(data) {
+        let encoded = codec::encode_record(&record).expect("a decoded record re-encodes");
+        let again = codec::decode_record(&encoded).expect("a re-encoded record decodes");
+        assert_eq!(again, record, "record round trip");
+        let head = codec::decode_record_head(data).expect("a decodable record has a head");
+        assert_eq!(head.expires_at, record.expires_at, "head expiry");
+        assert_eq!(
+            usize::try_from(head.state).ok(),
+            Some(RecordCounts::slot(&record)),
+            "head state"
+        );
+    }
+    let _ = codec::decode_record_head(data);
+    if let Ok(rate) = codec::decode_rate(data) {
+        let encoded = codec::encode_rate(&rate);
+        assert_eq!(
+            codec::decode_rate(&encoded).ok(),
+            Some(rate),
+            "rate round trip"
+        );
+    }
+    if let Ok(value) = codec::decode_meta("fuzz", data) {
+        assert_eq!(
+            codec::encode_meta(value).as_slice(),
+            data,
+            "meta round trip"
+        );
+    }
+    if let Ok((at, kind, id)) = codec::decode_expiry_key(data) {
+        assert_eq!(
+            codec::expiry_key(at, kind, &id).as_slice(),
+            data,
+            "expiry key round trip"
+        );
+    }
+}
+
+/// Reads fuzzer bytes as numbers; past the end it reads zeros.
+struct Bytes<'a>(&'a [u8]);
+
+impl Bytes<'_> {
+    fn byte(&mut self) -> u8 {
+        match self.0.split_first() {
+            Some((&first, rest)) => {
+                self.0 = rest;
+                first
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        let mut bytes = [0; 8];
+        for b in &mut bytes {
+            *b = self.byte();
+        }
+        u64::from_le_bytes(bytes)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Decodes one operation: a tag byte, then its arguments.
+fn next_op(bytes: &mut Bytes<'_>) -> Op {
+    let lease = |b: &mut Bytes<'_>| usize::from(b.byte() % 4);
+    match bytes.byte() % 20 {
+        0..=4 => Op::Begin {
+            key: bytes.byte() % super::KEYS,
+            fingerprint: bytes.byte() % 2,
+            lease_ttl: match bytes.byte() {
+                0..=200 => None,
+                ttl => Some(u64::from(ttl - 200)),
+            },
+        },
+        5 | 6 => Op::Complete {
+            lease: lease(bytes),
+            status: 200 + u16::from(bytes.byte() % 4),
+        },
+        7 => Op::Fail {
+            lease: lease(bytes),
+            status: 400 + u16::from(bytes.byte() % 4),
+        },
+        8 => Op::Release {
+            lease: lease(bytes),
+        },
+        9 => Op::Extend {
+            lease: lease(bytes),
+            by: u64::from(bytes.byte() % 90),
+        },
+        10 => Op::Checkpoint {
+            lease: lease(bytes),
+            name: bytes.byte() % 3,
+        },
+        11 => Op::DropLease {
+            lease: lease(bytes),
+        },
+        12 | 13 => Op::Advance {
+            seconds: u64::from(bytes.byte()),
+        },
+        14 => Op::StepBack {
+            seconds: 1 + u64::from(bytes.byte() % 50),
+        },
+        15 => Op::Rate {
+            subject: bytes.byte() % super::SUBJECTS,
+            cost: u32::from(bytes.byte() % 7),
+        },
+        16 => Op::Compact,
+        17 => match bytes.byte() % 2 {
+            0 => Op::Reopen,
+            _ => Op::DropAndReopen,
+        },
+        18 => Op::InjectFailure {
+            after: bytes.u16() % 256,
+        },
+        _ => Op::PowerCut { seed: bytes.u64() },
+    }
+}
+
+/// The operations an input encodes (at most 64).
+pub fn state_machine_ops(data: &[u8]) -> Vec<Op> {
+    let mut bytes = Bytes(data);
+    let mut ops = Vec::new();
+    while !bytes.is_empty() && ops.len() < MAX_OPS {
+        ops.push(next_op(&mut bytes));
+    }
+    ops
+}
+
+/// `state_machine`: an operation sequence (begin / complete / fail / release / extend /
+/// checkpoint / clock moves / rate checks / compaction / reopen), with I/O failures injected at a
+/// fuzzer-chosen operation count and power cuts, against the reference model
+/// ([`Harness`]). After a failure the store must refuse work, reopen, and match the last durable
+/// model (or the model with the failed operation applied: its commit is in doubt).
+pub fn state_machine(data: &[u8]) {
+    let ops = state_machine_ops(data);
+    let mut harness = Harness::new();
+    for (index, op) in ops.iter().enumerate() {
+        if let Err(message) = harness.apply(op) {
+            panic!("operation {index} of {ops:?}: {message}");
+        }
+    }
+}
+
+fn corrupt_builder(clock: &ManualClock) -> StoreBuilder {
+    Store::builder()
+        .clock(clock.clone())
+        .rate_durability(RateDurability::Immediate)
+        .background_compaction(false)
+        .cache_size(1 << 20)
+        .verify_on_open(true)
+}
+
+fn corrupt_clock() -> ManualClock {
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000))
+}
+
+fn corrupt_key(i: u8) -> IdempotencyKey {
+    IdempotencyKey::new("fuzz", &format!("key-{i}")).expect("a valid key")
+}
+
+fn corrupt_limit() -> Limit {
+    Limit::new("fuzz", Quota::per_minute(10)).expect("a valid limit")
+}
+
+/// What key `i` of the valid image stores (for every `i % 3 != 2`).
+fn corrupt_response(i: u8) -> StoredResponse {
+    StoredResponse::new(201, vec![i; 40]).with_header("x-fuzz", vec![i])
+}
+
+/// A small valid store image: completed, failed and running records, and rate counters.
+fn valid_image() -> &'static [u8] {
+    static IMAGE: OnceLock<Vec<u8>> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let disk = SimDisk::new();
+        let clock = corrupt_clock();
+        let store = corrupt_builder(&clock)
+            .open_simulated(&disk)
+            .expect("a fresh simulated store opens");
+        for i in 0..6 {
+            let Ok(Begin::Acquired(lease)) = store.begin(&corrupt_key(i), &Fingerprint::of(&[i]))
+            else {
+                panic!("a fresh key is acquired");
+            };
+            let response = corrupt_response(i);
+            match i % 3 {
+                0 => lease.complete(response).expect("complete"),
+                1 => lease.fail(response).expect("fail"),
+                _ => drop(lease),
+            }
+            store
+                .check(&corrupt_limit(), &format!("subject-{i}"))
+                .expect("rate check");
+        }
+        store.close().expect("close");
+        disk.durable_image()
+    })
+}
+
+/// `open_corrupt`: a valid store image with fuzzer-chosen bytes changed (each 4 input bytes: a
+/// 24-bit offset and a byte to XOR there), opened with `verify_on_open`. Opening and using the
+/// store must end in a typed error or consistent answers (a replay is exactly what was stored),
+/// never a panic (the test fails on one) or a hang (libFuzzer's timeout).
+pub fn open_corrupt(data: &[u8]) {
+    let mut image = valid_image().to_vec();
+    for flip in data.chunks_exact(4) {
+        let offset = usize::from(flip[0]) | usize::from(flip[1]) << 8 | usize::from(flip[2]) << 16;
+        if let Some(byte) = image.get_mut(offset % valid_image().len()) {
+            *byte ^= flip[3];
+        }
+    }
+    let clock = corrupt_clock();
+    let disk = SimDisk::from_image(image);
+    let Ok(store) = corrupt_builder(&clock).open_simulated(&disk) else {
+        return;
+    };
+    for i in 0..8 {
+        // The open verified every checksum, so whatever it accepted is data a commit wrote:
+        // a replay is the stored response (an older commit may be all that survived, so a key may
+        // also be absent or running).
+        match store.begin(&corrupt_key(i), &Fingerprint::of(&[i])) {
+            Ok(Begin::Replay(replay)) => {
+                assert_eq!(
+                    replay.response(),
+                    &corrupt_response(i),
+                    "key {i} replays damage"
+                );
+            }
+            Ok(Begin::Acquired(lease)) => {
+                let _ = lease.complete(StoredResponse::new(200, vec![i]));
+            }
+            Ok(_) | Err(_) => {}
+        }
+        let _ = store.get(&corrupt_key(i));
+        let _ = store.check(&corrupt_limit(), &format!("subject-{i}"));
+    }
+    clock.advance(Duration::from_secs(3 * 24 * 3600));
+    let _ = store.compact_now();
+    let _ = store.stats();
+    let _ = store.flush();
+    let _ = store.close();
+}
+
+/// Starting inputs for `decode_record`: one valid encoding of every kind of on-disk value.
+pub fn decode_record_seeds() -> Vec<Vec<u8>> {
+    use crate::idempotency::{Checkpoint, Record, RecordBody};
+    use crate::ratelimit::RateState;
+    use crate::storage::StoredRate;
+    let record = |body| Record {
+        fingerprint: [7; 32],
+        created_at: 1_800_000_000_000_000_000,
+        expires_at: 1_800_000_100_000_000_000,
+        attempts: 2,
+        record_ttl: 100_000_000_000,
+        body,
+    };
+    let response = StoredResponse::new(201, b"{\"id\":1}".to_vec()).with_header("a", b"b".to_vec());
+    let mut seeds: Vec<Vec<u8>> = [
+        record(RecordBody::Running {
+            token: 9,
+            epoch: 3,
+            lease_expires_at: 1_800_000_030_000_000_000,
+            checkpoint: Some(Checkpoint {
+                name: "charged".into(),
+                data: b"ch_1".to_vec(),
+            }),
+        }),
+        record(RecordBody::Completed(response.clone())),
+        record(RecordBody::Failed(response)),
+    ]
+    .iter()
+    .filter_map(|r| codec::encode_record(r).ok())
+    .collect();
+    for state in [
+        RateState::Gcra { tat: 5 },
+        RateState::FixedWindow {
+            window: 60,
+            count: 3,
+        },
+        RateState::SlidingWindow {
+            window: 60,
+            previous: 2,
+            current: 1,
+        },
+    ] {
+        seeds.push(codec::encode_rate(&StoredRate { state, idle_at: 99 }).to_vec());
+    }
+    seeds.push(codec::encode_meta(42).to_vec());
+    seeds.push(codec::expiry_key(1_800_000_000, 1, &[3; 32]).to_vec());
+    seeds
+}
+
+/// Starting inputs for `state_machine`: short scripted sequences in the input encoding.
+pub fn state_machine_seeds() -> Vec<Vec<u8>> {
+    vec![
+        // begin, complete, begin again (replay)
+        vec![0, 0, 0, 0, 5, 0, 0, 0, 0, 0, 0],
+        // begin, checkpoint, reopen, begin (takeover with the checkpoint)
+        vec![0, 1, 0, 0, 10, 0, 1, 17, 0, 0, 1, 0, 0],
+        // begin, fail an I/O soon, complete (in doubt), begin
+        vec![0, 2, 0, 0, 18, 3, 0, 5, 0, 1, 0, 2, 0, 0],
+        // rate checks across a power cut
+        vec![15, 0, 3, 15, 0, 2, 19, 1, 0, 0, 0, 0, 0, 0, 0, 15, 0, 1],
+        // time moves, compaction
+        vec![0, 0, 0, 0, 12, 200, 12, 200, 16, 0, 0, 0, 0],
+    ]
+}
+
+/// Starting inputs for `open_corrupt`: no change, and a few single-byte flips.
+pub fn open_corrupt_seeds() -> Vec<Vec<u8>> {
+    vec![
+        Vec::new(),
+        vec![0, 0, 0, 0xFF],
+        vec![9, 0, 0, 0x01],
+        vec![0x00, 0x10, 0, 0x80],
+        vec![0x40, 0x02, 0, 0x04, 0x00, 0x20, 0, 0x10],
+    ]
+}

@@ -1,0 +1,75 @@
+//! The fuzz targets' logic over the committed seed corpus (`fuzz/seeds/<target>/`), so a
+//! regression that a fuzz run once found shows up in `cargo test`, without nightly or cargo-fuzz.
+//! Inputs a fuzz run finds worth keeping (crashes, once fixed) are added to the same directories.
+//!
+//! `TOLLGATE_WRITE_SEEDS=1 cargo test --test fuzz_seeds` rewrites the generated starting inputs.
+
+use std::path::PathBuf;
+
+use tollgate::testing::fuzz;
+
+fn seeds(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/seeds")
+        .join(target);
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    files.sort();
+    files
+        .into_iter()
+        .map(|path| {
+            let bytes = std::fs::read(&path).unwrap();
+            (path, bytes)
+        })
+        .collect()
+}
+
+fn run(target: &str, generated: Vec<Vec<u8>>, check: fn(&[u8])) {
+    if std::env::var_os("TOLLGATE_WRITE_SEEDS").is_some() {
+        let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("fuzz/seeds")
+            .join(target);
+        std::fs::create_dir_all(&dir).unwrap();
+        for (i, seed) in generated.iter().enumerate() {
+            std::fs::write(dir.join(format!("generated-{i:02}")), seed).unwrap();
+        }
+    }
+    let inputs = seeds(target);
+    assert!(
+        inputs.len() >= generated.len(),
+        "{target}: the seed corpus is committed"
+    );
+    for (path, bytes) in inputs {
+        eprintln!("{target}: {}", path.display());
+        check(&bytes);
+    }
+}
+
+#[test]
+fn decode_record_seeds() {
+    run(
+        "decode_record",
+        fuzz::decode_record_seeds(),
+        fuzz::decode_record,
+    );
+}
+
+#[test]
+fn state_machine_seeds() {
+    run(
+        "state_machine",
+        fuzz::state_machine_seeds(),
+        fuzz::state_machine,
+    );
+}
+
+#[test]
+fn open_corrupt_seeds() {
+    run(
+        "open_corrupt",
+        fuzz::open_corrupt_seeds(),
+        fuzz::open_corrupt,
+    );
+}
