@@ -56,8 +56,12 @@
 //!
 //! # Crate features
 //!
-//! None yet: the synchronous core has no optional parts. Framework adapters, the CLI and metrics
-//! will come behind features.
+//! - `test-support` (off; not a stable API): `tollgate::testing`, a simulated disk that can lose
+//!   power at any sync or fail I/O on cue, the reference model and the fuzz targets' logic, and
+//!   `StoreBuilder::open_simulated`. tollgate's own tests, power-loss harness and fuzz targets
+//!   use it.
+//!
+//! Framework adapters, the CLI and metrics will come behind features.
 //!
 //! # Durability
 //!

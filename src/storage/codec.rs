@@ -8,7 +8,8 @@
 //!          value: ()            big-endian so that byte order is time order
 //! meta     key:   name (UTF-8)
 //!          value: [version = 1][u64 little-endian]
-//! rates    key:   counter key (32 bytes, SHA-256 of the framed limit name and subject)
+//! rates    key:   counter key (16 bytes, SipHash-1-3-128 of the framed limit name and subject,
+//!                 keyed by the store's secret)
 //!          value: [version = 1][kind: u8][idle_at: u64 LE][a: u64 LE][b: u64 LE][c: u64 LE]
 //!                 kind 1 GCRA (a = tat), 2 fixed window (a = window, b = count),
 //!                 3 sliding window (a = window, b = previous, c = current)

@@ -1,0 +1,471 @@
+//! tollgate against its real peers, side by side in one process and one run, so that machine noise
+//! mostly cancels out of the ratios.
+//!
+//! ```text
+//! cargo bench --bench compare                          # 3 s per row, about 2 minutes
+//! TOLLGATE_BENCH_SECONDS=10 cargo bench --bench compare
+//! TOLLGATE_COMPARE_ONLY=replay cargo bench --bench compare   # rows whose name contains "replay"
+//! ```
+//!
+//! Rows:
+//! - `cycle/*`: begin + complete of a fresh key with a 200-byte response, two durable writes per
+//!   cycle, at 1, 8 and 64 threads: tollgate; a naive redb loop (one `Immediate` write
+//!   transaction per transition); SQLite (rusqlite, bundled library, WAL, `synchronous=FULL`, one
+//!   connection per thread, `BEGIN IMMEDIATE` per transition).
+//! - `replay/*`: `begin` of an already completed key (the read path), 1 and 2 threads.
+//! - `rate/*`: checks over 10,000 subjects round-robin with a quota that allows every check:
+//!   tollgate Batched vs governor's keyed limiter (1 thread); tollgate Immediate vs a naive redb
+//!   loop (one write transaction per check) at 64 threads.
+//!
+//! Each row reports operations per second, p50 and p99 latency (hdrhistogram; the fast rows time
+//! one operation in 16 so the clock does not dominate), and for tollgate the operations per
+//! commit from `stats()`, which shows group commit at work. Then the goals, as ratios.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use redb::{Database, ReadableTable, TableDefinition};
+use tollgate::Store;
+use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+use tollgate::ratelimit::{Limit, Quota, RateDurability};
+
+const RESPONSE_BYTES: usize = 200;
+const SUBJECTS: usize = 10_000;
+const REPLAY_KEYS: u64 = 10_000;
+
+fn seconds() -> Duration {
+    let secs = std::env::var("TOLLGATE_BENCH_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    Duration::from_secs(secs)
+}
+
+/// One row of the table.
+struct Row {
+    name: String,
+    ops: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+    /// Operations per commit (tollgate only).
+    per_commit: Option<f64>,
+}
+
+impl Row {
+    fn per_second(&self) -> f64 {
+        self.ops as f64 / self.elapsed.as_secs_f64()
+    }
+}
+
+/// Runs `threads` workers for `duration`; each calls `op(thread, n)` for n = 0, 1, ... and times
+/// one call in `sample_every`. Returns the operations done, the wall time and the latencies.
+fn drive<F>(
+    threads: usize,
+    duration: Duration,
+    sample_every: u64,
+    op: F,
+) -> (u64, Duration, Histogram<u64>)
+where
+    F: Fn(usize, u64) + Send + Sync + 'static,
+{
+    let op = Arc::new(op);
+    let stop = Arc::new(AtomicBool::new(false));
+    let total = Arc::new(AtomicU64::new(0));
+    let start = Arc::new(Barrier::new(threads + 1));
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            let (op, stop, total, start) = (
+                Arc::clone(&op),
+                Arc::clone(&stop),
+                Arc::clone(&total),
+                Arc::clone(&start),
+            );
+            std::thread::spawn(move || {
+                let mut histogram =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+                start.wait();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    if n % sample_every == 0 {
+                        let began = Instant::now();
+                        op(t, n);
+                        let nanos = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+                        histogram.saturating_record(nanos.max(1));
+                    } else {
+                        op(t, n);
+                    }
+                    n += 1;
+                }
+                total.fetch_add(n, Ordering::Relaxed);
+                histogram
+            })
+        })
+        .collect();
+    start.wait();
+    let began = Instant::now();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000_000, 3).expect("histogram");
+    for worker in workers {
+        latency.add(worker.join().expect("worker")).expect("merge");
+    }
+    (total.load(Ordering::Relaxed), began.elapsed(), latency)
+}
+
+fn row(
+    name: String,
+    (ops, elapsed, latency): (u64, Duration, Histogram<u64>),
+    per_commit: Option<f64>,
+) -> Row {
+    Row {
+        name,
+        ops,
+        elapsed,
+        latency,
+        per_commit,
+    }
+}
+
+fn per_commit(store: &Store, before: &tollgate::Stats) -> Option<f64> {
+    let after = store.stats().ok()?;
+    let commits = after.commits.saturating_sub(before.commits).max(1);
+    Some((after.writes - before.writes) as f64 / commits as f64)
+}
+
+fn response() -> StoredResponse {
+    StoredResponse::new(201, vec![b'x'; RESPONSE_BYTES])
+}
+
+// ------------------------------------------------------------------------------------------------
+// begin + complete cycles
+
+fn tollgate_cycles(threads: usize, duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("cycles.redb")).expect("open");
+    let before = store.stats().expect("stats");
+    let worker = store.clone();
+    let result = drive(threads, duration, 1, move |t, n| {
+        let key = IdempotencyKey::new("bench", &format!("{t}-{n}")).expect("key");
+        match worker
+            .begin(&key, &Fingerprint::of(b"POST /v1/charges"))
+            .expect("begin")
+        {
+            Begin::Acquired(lease) => lease.complete(response()).expect("complete"),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    let per_commit = per_commit(&store, &before).map(|writes| writes / 2.0);
+    store.close().expect("close");
+    row(format!("cycle/tollgate/{threads}"), result, per_commit)
+}
+
+const NAIVE_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
+
+/// The same two transitions done the obvious way: one Immediate write transaction each, reading
+/// the key first as a real implementation must.
+fn naive_redb_cycles(threads: usize, duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Arc::new(Database::create(dir.path().join("naive.redb")).expect("create"));
+    let body = [b'x'; RESPONSE_BYTES];
+    let result = drive(threads, duration, 1, move |t, n| {
+        let key = format!("{t}-{n}");
+        for value in [&b"running"[..], &body[..]] {
+            let txn = db.begin_write().expect("write");
+            {
+                let mut table = txn.open_table(NAIVE_RECORDS).expect("table");
+                let _seen = table.get(key.as_str()).expect("get").is_some();
+                table.insert(key.as_str(), value).expect("insert");
+            }
+            txn.commit().expect("commit");
+        }
+    });
+    row(format!("cycle/naive-redb/{threads}"), result, None)
+}
+
+fn sqlite_connection(path: &std::path::Path) -> rusqlite::Connection {
+    let connection = rusqlite::Connection::open(path).expect("sqlite open");
+    connection
+        .pragma_update(None, "journal_mode", "WAL")
+        .expect("wal");
+    connection
+        .pragma_update(None, "synchronous", "FULL")
+        .expect("synchronous");
+    connection
+        .busy_timeout(Duration::from_secs(60))
+        .expect("busy timeout");
+    connection
+}
+
+/// SQLite as most users would set it up: WAL, synchronous=FULL, a connection per thread, and
+/// `BEGIN IMMEDIATE` so that concurrent writers queue instead of failing.
+fn sqlite_cycles(threads: usize, duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("sqlite.db");
+    sqlite_connection(&path)
+        .execute_batch(
+            "CREATE TABLE records (key TEXT PRIMARY KEY, state INTEGER NOT NULL, response BLOB)",
+        )
+        .expect("schema");
+    let connections: Vec<_> = (0..threads)
+        .map(|_| parking_lot::Mutex::new(sqlite_connection(&path)))
+        .collect();
+    let body = vec![b'x'; RESPONSE_BYTES];
+    let result = drive(threads, duration, 1, move |t, n| {
+        let mut connection = connections[t].lock();
+        let key = format!("{t}-{n}");
+        let txn = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("begin");
+        let seen: Option<i64> = txn
+            .query_row("SELECT state FROM records WHERE key = ?1", [&key], |r| {
+                r.get(0)
+            })
+            .ok();
+        assert!(seen.is_none());
+        txn.execute("INSERT INTO records (key, state) VALUES (?1, 1)", [&key])
+            .expect("insert");
+        txn.commit().expect("commit");
+        let txn = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .expect("begin");
+        txn.execute(
+            "UPDATE records SET state = 2, response = ?2 WHERE key = ?1",
+            rusqlite::params![key, body],
+        )
+        .expect("update");
+        txn.commit().expect("commit");
+    });
+    drop(dir);
+    row(format!("cycle/sqlite/{threads}"), result, None)
+}
+
+// ------------------------------------------------------------------------------------------------
+// replays
+
+fn tollgate_replays(threads: usize, duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("replay.redb")).expect("open");
+    store
+        .bulk_load(REPLAY_KEYS, Duration::from_secs(24 * 3600), |i| {
+            let key = IdempotencyKey::new("bench", &format!("done-{i}")).expect("key");
+            (key, Fingerprint::of(b"POST /v1/charges"), response())
+        })
+        .expect("bulk load");
+    let keys: Arc<Vec<IdempotencyKey>> = Arc::new(
+        (0..REPLAY_KEYS)
+            .map(|i| IdempotencyKey::new("bench", &format!("done-{i}")).expect("key"))
+            .collect(),
+    );
+    let fingerprint = Fingerprint::of(b"POST /v1/charges");
+    let worker = store.clone();
+    let result = drive(threads, duration, 16, move |t, n| {
+        let key = &keys[((n + t as u64 * 7919) % REPLAY_KEYS) as usize];
+        match worker.begin(key, &fingerprint).expect("begin") {
+            Begin::Replay(replay) => assert_eq!(replay.response().status, 201),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    store.close().expect("close");
+    row(format!("replay/tollgate/{threads}"), result, None)
+}
+
+// ------------------------------------------------------------------------------------------------
+// rate checks
+
+fn subjects() -> Arc<Vec<String>> {
+    Arc::new((0..SUBJECTS).map(|i| format!("client-{i}")).collect())
+}
+
+fn tollgate_rate(durability: RateDurability, threads: usize, duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::builder()
+        .rate_durability(durability)
+        .open(dir.path().join("rate.redb"))
+        .expect("open");
+    let limit = Limit::new("api", Quota::per_second(1_000_000)).expect("limit");
+    let subjects = subjects();
+    let before = store.stats().expect("stats");
+    let worker = store.clone();
+    let sample = if matches!(durability, RateDurability::Immediate) {
+        1
+    } else {
+        16
+    };
+    let result = drive(threads, duration, sample, move |t, n| {
+        let subject = &subjects[((n + t as u64 * 7919) % SUBJECTS as u64) as usize];
+        assert!(worker.check(&limit, subject).expect("check").allowed());
+    });
+    let per_commit = per_commit(&store, &before);
+    store.close().expect("close");
+    let mode = match durability {
+        RateDurability::Immediate => "immediate",
+        _ => "batched",
+    };
+    row(
+        format!("rate/tollgate-{mode}/{threads}"),
+        result,
+        per_commit,
+    )
+}
+
+fn governor_rate(threads: usize, duration: Duration) -> Row {
+    let quota = governor::Quota::per_second(std::num::NonZeroU32::new(1_000_000).expect("nonzero"));
+    let limiter = Arc::new(governor::RateLimiter::keyed(quota));
+    let subjects = subjects();
+    let result = drive(threads, duration, 16, move |t, n| {
+        let subject = &subjects[((n + t as u64 * 7919) % SUBJECTS as u64) as usize];
+        assert!(limiter.check_key(subject).is_ok());
+    });
+    row(format!("rate/governor/{threads}"), result, None)
+}
+
+fn naive_redb_rate(threads: usize, duration: Duration) -> Row {
+    const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let db = Arc::new(Database::create(dir.path().join("naive-rate.redb")).expect("create"));
+    let subjects = subjects();
+    let result = drive(threads, duration, 1, move |t, n| {
+        let subject = subjects[((n + t as u64 * 7919) % SUBJECTS as u64) as usize].as_str();
+        let txn = db.begin_write().expect("write");
+        {
+            let mut table = txn.open_table(COUNTERS).expect("table");
+            let count = table.get(subject).expect("get").map_or(0, |v| v.value());
+            table.insert(subject, count + 1).expect("insert");
+        }
+        txn.commit().expect("commit");
+    });
+    row(format!("rate/naive-redb/{threads}"), result, None)
+}
+
+// ------------------------------------------------------------------------------------------------
+
+fn micros(nanos: u64) -> String {
+    if nanos < 10_000 {
+        format!("{:.2} µs", nanos as f64 / 1000.0)
+    } else {
+        format!("{:.0} µs", nanos as f64 / 1000.0)
+    }
+}
+
+fn print_table(rows: &[Row]) {
+    println!();
+    println!("| row | ops/s | p50 | p99 | ops per commit |");
+    println!("|---|---:|---:|---:|---:|");
+    for row in rows {
+        println!(
+            "| {} | {:.0} | {} | {} | {} |",
+            row.name,
+            row.per_second(),
+            micros(row.latency.value_at_quantile(0.5)),
+            micros(row.latency.value_at_quantile(0.99)),
+            row.per_commit
+                .map_or_else(|| "–".to_owned(), |c| format!("{c:.1}")),
+        );
+    }
+}
+
+fn print_goals(rows: &[Row]) {
+    let rate = |name: &str| rows.iter().find(|r| r.name == name).map(Row::per_second);
+    let ratio = |a: &str, b: &str| rate(a).zip(rate(b)).map(|(a, b)| a / b);
+    println!();
+    println!("| goal | measured | target | met |");
+    println!("|---|---:|---:|---|");
+    let goal = |what: &str, value: Option<f64>, target: f64, unit: &str| {
+        if let Some(value) = value {
+            println!(
+                "| {what} | {value:.2}{unit} | ≥ {target}{unit} | {} |",
+                if value >= target { "yes" } else { "**no**" }
+            );
+        }
+    };
+    goal(
+        "1 thread cycles vs naive redb",
+        ratio("cycle/tollgate/1", "cycle/naive-redb/1"),
+        0.9,
+        "x",
+    );
+    goal(
+        "64 threads cycles vs naive redb",
+        ratio("cycle/tollgate/64", "cycle/naive-redb/64"),
+        15.0,
+        "x",
+    );
+    goal(
+        "64 threads cycles vs SQLite",
+        ratio("cycle/tollgate/64", "cycle/sqlite/64"),
+        5.0,
+        "x",
+    );
+    goal(
+        "replays per second, 1 thread (millions)",
+        rate("replay/tollgate/1").map(|r| r / 1e6),
+        1.0,
+        "M",
+    );
+    goal(
+        "rate Batched vs governor, 1 thread",
+        ratio("rate/tollgate-batched/1", "rate/governor/1"),
+        0.33,
+        "x",
+    );
+    goal(
+        "rate Immediate 64 threads vs naive redb",
+        ratio("rate/tollgate-immediate/64", "rate/naive-redb/64"),
+        10.0,
+        "x",
+    );
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and should not run.
+    if !std::env::args().any(|arg| arg == "--bench") {
+        return;
+    }
+    let duration = seconds();
+    let only = std::env::var("TOLLGATE_COMPARE_ONLY").unwrap_or_default();
+    type Bench = Box<dyn Fn(Duration) -> Row>;
+    let benches: Vec<(&str, Bench)> = vec![
+        ("cycle/tollgate/1", Box::new(|d| tollgate_cycles(1, d))),
+        ("cycle/naive-redb/1", Box::new(|d| naive_redb_cycles(1, d))),
+        ("cycle/sqlite/1", Box::new(|d| sqlite_cycles(1, d))),
+        ("cycle/tollgate/8", Box::new(|d| tollgate_cycles(8, d))),
+        ("cycle/naive-redb/8", Box::new(|d| naive_redb_cycles(8, d))),
+        ("cycle/sqlite/8", Box::new(|d| sqlite_cycles(8, d))),
+        ("cycle/tollgate/64", Box::new(|d| tollgate_cycles(64, d))),
+        (
+            "cycle/naive-redb/64",
+            Box::new(|d| naive_redb_cycles(64, d)),
+        ),
+        ("cycle/sqlite/64", Box::new(|d| sqlite_cycles(64, d))),
+        ("replay/tollgate/1", Box::new(|d| tollgate_replays(1, d))),
+        ("replay/tollgate/2", Box::new(|d| tollgate_replays(2, d))),
+        (
+            "rate/tollgate-batched/1",
+            Box::new(|d| tollgate_rate(RateDurability::default(), 1, d)),
+        ),
+        ("rate/governor/1", Box::new(|d| governor_rate(1, d))),
+        (
+            "rate/tollgate-batched/2",
+            Box::new(|d| tollgate_rate(RateDurability::default(), 2, d)),
+        ),
+        ("rate/governor/2", Box::new(|d| governor_rate(2, d))),
+        (
+            "rate/tollgate-immediate/64",
+            Box::new(|d| tollgate_rate(RateDurability::Immediate, 64, d)),
+        ),
+        ("rate/naive-redb/64", Box::new(|d| naive_redb_rate(64, d))),
+    ];
+    let mut rows = Vec::new();
+    for (name, bench) in &benches {
+        if !name.contains(only.as_str()) {
+            continue;
+        }
+        let row = bench(duration);
+        eprintln!("{:<28} {:>12.0} ops/s", row.name, row.per_second());
+        rows.push(row);
+    }
+    print_table(&rows);
+    print_goals(&rows);
+}
