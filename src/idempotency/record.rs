@@ -26,9 +26,39 @@ pub struct StoredResponse {
     /// HTTP status code (or any code of your protocol).
     pub status: u16,
     /// Header names and values, in order.
+    #[serde(with = "header_bytes")]
     pub headers: Vec<(String, Vec<u8>)>,
     /// The body.
+    #[serde(with = "serde_bytes")]
     pub body: Vec<u8>,
+}
+
+/// Header values as byte strings, not sequences of `u8` (postcard writes both as a length and the
+/// bytes, so the format is the same; decoding a byte string is a copy instead of a loop).
+mod header_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+    use serde_bytes::{ByteBuf, Bytes};
+
+    pub(super) fn serialize<S: Serializer>(
+        headers: &[(String, Vec<u8>)],
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            headers
+                .iter()
+                .map(|(name, value)| (name, Bytes::new(value))),
+        )
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<(String, Vec<u8>)>, D::Error> {
+        let headers = Vec::<(String, ByteBuf)>::deserialize(deserializer)?;
+        Ok(headers
+            .into_iter()
+            .map(|(name, value)| (name, value.into_vec()))
+            .collect())
+    }
 }
 
 impl StoredResponse {
@@ -67,6 +97,7 @@ pub struct Checkpoint {
     /// What step was reached.
     pub name: String,
     /// Whatever the step needs to resume.
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -172,5 +203,34 @@ impl Record {
             expires_at: nanos_to_system_time(self.expires_at),
             lease_expires_at,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The layout before byte vectors were encoded as byte strings: sequences of `u8`.
+    #[derive(Serialize)]
+    struct SequenceEncoded {
+        status: u16,
+        headers: Vec<(String, Vec<u8>)>,
+        body: Vec<u8>,
+    }
+
+    #[test]
+    fn byte_strings_encode_exactly_like_the_sequences_of_format_1() {
+        let response = StoredResponse::new(201, (0..=255u8).collect::<Vec<_>>())
+            .with_header("content-type", b"application/json".to_vec())
+            .with_header("x-empty", Vec::new());
+        let old = SequenceEncoded {
+            status: response.status,
+            headers: response.headers.clone(),
+            body: response.body.clone(),
+        };
+        let new_bytes = postcard::to_allocvec(&response).unwrap();
+        assert_eq!(new_bytes, postcard::to_allocvec(&old).unwrap());
+        let decoded: StoredResponse = postcard::from_bytes(&new_bytes).unwrap();
+        assert_eq!(decoded, response);
     }
 }

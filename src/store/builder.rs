@@ -20,6 +20,8 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 /// Default page cache: 64 MiB.
 pub const DEFAULT_CACHE_SIZE: usize = 64 * 1024 * 1024;
+/// Default budget of the replay cache: 16 MiB.
+pub const DEFAULT_REPLAY_CACHE_SIZE: usize = 16 * 1024 * 1024;
 /// Default time between background compaction sweeps: 60 s.
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Default most removals in one compaction step (one write transaction): 1,000.
@@ -84,6 +86,7 @@ pub struct StoreBuilder {
     pub(crate) max_records: Option<u64>,
     pub(crate) max_response_bytes: usize,
     pub(crate) cache_size: usize,
+    pub(crate) replay_cache_size: usize,
     pub(crate) rate_durability: RateDurability,
     pub(crate) crash_policy: CrashPolicy,
     pub(crate) compaction_interval: Option<Duration>,
@@ -101,6 +104,7 @@ impl Default for StoreBuilder {
             max_records: None,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             cache_size: DEFAULT_CACHE_SIZE,
+            replay_cache_size: DEFAULT_REPLAY_CACHE_SIZE,
             rate_durability: RateDurability::default(),
             crash_policy: CrashPolicy::default(),
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
@@ -119,6 +123,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("max_records", &self.max_records)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("cache_size", &self.cache_size)
+            .field("replay_cache_size", &self.replay_cache_size)
             .field("rate_durability", &self.rate_durability)
             .field("crash_policy", &self.crash_policy)
             .field("compaction_interval", &self.compaction_interval)
@@ -168,6 +173,15 @@ impl StoreBuilder {
     /// The storage engine's page cache, in bytes. Default = 64 MiB.
     pub fn cache_size(mut self, bytes: usize) -> Self {
         self.cache_size = bytes;
+        self
+    }
+
+    /// Memory for finished records kept decoded, so that replays of recent keys skip the storage
+    /// engine (a finished record never changes until it expires, so the copy is always current).
+    /// Counted as the responses' sizes plus 128 bytes each; below 64 KiB there is no cache.
+    /// Default = 16 MiB.
+    pub fn replay_cache_size(mut self, bytes: usize) -> Self {
+        self.replay_cache_size = bytes;
         self
     }
 

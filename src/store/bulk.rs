@@ -67,11 +67,17 @@ impl Store {
                 (key.digest(), record)
             })
         });
-        match self.send(|reply| Command::Bulk {
+        let answer = self.send(|reply| Command::Bulk {
             count,
             records,
             reply,
-        })? {
+        });
+        // Replaced records must not be replayed from the cache (also when the load failed: it may
+        // have committed before the error).
+        if let Some(cache) = &self.shared.replays {
+            cache.clear();
+        }
+        match answer? {
             Answer::Loaded(written) => Ok(written),
             _ => Err(Error::Corrupted(
                 "the writer answered a bulk load with something else".into(),

@@ -12,6 +12,7 @@ mod compaction;
 mod notify;
 mod rate;
 mod rate_cache;
+mod replay_cache;
 mod sequencer;
 mod stats;
 mod writer;
@@ -28,8 +29,8 @@ use parking_lot::RwLock;
 use builder::Settings;
 pub use builder::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
-    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, MAX_RESPONSE_BYTES_LIMIT,
-    StoreBuilder,
+    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, DEFAULT_REPLAY_CACHE_SIZE,
+    MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
 use compaction::Compactor;
 pub use compaction::Reclaimed;
@@ -48,6 +49,7 @@ use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::storage::{Backend, Location, OpenOptions};
 use rate::Recovery;
 use rate_cache::RateCache;
+use replay_cache::ReplayCache;
 
 /// An open tollgate store. `Clone + Send + Sync`; clones share one file and one writer thread.
 ///
@@ -90,6 +92,8 @@ struct Shared {
     recovery: Recovery,
     rate_keys: CounterKeys,
     location: Location,
+    /// Finished records for the replay fast path (`None`: disabled).
+    replays: Option<ReplayCache>,
 }
 
 struct Engine {
@@ -230,6 +234,7 @@ impl Store {
                 recovery,
                 rate_keys,
                 location,
+                replays: ReplayCache::new(builder.replay_cache_size),
             }),
         })
     }
@@ -290,19 +295,35 @@ impl Store {
     }
 
     fn begin_once(&self, digest: Digest, request: BeginRequest) -> Result<Begin> {
-        // Fast path: answers that need no write come from the latest committed state.
-        if let Some(record) = self.read_record(&digest)? {
-            let params = BeginParams {
-                fingerprint: request.fingerprint,
-                now: self.shared.time.now(),
-                epoch: self.shared.epoch,
-                lease_ttl: request.lease_ttl,
-                record_ttl: request.record_ttl,
-                next_token: 0,
-            };
-            match decide(Some(&record), &params) {
+        // Fast path: answers that need no write come from the latest committed state, finished
+        // records from the replay cache when it has them.
+        let params = |now| BeginParams {
+            fingerprint: request.fingerprint,
+            now,
+            epoch: self.shared.epoch,
+            lease_ttl: request.lease_ttl,
+            record_ttl: request.record_ttl,
+            next_token: 0,
+        };
+        if let Some(cached) = self.shared.replays.as_ref().and_then(|c| c.get(&digest)) {
+            self.check_usable()?;
+            match decide(Some(&cached), &params(self.shared.time.now())) {
                 BeginDecision::Acquired { .. } => {}
                 decision => return Ok(self.to_begin(digest, decision)),
+            }
+        } else {
+            let generation = self.shared.replays.as_ref().map(ReplayCache::generation);
+            if let Some(record) = self.read_record(&digest)? {
+                let decision = decide(Some(&record), &params(self.shared.time.now()));
+                if let (Some(cache), Some(generation)) = (&self.shared.replays, generation) {
+                    if matches!(decision, BeginDecision::Replay { .. }) {
+                        cache.insert(digest, record, generation);
+                    }
+                }
+                match decision {
+                    BeginDecision::Acquired { .. } => {}
+                    decision => return Ok(self.to_begin(digest, decision)),
+                }
             }
         }
         let answer = self.send(|reply| Command::Begin {
