@@ -12,7 +12,8 @@
 //!   cycle, at 1, 8 and 64 threads: tollgate; a naive redb loop (one `Immediate` write
 //!   transaction per transition); SQLite (rusqlite, bundled library, WAL, `synchronous=FULL`, one
 //!   connection per thread, `BEGIN IMMEDIATE` per transition).
-//! - `replay/*`: `begin` of an already completed key (the read path), 1 and 2 threads.
+//! - `replay/*`: `begin` of an already completed key (the read path), 1 and 2 threads, with the
+//!   replay cache (its default size; the 10,000 keys fit) and without it (every replay reads redb).
 //! - `rate/*`: checks over 10,000 subjects round-robin with a quota that allows every check:
 //!   tollgate Batched vs governor's keyed limiter (1 thread); tollgate Immediate vs a naive redb
 //!   loop (one write transaction per check) at 64 threads.
@@ -244,9 +245,17 @@ fn sqlite_cycles(threads: usize, duration: Duration) -> Row {
 // ------------------------------------------------------------------------------------------------
 // replays
 
-fn tollgate_replays(threads: usize, duration: Duration) -> Row {
+fn tollgate_replays(threads: usize, cached: bool, duration: Duration) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("replay.redb")).expect("open");
+    let cache = if cached {
+        tollgate::DEFAULT_REPLAY_CACHE_SIZE
+    } else {
+        0
+    };
+    let store = Store::builder()
+        .replay_cache_size(cache)
+        .open(dir.path().join("replay.redb"))
+        .expect("open");
     store
         .bulk_load(REPLAY_KEYS, Duration::from_secs(24 * 3600), |i| {
             let key = IdempotencyKey::new("bench", &format!("done-{i}")).expect("key");
@@ -268,7 +277,12 @@ fn tollgate_replays(threads: usize, duration: Duration) -> Row {
         }
     });
     store.close().expect("close");
-    row(format!("replay/tollgate/{threads}"), result, None)
+    let name = if cached {
+        "tollgate"
+    } else {
+        "tollgate-uncached"
+    };
+    row(format!("replay/{name}/{threads}"), result, None)
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -439,8 +453,22 @@ fn main() {
             Box::new(|d| naive_redb_cycles(64, d)),
         ),
         ("cycle/sqlite/64", Box::new(|d| sqlite_cycles(64, d))),
-        ("replay/tollgate/1", Box::new(|d| tollgate_replays(1, d))),
-        ("replay/tollgate/2", Box::new(|d| tollgate_replays(2, d))),
+        (
+            "replay/tollgate/1",
+            Box::new(|d| tollgate_replays(1, true, d)),
+        ),
+        (
+            "replay/tollgate/2",
+            Box::new(|d| tollgate_replays(2, true, d)),
+        ),
+        (
+            "replay/tollgate-uncached/1",
+            Box::new(|d| tollgate_replays(1, false, d)),
+        ),
+        (
+            "replay/tollgate-uncached/2",
+            Box::new(|d| tollgate_replays(2, false, d)),
+        ),
         (
             "rate/tollgate-batched/1",
             Box::new(|d| tollgate_rate(RateDurability::default(), 1, d)),

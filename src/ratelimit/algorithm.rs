@@ -412,8 +412,24 @@ pub(crate) fn is_idle(spec: &Spec, state: RateState, now: u64) -> bool {
     }
 }
 
-/// The time from which `state` is idle, for the expiry index.
+/// The expiry index's time granule for counters under `spec`: an eighth of its window, at least
+/// 2^30 ns (about a second). See [`idle_at`].
+fn idle_granule(spec: &Spec) -> u64 {
+    (spec.window() / 8).max(1 << 30)
+}
+
+/// A time from which `state` is idle, for the expiry index: the exact idle time rounded up to a
+/// granule, so that a busy counter's index entry stays put across most checks (one B-tree write per
+/// check instead of three). Rounding up only keeps an idle counter a little longer before a sweep
+/// removes it; an idle counter equals a fresh one, so nothing can tell.
 pub(crate) fn idle_at(spec: &Spec, state: RateState) -> u64 {
+    let exact = exact_idle_at(spec, state);
+    let granule = idle_granule(spec);
+    exact.div_ceil(granule).saturating_mul(granule).max(exact)
+}
+
+/// The exact time from which `state` is idle.
+fn exact_idle_at(spec: &Spec, state: RateState) -> u64 {
     match (*spec, state) {
         (_, RateState::Gcra { tat }) => tat,
         (Spec::FixedWindow { period, .. }, RateState::FixedWindow { window, .. }) => {

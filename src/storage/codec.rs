@@ -20,7 +20,7 @@
 //! typed [`Error::Corrupted`], and postcard never allocates more than the input holds.
 
 use crate::error::Error;
-use crate::idempotency::Record;
+use crate::idempotency::{Record, RecordBody};
 use crate::ratelimit::RateState;
 
 /// Version byte of record values.
@@ -102,7 +102,17 @@ pub(crate) fn decode_rate(bytes: &[u8]) -> Result<StoredRate, Error> {
 }
 
 pub(crate) fn encode_record(record: &Record) -> Result<Vec<u8>, Error> {
-    let mut out = vec![RECORD_V1];
+    // Sized once: the fixed fields take at most about 100 bytes, the rest is the payload.
+    let payload = match &record.body {
+        RecordBody::Completed(response) | RecordBody::Failed(response) => {
+            response.size() + 8 * response.headers.len()
+        }
+        RecordBody::Running { checkpoint, .. } => {
+            checkpoint.as_ref().map_or(0, |c| c.name.len() + c.data.len() + 8)
+        }
+    };
+    let mut out = Vec::with_capacity(128 + payload);
+    out.push(RECORD_V1);
     postcard::to_io(record, &mut out)
         .map_err(|error| Error::Corrupted(format!("encoding a record failed: {error}")))?;
     Ok(out)

@@ -229,22 +229,32 @@ impl Tables<'_> {
         // The expiry index's id field is 32 bytes: a counter key padded with zeros.
         let mut id = [0; 32];
         id[..16].copy_from_slice(key);
-        let old = match self.rates.remove(key).map_err(storage)? {
-            Some(bytes) => codec::decode_rate(bytes.value()).ok(),
-            None => None,
-        };
-        if let Some(old) = old {
-            self.expiry
-                .remove(&codec::expiry_key(old.idle_at, KIND_RATE, &id))
-                .map_err(storage)?;
-        }
-        if let Some(rate) = rate {
-            self.rates
+        // One B-tree operation for the row (insert returns what it replaced), and none for the
+        // index while the counter's idle time stays in its granule (`ratelimit::idle_at`).
+        let old = match rate {
+            Some(rate) => self
+                .rates
                 .insert(key, codec::encode_rate(rate).as_slice())
-                .map_err(storage)?;
-            self.expiry
-                .insert(&codec::expiry_key(rate.idle_at, KIND_RATE, &id), ())
-                .map_err(storage)?;
+                .map_err(storage)?
+                .and_then(|bytes| codec::decode_rate(bytes.value()).ok()),
+            None => self
+                .rates
+                .remove(key)
+                .map_err(storage)?
+                .and_then(|bytes| codec::decode_rate(bytes.value()).ok()),
+        };
+        let (old_at, new_at) = (old.map(|o| o.idle_at), rate.map(|r| r.idle_at));
+        if old_at != new_at {
+            if let Some(at) = old_at {
+                self.expiry
+                    .remove(&codec::expiry_key(at, KIND_RATE, &id))
+                    .map_err(storage)?;
+            }
+            if let Some(at) = new_at {
+                self.expiry
+                    .insert(&codec::expiry_key(at, KIND_RATE, &id), ())
+                    .map_err(storage)?;
+            }
         }
         Ok(())
     }
