@@ -491,7 +491,13 @@ fn main() {
             continue;
         }
         let row = bench(duration);
-        eprintln!("{:<28} {:>12.0} ops/s", row.name, row.per_second());
+        eprintln!(
+            "{:<28} {:>12.0} ops/s ({} ops in {:.2} s)",
+            row.name,
+            row.per_second(),
+            row.ops,
+            row.elapsed.as_secs_f64()
+        );
         rows.push(row);
     }
     print_table(&rows);

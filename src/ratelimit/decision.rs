@@ -10,8 +10,40 @@
 //!
 //! Seconds are rounded *up*, so a client that waits the advertised time is never early.
 
-use std::sync::Arc;
 use std::time::Duration;
+
+use super::quota::MAX_LIMIT_NAME_LEN;
+
+/// A limit's name, held inline: a decision is made per request, and copying at most 64 bytes is
+/// cheaper than sharing an allocation across threads (two atomic operations per decision).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) struct PolicyName {
+    len: u8,
+    bytes: [u8; MAX_LIMIT_NAME_LEN],
+}
+
+impl PolicyName {
+    /// `name` (a valid limit name: ASCII, at most 64 bytes; anything longer is cut).
+    pub(crate) fn new(name: &str) -> Self {
+        let len = name.len().min(MAX_LIMIT_NAME_LEN);
+        let mut bytes = [0; MAX_LIMIT_NAME_LEN];
+        bytes[..len].copy_from_slice(&name.as_bytes()[..len]);
+        Self {
+            len: u8::try_from(len).unwrap_or(0),
+            bytes,
+        }
+    }
+
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..usize::from(self.len)]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for PolicyName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
 
 /// The result of a rate check, peek or refund.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,7 +53,7 @@ pub struct Decision {
     pub(crate) remaining: u32,
     pub(crate) reset_after: Duration,
     pub(crate) retry_after: Option<Duration>,
-    pub(crate) policy: Arc<str>,
+    pub(crate) policy: PolicyName,
     pub(crate) window: Duration,
 }
 
@@ -53,7 +85,7 @@ impl Decision {
 
     /// The name of the deciding limit (for `check_all`, the most restrictive one).
     pub fn policy(&self) -> &str {
-        &self.policy
+        self.policy.as_str()
     }
 
     /// The header fields for this decision, in a stable order.
@@ -84,14 +116,18 @@ impl Decision {
                 "RateLimit-Policy",
                 format!(
                     "\"{}\";q={};w={}",
-                    self.policy,
+                    self.policy.as_str(),
                     self.limit,
                     ceil_seconds(self.window)
                 ),
             ),
             (
                 "RateLimit",
-                format!("\"{}\";r={};t={reset}", self.policy, self.remaining),
+                format!(
+                    "\"{}\";r={};t={reset}",
+                    self.policy.as_str(),
+                    self.remaining
+                ),
             ),
             ("X-RateLimit-Limit", self.limit.to_string()),
             ("X-RateLimit-Remaining", self.remaining.to_string()),
@@ -120,7 +156,7 @@ mod tests {
             remaining: if allowed { 3 } else { 0 },
             reset_after: Duration::from_millis(4_200),
             retry_after: (!allowed).then_some(Duration::from_millis(1_001)),
-            policy: Arc::from("login"),
+            policy: PolicyName::new("login"),
             window: Duration::from_secs(900),
         }
     }

@@ -35,6 +35,7 @@ use std::time::Duration;
 
 pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
+pub(crate) use decision::PolicyName;
 pub(crate) use key::{CounterKey, CounterKeys, check_subject};
 pub use quota::{Limit, MAX_LIMIT_NAME_LEN, MAX_SUBJECT_LEN, Quota};
 

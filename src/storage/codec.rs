@@ -107,9 +107,9 @@ pub(crate) fn encode_record(record: &Record) -> Result<Vec<u8>, Error> {
         RecordBody::Completed(response) | RecordBody::Failed(response) => {
             response.size() + 8 * response.headers.len()
         }
-        RecordBody::Running { checkpoint, .. } => {
-            checkpoint.as_ref().map_or(0, |c| c.name.len() + c.data.len() + 8)
-        }
+        RecordBody::Running { checkpoint, .. } => checkpoint
+            .as_ref()
+            .map_or(0, |c| c.name.len() + c.data.len() + 8),
     };
     let mut out = Vec::with_capacity(128 + payload);
     out.push(RECORD_V1);

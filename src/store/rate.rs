@@ -14,7 +14,8 @@ use super::writer::{Answer, Command};
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
 use crate::ratelimit::{
-    CounterKey, CrashPolicy, Decision, Limit, RateState, Spec, check_subject, most_restrictive,
+    CounterKey, CrashPolicy, Decision, Limit, PolicyName, RateState, Spec, check_subject,
+    most_restrictive,
 };
 
 /// How counters loaded from disk are adjusted after an unclean batched session.
@@ -225,10 +226,10 @@ fn decision(outcome: &RateOutcome, checks: &[(&Limit, &str)]) -> Decision {
         .or(checks.first())
         .map(|(limit, _)| *limit);
     let (policy, capacity, window) = limit.map_or_else(
-        || (std::sync::Arc::from(""), 0, 0),
+        || (PolicyName::new(""), 0, 0),
         |limit| {
             (
-                limit.shared_name(),
+                PolicyName::new(limit.name()),
                 limit.spec.capacity(),
                 limit.spec.window(),
             )

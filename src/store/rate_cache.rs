@@ -120,31 +120,44 @@ impl Shard {
         keys: &CounterKeys,
         loader: &impl Loader,
     ) -> Result<(CounterKey, Option<RateState>)> {
+        let entry = Self::entry(&mut self.entries, hash, query, keys, loader)?;
+        Ok((entry.key, entry.state))
+    }
+
+    /// The counter's entry, loaded into `entries` if it is not in memory; marked as used.
+    fn entry<'e>(
+        entries: &'e mut HashTable<Entry>,
+        hash: u64,
+        query: Query<'_>,
+        keys: &CounterKeys,
+        loader: &impl Loader,
+    ) -> Result<&'e mut Entry> {
         let name = query.limit.name();
-        let found = self.entries.find_mut(hash, |e| {
-            same_limit(&e.limit, name) && e.subject.is(query.subject)
-        });
-        if let Some(entry) = found {
-            entry.touched = true;
-            return Ok((entry.key, entry.state));
-        }
-        let key = keys.key(name, query.subject)?;
-        let state = loader.load(&key, &query.limit.spec)?;
-        self.entries.insert_unique(
+        let entry = match entries.entry(
             hash,
-            Entry {
-                hash,
-                limit: query.limit.shared_name(),
-                subject: Subject::new(query.subject),
-                key,
-                spec: query.limit.spec,
-                state,
-                dirty: false,
-                touched: true,
-            },
+            |e| same_limit(&e.limit, name) && e.subject.is(query.subject),
             |e| e.hash,
-        );
-        Ok((key, state))
+        ) {
+            hashbrown::hash_table::Entry::Occupied(occupied) => occupied.into_mut(),
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let key = keys.key(name, query.subject)?;
+                let state = loader.load(&key, &query.limit.spec)?;
+                vacant
+                    .insert(Entry {
+                        hash,
+                        limit: query.limit.shared_name(),
+                        subject: Subject::new(query.subject),
+                        key,
+                        spec: query.limit.spec,
+                        state,
+                        dirty: false,
+                        touched: false,
+                    })
+                    .into_mut()
+            }
+        };
+        entry.touched = true;
+        Ok(entry)
     }
 
     fn store(&mut self, hash: u64, target: &Target, state: Option<RateState>) {
@@ -199,18 +212,24 @@ impl RateCache {
         loader: &impl Loader,
     ) -> Result<RateOutcome> {
         if let [query] = queries {
-            // The common case, without allocation: one counter, one lock.
+            // The common case, without allocation: one counter, one lock, one table lookup.
             let hash = self.hash(*query);
             let mut shard = self.shards[shard_of(hash)].lock();
-            let (key, state) = shard.state(hash, *query, &self.keys, loader)?;
+            let Shard { entries, dirty } = &mut *shard;
+            let entry = Shard::entry(entries, hash, *query, &self.keys, loader)?;
             let targets = [Target {
-                key,
+                key: entry.key,
                 spec: query.limit.spec,
             }];
-            let mut states = [state];
+            let mut states = [entry.state];
             let (outcome, changed) = charge::apply(kind, &targets, &mut states, now);
             if changed {
-                shard.store(hash, &targets[0], states[0]);
+                entry.state = states[0];
+                entry.spec = query.limit.spec;
+                if !entry.dirty {
+                    entry.dirty = true;
+                    dirty.push((hash, entry.key));
+                }
             }
             return Ok(outcome);
         }
