@@ -61,7 +61,10 @@
 //!   `StoreBuilder::open_simulated`. tollgate's own tests, power-loss harness and fuzz targets
 //!   use it.
 //!
-//! Framework adapters, the CLI and metrics will come behind features.
+//! - `tower` (off): [`tower::IdempotencyLayer`] and [`tower::RateLimitLayer`] for axum, hyper
+//!   and any tower stack (brings `http`, `http-body`, `tokio`'s runtime handle and the tower traits).
+//!
+//! The CLI and metrics will come behind features.
 //!
 //! # Durability
 //!
@@ -91,6 +94,8 @@ mod store;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
 pub mod testing;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result, StorageError};

@@ -1,0 +1,497 @@
+//! [`IdempotencyLayer`]: the `Idempotency-Key` protocol around any tower service.
+//!
+//! For a request whose method (and route) is covered:
+//! 1. no key where one is required, or a malformed key: 400, before any state;
+//! 2. a body over `max_body_bytes`: 413, before any state;
+//! 3. `begin` on the store (off the async workers, in `spawn_blocking`): a replay answers with the
+//!    stored status, headers and body plus `Idempotent-Replayed: true`; a request in flight gets
+//!    409 with `Retry-After` (or waits, if configured); the same key with a different request
+//!    (method, path with query, body) gets 422;
+//! 4. otherwise the inner service runs, as its own task (a client that disconnects does not cancel
+//!    a side effect half-way), with an [`IdempotencyContext`] in the request's extensions; its
+//!    response is stored if the policy says so (default: 2xx–4xx), else the key is released so the
+//!    client may retry (default: 5xx). A handler that panics releases the key and answers 500.
+//!
+//! Responses over the store's `max_response_bytes` are returned but not stored (the key is
+//! released). Hop-by-hop header fields are not stored.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::request::Parts;
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body;
+use http_body_util::{BodyExt, Limited};
+
+use super::key_header;
+use super::problem::{problem, retry_after_seconds};
+use crate::idempotency::{Begin, Checkpoint, Fingerprint, IdempotencyKey, Lease, StoredResponse};
+use crate::{BeginOptions, Error, Store};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
+type ScopeFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
+type StatusPolicy = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
+
+/// The header a replayed response carries.
+pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
+
+/// Default limit on a request body read to fingerprint it: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+
+/// What the handler of a fresh or recovered execution learns, from the request's extensions.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct IdempotencyContext {
+    /// An earlier execution of this request may have run (its owner crashed or stalled).
+    pub recovered: bool,
+    /// 1 for the first execution, plus one per takeover.
+    pub attempt: u32,
+    /// The lease's fencing token, for downstream systems that reject stale owners.
+    pub token: u64,
+    /// The last checkpoint an earlier execution saved.
+    pub checkpoint: Option<Checkpoint>,
+}
+
+struct Config {
+    store: Store,
+    methods: Vec<Method>,
+    routes: Option<Predicate>,
+    key_required: bool,
+    scope: ScopeFn,
+    max_body_bytes: usize,
+    wait: Option<Duration>,
+    store_status: StatusPolicy,
+}
+
+/// A tower layer that makes covered requests idempotent under an `Idempotency-Key`.
+///
+/// ```
+/// # #[cfg(feature = "tower")] {
+/// use http::Method;
+/// use tollgate::Store;
+/// use tollgate::tower::IdempotencyLayer;
+///
+/// # let dir = tempfile::tempdir().unwrap();
+/// let store = Store::open(dir.path().join("t.redb")).unwrap();
+/// let layer = IdempotencyLayer::new(store)
+///     .methods([Method::POST, Method::PUT])
+///     .scope(|request| {
+///         // One key space per authenticated caller.
+///         request
+///             .headers
+///             .get("x-user")
+///             .and_then(|v| v.to_str().ok())
+///             .unwrap_or("anonymous")
+///             .to_owned()
+///     });
+/// # let _ = layer; }
+/// ```
+#[derive(Clone)]
+pub struct IdempotencyLayer {
+    config: Arc<Config>,
+}
+
+impl IdempotencyLayer {
+    /// Covers POST and PATCH on every route, requires a key for them, one scope for all callers,
+    /// request bodies up to 1 MiB, no waiting for in-flight duplicates, and stores 2xx–4xx.
+    pub fn new(store: Store) -> Self {
+        Self {
+            config: Arc::new(Config {
+                store,
+                methods: vec![Method::POST, Method::PATCH],
+                routes: None,
+                key_required: true,
+                scope: Arc::new(|_| "default".to_owned()),
+                max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+                wait: None,
+                store_status: Arc::new(|status| status.as_u16() < 500),
+            }),
+        }
+    }
+
+    fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        if let Some(config) = Arc::get_mut(&mut self.config) {
+            change(config);
+        } else {
+            let old = &self.config;
+            let mut config = Config {
+                store: old.store.clone(),
+                methods: old.methods.clone(),
+                routes: old.routes.clone(),
+                key_required: old.key_required,
+                scope: Arc::clone(&old.scope),
+                max_body_bytes: old.max_body_bytes,
+                wait: old.wait,
+                store_status: Arc::clone(&old.store_status),
+            };
+            change(&mut config);
+            self.config = Arc::new(config);
+        }
+        self
+    }
+
+    /// The methods covered. Default = POST and PATCH (PUT and DELETE are idempotent by
+    /// definition, but opt in if their effects are not).
+    #[must_use]
+    pub fn methods(self, methods: impl IntoIterator<Item = Method>) -> Self {
+        let methods = methods.into_iter().collect();
+        self.with(|c| c.methods = methods)
+    }
+
+    /// Only requests for which `covered` returns true (e.g. by path) are handled; others pass
+    /// through. Default = every route.
+    #[must_use]
+    pub fn routes(self, covered: impl Fn(&Parts) -> bool + Send + Sync + 'static) -> Self {
+        self.with(|c| c.routes = Some(Arc::new(covered)))
+    }
+
+    /// Whether a covered request without a key is refused (400) or passed through. Default =
+    /// refused.
+    #[must_use]
+    pub fn key_required(self, required: bool) -> Self {
+        self.with(|c| c.key_required = required)
+    }
+
+    /// The key space of a request, e.g. the authenticated user, so that two callers' keys never
+    /// collide. Default = one scope for everyone.
+    #[must_use]
+    pub fn scope(self, scope: impl Fn(&Parts) -> String + Send + Sync + 'static) -> Self {
+        self.with(|c| c.scope = Arc::new(scope))
+    }
+
+    /// The largest request body read (to fingerprint it); larger ones get 413 before any state.
+    /// Default = 1 MiB.
+    #[must_use]
+    pub fn max_body_bytes(self, bytes: usize) -> Self {
+        self.with(|c| c.max_body_bytes = bytes)
+    }
+
+    /// Wait up to `timeout` for an in-flight duplicate to finish and replay its response, instead
+    /// of answering 409 at once. Default = no waiting.
+    #[must_use]
+    pub fn wait_for_in_flight(self, timeout: Duration) -> Self {
+        self.with(|c| c.wait = Some(timeout))
+    }
+
+    /// Which response statuses are stored (and replayed); for the others the key is released, so
+    /// the client may retry. Default = below 500.
+    #[must_use]
+    pub fn store_when(self, policy: impl Fn(StatusCode) -> bool + Send + Sync + 'static) -> Self {
+        self.with(|c| c.store_status = Arc::new(policy))
+    }
+}
+
+impl<S> tower_layer::Layer<S> for IdempotencyLayer {
+    type Service = Idempotency<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Idempotency {
+            inner,
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+/// The service [`IdempotencyLayer`] wraps around an inner service.
+#[derive(Clone)]
+pub struct Idempotency<S> {
+    inner: S,
+    config: Arc<Config>,
+}
+
+impl<S, B, R> tower_service::Service<Request<B>> for Idempotency<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    R: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Response<R>, S::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        // The clone that was driven to readiness serves this call; the fresh clone waits.
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let config = Arc::clone(&self.config);
+        Box::pin(handle(config, inner, request))
+    }
+}
+
+async fn handle<S, B, R>(
+    config: Arc<Config>,
+    mut inner: S,
+    request: Request<B>,
+) -> Result<Response<R>, S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+    R: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    let (parts, body) = request.into_parts();
+    let covered = config.methods.contains(&parts.method)
+        && config.routes.as_ref().is_none_or(|covered| covered(&parts));
+    if !covered {
+        return inner.call(Request::from_parts(parts, body)).await;
+    }
+    let raw_key = match key_header::read(&parts.headers) {
+        Ok(Some(key)) => key,
+        Ok(None) if config.key_required => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key is missing",
+                "this endpoint requires an Idempotency-Key header",
+            ));
+        }
+        Ok(None) => return inner.call(Request::from_parts(parts, body)).await,
+        Err(reason) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key is malformed",
+                &reason,
+            ));
+        }
+    };
+    let key = match IdempotencyKey::new(&(config.scope)(&parts), &raw_key) {
+        Ok(key) => key,
+        Err(reason) => {
+            return Ok(problem(
+                StatusCode::BAD_REQUEST,
+                "Idempotency-Key is malformed",
+                &reason.to_string(),
+            ));
+        }
+    };
+    let body = match Limited::new(body, config.max_body_bytes).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(error) => {
+            return Ok(if error.is::<http_body_util::LengthLimitError>() {
+                problem(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "Request body too large",
+                    &format!("bodies up to {} bytes are accepted", config.max_body_bytes),
+                )
+            } else {
+                problem(
+                    StatusCode::BAD_REQUEST,
+                    "Unreadable request body",
+                    &error.to_string(),
+                )
+            });
+        }
+    };
+    let fingerprint = fingerprint(&parts, &body);
+    let options = BeginOptions {
+        wait: config.wait,
+        ..BeginOptions::default()
+    };
+    let store = config.store.clone();
+    let begun = blocking(move || store.begin_with(&key, &fingerprint, &options)).await;
+    let lease = match begun {
+        Ok(Begin::Acquired(lease)) => lease,
+        Ok(Begin::Replay(replay)) => return Ok(replayed(replay.into_response())),
+        Ok(Begin::InFlight { retry_after }) => {
+            let mut response = problem(
+                StatusCode::CONFLICT,
+                "Request in progress",
+                "a request with this Idempotency-Key is being processed; retry later",
+            );
+            insert_header(
+                &mut response,
+                "retry-after",
+                &retry_after_seconds(retry_after).to_string(),
+            );
+            return Ok(response);
+        }
+        Ok(Begin::Mismatch) => {
+            return Ok(problem(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "Idempotency-Key reused",
+                "this Idempotency-Key was used for a different request",
+            ));
+        }
+        Err(error) => return Ok(store_error(&error)),
+    };
+    execute(&config, inner, parts, body, lease).await
+}
+
+/// Runs the inner service under `lease` and records (or releases) its outcome.
+async fn execute<S, B, R>(
+    config: &Config,
+    mut inner: S,
+    mut parts: Parts,
+    body: Bytes,
+    lease: Lease,
+) -> Result<Response<R>, S::Error>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>> + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    R: Body<Data = Bytes> + From<Bytes> + Send + 'static,
+    R::Error: Into<BoxError>,
+{
+    parts.extensions.insert(IdempotencyContext {
+        recovered: lease.recovered(),
+        attempt: lease.attempt(),
+        token: lease.token(),
+        checkpoint: lease.checkpoint().cloned(),
+    });
+    let request = Request::from_parts(parts, B::from(body));
+    // The handler runs as its own task: a client that goes away does not cancel it half-way, and
+    // a panic is reported here instead of unwinding through the server.
+    let outcome = tokio::spawn(async move { inner.call(request).await }).await;
+    let response = match outcome {
+        Ok(Ok(response)) => response,
+        Ok(Err(error)) => {
+            release(lease).await;
+            return Err(error);
+        }
+        Err(_) => {
+            release(lease).await;
+            return Ok(problem(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Handler failed",
+                "the request failed before producing a response; it may be retried",
+            ));
+        }
+    };
+    let (parts, body) = response.into_parts();
+    let Ok(collected) = body.collect().await else {
+        // The side effect ran but its answer is lost: leave the key RUNNING, so that a retry
+        // after the lease expires is told it is a recovery.
+        drop(lease);
+        return Ok(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Response failed",
+            "the response body could not be read",
+        ));
+    };
+    let body = collected.to_bytes();
+    if (config.store_status)(parts.status) {
+        let stored = to_stored(&parts, &body);
+        blocking(move || match lease.complete(stored) {
+            Err(Error::ResponseTooLarge {
+                lease: Some(lease), ..
+            }) => lease.release(),
+            other => other,
+        })
+        .await
+        .ok();
+    } else {
+        release(lease).await;
+    }
+    Ok(Response::from_parts(parts, R::from(body)))
+}
+
+/// The request's fingerprint: method, path with query, and body.
+fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path(), http::uri::PathAndQuery::as_str);
+    Fingerprint::request()
+        .method(parts.method.as_str())
+        .path(path)
+        .body(body)
+        .finish()
+}
+
+/// Runs a store call that may wait on an fsync off the async workers.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> crate::Result<T> + Send + 'static,
+) -> crate::Result<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .unwrap_or(Err(Error::Poisoned))
+}
+
+async fn release(lease: Lease) {
+    // A failed release leaves the key RUNNING until its lease expires; nothing better to do.
+    let _ = blocking(move || lease.release()).await;
+}
+
+/// Header fields that describe one connection, not the response: never stored.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+];
+
+fn to_stored(parts: &http::response::Parts, body: &Bytes) -> StoredResponse {
+    let mut stored = StoredResponse::new(parts.status.as_u16(), body.to_vec());
+    for (name, value) in &parts.headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            stored = stored.with_header(name.as_str(), value.as_bytes().to_vec());
+        }
+    }
+    stored
+}
+
+/// A stored response, replayed.
+fn replayed<R: From<Bytes>>(stored: StoredResponse) -> Response<R> {
+    let mut response = Response::new(R::from(Bytes::from(stored.body)));
+    *response.status_mut() =
+        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in stored.headers {
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_bytes(&value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    insert_header(&mut response, IDEMPOTENT_REPLAYED, "true");
+    response
+}
+
+fn insert_header<R>(response: &mut Response<R>, name: &'static str, value: &str) {
+    if let Ok(value) = HeaderValue::from_str(value) {
+        response
+            .headers_mut()
+            .insert(HeaderName::from_static(name), value);
+    }
+}
+
+fn store_error<R: From<Bytes>>(error: &Error) -> Response<R> {
+    match error {
+        Error::CapacityExceeded { .. } => problem(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "Idempotency store full",
+            "no room for another idempotency record; retry later",
+        ),
+        Error::InvalidKey(reason) => problem(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key is malformed",
+            &reason.to_string(),
+        ),
+        other => problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Idempotency store unavailable",
+            &other.to_string(),
+        ),
+    }
+}

@@ -1,0 +1,96 @@
+//! Reading the `Idempotency-Key` header field.
+//!
+//! draft-ietf-httpapi-idempotency-key-header makes the field an RFC 8941 String
+//! (`Idempotency-Key: "8e03978e-40d5-43e8-bc93-6894a57f9324"`); many clients send the bare
+//! token instead (`Idempotency-Key: 8e03978e-...`), as Stripe documents it. Both are accepted. A
+//! field sent more than once, a String that does not parse, or a bare value with spaces or
+//! non-visible characters is malformed.
+
+use http::HeaderMap;
+
+/// The header field's name.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+/// The key sent with a request: `Ok(None)` if absent, `Err` with a reason if malformed.
+pub(crate) fn read(headers: &HeaderMap) -> Result<Option<String>, String> {
+    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
+    let Some(value) = values.next() else {
+        return Ok(None);
+    };
+    if values.next().is_some() {
+        return Err("the Idempotency-Key field appears more than once".into());
+    }
+    let text = value
+        .to_str()
+        .map_err(|_| "the Idempotency-Key field is not visible ASCII".to_owned())?
+        .trim_matches(' ');
+    let key = if let Some(quoted) = text.strip_prefix('"') {
+        parse_string(quoted)?
+    } else {
+        if text.is_empty() || !text.bytes().all(|b| b.is_ascii_graphic()) {
+            return Err(
+                "the Idempotency-Key must be a quoted string or a token without spaces".into(),
+            );
+        }
+        text.to_owned()
+    };
+    if key.is_empty() {
+        return Err("the Idempotency-Key is empty".into());
+    }
+    Ok(Some(key))
+}
+
+/// The rest of an RFC 8941 String after its opening quote.
+fn parse_string(rest: &str) -> Result<String, String> {
+    let mut out = String::with_capacity(rest.len());
+    let mut chars = rest.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                return if chars.as_str().is_empty() {
+                    Ok(out)
+                } else {
+                    Err("characters after the Idempotency-Key's closing quote".into())
+                };
+            }
+            '\\' => match chars.next() {
+                Some(escaped @ ('"' | '\\')) => out.push(escaped),
+                _ => return Err("a bad escape in the Idempotency-Key string".into()),
+            },
+            c if (' '..='~').contains(&c) => out.push(c),
+            _ => return Err("a character the Idempotency-Key string cannot hold".into()),
+        }
+    }
+    Err("the Idempotency-Key string has no closing quote".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use http::HeaderValue;
+
+    use super::*;
+
+    fn key(values: &[&str]) -> Result<Option<String>, String> {
+        let mut headers = HeaderMap::new();
+        for value in values {
+            headers.append(IDEMPOTENCY_KEY, HeaderValue::from_str(value).unwrap());
+        }
+        read(&headers)
+    }
+
+    #[test]
+    fn accepts_strings_and_bare_tokens() {
+        assert_eq!(key(&[]), Ok(None));
+        assert_eq!(key(&["\"abc-123\""]), Ok(Some("abc-123".into())));
+        assert_eq!(key(&["abc-123"]), Ok(Some("abc-123".into())));
+        assert_eq!(key(&[r#""a \"b\" \\c""#]), Ok(Some(r#"a "b" \c"#.into())));
+    }
+
+    #[test]
+    fn refuses_malformed_values() {
+        for bad in ["\"", "\"abc", "\"abc\"x", "\"a\\nb\"", "a b", "\"\""] {
+            assert!(key(&[bad]).is_err(), "{bad}");
+        }
+        assert!(key(&["a", "b"]).is_err());
+    }
+}

@@ -1,0 +1,36 @@
+//! tower layers (feature `tower`): make any tower service, such as an axum `Router`, idempotent
+//! under an `Idempotency-Key` and rate-limited, with the store's durable state behind both.
+//!
+//! ```text
+//! Router::new()
+//!     .route("/payments", post(create_payment))
+//!     .layer(IdempotencyLayer::new(store.clone()))          // inner: runs second
+//!     .layer(RateLimitLayer::new(store, [limit]).key(...))   // outer: runs first
+//! ```
+//!
+//! Rate limiting runs first, as the payment APIs studied do: a 429 is never stored as the
+//! outcome of an idempotent request. Store calls that may wait on an fsync run in
+//! `tokio::task::spawn_blocking`, so the layers need a tokio runtime. Responses and refusals
+//! follow draft-ietf-httpapi-idempotency-key-header and draft-ietf-httpapi-ratelimit-headers;
+//! refusals carry an `application/problem+json` body (RFC 9457).
+//!
+//! | situation | answer |
+//! |---|---|
+//! | covered method without a key (when required), malformed key | 400 |
+//! | request body over the limit | 413, before any state |
+//! | same key, same request, still running | 409 with `Retry-After` (or wait, if configured) |
+//! | same key, different request | 422 |
+//! | same key, finished | the stored status, headers and body, plus `Idempotent-Replayed: true` |
+//! | handler answered 5xx or panicked | the answer (500 for a panic); the key is released |
+//! | rate limit exhausted | 429 with `Retry-After` and the RateLimit fields |
+
+mod idempotency;
+mod key_header;
+mod problem;
+mod rate_limit;
+
+pub use idempotency::{
+    DEFAULT_MAX_BODY_BYTES, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext, IdempotencyLayer,
+};
+pub use key_header::IDEMPOTENCY_KEY;
+pub use rate_limit::{RateLimit, RateLimitLayer};
