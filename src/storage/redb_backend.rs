@@ -216,6 +216,9 @@ fn sync_directory(path: &Path) -> Result<(), Error> {
     Ok(())
 }
 
+/// A record as listed: its digest, and the record or why it does not decode.
+pub(crate) type ListedRecord = (Digest, Result<Record, Error>);
+
 /// Maps redb's open errors to tollgate's.
 fn open_error(error: DatabaseError) -> Error {
     match error {
@@ -482,6 +485,55 @@ impl Backend {
         while contained(|| db.compact().map_err(storage))? {}
         db.close().map_err(storage)?;
         Ok((before, size(path)?))
+    }
+
+    /// Runs redb's integrity check on the file of a closed store.
+    pub(crate) fn check_integrity(path: &Path) -> Result<bool, Error> {
+        if !path.exists() {
+            return Err(storage(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} does not exist", path.display()),
+            )));
+        }
+        let mut db = guarded(|| Database::open(path))?;
+        {
+            let txn = db.begin_read().map_err(storage)?;
+            let mut names = txn.list_tables().map_err(storage)?;
+            if !names.any(|handle| handle.name() == META.name()) {
+                return Err(Error::NotAStore(
+                    "a redb database without tollgate's tables".into(),
+                ));
+            }
+        }
+        let intact = contained(|| db.check_integrity().map_err(open_error))?;
+        contained(|| db.close().map_err(storage))?;
+        Ok(intact)
+    }
+
+    /// Up to `limit` records in digest order, starting after `after`.
+    pub(crate) fn list_records(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<ListedRecord>, Error> {
+        contained(|| {
+            let txn = self.db.begin_read().map_err(storage)?;
+            let table = txn.open_table(RECORDS).map_err(storage)?;
+            let range = match after {
+                Some(after) => table.range::<&[u8; 32]>((
+                    std::ops::Bound::Excluded(after.as_bytes()),
+                    std::ops::Bound::Unbounded,
+                )),
+                None => table.range::<&[u8; 32]>(..),
+            }
+            .map_err(storage)?;
+            let mut out = Vec::with_capacity(limit.min(1024));
+            for entry in range.take(limit) {
+                let (key, value) = entry.map_err(storage)?;
+                out.push((Digest(*key.value()), codec::decode_record(value.value())));
+            }
+            Ok(out)
+        })
     }
 
     /// Closes the file, reporting what dropping it would ignore.

@@ -156,10 +156,49 @@ impl Store {
     /// # Errors
     /// [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`] (which poisons the store).
     pub fn compact_now(&self) -> Result<CompactionReport> {
-        let step = |limit| swept(&self.send(|reply| Command::Compact { limit, reply })?);
+        self.compact_with_progress(|_| {})
+    }
+
+    /// [`Store::compact_now`], calling `progress` with the running totals after each step (for a
+    /// progress display on long sweeps).
+    ///
+    /// # Errors
+    /// As for [`Store::compact_now`].
+    pub fn compact_with_progress(
+        &self,
+        mut progress: impl FnMut(&CompactionReport),
+    ) -> Result<CompactionReport> {
+        let started = Instant::now();
+        let mut totals = CompactionReport {
+            removed_records: 0,
+            removed_rate_states: 0,
+            batches: 0,
+            elapsed: Duration::ZERO,
+            finished_at: SystemTime::UNIX_EPOCH,
+        };
+        let step = |limit| {
+            let swept = swept(&self.send(|reply| Command::Compact { limit, reply })?)?;
+            totals.removed_records += swept.records;
+            totals.removed_rate_states += swept.rate_states;
+            totals.batches += 1;
+            totals.elapsed = started.elapsed();
+            progress(&totals);
+            Ok(swept)
+        };
         let report = sweep(step, self.shared.settings.compaction_batch, || false)?;
         self.shared.counters.compacted(report);
         Ok(report)
+    }
+
+    /// Checks every page checksum of the closed store file at `path` (redb's integrity check),
+    /// repairing what redb can. `Ok(true)`: intact; `Ok(false)`: damaged and repaired.
+    ///
+    /// # Errors
+    /// [`Error::Corrupted`] if the damage cannot be repaired; [`Error::AlreadyOpen`] if a `Store`
+    /// or another process has the file open; [`Error::NotAStore`] for a file that is not a
+    /// tollgate store; [`Error::Storage`] for I/O.
+    pub fn check_integrity(path: impl AsRef<Path>) -> Result<bool> {
+        Backend::check_integrity(path.as_ref())
     }
 
     /// Rewrites the store file at `path` so that it holds only live data, and truncates it.

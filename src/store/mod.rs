@@ -373,6 +373,29 @@ impl Store {
             .map(|record| record.info()))
     }
 
+    /// Up to `limit` records in digest order, starting after the digest `after` (pass the last
+    /// digest of one page to get the next), each with its state and times, expired ones included.
+    /// Raw keys are not stored, so records are named by their digest. A record that cannot be
+    /// decoded is listed with its error.
+    ///
+    /// # Errors
+    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`].
+    pub fn list_records(
+        &self,
+        after: Option<&Digest>,
+        limit: usize,
+    ) -> Result<Vec<(Digest, Result<RecordInfo>)>> {
+        self.check_usable()?;
+        let engine = self.shared.engine.read();
+        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+        Ok(engine
+            .backend
+            .list_records(after, limit)?
+            .into_iter()
+            .map(|(digest, record)| (digest, record.map(|r| r.info())))
+            .collect())
+    }
+
     /// Flushes, stops the writer thread, and releases the file, which can be opened again at once.
     /// Every clone of this store and every lease still alive gets [`Error::Closed`] afterwards.
     /// Closing a store that a clone already closed does nothing.

@@ -1,0 +1,304 @@
+//! `tollgate`: look inside a store file, compact it, check it (feature `cli`).
+//!
+//! ```text
+//! tollgate stats    STORE                      records by state, counters, file size
+//! tollgate inspect  STORE --scope S --key K    one record, found by hashing the key as the store does
+//! tollgate list     STORE [--limit N] [--json] records by digest prefix: state, attempts, expiry
+//! tollgate compact  STORE                      remove expired records and idle counters now
+//! tollgate check    STORE                      verify every page checksum (redb's integrity check)
+//! tollgate reclaim  STORE                      rewrite the file to hold only live data
+//! ```
+//!
+//! The store must not be open elsewhere (a running server holds it): every command says so
+//! instead of waiting. Raw keys are never printed: the file holds only their digests.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use clap::{Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use tollgate::idempotency::{IdempotencyKey, RecordInfo, RecordState};
+use tollgate::ratelimit::RateDurability;
+use tollgate::{Error, Store};
+
+#[derive(Parser)]
+#[command(
+    name = "tollgate",
+    version,
+    about = "Inspect, compact and check tollgate store files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Records by state, rate counters, file size, last compaction.
+    Stats { store: PathBuf },
+    /// One record, found by hashing the scope and key exactly as the store does.
+    Inspect {
+        store: PathBuf,
+        #[arg(long)]
+        scope: String,
+        #[arg(long)]
+        key: String,
+    },
+    /// Records in digest order: digest prefix, state, attempts, expiry.
+    List {
+        store: PathBuf,
+        /// The most records to print.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// One JSON object per line instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove expired records and idle rate counters now.
+    Compact { store: PathBuf },
+    /// Verify every page checksum; repair what can be repaired.
+    Check { store: PathBuf },
+    /// Rewrite the file so that it holds only live data, and shrink it.
+    Reclaim { store: PathBuf },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("tollgate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<ExitCode, String> {
+    match command {
+        Command::Stats { store } => stats(&store),
+        Command::Inspect { store, scope, key } => inspect(&store, &scope, &key),
+        Command::List { store, limit, json } => list(&store, limit, json),
+        Command::Compact { store } => compact(&store),
+        Command::Check { store } => check(&store),
+        Command::Reclaim { store } => reclaim(&store),
+    }
+}
+
+/// Says what went wrong with `path` in words an operator can act on.
+fn explain(path: &Path, error: &Error) -> String {
+    let shown = path.display();
+    match error {
+        Error::AlreadyOpen => format!(
+            "{shown} is in use by another process (a running server?); stop it and try again"
+        ),
+        Error::NotAStore(reason) => format!("{shown} is not a tollgate store ({reason})"),
+        Error::IncompatibleFormat { found, supported } => format!(
+            "{shown} has format {found}; this tollgate reads up to {supported}: upgrade tollgate"
+        ),
+        Error::Corrupted(reason) => format!("{shown} is damaged: {reason}"),
+        other => format!("{shown}: {other}"),
+    }
+}
+
+fn must_exist(path: &Path) -> Result<(), String> {
+    if path.is_file() {
+        Ok(())
+    } else {
+        Err(format!("{}: no such store file", path.display()))
+    }
+}
+
+/// Opens an existing store for a command (no background sweeps; rate checks are not needed).
+fn open(path: &Path) -> Result<Store, String> {
+    must_exist(path)?;
+    Store::builder()
+        .background_compaction(false)
+        .rate_durability(RateDurability::Immediate)
+        .open(path)
+        .map_err(|error| explain(path, &error))
+}
+
+fn stats(path: &Path) -> Result<ExitCode, String> {
+    let store = open(path)?;
+    let stats = store.stats().map_err(|e| explain(path, &e))?;
+    println!("file           {}", path.display());
+    println!("size           {} bytes", stats.file_bytes);
+    println!("running        {}", stats.running);
+    println!("completed      {}", stats.completed);
+    println!("failed         {}", stats.failed);
+    println!("rate counters  {}", stats.rate_states);
+    println!(
+        "epoch          {} (opens so far, this one included)",
+        store.epoch()
+    );
+    store.close().map_err(|e| explain(path, &e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn state_name(state: RecordState) -> &'static str {
+    match state {
+        RecordState::Running => "running",
+        RecordState::Completed => "completed",
+        RecordState::Failed => "failed",
+    }
+}
+
+/// "in 3h02m" or "4m10s ago", relative to now.
+fn relative(time: SystemTime) -> String {
+    let format = |d: Duration| {
+        let s = d.as_secs();
+        match s {
+            0..60 => format!("{s}s"),
+            60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+            3600..86_400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+            _ => format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600),
+        }
+    };
+    match time.duration_since(SystemTime::now()) {
+        Ok(ahead) => format!("in {}", format(ahead)),
+        Err(behind) => format!("{} ago", format(behind.duration())),
+    }
+}
+
+fn unix_seconds(time: SystemTime) -> u64 {
+    time.duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+fn inspect(path: &Path, scope: &str, key: &str) -> Result<ExitCode, String> {
+    let key = IdempotencyKey::new(scope, key).map_err(|e| format!("bad key: {e}"))?;
+    let store = open(path)?;
+    let found = store.get(&key).map_err(|e| explain(path, &e))?;
+    println!("digest   {}", key.digest());
+    match found {
+        None => println!("state    absent (never used, expired, or released)"),
+        Some(info) => print_info(&info),
+    }
+    store.close().map_err(|e| explain(path, &e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_info(info: &RecordInfo) {
+    println!("state    {}", state_name(info.state));
+    println!("attempts {}", info.attempts);
+    println!(
+        "created  {} ({})",
+        unix_seconds(info.created_at),
+        relative(info.created_at)
+    );
+    println!(
+        "expires  {} ({})",
+        unix_seconds(info.expires_at),
+        relative(info.expires_at)
+    );
+    if let Some(lease) = info.lease_expires_at {
+        println!(
+            "lease    until {} ({})",
+            unix_seconds(lease),
+            relative(lease)
+        );
+    }
+}
+
+fn list(path: &Path, limit: usize, json: bool) -> Result<ExitCode, String> {
+    let store = open(path)?;
+    let mut after = None;
+    let mut printed = 0;
+    if !json {
+        println!(
+            "{:<18} {:<10} {:>8}  expires",
+            "digest", "state", "attempts"
+        );
+    }
+    while printed < limit {
+        let page = store
+            .list_records(after.as_ref(), (limit - printed).min(1000))
+            .map_err(|e| explain(path, &e))?;
+        let Some((last, _)) = page.last() else {
+            break;
+        };
+        after = Some(*last);
+        for (digest, info) in page {
+            printed += 1;
+            let prefix = digest.short_hex(8);
+            match (info, json) {
+                (Ok(info), true) => println!(
+                    "{}",
+                    serde_json::json!({
+                        "digest_prefix": prefix,
+                        "state": state_name(info.state),
+                        "attempts": info.attempts,
+                        "created_at": unix_seconds(info.created_at),
+                        "expires_at": unix_seconds(info.expires_at),
+                        "lease_expires_at": info.lease_expires_at.map(unix_seconds),
+                    })
+                ),
+                (Ok(info), false) => println!(
+                    "{prefix:<18} {:<10} {:>8}  {}",
+                    state_name(info.state),
+                    info.attempts,
+                    relative(info.expires_at)
+                ),
+                (Err(error), true) => println!(
+                    "{}",
+                    serde_json::json!({"digest_prefix": prefix, "error": error.to_string()})
+                ),
+                (Err(error), false) => println!("{prefix:<18} undecodable: {error}"),
+            }
+        }
+    }
+    store.close().map_err(|e| explain(path, &e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn compact(path: &Path) -> Result<ExitCode, String> {
+    let store = open(path)?;
+    let bar = ProgressBar::new_spinner().with_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    let report = store
+        .compact_with_progress(|so_far| {
+            bar.set_message(format!(
+                "removed {} records, {} rate counters",
+                so_far.removed_records, so_far.removed_rate_states
+            ));
+            bar.tick();
+        })
+        .map_err(|e| explain(path, &e))?;
+    bar.finish_and_clear();
+    println!(
+        "removed {} expired records and {} idle rate counters in {} steps ({:.1?})",
+        report.removed_records, report.removed_rate_states, report.batches, report.elapsed
+    );
+    store.close().map_err(|e| explain(path, &e))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn check(path: &Path) -> Result<ExitCode, String> {
+    must_exist(path)?;
+    match Store::check_integrity(path) {
+        Ok(true) => {
+            println!("{}: intact", path.display());
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(false) => {
+            println!("{}: damaged, and repaired", path.display());
+            Ok(ExitCode::from(3))
+        }
+        Err(error) => Err(explain(path, &error)),
+    }
+}
+
+fn reclaim(path: &Path) -> Result<ExitCode, String> {
+    must_exist(path)?;
+    let reclaimed = Store::reclaim_space(path).map_err(|e| explain(path, &e))?;
+    println!(
+        "{}: {} bytes -> {} bytes",
+        path.display(),
+        reclaimed.before_bytes,
+        reclaimed.after_bytes
+    );
+    Ok(ExitCode::SUCCESS)
+}
