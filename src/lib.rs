@@ -64,7 +64,12 @@
 //! - `tower` (off): [`tower::IdempotencyLayer`] and [`tower::RateLimitLayer`] for axum, hyper
 //!   and any tower stack (brings `http`, `http-body`, `tokio`'s runtime handle and the tower traits).
 //!
-//! The CLI and metrics will come behind features.
+//! - `tracing` (off): events and spans for begins, takeovers, fencing refusals, rate denials,
+//!   writer batches, sweeps and poisoning, with keys shown only as a digest prefix.
+//! - `metrics` (off): counters and histograms through the `metrics` facade; the names are listed
+//!   in `docs/DESIGN.md` ("Observability").
+//! - `cli` (off): the `tollgate` command-line tool (`stats`, `inspect`, `list`, `compact`,
+//!   `check`, `reclaim`).
 //!
 //! # Durability
 //!
@@ -88,6 +93,7 @@
 mod clock;
 mod error;
 pub mod idempotency;
+mod observe;
 pub mod ratelimit;
 mod storage;
 mod store;

@@ -44,6 +44,7 @@ fn sweep(
     };
     loop {
         let swept = step(batch)?;
+        crate::observe::sweep_step(swept.records, swept.rate_states);
         report.removed_records += swept.records;
         report.removed_rate_states += swept.rate_states;
         report.batches += 1;

@@ -45,6 +45,7 @@ use crate::clock::system_time_to_nanos;
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
+use crate::observe::BeginOutcome;
 use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::storage::{Backend, Location, OpenOptions};
 use rate::Recovery;
@@ -340,6 +341,16 @@ impl Store {
     }
 
     fn to_begin(&self, digest: Digest, decision: BeginDecision) -> Begin {
+        let (outcome, attempt) = match &decision {
+            BeginDecision::Acquired { grant, .. } if grant.recovered => {
+                (BeginOutcome::Takeover, grant.attempt)
+            }
+            BeginDecision::Acquired { grant, .. } => (BeginOutcome::Acquired, grant.attempt),
+            BeginDecision::Replay { .. } => (BeginOutcome::Replay, 0),
+            BeginDecision::InFlight { .. } => (BeginOutcome::InFlight, 0),
+            BeginDecision::Mismatch => (BeginOutcome::Mismatch, 0),
+        };
+        crate::observe::begin(&digest, outcome, attempt);
         match decision {
             BeginDecision::Acquired { grant, .. } => Begin::Acquired(Lease {
                 store: self.clone(),
@@ -458,15 +469,30 @@ impl Store {
         token: u64,
         resolution: Resolution,
     ) -> Result<Option<u64>> {
+        let kind = match &resolution {
+            Resolution::Complete(_) => "complete",
+            Resolution::Fail(_) => "fail",
+            Resolution::Release => "release",
+            Resolution::Extend(_) => "extend",
+            Resolution::SaveCheckpoint(_) => "checkpoint",
+        };
         let answer = self.send(|reply| Command::Resolve {
             digest,
             token,
             resolution,
             reply,
-        })?;
+        });
         match answer {
-            Answer::Resolved(expiry) => Ok(expiry),
-            _ => Err(Error::Corrupted(
+            Ok(Answer::Resolved(expiry)) => {
+                crate::observe::resolution(&digest, kind, token, false);
+                Ok(expiry)
+            }
+            Err(Error::LeaseLost) => {
+                crate::observe::resolution(&digest, kind, token, true);
+                Err(Error::LeaseLost)
+            }
+            Err(error) => Err(error),
+            Ok(_) => Err(Error::Corrupted(
                 "the writer answered a resolution with something else".into(),
             )),
         }

@@ -153,7 +153,11 @@ impl Store {
         } else {
             self.run_immediate(kind, checks)?
         };
-        Ok(decision(&outcome, checks))
+        let decision = decision(&outcome, checks);
+        if matches!(kind, OpKind::Charge { .. }) {
+            crate::observe::rate(decision.policy(), decision.allowed());
+        }
+        Ok(decision)
     }
 
     /// Batched mode: decide from memory; the writer flushes changes within `max_delay`.

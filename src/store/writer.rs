@@ -291,6 +291,9 @@ impl Writer {
         let mut answers = Vec::with_capacity(batch.len());
         let sequencer = &mut self.sequencer;
         let token_before = sequencer.next_token;
+        let size = batch.len();
+        let _span = crate::observe::batch(size);
+        let started = Instant::now();
         let committed = self.backend.write(|tables| {
             let mut writes = 0;
             for command in batch.iter_mut() {
@@ -313,6 +316,7 @@ impl Writer {
                 // Counters first, so that a caller reading `stats()` after its answer sees its
                 // own write counted.
                 if let Some((writes, counts)) = wrote {
+                    crate::observe::commit(size, writes, started.elapsed());
                     self.sequencer.record_counts = counts;
                     self.counters.committed(writes, counts);
                 }
@@ -324,6 +328,7 @@ impl Writer {
                 }
             }
             Err(error) => {
+                crate::observe::poisoned(&error);
                 self.poisoned.store(true, Ordering::Release);
                 // Tokens of the failed batch were never acknowledged; keeping the counter advanced
                 // is harmless (the store is poisoned) and never reuses a token.

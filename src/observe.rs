@@ -1,0 +1,149 @@
+//! Observability hooks: `tracing` events (feature `tracing`) and `metrics` counters and histograms
+//! (feature `metrics`). With neither feature every function here is empty and compiles away.
+//!
+//! Keys appear only as the first 8 bytes of their digest, in hex (`key = "36916e7af59c8b1a"`);
+//! raw keys and subjects never do. Metric names (all prefixed `tollgate_`):
+//!
+//! | metric | kind | labels | meaning |
+//! |---|---|---|---|
+//! | `tollgate_begins_total` | counter | `outcome` = `acquired`, `takeover`, `replay`, `in_flight`, `mismatch` | `begin` answers |
+//! | `tollgate_resolutions_total` | counter | `kind` = `complete`, `fail`, `release`, `extend`, `checkpoint`; `result` = `ok`, `fenced` | lease owners' writes; `fenced` is a stale owner refused |
+//! | `tollgate_rate_checks_total` | counter | `limit`, `decision` = `allowed`, `denied` | rate decisions (by the deciding limit) |
+//! | `tollgate_writer_batch_size` | histogram | | commands per writer batch |
+//! | `tollgate_commit_seconds` | histogram | | duration of each durable commit (including its fsync) |
+//! | `tollgate_removed_records_total` | counter | | expired records removed by sweeps |
+//! | `tollgate_removed_rate_states_total` | counter | | idle rate counters removed by sweeps |
+//!
+//! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
+//! fenced), `rate_denied` (debug), `commit` (trace, inside a `writer_batch` span), `sweep_step`
+//! (debug when it removed something), `poisoned` (error).
+
+use crate::idempotency::Digest;
+
+/// What a `begin` answered.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum BeginOutcome {
+    Acquired,
+    Takeover,
+    Replay,
+    InFlight,
+    Mismatch,
+}
+
+impl BeginOutcome {
+    #[cfg(any(feature = "tracing", feature = "metrics"))]
+    fn name(self) -> &'static str {
+        match self {
+            BeginOutcome::Acquired => "acquired",
+            BeginOutcome::Takeover => "takeover",
+            BeginOutcome::Replay => "replay",
+            BeginOutcome::InFlight => "in_flight",
+            BeginOutcome::Mismatch => "mismatch",
+        }
+    }
+}
+
+#[cfg(feature = "tracing")]
+fn prefix(digest: &Digest) -> String {
+    digest.short_hex(8)
+}
+
+/// A `begin` answered `outcome` for the record `digest`.
+#[allow(unused_variables)]
+pub(crate) fn begin(digest: &Digest, outcome: BeginOutcome, attempt: u32) {
+    #[cfg(feature = "tracing")]
+    {
+        if matches!(outcome, BeginOutcome::Takeover) {
+            tracing::info!(target: "tollgate", key = %prefix(digest), attempt, "takeover: a new owner recovers an abandoned execution");
+        } else {
+            tracing::debug!(target: "tollgate", key = %prefix(digest), outcome = outcome.name(), "begin");
+        }
+    }
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_begins_total", "outcome" => outcome.name()).increment(1);
+}
+
+/// A lease owner's write (`kind`) was applied, or refused because the lease was taken over.
+#[allow(unused_variables)]
+pub(crate) fn resolution(digest: &Digest, kind: &'static str, token: u64, fenced: bool) {
+    #[cfg(feature = "tracing")]
+    {
+        if fenced {
+            tracing::warn!(target: "tollgate", key = %prefix(digest), kind, token, "fenced: a stale lease owner's write was refused");
+        } else {
+            tracing::debug!(target: "tollgate", key = %prefix(digest), kind, token, "resolution");
+        }
+    }
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tollgate_resolutions_total",
+        "kind" => kind,
+        "result" => if fenced { "fenced" } else { "ok" }
+    )
+    .increment(1);
+}
+
+/// A rate decision under the deciding `limit`.
+#[allow(unused_variables)]
+pub(crate) fn rate(limit: &str, allowed: bool) {
+    #[cfg(feature = "tracing")]
+    if !allowed {
+        tracing::debug!(target: "tollgate", limit, "rate_denied");
+    }
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tollgate_rate_checks_total",
+        "limit" => limit.to_owned(),
+        "decision" => if allowed { "allowed" } else { "denied" }
+    )
+    .increment(1);
+}
+
+/// A span around one writer batch (tracing only).
+pub(crate) struct BatchSpan {
+    #[cfg(feature = "tracing")]
+    _span: tracing::span::EnteredSpan,
+}
+
+/// Enters the span of a writer batch of `size` commands.
+#[allow(unused_variables)]
+pub(crate) fn batch(size: usize) -> BatchSpan {
+    BatchSpan {
+        #[cfg(feature = "tracing")]
+        _span: tracing::trace_span!(target: "tollgate", "writer_batch", size).entered(),
+    }
+}
+
+/// A batch of `size` commands committed `writes` changes in `elapsed`.
+#[allow(unused_variables)]
+pub(crate) fn commit(size: usize, writes: u64, elapsed: std::time::Duration) {
+    #[cfg(feature = "tracing")]
+    tracing::trace!(target: "tollgate", size, writes, micros = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX), "commit");
+    #[cfg(feature = "metrics")]
+    {
+        #[allow(clippy::cast_precision_loss)]
+        metrics::histogram!("tollgate_writer_batch_size").record(size as f64);
+        metrics::histogram!("tollgate_commit_seconds").record(elapsed.as_secs_f64());
+    }
+}
+
+/// A sweep step removed `records` records and `rate_states` idle counters.
+#[allow(unused_variables)]
+pub(crate) fn sweep_step(records: u64, rate_states: u64) {
+    #[cfg(feature = "tracing")]
+    if records + rate_states > 0 {
+        tracing::debug!(target: "tollgate", records, rate_states, "sweep_step");
+    }
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("tollgate_removed_records_total").increment(records);
+        metrics::counter!("tollgate_removed_rate_states_total").increment(rate_states);
+    }
+}
+
+/// The store was poisoned by `error`.
+#[allow(unused_variables)]
+pub(crate) fn poisoned(error: &crate::Error) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tollgate", %error, "poisoned: a storage error stopped the writer; reopen the store");
+}

@@ -1,0 +1,94 @@
+//! With feature `tracing`, a takeover is an info event, a stale owner's refused write a warning,
+//! and no event carries a raw key: keys appear only as a 16-hex-digit digest prefix.
+
+mod fixture;
+
+use std::sync::{Arc, Mutex};
+
+use fixture::{Fixture, LEASE_TTL, acquired, key, request, response};
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
+
+#[derive(Debug, Clone)]
+struct Seen {
+    level: Level,
+    message: String,
+    fields: Vec<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Collect(Arc<Mutex<Vec<Seen>>>);
+
+struct Fields(Vec<(String, String)>, String);
+
+impl Visit for Fields {
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        if field.name() == "message" {
+            self.1 = format!("{value:?}");
+        } else {
+            self.0.push((field.name().to_owned(), format!("{value:?}")));
+        }
+    }
+}
+
+impl<S: Subscriber> Layer<S> for Collect {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut fields = Fields(Vec::new(), String::new());
+        event.record(&mut fields);
+        self.0.lock().unwrap().push(Seen {
+            level: *event.metadata().level(),
+            message: fields.1,
+            fields: fields.0,
+        });
+    }
+}
+
+#[test]
+fn takeovers_and_fencing_are_reported_without_raw_keys() {
+    let collect = Collect::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
+        .unwrap();
+
+    let fixture = Fixture::new();
+    let store = fixture.open_without_compactor();
+    let secret_key = "customer-secret-key-123";
+    let stale = acquired(store.begin(&key(secret_key), &request("r")).unwrap());
+    fixture.clock.advance(LEASE_TTL);
+    let owner = acquired(store.begin(&key(secret_key), &request("r")).unwrap());
+    assert!(owner.recovered());
+    assert!(stale.complete(response("late")).is_err());
+    owner.complete(response("done")).unwrap();
+    store.close().unwrap();
+
+    let seen = collect.0.lock().unwrap().clone();
+    let prefix = key(secret_key).digest().short_hex(8);
+    let takeover = seen
+        .iter()
+        .find(|e| e.message.contains("takeover"))
+        .expect("a takeover event");
+    assert_eq!(takeover.level, Level::INFO);
+    assert!(
+        takeover.fields.contains(&("key".into(), prefix.clone())),
+        "{takeover:?}"
+    );
+    let fenced = seen
+        .iter()
+        .find(|e| e.message.contains("fenced"))
+        .expect("a fencing event");
+    assert_eq!(fenced.level, Level::WARN);
+    assert!(
+        fenced
+            .fields
+            .iter()
+            .any(|(name, value)| name == "kind" && value == "\"complete\"")
+    );
+    assert!(
+        seen.iter().any(|e| e.message.contains("commit")),
+        "writer batches are traced"
+    );
+    for event in &seen {
+        let text = format!("{event:?}");
+        assert!(!text.contains(secret_key), "a raw key leaked: {text}");
+    }
+}
