@@ -1,6 +1,6 @@
 //! 50 concurrent requests with one key, over real HTTP: exactly one payment is made. With waiting
 //! configured every request gets that payment's response (49 of them replayed); without it, the
-//! losers get 409 or a replay.
+//! 49 duplicates that arrive while the payment runs get 409.
 
 mod web;
 
@@ -12,21 +12,35 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
+use tokio::sync::Notify;
 use tollgate::Store;
 use tollgate::tower::IdempotencyLayer;
-use web::{Server, client, post_json, send};
+use web::{Answer, Server, client, post_json, send};
 
-async fn pay(State(payments): State<Arc<AtomicU32>>) -> (StatusCode, String) {
-    // Long enough for the duplicates to arrive while this one runs.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let n = payments.fetch_add(1, Ordering::SeqCst) + 1;
+#[derive(Clone, Default)]
+struct Payments {
+    made: Arc<AtomicU32>,
+    /// The payment finishes only when this is notified (or after 100 ms if `timed`).
+    release: Arc<Notify>,
+    timed: bool,
+}
+
+async fn pay(State(payments): State<Payments>) -> (StatusCode, String) {
+    if payments.timed {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    } else {
+        payments.release.notified().await;
+    }
+    let n = payments.made.fetch_add(1, Ordering::SeqCst) + 1;
     (StatusCode::CREATED, format!("payment {n}"))
 }
 
+/// Sends 50 requests with one key at once; `on_answer` sees each answer as it arrives.
 async fn fifty_duplicates(
     layer: IdempotencyLayer,
-    payments: Arc<AtomicU32>,
-) -> Vec<(u16, bool, String)> {
+    payments: Payments,
+    mut on_answer: impl FnMut(&Answer, usize),
+) -> Vec<Answer> {
     let app = Router::new()
         .route("/pay", post(pay))
         .with_state(payments)
@@ -34,68 +48,67 @@ async fn fifty_duplicates(
     let server = Server::start(app).await;
     let client = client();
     let url = server.url("/pay");
-    let requests: Vec<_> = (0..50)
-        .map(|_| {
-            let (client, url) = (client.clone(), url.clone());
-            tokio::spawn(async move {
-                let answer = send(
-                    &client,
-                    post_json(&url, Some("\"same-key\""), "{\"amount\":1}"),
-                )
-                .await;
-                (answer.status, answer.replayed(), answer.body)
-            })
-        })
-        .collect();
-    let mut answers = Vec::new();
-    for request in requests {
-        answers.push(request.await.unwrap());
+    let (sender, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    for _ in 0..50 {
+        let (client, url, sender) = (client.clone(), url.clone(), sender.clone());
+        tokio::spawn(async move {
+            let answer = send(
+                &client,
+                post_json(&url, Some("\"same-key\""), "{\"amount\":1}"),
+            )
+            .await;
+            let _ = sender.send(answer);
+        });
+    }
+    drop(sender);
+    let mut all = Vec::new();
+    while let Some(answer) = answers.recv().await {
+        on_answer(&answer, all.len() + 1);
+        all.push(answer);
     }
     server.stop().await;
-    answers
+    all
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_duplicates_make_exactly_one_payment() {
     let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("dupes.redb")).unwrap();
 
-    let payments = Arc::new(AtomicU32::new(0));
-    let layer = IdempotencyLayer::new(store.clone()).wait_for_in_flight(Duration::from_secs(10));
-    let answers = fifty_duplicates(layer, Arc::clone(&payments)).await;
-    assert_eq!(payments.load(Ordering::SeqCst), 1);
+    // Waiting: every request gets the one payment.
+    let store = Store::open(dir.path().join("dupes.redb")).unwrap();
+    let payments = Payments {
+        timed: true,
+        ..Payments::default()
+    };
+    let layer = IdempotencyLayer::new(store.clone()).wait_for_in_flight(Duration::from_secs(30));
+    let answers = fifty_duplicates(layer, payments.clone(), |_, _| {}).await;
+    assert_eq!(payments.made.load(Ordering::SeqCst), 1);
     assert!(
         answers
             .iter()
-            .all(|(status, _, body)| *status == 201 && body == "payment 1")
+            .all(|a| a.status == 201 && a.body == "payment 1")
     );
-    assert_eq!(
-        answers.iter().filter(|(_, replayed, _)| !replayed).count(),
-        1
-    );
+    assert_eq!(answers.iter().filter(|a| !a.replayed()).count(), 1);
+    store.close().unwrap();
 
-    // Without waiting: still one payment; the others are told 409 or get the replay.
-    let payments = Arc::new(AtomicU32::new(0));
-    let store_b = Store::open(dir.path().join("dupes-409.redb")).unwrap();
+    // Not waiting: the payment is held until the 49 duplicates have been answered, so each of
+    // them must have been told 409.
+    let store = Store::open(dir.path().join("dupes-409.redb")).unwrap();
+    let payments = Payments::default();
+    let release = Arc::clone(&payments.release);
     let answers = fifty_duplicates(
-        IdempotencyLayer::new(store_b.clone()),
-        Arc::clone(&payments),
+        IdempotencyLayer::new(store.clone()),
+        payments.clone(),
+        |_, n| {
+            if n == 49 {
+                release.notify_one();
+            }
+        },
     )
     .await;
-    assert_eq!(payments.load(Ordering::SeqCst), 1);
-    assert_eq!(
-        answers.iter().filter(|(s, r, _)| *s == 201 && !r).count(),
-        1
-    );
-    // Losers see the conflict or, once the winner finished, its replayed response.
-    for (status, _, body) in &answers {
-        assert!(
-            *status == 409 || (*status == 201 && body == "payment 1"),
-            "{status} {body}"
-        );
-    }
-    assert!(answers.iter().any(|(status, _, _)| *status == 409));
-
+    assert_eq!(payments.made.load(Ordering::SeqCst), 1);
+    assert_eq!(answers.iter().filter(|a| a.status == 409).count(), 49);
+    let last = answers.last().unwrap();
+    assert_eq!((last.status, last.body.as_str()), (201, "payment 1"));
     store.close().unwrap();
-    store_b.close().unwrap();
 }

@@ -7,7 +7,6 @@ mod web;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
 use axum::Router;
 use axum::extract::State;
@@ -23,6 +22,7 @@ struct Calls {
     charge: Arc<AtomicU32>,
     flaky: Arc<AtomicU32>,
     panicky: Arc<AtomicU32>,
+    started: Arc<tokio::sync::Notify>,
     release: Arc<tokio::sync::Notify>,
 }
 
@@ -46,6 +46,7 @@ async fn panicky(State(calls): State<Calls>) -> (StatusCode, String) {
 }
 
 async fn slow(State(calls): State<Calls>) -> (StatusCode, String) {
+    calls.started.notify_one();
     calls.release.notified().await;
     (StatusCode::CREATED, "slow done".into())
 }
@@ -137,21 +138,14 @@ async fn every_status_of_the_layers_over_http() {
         (201, "recovered")
     );
 
-    // In flight: 409 with Retry-After while the first is running.
+    // In flight: 409 with Retry-After while the first is running (its handler has started).
     let running = tokio::spawn({
         let (client, url) = (client.clone(), url("/slow"));
         async move { send(&client, post_json(&url, Some("k5"), "{}")).await }
     });
-    let mut conflict = None;
-    for _ in 0..200 {
-        let answer = send(&client, post_json(&url("/slow"), Some("k5"), "{}")).await;
-        if answer.status == 409 {
-            conflict = Some(answer);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let conflict = conflict.expect("a duplicate of a running request gets 409");
+    calls.started.notified().await;
+    let conflict = send(&client, post_json(&url("/slow"), Some("k5"), "{}")).await;
+    assert_eq!(conflict.status, 409);
     assert!(conflict.header("retry-after").is_some());
     calls.release.notify_one();
     assert_eq!(running.await.unwrap().status, 201);
