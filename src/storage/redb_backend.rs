@@ -201,6 +201,19 @@ fn contained<R>(read: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
     })
 }
 
+/// Refuses a redb database that another program made (no tollgate meta table).
+fn require_tollgate_tables(db: &Database) -> Result<(), Error> {
+    let txn = db.begin_read().map_err(storage)?;
+    let mut names = txn.list_tables().map_err(storage)?;
+    if names.any(|handle| handle.name() == META.name()) {
+        Ok(())
+    } else {
+        Err(Error::NotAStore(
+            "a redb database without tollgate's tables".into(),
+        ))
+    }
+}
+
 /// Makes a new directory entry durable.
 fn sync_directory(path: &Path) -> Result<(), Error> {
     let directory = match path.parent() {
@@ -472,15 +485,7 @@ impl Backend {
         };
         let before = size(path)?;
         let mut db = guarded(|| Database::open(path))?;
-        {
-            let txn = db.begin_read().map_err(storage)?;
-            let mut names = txn.list_tables().map_err(storage)?;
-            if !names.any(|handle| handle.name() == META.name()) {
-                return Err(Error::NotAStore(
-                    "a redb database without tollgate's tables".into(),
-                ));
-            }
-        }
+        require_tollgate_tables(&db)?;
         // compact() moves pages towards the start in steps; repeat until it finds nothing to do.
         while contained(|| db.compact().map_err(storage))? {}
         db.close().map_err(storage)?;
@@ -496,15 +501,7 @@ impl Backend {
             )));
         }
         let mut db = guarded(|| Database::open(path))?;
-        {
-            let txn = db.begin_read().map_err(storage)?;
-            let mut names = txn.list_tables().map_err(storage)?;
-            if !names.any(|handle| handle.name() == META.name()) {
-                return Err(Error::NotAStore(
-                    "a redb database without tollgate's tables".into(),
-                ));
-            }
-        }
+        require_tollgate_tables(&db)?;
         let intact = contained(|| db.check_integrity().map_err(open_error))?;
         contained(|| db.close().map_err(storage))?;
         Ok(intact)

@@ -33,6 +33,7 @@ fn sweep(
     mut step: impl FnMut(usize) -> Result<Swept>,
     batch: usize,
     interrupted: impl Fn() -> bool,
+    mut progress: impl FnMut(&CompactionReport),
 ) -> Result<CompactionReport> {
     let started = Instant::now();
     let mut report = CompactionReport {
@@ -48,6 +49,8 @@ fn sweep(
         report.removed_records += swept.records;
         report.removed_rate_states += swept.rate_states;
         report.batches += 1;
+        report.elapsed = started.elapsed();
+        progress(&report);
         if !swept.more || interrupted() {
             break;
         }
@@ -115,7 +118,7 @@ fn run(
             swept(&answer.recv().map_err(|_| Error::Closed)??)
         };
         // A failed step ends this sweep; the next tick tries again.
-        if let Ok(report) = sweep(step, batch, || !stopped.is_empty()) {
+        if let Ok(report) = sweep(step, batch, || !stopped.is_empty(), |_| {}) {
             counters.compacted(report);
         }
     }
@@ -167,26 +170,15 @@ impl Store {
     /// As for [`Store::compact_now`].
     pub fn compact_with_progress(
         &self,
-        mut progress: impl FnMut(&CompactionReport),
+        progress: impl FnMut(&CompactionReport),
     ) -> Result<CompactionReport> {
-        let started = Instant::now();
-        let mut totals = CompactionReport {
-            removed_records: 0,
-            removed_rate_states: 0,
-            batches: 0,
-            elapsed: Duration::ZERO,
-            finished_at: SystemTime::UNIX_EPOCH,
-        };
-        let step = |limit| {
-            let swept = swept(&self.send(|reply| Command::Compact { limit, reply })?)?;
-            totals.removed_records += swept.records;
-            totals.removed_rate_states += swept.rate_states;
-            totals.batches += 1;
-            totals.elapsed = started.elapsed();
-            progress(&totals);
-            Ok(swept)
-        };
-        let report = sweep(step, self.shared.settings.compaction_batch, || false)?;
+        let step = |limit| swept(&self.send(|reply| Command::Compact { limit, reply })?);
+        let report = sweep(
+            step,
+            self.shared.settings.compaction_batch,
+            || false,
+            progress,
+        )?;
         self.shared.counters.compacted(report);
         Ok(report)
     }
