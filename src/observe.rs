@@ -83,18 +83,19 @@ pub(crate) fn resolution(digest: &Digest, kind: &'static str, token: u64, fenced
     .increment(1);
 }
 
-/// A rate decision under the deciding `limit`.
+/// A rate decision (counted under its deciding limit). Reads the decision only when a feature
+/// is on: this runs on every check.
 #[allow(unused_variables)]
-pub(crate) fn rate(limit: &str, allowed: bool) {
+pub(crate) fn rate(decision: &crate::ratelimit::Decision) {
     #[cfg(feature = "tracing")]
-    if !allowed {
-        tracing::debug!(target: "tollgate", limit, "rate_denied");
+    if !decision.allowed() {
+        tracing::debug!(target: "tollgate", limit = decision.policy(), "rate_denied");
     }
     #[cfg(feature = "metrics")]
     metrics::counter!(
         "tollgate_rate_checks_total",
-        "limit" => limit.to_owned(),
-        "decision" => if allowed { "allowed" } else { "denied" }
+        "limit" => decision.policy().to_owned(),
+        "decision" => if decision.allowed() { "allowed" } else { "denied" }
     )
     .increment(1);
 }

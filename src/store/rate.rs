@@ -155,7 +155,7 @@ impl Store {
         };
         let decision = decision(&outcome, checks);
         if matches!(kind, OpKind::Charge { .. }) {
-            crate::observe::rate(decision.policy(), decision.allowed());
+            crate::observe::rate(&decision);
         }
         Ok(decision)
     }

@@ -57,6 +57,7 @@ pub struct IdempotencyContext {
     pub checkpoint: Option<Checkpoint>,
 }
 
+#[derive(Clone)]
 struct Config {
     store: Store,
     methods: Vec<Method>,
@@ -115,23 +116,7 @@ impl IdempotencyLayer {
     }
 
     fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
-        if let Some(config) = Arc::get_mut(&mut self.config) {
-            change(config);
-        } else {
-            let old = &self.config;
-            let mut config = Config {
-                store: old.store.clone(),
-                methods: old.methods.clone(),
-                routes: old.routes.clone(),
-                key_required: old.key_required,
-                scope: Arc::clone(&old.scope),
-                max_body_bytes: old.max_body_bytes,
-                wait: old.wait,
-                store_status: Arc::clone(&old.store_status),
-            };
-            change(&mut config);
-            self.config = Arc::new(config);
-        }
+        change(Arc::make_mut(&mut self.config));
         self
     }
 

@@ -24,6 +24,7 @@ use crate::{Error, Store};
 
 type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 
+#[derive(Clone)]
 struct Config {
     store: Store,
     limits: Vec<Limit>,
@@ -67,14 +68,9 @@ impl RateLimitLayer {
 
     /// The subject a request is counted under; `None` lets the request through unlimited.
     #[must_use]
-    pub fn key(self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
-        Self {
-            config: Arc::new(Config {
-                store: self.config.store.clone(),
-                limits: self.config.limits.clone(),
-                key: Arc::new(key),
-            }),
-        }
+    pub fn key(mut self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        Arc::make_mut(&mut self.config).key = Arc::new(key);
+        self
     }
 }
 
