@@ -17,15 +17,11 @@ use redb::{Database, ReadableTable, TableDefinition};
 use tollgate::Store;
 use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 
-const RESPONSE_BYTES: usize = 200;
+mod support;
 
-fn seconds() -> Duration {
-    let secs = std::env::var("TOLLGATE_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    Duration::from_secs(secs)
-}
+use support::seconds;
+
+const RESPONSE_BYTES: usize = 200;
 
 struct Run {
     cycles: u64,

@@ -32,17 +32,13 @@ use tollgate::Store;
 use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
+mod support;
+
+use support::seconds;
+
 const RESPONSE_BYTES: usize = 200;
 const SUBJECTS: usize = 10_000;
 const REPLAY_KEYS: u64 = 10_000;
-
-fn seconds() -> Duration {
-    let secs = std::env::var("TOLLGATE_BENCH_SECONDS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(3);
-    Duration::from_secs(secs)
-}
 
 /// One row of the table.
 struct Row {

@@ -208,9 +208,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // The clone that was driven to readiness serves this call; the fresh clone waits.
-        let clone = self.inner.clone();
-        let inner = std::mem::replace(&mut self.inner, clone);
+        let inner = super::take_ready(&mut self.inner);
         let config = Arc::clone(&self.config);
         Box::pin(handle(config, inner, request))
     }

@@ -34,3 +34,10 @@ pub use idempotency::{
 };
 pub use key_header::IDEMPOTENCY_KEY;
 pub use rate_limit::{RateLimit, RateLimitLayer};
+
+/// The inner service that `poll_ready` drove to readiness, for one call; a fresh clone takes its
+/// place and waits for the next `poll_ready` (tower's rule for services used by spawned futures).
+fn take_ready<S: Clone>(inner: &mut S) -> S {
+    let fresh = inner.clone();
+    std::mem::replace(inner, fresh)
+}

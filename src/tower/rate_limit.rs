@@ -109,8 +109,7 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let mut inner = super::take_ready(&mut self.inner);
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
