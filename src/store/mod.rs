@@ -23,8 +23,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Sender;
-use parking_lot::RwLock;
+use crossbeam_channel::{Receiver, Sender};
+use parking_lot::{Mutex, RwLock};
 
 use builder::Settings;
 pub use builder::{
@@ -38,7 +38,7 @@ use notify::Notifier;
 use sequencer::Sequencer;
 use stats::Counters;
 pub use stats::{CompactionReport, Stats};
-use writer::{Answer, BeginRequest, Command, Writer};
+use writer::{Answer, BeginRequest, Command, Core, Writer};
 
 use crate::clock::StoreTime;
 use crate::clock::system_time_to_nanos;
@@ -100,6 +100,9 @@ struct Shared {
 struct Engine {
     backend: Arc<Backend>,
     commands: Sender<Command>,
+    /// The queue's receiving end, for callers that lead a batch themselves.
+    queue: Receiver<Command>,
+    core: Arc<Mutex<Core>>,
     writer: JoinHandle<()>,
     compactor: Option<Compactor>,
 }
@@ -114,9 +117,10 @@ impl Engine {
         // If the writer is already gone the send fails; joining still reports how it ended.
         let _ = self.commands.send(Command::Shutdown);
         let joined = self.writer.join();
+        drop(self.core);
         let closed = match Arc::try_unwrap(self.backend) {
             Ok(backend) => backend.close(),
-            // Unreachable: only the writer (now joined) and this engine hold the backend.
+            // Unreachable: only the writer's core (now dropped) and this engine hold the backend.
             Err(_) => Ok(()),
         };
         joined.map_err(|_| Error::Poisoned)?;
@@ -181,9 +185,8 @@ impl Store {
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::new(persisted.record_counts));
         let (commands, receiver) = crossbeam_channel::unbounded();
-        let writer = Writer {
+        let core = Arc::new(Mutex::new(Core {
             backend: Arc::clone(&backend),
-            commands: receiver,
             poisoned: Arc::clone(&poisoned),
             notifier: Arc::clone(&notifier),
             counters: Arc::clone(&counters),
@@ -200,6 +203,11 @@ impl Store {
                 .zip(rate_flush_every)
                 .map(|(cache, every)| (Arc::clone(cache), every)),
             last_foreground: Instant::now(),
+            stopped: false,
+        }));
+        let writer = Writer {
+            core: Arc::clone(&core),
+            commands: receiver.clone(),
         };
         let writer = std::thread::Builder::new()
             .name("tollgate-writer".into())
@@ -222,6 +230,8 @@ impl Store {
                 engine: RwLock::new(Some(Engine {
                     backend,
                     commands,
+                    queue: receiver,
+                    core,
                     writer,
                     compactor,
                 })),
@@ -513,19 +523,20 @@ impl Store {
         engine.backend.read_record(digest)
     }
 
-    /// Sends a command to the writer and waits for its answer.
+    /// Has a command applied and waits for its answer: on this thread if no batch is being
+    /// applied (see [`writer::lead`]), otherwise queued for the next batch.
     fn send(&self, command: impl FnOnce(writer::Reply) -> Command) -> Result<Answer> {
         self.check_usable()?;
-        let commands = {
-            let engine = self.shared.engine.read();
-            engine
-                .as_ref()
-                .ok_or_else(|| Error::Closed)?
-                .commands
-                .clone()
-        };
         let (reply, answer) = crossbeam_channel::bounded(1);
-        commands.send(command(reply)).map_err(|_| Error::Closed)?;
+        let queued = {
+            let engine = self.shared.engine.read();
+            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+            writer::lead(&engine.core, &engine.queue, command(reply))
+                .map(|command| (command, engine.commands.clone()))
+        };
+        if let Some((command, commands)) = queued {
+            commands.send(command).map_err(|_| Error::Closed)?;
+        }
         // A dropped reply means the writer exited without answering: closed, or died (poisoned).
         answer.recv().map_err(|_| {
             if self.shared.poisoned.load(Ordering::Acquire) {

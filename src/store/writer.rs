@@ -1,31 +1,35 @@
-//! The writer thread: every durable change goes through it, in group commits.
+//! Group commit: every durable change is applied here, in batches that share one commit.
 //!
-//! This file is the thread's mechanics (batching, commits, answers, poisoning, the rate flush
-//! timer); what each command does inside the transaction is `sequencer.rs`.
+//! This file is the mechanics (batching, commits, answers, poisoning, the rate flush timer); what
+//! each command does inside the transaction is `sequencer.rs`.
 //!
-//! Callers send a [`Command`] with a one-shot reply channel and block on the reply. The thread
-//! blocks for the first command, drains whatever else is queued (up to [`MAX_BATCH`]), runs the
-//! whole batch in one write transaction, commits once (one fsync), and only then answers every
-//! caller. So N concurrent callers share one fsync, and nobody is answered before their change is
-//! durable.
+//! One lock guards the [`Core`] that applies batches, so there is exactly one writer at a time.
+//! A caller that finds the lock free *leads*: it applies whatever is queued plus its own command
+//! on its own thread ([`lead`]). Otherwise it queues a [`Command`] with a one-shot reply channel
+//! and blocks on the reply; the writer thread (or the next leader) drains the queue (up to
+//! [`MAX_BATCH`]), runs the whole batch in one write transaction, commits once (one fsync), and
+//! only then answers every caller. So N concurrent callers share one fsync, an idle store costs
+//! no thread handoff, and nobody is answered before their change is durable.
 //!
 //! # Rules
-//! - Commands are applied in arrival order; each sees the writes of those before it in the batch.
+//! - Commands are applied in arrival order (a leader's own command after those queued before
+//!   it); each sees the writes of those before it in the batch.
 //! - A command's *logical* error (lease lost, capacity, a corrupted value) is that caller's answer
 //!   only; the rest of the batch commits.
 //! - A *storage* error aborts the batch and poisons the store: every caller in the batch gets an
 //!   error, and every later operation gets [`Error::Poisoned`] until the store is reopened.
 //! - A batch that wrote nothing is not committed (no fsync).
-//! - If the thread panics, a drop guard poisons the store, so nobody keeps writing to a store whose
-//!   writer is gone.
-//! - [`Command::Shutdown`] is the last command applied: commands queued behind it are answered
-//!   [`Error::Closed`].
+//! - If the thread applying a batch panics (the writer thread or a leader), a drop guard poisons
+//!   the store, so nobody keeps writing to a store whose writer state is in doubt.
+//! - [`Command::Shutdown`] is the last command applied: commands queued behind it, and any later
+//!   leader, are answered [`Error::Closed`].
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::Mutex;
 
 use super::notify::Notifier;
 use super::rate_cache::RateCache;
@@ -110,10 +114,10 @@ pub(crate) enum Answer {
 
 pub(crate) type Reply = Sender<Result<Answer, Error>>;
 
-/// What the writer thread owns.
-pub(crate) struct Writer {
+/// Everything a batch is applied with. One [`Mutex`] guards it: whoever holds the lock is the
+/// only writer, whether that is the writer thread or a caller leading its own batch.
+pub(crate) struct Core {
     pub backend: Arc<Backend>,
-    pub commands: Receiver<Command>,
     pub poisoned: Arc<AtomicBool>,
     pub notifier: Arc<Notifier>,
     pub counters: Arc<Counters>,
@@ -122,12 +126,20 @@ pub(crate) struct Writer {
     pub rate_flush: Option<(Arc<RateCache>, Duration)>,
     /// When the last foreground batch was applied (compaction steps shrink while it is recent).
     pub last_foreground: Instant,
+    /// Set once [`Command::Shutdown`] was applied: every later command is answered `Closed`.
+    pub stopped: bool,
 }
 
-/// Poisons the store if the writer thread unwinds.
-struct PoisonOnPanic(Arc<AtomicBool>);
+/// The writer thread: serves the queue whenever no caller is leading, and runs the timers.
+pub(crate) struct Writer {
+    pub core: Arc<Mutex<Core>>,
+    pub commands: Receiver<Command>,
+}
 
-impl Drop for PoisonOnPanic {
+/// Poisons the store if the thread applying a batch unwinds.
+struct PoisonOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.0.store(true, Ordering::Release);
@@ -135,11 +147,50 @@ impl Drop for PoisonOnPanic {
     }
 }
 
+/// Applies `command` on the caller's own thread if no batch is being applied right now, together
+/// with whatever is queued (queued commands first: they arrived earlier). Gives the command back
+/// if another thread holds the writer lock: the caller then queues it, and the batch after the
+/// current one takes it.
+///
+/// Leading saves the two thread handoffs of the queue (a wake-up of the writer thread, and one
+/// of the caller) on an idle store; under load the lock is mostly taken and callers queue, so
+/// group commit is unchanged.
+pub(crate) fn lead(
+    core: &Mutex<Core>,
+    commands: &Receiver<Command>,
+    command: Command,
+) -> Option<Command> {
+    let Some(mut core) = core.try_lock() else {
+        return Some(command);
+    };
+    let _guard = PoisonOnPanic(&Arc::clone(&core.poisoned));
+    let mut batch = Vec::with_capacity(1 + commands.len());
+    drain(commands, &mut batch);
+    batch.push(command);
+    core.serve(batch, commands);
+    None
+}
+
+/// Moves queued commands into `batch`, up to [`MAX_BATCH`].
+fn drain(commands: &Receiver<Command>, batch: &mut Vec<Command>) {
+    while batch.len() < MAX_BATCH {
+        match commands.try_recv() {
+            Ok(command) => batch.push(command),
+            Err(_) => break,
+        }
+    }
+}
+
 impl Writer {
-    pub(crate) fn run(mut self) {
-        let _guard = PoisonOnPanic(Arc::clone(&self.poisoned));
-        let mut batch = Vec::with_capacity(64);
-        let flush_every = self.rate_flush.as_ref().map(|(_, every)| *every);
+    pub(crate) fn run(self) {
+        let poisoned = Arc::clone(&self.core.lock().poisoned);
+        let _guard = PoisonOnPanic(&poisoned);
+        let flush_every = self
+            .core
+            .lock()
+            .rate_flush
+            .as_ref()
+            .map(|(_, every)| *every);
         let mut next_flush = flush_every.map(|every| Instant::now() + every);
         let mut next_evict = Instant::now() + EVICT_EVERY;
         loop {
@@ -154,64 +205,77 @@ impl Writer {
                     Err(_) => break,
                 },
             };
-            let mut stop = false;
+            let mut core = self.core.lock();
             if let Some(first) = first {
+                let mut batch = Vec::with_capacity(1 + self.commands.len());
                 batch.push(first);
-                while batch.len() < MAX_BATCH {
-                    match self.commands.try_recv() {
-                        Ok(command) => batch.push(command),
-                        Err(_) => break,
-                    }
-                }
-                // Compaction steps get transactions of their own, after the foreground batch:
-                // a request never shares a commit (and its larger fsync) with a sweep step, and
-                // waits behind at most one step.
-                let mut steps: Vec<Command> = Vec::new();
-                let mut index = 0;
-                while index < batch.len() {
-                    if matches!(batch[index], Command::Compact { .. }) {
-                        steps.push(batch.remove(index));
-                    } else {
-                        index += 1;
-                    }
-                }
-                if !batch.is_empty() {
-                    stop = self.apply(&mut batch);
-                    self.last_foreground = Instant::now();
-                }
-                for mut step in steps {
-                    // While requests wait, take a short step: a sweep yields to foreground work
-                    // and runs at full size only when the store is otherwise idle.
-                    if let Command::Compact { limit, .. } = &mut step {
-                        let busy = !self.commands.is_empty()
-                            || self.last_foreground.elapsed() < BUSY_WINDOW;
-                        if busy {
-                            *limit = (*limit / BUSY_STEP_DIVISOR).max(1);
-                        }
-                    }
-                    batch.push(step);
-                    stop |= self.apply(&mut batch);
-                }
+                drain(&self.commands, &mut batch);
+                core.serve(batch, &self.commands);
+            }
+            if core.stopped {
+                break;
             }
             if let (Some(deadline), Some(every)) = (next_flush.as_mut(), flush_every) {
-                if stop {
-                    break;
-                }
                 if Instant::now() >= *deadline {
-                    self.flush_rates(false);
+                    core.flush_rates(false);
                     *deadline = Instant::now() + every;
                     if Instant::now() >= next_evict {
-                        self.evict_rates(self.sequencer.time.high_water());
+                        core.evict_rates(core.sequencer.time.high_water());
                         next_evict = Instant::now() + EVICT_EVERY;
                     }
                 }
-            } else if stop {
-                break;
             }
         }
         // Shutting down (or every handle is gone): the final commit saves the counters (the clock's
         // high-water mark includes reads) and, in Batched mode, flushes and marks the session clean.
-        self.flush_rates(true);
+        let mut core = self.core.lock();
+        core.flush_rates(true);
+        core.stopped = true;
+    }
+}
+
+impl Core {
+    /// Applies and answers `batch`: the foreground commands in one transaction, then each
+    /// compaction step in a transaction of its own.
+    fn serve(&mut self, mut batch: Vec<Command>, commands: &Receiver<Command>) {
+        if self.stopped {
+            for command in batch {
+                answer(command, Err(Error::Closed));
+            }
+            return;
+        }
+        // Compaction steps get transactions of their own, after the foreground batch: a request
+        // never shares a commit (and its larger fsync) with a sweep step, and waits behind at most
+        // one step.
+        let mut steps: Vec<Command> = Vec::new();
+        let mut index = 0;
+        while index < batch.len() {
+            if matches!(batch[index], Command::Compact { .. }) {
+                steps.push(batch.remove(index));
+            } else {
+                index += 1;
+            }
+        }
+        if !batch.is_empty() {
+            self.stopped |= self.apply(&mut batch);
+            self.last_foreground = Instant::now();
+        }
+        for mut step in steps {
+            if self.stopped {
+                answer(step, Err(Error::Closed));
+                continue;
+            }
+            // While requests wait, take a short step: a sweep yields to foreground work and runs
+            // at full size only when the store is otherwise idle.
+            if let Command::Compact { limit, .. } = &mut step {
+                let busy = !commands.is_empty() || self.last_foreground.elapsed() < BUSY_WINDOW;
+                if busy {
+                    *limit = (*limit / BUSY_STEP_DIVISOR).max(1);
+                }
+            }
+            batch.push(step);
+            self.stopped |= self.apply(&mut batch);
+        }
     }
 
     /// Writes every changed batched counter in one transaction; `last` also saves the counters
