@@ -425,6 +425,11 @@ impl Store {
     /// [`Error::Storage`] if closing the file failed; [`Error::Poisoned`] if the writer thread had
     /// panicked.
     pub fn close(self) -> Result<()> {
+        // Batched checks take no store-wide lock; stop them first, so that the final flush covers
+        // every change they made.
+        if let Some(cache) = &self.shared.rate_cache {
+            cache.close();
+        }
         let engine = self.shared.engine.write().take();
         match engine {
             Some(engine) => engine.shut_down(),

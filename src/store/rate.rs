@@ -168,13 +168,13 @@ impl Store {
         checks: &[(&Limit, &str)],
     ) -> Result<RateOutcome> {
         self.check_usable()?;
-        // Held for the whole operation, so that `close` (which takes it exclusively before the
-        // final flush) never misses a change.
-        let engine = self.shared.engine.read();
-        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
+        // No store-wide lock on the hot path: the cache refuses work once `close` marked its
+        // shards, and the engine is needed only to load a counter that is not in memory.
         let now = self.shared.time.now();
         let recovery = self.shared.recovery;
         let loader = |key: &CounterKey, spec: &Spec| {
+            let engine = self.shared.engine.read();
+            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
             let stored = engine.backend.read_rate(&key.0)?.map(|rate| rate.state);
             Ok(recovery.on_load(spec, stored, now))
         };

@@ -8,7 +8,9 @@
 //! An operation locks the shards of all its counters in ascending shard order (so `check_all`
 //! never deadlocks with another), loads any counter it does not hold from disk, applies the pure
 //! `charge::apply`, and marks changed counters dirty. The writer thread takes the dirty counters
-//! at least every `max_delay` and writes them in one transaction.
+//! at least every `max_delay` and writes them in one transaction. The shard locks are the only
+//! shared state a check touches (no store-wide lock): closing marks every shard closed, under its
+//! lock, before the final flush.
 //!
 //! Hash flooding: subjects are client-chosen, and foldhash is seeded per process but not a
 //! cryptographic PRF. A flood of colliding subjects could only slow lookups in one shard (equality
@@ -91,6 +93,8 @@ struct Shard {
     entries: HashTable<Entry>,
     /// Entries changed since the last flush, by (hash, storage key).
     dirty: Vec<(u64, CounterKey)>,
+    /// Set by [`RateCache::close`]: operations are refused from then on.
+    closed: bool,
 }
 
 /// One counter an operation asks for.
@@ -215,7 +219,14 @@ impl RateCache {
             // The common case, without allocation: one counter, one lock, one table lookup.
             let hash = self.hash(*query);
             let mut shard = self.shards[shard_of(hash)].lock();
-            let Shard { entries, dirty } = &mut *shard;
+            let Shard {
+                entries,
+                dirty,
+                closed,
+            } = &mut *shard;
+            if *closed {
+                return Err(Error::Closed);
+            }
             let entry = Shard::entry(entries, hash, *query, &self.keys, loader)?;
             let targets = [Target {
                 key: entry.key,
@@ -243,6 +254,9 @@ impl RateCache {
             .into_iter()
             .map(|index| (index, self.shards[index].lock()))
             .collect();
+        if guards.iter().any(|(_, shard)| shard.closed) {
+            return Err(Error::Closed);
+        }
         let mut positions = Vec::with_capacity(queries.len());
         for hash in &hashes {
             let index = shard_of(*hash);
@@ -275,12 +289,21 @@ impl RateCache {
         Ok(outcome)
     }
 
+    /// Refuses every later operation with [`Error::Closed`]. An operation that holds a shard is
+    /// waited for, so once this returns every change is either in `take_dirty`'s reach or refused:
+    /// the final flush after it misses nothing.
+    pub(crate) fn close(&self) {
+        for shard in &self.shards {
+            shard.lock().closed = true;
+        }
+    }
+
     /// Takes every changed counter, marking it clean.
     pub(crate) fn take_dirty(&self) -> Vec<DirtyCounter> {
         let mut out = Vec::new();
         for shard in &self.shards {
             let mut shard = shard.lock();
-            let Shard { entries, dirty } = &mut *shard;
+            let Shard { entries, dirty, .. } = &mut *shard;
             for (hash, key) in dirty.drain(..) {
                 if let Some(entry) = entries.find_mut(hash, |e| e.key == key) {
                     entry.dirty = false;
