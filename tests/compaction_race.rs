@@ -80,7 +80,8 @@ fn sweeps_racing_with_writers_on_the_same_keys_lose_nothing_live() {
             name.as_bytes()
         );
     }
-    // Once these expire, a sweep takes all of them.
-    fixture.clock.advance(RECORD_TTL);
+    // Once these expire (and the index granule, a sixteenth of the TTL, has passed), a sweep
+    // takes all of them.
+    fixture.clock.advance(RECORD_TTL + RECORD_TTL / 16);
     assert_eq!(store.compact_now().unwrap().removed_records, 400);
 }

@@ -146,7 +146,7 @@ pub(crate) struct RecordHead {
     _created_at: u64,
     pub expires_at: u64,
     _attempts: u32,
-    _record_ttl: u64,
+    pub record_ttl: u64,
     /// The body's variant: 0 running, 1 completed, 2 failed (postcard encodes it as a varint,
     /// exactly like a `u32`).
     pub state: u32,
@@ -181,6 +181,19 @@ pub(crate) fn decode_meta(name: &str, bytes: &[u8]) -> Result<u64, Error> {
             "meta value {name:?} has an unknown version"
         ))),
     }
+}
+
+/// The expiry-index time of a record: its `expires_at` rounded up to a sixteenth of its
+/// `record_ttl` (the granule). A running record and the finished record that replaces it (same
+/// TTL, expiring a lease's length apart) almost always share a granule, so a completion does not
+/// move the index entry: one B-tree write fewer per completion. Rounding up only delays removal
+/// (by at most a granule); an expired record reads as absent either way.
+pub(crate) fn record_index_at(expires_at: u64, record_ttl: u64) -> u64 {
+    let granule = (record_ttl / 16).max(1);
+    expires_at
+        .div_ceil(granule)
+        .saturating_mul(granule)
+        .max(expires_at)
 }
 
 pub(crate) fn expiry_key(expires_at: u64, kind: u8, id: &[u8; 32]) -> [u8; EXPIRY_KEY_LEN] {

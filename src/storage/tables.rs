@@ -53,6 +53,17 @@ impl RecordCounts {
     }
 }
 
+/// The expiry-index time of `record` (see [`codec::record_index_at`]).
+fn index_at(record: &Record) -> u64 {
+    codec::record_index_at(record.expires_at, record.record_ttl)
+}
+
+/// Whether an index entry at `at` is the one of the record with `head`: at its index time, or at
+/// its exact expiry (how files written before the granule index their records).
+fn indexed_by(head: &codec::RecordHead, at: u64) -> bool {
+    at == codec::record_index_at(head.expires_at, head.record_ttl) || at == head.expires_at
+}
+
 /// What one sweep step removed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Swept {
@@ -101,7 +112,8 @@ impl Tables<'_> {
     ) -> Result<(), Error> {
         let encoded = codec::encode_record(new)?;
         self.dirty = true;
-        let same_expiry = old.is_some_and(|old| old.expires_at == new.expires_at);
+        let indexed_at = index_at(new);
+        let same_expiry = old.is_some_and(|old| index_at(old) == indexed_at);
         if let Some(old) = old {
             self.forget(digest, old, !same_expiry)?;
         }
@@ -111,7 +123,7 @@ impl Tables<'_> {
         if !same_expiry {
             self.expiry
                 .insert(
-                    &codec::expiry_key(new.expires_at, KIND_RECORD, digest.as_bytes()),
+                    &codec::expiry_key(indexed_at, KIND_RECORD, digest.as_bytes()),
                     (),
                 )
                 .map_err(storage)?;
@@ -132,7 +144,7 @@ impl Tables<'_> {
         if unindex {
             self.expiry
                 .remove(&codec::expiry_key(
-                    old.expires_at,
+                    index_at(old),
                     KIND_RECORD,
                     digest.as_bytes(),
                 ))
@@ -177,7 +189,7 @@ impl Tables<'_> {
                     // otherwise, put it back untouched.
                     let removed = match self.records.remove(&id).map_err(storage)? {
                         Some(value) => match codec::decode_record_head(value.value()) {
-                            Ok(head) if head.expires_at == at => Ok(head.state),
+                            Ok(head) if indexed_by(&head, at) => Ok(head.state),
                             _ => Err(value.value().to_vec()),
                         },
                         None => continue,

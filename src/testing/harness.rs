@@ -358,7 +358,15 @@ impl Harness {
             Op::DropAndReopen => {
                 self.held.clear();
                 drop(self.store.take());
-                self.open().map_err(Error::InvalidArgument)?;
+                if self.disk.is_failing() {
+                    // The final commit failed: the clock's high-water mark of the reads since the
+                    // last commit is lost with it (it is saved by write commits only), so this is
+                    // an unclean end, as after any I/O error.
+                    self.disk.heal();
+                    self.reopen_unclean().map_err(Error::InvalidArgument)?;
+                } else {
+                    self.open().map_err(Error::InvalidArgument)?;
+                }
                 Ok(Answer::Done)
             }
             Op::InjectFailure { after } => {

@@ -241,11 +241,19 @@ impl Model {
                 .unwrap_or(0)
     }
 
-    /// Live records by state: running, completed, failed.
+    /// Records still on disk after a sweep at the model's time, by state: running, completed,
+    /// failed. A sweep removes a record once the clock reaches its expiry rounded up to a
+    /// sixteenth of the record TTL (DESIGN, "Compaction"); until then an expired record still
+    /// counts, though it reads as absent.
     pub fn counts(&self) -> [u64; 3] {
+        // In quarter seconds, so that the granule (100 s / 16 = 6.25 s) is a whole number.
+        const GRANULE_QUARTERS: u64 = RECORD_TTL * 4 / 16;
+        let swept = |expires: u64| {
+            (expires * 4).div_ceil(GRANULE_QUARTERS) * GRANULE_QUARTERS <= self.now * 4
+        };
         let mut counts = [0; 3];
         for key in 0..KEYS {
-            if let Some(record) = self.live(key) {
+            if let Some(record) = self.records.get(&key).filter(|r| !swept(r.expires)) {
                 let slot = match record.state {
                     ModelState::Running { .. } => 0,
                     ModelState::Done {
