@@ -80,7 +80,7 @@ fn sweeps_racing_with_writers_on_the_same_keys_lose_nothing_live() {
             name.as_bytes()
         );
     }
-    // Once these expire (and the index granule, a sixteenth of the TTL, has passed), a sweep
+    // Once these expire (and at most two index granules, a sixteenth of the TTL, have passed), a sweep
     // takes all of them.
     fixture.clock.advance(RECORD_TTL + RECORD_TTL / 16);
     assert_eq!(store.compact_now().unwrap().removed_records, 400);

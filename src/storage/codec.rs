@@ -143,7 +143,7 @@ pub(crate) fn decode_record(bytes: &[u8]) -> Result<Record, Error> {
 #[derive(Debug, Clone, Copy, serde::Deserialize)]
 pub(crate) struct RecordHead {
     _fingerprint: [u8; 32],
-    _created_at: u64,
+    pub created_at: u64,
     pub expires_at: u64,
     _attempts: u32,
     pub record_ttl: u64,
@@ -183,17 +183,26 @@ pub(crate) fn decode_meta(name: &str, bytes: &[u8]) -> Result<u64, Error> {
     }
 }
 
-/// The expiry-index time of a record: its `expires_at` rounded up to a sixteenth of its
-/// `record_ttl` (the granule). A running record and the finished record that replaces it (same
-/// TTL, expiring a lease's length apart) almost always share a granule, so a completion does not
-/// move the index entry: one B-tree write fewer per completion. Rounding up only delays removal
-/// (by at most a granule); an expired record reads as absent either way.
-pub(crate) fn record_index_at(expires_at: u64, record_ttl: u64) -> u64 {
-    let granule = (record_ttl / 16).max(1);
+/// The expiry-index time of a record: its `expires_at` rounded up to a thirty-second of its
+/// `record_ttl` (the granule), plus its `created_at` modulo the granule.
+///
+/// - Rounding: a running record and the finished record that replaces it (same TTL, expiring a
+///   lease's length apart) almost always share a granule, so a completion does not move the index
+///   entry: one B-tree write fewer per completion.
+/// - The `created_at` term: within a granule, entries would otherwise sort by digest, so a batch of
+///   begins would land in random leaves of the index; ordered by creation they append at one
+///   place. (Running and finished records share `created_at`, so the term never moves an entry.)
+///
+/// The result is never before `expires_at` and at most two granules (a sixteenth of the TTL)
+/// after it: a sweep removes a record that much later, and an expired record reads as absent
+/// either way.
+pub(crate) fn record_index_at(expires_at: u64, record_ttl: u64, created_at: u64) -> u64 {
+    let granule = (record_ttl / 32).max(1);
     expires_at
         .div_ceil(granule)
         .saturating_mul(granule)
         .max(expires_at)
+        .saturating_add(created_at % granule)
 }
 
 pub(crate) fn expiry_key(expires_at: u64, kind: u8, id: &[u8; 32]) -> [u8; EXPIRY_KEY_LEN] {

@@ -55,13 +55,14 @@ impl RecordCounts {
 
 /// The expiry-index time of `record` (see [`codec::record_index_at`]).
 fn index_at(record: &Record) -> u64 {
-    codec::record_index_at(record.expires_at, record.record_ttl)
+    codec::record_index_at(record.expires_at, record.record_ttl, record.created_at)
 }
 
 /// Whether an index entry at `at` is the one of the record with `head`: at its index time, or at
 /// its exact expiry (how files written before the granule index their records).
 fn indexed_by(head: &codec::RecordHead, at: u64) -> bool {
-    at == codec::record_index_at(head.expires_at, head.record_ttl) || at == head.expires_at
+    at == codec::record_index_at(head.expires_at, head.record_ttl, head.created_at)
+        || at == head.expires_at
 }
 
 /// What one sweep step removed.

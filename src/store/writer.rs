@@ -160,6 +160,12 @@ pub(crate) fn lead(
     commands: &Receiver<Command>,
     command: Command,
 ) -> Option<Command> {
+    // Commands already queued mean a busy store: the writer thread has been woken for them and
+    // will batch this one too. Leading then would only add a second thread contending for the
+    // lock (and a wake-up of the parked writer thread at every handover).
+    if !commands.is_empty() {
+        return Some(command);
+    }
     let Some(mut core) = core.try_lock() else {
         return Some(command);
     };

@@ -242,18 +242,21 @@ impl Model {
     }
 
     /// Records still on disk after a sweep at the model's time, by state: running, completed,
-    /// failed. A sweep removes a record once the clock reaches its expiry rounded up to a
-    /// sixteenth of the record TTL (DESIGN, "Compaction"); until then an expired record still
-    /// counts, though it reads as absent.
+    /// failed. A sweep removes a record once the clock reaches its index time: its expiry rounded
+    /// up to a thirty-second of the record TTL, plus its creation time modulo that granule
+    /// (DESIGN, "Compaction"). Until then an expired record still counts, though it reads as
+    /// absent.
     pub fn counts(&self) -> [u64; 3] {
-        // In quarter seconds, so that the granule (100 s / 16 = 6.25 s) is a whole number.
-        const GRANULE_QUARTERS: u64 = RECORD_TTL * 4 / 16;
-        let swept = |expires: u64| {
-            (expires * 4).div_ceil(GRANULE_QUARTERS) * GRANULE_QUARTERS <= self.now * 4
+        // In eighths of a second, so that the granule (100 s / 32 = 3.125 s) is a whole number.
+        const GRANULE: u64 = RECORD_TTL * 8 / 32;
+        let swept = |record: &ModelRecord| {
+            let index =
+                (record.expires * 8).div_ceil(GRANULE) * GRANULE + (record.created * 8) % GRANULE;
+            index <= self.now * 8
         };
         let mut counts = [0; 3];
         for key in 0..KEYS {
-            if let Some(record) = self.records.get(&key).filter(|r| !swept(r.expires)) {
+            if let Some(record) = self.records.get(&key).filter(|r| !swept(r)) {
                 let slot = match record.state {
                     ModelState::Running { .. } => 0,
                     ModelState::Done {
