@@ -196,7 +196,7 @@ fn a_file_from_a_newer_format_is_refused_and_not_changed() {
         Store::open(fixture.path()),
         Err(Error::IncompatibleFormat {
             found: 99,
-            supported: 1
+            supported: 2
         })
     ));
     // The epoch was not bumped by the refused open.

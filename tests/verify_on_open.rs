@@ -1,5 +1,5 @@
-//! A file damaged outside tollgate (here: bytes flipped in the middle of the file, where the
-//! records' pages are) opens as `Error::Corrupted` with `verify_on_open`, instead of being trusted.
+//! A file damaged outside tollgate (here: bytes flipped in every page that holds a stored
+//! response) opens as `Error::Corrupted` with `verify_on_open`, instead of being trusted.
 //! Without it the same open may succeed (redb checks checksums only after a crash), and later
 //! reads may fail or, as the `open_corrupt` fuzz target found, make redb panic or abort.
 
@@ -29,11 +29,23 @@ fn verify_on_open_reports_a_damaged_file_as_corrupted() {
         .close()
         .unwrap();
 
+    // Damage every 4 KiB page that holds a stored response (some are stale copies in free pages;
+    // at least the live leaves are among them).
     let mut bytes = std::fs::read(fixture.path()).unwrap();
-    let middle = bytes.len() / 2;
-    for byte in &mut bytes[middle..middle + 4096] {
-        *byte ^= 0x5A;
+    let body = "x".repeat(300).into_bytes();
+    let mut damaged = 0;
+    for page in bytes.chunks_mut(4096) {
+        if page
+            .windows(body.len())
+            .any(|window| window == body.as_slice())
+        {
+            for byte in page.iter_mut() {
+                *byte ^= 0x5A;
+            }
+            damaged += 1;
+        }
     }
+    assert!(damaged > 0, "no page holds a response");
     std::fs::write(fixture.path(), &bytes).unwrap();
 
     let opened = fixture.builder().verify_on_open(true).open(fixture.path());

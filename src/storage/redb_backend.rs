@@ -1,7 +1,8 @@
 //! The redb backend: the only file that names redb's types.
 //!
-//! Three tables (layout in `codec` and `docs/FORMAT.md`):
-//! - `tollgate_records`: digest → encoded [`Record`];
+//! The tables (layout in `codec` and `docs/FORMAT.md`):
+//! - `tollgate_records`: digest → encoded finished [`Record`];
+//! - `tollgate_running`: digest → encoded RUNNING [`Record`] (a digest is in one of the two);
 //! - `tollgate_expiry`: (`expires_at`, kind, id) → (), one entry per record, so expired records are
 //!   found by a range scan from the start instead of a full scan;
 //! - `tollgate_meta`: format version, boot epoch, next lease token, clock high-water mark.
@@ -29,12 +30,16 @@ use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
 
 const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_records");
+const RUNNING: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_running");
 const EXPIRY: TableDefinition<&[u8; EXPIRY_KEY_LEN], ()> = TableDefinition::new("tollgate_expiry");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("tollgate_meta");
 const RATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tollgate_rates");
 
-/// The on-disk format this build writes and the newest it reads.
-pub(crate) const FORMAT_VERSION: u64 = 1;
+/// The on-disk format this build writes and the newest it reads. Format 2 keeps RUNNING records in
+/// `tollgate_running`; a build of format 1 would not look there, so opening a format-1 file marks
+/// it as format 2 (nothing else changes: its RUNNING records are found where they are and move on
+/// their next write).
+pub(crate) const FORMAT_VERSION: u64 = 2;
 
 const META_FORMAT: &str = "format_version";
 const META_EPOCH: &str = "epoch";
@@ -311,13 +316,15 @@ impl StoredMeta {
 
 /// Counts records by state with one scan (for files written before the counts were kept).
 fn count_records(txn: &redb::WriteTransaction) -> Result<RecordCounts, Error> {
-    let table = txn.open_table(RECORDS).map_err(storage)?;
     let mut counts = [0u64; 3];
-    for entry in table.iter().map_err(storage)? {
-        let (_, value) = entry.map_err(storage)?;
-        // An undecodable record is counted nowhere; reading its key reports it.
-        if let Ok(record) = codec::decode_record(value.value()) {
-            counts[RecordCounts::slot(&record)] += 1;
+    for definition in [RECORDS, RUNNING] {
+        let table = txn.open_table(definition).map_err(storage)?;
+        for entry in table.iter().map_err(storage)? {
+            let (_, value) = entry.map_err(storage)?;
+            // An undecodable record is counted nowhere; reading its key reports it.
+            if let Ok(record) = codec::decode_record(value.value()) {
+                counts[RecordCounts::slot(&record)] += 1;
+            }
         }
     }
     Ok(RecordCounts::from_array(counts))
@@ -374,7 +381,7 @@ impl Backend {
                 (META_RATE_CLEAN, u64::from(!options.batched_rates)),
                 (META_RATE_SECRET[0], rate_secret.0),
                 (META_RATE_SECRET[1], rate_secret.1),
-                (META_FORMAT, found.format.unwrap_or(FORMAT_VERSION)),
+                (META_FORMAT, FORMAT_VERSION),
             ];
             writes.extend(RECORD_COUNT_KEYS.into_iter().zip(record_counts.as_array()));
             writes.extend(rate_recovery_at.map(|at| (META_RATE_RECOVERY, at)));
@@ -385,6 +392,7 @@ impl Backend {
             counters
         };
         txn.open_table(RECORDS).map_err(storage)?;
+        txn.open_table(RUNNING).map_err(storage)?;
         txn.open_table(RATES).map_err(storage)?;
         txn.open_table(EXPIRY).map_err(storage)?;
         txn.commit().map_err(storage)?;
@@ -394,12 +402,15 @@ impl Backend {
     /// Reads one record from the latest committed state, without the writer.
     pub(crate) fn read_record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
         contained(|| {
+            // Finished records first: replays are what reads are for.
             let txn = self.db.begin_read().map_err(storage)?;
-            let table = txn.open_table(RECORDS).map_err(storage)?;
-            let value = table.get(digest.as_bytes()).map_err(storage)?;
-            value
-                .map(|bytes| codec::decode_record(bytes.value()))
-                .transpose()
+            for definition in [RECORDS, RUNNING] {
+                let table = txn.open_table(definition).map_err(storage)?;
+                if let Some(bytes) = table.get(digest.as_bytes()).map_err(storage)? {
+                    return codec::decode_record(bytes.value()).map(Some);
+                }
+            }
+            Ok(None)
         })
     }
 
@@ -441,6 +452,7 @@ impl Backend {
         let (result, dirty) = {
             let mut tables = Tables {
                 records: txn.open_table(RECORDS).map_err(storage)?,
+                running: txn.open_table(RUNNING).map_err(storage)?,
                 expiry: txn.open_table(EXPIRY).map_err(storage)?,
                 meta: txn.open_table(META).map_err(storage)?,
                 rates: txn.open_table(RATES).map_err(storage)?,
@@ -514,21 +526,26 @@ impl Backend {
         limit: usize,
     ) -> Result<Vec<ListedRecord>, Error> {
         contained(|| {
+            // Up to `limit` from each table, merged in digest order (a digest is in one of them).
             let txn = self.db.begin_read().map_err(storage)?;
-            let table = txn.open_table(RECORDS).map_err(storage)?;
-            let range = match after {
-                Some(after) => table.range::<&[u8; 32]>((
-                    std::ops::Bound::Excluded(after.as_bytes()),
-                    std::ops::Bound::Unbounded,
-                )),
-                None => table.range::<&[u8; 32]>(..),
-            }
-            .map_err(storage)?;
             let mut out = Vec::with_capacity(limit.min(1024));
-            for entry in range.take(limit) {
-                let (key, value) = entry.map_err(storage)?;
-                out.push((Digest(*key.value()), codec::decode_record(value.value())));
+            for definition in [RECORDS, RUNNING] {
+                let table = txn.open_table(definition).map_err(storage)?;
+                let range = match after {
+                    Some(after) => table.range::<&[u8; 32]>((
+                        std::ops::Bound::Excluded(after.as_bytes()),
+                        std::ops::Bound::Unbounded,
+                    )),
+                    None => table.range::<&[u8; 32]>(..),
+                }
+                .map_err(storage)?;
+                for entry in range.take(limit) {
+                    let (key, value) = entry.map_err(storage)?;
+                    out.push((Digest(*key.value()), codec::decode_record(value.value())));
+                }
             }
+            out.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+            out.truncate(limit);
             Ok(out)
         })
     }

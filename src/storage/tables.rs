@@ -76,7 +76,11 @@ pub(crate) struct Swept {
 
 /// The tables of one write transaction.
 pub(crate) struct Tables<'txn> {
+    /// Finished records (and RUNNING ones written before format 2).
     pub(super) records: Table<'txn, &'static [u8; 32], &'static [u8]>,
+    /// RUNNING records: few at any time, so this tree stays a leaf or two, and a begin writes
+    /// there instead of into a random leaf of the big tree.
+    pub(super) running: Table<'txn, &'static [u8; 32], &'static [u8]>,
     pub(super) expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
     pub(super) meta: Table<'txn, &'static str, &'static [u8]>,
     pub(super) rates: Table<'txn, &'static [u8; 16], &'static [u8]>,
@@ -97,7 +101,11 @@ impl Tables<'_> {
 
     /// The record as written so far in this transaction.
     pub(crate) fn record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
-        let value = self.records.get(digest.as_bytes()).map_err(storage)?;
+        let key = digest.as_bytes();
+        let value = match self.running.get(key).map_err(storage)? {
+            Some(value) => Some(value),
+            None => self.records.get(key).map_err(storage)?,
+        };
         value
             .map(|bytes| codec::decode_record(bytes.value()))
             .transpose()
@@ -118,9 +126,22 @@ impl Tables<'_> {
         if let Some(old) = old {
             self.forget(digest, old, !same_expiry)?;
         }
-        self.records
-            .insert(digest.as_bytes(), encoded.as_slice())
-            .map_err(storage)?;
+        // A record lives in exactly one of the two tables: the running one while RUNNING, the
+        // records table once finished. The insert reports whether `old` was in the same table; if
+        // it was not, it is removed from the other.
+        let key = digest.as_bytes();
+        let (table, other) = if matches!(new.body, RecordBody::Running { .. }) {
+            (&mut self.running, &mut self.records)
+        } else {
+            (&mut self.records, &mut self.running)
+        };
+        let replaced = table
+            .insert(key, encoded.as_slice())
+            .map_err(storage)?
+            .is_some();
+        if old.is_some() && !replaced {
+            other.remove(key).map_err(storage)?;
+        }
         if !same_expiry {
             self.expiry
                 .insert(
@@ -136,7 +157,10 @@ impl Tables<'_> {
     /// Deletes `old` (the record as read in this transaction) and its index entry.
     pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
         self.dirty = true;
-        self.records.remove(digest.as_bytes()).map_err(storage)?;
+        let key = digest.as_bytes();
+        if self.running.remove(key).map_err(storage)?.is_none() {
+            self.records.remove(key).map_err(storage)?;
+        }
         self.forget(digest, old, true)
     }
 
@@ -157,7 +181,8 @@ impl Tables<'_> {
 
     /// Records on disk, expired or not. O(1): redb keeps the length in the tree header.
     pub(crate) fn record_count(&self) -> Result<u64, Error> {
-        self.records.len().map_err(storage)
+        let running = self.running.len().map_err(storage)?;
+        Ok(self.records.len().map_err(storage)?.saturating_add(running))
     }
 
     /// Removes up to `limit` index entries that are due at `now` (oldest first), with the expired
@@ -185,29 +210,32 @@ impl Tables<'_> {
             self.expiry.remove(&key).map_err(storage)?;
             match kind {
                 KIND_RECORD => {
-                    // One B-tree operation: remove, then check what was removed. The index is kept
-                    // in step, so the record's expiry is the entry's; if a damaged value says
-                    // otherwise, put it back untouched.
-                    let removed = match self.records.remove(&id).map_err(storage)? {
-                        Some(value) => match codec::decode_record_head(value.value()) {
-                            Ok(head) if indexed_by(&head, at) => Ok(head.state),
-                            _ => Err(value.value().to_vec()),
-                        },
-                        None => continue,
-                    };
-                    match removed {
-                        Ok(state) => {
-                            let slot = usize::try_from(state).unwrap_or(usize::MAX);
-                            if let Some(delta) = self.count_deltas.get_mut(slot) {
-                                *delta -= 1;
+                    // Remove from whichever table holds it (the running one is a leaf or two), then
+                    // check what was removed: one B-tree write in the common case. The index is
+                    // kept in step, so the record's index time is the entry's; if the value says
+                    // otherwise (damaged, or a stale entry), put it back untouched where it was.
+                    let mut found = None;
+                    for table in [&mut self.running, &mut self.records] {
+                        let removed = table.remove(&id).map_err(storage)?.map(|value| {
+                            match codec::decode_record_head(value.value()) {
+                                Ok(head) if indexed_by(&head, at) => Ok(head.state),
+                                _ => Err(value.value().to_vec()),
                             }
-                            swept.records += 1;
+                        });
+                        if let Some(Err(bytes)) = &removed {
+                            table.insert(&id, bytes.as_slice()).map_err(storage)?;
                         }
-                        Err(bytes) => {
-                            self.records
-                                .insert(&id, bytes.as_slice())
-                                .map_err(storage)?;
+                        if removed.is_some() {
+                            found = removed;
+                            break;
                         }
+                    }
+                    if let Some(Ok(state)) = found {
+                        let slot = usize::try_from(state).unwrap_or(usize::MAX);
+                        if let Some(delta) = self.count_deltas.get_mut(slot) {
+                            *delta -= 1;
+                        }
+                        swept.records += 1;
                     }
                 }
                 KIND_RATE => {
@@ -301,5 +329,130 @@ impl Tables<'_> {
                 .map_err(storage)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::StoredResponse;
+    use crate::storage::{Backend, Location, OpenOptions, SimDisk};
+
+    const SECOND: u64 = 1_000_000_000;
+
+    fn backend() -> Backend {
+        let options = OpenOptions {
+            cache_size: 1 << 20,
+            now: 1_800_000_000 * SECOND,
+            batched_rates: false,
+            quick_repair: false,
+            verify: false,
+        };
+        Backend::open(&Location::Simulated(SimDisk::new()), options)
+            .map(|(backend, _)| backend)
+            .expect("open")
+    }
+
+    fn running(created_at: u64) -> Record {
+        Record {
+            fingerprint: [7; 32],
+            created_at,
+            expires_at: created_at + 130 * SECOND,
+            attempts: 1,
+            record_ttl: 100 * SECOND,
+            body: RecordBody::Running {
+                token: 1,
+                epoch: 1,
+                lease_expires_at: created_at + 30 * SECOND,
+                checkpoint: None,
+            },
+        }
+    }
+
+    fn completed(created_at: u64, at: u64) -> Record {
+        Record {
+            expires_at: at + 100 * SECOND,
+            body: RecordBody::Completed(StoredResponse::new(200, b"ok".to_vec())),
+            ..running(created_at)
+        }
+    }
+
+    /// Which tables hold `digest`: (running, records).
+    fn placed(tables: &Tables<'_>, digest: &Digest) -> (bool, bool) {
+        let key = digest.as_bytes();
+        (
+            tables.running.get(key).expect("get").is_some(),
+            tables.records.get(key).expect("get").is_some(),
+        )
+    }
+
+    #[test]
+    fn a_record_lives_in_exactly_one_table_and_moves_with_its_state() {
+        let backend = backend();
+        let digest = Digest([1; 32]);
+        let start = 1_800_000_000 * SECOND;
+        backend
+            .write(|tables| {
+                tables.put_record(&digest, None, &running(start))?;
+                assert_eq!(placed(tables, &digest), (true, false));
+                let done = completed(start, start + 5 * SECOND);
+                tables.put_record(&digest, Some(&running(start)), &done)?;
+                assert_eq!(placed(tables, &digest), (false, true));
+                assert_eq!(tables.record(&digest)?, Some(done.clone()));
+                // Begun again after expiry: back to the running table.
+                let again = running(start + 500 * SECOND);
+                tables.put_record(&digest, Some(&done), &again)?;
+                assert_eq!(placed(tables, &digest), (true, false));
+                tables.delete_record(&digest, &again)?;
+                assert_eq!(placed(tables, &digest), (false, false));
+                assert_eq!(tables.record_count()?, 0);
+                Ok(())
+            })
+            .expect("write");
+    }
+
+    #[test]
+    fn a_format_1_running_record_in_the_records_table_moves_when_written() {
+        let backend = backend();
+        let digest = Digest([2; 32]);
+        let start = 1_800_000_000 * SECOND;
+        let old = running(start);
+        backend
+            .write(|tables| {
+                // As a format-1 file holds it: RUNNING, in the records table, indexed at its
+                // exact expiry.
+                let encoded = codec::encode_record(&old)?;
+                tables
+                    .records
+                    .insert(digest.as_bytes(), encoded.as_slice())
+                    .map_err(storage)?;
+                tables
+                    .expiry
+                    .insert(
+                        &codec::expiry_key(old.expires_at, KIND_RECORD, digest.as_bytes()),
+                        (),
+                    )
+                    .map_err(storage)?;
+                tables.dirty = true;
+                assert_eq!(tables.record(&digest)?, Some(old.clone()));
+                let taken = running(start + 40 * SECOND);
+                tables.put_record(&digest, Some(&old), &taken)?;
+                assert_eq!(placed(tables, &digest), (true, false));
+                Ok(())
+            })
+            .expect("write");
+        // The stale exact-time entry is swept without touching the live record; the record's
+        // own entry removes it once due.
+        backend
+            .write(|tables| {
+                let swept = tables.sweep(old.expires_at, usize::MAX)?;
+                assert_eq!(swept.records, 0);
+                assert_eq!(placed(tables, &digest), (true, false));
+                let swept = tables.sweep(start + 1_000 * SECOND, usize::MAX)?;
+                assert_eq!(swept.records, 1);
+                assert_eq!(placed(tables, &digest), (false, false));
+                Ok(())
+            })
+            .expect("write");
     }
 }

@@ -1,7 +1,10 @@
-//! A store file written by format version 1 is committed at `tests/data/format_v1.redb`; every later
-//! tollgate must keep opening it and reading its records. Regenerate it only when deliberately
-//! starting a new format version (and then keep this one too):
-//! `TOLLGATE_WRITE_FIXTURE=1 cargo test --test format_v1_fixture`.
+//! A store file of every format version is committed at `tests/data/format_v<N>.redb`, each with
+//! the same records; every later tollgate must keep opening them and reading those records. Write
+//! the current version's file only when deliberately starting a new format version (and keep the
+//! older ones): `TOLLGATE_WRITE_FIXTURE=1 cargo test --test format_fixtures`.
+//!
+//! Format 1 keeps its RUNNING record in `tollgate_records`; format 2 in `tollgate_running`. The
+//! takeover and completion below move the version-1 record between the tables.
 
 mod fixture;
 
@@ -18,8 +21,11 @@ use tollgate::{ManualClock, Store};
 const WRITTEN_AT: u64 = 1_800_000_000;
 const TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
-fn committed() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/data/format_v1.redb")
+/// The format this build writes.
+const CURRENT: u32 = 2;
+
+fn committed(version: u32) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/format_v{version}.redb"))
 }
 
 fn key(name: &str) -> IdempotencyKey {
@@ -37,7 +43,7 @@ fn store_at(path: &std::path::Path, seconds: u64) -> Store {
 }
 
 fn write_fixture() {
-    let path = committed();
+    let path = committed(CURRENT);
     let _ = std::fs::remove_file(&path);
     let store = store_at(&path, WRITTEN_AT);
     acquired(
@@ -63,13 +69,19 @@ fn write_fixture() {
 }
 
 #[test]
-fn format_v1_file_still_opens_and_reads() {
+fn every_format_still_opens_and_reads() {
     if std::env::var_os("TOLLGATE_WRITE_FIXTURE").is_some() {
         write_fixture();
     }
+    for version in 1..=CURRENT {
+        opens_and_reads(version);
+    }
+}
+
+fn opens_and_reads(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.redb");
-    std::fs::copy(committed(), &path).unwrap();
+    std::fs::copy(committed(version), &path).unwrap();
     let store = store_at(&path, WRITTEN_AT + 3600);
 
     let done = replay(
@@ -113,5 +125,22 @@ fn format_v1_file_still_opens_and_reads() {
     lease
         .complete(StoredResponse::new(201, b"recovered".to_vec()))
         .unwrap();
+    let stats = store.stats().unwrap();
+    assert_eq!(
+        (stats.running, stats.completed, stats.failed),
+        (0, 2, 1),
+        "format {version}"
+    );
+    store.close().unwrap();
+
+    // Opened again (now in the current format), everything reads the same.
+    let store = store_at(&path, WRITTEN_AT + 7200);
+    let recovered = replay(
+        store
+            .begin(&key("running"), &Fingerprint::of(b"c"))
+            .unwrap(),
+    );
+    assert_eq!(recovered.response().body, b"recovered");
+    assert_eq!(store.list_records(None, 10).unwrap().len(), 3);
     store.close().unwrap();
 }
