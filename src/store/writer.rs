@@ -169,7 +169,8 @@ pub(crate) fn lead(
     let Some(mut core) = core.try_lock() else {
         return Some(command);
     };
-    let _guard = PoisonOnPanic(&Arc::clone(&core.poisoned));
+    let poisoned = Arc::clone(&core.poisoned);
+    let _guard = PoisonOnPanic(&poisoned);
     let mut batch = Vec::with_capacity(1 + commands.len());
     drain(commands, &mut batch);
     batch.push(command);
