@@ -11,8 +11,8 @@
 //! - fenced leases: a request that takes over from a crashed or stalled owner gets a higher token,
 //!   is told it is a recovery, and receives the last checkpoint; the stale owner's writes fail;
 //! - request fingerprints, so a key reused for a different request is refused, not replayed;
-//! - TTLs with an expiry index, and a single writer thread that group-commits, so concurrent
-//!   requests share one fsync.
+//! - TTLs with an expiry index, and a single writer that group-commits, so concurrent requests
+//!   share one fsync.
 //!
 //! # Example
 //!

@@ -1,7 +1,7 @@
 //! The bulk-load helper: many completed records in one transaction.
 //!
 //! For benchmarks at scale (ten million records), migrations from another idempotency store, and
-//! tests. Records are produced on the writer thread inside the transaction, so nothing is held in
+//! tests. Records are produced by the writer inside the transaction, so nothing is held in
 //! memory beyond what the engine needs for the commit.
 
 use std::time::Duration;

@@ -1,7 +1,7 @@
 //! TTL compaction: removing expired records and idle rate counters, and giving space back.
 //!
 //! A sweep walks the expiry index from its oldest entry, in steps of at most `compaction_batch`
-//! removals. Each step is one [`Command::Compact`] to the writer thread, so it shares the writer's
+//! removals. Each step is one [`Command::Compact`] to the writer, so it shares the writer's
 //! queue with foreground requests: a begin or a check waits behind at most one step, never a whole
 //! sweep. A step that fails ends the sweep; the next tick starts over (an I/O error poisons the
 //! store as any write does).

@@ -3,7 +3,7 @@
 //! The [`Sequencer`] owns the state that orders writes (the boot epoch, the next lease token, the
 //! record counts) and applies one command at a time to the open tables: it reads what it needs,
 //! asks the pure rules (`idempotency::machine`, `ratelimit::charge`) what to do, and writes the
-//! result. The writer thread (`writer.rs`) owns batching, commits and answers.
+//! result. The writer (`writer.rs`) owns batching, commits and answers.
 
 use std::sync::Arc;
 
