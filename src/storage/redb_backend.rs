@@ -29,11 +29,14 @@ use crate::error::{Error, StorageError};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
 
-const RECORDS: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_records");
-const RUNNING: TableDefinition<&[u8; 32], &[u8]> = TableDefinition::new("tollgate_running");
-const EXPIRY: TableDefinition<&[u8; EXPIRY_KEY_LEN], ()> = TableDefinition::new("tollgate_expiry");
-const META: TableDefinition<&str, &[u8]> = TableDefinition::new("tollgate_meta");
-const RATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tollgate_rates");
+pub(super) const RECORDS: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("tollgate_records");
+pub(super) const RUNNING: TableDefinition<&[u8; 32], &[u8]> =
+    TableDefinition::new("tollgate_running");
+pub(super) const EXPIRY: TableDefinition<&[u8; EXPIRY_KEY_LEN], ()> =
+    TableDefinition::new("tollgate_expiry");
+pub(super) const META: TableDefinition<&str, &[u8]> = TableDefinition::new("tollgate_meta");
+pub(super) const RATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new("tollgate_rates");
 
 /// The on-disk format this build writes and the newest it reads. Format 2 keeps RUNNING records in
 /// `tollgate_running`; a build of format 1 would not look there, so opening a format-1 file marks
@@ -450,15 +453,7 @@ impl Backend {
             txn.set_quick_repair(true);
         }
         let (result, dirty) = {
-            let mut tables = Tables {
-                records: txn.open_table(RECORDS).map_err(storage)?,
-                running: txn.open_table(RUNNING).map_err(storage)?,
-                expiry: txn.open_table(EXPIRY).map_err(storage)?,
-                meta: txn.open_table(META).map_err(storage)?,
-                rates: txn.open_table(RATES).map_err(storage)?,
-                dirty: false,
-                count_deltas: [0; 3],
-            };
+            let mut tables = Tables::new(&txn);
             (work(&mut tables), tables.is_dirty())
         };
         match result {

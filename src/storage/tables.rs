@@ -4,11 +4,14 @@
 //! expiry index with records and counters, and the per-state record counts with records. The
 //! counts are deltas here; the writer adds them to its totals and saves them with the counters.
 
-use redb::{ReadableTable, ReadableTableMetadata, Table};
+use redb::{
+    Key, ReadableTable, ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
+};
 
 use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
 use super::redb_backend::{
-    META_CLOCK, META_NEXT_TOKEN, META_RATE_CLEAN, RECORD_COUNT_KEYS, storage,
+    EXPIRY, META, META_CLOCK, META_NEXT_TOKEN, META_RATE_CLEAN, RATES, RECORD_COUNT_KEYS, RECORDS,
+    RUNNING, storage,
 };
 use crate::error::Error;
 use crate::idempotency::{Digest, Record, RecordBody};
@@ -74,18 +77,76 @@ pub(crate) struct Swept {
     pub more: bool,
 }
 
-/// The tables of one write transaction.
+type RecordTable<'txn> = Table<'txn, &'static [u8; 32], &'static [u8]>;
+type ExpiryTable<'txn> = Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>;
+type MetaTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
+type RateTable<'txn> = Table<'txn, &'static [u8; 16], &'static [u8]>;
+
+/// The tables of one write transaction, each opened on first use: redb rewrites the root of every
+/// table a transaction opened at its commit, used or not, so a begin that never touches the rate
+/// table, or a completion that never touches the index, should not open them (one table fewer
+/// per commit was worth 2–7% of a 1-thread begin+complete cycle, see BENCHMARKS).
 pub(crate) struct Tables<'txn> {
+    txn: &'txn WriteTransaction,
     /// Finished records (and RUNNING ones written before format 2).
-    pub(super) records: Table<'txn, &'static [u8; 32], &'static [u8]>,
+    records: Option<RecordTable<'txn>>,
     /// RUNNING records: few at any time, so this tree stays a leaf or two, and a begin writes
     /// there instead of into a random leaf of the big tree.
-    pub(super) running: Table<'txn, &'static [u8; 32], &'static [u8]>,
-    pub(super) expiry: Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>,
-    pub(super) meta: Table<'txn, &'static str, &'static [u8]>,
-    pub(super) rates: Table<'txn, &'static [u8; 16], &'static [u8]>,
+    running: Option<RecordTable<'txn>>,
+    expiry: Option<ExpiryTable<'txn>>,
+    meta: Option<MetaTable<'txn>>,
+    rates: Option<RateTable<'txn>>,
     pub(super) dirty: bool,
     pub(super) count_deltas: [i64; 3],
+}
+
+/// `slot`'s table, opened from `txn` first if it is not open yet.
+fn open<'s, 'txn, K: Key + 'static, V: Value + 'static>(
+    slot: &'s mut Option<Table<'txn, K, V>>,
+    txn: &'txn WriteTransaction,
+    definition: TableDefinition<'static, K, V>,
+) -> Result<&'s mut Table<'txn, K, V>, Error> {
+    if slot.is_none() {
+        *slot = Some(txn.open_table(definition).map_err(storage)?);
+    }
+    slot.as_mut()
+        .ok_or_else(|| Error::Corrupted("a table failed to stay open".into()))
+}
+
+impl<'txn> Tables<'txn> {
+    /// Tables of `txn`, none open yet.
+    pub(super) fn new(txn: &'txn WriteTransaction) -> Self {
+        Self {
+            txn,
+            records: None,
+            running: None,
+            expiry: None,
+            meta: None,
+            rates: None,
+            dirty: false,
+            count_deltas: [0; 3],
+        }
+    }
+
+    pub(super) fn records(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
+        open(&mut self.records, self.txn, RECORDS)
+    }
+
+    pub(super) fn running(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
+        open(&mut self.running, self.txn, RUNNING)
+    }
+
+    pub(super) fn expiry(&mut self) -> Result<&mut ExpiryTable<'txn>, Error> {
+        open(&mut self.expiry, self.txn, EXPIRY)
+    }
+
+    fn meta(&mut self) -> Result<&mut MetaTable<'txn>, Error> {
+        open(&mut self.meta, self.txn, META)
+    }
+
+    fn rates(&mut self) -> Result<&mut RateTable<'txn>, Error> {
+        open(&mut self.rates, self.txn, RATES)
+    }
 }
 
 impl Tables<'_> {
@@ -100,12 +161,12 @@ impl Tables<'_> {
     }
 
     /// The record as written so far in this transaction.
-    pub(crate) fn record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
+    pub(crate) fn record(&mut self, digest: &Digest) -> Result<Option<Record>, Error> {
         let key = digest.as_bytes();
-        let value = match self.running.get(key).map_err(storage)? {
-            Some(value) => Some(value),
-            None => self.records.get(key).map_err(storage)?,
-        };
+        if let Some(bytes) = self.running()?.get(key).map_err(storage)? {
+            return codec::decode_record(bytes.value()).map(Some);
+        }
+        let value = self.records()?.get(key).map_err(storage)?;
         value
             .map(|bytes| codec::decode_record(bytes.value()))
             .transpose()
@@ -130,20 +191,26 @@ impl Tables<'_> {
         // records table once finished. The insert reports whether `old` was in the same table; if
         // it was not, it is removed from the other.
         let key = digest.as_bytes();
-        let (table, other) = if matches!(new.body, RecordBody::Running { .. }) {
-            (&mut self.running, &mut self.records)
+        let running = matches!(new.body, RecordBody::Running { .. });
+        let table = if running {
+            self.running()?
         } else {
-            (&mut self.records, &mut self.running)
+            self.records()?
         };
         let replaced = table
             .insert(key, encoded.as_slice())
             .map_err(storage)?
             .is_some();
         if old.is_some() && !replaced {
+            let other = if running {
+                self.records()?
+            } else {
+                self.running()?
+            };
             other.remove(key).map_err(storage)?;
         }
         if !same_expiry {
-            self.expiry
+            self.expiry()?
                 .insert(
                     &codec::expiry_key(indexed_at, KIND_RECORD, digest.as_bytes()),
                     (),
@@ -158,8 +225,8 @@ impl Tables<'_> {
     pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
         self.dirty = true;
         let key = digest.as_bytes();
-        if self.running.remove(key).map_err(storage)?.is_none() {
-            self.records.remove(key).map_err(storage)?;
+        if self.running()?.remove(key).map_err(storage)?.is_none() {
+            self.records()?.remove(key).map_err(storage)?;
         }
         self.forget(digest, old, true)
     }
@@ -167,7 +234,7 @@ impl Tables<'_> {
     /// Takes `old` out of the counts and, if `unindex`, out of the expiry index.
     fn forget(&mut self, digest: &Digest, old: &Record, unindex: bool) -> Result<(), Error> {
         if unindex {
-            self.expiry
+            self.expiry()?
                 .remove(&codec::expiry_key(
                     index_at(old),
                     KIND_RECORD,
@@ -180,9 +247,13 @@ impl Tables<'_> {
     }
 
     /// Records on disk, expired or not. O(1): redb keeps the length in the tree header.
-    pub(crate) fn record_count(&self) -> Result<u64, Error> {
-        let running = self.running.len().map_err(storage)?;
-        Ok(self.records.len().map_err(storage)?.saturating_add(running))
+    pub(crate) fn record_count(&mut self) -> Result<u64, Error> {
+        let running = self.running()?.len().map_err(storage)?;
+        Ok(self
+            .records()?
+            .len()
+            .map_err(storage)?
+            .saturating_add(running))
     }
 
     /// Removes up to `limit` index entries that are due at `now` (oldest first), with the expired
@@ -192,7 +263,7 @@ impl Tables<'_> {
         let end = codec::expiry_key(now, u8::MAX, &[u8::MAX; 32]);
         let mut due = Vec::with_capacity(limit.min(4096));
         for entry in self
-            .expiry
+            .expiry()?
             .range::<&[u8; EXPIRY_KEY_LEN]>(..=&end)
             .map_err(storage)?
             .take(limit)
@@ -207,7 +278,7 @@ impl Tables<'_> {
         self.dirty |= !due.is_empty();
         for key in due {
             let (at, kind, id) = codec::decode_expiry_key(&key)?;
-            self.expiry.remove(&key).map_err(storage)?;
+            self.expiry()?.remove(&key).map_err(storage)?;
             match kind {
                 KIND_RECORD => {
                     // Remove from whichever table holds it (the running one is a leaf or two), then
@@ -215,7 +286,12 @@ impl Tables<'_> {
                     // kept in step, so the record's index time is the entry's; if the value says
                     // otherwise (damaged, or a stale entry), put it back untouched where it was.
                     let mut found = None;
-                    for table in [&mut self.running, &mut self.records] {
+                    for in_running in [true, false] {
+                        let table = if in_running {
+                            self.running()?
+                        } else {
+                            self.records()?
+                        };
                         let removed = table.remove(&id).map_err(storage)?.map(|value| {
                             match codec::decode_record_head(value.value()) {
                                 Ok(head) if indexed_by(&head, at) => Ok(head.state),
@@ -242,7 +318,7 @@ impl Tables<'_> {
                     let mut counter = [0; 16];
                     counter.copy_from_slice(&id[..16]);
                     if self.rate(&counter)?.is_some_and(|rate| rate.idle_at == at) {
-                        self.rates.remove(&counter).map_err(storage)?;
+                        self.rates()?.remove(&counter).map_err(storage)?;
                         swept.rate_states += 1;
                     }
                 }
@@ -253,8 +329,8 @@ impl Tables<'_> {
     }
 
     /// The rate counter as written so far in this transaction.
-    pub(crate) fn rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
-        let value = self.rates.get(key).map_err(storage)?;
+    pub(crate) fn rate(&mut self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
+        let value = self.rates()?.get(key).map_err(storage)?;
         value
             .map(|bytes| codec::decode_rate(bytes.value()))
             .transpose()
@@ -274,12 +350,12 @@ impl Tables<'_> {
         // index while the counter's idle time stays in its granule (`ratelimit::idle_at`).
         let old = match rate {
             Some(rate) => self
-                .rates
+                .rates()?
                 .insert(key, codec::encode_rate(rate).as_slice())
                 .map_err(storage)?
                 .and_then(|bytes| codec::decode_rate(bytes.value()).ok()),
             None => self
-                .rates
+                .rates()?
                 .remove(key)
                 .map_err(storage)?
                 .and_then(|bytes| codec::decode_rate(bytes.value()).ok()),
@@ -287,12 +363,12 @@ impl Tables<'_> {
         let (old_at, new_at) = (old.map(|o| o.idle_at), rate.map(|r| r.idle_at));
         if old_at != new_at {
             if let Some(at) = old_at {
-                self.expiry
+                self.expiry()?
                     .remove(&codec::expiry_key(at, KIND_RATE, &id))
                     .map_err(storage)?;
             }
             if let Some(at) = new_at {
-                self.expiry
+                self.expiry()?
                     .insert(&codec::expiry_key(at, KIND_RATE, &id), ())
                     .map_err(storage)?;
             }
@@ -303,7 +379,7 @@ impl Tables<'_> {
     /// Records that every batched rate decision of this session is on disk.
     pub(crate) fn mark_rates_clean(&mut self) -> Result<(), Error> {
         self.dirty = true;
-        self.meta
+        self.meta()?
             .insert(META_RATE_CLEAN, codec::encode_meta(1).as_slice())
             .map_err(storage)?;
         Ok(())
@@ -323,9 +399,9 @@ impl Tables<'_> {
         ]
         .into_iter()
         .chain(RECORD_COUNT_KEYS.into_iter().zip(counts.as_array()));
+        let meta = self.meta()?;
         for (name, value) in values {
-            self.meta
-                .insert(name, codec::encode_meta(value).as_slice())
+            meta.insert(name, codec::encode_meta(value).as_slice())
                 .map_err(storage)?;
         }
         Ok(())
@@ -378,12 +454,12 @@ mod tests {
     }
 
     /// Which tables hold `digest`: (running, records).
-    fn placed(tables: &Tables<'_>, digest: &Digest) -> (bool, bool) {
+    fn placed(tables: &mut Tables<'_>, digest: &Digest) -> (bool, bool) {
         let key = digest.as_bytes();
-        (
-            tables.running.get(key).expect("get").is_some(),
-            tables.records.get(key).expect("get").is_some(),
-        )
+        let running = tables.running().expect("open");
+        let in_running = running.get(key).expect("get").is_some();
+        let records = tables.records().expect("open");
+        (in_running, records.get(key).expect("get").is_some())
     }
 
     #[test]
@@ -423,11 +499,11 @@ mod tests {
                 // exact expiry.
                 let encoded = codec::encode_record(&old)?;
                 tables
-                    .records
+                    .records()?
                     .insert(digest.as_bytes(), encoded.as_slice())
                     .map_err(storage)?;
                 tables
-                    .expiry
+                    .expiry()?
                     .insert(
                         &codec::expiry_key(old.expires_at, KIND_RECORD, digest.as_bytes()),
                         (),

@@ -85,7 +85,7 @@ impl Sequencer {
         if let Some(limit) = self.max_records {
             // Checked before writing anything, so that a refusal leaves nothing half-loaded.
             // (Conservative: a record that replaces one with the same key counts as new.)
-            let total = |tables: &Tables<'_>| -> Result<u64, Error> {
+            let total = |tables: &mut Tables<'_>| -> Result<u64, Error> {
                 Ok(tables.record_count()?.saturating_add(count))
             };
             if total(tables)? > limit {
