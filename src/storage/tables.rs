@@ -128,15 +128,24 @@ impl<'txn> Tables<'txn> {
         }
     }
 
-    pub(super) fn records(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
+    fn records(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
         open(&mut self.records, self.txn, RECORDS)
     }
 
-    pub(super) fn running(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
+    fn running(&mut self) -> Result<&mut RecordTable<'txn>, Error> {
         open(&mut self.running, self.txn, RUNNING)
     }
 
-    pub(super) fn expiry(&mut self) -> Result<&mut ExpiryTable<'txn>, Error> {
+    /// The running table if `running`, else the records table.
+    fn record_table(&mut self, running: bool) -> Result<&mut RecordTable<'txn>, Error> {
+        if running {
+            self.running()
+        } else {
+            self.records()
+        }
+    }
+
+    fn expiry(&mut self) -> Result<&mut ExpiryTable<'txn>, Error> {
         open(&mut self.expiry, self.txn, EXPIRY)
     }
 
@@ -192,22 +201,13 @@ impl Tables<'_> {
         // it was not, it is removed from the other.
         let key = digest.as_bytes();
         let running = matches!(new.body, RecordBody::Running { .. });
-        let table = if running {
-            self.running()?
-        } else {
-            self.records()?
-        };
-        let replaced = table
+        let replaced = self
+            .record_table(running)?
             .insert(key, encoded.as_slice())
             .map_err(storage)?
             .is_some();
         if old.is_some() && !replaced {
-            let other = if running {
-                self.records()?
-            } else {
-                self.running()?
-            };
-            other.remove(key).map_err(storage)?;
+            self.record_table(!running)?.remove(key).map_err(storage)?;
         }
         if !same_expiry {
             self.expiry()?
@@ -287,11 +287,7 @@ impl Tables<'_> {
                     // otherwise (damaged, or a stale entry), put it back untouched where it was.
                     let mut found = None;
                     for in_running in [true, false] {
-                        let table = if in_running {
-                            self.running()?
-                        } else {
-                            self.records()?
-                        };
+                        let table = self.record_table(in_running)?;
                         let removed = table.remove(&id).map_err(storage)?.map(|value| {
                             match codec::decode_record_head(value.value()) {
                                 Ok(head) if indexed_by(&head, at) => Ok(head.state),
