@@ -73,3 +73,31 @@ fn open_corrupt_seeds() {
         fuzz::open_corrupt,
     );
 }
+
+/// The same seeds without `verify_on_open`, so damage reaches redb: every `contained-*` seed makes
+/// redb panic (the image is the same in every process, so the flips hit the same bytes), and each
+/// panic must come back as a typed error. `abort-*` seeds make redb panic while unwinding, which
+/// aborts the process whatever tollgate does; they run only verified (above).
+#[test]
+fn open_corrupt_seeds_without_verification_contain_every_redb_panic() {
+    let mut contained_seeds = 0;
+    for (path, bytes) in seeds("open_corrupt") {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("abort-") {
+            continue;
+        }
+        eprintln!("open_corrupt unverified: {name}");
+        let before = tollgate::testing::contained_panics();
+        fuzz::open_corrupt_unverified(&bytes);
+        let caught = tollgate::testing::contained_panics() - before;
+        if name.starts_with("contained-") {
+            assert!(
+                caught > 0,
+                "{name}: redb no longer panics on this damage; pick a new seed (the containment \
+                 must be exercised)"
+            );
+            contained_seeds += 1;
+        }
+    }
+    assert!(contained_seeds >= 5, "the contained-* seeds are committed");
+}

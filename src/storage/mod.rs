@@ -19,6 +19,8 @@ mod sim_disk;
 mod tables;
 
 pub(crate) use codec::StoredRate;
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) use redb_backend::contained_panics;
 pub(crate) use redb_backend::{Backend, OpenOptions};
 #[cfg(any(test, feature = "test-support"))]
 pub use sim_disk::SimDisk;

@@ -16,6 +16,7 @@
 
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{
     Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
@@ -78,6 +79,9 @@ pub(crate) struct OpenOptions {
     pub quick_repair: bool,
     /// Whether the open verifies every page's checksum (redb's integrity check).
     pub verify: bool,
+    /// The rate-counter secret for a file that has none yet (`None`: draw one at random). Fixed
+    /// only by test support, so that a test image is the same in every process.
+    pub secret_if_new: Option<(u64, u64)>,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -121,7 +125,13 @@ impl Backend {
             #[cfg(any(test, feature = "test-support"))]
             Location::Simulated(disk) => guarded(|| builder.create_with_backend(disk.clone()))?,
         };
-        let counters = contained(|| Self::initialize(&db, options))?;
+        let counters = match contained(|| Self::initialize(&db, options)) {
+            Ok(counters) => counters,
+            Err(error) => {
+                discard(db);
+                return Err(error);
+            }
+        };
         Ok((
             Self {
                 db,
@@ -151,12 +161,18 @@ impl Backend {
             }
             other => other?,
         };
-        let counters = contained(|| Self::initialize(&db, options))?;
+        let counters = match contained(|| Self::initialize(&db, options)) {
+            Ok(counters) => counters,
+            Err(error) => {
+                discard(db);
+                return Err(error);
+            }
+        };
         match std::fs::hard_link(&temporary, path) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Someone else created the store first: use theirs.
-                drop(db);
+                discard(db);
                 std::fs::remove_file(&temporary).map_err(storage)?;
                 return Self::open(&Location::File(path.to_owned()), options);
             }
@@ -191,18 +207,45 @@ fn create(builder: &redb::Builder, path: &Path) -> Result<Database, Error> {
     guarded(|| builder.create(path))
 }
 
+/// Panics inside redb caught so far by [`guarded`], [`contained`] and [`Backend::write`], in this
+/// process (test support reads it to show the containment ran).
+static CONTAINED_PANICS: AtomicU64 = AtomicU64::new(0);
+
+/// How many panics inside redb this process has caught and turned into errors.
+#[cfg(any(test, feature = "test-support"))]
+pub(crate) fn contained_panics() -> u64 {
+    CONTAINED_PANICS.load(Ordering::Relaxed)
+}
+
+fn count_contained_panic() {
+    CONTAINED_PANICS.fetch_add(1, Ordering::Relaxed);
+}
+
 /// Runs a redb open; redb documents that opening a file damaged outside redb may panic, and a
 /// library must not.
 fn guarded(open: impl FnOnce() -> Result<Database, DatabaseError>) -> Result<Database, Error> {
     catch_unwind(AssertUnwindSafe(open))
-        .map_err(|_| Error::Corrupted("the storage engine panicked while opening the file".into()))?
+        .map_err(|_| {
+            count_contained_panic();
+            Error::Corrupted("the storage engine panicked while opening the file".into())
+        })?
         .map_err(open_error)
+}
+
+/// Drops a database that failed to open. redb's drop commits, and after redb panicked on damage
+/// (a poisoned lock inside it) the drop panics too (found by the unverified `open_corrupt` seeds):
+/// contain it like any other redb call.
+fn discard(db: Database) {
+    if catch_unwind(AssertUnwindSafe(move || drop(db))).is_err() {
+        count_contained_panic();
+    }
 }
 
 /// Runs a read; a panic inside redb (which it documents for damaged files) becomes
 /// [`Error::Corrupted`] for this read only.
 fn contained<R>(read: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
     catch_unwind(AssertUnwindSafe(read)).unwrap_or_else(|_| {
+        count_contained_panic();
         Err(Error::Corrupted(
             "the storage engine panicked while reading: the file is damaged".into(),
         ))
@@ -360,7 +403,9 @@ impl Backend {
             };
             let rate_secret = match found.secret {
                 [Some(low), Some(high)] => (low, high),
-                _ => CounterKeys::generate_secret(options.now),
+                _ => options
+                    .secret_if_new
+                    .unwrap_or_else(|| CounterKeys::generate_secret(options.now)),
             };
             let record_counts = match found.counts {
                 [Some(running), Some(completed), Some(failed)] => RecordCounts {
@@ -437,6 +482,7 @@ impl Backend {
         work: impl FnOnce(&mut Tables<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
         catch_unwind(AssertUnwindSafe(|| self.write_unguarded(work))).unwrap_or_else(|_| {
+            count_contained_panic();
             Err(storage(std::io::Error::other(
                 "the storage engine panicked while writing: the file is damaged",
             )))

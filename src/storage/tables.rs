@@ -419,6 +419,7 @@ mod tests {
             batched_rates: false,
             quick_repair: false,
             verify: false,
+            secret_if_new: None,
         };
         Backend::open(&Location::Simulated(SimDisk::new()), options)
             .map(|(backend, _)| backend)

@@ -93,6 +93,8 @@ pub struct StoreBuilder {
     pub(crate) compaction_batch: usize,
     pub(crate) quick_repair: bool,
     pub(crate) verify_on_open: bool,
+    /// The rate-counter secret of a newly created file (test support only; `None`: random).
+    pub(crate) rate_secret: Option<(u64, u64)>,
 }
 
 impl Default for StoreBuilder {
@@ -111,6 +113,7 @@ impl Default for StoreBuilder {
             compaction_batch: DEFAULT_COMPACTION_BATCH,
             quick_repair: false,
             verify_on_open: false,
+            rate_secret: None,
         }
     }
 }
@@ -247,6 +250,18 @@ impl StoreBuilder {
     /// detects torn commits by itself); this is for files whose media you do not trust.
     pub fn verify_on_open(mut self, enabled: bool) -> Self {
         self.verify_on_open = enabled;
+        self
+    }
+
+    /// Fixes the secret that keys rate counters when this open creates the file, instead of drawing
+    /// it at random, so that a test image is byte for byte the same in every process (fuzz
+    /// regression inputs flip bytes at fixed offsets). Test support only: a known secret lets
+    /// anyone craft colliding subjects.
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    #[must_use]
+    pub fn rate_secret_for_tests(mut self, secret: (u64, u64)) -> Self {
+        self.rate_secret = Some(secret);
         self
     }
 

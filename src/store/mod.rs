@@ -175,6 +175,7 @@ impl Store {
                 batched_rates: rate_flush_every.is_some(),
                 quick_repair: builder.quick_repair,
                 verify: builder.verify_on_open,
+                secret_if_new: builder.rate_secret,
             },
         )?;
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);

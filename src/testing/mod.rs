@@ -10,6 +10,12 @@
 
 pub use crate::storage::SimDisk;
 
+/// How many panics inside redb (which it documents for damaged files) this process has caught
+/// and turned into typed errors: lets a test show that the containment actually ran.
+pub fn contained_panics() -> u64 {
+    crate::storage::contained_panics()
+}
+
 pub mod fuzz;
 mod harness;
 mod model;
