@@ -14,6 +14,8 @@
 
 mod fixture;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use proptest::prelude::*;
 use proptest::test_runner::TestRunner;
 use tollgate::testing::{Harness, KEYS, Op, SUBJECTS};
@@ -37,6 +39,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => Just(Op::DropAndReopen),
         1 => (0..40u16).prop_map(|after| Op::InjectFailure { after }),
         1 => any::<u64>().prop_map(|seed| Op::PowerCut { seed }),
+        2 => (0..4u8, any::<u64>()).prop_map(|(after, seed)| Op::CutPowerDuringSync { after, seed }),
     ]
 }
 
@@ -44,14 +47,27 @@ fn op() -> impl Strategy<Value = Op> {
 fn store_agrees_with_the_reference_model() {
     let config = fixture::proptest_config(file!(), 64);
     let mut runner = TestRunner::new(config);
+    let cuts = AtomicU64::new(0);
+    let torn = AtomicU64::new(0);
     let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
         let mut harness = Harness::new();
-        for op in &ops {
-            harness.apply(op).map_err(TestCaseError::fail)?;
-        }
-        Ok(())
+        let outcome = ops
+            .iter()
+            .try_for_each(|op| harness.apply(op).map_err(TestCaseError::fail));
+        let seen = harness.power_cuts();
+        cuts.fetch_add(seen.total, Ordering::Relaxed);
+        torn.fetch_add(seen.with_unsynced_writes, Ordering::Relaxed);
+        outcome
     });
     if let Err(error) = result {
         panic!("{error}");
     }
+    // Cuts inside commits leave that commit's writes unsynced, so the crash images really tear
+    // or drop writes (cuts between operations find everything synced).
+    let (cuts, torn) = (cuts.into_inner(), torn.into_inner());
+    eprintln!("{cuts} power cuts, {torn} with unsynced writes");
+    assert!(
+        torn > 0,
+        "no power cut found unsynced writes to tear ({cuts} cuts)"
+    );
 }

@@ -81,6 +81,11 @@ impl SimDisk {
         self.state.lock().operations
     }
 
+    /// Writes made since the last completed sync (what a power cut now could tear or lose).
+    pub fn unsynced_writes(&self) -> usize {
+        self.state.lock().unsynced.len()
+    }
+
     /// Whether the simulated power cut has happened.
     pub fn is_dead(&self) -> bool {
         self.state.lock().dead

@@ -91,7 +91,7 @@ impl Bytes<'_> {
 /// Decodes one operation: a tag byte, then its arguments.
 fn next_op(bytes: &mut Bytes<'_>) -> Op {
     let lease = |b: &mut Bytes<'_>| usize::from(b.byte() % 4);
-    match bytes.byte() % 20 {
+    match bytes.byte() % 21 {
         0..=4 => Op::Begin {
             key: bytes.byte() % super::KEYS,
             fingerprint: bytes.byte() % 2,
@@ -140,7 +140,11 @@ fn next_op(bytes: &mut Bytes<'_>) -> Op {
         18 => Op::InjectFailure {
             after: bytes.u16() % 256,
         },
-        _ => Op::PowerCut { seed: bytes.u64() },
+        19 => Op::PowerCut { seed: bytes.u64() },
+        _ => Op::CutPowerDuringSync {
+            after: bytes.byte() % 4,
+            seed: bytes.u64(),
+        },
     }
 }
 
@@ -351,6 +355,10 @@ pub fn state_machine_seeds() -> Vec<Vec<u8>> {
         vec![0, 2, 0, 0, 18, 3, 0, 5, 0, 1, 0, 2, 0, 0],
         // rate checks across a power cut
         vec![15, 0, 3, 15, 0, 2, 19, 1, 0, 0, 0, 0, 0, 0, 0, 15, 0, 1],
+        // begin, power cut inside the next commit (torn), complete (in doubt), begin
+        vec![
+            0, 1, 0, 0, 20, 0, 7, 0, 0, 0, 0, 0, 0, 0, 5, 0, 1, 0, 1, 0, 0,
+        ],
         // time moves, compaction
         vec![0, 0, 0, 0, 12, 200, 12, 200, 16, 0, 0, 0, 0],
     ]

@@ -83,6 +83,13 @@ pub enum Op {
     PowerCut {
         seed: u64,
     },
+    /// Power will be cut *during* the `after`-th next sync (inside a commit, with that commit's
+    /// writes unsynced): the operation that makes it is in doubt, and the store reopens on what
+    /// the disk kept, torn by `seed`.
+    CutPowerDuringSync {
+        after: u8,
+        seed: u64,
+    },
 }
 
 /// What the store answered, in the model's terms.
@@ -113,6 +120,19 @@ pub struct Harness {
     held: Vec<Held>,
     candidates: Vec<Model>,
     limit: Limit,
+    /// The torn-image seed of an armed [`Op::CutPowerDuringSync`].
+    cut_seed: u64,
+    /// Power cuts so far, and how many of them had unsynced writes to tear or lose.
+    cuts: PowerCuts,
+}
+
+/// What the power cuts of a run left to chance.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PowerCuts {
+    /// Power cuts (between operations, and inside commits).
+    pub total: u64,
+    /// Cuts with writes not yet synced: the crash image tears or drops some of them.
+    pub with_unsynced_writes: u64,
 }
 
 fn key(k: u8) -> IdempotencyKey {
@@ -160,6 +180,8 @@ impl Harness {
                 Quota::fixed_window(RATE_QUOTA, Duration::from_secs(RATE_WINDOW)),
             )
             .expect("a valid limit"),
+            cut_seed: 0,
+            cuts: PowerCuts::default(),
         };
         if let Err(error) = harness.open() {
             panic!("opening a fresh simulated store failed: {error}");
@@ -172,6 +194,20 @@ impl Harness {
         &self.disk
     }
 
+    /// The power cuts so far and how many had unsynced writes.
+    pub fn power_cuts(&self) -> PowerCuts {
+        self.cuts
+    }
+
+    /// Replaces the disk by what a power cut now leaves on it (torn by `seed`).
+    fn cut_power(&mut self, seed: u64) {
+        self.cuts.total += 1;
+        if self.disk.unsynced_writes() > 0 {
+            self.cuts.with_unsynced_writes += 1;
+        }
+        self.disk = SimDisk::from_image(self.disk.crash_image(seed));
+    }
+
     fn store(&self) -> Result<&Store, String> {
         self.store
             .as_ref()
@@ -182,21 +218,28 @@ impl Harness {
         seconds_since_epoch(self.clock.now())
     }
 
-    /// Opens the store on the disk; an injected failure during open is healed and open retried.
+    fn builder(&self) -> crate::StoreBuilder {
+        Store::builder()
+            .clock(self.clock.clone())
+            .lease_ttl(Duration::from_secs(LEASE_TTL))
+            .record_ttl(Duration::from_secs(RECORD_TTL))
+            .rate_durability(RateDurability::Immediate)
+            .background_compaction(false)
+    }
+
+    /// Opens the store on the disk. An injected failure during open is healed and the open
+    /// retried; a power cut during the open's own commit (the epoch bump) reopens on what the
+    /// disk kept.
     fn open(&mut self) -> Result<(), String> {
-        let builder = || {
-            Store::builder()
-                .clock(self.clock.clone())
-                .lease_ttl(Duration::from_secs(LEASE_TTL))
-                .record_ttl(Duration::from_secs(RECORD_TTL))
-                .rate_durability(RateDurability::Immediate)
-                .background_compaction(false)
-        };
-        let store = match builder().open_simulated(&self.disk) {
+        let store = match self.builder().open_simulated(&self.disk) {
             Ok(store) => store,
-            Err(error) if is_io(&error) && self.disk.is_failing() => {
-                self.disk.heal();
-                builder()
+            Err(error) if is_io(&error) && (self.disk.is_failing() || self.disk.is_dead()) => {
+                if self.disk.is_dead() {
+                    self.cut_power(self.cut_seed);
+                } else {
+                    self.disk.heal();
+                }
+                self.builder()
                     .open_simulated(&self.disk)
                     .map_err(|e| format!("reopen after a failed open: {e}"))?
             }
@@ -352,13 +395,24 @@ impl Harness {
                     // A clean close persists the clock's high-water mark: time goes on.
                     store.close()?;
                 }
-                self.open().map_err(Error::InvalidArgument)?;
+                if self.disk.is_dead() {
+                    // The power went during the final commit, which close does not report (the
+                    // writer's last flush only poisons): an unclean end.
+                    self.cut_power(self.cut_seed);
+                    self.reopen_unclean().map_err(Error::InvalidArgument)?;
+                } else {
+                    self.open().map_err(Error::InvalidArgument)?;
+                }
                 Ok(Answer::Done)
             }
             Op::DropAndReopen => {
                 self.held.clear();
                 drop(self.store.take());
-                if self.disk.is_failing() {
+                if self.disk.is_dead() {
+                    // The power went during the final commit (drop cannot report it).
+                    self.cut_power(self.cut_seed);
+                    self.reopen_unclean().map_err(Error::InvalidArgument)?;
+                } else if self.disk.is_failing() {
                     // The final commit failed: the clock's high-water mark of the reads since the
                     // last commit is lost with it (it is saved by write commits only), so this is
                     // an unclean end, as after any I/O error.
@@ -375,11 +429,18 @@ impl Harness {
                 Ok(Answer::Done)
             }
             Op::PowerCut { seed } => {
-                let image = self.disk.crash_image(*seed);
+                // The image is taken before the store is dropped: the power is gone, so the drop's
+                // final commit never reaches the disk.
+                self.cut_power(*seed);
                 self.held.clear();
                 drop(self.store.take());
-                self.disk = SimDisk::from_image(image);
                 self.reopen_unclean().map_err(Error::InvalidArgument)?;
+                Ok(Answer::Done)
+            }
+            Op::CutPowerDuringSync { after, seed } => {
+                self.cut_seed = *seed;
+                self.disk
+                    .cut_power_at_sync(self.disk.syncs() + 1 + u64::from(*after));
                 Ok(Answer::Done)
             }
         }
@@ -512,7 +573,11 @@ impl Harness {
         }
         self.held.clear();
         drop(self.store.take());
-        self.disk.heal();
+        if self.disk.is_dead() {
+            self.cut_power(self.cut_seed);
+        } else {
+            self.disk.heal();
+        }
         self.reopen_unclean()
     }
 

@@ -20,5 +20,5 @@ pub mod fuzz;
 mod harness;
 mod model;
 
-pub use harness::{Harness, Op};
+pub use harness::{Harness, Op, PowerCuts};
 pub use model::{KEYS, LEASE_TTL, RATE_QUOTA, RATE_WINDOW, RECORD_TTL, SUBJECTS};
