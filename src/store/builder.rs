@@ -259,7 +259,6 @@ impl StoreBuilder {
     /// anyone craft colliding subjects.
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
-    #[must_use]
     pub fn rate_secret_for_tests(mut self, secret: (u64, u64)) -> Self {
         self.rate_secret = Some(secret);
         self
