@@ -5,8 +5,11 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::{Fixture, acquired, key, replay, request, response};
+use fixture::{Fixture, acquired, key, replay, request, response, wait_for};
 use tollgate::Error;
+use tollgate::idempotency::Begin;
+use tollgate::ratelimit::{Limit, Quota, RateDurability};
+use tollgate::testing::SimDisk;
 
 #[test]
 fn clones_and_leases_get_closed_after_close_and_the_file_reopens() {
@@ -54,6 +57,71 @@ fn dropping_every_handle_releases_the_file() {
     ));
     drop(clone);
     fixture.open().close().unwrap();
+}
+
+/// DESIGN: "Commands queued before `close` are applied; those behind it get `Closed`." The writer
+/// thread is parked inside a commit (its timed flush of a batched rate counter, whose sync the
+/// disk holds) while six begins queue behind it; then `close` queues its shutdown behind them. The
+/// six must be applied and durable, not refused.
+#[test]
+fn commands_queued_ahead_of_close_are_applied_not_refused() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let builder = || {
+        fixture
+            .builder()
+            .rate_durability(RateDurability::Batched {
+                max_delay: Duration::from_millis(1),
+            })
+            .background_compaction(false)
+    };
+    let store = builder().open_simulated(&disk).unwrap();
+    let queue = store.command_queue_for_tests().unwrap();
+    let limit = Limit::new("close", Quota::per_second(10)).unwrap();
+    disk.hold_syncs();
+    // A batched check makes a counter dirty; the writer thread's flush timer commits it and
+    // parks in that commit's sync, holding the writer lock.
+    assert!(store.check(&limit, "subject").unwrap().allowed());
+    wait_for("the writer thread's flush to reach its sync", || {
+        disk.syncs_waiting() == 1
+    });
+    let names = ["q1", "q2", "q3", "q4", "q5", "q6"];
+    let queued: Vec<_> = names
+        .into_iter()
+        .map(|name| {
+            let store = store.clone();
+            let thread = std::thread::spawn(move || {
+                store
+                    .begin(&key(name), &request("r"))
+                    .map(|begin| matches!(begin, Begin::Acquired(_)))
+            });
+            (name, thread)
+        })
+        .collect();
+    wait_for("six begins to queue", || queue.len() == names.len());
+    let closing = {
+        let store = store.clone();
+        std::thread::spawn(move || store.close())
+    };
+    wait_for("close's shutdown to queue behind them", || {
+        queue.len() == names.len() + 1
+    });
+    drop(queue);
+    disk.release_syncs();
+    closing.join().unwrap().unwrap();
+    for (name, thread) in queued {
+        let answer = thread.join().unwrap();
+        assert!(
+            matches!(answer, Ok(true)),
+            "{name}, queued before close, was answered {answer:?}"
+        );
+    }
+    drop(store);
+    let store = builder().open_simulated(&disk).unwrap();
+    for name in names {
+        let lease = acquired(store.begin(&key(name), &request("r")).unwrap());
+        assert!(lease.recovered(), "{name}'s lease was durable before close");
+    }
 }
 
 #[test]

@@ -23,7 +23,7 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
+use parking_lot::{Condvar, Mutex};
 
 /// Sector size for torn writes.
 const SECTOR: usize = 512;
@@ -32,6 +32,8 @@ const SECTOR: usize = 512;
 #[derive(Clone, Debug, Default)]
 pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
+    /// Wakes syncs held by [`SimDisk::hold_syncs`].
+    sync_gate: Arc<Condvar>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,12 @@ struct DiskState {
     dead: bool,
     /// Operations are failing (I/O failure injection), until healed.
     failing: bool,
+    /// Syncs are held: each waits until a permit is given (see [`SimDisk::hold_syncs`]).
+    holding_syncs: bool,
+    /// Held syncs allowed to complete.
+    sync_permits: u64,
+    /// Syncs waiting at the gate.
+    syncs_waiting: u64,
 }
 
 impl SimDisk {
@@ -106,6 +114,32 @@ impl SimDisk {
     /// created) and every operation after it fail with an I/O error, until [`SimDisk::heal`].
     pub fn fail_at_operation(&self, operation: u64) {
         self.state.lock().fail_from_operation = Some(operation);
+    }
+
+    /// Makes every later sync wait (blocking the thread that commits) until
+    /// [`SimDisk::allow_syncs`] lets it through or [`SimDisk::release_syncs`] ends the hold. With
+    /// the writer parked inside a commit, a test can queue commands deterministically behind it.
+    pub fn hold_syncs(&self) {
+        let mut state = self.state.lock();
+        state.holding_syncs = true;
+        state.sync_permits = 0;
+    }
+
+    /// Lets `count` more held syncs complete; syncs stay held after those.
+    pub fn allow_syncs(&self, count: u64) {
+        self.state.lock().sync_permits += count;
+        self.sync_gate.notify_all();
+    }
+
+    /// Ends [`SimDisk::hold_syncs`]: every waiting and later sync completes.
+    pub fn release_syncs(&self) {
+        self.state.lock().holding_syncs = false;
+        self.sync_gate.notify_all();
+    }
+
+    /// Syncs waiting at the gate of [`SimDisk::hold_syncs`] right now.
+    pub fn syncs_waiting(&self) -> u64 {
+        self.state.lock().syncs_waiting
     }
 
     /// Ends injected failures: later operations succeed again on the live image.
@@ -221,6 +255,16 @@ impl redb::StorageBackend for SimDisk {
 
     fn sync_data(&self) -> Result<(), std::io::Error> {
         let mut state = self.state.lock();
+        if state.holding_syncs {
+            state.syncs_waiting += 1;
+            while state.holding_syncs && state.sync_permits == 0 {
+                self.sync_gate.wait(&mut state);
+            }
+            state.syncs_waiting -= 1;
+            if state.holding_syncs {
+                state.sync_permits -= 1;
+            }
+        }
         Self::start_operation(&mut state)?;
         if state.power_cut_at_sync == Some(state.syncs + 1) {
             state.dead = true;
@@ -300,6 +344,31 @@ mod tests {
             seen_torn |= new > 0 && new < 4;
         }
         assert!(seen_torn, "some seed tears the write");
+    }
+
+    #[test]
+    fn held_syncs_wait_for_a_permit() {
+        let disk = SimDisk::new();
+        disk.hold_syncs();
+        let syncing = {
+            let disk = disk.clone();
+            std::thread::spawn(move || disk.sync_data())
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while disk.syncs_waiting() == 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the sync never reached the gate"
+            );
+            std::thread::yield_now();
+        }
+        assert_eq!(disk.syncs(), 0, "a held sync does not complete");
+        disk.allow_syncs(1);
+        syncing.join().unwrap().unwrap();
+        assert_eq!(disk.syncs(), 1);
+        disk.release_syncs();
+        disk.sync_data().unwrap();
+        assert_eq!(disk.syncs(), 2);
     }
 
     #[test]

@@ -39,7 +39,8 @@ use notify::Notifier;
 use sequencer::Sequencer;
 use stats::Counters;
 pub use stats::{CompactionReport, Stats};
-use writer::{Answer, BeginRequest, Command, Core, Writer};
+pub(crate) use writer::Command;
+use writer::{Answer, BeginRequest, Core, Writer};
 
 use crate::clock::StoreTime;
 use crate::clock::system_time_to_nanos;
@@ -468,6 +469,17 @@ impl Store {
             stats.rate_counters_in_memory = cache.len() as u64;
         }
         Ok(stats)
+    }
+
+    /// A view of the writer's command queue that outlives `close` (test support: lets a test see
+    /// commands queued behind a held commit). `None` once closed.
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn command_queue_for_tests(&self) -> Option<crate::testing::CommandQueue> {
+        let engine = self.shared.engine.read();
+        engine
+            .as_ref()
+            .map(|engine| crate::testing::CommandQueue(engine.queue.clone()))
     }
 
     /// The boot epoch of this open: one more than the previous open's.

@@ -16,6 +16,21 @@ pub fn contained_panics() -> u64 {
     crate::storage::contained_panics()
 }
 
+/// The writer's command queue of an open store (see `Store::command_queue_for_tests`).
+pub struct CommandQueue(pub(crate) crossbeam_channel::Receiver<crate::store::Command>);
+
+impl CommandQueue {
+    /// Commands waiting for the writer (including a `close`'s shutdown).
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether no command is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 pub mod fuzz;
 mod harness;
 mod model;
