@@ -7,6 +7,7 @@
 //! and removes the leftover.
 
 use tollgate::Store;
+use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 use tollgate::testing::SimDisk;
 
 #[test]
@@ -26,18 +27,29 @@ fn leftover_from_an_interrupted_creation_does_not_block_the_store() {
 
         let store = Store::open(&path)
             .unwrap_or_else(|e| panic!("cut at sync {sync}: the store does not open: {e}"));
-        assert_eq!(
-            store.epoch(),
-            if store.epoch() > 1 { store.epoch() } else { 1 }
-        );
+        // It is a working store: a lease, a completion, and (below) its replay after a reopen.
+        let key = IdempotencyKey::new("creation", "k").unwrap();
+        let request = Fingerprint::of(b"r");
+        let Begin::Acquired(lease) = store.begin(&key, &request).unwrap() else {
+            panic!("cut at sync {sync}: a fresh key is not acquired");
+        };
+        assert!(!lease.recovered(), "cut at sync {sync}: nothing ran before");
+        lease
+            .complete(StoredResponse::new(201, b"done".to_vec()))
+            .unwrap();
         store.close().unwrap();
         assert!(path.exists(), "cut at sync {sync}: the store is in place");
         assert!(
             !creating.exists(),
             "cut at sync {sync}: the leftover is removed"
         );
-        // And it reopens as an ordinary store.
-        Store::open(&path).unwrap().close().unwrap();
+        // And it reopens as an ordinary store that kept the completion.
+        let store = Store::open(&path).unwrap();
+        let Begin::Replay(replay) = store.begin(&key, &request).unwrap() else {
+            panic!("cut at sync {sync}: the completion is not replayed after a reopen");
+        };
+        assert_eq!(replay.response().body, b"done");
+        store.close().unwrap();
     }
     assert!(
         leftovers >= 2,
