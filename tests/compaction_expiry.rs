@@ -6,7 +6,7 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::{Fixture, LEASE_TTL, RECORD_TTL, acquired, key, replay, request, response};
+use fixture::{Fixture, LEASE_TTL, RECORD_TTL, acquired, key, replay, request, response, wait_for};
 use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
 #[test]
@@ -126,12 +126,14 @@ fn the_background_thread_sweeps_on_its_interval() {
         .unwrap();
     fixture.clock.advance(RECORD_TTL);
     // Wait for the thread's report (a few intervals), not for a fixed time.
-    let report = loop {
-        match store.stats().unwrap().last_compaction {
-            Some(report) if report.removed_records == 1 => break report,
-            _ => std::thread::yield_now(),
-        }
-    };
+    wait_for("the background sweep's report", || {
+        store
+            .stats()
+            .unwrap()
+            .last_compaction
+            .is_some_and(|report| report.removed_records == 1)
+    });
+    let report = store.stats().unwrap().last_compaction.unwrap();
     assert_eq!(report.removed_records, 1);
     assert_eq!(store.stats().unwrap().completed, 0);
     store.close().unwrap();

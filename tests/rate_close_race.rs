@@ -2,10 +2,13 @@
 //! close is on disk afterwards, and every check after it is refused with `Closed` (none is
 //! silently lost). Batched checks take no store-wide lock, so this is the close protocol's test.
 
+mod fixture;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, SystemTime};
 
+use fixture::wait_for;
 use tollgate::ratelimit::{Limit, Quota, RateDurability};
 use tollgate::{Error, ManualClock, Store};
 
@@ -60,9 +63,9 @@ fn every_allowed_check_before_close_is_persisted_and_later_ones_are_refused() {
         .collect();
     barrier.wait();
     // Close while the checks are running (after enough of them to span several flushes).
-    while done.load(Ordering::Relaxed) < 20_000 {
-        std::thread::yield_now();
-    }
+    wait_for("20,000 checks before the close", || {
+        done.load(Ordering::Relaxed) >= 20_000
+    });
     let closer = store.clone();
     closer.close().unwrap();
     let allowed: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
