@@ -1,11 +1,13 @@
 //! With feature `tracing`, a takeover is an info event, a stale owner's refused write a warning,
-//! and no event carries a raw key: keys appear only as a 16-hex-digit digest prefix.
+//! a rate denial a debug event naming its limit, and no event carries a raw key or a rate subject:
+//! keys appear only as a 16-hex-digit digest prefix, subjects not at all.
 
 mod fixture;
 
 use std::sync::{Arc, Mutex};
 
 use fixture::{Fixture, LEASE_TTL, acquired, key, request, response};
+use tollgate::ratelimit::{Limit, Quota};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::layer::{Context, Layer, SubscriberExt};
@@ -59,6 +61,10 @@ fn takeovers_and_fencing_are_reported_without_raw_keys() {
     assert!(owner.recovered());
     assert!(stale.complete(response("late")).is_err());
     owner.complete(response("done")).unwrap();
+    let limit = Limit::new("per-ip", Quota::per_minute(1)).unwrap();
+    let subject = "ip-203.0.113.99-secret-subject";
+    assert!(store.check(&limit, subject).unwrap().allowed());
+    assert!(!store.check(&limit, subject).unwrap().allowed());
     store.close().unwrap();
 
     let seen = collect.0.lock().unwrap().clone();
@@ -87,8 +93,17 @@ fn takeovers_and_fencing_are_reported_without_raw_keys() {
         seen.iter().any(|e| e.message.contains("commit")),
         "writer batches are traced"
     );
+    let denied = seen
+        .iter()
+        .find(|e| e.message.contains("rate_denied"))
+        .expect("a rate denial event");
+    assert!(
+        denied.fields.contains(&("limit".into(), "\"per-ip\"".into())),
+        "{denied:?}"
+    );
     for event in &seen {
         let text = format!("{event:?}");
         assert!(!text.contains(secret_key), "a raw key leaked: {text}");
+        assert!(!text.contains(subject), "a rate subject leaked: {text}");
     }
 }

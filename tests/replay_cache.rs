@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use fixture::{Fixture, RECORD_TTL, acquired, key, replay, request, response};
 use tollgate::idempotency::{Begin, StoredResponse};
+use tollgate::testing::SimDisk;
 
 #[test]
 fn a_cached_replay_expires_with_its_record() {
@@ -30,6 +31,39 @@ fn a_cached_replay_expires_with_its_record() {
     lease.complete(response("second")).unwrap();
     let replayed = replay(store.begin(&key("k"), &request("other")).unwrap());
     assert_eq!(replayed.response(), &response("second"));
+}
+
+/// A hit: once a replay is cached, it is served from memory, so it still answers when the disk
+/// can no longer be read, while an uncached record (and the same record in a store without the
+/// cache) cannot be.
+#[test]
+fn a_cached_replay_is_served_without_reading_the_file() {
+    for cache_size in [tollgate::DEFAULT_REPLAY_CACHE_SIZE, 0] {
+        let fixture = Fixture::new();
+        let disk = SimDisk::new();
+        let store = fixture
+            .builder()
+            .replay_cache_size(cache_size)
+            // No page cache in redb either: an uncached read goes to the disk.
+            .cache_size(0)
+            .background_compaction(false)
+            .open_simulated(&disk)
+            .unwrap();
+        for name in ["cached", "uncached"] {
+            acquired(store.begin(&key(name), &request("a")).unwrap())
+                .complete(response(name))
+                .unwrap();
+        }
+        let _ = replay(store.begin(&key("cached"), &request("a")).unwrap());
+        disk.cut_power_now();
+        assert!(store.begin(&key("uncached"), &request("a")).is_err());
+        let cached = store.begin(&key("cached"), &request("a"));
+        if cache_size == 0 {
+            assert!(cached.is_err(), "no cache: the replay needs the file");
+        } else {
+            assert_eq!(replay(cached.unwrap()).response(), &response("cached"));
+        }
+    }
 }
 
 #[test]

@@ -110,6 +110,11 @@ impl SimDisk {
         self.state.lock().power_cut_at_sync = Some(sync);
     }
 
+    /// Cuts the power now: every later read, write and sync fails (the process sees a dead disk).
+    pub fn cut_power_now(&self) {
+        self.state.lock().dead = true;
+    }
+
     /// Makes mutating operation number `operation` (1-based, counting since the disk was
     /// created) and every operation after it fail with an I/O error, until [`SimDisk::heal`].
     pub fn fail_at_operation(&self, operation: u64) {
