@@ -39,6 +39,31 @@ fn writes_are_counted_exactly_and_reads_are_not() {
     let _ = store.begin(&key("held"), &request("r")).unwrap();
     let before = store.stats().unwrap();
     assert_eq!(before.writes, stats.writes + 1);
+    // A stale owner, fenced by a takeover (one write), then refused: its writes change nothing.
+    let stale = acquired(store.begin(&key("fenced"), &request("r")).unwrap());
+    fixture.clock.advance(fixture::LEASE_TTL);
+    let _owner = acquired(store.begin(&key("fenced"), &request("r")).unwrap());
+    let taken_over = store.stats().unwrap();
+    assert_eq!(taken_over.writes, before.writes + 2);
+    let mut stale = stale;
+    assert!(matches!(
+        stale.extend(std::time::Duration::from_secs(5)),
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(
+        stale.save_checkpoint("step", b"x"),
+        Err(Error::LeaseLost)
+    ));
+    assert!(matches!(
+        stale.complete(response("late")),
+        Err(Error::LeaseLost)
+    ));
+    let after = store.stats().unwrap();
+    assert_eq!(
+        (after.writes, after.commits),
+        (taken_over.writes, taken_over.commits),
+        "fenced resolutions write and commit nothing"
+    );
     drop(held);
     store.clone().close().unwrap();
     assert!(matches!(store.stats(), Err(Error::Closed)));
