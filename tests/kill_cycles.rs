@@ -16,8 +16,11 @@
 //!    the first may be told too, when a kill landed between `begin` and its log line);
 //! 4. lease tokens are never reused, and grow with every execution of a key;
 //! 5. in every rate window (each spans two sessions, so a kill lands in its middle) the allowances
-//!    the log confirms never exceed the quota. `tests/rate_crash_policy.rs` checks the crash policy
-//!    deterministically; here it is checked under random kills.
+//!    the log confirms never exceed the quota. Batched counters are never flushed within a
+//!    session, so what a killed session spent exists only in its log: without the crash policy's
+//!    drain the next session would grant the quota again (this check fails when the drain is
+//!    disabled). `tests/rate_crash_policy.rs` checks the policy deterministically; here under
+//!    random kills.
 //!
 //! `TOLLGATE_KILL_CYCLES` sets the number of cycles (default 20, what CI runs).
 
@@ -44,19 +47,33 @@ const QUOTA: u32 = 10;
 /// A multiple of the window, so that windows line up with pairs of cycles.
 const START: u64 = 1_800_000_000;
 
-fn builder(cycle: u64) -> StoreBuilder {
-    // The clock stands still within a session and moves half a rate window between sessions, so
-    // each window holds two sessions and a crash lands in its middle. Records are kept far longer
-    // than any run's simulated time: an expired record would rightly behave as absent, which is
-    // not what this test is about.
-    let at = START + cycle * WINDOW.as_secs() / 2;
+/// The clock of session `cycle` when it opens. It stands still within a session and moves half a
+/// rate window between sessions, so each window holds two sessions and a crash lands in its
+/// middle. An even session opens a second before its window starts (the crash policy's drain,
+/// dated at the open, then covers the previous window only) and steps into it after the open, so
+/// it has the whole quota; the odd session after it opens mid-window, after a kill that lost
+/// whatever the even one spent.
+fn session_clock(cycle: u64) -> ManualClock {
+    let window_start = START + (cycle / 2) * WINDOW.as_secs();
+    let at = if cycle % 2 == 0 {
+        window_start - 1
+    } else {
+        window_start + WINDOW.as_secs() / 2
+    };
+    ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(at))
+}
+
+fn builder(clock: &ManualClock) -> StoreBuilder {
+    // Records are kept far longer than any run's simulated time: an expired record would rightly
+    // behave as absent, which is not what this test is about.
     Store::builder()
-        .clock(ManualClock::new(
-            SystemTime::UNIX_EPOCH + Duration::from_secs(at),
-        ))
+        .clock(clock.clone())
         .record_ttl(Duration::from_secs(10 * 365 * 24 * 3600))
+        // No timed flush within a session: every allowance is in memory only when the kill
+        // lands, so the next session of the same window sees nothing of it on disk and only the
+        // crash policy (drain on recovery) keeps it from granting the quota a second time.
         .rate_durability(RateDurability::Batched {
-            max_delay: Duration::from_millis(5),
+            max_delay: Duration::from_secs(24 * 3600),
         })
 }
 
@@ -80,7 +97,11 @@ impl Log {
 }
 
 fn child(dir: &Path, cycle: u64) -> ! {
-    let store = builder(cycle).open(dir.join("store.redb")).unwrap();
+    let clock = session_clock(cycle);
+    let store = builder(&clock).open(dir.join("store.redb")).unwrap();
+    if cycle % 2 == 0 {
+        clock.advance(Duration::from_secs(1));
+    }
     let log_path = dir.join("effects.log");
     let earlier = read_log(dir);
     let log = Log(Mutex::new(
@@ -211,7 +232,8 @@ fn read_log(dir: &Path) -> Seen {
 fn verify(dir: &Path, cycle: u64, from: usize) -> usize {
     let seen = read_log(dir);
     // 1. The store reopens.
-    let store = builder(cycle + 1)
+    // At the next session's opening time: the recovery this open records is the next session's.
+    let store = builder(&session_clock(cycle + 1))
         .open(dir.join("store.redb"))
         .unwrap_or_else(|e| panic!("cycle {cycle}: reopen failed: {e}"));
     // 2. Every acknowledged completion replays the acked execution's response.

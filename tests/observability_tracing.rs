@@ -98,7 +98,9 @@ fn takeovers_and_fencing_are_reported_without_raw_keys() {
         .find(|e| e.message.contains("rate_denied"))
         .expect("a rate denial event");
     assert!(
-        denied.fields.contains(&("limit".into(), "\"per-ip\"".into())),
+        denied
+            .fields
+            .contains(&("limit".into(), "\"per-ip\"".into())),
         "{denied:?}"
     );
     for event in &seen {
