@@ -417,7 +417,7 @@ fn run_case(kind: Kind, durability: RateDurability, ops: &[Op]) -> Result<(), Te
 
 #[test]
 fn rate_algorithms_agree_with_reference_models_in_both_modes() {
-    let config = fixture::proptest_config(file!(), 48);
+    let config = fixture::proptest_config(file!(), 64);
     let durability = prop_oneof![
         Just(RateDurability::Immediate),
         Just(RateDurability::Batched {

@@ -45,7 +45,7 @@ fn op() -> impl Strategy<Value = Op> {
 
 #[test]
 fn store_agrees_with_the_reference_model() {
-    let config = fixture::proptest_config(file!(), 64);
+    let config = fixture::proptest_config(file!(), 512);
     let mut runner = TestRunner::new(config);
     let cuts = AtomicU64::new(0);
     let torn = AtomicU64::new(0);
