@@ -6,14 +6,19 @@
 #   scripts/mutants.sh write-path   # writer, sequencer, crash-policy recovery, compaction sweep, tables, codec
 #   scripts/mutants.sh FILE...      # any files, against every test
 #
-# Results go to target/mutants/<group>/mutants.out (caught.txt, missed.txt, timeout.txt,
-# unviable.txt). docs/TESTING.md lists the score and why each surviving mutant is harmless.
-# Installs cargo-mutants if it is missing. Not part of .ci/run: see TESTING for what it costs.
+# Builds with the `mutants` profile (opt-level 1, no debug info: the crash and model tests run in
+# seconds, a rebuild after each mutant stays short). Results go to
+# target/mutants-out/<group>/mutants.out (caught.txt, missed.txt, timeout.txt, unviable.txt).
+# docs/TESTING.md lists the score and why each surviving mutant is harmless. Installs
+# cargo-mutants if it is missing. Not part of .ci/run: see TESTING for what it costs.
+# MUTANTS_JOBS sets parallel jobs (default 1); extra arguments after the group go to cargo-mutants
+# (for example --re 'sweep' to test only matching mutants).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 command -v cargo-mutants >/dev/null || cargo install cargo-mutants --locked
 
 group=${1:?usage: scripts/mutants.sh rules|write-path|FILE...}
+shift
 files=()
 tests=()
 case "$group" in
@@ -31,18 +36,21 @@ write-path)
         --test batch_isolation --test power_loss --test rate_crash_policy --test compaction_expiry
         --test compaction_race --test compaction_close --test stats_counts_writes
         --test format_fixtures --test fuzz_seeds --test rate_persistence --test restart_durability
-        --test limits_and_bad_input --test concurrent_duplicates)
+        --test limits_and_bad_input --test concurrent_duplicates --test kill_cycles
+        --test rate_close_race --test takeover_and_fencing)
     ;;
 *)
-    files=("$@")
+    files=("$group" "$@")
+    set --
     group=custom
     ;;
 esac
 
-mkdir -p target/mutants
+mkdir -p target/mutants-out
 args=()
 for file in "${files[@]}"; do args+=(--file "$file"); done
 for test in "${tests[@]}"; do args+=(--cargo-test-arg="$test"); done
 # RUST_BACKTRACE makes every contained redb panic in the seeds print a backtrace: slow, useless here.
-RUST_BACKTRACE=0 exec cargo mutants "${args[@]}" --output "target/mutants/$group" --jobs 1 \
-    --minimum-test-timeout 120
+RUST_BACKTRACE=0 exec cargo mutants "${args[@]}" --output "target/mutants-out/$group" \
+    --jobs "${MUTANTS_JOBS:-1}" --profile mutants --features test-support \
+    --minimum-test-timeout 120 "$@"

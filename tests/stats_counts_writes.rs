@@ -5,6 +5,7 @@ mod fixture;
 
 use fixture::{Fixture, acquired, key, request, response};
 use tollgate::Error;
+use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
 #[test]
 fn writes_are_counted_exactly_and_reads_are_not() {
@@ -99,4 +100,36 @@ fn records_are_counted_by_state_across_transitions_and_reopen() {
         .unwrap();
     let stats = store.stats().unwrap();
     assert_eq!((stats.running, stats.completed, stats.failed), (0, 2, 1));
+}
+
+/// DESIGN: "A denied check writes nothing", nor does a cost of 0 or a peek (Immediate mode, where
+/// every changing check is its own durable write).
+#[test]
+fn denied_checks_zero_costs_and_peeks_write_nothing() {
+    let fixture = Fixture::new();
+    let store = fixture
+        .builder()
+        .rate_durability(RateDurability::Immediate)
+        .open(fixture.path())
+        .unwrap();
+    let one = Limit::new("one", Quota::per_minute(1)).unwrap();
+    let other = Limit::new("other", Quota::per_minute(5)).unwrap();
+    assert!(store.check(&one, "s").unwrap().allowed());
+    let before = store.stats().unwrap();
+    assert!(!store.check(&one, "s").unwrap().allowed());
+    assert!(
+        !store
+            .check_all(&[(&other, "s"), (&one, "s")], 1)
+            .unwrap()
+            .allowed()
+    );
+    assert!(store.check_n(&other, "s", 0).unwrap().allowed());
+    assert_eq!(store.peek(&one, "s").unwrap().remaining(), 0);
+    let after = store.stats().unwrap();
+    assert_eq!(
+        (after.writes, after.commits),
+        (before.writes, before.commits)
+    );
+    // Nothing was charged to the limit that allowed inside the denied check_all.
+    assert_eq!(store.peek(&other, "s").unwrap().remaining(), 5);
 }

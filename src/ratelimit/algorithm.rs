@@ -278,17 +278,14 @@ impl Window {
     fn retry_after(&self, now: u64, cost: u64) -> u64 {
         let p = u128::from(self.period);
         let start = u128::from(self.start);
-        let this_window = self
-            .earliest_fit(self.previous, self.current, cost)
-            .map(|e| start + e)
-            .filter(|at| *at < start + p);
-        // In the next window the current count becomes the previous one.
-        let at = this_window
-            .or_else(|| {
-                self.earliest_fit(self.current, 0, cost)
-                    .map(|e| start + p + e)
-            })
-            .unwrap_or(start + 2 * p);
+        // In this window if the current count leaves room (a fit at `e = p`, the window's end, is
+        // the same instant and condition as the next window's fit at its start). Otherwise in the
+        // next window, where the current count becomes the previous one and the current is empty:
+        // with `cost ≤ limit` it fits there at the latest once the previous count has slid out.
+        let at = match self.earliest_fit(self.previous, self.current, cost) {
+            Some(e) => start + e,
+            None => start + p + self.earliest_fit(self.current, 0, cost).unwrap_or(p),
+        };
         u64::try_from(at.saturating_sub(u128::from(now))).unwrap_or(u64::MAX)
     }
 }
@@ -439,5 +436,142 @@ fn exact_idle_at(spec: &Spec, state: RateState) -> u64 {
             window.saturating_add(period.saturating_mul(2))
         }
         _ => 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECOND: u64 = 1_000_000_000;
+    /// A time well past zero, aligned to neither seconds nor hours.
+    const T0: u64 = 1_800_000_123 * SECOND + 456;
+
+    fn specs() -> [Spec; 3] {
+        [
+            Spec::Gcra {
+                interval: SECOND,
+                burst: 3,
+            },
+            Spec::FixedWindow {
+                limit: 3,
+                period: 3600 * SECOND,
+            },
+            Spec::SlidingWindow {
+                limit: 3,
+                period: 3600 * SECOND,
+            },
+        ]
+    }
+
+    /// `retry_after` is given exactly for a denied cost that could fit (and is then in the
+    /// future), never for an allowed one, never for a cost over the limit.
+    #[test]
+    fn retry_after_is_given_exactly_when_a_fitting_cost_is_denied() {
+        for spec in specs() {
+            let mut state = None;
+            let mut denied = 0;
+            for step in 0..8 {
+                let now = T0 + step;
+                for cost in [1, 2, 3, 4] {
+                    let evaluation = evaluate(&spec, state, now, cost);
+                    match (evaluation.allowed, cost <= spec.capacity()) {
+                        (true, _) => {
+                            assert_eq!(evaluation.retry_after, None, "{spec:?} cost {cost}");
+                            state = Some(evaluation.state);
+                        }
+                        (false, true) => {
+                            denied += 1;
+                            assert!(
+                                evaluation.retry_after.is_some_and(|r| r > 0),
+                                "{spec:?} cost {cost}: {evaluation:?}"
+                            );
+                        }
+                        (false, false) => {
+                            assert_eq!(evaluation.retry_after, None, "{spec:?} cost {cost}");
+                        }
+                    }
+                }
+            }
+            assert!(denied > 0, "{spec:?}: the quota was exhausted");
+        }
+    }
+
+    /// Idle exactly when fresh: a charged counter is not idle until its charge has run out (GCRA
+    /// at `tat`, a fixed window at its end, a sliding window once its count has slid out of two
+    /// windows), and is idle from then on.
+    #[test]
+    fn a_counter_is_idle_exactly_from_its_exact_idle_time() {
+        for spec in specs() {
+            let charged = evaluate(&spec, None, T0, 1);
+            assert!(charged.allowed);
+            let state = charged.state;
+            let exact = exact_idle_at(&spec, state);
+            assert!(exact > T0, "{spec:?}");
+            assert!(!is_idle(&spec, state, T0), "{spec:?} charged now");
+            assert!(!is_idle(&spec, state, exact - 1), "{spec:?} just before");
+            assert!(is_idle(&spec, state, exact), "{spec:?} at its idle time");
+            assert!(
+                is_idle(&spec, state, exact + 3600 * SECOND),
+                "{spec:?} later"
+            );
+            assert!(is_idle(&spec, spec.fresh(T0), T0), "{spec:?} fresh");
+        }
+    }
+
+    /// The index time is the exact idle time rounded up to the spec's granule: an eighth of the
+    /// window, at least 2^30 ns.
+    #[test]
+    fn idle_at_rounds_up_to_the_granule() {
+        let short = Spec::FixedWindow {
+            limit: 3,
+            period: SECOND,
+        };
+        for (spec, granule) in specs()
+            .into_iter()
+            .map(|spec| (spec, (spec.window() / 8).max(1 << 30)))
+            .chain([(short, 1 << 30)])
+        {
+            assert_eq!(idle_granule(&spec), granule, "{spec:?}");
+            let state = evaluate(&spec, None, T0, 1).state;
+            let exact = exact_idle_at(&spec, state);
+            let at = idle_at(&spec, state);
+            assert_eq!(at % granule, 0, "{spec:?}: {at} on the granule");
+            assert!(
+                at >= exact && at - exact < granule,
+                "{spec:?}: {exact} -> {at}"
+            );
+        }
+    }
+
+    #[test]
+    fn sliding_retry_in_this_window_or_the_next() {
+        let period = 100 * SECOND;
+        let spec = Spec::SlidingWindow { limit: 4, period };
+        let start = 1_800_000_000 * SECOND;
+        // Three in the previous window, one in this one, a quarter of the way in: the estimate is
+        // 3·0.75 + 1 = 3.25, so a cost of 1 waits until 3·(1 − e) + 1 + 1 ≤ 4, e = 1/3.
+        let state = RateState::SlidingWindow {
+            window: start,
+            previous: 3,
+            current: 1,
+        };
+        let now = start + period / 4;
+        let denied = evaluate(&spec, Some(state), now, 1);
+        assert!(!denied.allowed);
+        assert_eq!(
+            denied.retry_after,
+            Some(period - period * 2 / 3 - period / 4)
+        );
+        // The current window full: only the next one has room, once 3 of its previous 4 slid out
+        // (4·(1 − e) + 1 ≤ 4, e = 1/4).
+        let full = RateState::SlidingWindow {
+            window: start,
+            previous: 0,
+            current: 4,
+        };
+        let denied = evaluate(&spec, Some(full), now, 1);
+        assert!(!denied.allowed);
+        assert_eq!(denied.retry_after, Some(period - period / 4 + period / 4));
     }
 }
