@@ -265,6 +265,42 @@ mod tests {
         assert_eq!((outcome.deciding, outcome.evaluation.remaining), (1, 3));
     }
 
+    /// Equally restrictive limits: the first listed decides, so headers are predictable.
+    #[test]
+    fn ties_go_to_the_first_listed_limit() {
+        let spec = Spec::FixedWindow {
+            limit: 5,
+            period: SECOND,
+        };
+        let targets = [target(1, spec), target(2, spec), target(3, spec)];
+        let (allowed, _) = apply(OpKind::Charge { cost: 1 }, &targets, &mut [None; 3], 0);
+        assert!(allowed.allowed);
+        assert_eq!(allowed.deciding, 0);
+        let full = Some(RateState::FixedWindow {
+            window: 0,
+            count: 5,
+        });
+        let (denied, changed) = apply(OpKind::Charge { cost: 1 }, &targets, &mut [full; 3], 0);
+        assert!(!denied.allowed && !changed);
+        assert_eq!(denied.deciding, 0);
+    }
+
+    /// A cost of 0 reports without changing anything, on one counter and on several.
+    #[test]
+    fn a_zero_cost_changes_nothing() {
+        let spec = Spec::FixedWindow {
+            limit: 5,
+            period: SECOND,
+        };
+        for targets in [&[target(1, spec)][..], &[target(1, spec), target(2, spec)]] {
+            let mut states = vec![None; targets.len()];
+            let (outcome, changed) = apply(OpKind::Charge { cost: 0 }, targets, &mut states, 0);
+            assert!(outcome.allowed && !changed, "{} targets", targets.len());
+            assert!(states.iter().all(Option::is_none));
+            assert_eq!(outcome.evaluation.remaining, 5);
+        }
+    }
+
     #[test]
     fn peek_charges_nothing_and_reports_a_cost_one_request() {
         let spec = Spec::Gcra {
