@@ -157,7 +157,7 @@ fn close_waits_for_writes_already_queued() {
         .collect();
     // Close while every thread is mid-stream (each has finished its first write).
     for _ in 0..8 {
-        first_writes.recv().unwrap();
+        first_writes.recv_timeout(fixture::WAIT_DEADLINE).unwrap();
     }
     store.close().unwrap();
     let completed: Vec<String> = threads

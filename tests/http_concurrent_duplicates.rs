@@ -62,7 +62,7 @@ async fn fifty_duplicates(
     }
     drop(sender);
     let mut all = Vec::new();
-    while let Some(answer) = answers.recv().await {
+    while let Some(answer) = web::within("the next answer", answers.recv()).await {
         on_answer(&answer, all.len() + 1);
         all.push(answer);
     }

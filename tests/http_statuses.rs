@@ -143,7 +143,7 @@ async fn every_status_of_the_layers_over_http() {
         let (client, url) = (client.clone(), url("/slow"));
         async move { send(&client, post_json(&url, Some("k5"), "{}")).await }
     });
-    calls.started.notified().await;
+    web::within("the slow handler to start", calls.started.notified()).await;
     let conflict = send(&client, post_json(&url("/slow"), Some("k5"), "{}")).await;
     assert_eq!(conflict.status, 409);
     assert!(conflict.header("retry-after").is_some());

@@ -24,9 +24,11 @@
 //!
 //! `TOLLGATE_KILL_CYCLES` sets the number of cycles (default 20, what CI runs).
 
+mod fixture;
+
 use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Mutex;
@@ -169,12 +171,7 @@ fn run_child_and_kill(dir: &Path, cycle: u64, after: Duration) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let started = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.contains("STARTED"));
-    assert!(started, "the child did not start");
+    fixture::wait_for_line(&mut child, "STARTED");
     std::thread::sleep(after); // the kill moment: not an ordering crutch, the point of the test
     child.kill().unwrap();
     child.wait().unwrap();

@@ -5,7 +5,8 @@
 //!
 //! The child is this test binary, re-run with `TOLLGATE_RATE_CHILD` naming the store file.
 
-use std::io::{BufRead, BufReader};
+mod fixture;
+
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
@@ -58,12 +59,7 @@ fn run_child_and_kill(path: &Path) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let spent = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .any(|line| line.contains("SPENT"));
-    assert!(spent, "the child never reported its spending");
+    fixture::wait_for_line(&mut child, "SPENT");
     child.kill().unwrap(); // SIGKILL: no destructor, no final flush
     child.wait().unwrap();
 }

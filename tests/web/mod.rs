@@ -2,6 +2,7 @@
 #![allow(dead_code)] // Each test file uses a different part.
 
 use std::net::SocketAddr;
+use std::time::Duration;
 
 use axum::Router;
 use bytes::Bytes;
@@ -10,6 +11,17 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+
+/// How long a test waits for an answer or a notification before it fails (instead of hanging).
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Awaits `future`, failing the test after [`DEADLINE`].
+pub async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(DEADLINE, future).await {
+        Ok(value) => value,
+        Err(_) => panic!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}
 
 /// A running server; `stop` shuts it down and waits for it.
 pub struct Server {
@@ -45,7 +57,7 @@ impl Server {
         if let Some(shutdown) = self.shutdown.take() {
             let _ = shutdown.send(());
         }
-        (&mut self.task).await.unwrap();
+        within("the server to stop", &mut self.task).await.unwrap();
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -77,9 +89,13 @@ impl Answer {
 }
 
 pub async fn send(client: &HttpClient, request: Request<Full<Bytes>>) -> Answer {
-    let response: Response<hyper::body::Incoming> = client.request(request).await.unwrap();
+    let response: Response<hyper::body::Incoming> =
+        within("a response", client.request(request)).await.unwrap();
     let (parts, body) = response.into_parts();
-    let body = body.collect().await.unwrap().to_bytes();
+    let body = within("a response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
     Answer {
         status: parts.status.as_u16(),
         headers: parts.headers,
