@@ -9,25 +9,19 @@ mod fixture;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use fixture::{Fixture, acquired, key, replay, request, response, wait_for};
+use fixture::{
+    Fixture, acquired, key, park_writer_in_a_flush, parkable_builder, replay, request, response,
+    wait_for,
+};
 use tollgate::Error;
 use tollgate::idempotency::Begin;
-use tollgate::ratelimit::{Limit, Quota, RateDurability};
 use tollgate::testing::SimDisk;
 
 #[test]
 fn a_logical_error_fails_only_its_own_command_in_a_shared_batch() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
-    let builder = || {
-        fixture
-            .builder()
-            .max_records(3)
-            .rate_durability(RateDurability::Batched {
-                max_delay: Duration::from_millis(1),
-            })
-            .background_compaction(false)
-    };
+    let builder = || parkable_builder(&fixture).max_records(3);
     let store = builder().open_simulated(&disk).unwrap();
     // "b": its first lease goes stale (taken over after expiry); "c": a live lease.
     let stale = acquired(store.begin(&key("b"), &request("r")).unwrap());
@@ -38,12 +32,7 @@ fn a_logical_error_fails_only_its_own_command_in_a_shared_batch() {
     let live = acquired(store.begin(&key("c"), &request("r")).unwrap());
 
     let queue = store.command_queue_for_tests().unwrap();
-    let limit = Limit::new("batch", Quota::per_second(10)).unwrap();
-    disk.hold_syncs();
-    assert!(store.check(&limit, "subject").unwrap().allowed());
-    wait_for("the writer thread's flush to reach its sync", || {
-        disk.syncs_waiting() == 1
-    });
+    park_writer_in_a_flush(&store, &disk);
     let commits_while_held = store.stats().unwrap().commits;
 
     // Queue in a fixed order: each waits until the previous one is in the queue.
@@ -53,25 +42,18 @@ fn a_logical_error_fails_only_its_own_command_in_a_shared_batch() {
         let queued = threads.len();
         wait_for("the command to queue", || queue.len() == queued);
     };
-    let a = store.clone();
-    spawn(Box::new(move || {
-        format!(
-            "{:?}",
-            a.begin(&key("a"), &request("r"))
-                .map(|b| matches!(b, Begin::Acquired(_)))
-        )
-    }));
+    let begin = |name: &'static str| -> Box<dyn FnOnce() -> String + Send> {
+        let store = store.clone();
+        Box::new(move || {
+            let answer = store.begin(&key(name), &request("r"));
+            format!("{:?}", answer.map(|b| matches!(b, Begin::Acquired(_))))
+        })
+    };
+    spawn(begin("a"));
     spawn(Box::new(move || {
         format!("{:?}", stale.complete(response("stale")))
     }));
-    let d = store.clone();
-    spawn(Box::new(move || {
-        format!(
-            "{:?}",
-            d.begin(&key("d"), &request("r"))
-                .map(|b| matches!(b, Begin::Acquired(_)))
-        )
-    }));
+    spawn(begin("d"));
     spawn(Box::new(move || {
         format!("{:?}", live.complete(response("c")))
     }));

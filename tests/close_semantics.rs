@@ -5,10 +5,12 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::{Fixture, acquired, key, replay, request, response, wait_for};
+use fixture::{
+    Fixture, acquired, key, park_writer_in_a_flush, parkable_builder, replay, request, response,
+    wait_for,
+};
 use tollgate::Error;
 use tollgate::idempotency::Begin;
-use tollgate::ratelimit::{Limit, Quota, RateDurability};
 use tollgate::testing::SimDisk;
 
 #[test]
@@ -67,24 +69,9 @@ fn dropping_every_handle_releases_the_file() {
 fn commands_queued_ahead_of_close_are_applied_not_refused() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
-    let builder = || {
-        fixture
-            .builder()
-            .rate_durability(RateDurability::Batched {
-                max_delay: Duration::from_millis(1),
-            })
-            .background_compaction(false)
-    };
-    let store = builder().open_simulated(&disk).unwrap();
+    let store = parkable_builder(&fixture).open_simulated(&disk).unwrap();
     let queue = store.command_queue_for_tests().unwrap();
-    let limit = Limit::new("close", Quota::per_second(10)).unwrap();
-    disk.hold_syncs();
-    // A batched check makes a counter dirty; the writer thread's flush timer commits it and
-    // parks in that commit's sync, holding the writer lock.
-    assert!(store.check(&limit, "subject").unwrap().allowed());
-    wait_for("the writer thread's flush to reach its sync", || {
-        disk.syncs_waiting() == 1
-    });
+    park_writer_in_a_flush(&store, &disk);
     let names = ["q1", "q2", "q3", "q4", "q5", "q6"];
     let queued: Vec<_> = names
         .into_iter()
@@ -117,7 +104,7 @@ fn commands_queued_ahead_of_close_are_applied_not_refused() {
         );
     }
     drop(store);
-    let store = builder().open_simulated(&disk).unwrap();
+    let store = parkable_builder(&fixture).open_simulated(&disk).unwrap();
     for name in names {
         let lease = acquired(store.begin(&key(name), &request("r")).unwrap());
         assert!(lease.recovered(), "{name}'s lease was durable before close");
