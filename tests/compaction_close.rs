@@ -1,5 +1,6 @@
-//! Closing (or dropping) a store while its background thread sweeps joins both threads cleanly,
-//! and the next open continues where the sweep stopped.
+//! Closing (or dropping) a store while its background thread sweeps joins both threads cleanly
+//! (on Linux the test looks for them in `/proc`), and the next open continues where the sweep
+//! stopped.
 
 mod fixture;
 
@@ -33,11 +34,21 @@ fn close_during_a_sweep_joins_and_the_next_open_continues() {
         wait_for("the background sweep to start removing", || {
             store.stats().unwrap().completed < left
         });
+        #[cfg(target_os = "linux")]
+        assert!(
+            live_threads_named("tollgate-").len() >= 2,
+            "the writer and the compactor are listed while the store is open"
+        );
         if round == 1 {
             drop(store);
         } else {
             store.close().unwrap();
         }
+        assert_eq!(
+            live_threads_named("tollgate-"),
+            Vec::<String>::new(),
+            "round {round}: close and drop join the compactor and the writer"
+        );
         // What the interrupted sweep removed stays removed.
         let store = fixture.open_without_compactor();
         let now = store.stats().unwrap().completed;
@@ -57,4 +68,21 @@ fn close_during_a_sweep_joins_and_the_next_open_continues() {
     );
     assert!(store.get(&key("k19999")).unwrap().is_none());
     store.close().unwrap();
+}
+
+/// Names of this process's live threads that start with `prefix`, from `/proc` (Linux, which
+/// truncates names to 15 bytes; other systems have no such list, and the check is Linux-only).
+#[cfg(target_os = "linux")]
+fn live_threads_named(prefix: &str) -> Vec<String> {
+    std::fs::read_dir("/proc/self/task")
+        .expect("Linux lists a process's threads in /proc/self/task")
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .map(|name| name.trim().to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+#[cfg(not(target_os = "linux"))]
+fn live_threads_named(_prefix: &str) -> Vec<String> {
+    Vec::new()
 }
