@@ -104,6 +104,44 @@ fn a_full_store_refuses_new_keys_but_serves_existing_ones() {
     replay(store.begin(&key("c"), &request("r")).unwrap());
 }
 
+/// `bulk_load` checks its whole count against `max_records` first: a load that fits exactly is
+/// written, one record more is refused with nothing written, and room freed by expired records
+/// (swept first) counts.
+#[test]
+fn bulk_load_respects_max_records_all_or_nothing() {
+    let fixture = Fixture::new();
+    let store = fixture
+        .builder()
+        .max_records(5)
+        .background_compaction(false)
+        .open(fixture.path())
+        .unwrap();
+    let load = |prefix: &'static str, count: u64, ttl: Duration| {
+        store.bulk_load(count, ttl, move |i| {
+            (key(&format!("{prefix}{i}")), request("r"), response("x"))
+        })
+    };
+    assert_eq!(load("short-", 2, Duration::from_secs(60)).unwrap(), 2);
+    assert_eq!(load("fits-", 3, RECORD_TTL).unwrap(), 3);
+    assert!(matches!(
+        load("over-", 1, RECORD_TTL),
+        Err(Error::CapacityExceeded { limit: 5 })
+    ));
+    assert_eq!(
+        store.stats().unwrap().completed,
+        5,
+        "the refused load wrote nothing"
+    );
+    assert!(store.get(&key("over-0")).unwrap().is_none());
+    // The two short-lived records expire; their room is swept and reused.
+    fixture.clock.advance(Duration::from_secs(10 * 60));
+    assert_eq!(load("after-", 2, RECORD_TTL).unwrap(), 2);
+    assert!(matches!(
+        load("again-", 1, RECORD_TTL),
+        Err(Error::CapacityExceeded { limit: 5 })
+    ));
+}
+
 #[test]
 fn invalid_keys_are_typed_errors() {
     assert_eq!(IdempotencyKey::new("s", ""), Err(KeyError::Empty));

@@ -20,7 +20,11 @@ fn verify_on_open_reports_a_damaged_file_as_corrupted() {
     }
     store.close().unwrap();
 
-    // The undamaged file verifies.
+    // The undamaged file verifies, with the offline check too.
+    assert!(matches!(
+        tollgate::Store::check_integrity(fixture.path()),
+        Ok(true)
+    ));
     fixture
         .builder()
         .verify_on_open(true)
@@ -52,5 +56,11 @@ fn verify_on_open_reports_a_damaged_file_as_corrupted() {
     assert!(
         matches!(opened, Err(Error::Corrupted(_))),
         "expected Corrupted, got {opened:?}"
+    );
+    // The offline check (the CLI's `check`) does not call it intact either.
+    let checked = tollgate::Store::check_integrity(fixture.path());
+    assert!(
+        matches!(checked, Ok(false) | Err(Error::Corrupted(_))),
+        "expected damaged, got {checked:?}"
     );
 }
