@@ -5,6 +5,9 @@
 #   scripts/mutants.sh rules        # the pure rules: idempotency machine and record, rate algorithm and charge
 #   scripts/mutants.sh write-path   # writer, sequencer, crash-policy recovery, compaction sweep, tables, codec
 #   scripts/mutants.sh FILE...      # any files, against every test
+#   SURVIVORS=1 scripts/mutants.sh rules|write-path
+#                                   # only the mutants a previous run of the group did not catch
+#                                   # (cargo-mutants --iterate), against every test
 #
 # Builds with the `mutants` profile (opt-level 1, no debug info: the crash and model tests run in
 # seconds, a rebuild after each mutant stays short). Results go to
@@ -49,6 +52,10 @@ esac
 mkdir -p target/mutants-out
 args=()
 for file in "${files[@]}"; do args+=(--file "$file"); done
+if [ -n "${SURVIVORS:-}" ]; then
+    tests=()
+    args+=(--iterate)
+fi
 for test in "${tests[@]}"; do args+=(--cargo-test-arg="$test"); done
 # RUST_BACKTRACE makes every contained redb panic in the seeds print a backtrace: slow, useless here.
 RUST_BACKTRACE=0 exec cargo mutants "${args[@]}" --output "target/mutants-out/$group" \

@@ -40,6 +40,18 @@ fn writes_are_counted_exactly_and_reads_are_not() {
     let _ = store.begin(&key("held"), &request("r")).unwrap();
     let before = store.stats().unwrap();
     assert_eq!(before.writes, stats.writes + 1);
+    // A bulk load of 10 records is 10 writes in one commit.
+    store
+        .bulk_load(10, std::time::Duration::from_secs(60), |i| {
+            (key(&format!("bulk-{i}")), request("r"), response("b"))
+        })
+        .unwrap();
+    let loaded = store.stats().unwrap();
+    assert_eq!(
+        (loaded.writes, loaded.commits),
+        (before.writes + 10, before.commits + 1)
+    );
+    let before = loaded;
     // A stale owner, fenced by a takeover (one write), then refused: its writes change nothing.
     let stale = acquired(store.begin(&key("fenced"), &request("r")).unwrap());
     fixture.clock.advance(fixture::LEASE_TTL);
