@@ -34,13 +34,17 @@ fn every_allowed_check_before_close_is_persisted_and_later_ones_are_refused() {
     let store = open();
     let limit = Arc::new(Limit::new("race", Quota::per_hour(QUOTA)).unwrap());
     let done = Arc::new(AtomicU64::new(0));
+    // Threads with at least one allowed check: the close waits for all of them, so that every
+    // thread really races it (on 2 cores a thread may otherwise not have run at all).
+    let running = Arc::new(AtomicU64::new(0));
     let barrier = Arc::new(Barrier::new(THREADS + 1));
     let threads: Vec<_> = (0..THREADS)
         .map(|t| {
-            let (store, limit, done, barrier) = (
+            let (store, limit, done, running, barrier) = (
                 store.clone(),
                 Arc::clone(&limit),
                 Arc::clone(&done),
+                Arc::clone(&running),
                 Arc::clone(&barrier),
             );
             std::thread::spawn(move || {
@@ -51,6 +55,9 @@ fn every_allowed_check_before_close_is_persisted_and_later_ones_are_refused() {
                         Ok(decision) => {
                             assert!(decision.allowed());
                             allowed += 1;
+                            if allowed == 1 {
+                                running.fetch_add(1, Ordering::Relaxed);
+                            }
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Err(Error::Closed) => return allowed,
@@ -63,9 +70,13 @@ fn every_allowed_check_before_close_is_persisted_and_later_ones_are_refused() {
         .collect();
     barrier.wait();
     // Close while the checks are running (after enough of them to span several flushes).
-    wait_for("20,000 checks before the close", || {
-        done.load(Ordering::Relaxed) >= 20_000
-    });
+    wait_for(
+        "every thread checking, and 20,000 checks before the close",
+        || {
+            running.load(Ordering::Relaxed) == THREADS as u64
+                && done.load(Ordering::Relaxed) >= 20_000
+        },
+    );
     let closer = store.clone();
     closer.close().unwrap();
     let allowed: Vec<u32> = threads.into_iter().map(|t| t.join().unwrap()).collect();
