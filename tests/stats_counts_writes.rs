@@ -78,6 +78,14 @@ fn writes_are_counted_exactly_and_reads_are_not() {
         "fenced resolutions write and commit nothing"
     );
     drop(held);
+    // A sweep's removals are writes too.
+    fixture.clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    let report = store.compact_now().unwrap();
+    assert!(report.removed_records > 0);
+    assert_eq!(
+        store.stats().unwrap().writes,
+        after.writes + report.removed_records + report.removed_rate_states
+    );
     store.clone().close().unwrap();
     assert!(matches!(store.stats(), Err(Error::Closed)));
 }
