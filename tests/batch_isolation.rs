@@ -3,6 +3,7 @@
 //! are applied as one batch: a new lease, a fenced completion (`LeaseLost`), a begin over
 //! `max_records` (`CapacityExceeded`) and a valid completion. The two errors go to their own
 //! callers; the other two are answered, committed in the same commit and durable.
+//! And a compaction step queued with a request still gets a commit of its own.
 
 mod fixture;
 
@@ -83,4 +84,42 @@ fn a_logical_error_fails_only_its_own_command_in_a_shared_batch() {
         b"c"
     );
     assert!(store.get(&key("d")).unwrap().is_none());
+}
+
+/// DESIGN, compaction: a sweep step gets a transaction of its own, after the foreground requests
+/// drained with it, so a request never shares a commit (and its larger fsync) with a sweep. A
+/// begin and a compaction step queued together behind a parked writer make two commits.
+#[test]
+fn a_sweep_step_never_shares_a_commit_with_requests() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = parkable_builder(&fixture).open_simulated(&disk).unwrap();
+    store
+        .bulk_load(5, Duration::from_secs(60), |i| {
+            (key(&format!("old-{i}")), request("r"), response("x"))
+        })
+        .unwrap();
+    fixture.clock.advance(Duration::from_secs(3600));
+
+    let queue = store.command_queue_for_tests().unwrap();
+    park_writer_in_a_flush(&store, &disk);
+    let commits_while_held = store.stats().unwrap().commits;
+    let begin = {
+        let store = store.clone();
+        std::thread::spawn(move || store.begin(&key("new"), &request("r")).map(drop))
+    };
+    wait_for("the begin to queue", || queue.len() == 1);
+    let sweep = {
+        let store = store.clone();
+        std::thread::spawn(move || store.compact_now())
+    };
+    wait_for("the sweep step to queue", || queue.len() == 2);
+    drop(queue);
+    disk.release_syncs();
+    begin.join().unwrap().unwrap();
+    let report = sweep.join().unwrap().unwrap();
+    assert_eq!(report.removed_records, 5);
+    assert_eq!(report.batches, 1);
+    // The held flush, then the begin's commit, then the step's own.
+    assert_eq!(store.stats().unwrap().commits, commits_while_held + 3);
 }

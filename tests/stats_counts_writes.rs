@@ -79,7 +79,9 @@ fn writes_are_counted_exactly_and_reads_are_not() {
     );
     drop(held);
     // A sweep's removals are writes too.
-    fixture.clock.advance(std::time::Duration::from_secs(2 * 24 * 3600));
+    fixture
+        .clock
+        .advance(std::time::Duration::from_secs(2 * 24 * 3600));
     let report = store.compact_now().unwrap();
     assert!(report.removed_records > 0);
     assert_eq!(
