@@ -472,7 +472,9 @@ impl Store {
     }
 
     /// A view of the writer's command queue that outlives `close` (test support: lets a test see
-    /// commands queued behind a held commit). `None` once closed.
+    /// commands queued behind a held commit). `None` once closed. Drop it once the test has seen
+    /// what it waited for: while it lives the queue stays connected, so a command sent after the
+    /// writer stopped would wait for an answer instead of getting `Closed`.
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn command_queue_for_tests(&self) -> Option<crate::testing::CommandQueue> {
