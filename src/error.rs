@@ -3,6 +3,10 @@
 //! One `#[non_exhaustive]` enum for everything a store operation can report. Every message says what
 //! happened and, where there is something to do, what to do. Storage failures keep their cause
 //! reachable through [`std::error::Error::source`] without exposing the engine's types.
+//!
+//! An error either shows a cause in its message or returns it as its `source`, never both, so a
+//! reporter that walks the chain (`anyhow`'s `{:#}`, `tracing`'s error fields) prints each message
+//! once.
 
 use std::fmt;
 
@@ -57,9 +61,10 @@ pub enum Error {
         limit: u32,
     },
 
-    /// The idempotency key or its scope is not valid.
+    /// The idempotency key or its scope is not valid. The reason is in the message (it has no
+    /// further `source`).
     #[error("invalid idempotency key: {0}")]
-    InvalidKey(#[from] KeyError),
+    InvalidKey(KeyError),
 
     /// A configuration value or argument is out of range.
     #[error("invalid argument: {0}")]
@@ -99,9 +104,16 @@ pub enum Error {
     #[error("corrupted store data: {0}")]
     Corrupted(String),
 
-    /// The storage engine failed. The cause is in [`source`](std::error::Error::source).
-    #[error("storage error: {0}")]
-    Storage(#[source] StorageError),
+    /// The storage engine failed. The message includes the engine's own (for example the I/O
+    /// error); whatever caused *that* is in [`source`](std::error::Error::source).
+    #[error(transparent)]
+    Storage(StorageError),
+}
+
+impl From<KeyError> for Error {
+    fn from(error: KeyError) -> Self {
+        Error::InvalidKey(error)
+    }
 }
 
 impl Error {
@@ -116,7 +128,8 @@ impl Error {
 }
 
 /// An error of the storage engine, kept opaque so that the engine can change without changing
-/// tollgate's API. Its `source()` is the engine's own error.
+/// tollgate's API. It displays as `storage error: ` and the engine's message; its `source()` is
+/// whatever the engine's error names as its own cause.
 pub struct StorageError {
     inner: Box<dyn std::error::Error + Send + Sync + 'static>,
 }
@@ -139,12 +152,55 @@ impl fmt::Debug for StorageError {
 
 impl fmt::Display for StorageError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&self.inner, f)
+        write!(f, "storage error: {}", self.inner)
     }
 }
 
 impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        Some(self.inner.as_ref())
+        // The engine's error itself is in the message; its cause, if any, comes next.
+        self.inner.source()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every message of `error`'s chain, outermost first.
+    fn chain(error: &dyn std::error::Error) -> Vec<String> {
+        let mut messages = vec![error.to_string()];
+        let mut next = error.source();
+        while let Some(cause) = next {
+            messages.push(cause.to_string());
+            next = cause.source();
+        }
+        messages
+    }
+
+    #[test]
+    fn a_storage_error_chain_prints_the_io_message_once() {
+        let io = std::io::Error::other("No space left on device");
+        let error = Error::Storage(StorageError::new(io));
+        let printed = chain(&error).join(": ");
+        assert_eq!(printed, "storage error: No space left on device");
+    }
+
+    #[test]
+    fn a_wrapped_cause_of_the_engine_error_comes_next_in_the_chain() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("commit failed")]
+        struct Engine(#[source] std::io::Error);
+        let error = Error::Storage(StorageError::new(Engine(std::io::Error::other(
+            "disk gone",
+        ))));
+        assert_eq!(chain(&error), ["storage error: commit failed", "disk gone"]);
+    }
+
+    #[test]
+    fn an_invalid_key_chain_prints_its_reason_once() {
+        let error = Error::from(KeyError::Empty);
+        let printed = chain(&error).join(": ");
+        assert_eq!(printed.matches(&KeyError::Empty.to_string()).count(), 1);
     }
 }

@@ -91,11 +91,11 @@
 #![allow(clippy::module_name_repetitions, clippy::must_use_candidate)]
 
 mod clock;
+mod engine;
 mod error;
 pub mod idempotency;
 mod observe;
 pub mod ratelimit;
-mod storage;
 mod store;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]

@@ -37,8 +37,12 @@ use super::record::{Checkpoint, Outcome, Record, RecordBody, StoredResponse};
 pub(crate) struct BeginParams {
     pub fingerprint: [u8; 32],
     pub now: u64,
-    /// The current boot epoch of the store.
+    /// The epoch written into a new lease: the current boot epoch of the node taking it.
     pub epoch: u64,
+    /// The current epoch of the node that owns the existing RUNNING record, if any (on a
+    /// single-node engine, the store's own epoch). A lease from an older epoch of its node is
+    /// left over from a run that ended, so it is taken over at once.
+    pub owner_epoch: u64,
     pub lease_ttl: u64,
     pub record_ttl: u64,
     /// The token a new lease gets. The caller advances its counter only if the lease is granted.
@@ -94,7 +98,7 @@ pub(crate) fn begin(existing: Option<&Record>, params: &BeginParams) -> BeginDec
             lease_expires_at,
             ..
         } => {
-            if *epoch >= params.epoch && *lease_expires_at > now {
+            if *epoch >= params.owner_epoch && *lease_expires_at > now {
                 BeginDecision::InFlight {
                     retry_after: lease_expires_at - now,
                 }
@@ -231,6 +235,7 @@ mod tests {
             fingerprint: FP,
             now,
             epoch: 1,
+            owner_epoch: 1,
             lease_ttl: 30 * SECOND,
             record_ttl: 100 * SECOND,
             next_token: token,
@@ -333,9 +338,27 @@ mod tests {
         let (record, _) = acquired(begin(None, &params(0, 1)));
         let mut next_boot = params(SECOND, 2);
         next_boot.epoch = 2;
+        next_boot.owner_epoch = 2;
         let (_, grant) = acquired(begin(Some(&record), &next_boot));
         assert!(grant.recovered);
         assert_eq!(grant.attempt, 2);
+    }
+
+    #[test]
+    fn a_live_lease_of_a_node_still_in_its_epoch_waits_whatever_the_takers_epoch() {
+        // Another node, in its 7th run, meets a lease of a node still in its 1st.
+        let (record, _) = acquired(begin(None, &params(0, 1)));
+        let mut other_node = params(SECOND, 2);
+        other_node.epoch = 7;
+        assert_eq!(
+            begin(Some(&record), &other_node),
+            BeginDecision::InFlight {
+                retry_after: 29 * SECOND
+            }
+        );
+        // Once the owner's node restarted, anyone takes it over at once.
+        other_node.owner_epoch = 2;
+        assert!(acquired(begin(Some(&record), &other_node)).1.recovered);
     }
 
     #[test]

@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use super::Store;
 use crate::clock::{Clock, SystemClock, duration_to_nanos};
+use crate::engine::embedded::storage::Location;
 use crate::error::{Error, Result};
 use crate::ratelimit::{CrashPolicy, RateDurability};
-use crate::storage::Location;
 
 /// Default time a finished record is kept: 24 hours.
 pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
@@ -87,7 +87,8 @@ pub struct StoreBuilder {
     pub(crate) max_response_bytes: usize,
     pub(crate) cache_size: usize,
     pub(crate) replay_cache_size: usize,
-    pub(crate) rate_durability: RateDurability,
+    /// `None`: never set (each engine has its default).
+    pub(crate) rate_durability: Option<RateDurability>,
     pub(crate) crash_policy: CrashPolicy,
     pub(crate) compaction_interval: Option<Duration>,
     pub(crate) compaction_batch: usize,
@@ -107,7 +108,7 @@ impl Default for StoreBuilder {
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             cache_size: DEFAULT_CACHE_SIZE,
             replay_cache_size: DEFAULT_REPLAY_CACHE_SIZE,
-            rate_durability: RateDurability::default(),
+            rate_durability: None,
             crash_policy: CrashPolicy::default(),
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             compaction_batch: DEFAULT_COMPACTION_BATCH,
@@ -191,7 +192,7 @@ impl StoreBuilder {
     /// When rate-limit decisions become durable. Default =
     /// `RateDurability::Batched { max_delay: 50 ms }`.
     pub fn rate_durability(mut self, durability: RateDurability) -> Self {
-        self.rate_durability = durability;
+        self.rate_durability = Some(durability);
         self
     }
 
@@ -274,7 +275,7 @@ impl StoreBuilder {
     ///   [`Error::IncompatibleFormat`] if a newer tollgate wrote it. Neither changes the file.
     /// - [`Error::Storage`] for I/O errors.
     pub fn open(self, path: impl AsRef<Path>) -> Result<Store> {
-        Store::open_with(self, Location::File(path.as_ref().to_owned()))
+        Store::open_embedded(&self, Location::File(path.as_ref().to_owned()))
     }
 
     /// Opens the store on a simulated disk (crash and I/O-failure tests only).
@@ -285,7 +286,7 @@ impl StoreBuilder {
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn open_simulated(self, disk: &crate::testing::SimDisk) -> Result<Store> {
-        Store::open_with(self, Location::Simulated(disk.clone()))
+        Store::open_embedded(&self, Location::Simulated(disk.clone()))
     }
 
     pub(crate) fn settings(&self) -> Result<Settings> {
@@ -299,7 +300,7 @@ impl StoreBuilder {
                 "max_records must be at least 1".into(),
             ));
         }
-        if let RateDurability::Batched { max_delay } = self.rate_durability {
+        if let Some(RateDurability::Batched { max_delay }) = self.rate_durability {
             if max_delay.is_zero() {
                 return Err(Error::InvalidArgument(
                     "Batched max_delay must be greater than zero; use Immediate for no delay"

@@ -7,13 +7,13 @@
 use std::time::Duration;
 
 use super::Store;
-use super::writer::{Answer, Command};
 use crate::clock::duration_to_nanos;
 use crate::error::{Error, Result};
 use crate::idempotency::{Fingerprint, IdempotencyKey, Record, RecordBody, StoredResponse};
 
 impl Store {
-    /// Writes `count` COMPLETED records in one durable transaction. `make(i)` gives the `i`-th
+    /// Writes `count` COMPLETED records in one durable transaction: all of them, or none if it
+    /// fails. `make(i)` gives the `i`-th
     /// record's key, fingerprint and response; each is kept for `record_ttl` from now. An existing
     /// record with the same key is replaced. `max_records` applies as for `begin`.
     ///
@@ -38,8 +38,9 @@ impl Store {
     /// ```
     ///
     /// # Errors
-    /// [`Error::CapacityExceeded`] (nothing is written), [`Error::InvalidArgument`] for a zero
-    /// TTL, and any storage error.
+    /// [`Error::CapacityExceeded`], [`Error::InvalidArgument`] for a zero TTL,
+    /// [`Error::Corrupted`] if a record it would replace cannot be decoded, and any storage error.
+    /// Nothing is written when it fails.
     pub fn bulk_load(
         &self,
         count: u64,
@@ -51,9 +52,8 @@ impl Store {
                 "record_ttl must be greater than zero".into(),
             ));
         }
-        let now = self.shared.time.now();
         let ttl = duration_to_nanos(record_ttl);
-        let records = Box::new(move |i: u64| {
+        let records = Box::new(move |i: u64, now: u64| {
             (i < count).then(|| {
                 let (key, fingerprint, response) = make(i);
                 let record = Record {
@@ -67,21 +67,11 @@ impl Store {
                 (key.digest(), record)
             })
         });
-        let answer = self.send(|reply| Command::Bulk {
-            count,
-            records,
-            reply,
-        });
-        // Replaced records must not be replayed from the cache (also when the load failed: it may
-        // have committed before the error).
+        let loaded = self.shared.engine.records().bulk_load(count, records);
+        // Replaced records must not be replayed from the cache.
         if let Some(cache) = &self.shared.replays {
             cache.clear();
         }
-        match answer? {
-            Answer::Loaded(written) => Ok(written),
-            _ => Err(Error::Corrupted(
-                "the writer answered a bulk load with something else".into(),
-            )),
-        }
+        loaded
     }
 }

@@ -1,9 +1,9 @@
 //! TTL compaction: removing expired records and idle rate counters, and giving space back.
 //!
 //! A sweep walks the expiry index from its oldest entry, in steps of at most `compaction_batch`
-//! removals. Each step is one [`Command::Compact`] to the writer, so it shares the writer's
-//! queue with foreground requests: a begin or a check waits behind at most one step, never a whole
-//! sweep. A step that fails ends the sweep; the next tick starts over (an I/O error poisons the
+//! removals. Each step is one engine transaction; on the embedded engine it goes through the
+//! writer's queue with foreground requests, so a begin or a check waits behind at most one step,
+//! never a whole sweep. A step that fails ends the sweep; the next tick starts over (an I/O error poisons the
 //! store as any write does).
 //!
 //! The background thread (`tollgate-compactor`) sleeps on its stop channel with a timeout of
@@ -23,9 +23,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::Store;
 use super::stats::{CompactionReport, Counters};
-use super::writer::{Answer, Command};
-use crate::error::{Error, Result};
-use crate::storage::{Backend, Swept};
+use crate::engine::Swept;
+use crate::engine::embedded::storage::Backend;
+use crate::error::Result;
 
 /// Runs one sweep: `step(limit)` removes up to `limit` due entries; repeats while a step stops at
 /// its limit and `interrupted()` is false.
@@ -60,15 +60,6 @@ fn sweep(
     Ok(report)
 }
 
-fn swept(answer: &Answer) -> Result<Swept> {
-    match answer {
-        Answer::Swept(swept) => Ok(*swept),
-        _ => Err(Error::Corrupted(
-            "the writer answered a compaction step with something else".into(),
-        )),
-    }
-}
-
 /// The background compaction thread.
 pub(crate) struct Compactor {
     stop: Sender<()>,
@@ -76,8 +67,9 @@ pub(crate) struct Compactor {
 }
 
 impl Compactor {
+    /// Starts the thread; `step(limit)` runs one compaction step on the engine.
     pub(crate) fn spawn(
-        commands: Sender<Command>,
+        sweep_step: impl FnMut(usize) -> Result<Swept> + Send + 'static,
         interval: Duration,
         batch: usize,
         counters: Arc<Counters>,
@@ -85,7 +77,7 @@ impl Compactor {
         let (stop, stopped) = crossbeam_channel::bounded::<()>(1);
         let thread = std::thread::Builder::new()
             .name("tollgate-compactor".into())
-            .spawn(move || run(&commands, &stopped, interval, batch, &counters))?;
+            .spawn(move || run(sweep_step, &stopped, interval, batch, &counters))?;
         Ok(Self { stop, thread })
     }
 
@@ -99,7 +91,7 @@ impl Compactor {
 }
 
 fn run(
-    commands: &Sender<Command>,
+    mut step: impl FnMut(usize) -> Result<Swept>,
     stopped: &Receiver<()>,
     interval: Duration,
     batch: usize,
@@ -110,15 +102,8 @@ fn run(
             Err(RecvTimeoutError::Timeout) => {}
             Ok(()) | Err(RecvTimeoutError::Disconnected) => return,
         }
-        let step = |limit| {
-            let (reply, answer) = crossbeam_channel::bounded(1);
-            commands
-                .send(Command::Compact { limit, reply })
-                .map_err(|_| Error::Closed)?;
-            swept(&answer.recv().map_err(|_| Error::Closed)??)
-        };
         // A failed step ends this sweep; the next tick tries again.
-        if let Ok(report) = sweep(step, batch, || !stopped.is_empty(), |_| {}) {
+        if let Ok(report) = sweep(&mut step, batch, || !stopped.is_empty(), |_| {}) {
             counters.compacted(report);
         }
     }
@@ -172,7 +157,7 @@ impl Store {
         &self,
         progress: impl FnMut(&CompactionReport),
     ) -> Result<CompactionReport> {
-        let step = |limit| swept(&self.send(|reply| Command::Compact { limit, reply })?);
+        let step = |limit| self.shared.engine.compact_step(limit);
         let report = sweep(
             step,
             self.shared.settings.compaction_batch,

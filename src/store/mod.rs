@@ -7,51 +7,47 @@
 //! when the store is idle, otherwise the writer thread (see `writer`). `close` stops the writer, joins it and releases the file; any handle or lease used
 //! afterwards gets [`Error::Closed`].
 
+//! The store: the one public type, and everything about an operation that is the same on every
+//! engine.
+//!
+//! [`Store`] is a cheap `Arc` handle over an [`Engine`] chosen at open (see `engine/`). This module
+//! checks arguments, applies the TTL defaults, serves replays from the replay cache, waits for keys
+//! in flight, reports to `observe`, and turns the engine's decisions into the public types. The
+//! engine keeps the data durable and decides nothing itself: the pure rules do.
+//!
+//! `close` stops the engine; any handle or lease used afterwards gets [`Error::Closed`].
+
 mod builder;
 mod bulk;
 mod compaction;
 mod notify;
 mod rate;
-mod rate_cache;
 mod replay_cache;
-mod sequencer;
 mod stats;
-mod writer;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
-use parking_lot::{Mutex, RwLock};
-
-use builder::Settings;
+pub(crate) use builder::Settings;
 pub use builder::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
     DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, DEFAULT_REPLAY_CACHE_SIZE,
     MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
-use compaction::Compactor;
+pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;
-use notify::Notifier;
-use sequencer::Sequencer;
-use stats::Counters;
+pub(crate) use notify::Notifier;
+pub(crate) use stats::Counters;
 pub use stats::{CompactionReport, Stats};
-pub(crate) use writer::Command;
-use writer::{Answer, BeginRequest, Core, Writer};
 
-use crate::clock::StoreTime;
-use crate::clock::system_time_to_nanos;
+use crate::engine::embedded::Embedded;
+use crate::engine::embedded::storage::Location;
+use crate::engine::{BeginRequest, Engine};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
 use crate::observe::BeginOutcome;
-use crate::ratelimit::{CounterKeys, RateDurability};
-use crate::storage::{Backend, Location, OpenOptions};
-use rate::Recovery;
-use rate_cache::RateCache;
 use replay_cache::ReplayCache;
 
 /// An open tollgate store. `Clone + Send + Sync`; clones share one file and one writer thread.
@@ -82,68 +78,19 @@ pub struct Store {
 }
 
 struct Shared {
-    /// `None` once closed.
-    engine: RwLock<Option<Engine>>,
+    engine: Engine,
     settings: Settings,
-    time: Arc<StoreTime>,
-    poisoned: Arc<AtomicBool>,
     notifier: Arc<Notifier>,
     counters: Arc<Counters>,
-    epoch: u64,
-    /// Present in Batched rate mode.
-    rate_cache: Option<Arc<RateCache>>,
-    recovery: Recovery,
-    rate_keys: CounterKeys,
-    location: Location,
     /// Finished records for the replay fast path (`None`: disabled).
     replays: Option<ReplayCache>,
-}
-
-struct Engine {
-    backend: Arc<Backend>,
-    commands: Sender<Command>,
-    /// The queue's receiving end, for callers that lead a batch themselves.
-    queue: Receiver<Command>,
-    core: Arc<Mutex<Core>>,
-    writer: JoinHandle<()>,
-    compactor: Option<Compactor>,
-}
-
-impl Engine {
-    /// Stops the compactor, then the writer (after it applied everything queued before), joins
-    /// both and closes the file.
-    fn shut_down(self) -> Result<()> {
-        if let Some(compactor) = self.compactor {
-            compactor.stop();
-        }
-        // If the writer is already gone the send fails; joining still reports how it ended.
-        let _ = self.commands.send(Command::Shutdown);
-        let joined = self.writer.join();
-        drop(self.core);
-        let closed = match Arc::try_unwrap(self.backend) {
-            Ok(backend) => backend.close(),
-            // Unreachable: only the writer's core (now dropped) and this engine hold the backend.
-            Err(_) => Ok(()),
-        };
-        joined.map_err(|_| Error::Poisoned)?;
-        closed
-    }
-}
-
-impl Drop for Shared {
-    fn drop(&mut self) {
-        if let Some(engine) = self.engine.get_mut().take() {
-            // Drop cannot report; `Store::close` is the way to see errors.
-            let _ = engine.shut_down();
-        }
-    }
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("epoch", &self.shared.epoch)
-            .field("closed", &self.shared.engine.read().is_none())
+            .field("epoch", &self.shared.engine.epoch())
+            .field("closed", &self.shared.engine.is_closed())
             .finish_non_exhaustive()
     }
 }
@@ -162,95 +109,42 @@ impl Store {
         StoreBuilder::default()
     }
 
-    pub(crate) fn open_with(builder: StoreBuilder, location: Location) -> Result<Store> {
+    pub(crate) fn open_embedded(builder: &StoreBuilder, location: Location) -> Result<Store> {
         let settings = builder.settings()?;
-        let rate_flush_every = match builder.rate_durability {
-            RateDurability::Batched { max_delay } => Some(max_delay),
-            RateDurability::Immediate => None,
-        };
-        let (backend, persisted) = Backend::open(
-            &location,
-            OpenOptions {
-                cache_size: builder.cache_size,
-                now: system_time_to_nanos(builder.clock.now()),
-                batched_rates: rate_flush_every.is_some(),
-                quick_repair: builder.quick_repair,
-                verify: builder.verify_on_open,
-                secret_if_new: builder.rate_secret,
-            },
-        )?;
-        let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
-        let rate_keys = CounterKeys::new(persisted.rate_secret);
-        let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys)));
-        let backend = Arc::new(backend);
-        let time = Arc::new(StoreTime::new(builder.clock, persisted.clock_high_water));
-        let poisoned = Arc::new(AtomicBool::new(false));
         let notifier = Arc::new(Notifier::default());
-        let counters = Arc::new(Counters::new(persisted.record_counts));
-        let (commands, receiver) = crossbeam_channel::unbounded();
-        let core = Arc::new(Mutex::new(Core {
-            backend: Arc::clone(&backend),
-            poisoned: Arc::clone(&poisoned),
-            notifier: Arc::clone(&notifier),
-            counters: Arc::clone(&counters),
-            sequencer: Sequencer {
-                time: Arc::clone(&time),
-                epoch: persisted.epoch,
-                next_token: persisted.next_token,
-                max_records: settings.max_records,
-                recovery,
-                record_counts: persisted.record_counts,
-            },
-            rate_flush: rate_cache
-                .as_ref()
-                .zip(rate_flush_every)
-                .map(|(cache, every)| (Arc::clone(cache), every)),
-            last_foreground: Instant::now(),
-            stopped: false,
-        }));
-        let writer = Writer {
-            core: Arc::clone(&core),
-            commands: receiver.clone(),
-        };
-        let writer = std::thread::Builder::new()
-            .name("tollgate-writer".into())
-            .spawn(move || writer.run())
-            .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
-        let compactor = match builder.compaction_interval {
-            Some(interval) => Some(
-                Compactor::spawn(
-                    commands.clone(),
-                    interval,
-                    settings.compaction_batch,
-                    Arc::clone(&counters),
-                )
-                .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?,
-            ),
-            None => None,
-        };
-        Ok(Store {
+        let counters = Arc::new(Counters::default());
+        let engine = Embedded::open(
+            builder,
+            &settings,
+            location,
+            Arc::clone(&notifier),
+            Arc::clone(&counters),
+        )?;
+        Ok(Store::with_engine(
+            builder,
+            settings,
+            Engine::Embedded(engine),
+            notifier,
+            counters,
+        ))
+    }
+
+    fn with_engine(
+        builder: &StoreBuilder,
+        settings: Settings,
+        engine: Engine,
+        notifier: Arc<Notifier>,
+        counters: Arc<Counters>,
+    ) -> Store {
+        Store {
             shared: Arc::new(Shared {
-                engine: RwLock::new(Some(Engine {
-                    backend,
-                    commands,
-                    queue: receiver,
-                    core,
-                    writer,
-                    compactor,
-                })),
+                engine,
                 settings,
-                time,
-                poisoned,
                 notifier,
                 counters,
-                epoch: persisted.epoch,
-                rate_cache,
-                recovery,
-                rate_keys,
-                location,
                 replays: ReplayCache::new(builder.replay_cache_size),
             }),
-        })
+        }
     }
 
     /// Starts (or replays, or refuses) the request identified by `key` with the store's default
@@ -309,48 +203,37 @@ impl Store {
     }
 
     fn begin_once(&self, digest: Digest, request: BeginRequest) -> Result<Begin> {
-        // Fast path: answers that need no write come from the latest committed state, finished
-        // records from the replay cache when it has them.
-        let params = |now| BeginParams {
-            fingerprint: request.fingerprint,
-            now,
-            epoch: self.shared.epoch,
-            lease_ttl: request.lease_ttl,
-            record_ttl: request.record_ttl,
-            next_token: 0,
-        };
+        let records = self.shared.engine.records();
+        // Fast path: a finished record in the replay cache is answered from memory (its answer
+        // depends on nothing but the clock), then the engine may answer without writing.
         if let Some(cached) = self.shared.replays.as_ref().and_then(|c| c.get(&digest)) {
-            self.check_usable()?;
-            match decide(Some(&cached), &params(self.shared.time.now())) {
+            self.shared.engine.check_usable()?;
+            let params = BeginParams {
+                fingerprint: request.fingerprint,
+                now: records.now(),
+                epoch: self.shared.engine.epoch(),
+                owner_epoch: self.shared.engine.epoch(),
+                lease_ttl: request.lease_ttl,
+                record_ttl: request.record_ttl,
+                next_token: 0,
+            };
+            match decide(Some(&cached), &params) {
                 BeginDecision::Acquired { .. } => {}
                 decision => return Ok(self.to_begin(digest, decision)),
             }
         } else {
             let generation = self.shared.replays.as_ref().map(ReplayCache::generation);
-            if let Some(record) = self.read_record(&digest)? {
-                let decision = decide(Some(&record), &params(self.shared.time.now()));
+            if let Some((decision, record)) = records.begin_without_writing(&digest, request)? {
                 if let (Some(cache), Some(generation)) = (&self.shared.replays, generation) {
                     if matches!(decision, BeginDecision::Replay { .. }) {
                         cache.insert(digest, record, generation);
                     }
                 }
-                match decision {
-                    BeginDecision::Acquired { .. } => {}
-                    decision => return Ok(self.to_begin(digest, decision)),
-                }
+                return Ok(self.to_begin(digest, decision));
             }
         }
-        let answer = self.send(|reply| Command::Begin {
-            digest,
-            request,
-            reply,
-        })?;
-        match answer {
-            Answer::Begin(decision) => Ok(self.to_begin(digest, decision)),
-            _ => Err(Error::Corrupted(
-                "the writer answered a begin with something else".into(),
-            )),
-        }
+        let decision = records.begin(digest, request)?;
+        Ok(self.to_begin(digest, decision))
     }
 
     fn to_begin(&self, digest: Digest, decision: BeginDecision) -> Begin {
@@ -390,9 +273,10 @@ impl Store {
     /// [`Error::Corrupted`] if the record cannot be decoded; [`Error::Closed`],
     /// [`Error::Poisoned`], [`Error::Storage`].
     pub fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordInfo>> {
-        let now = self.shared.time.now();
-        Ok(self
-            .read_record(&key.digest())?
+        let records = self.shared.engine.records();
+        let now = records.now();
+        Ok(records
+            .read(&key.digest())?
             .filter(|record| !record.is_expired(now))
             .map(|record| record.info()))
     }
@@ -409,12 +293,11 @@ impl Store {
         after: Option<&Digest>,
         limit: usize,
     ) -> Result<Vec<(Digest, Result<RecordInfo>)>> {
-        self.check_usable()?;
-        let engine = self.shared.engine.read();
-        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-        Ok(engine
-            .backend
-            .list_records(after, limit)?
+        Ok(self
+            .shared
+            .engine
+            .records()
+            .list(after, limit)?
             .into_iter()
             .map(|(digest, record)| (digest, record.map(|r| r.info())))
             .collect())
@@ -428,16 +311,7 @@ impl Store {
     /// [`Error::Storage`] if closing the file failed; [`Error::Poisoned`] if the writer thread had
     /// panicked.
     pub fn close(self) -> Result<()> {
-        // Batched checks take no store-wide lock; stop them first, so that the final flush covers
-        // every change they made.
-        if let Some(cache) = &self.shared.rate_cache {
-            cache.close();
-        }
-        let engine = self.shared.engine.write().take();
-        match engine {
-            Some(engine) => engine.shut_down(),
-            None => Ok(()),
-        }
+        self.shared.engine.close()
     }
 
     /// Writes every batched rate counter changed so far, durably, and drops idle counters from
@@ -448,7 +322,7 @@ impl Store {
     /// # Errors
     /// [`Error::Closed`], [`Error::Poisoned`] (including when this flush failed).
     pub fn flush(&self) -> Result<()> {
-        self.send(|reply| Command::Flush { reply }).map(drop)
+        self.shared.engine.counters().flush()
     }
 
     /// The store's numbers: records by state, rate counters and file size on disk, the writer's
@@ -458,17 +332,7 @@ impl Store {
     /// # Errors
     /// [`Error::Closed`] after `close`; [`Error::Storage`] if the file cannot be read.
     pub fn stats(&self) -> Result<Stats> {
-        let mut stats = self.shared.counters.snapshot();
-        {
-            let engine = self.shared.engine.read();
-            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-            stats.rate_states = engine.backend.rate_count()?;
-        }
-        stats.file_bytes = self.shared.location.len()?;
-        if let Some(cache) = &self.shared.rate_cache {
-            stats.rate_counters_in_memory = cache.len() as u64;
-        }
-        Ok(stats)
+        self.shared.engine.stats()
     }
 
     /// A view of the writer's command queue that outlives `close` (test support: lets a test see
@@ -478,15 +342,14 @@ impl Store {
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn command_queue_for_tests(&self) -> Option<crate::testing::CommandQueue> {
-        let engine = self.shared.engine.read();
-        engine
-            .as_ref()
-            .map(|engine| crate::testing::CommandQueue(engine.queue.clone()))
+        match &self.shared.engine {
+            Engine::Embedded(engine) => engine.command_queue(),
+        }
     }
 
     /// The boot epoch of this open: one more than the previous open's.
     pub fn epoch(&self) -> u64 {
-        self.shared.epoch
+        self.shared.engine.epoch()
     }
 
     /// The configured `max_response_bytes`.
@@ -507,14 +370,13 @@ impl Store {
             Resolution::Extend(_) => "extend",
             Resolution::SaveCheckpoint(_) => "checkpoint",
         };
-        let answer = self.send(|reply| Command::Resolve {
-            digest,
-            token,
-            resolution,
-            reply,
-        });
-        match answer {
-            Ok(Answer::Resolved(expiry)) => {
+        let resolved = self
+            .shared
+            .engine
+            .records()
+            .resolve(digest, token, resolution);
+        match resolved {
+            Ok(expiry) => {
                 crate::observe::resolution(&digest, kind, token, false);
                 Ok(expiry)
             }
@@ -523,48 +385,6 @@ impl Store {
                 Err(Error::LeaseLost)
             }
             Err(error) => Err(error),
-            Ok(_) => Err(Error::Corrupted(
-                "the writer answered a resolution with something else".into(),
-            )),
         }
-    }
-
-    pub(crate) fn check_usable(&self) -> Result<()> {
-        if self.shared.poisoned.load(Ordering::Acquire) {
-            Err(Error::Poisoned)
-        } else {
-            Ok(())
-        }
-    }
-
-    fn read_record(&self, digest: &Digest) -> Result<Option<crate::idempotency::Record>> {
-        self.check_usable()?;
-        let engine = self.shared.engine.read();
-        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-        engine.backend.read_record(digest)
-    }
-
-    /// Has a command applied and waits for its answer: on this thread if no batch is being
-    /// applied (see [`writer::lead`]), otherwise queued for the next batch.
-    fn send(&self, command: impl FnOnce(writer::Reply) -> Command) -> Result<Answer> {
-        self.check_usable()?;
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        let queued = {
-            let engine = self.shared.engine.read();
-            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-            writer::lead(&engine.core, &engine.queue, command(reply))
-                .map(|command| (command, engine.commands.clone()))
-        };
-        if let Some((command, commands)) = queued {
-            commands.send(command).map_err(|_| Error::Closed)?;
-        }
-        // A dropped reply means the writer exited without answering: closed, or died (poisoned).
-        answer.recv().map_err(|_| {
-            if self.shared.poisoned.load(Ordering::Acquire) {
-                Error::Poisoned
-            } else {
-                Error::Closed
-            }
-        })?
     }
 }

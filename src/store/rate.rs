@@ -1,54 +1,16 @@
 //! The rate-limit operations of [`Store`]: `check`, `check_n`, `check_all`, `peek`, `refund`,
 //! `reset`.
 //!
-//! Each builds a [`RateOp`] over the counters it touches, then runs it either through the writer
-//! (Immediate: durable on return) or against the in-memory cache (Batched: flushed by the writer
-//! within `max_delay`). Both paths load counters through [`Recovery::on_load`], which applies the
-//! crash policy, and both decide with the same pure `charge::apply`.
+//! Each checks its arguments and hands the operation to the store's counter engine, which decides
+//! it with the pure `charge::apply`; the outcome becomes a [`Decision`] here, the same on every
+//! engine.
 
 use std::time::Duration;
 
 use super::Store;
-use super::rate_cache::{Query, RateCache};
-use super::writer::{Answer, Command};
 use crate::error::{Error, Result};
-use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
-use crate::ratelimit::{
-    CounterKey, CrashPolicy, Decision, Limit, PolicyName, RateState, Spec, check_subject,
-    most_restrictive,
-};
-
-/// How counters loaded from disk are adjusted after an unclean batched session.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Recovery {
-    /// With `DrainOnRecovery` after an unclean shutdown: the recovery time.
-    drain_from: Option<u64>,
-}
-
-impl Recovery {
-    pub(crate) fn new(policy: CrashPolicy, recovered_at: Option<u64>) -> Self {
-        Self {
-            drain_from: match policy {
-                CrashPolicy::DrainOnRecovery => recovered_at,
-                CrashPolicy::TrustLastFlush => None,
-            },
-        }
-    }
-
-    /// The counter as decisions may use it: at least as spent as "everything spent at recovery".
-    /// Once a window (or a burst refill) has passed since recovery this changes nothing.
-    pub(crate) fn on_load(
-        &self,
-        spec: &Spec,
-        state: Option<RateState>,
-        now: u64,
-    ) -> Option<RateState> {
-        match self.drain_from {
-            Some(at) => Some(most_restrictive(spec, state, spec.drained(at), now)),
-            None => state,
-        }
-    }
-}
+use crate::ratelimit::charge::{OpKind, RateOutcome};
+use crate::ratelimit::{Decision, Limit, PolicyName, check_subject};
 
 impl Store {
     /// Charges 1 to `subject`'s counter under `limit`. Equivalent to `check_n(limit, subject, 1)`.
@@ -141,86 +103,17 @@ impl Store {
         self.run_rate(OpKind::Reset, &[(limit, subject)]).map(drop)
     }
 
-    /// Runs `kind` on the `(limit, subject)` counters in the configured durability mode: against
-    /// the in-memory cache (Batched), through the writer (Immediate, changing operations), or from
-    /// a read transaction (Immediate peeks).
+    /// Runs `kind` on the `(limit, subject)` counters on the store's counter engine.
     fn run_rate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<Decision> {
         for (_, subject) in checks {
             check_subject(subject)?;
         }
-        let outcome = if let Some(cache) = &self.shared.rate_cache {
-            self.run_batched(cache, kind, checks)?
-        } else {
-            self.run_immediate(kind, checks)?
-        };
+        let outcome = self.shared.engine.counters().run(kind, checks)?;
         let decision = decision(&outcome, checks);
         if matches!(kind, OpKind::Charge { .. }) {
             crate::observe::rate(&decision);
         }
         Ok(decision)
-    }
-
-    /// Batched mode: decide from memory; the writer flushes changes within `max_delay`.
-    fn run_batched(
-        &self,
-        cache: &RateCache,
-        kind: OpKind,
-        checks: &[(&Limit, &str)],
-    ) -> Result<RateOutcome> {
-        self.check_usable()?;
-        // No store-wide lock on the hot path: the cache refuses work once `close` marked its
-        // shards, and the engine is needed only to load a counter that is not in memory.
-        let now = self.shared.time.now();
-        let recovery = self.shared.recovery;
-        let loader = |key: &CounterKey, spec: &Spec| {
-            let engine = self.shared.engine.read();
-            let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-            let stored = engine.backend.read_rate(&key.0)?.map(|rate| rate.state);
-            Ok(recovery.on_load(spec, stored, now))
-        };
-        if let [(limit, subject)] = checks {
-            cache.run(kind, &[Query { limit, subject }], now, &loader)
-        } else {
-            let queries: Vec<Query<'_>> = checks
-                .iter()
-                .map(|&(limit, subject)| Query { limit, subject })
-                .collect();
-            cache.run(kind, &queries, now, &loader)
-        }
-    }
-
-    /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
-    /// committed state.
-    fn run_immediate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let mut targets = Vec::with_capacity(checks.len());
-        for (limit, subject) in checks {
-            targets.push(Target {
-                key: self.shared.rate_keys.key(limit.name(), subject)?,
-                spec: limit.spec,
-            });
-        }
-        if kind.writes() {
-            let op = RateOp { kind, targets };
-            return match self.send(|reply| Command::Rate { op, reply })? {
-                Answer::Rate(outcome, _) => Ok(outcome),
-                _ => Err(Error::Corrupted(
-                    "the writer answered a rate operation with something else".into(),
-                )),
-            };
-        }
-        self.check_usable()?;
-        let engine = self.shared.engine.read();
-        let engine = engine.as_ref().ok_or_else(|| Error::Closed)?;
-        let now = self.shared.time.now();
-        let mut states = Vec::with_capacity(targets.len());
-        for target in &targets {
-            let stored = engine
-                .backend
-                .read_rate(&target.key.0)?
-                .map(|rate| rate.state);
-            states.push(self.shared.recovery.on_load(&target.spec, stored, now));
-        }
-        Ok(charge::apply(kind, &targets, &mut states, now).0)
     }
 }
 

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
-use crate::storage::RecordCounts;
+use crate::engine::embedded::storage::RecordCounts;
 
 /// What one compaction sweep removed, from [`Store::compact_now`](crate::Store::compact_now) or the
 /// background thread.
@@ -58,13 +58,8 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn new(records: RecordCounts) -> Self {
-        let counters = Self::default();
-        counters.set_records(records);
-        counters
-    }
-
-    fn set_records(&self, records: RecordCounts) {
+    /// Sets the records on disk by state (at open).
+    pub(crate) fn set_records(&self, records: RecordCounts) {
         for (slot, value) in self.records.iter().zip(records.as_array()) {
             slot.store(value, Ordering::Relaxed);
         }

@@ -8,9 +8,10 @@ use std::sync::OnceLock;
 use std::time::{Duration, SystemTime};
 
 use super::harness::{Harness, Op};
+use crate::engine::codec;
+use crate::engine::embedded::storage::{RecordCounts, SimDisk};
 use crate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 use crate::ratelimit::{Limit, Quota, RateDurability};
-use crate::storage::{RecordCounts, SimDisk, codec};
 use crate::{ManualClock, Store, StoreBuilder};
 
 /// Most operations one `state_machine` input runs.
@@ -297,9 +298,9 @@ fn open_damaged(data: &[u8], verify: bool) {
 
 /// Starting inputs for `decode_record`: one valid encoding of every kind of on-disk value.
 pub fn decode_record_seeds() -> Vec<Vec<u8>> {
+    use crate::engine::codec::StoredRate;
     use crate::idempotency::{Checkpoint, Record, RecordBody};
     use crate::ratelimit::RateState;
-    use crate::storage::StoredRate;
     let record = |body| Record {
         fingerprint: [7; 32],
         created_at: 1_800_000_000_000_000_000,

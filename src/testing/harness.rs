@@ -17,11 +17,11 @@ use std::time::{Duration, SystemTime};
 use super::model::{
     Expected, KEYS, LEASE_TTL, Model, ModelState, RATE_QUOTA, RATE_WINDOW, RECORD_TTL, SUBJECTS,
 };
+use crate::engine::embedded::storage::SimDisk;
 use crate::idempotency::{
     Begin, Fingerprint, IdempotencyKey, Lease, Outcome, RecordState, StoredResponse,
 };
 use crate::ratelimit::{Limit, Quota, RateDurability};
-use crate::storage::SimDisk;
 use crate::{BeginOptions, Clock, Error, ManualClock, Store};
 
 /// The modelled clock starts here (seconds since the Unix epoch).

@@ -8,16 +8,16 @@
 // Test support reports violations by panicking: that is how fuzzers and tests see them.
 #![allow(clippy::expect_used, clippy::panic)]
 
-pub use crate::storage::SimDisk;
+pub use crate::engine::embedded::storage::SimDisk;
 
 /// How many panics inside redb (which it documents for damaged files) this process has caught
 /// and turned into typed errors: lets a test show that the containment actually ran.
 pub fn contained_panics() -> u64 {
-    crate::storage::contained_panics()
+    crate::engine::embedded::storage::contained_panics()
 }
 
 /// The writer's command queue of an open store (see `Store::command_queue_for_tests`).
-pub struct CommandQueue(pub(crate) crossbeam_channel::Receiver<crate::store::Command>);
+pub struct CommandQueue(pub(crate) crossbeam_channel::Receiver<crate::engine::embedded::Command>);
 
 impl CommandQueue {
     /// Commands waiting for the writer (including a `close`'s shutdown).

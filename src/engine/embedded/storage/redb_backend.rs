@@ -24,8 +24,8 @@ use redb::{
 };
 
 use super::Location;
-use super::codec::{self, EXPIRY_KEY_LEN, StoredRate};
 use super::tables::{RecordCounts, Tables};
+use crate::engine::codec::{self, EXPIRY_KEY_LEN, StoredRate};
 use crate::error::{Error, StorageError};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
@@ -475,7 +475,8 @@ impl Backend {
     }
 
     /// Runs `work` in one write transaction and commits it durably, if it wrote anything (a batch
-    /// that only read costs no fsync). If `work` fails, nothing is committed. A panic inside redb
+    /// that only read costs no fsync). If `work` fails, or rolled the transaction back
+    /// ([`Tables::roll_back`]), nothing is committed. A panic inside redb
     /// (which it documents for damaged files) becomes [`Error::Storage`], which poisons the store.
     pub(crate) fn write<R>(
         &self,
@@ -500,7 +501,8 @@ impl Backend {
         }
         let (result, dirty) = {
             let mut tables = Tables::new(&txn);
-            (work(&mut tables), tables.is_dirty())
+            let result = work(&mut tables);
+            (result, tables.is_dirty() && !tables.rolled_back)
         };
         match result {
             Ok(value) if dirty => {

@@ -15,7 +15,11 @@
 //! - Commands are applied in arrival order (a leader's own command after those queued before
 //!   it); each sees the writes of those before it in the batch.
 //! - A command's *logical* error (lease lost, capacity, a corrupted value) is that caller's answer
-//!   only; the rest of the batch commits.
+//!   only; the rest of the batch commits. A command that fails leaves nothing: if it had written
+//!   before failing, the transaction is rolled back and the batch applied again without it.
+//! - A bulk load and each compaction step get a transaction of their own.
+//! - Every command carries a reply of its own answer's type ([`Pending`]), so an answer can only
+//!   reach the caller that asked for it, in the shape it asked for.
 //! - A *storage* error aborts the batch and poisons the store: every caller in the batch gets an
 //!   error, and every later operation gets [`Error::Poisoned`] until the store is reopened.
 //! - A batch that wrote nothing is not committed (no fsync).
@@ -31,15 +35,15 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
-use super::notify::Notifier;
 use super::rate_cache::RateCache;
 use super::sequencer::{Sequencer, stored};
-use super::stats::Counters;
+use super::storage::Backend;
+use crate::engine::{BeginRequest, BulkRecords, Swept};
 use crate::error::Error;
+use crate::idempotency::Digest;
 use crate::idempotency::machine::{BeginDecision, Resolution};
-use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{RateOp, RateOutcome};
-use crate::storage::{Backend, Swept};
+use crate::store::{Counters, Notifier};
 
 /// Most commands applied in one transaction. Bounds the latency a single batch can add.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -57,62 +61,152 @@ pub(crate) enum Command {
     Begin {
         digest: Digest,
         request: BeginRequest,
-        reply: Reply,
+        reply: Pending<BeginDecision>,
     },
+    /// A lease resolution; answered with the lease's new expiry for an extension.
     Resolve {
         digest: Digest,
         token: u64,
         resolution: Resolution,
-        reply: Reply,
+        reply: Pending<Option<u64>>,
     },
-    /// A rate operation in Immediate mode.
+    /// A rate operation in Immediate mode: its outcome, and whether it changed a counter.
     Rate {
         op: RateOp,
-        reply: Reply,
+        reply: Pending<(RateOutcome, bool)>,
     },
     /// Flush batched rate counters now and drop idle ones from memory.
     Flush {
-        reply: Reply,
+        reply: Pending<()>,
     },
     /// Remove up to `limit` due expiry-index entries with their records and counters.
     Compact {
         limit: usize,
-        reply: Reply,
+        reply: Pending<Swept>,
     },
-    /// Write completed records in this batch's transaction (the bulk-load helper).
+    /// Write records in a transaction of their own (the bulk-load helper); answered with how
+    /// many were written.
     Bulk {
         count: u64,
         records: BulkRecords,
-        reply: Reply,
+        reply: Pending<u64>,
     },
     Shutdown,
 }
 
-/// Records for [`Command::Bulk`], produced on the writer thread inside the transaction: called
-/// with 0, 1, 2, … until it returns `None`.
-pub(crate) type BulkRecords = Box<dyn FnMut(u64) -> Option<(Digest, Record)> + Send>;
-
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct BeginRequest {
-    pub fingerprint: [u8; 32],
-    pub lease_ttl: u64,
-    pub record_ttl: u64,
+/// A caller's reply channel, with the answer once the command was applied. The answer is sent
+/// only after the batch committed ([`Command::answer`]), or replaced by the batch's error.
+pub(crate) struct Pending<T> {
+    reply: Sender<Result<T, Error>>,
+    outcome: Option<Result<T, Error>>,
 }
 
-/// The writer's answer to one command.
-pub(crate) enum Answer {
-    Begin(BeginDecision),
-    /// A resolution was applied; for an extension, the lease's new expiry.
-    Resolved(Option<u64>),
-    /// A rate operation's outcome, and whether it changed a counter.
-    Rate(RateOutcome, bool),
-    /// What a compaction step removed.
-    Swept(Swept),
-    /// Records written by a bulk load.
-    Loaded(u64),
+impl<T> Pending<T> {
+    /// A reply and the receiver its caller waits on.
+    pub(crate) fn channel() -> (Self, Receiver<Result<T, Error>>) {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        (
+            Self {
+                reply,
+                outcome: None,
+            },
+            answer,
+        )
+    }
+
+    /// Keeps `outcome` as the answer, unless it is a storage error: that one is the batch's
+    /// (returned, to abort the transaction).
+    pub(crate) fn set(&mut self, outcome: Result<T, Error>) -> Result<Applied, Error> {
+        match outcome {
+            Err(fatal @ Error::Storage(_)) => Err(fatal),
+            Err(refused) => {
+                self.outcome = Some(Err(refused));
+                Ok(Applied::Refused)
+            }
+            Ok(value) => {
+                self.outcome = Some(Ok(value));
+                Ok(Applied::Done)
+            }
+        }
+    }
+
+    fn send(self, outcome: Result<T, Error>) {
+        // The caller may have gone (its thread ended); nothing to do then.
+        let _ = self.reply.send(outcome);
+    }
+
+    /// Sends the kept answer (or `error` if the command was never applied).
+    fn finish(mut self, error: impl FnOnce() -> Error) {
+        let outcome = self.outcome.take().unwrap_or_else(|| Err(error()));
+        self.send(outcome);
+    }
 }
 
-pub(crate) type Reply = Sender<Result<Answer, Error>>;
+/// How a command's application ended, for the batch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Applied {
+    Done,
+    /// The command's answer is an error (lease lost, capacity, …); the batch goes on.
+    Refused,
+}
+
+impl Command {
+    /// Sends the answer kept by the command's application.
+    fn answer(self) {
+        self.finish(|| Error::Closed);
+    }
+
+    /// Answers `error` instead of whatever the command's application kept.
+    fn fail(self, error: Error) {
+        match self {
+            Command::Begin { reply, .. } => reply.send(Err(error)),
+            Command::Resolve { reply, .. } => reply.send(Err(error)),
+            Command::Rate { reply, .. } => reply.send(Err(error)),
+            Command::Flush { reply } => reply.send(Err(error)),
+            Command::Compact { reply, .. } => reply.send(Err(error)),
+            Command::Bulk { reply, .. } => reply.send(Err(error)),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn finish(self, error: impl FnOnce() -> Error) {
+        match self {
+            Command::Begin { reply, .. } => reply.finish(error),
+            Command::Resolve { reply, .. } => reply.finish(error),
+            Command::Rate { reply, .. } => reply.finish(error),
+            Command::Flush { reply } => reply.finish(error),
+            Command::Compact { reply, .. } => reply.finish(error),
+            Command::Bulk { reply, .. } => reply.finish(error),
+            Command::Shutdown => {}
+        }
+    }
+
+    /// Whether this command gets a transaction of its own.
+    fn runs_alone(&self) -> bool {
+        matches!(self, Command::Compact { .. } | Command::Bulk { .. })
+    }
+
+    /// How many records or counters this command changed, by the answer it keeps.
+    fn changes(&self) -> u64 {
+        match self {
+            Command::Begin { reply, .. } => u64::from(matches!(
+                reply.outcome,
+                Some(Ok(BeginDecision::Acquired { .. }))
+            )),
+            Command::Resolve { reply, .. } => u64::from(matches!(reply.outcome, Some(Ok(_)))),
+            Command::Rate { reply, .. } => u64::from(matches!(reply.outcome, Some(Ok((_, true))))),
+            Command::Bulk { reply, .. } => match reply.outcome {
+                Some(Ok(written)) => written,
+                _ => 0,
+            },
+            Command::Compact { reply, .. } => match reply.outcome {
+                Some(Ok(swept)) => swept.records + swept.rate_states,
+                _ => 0,
+            },
+            Command::Flush { .. } | Command::Shutdown => 0,
+        }
+    }
+}
 
 /// Everything a batch is applied with. One [`Mutex`] guards it: whoever holds the lock is the
 /// only writer, whether that is the writer thread or a caller leading its own batch.
@@ -242,36 +336,41 @@ impl Writer {
 }
 
 impl Core {
-    /// Applies and answers `batch`: the foreground commands in one transaction, then each
-    /// compaction step in a transaction of its own.
-    fn serve(&mut self, mut batch: Vec<Command>, commands: &Receiver<Command>) {
+    /// Applies and answers `batch`: the foreground commands in arrival order, in one transaction
+    /// (a bulk load in one of its own), then each compaction step in a transaction of its own.
+    fn serve(&mut self, batch: Vec<Command>, commands: &Receiver<Command>) {
         if self.stopped {
             for command in batch {
-                answer(command, Err(Error::Closed));
+                command.fail(Error::Closed);
             }
             return;
         }
         // Compaction steps get transactions of their own, after the foreground batch: a request
         // never shares a commit (and its larger fsync) with a sweep step, and waits behind at most
         // one step.
-        let mut steps: Vec<Command> = Vec::new();
-        let mut index = 0;
-        while index < batch.len() {
-            if matches!(batch[index], Command::Compact { .. }) {
-                steps.push(batch.remove(index));
-            } else {
-                index += 1;
+        let (steps, foreground): (Vec<Command>, Vec<Command>) = batch
+            .into_iter()
+            .partition(|command| matches!(command, Command::Compact { .. }));
+        if !foreground.is_empty() {
+            let mut group = Vec::with_capacity(foreground.len());
+            for command in foreground {
+                if command.runs_alone() {
+                    if !group.is_empty() {
+                        self.stopped |= self.apply(&mut group);
+                    }
+                    group.push(command);
+                    self.stopped |= self.apply(&mut group);
+                } else {
+                    group.push(command);
+                }
             }
-        }
-        if !batch.is_empty() {
-            self.stopped |= self.apply(&mut batch);
+            if !group.is_empty() {
+                self.stopped |= self.apply(&mut group);
+            }
             self.last_foreground = Instant::now();
         }
+        let mut batch = Vec::with_capacity(1);
         for mut step in steps {
-            if self.stopped {
-                answer(step, Err(Error::Closed));
-                continue;
-            }
             // While requests wait, take a short step: a sweep yields to foreground work and runs
             // at full size only when the store is otherwise idle.
             if let Command::Compact { limit, .. } = &mut step {
@@ -335,125 +434,119 @@ impl Core {
 
     /// Applies and answers `batch` (leaving it empty). Returns whether to stop.
     fn apply(&mut self, batch: &mut Vec<Command>) -> bool {
+        if self.stopped {
+            for command in batch.drain(..) {
+                command.fail(Error::Closed);
+            }
+            return true;
+        }
         let shutdown = batch
             .iter()
             .position(|command| matches!(command, Command::Shutdown));
         if let Some(at) = shutdown {
             for late in batch.drain(at..) {
-                answer(late, Err(Error::Closed));
+                late.fail(Error::Closed);
             }
         }
         if self.poisoned.load(Ordering::Acquire) {
             for command in batch.drain(..) {
-                answer(command, Err(Error::Poisoned));
+                command.fail(Error::Poisoned);
             }
             return shutdown.is_some();
         }
         // Flush requests are answered after the batch and a flush, so that they cover it.
-        let mut flushes = Vec::new();
-        batch.retain_mut(|command| match command {
-            Command::Flush { reply } => {
-                flushes.push(reply.clone());
-                false
-            }
-            _ => true,
-        });
-
-        let mut answers = Vec::with_capacity(batch.len());
-        let sequencer = &mut self.sequencer;
-        let token_before = sequencer.next_token;
-        let size = batch.len();
-        let _span = crate::observe::batch(size);
-        let started = Instant::now();
-        let committed = self.backend.write(|tables| {
-            let mut writes = 0;
-            for command in batch.iter_mut() {
-                match sequencer.execute(tables, command) {
-                    Err(fatal @ Error::Storage(_)) => return Err(fatal),
-                    outcome => {
-                        writes += changes(command, &outcome);
-                        answers.push(outcome);
-                    }
-                }
-            }
-            let counts = sequencer.record_counts.plus(tables.count_deltas());
-            if tables.is_dirty() {
-                tables.save_counters(sequencer.next_token, sequencer.time.high_water(), counts)?;
-            }
-            Ok(tables.is_dirty().then_some((writes, counts)))
-        });
-        match committed {
-            Ok(wrote) => {
-                // Counters first, so that a caller reading `stats()` after its answer sees its
-                // own write counted.
-                if let Some((writes, counts)) = wrote {
-                    crate::observe::commit(size, writes, started.elapsed());
-                    self.sequencer.record_counts = counts;
-                    self.counters.committed(writes, counts);
-                }
-                for (command, outcome) in batch.drain(..).zip(answers) {
-                    answer(command, outcome);
-                }
-                if wrote.is_some() {
-                    self.notifier.bump();
-                }
-            }
-            Err(error) => {
-                crate::observe::poisoned(&error);
-                self.poisoned.store(true, Ordering::Release);
-                // Tokens of the failed batch were never acknowledged; keeping the counter advanced
-                // is harmless (the store is poisoned) and never reuses a token.
-                debug_assert!(self.sequencer.next_token >= token_before);
-                let mut first = Some(error);
-                for command in batch.drain(..) {
-                    answer(command, Err(first.take().unwrap_or(Error::Poisoned)));
-                }
-                self.notifier.bump();
-            }
-        }
+        let (flushes, rest): (Vec<Command>, Vec<Command>) = batch
+            .drain(..)
+            .partition(|command| matches!(command, Command::Flush { .. }));
+        *batch = rest;
+        self.commit(batch);
         if !flushes.is_empty() {
             // A flush is an operation: it reads the clock, so idleness is judged as of now.
             let now = self.sequencer.time.now();
             self.flush_rates(false);
             self.evict_rates(now);
-            let outcome = || {
+            for flush in flushes {
                 if self.poisoned.load(Ordering::Acquire) {
-                    Err(Error::Poisoned)
-                } else {
-                    Ok(Answer::Resolved(None))
+                    flush.fail(Error::Poisoned);
+                } else if let Command::Flush { reply } = flush {
+                    reply.send(Ok(()));
                 }
-            };
-            for reply in flushes {
-                let _ = reply.send(outcome());
             }
         }
         shutdown.is_some()
     }
-}
 
-/// How many records or counters `command`, answered with `outcome`, changed.
-fn changes(command: &Command, outcome: &Result<Answer, Error>) -> u64 {
-    match (command, outcome) {
-        (Command::Begin { .. }, Ok(Answer::Begin(BeginDecision::Acquired { .. })))
-        | (Command::Resolve { .. }, Ok(Answer::Resolved(_)))
-        | (Command::Rate { .. }, Ok(Answer::Rate(_, true))) => 1,
-        (Command::Bulk { .. }, Ok(Answer::Loaded(written))) => *written,
-        (Command::Compact { .. }, Ok(Answer::Swept(swept))) => swept.records + swept.rate_states,
-        _ => 0,
-    }
-}
-
-fn answer(command: Command, outcome: Result<Answer, Error>) {
-    match command {
-        Command::Begin { reply, .. }
-        | Command::Resolve { reply, .. }
-        | Command::Rate { reply, .. }
-        | Command::Flush { reply }
-        | Command::Compact { reply, .. }
-        | Command::Bulk { reply, .. } => {
-            // The caller may have gone (its thread ended); nothing to do then.
-            let _ = reply.send(outcome);
+    /// Applies `batch` in one transaction, commits it and answers every command (leaving it
+    /// empty). A command refused after it wrote is answered on its own and the batch applied
+    /// again without it, so that its writes are never committed.
+    fn commit(&mut self, batch: &mut Vec<Command>) {
+        loop {
+            let sequencer = &mut self.sequencer;
+            let token_before = sequencer.next_token;
+            let size = batch.len();
+            let _span = crate::observe::batch(size);
+            let started = Instant::now();
+            let mut refused_after_writing = None;
+            let committed = self.backend.write(|tables| {
+                let mut writes = 0;
+                for (index, command) in batch.iter_mut().enumerate() {
+                    let before = tables.writes();
+                    let applied = sequencer.execute(tables, command)?;
+                    if applied == Applied::Refused && tables.writes() != before {
+                        refused_after_writing = Some(index);
+                        tables.roll_back();
+                        return Ok(None);
+                    }
+                    writes += command.changes();
+                }
+                let counts = sequencer.record_counts.plus(tables.count_deltas());
+                if tables.is_dirty() {
+                    tables.save_counters(
+                        sequencer.next_token,
+                        sequencer.time.high_water(),
+                        counts,
+                    )?;
+                }
+                Ok(tables.is_dirty().then_some((writes, counts)))
+            });
+            if let Some(index) = refused_after_writing {
+                // Rolled back: answer the refusal, and apply the others again from scratch.
+                batch.remove(index).answer();
+                if batch.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            match committed {
+                Ok(wrote) => {
+                    // Counters first, so that a caller reading `stats()` after its answer sees
+                    // its own write counted.
+                    if let Some((writes, counts)) = wrote {
+                        crate::observe::commit(size, writes, started.elapsed());
+                        self.sequencer.record_counts = counts;
+                        self.counters.committed(writes, counts);
+                    }
+                    for command in batch.drain(..) {
+                        command.answer();
+                    }
+                    if wrote.is_some() {
+                        self.notifier.bump();
+                    }
+                }
+                Err(error) => {
+                    crate::observe::poisoned(&error);
+                    self.poisoned.store(true, Ordering::Release);
+                    // Tokens of the failed batch were never acknowledged; keeping the counter
+                    // advanced is harmless (the store is poisoned) and never reuses a token.
+                    debug_assert!(self.sequencer.next_token >= token_before);
+                    let mut first = Some(error);
+                    for command in batch.drain(..) {
+                        command.fail(first.take().unwrap_or(Error::Poisoned));
+                    }
+                    self.notifier.bump();
+                }
+            }
+            return;
         }
-        Command::Shutdown => {}
     }
 }

@@ -8,11 +8,12 @@ use redb::{
     Key, ReadableTable, ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
 };
 
-use super::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
 use super::redb_backend::{
     EXPIRY, META, META_CLOCK, META_NEXT_TOKEN, META_RATE_CLEAN, RATES, RECORD_COUNT_KEYS, RECORDS,
     RUNNING, storage,
 };
+use crate::engine::Swept;
+use crate::engine::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
 use crate::error::Error;
 use crate::idempotency::{Digest, Record, RecordBody};
 
@@ -68,15 +69,6 @@ fn indexed_by(head: &codec::RecordHead, at: u64) -> bool {
         || at == head.expires_at
 }
 
-/// What one sweep step removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(crate) struct Swept {
-    pub records: u64,
-    pub rate_states: u64,
-    /// Whether the step stopped at its limit: more may be due.
-    pub more: bool,
-}
-
 type RecordTable<'txn> = Table<'txn, &'static [u8; 32], &'static [u8]>;
 type ExpiryTable<'txn> = Table<'txn, &'static [u8; EXPIRY_KEY_LEN], ()>;
 type MetaTable<'txn> = Table<'txn, &'static str, &'static [u8]>;
@@ -96,7 +88,10 @@ pub(crate) struct Tables<'txn> {
     expiry: Option<ExpiryTable<'txn>>,
     meta: Option<MetaTable<'txn>>,
     rates: Option<RateTable<'txn>>,
-    pub(super) dirty: bool,
+    /// Writes so far in this transaction (each put, delete or removal counts one).
+    pub(super) writes: u64,
+    /// Set by [`Tables::roll_back`]: the transaction is aborted instead of committed.
+    pub(super) rolled_back: bool,
     pub(super) count_deltas: [i64; 3],
 }
 
@@ -123,7 +118,8 @@ impl<'txn> Tables<'txn> {
             expiry: None,
             meta: None,
             rates: None,
-            dirty: false,
+            writes: 0,
+            rolled_back: false,
             count_deltas: [0; 3],
         }
     }
@@ -161,7 +157,17 @@ impl<'txn> Tables<'txn> {
 impl Tables<'_> {
     /// Whether anything was written in this transaction.
     pub(crate) fn is_dirty(&self) -> bool {
-        self.dirty
+        self.writes > 0
+    }
+
+    /// Writes so far in this transaction: a command that failed after this moved has written.
+    pub(crate) fn writes(&self) -> u64 {
+        self.writes
+    }
+
+    /// Discards every write of this transaction: it is aborted, not committed.
+    pub(crate) fn roll_back(&mut self) {
+        self.rolled_back = true;
     }
 
     /// How the per-state record counts changed in this transaction.
@@ -190,7 +196,7 @@ impl Tables<'_> {
         new: &Record,
     ) -> Result<(), Error> {
         let encoded = codec::encode_record(new)?;
-        self.dirty = true;
+        self.writes += 1;
         let indexed_at = index_at(new);
         let same_expiry = old.is_some_and(|old| index_at(old) == indexed_at);
         if let Some(old) = old {
@@ -223,7 +229,7 @@ impl Tables<'_> {
 
     /// Deletes `old` (the record as read in this transaction) and its index entry.
     pub(crate) fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
-        self.dirty = true;
+        self.writes += 1;
         let key = digest.as_bytes();
         if self.running()?.remove(key).map_err(storage)?.is_none() {
             self.records()?.remove(key).map_err(storage)?;
@@ -275,7 +281,7 @@ impl Tables<'_> {
             more: due.len() >= limit,
             ..Swept::default()
         };
-        self.dirty |= !due.is_empty();
+        self.writes += due.len() as u64;
         for key in due {
             let (at, kind, id) = codec::decode_expiry_key(&key)?;
             self.expiry()?.remove(&key).map_err(storage)?;
@@ -338,7 +344,7 @@ impl Tables<'_> {
         key: &[u8; 16],
         rate: Option<&StoredRate>,
     ) -> Result<(), Error> {
-        self.dirty = true;
+        self.writes += 1;
         // The expiry index's id field is 32 bytes: a counter key padded with zeros.
         let mut id = [0; 32];
         id[..16].copy_from_slice(key);
@@ -374,7 +380,7 @@ impl Tables<'_> {
 
     /// Records that every batched rate decision of this session is on disk.
     pub(crate) fn mark_rates_clean(&mut self) -> Result<(), Error> {
-        self.dirty = true;
+        self.writes += 1;
         self.meta()?
             .insert(META_RATE_CLEAN, codec::encode_meta(1).as_slice())
             .map_err(storage)?;
@@ -388,7 +394,7 @@ impl Tables<'_> {
         clock_high_water: u64,
         counts: RecordCounts,
     ) -> Result<(), Error> {
-        self.dirty = true;
+        self.writes += 1;
         let values = [
             (META_NEXT_TOKEN, next_token),
             (META_CLOCK, clock_high_water),
@@ -407,8 +413,8 @@ impl Tables<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::embedded::storage::{Backend, Location, OpenOptions, SimDisk};
     use crate::idempotency::StoredResponse;
-    use crate::storage::{Backend, Location, OpenOptions, SimDisk};
 
     const SECOND: u64 = 1_000_000_000;
 
@@ -506,7 +512,7 @@ mod tests {
                         (),
                     )
                     .map_err(storage)?;
-                tables.dirty = true;
+                tables.writes += 1;
                 assert_eq!(tables.record(&digest)?, Some(old.clone()));
                 let taken = running(start + 40 * SECOND);
                 tables.put_record(&digest, Some(&old), &taken)?;

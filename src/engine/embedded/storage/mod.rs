@@ -1,24 +1,20 @@
-//! The storage seam.
-//!
-//! Everything above this module (the state machine, the writer, the `Store`) deals in [`Record`]s
-//! and digests; only this module knows that they live in redb tables. A second backend (a shared
-//! database for multi-node deployments) implements the same operations:
+//! The embedded engine's storage: the only code that names redb's types.
 //!
 //! - open: create or check the file, durably bump the boot epoch, return the persisted counters;
-//! - read one record from the latest committed state, without blocking the writer;
+//! - read one record or counter from the latest committed state, without blocking the writer;
 //! - run a batch of reads and writes in one atomic, durable transaction (`write`), where the batch
 //!   can read its own writes, put and delete records (keeping the expiry index in step), count
-//!   records, remove expired ones, and save the counters.
+//!   records, remove expired ones, save the counters, or roll everything back.
 //!
-//! [`Record`]: crate::idempotency::Record
+//! Values are encoded by the engines' shared codec (`engine::codec`); the byte layout is in
+//! `docs/FORMAT.md`.
 
-pub(crate) mod codec;
 mod redb_backend;
 #[cfg(any(test, feature = "test-support"))]
 mod sim_disk;
 mod tables;
 
-pub(crate) use codec::StoredRate;
+pub(crate) use crate::engine::codec::StoredRate;
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use redb_backend::contained_panics;
 pub(crate) use redb_backend::{Backend, OpenOptions};
@@ -49,4 +45,4 @@ impl Location {
         }
     }
 }
-pub(crate) use tables::{RecordCounts, Swept, Tables};
+pub(crate) use tables::{RecordCounts, Tables};

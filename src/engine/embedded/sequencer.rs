@@ -3,19 +3,21 @@
 //! The [`Sequencer`] owns the state that orders writes (the boot epoch, the next lease token, the
 //! record counts) and applies one command at a time to the open tables: it reads what it needs,
 //! asks the pure rules (`idempotency::machine`, `ratelimit::charge`) what to do, and writes the
-//! result. The writer (`writer.rs`) owns batching, commits and answers.
+//! result, keeping the answer in the command. The writer (`writer.rs`) owns batching, commits
+//! and answers.
 
 use std::sync::Arc;
 
-use super::rate::Recovery;
-use super::writer::{Answer, BeginRequest, BulkRecords, Command};
+use super::recovery::Recovery;
+use super::storage::{RecordCounts, StoredRate, Tables};
+use super::writer::{Applied, Command};
 use crate::clock::StoreTime;
+use crate::engine::{BeginRequest, BulkRecords};
 use crate::error::Error;
-use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect};
+use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
 use crate::idempotency::{Digest, Record};
-use crate::ratelimit::charge::{self, RateOp};
+use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 use crate::ratelimit::{RateState, Spec, idle_at, is_idle};
-use crate::storage::{RecordCounts, StoredRate, Tables};
 
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;
@@ -32,45 +34,44 @@ pub(crate) struct Sequencer {
 }
 
 impl Sequencer {
-    /// Applies one command to the open tables.
+    /// Applies one command to the open tables, keeping its answer in the command. A storage
+    /// error is returned instead (it is the whole batch's).
     pub(crate) fn execute(
         &mut self,
         tables: &mut Tables<'_>,
         command: &mut Command,
-    ) -> Result<Answer, Error> {
+    ) -> Result<Applied, Error> {
         let now = self.time.now();
         match command {
             Command::Begin {
-                digest, request, ..
-            } => self.begin(tables, digest, request, now),
+                digest,
+                request,
+                reply,
+            } => {
+                let outcome = self.begin(tables, digest, request, now);
+                reply.set(outcome)
+            }
             Command::Resolve {
                 digest,
                 token,
                 resolution,
-                ..
-            } => {
-                let existing = tables.record(digest)?;
-                let effect = machine::resolve(existing.as_ref(), *token, resolution.clone(), now)
-                    .map_err(|machine::Fenced| Error::LeaseLost)?;
-                match effect {
-                    Effect::Put(record) => {
-                        tables.put_record(digest, existing.as_ref(), &record)?;
-                        Ok(Answer::Resolved(lease_expiry(&record)))
-                    }
-                    Effect::Delete => {
-                        if let Some(old) = &existing {
-                            tables.delete_record(digest, old)?;
-                        }
-                        Ok(Answer::Resolved(None))
-                    }
-                }
+                reply,
+            } => reply.set(resolve(tables, digest, *token, resolution, now)),
+            Command::Rate { op, reply } => {
+                let outcome = self.rate(tables, op, now);
+                reply.set(outcome)
             }
-            Command::Rate { op, .. } => self.rate(tables, op, now),
-            // Handled by the writer itself, after the batch (see `apply`).
-            Command::Flush { .. } => Ok(Answer::Resolved(None)),
-            Command::Compact { limit, .. } => Ok(Answer::Swept(tables.sweep(now, *limit)?)),
-            Command::Bulk { count, records, .. } => self.bulk(tables, *count, records, now),
-            Command::Shutdown => Err(Error::Closed),
+            // A flush is handled by the writer itself, after the batch (see `apply`).
+            Command::Flush { .. } | Command::Shutdown => Ok(Applied::Done),
+            Command::Compact { limit, reply } => reply.set(tables.sweep(now, *limit)),
+            Command::Bulk {
+                count,
+                records,
+                reply,
+            } => {
+                let outcome = self.bulk(tables, *count, records, now);
+                reply.set(outcome)
+            }
         }
     }
 
@@ -81,7 +82,7 @@ impl Sequencer {
         count: u64,
         records: &mut BulkRecords,
         now: u64,
-    ) -> Result<Answer, Error> {
+    ) -> Result<u64, Error> {
         if let Some(limit) = self.max_records {
             // Checked before writing anything, so that a refusal leaves nothing half-loaded.
             // (Conservative: a record that replaces one with the same key counts as new.)
@@ -96,15 +97,20 @@ impl Sequencer {
             }
         }
         let mut written = 0;
-        while let Some((digest, record)) = records(written) {
+        while let Some((digest, record)) = records(written, now) {
             let existing = tables.record(&digest)?;
             tables.put_record(&digest, existing.as_ref(), &record)?;
             written += 1;
         }
-        Ok(Answer::Loaded(written))
+        Ok(written)
     }
 
-    fn rate(&self, tables: &mut Tables<'_>, op: &RateOp, now: u64) -> Result<Answer, Error> {
+    fn rate(
+        &self,
+        tables: &mut Tables<'_>,
+        op: &RateOp,
+        now: u64,
+    ) -> Result<(RateOutcome, bool), Error> {
         let mut states = Vec::with_capacity(op.targets.len());
         for target in &op.targets {
             let on_disk = tables.rate(&target.key.0)?.map(|rate| rate.state);
@@ -116,7 +122,7 @@ impl Sequencer {
                 tables.put_rate(&target.key.0, stored(&target.spec, state, now).as_ref())?;
             }
         }
-        Ok(Answer::Rate(outcome, changed))
+        Ok((outcome, changed))
     }
 
     fn begin(
@@ -125,12 +131,13 @@ impl Sequencer {
         digest: &Digest,
         request: &BeginRequest,
         now: u64,
-    ) -> Result<Answer, Error> {
+    ) -> Result<BeginDecision, Error> {
         let existing = tables.record(digest)?;
         let params = BeginParams {
             fingerprint: request.fingerprint,
             now,
             epoch: self.epoch,
+            owner_epoch: self.epoch,
             lease_ttl: request.lease_ttl,
             record_ttl: request.record_ttl,
             next_token: self.next_token,
@@ -143,7 +150,7 @@ impl Sequencer {
             tables.put_record(digest, existing.as_ref(), record)?;
             self.next_token = self.next_token.saturating_add(1);
         }
-        Ok(Answer::Begin(decision))
+        Ok(decision)
     }
 
     /// Refuses a new record when the store is full, after removing already-expired records (never
@@ -160,6 +167,31 @@ impl Sequencer {
             Ok(())
         } else {
             Err(Error::CapacityExceeded { limit })
+        }
+    }
+}
+
+/// Applies a lease owner's resolution, fenced by its token.
+fn resolve(
+    tables: &mut Tables<'_>,
+    digest: &Digest,
+    token: u64,
+    resolution: &Resolution,
+    now: u64,
+) -> Result<Option<u64>, Error> {
+    let existing = tables.record(digest)?;
+    let effect = machine::resolve(existing.as_ref(), token, resolution.clone(), now)
+        .map_err(|machine::Fenced| Error::LeaseLost)?;
+    match effect {
+        Effect::Put(record) => {
+            tables.put_record(digest, existing.as_ref(), &record)?;
+            Ok(lease_expiry(&record))
+        }
+        Effect::Delete => {
+            if let Some(old) = &existing {
+                tables.delete_record(digest, old)?;
+            }
+            Ok(None)
         }
     }
 }

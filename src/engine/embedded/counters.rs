@@ -1,0 +1,86 @@
+//! The embedded engine's rate counters, in the configured durability mode.
+//!
+//! Batched: decided against the in-memory cache (`rate_cache.rs`), flushed by the writer within
+//! `max_delay`. Immediate: changes go through the writer (durable on return); peeks read the
+//! latest committed state. Both paths load counters through [`Recovery::on_load`], which applies
+//! the crash policy, and both decide with the same pure `charge::apply`.
+//!
+//! [`Recovery::on_load`]: super::recovery::Recovery::on_load
+
+use super::Embedded;
+use super::rate_cache::{Query, RateCache};
+use super::writer::Command;
+use crate::engine::CounterEngine;
+use crate::error::Result;
+use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
+use crate::ratelimit::{CounterKey, Limit, Spec};
+
+impl CounterEngine for Embedded {
+    fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        match &self.rate_cache {
+            Some(cache) => self.run_batched(cache, kind, checks),
+            None => self.run_immediate(kind, checks),
+        }
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.send(|reply| Command::Flush { reply })
+    }
+}
+
+impl Embedded {
+    /// Batched mode: decide from memory; the writer flushes changes within `max_delay`.
+    fn run_batched(
+        &self,
+        cache: &RateCache,
+        kind: OpKind,
+        checks: &[(&Limit, &str)],
+    ) -> Result<RateOutcome> {
+        self.check_usable()?;
+        // No store-wide lock on the hot path: the cache refuses work once `close` marked its
+        // shards, and the backend is needed only to load a counter that is not in memory.
+        let now = self.time.now();
+        let recovery = self.recovery;
+        let loader = |key: &CounterKey, spec: &Spec| {
+            let stored = self.with_backend(|backend| backend.read_rate(&key.0))?;
+            Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
+        };
+        if let [(limit, subject)] = checks {
+            cache.run(kind, &[Query { limit, subject }], now, &loader)
+        } else {
+            let queries: Vec<Query<'_>> = checks
+                .iter()
+                .map(|&(limit, subject)| Query { limit, subject })
+                .collect();
+            cache.run(kind, &queries, now, &loader)
+        }
+    }
+
+    /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
+    /// committed state.
+    fn run_immediate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        let mut targets = Vec::with_capacity(checks.len());
+        for (limit, subject) in checks {
+            targets.push(Target {
+                key: self.rate_keys.key(limit.name(), subject)?,
+                spec: limit.spec,
+            });
+        }
+        if kind.writes() {
+            let op = RateOp { kind, targets };
+            return self
+                .send(|reply| Command::Rate { op, reply })
+                .map(|(outcome, _changed)| outcome);
+        }
+        let now = self.time.now();
+        let mut states = Vec::with_capacity(targets.len());
+        for target in &targets {
+            let stored = self.with_backend(|backend| backend.read_rate(&target.key.0))?;
+            states.push(
+                self.recovery
+                    .on_load(&target.spec, stored.map(|rate| rate.state), now),
+            );
+        }
+        Ok(charge::apply(kind, &targets, &mut states, now).0)
+    }
+}
