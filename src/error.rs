@@ -95,9 +95,26 @@ pub enum Error {
     #[error("not a tollgate store: {0}")]
     NotAStore(String),
 
-    /// Another process (or another `Store` in this process) has the file open.
-    #[error("the store file is already open in another process or Store")]
+    /// Another process (or another `Store` in this process) has the file open; on PostgreSQL,
+    /// a live store already runs with this `node_id` on this schema.
+    #[error(
+        "the store is already open: another process or Store has the file, or runs with this node_id on this PostgreSQL schema"
+    )]
     AlreadyOpen,
+
+    /// The database could not be reached, or did not answer in time (it is down, restarting,
+    /// failing over, or overloaded). Nothing was changed: retry later. The store reconnects by
+    /// itself.
+    #[error("the database is unavailable; nothing was changed, retry: {0}")]
+    Unavailable(String),
+
+    /// The connection failed while a change's commit was on its way, so whether it was
+    /// committed is unknown. Retrying is safe: a `begin` of the same key answers from whatever
+    /// was stored (a replay, the lease in flight until it expires, or a new lease).
+    #[error(
+        "the change may or may not have been committed (the connection failed during its commit): {0}"
+    )]
+    InDoubt(String),
 
     /// A value read from disk could not be decoded. The file was damaged outside tollgate, or by a
     /// bug; other records are unaffected.

@@ -24,13 +24,16 @@
 
 pub(crate) mod codec;
 pub(crate) mod embedded;
+#[cfg(feature = "postgres")]
+pub(crate) mod postgres;
 
 use crate::error::Result;
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
-use crate::ratelimit::Limit;
 use crate::ratelimit::charge::{OpKind, RateOutcome};
+use crate::ratelimit::{Limit, RateState, Spec, idle_at, is_idle};
 use crate::store::Stats;
+use codec::StoredRate;
 
 /// What a `begin` asks for, besides its key.
 #[derive(Debug, Clone, Copy)]
@@ -51,6 +54,26 @@ pub(crate) struct Swept {
     pub rate_states: u64,
     /// Whether the step stopped at its limit: more may be due.
     pub more: bool,
+}
+
+/// A counter as it should be stored: idle counters are deleted (they equal a fresh one).
+pub(crate) fn stored_rate(spec: &Spec, state: Option<RateState>, now: u64) -> Option<StoredRate> {
+    state
+        .filter(|state| !is_idle(spec, *state, now))
+        .map(|state| StoredRate {
+            state,
+            idle_at: idle_at(spec, state),
+        })
+}
+
+/// The lease expiry of a RUNNING record (what an extension answers).
+pub(crate) fn lease_expiry(record: &Record) -> Option<u64> {
+    match record.body {
+        crate::idempotency::RecordBody::Running {
+            lease_expires_at, ..
+        } => Some(lease_expires_at),
+        _ => None,
+    }
 }
 
 /// Idempotency records: read, begin, resolve, list, load.
@@ -83,6 +106,12 @@ pub(crate) trait RecordEngine: Send + Sync {
 
     /// Writes `count` records from `records` in one atomic transaction.
     fn bulk_load(&self, count: u64, records: BulkRecords) -> Result<u64>;
+
+    /// How long a caller waiting for a key in flight sleeps at most before it looks again, when
+    /// some commits (another node's) wake nobody here. `None`: every commit wakes waiters.
+    fn wait_poll(&self) -> Option<std::time::Duration> {
+        None
+    }
 }
 
 /// Rate counters: every rate operation, decided by `ratelimit::charge`.
@@ -95,63 +124,62 @@ pub(crate) trait CounterEngine: Send + Sync {
 }
 
 /// The engine a store was opened on.
+// One per store, inside its `Arc`: the size of the larger variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Engine {
     Embedded(embedded::Embedded),
+    #[cfg(feature = "postgres")]
+    Postgres(postgres::Postgres),
+}
+
+/// `$body` on whichever engine `$engine` is, as `$name`.
+macro_rules! on_engine {
+    ($engine:expr, $name:ident => $body:expr) => {
+        match $engine {
+            Engine::Embedded($name) => $body,
+            #[cfg(feature = "postgres")]
+            Engine::Postgres($name) => $body,
+        }
+    };
 }
 
 impl Engine {
     pub(crate) fn records(&self) -> &dyn RecordEngine {
-        match self {
-            Engine::Embedded(engine) => engine,
-        }
+        on_engine!(self, engine => engine)
     }
 
     pub(crate) fn counters(&self) -> &dyn CounterEngine {
-        match self {
-            Engine::Embedded(engine) => engine,
-        }
+        on_engine!(self, engine => engine)
     }
 
     /// One compaction step: removes up to `limit` expired records and idle counters.
     pub(crate) fn compact_step(&self, limit: usize) -> Result<Swept> {
-        match self {
-            Engine::Embedded(engine) => engine.compact_step(limit),
-        }
+        on_engine!(self, engine => engine.compact_step(limit))
     }
 
     /// The store's numbers (the record counts, commits and writes come from the engine).
     pub(crate) fn stats(&self) -> Result<Stats> {
-        match self {
-            Engine::Embedded(engine) => engine.stats(),
-        }
+        on_engine!(self, engine => engine.stats())
     }
 
     /// This open's epoch.
     pub(crate) fn epoch(&self) -> u64 {
-        match self {
-            Engine::Embedded(engine) => engine.epoch(),
-        }
+        on_engine!(self, engine => engine.epoch())
     }
 
     /// `Ok` while the engine can serve operations (not poisoned, not closed).
     pub(crate) fn check_usable(&self) -> Result<()> {
-        match self {
-            Engine::Embedded(engine) => engine.check_usable(),
-        }
+        on_engine!(self, engine => engine.check_usable())
     }
 
     /// Whether `close` has run.
     pub(crate) fn is_closed(&self) -> bool {
-        match self {
-            Engine::Embedded(engine) => engine.is_closed(),
-        }
+        on_engine!(self, engine => engine.is_closed())
     }
 
     /// Stops the engine's threads after everything queued before, joins them and releases its
     /// storage. Closing twice does nothing.
     pub(crate) fn close(&self) -> Result<()> {
-        match self {
-            Engine::Embedded(engine) => engine.close(),
-        }
+        on_engine!(self, engine => engine.close())
     }
 }

@@ -94,6 +94,12 @@ pub struct StoreBuilder {
     pub(crate) compaction_batch: usize,
     pub(crate) quick_repair: bool,
     pub(crate) verify_on_open: bool,
+    /// The PostgreSQL schema (`None`: `tollgate`).
+    pub(crate) postgres_schema: Option<String>,
+    /// This node's stable name on PostgreSQL (`None`: a random one per open).
+    pub(crate) node_id: Option<String>,
+    /// Connections (worker threads) per PostgreSQL store.
+    pub(crate) postgres_pool_size: Option<usize>,
     /// The rate-counter secret of a newly created file (test support only; `None`: random).
     pub(crate) rate_secret: Option<(u64, u64)>,
 }
@@ -114,6 +120,9 @@ impl Default for StoreBuilder {
             compaction_batch: DEFAULT_COMPACTION_BATCH,
             quick_repair: false,
             verify_on_open: false,
+            postgres_schema: None,
+            node_id: None,
+            postgres_pool_size: None,
             rate_secret: None,
         }
     }
@@ -134,6 +143,9 @@ impl std::fmt::Debug for StoreBuilder {
             .field("compaction_batch", &self.compaction_batch)
             .field("quick_repair", &self.quick_repair)
             .field("verify_on_open", &self.verify_on_open)
+            .field("postgres_schema", &self.postgres_schema)
+            .field("node_id", &self.node_id)
+            .field("postgres_pool_size", &self.postgres_pool_size)
             .finish_non_exhaustive()
     }
 }
@@ -289,6 +301,57 @@ impl StoreBuilder {
         Store::open_embedded(&self, Location::Simulated(disk.clone()))
     }
 
+    /// Opens a store on PostgreSQL: records and counters in tables of one schema, shared by
+    /// every store (every *node*) opened on it. `conn` is a libpq connection string or URL
+    /// (`host=db user=app dbname=orders sslmode=verify-full sslrootcert=/etc/ca.pem`, or
+    /// `postgresql://app@db/orders?sslmode=require`); `connect_timeout` defaults to 5 s.
+    ///
+    /// The schema is created, or checked and migrated, at open. Decisions are taken on the
+    /// database server's clock: a `clock` set on this builder does not decide here. Rate counters
+    /// are always [`RateDurability::Immediate`](crate::ratelimit::RateDurability::Immediate).
+    /// Calls block on the network: in async code, call them from `spawn_blocking` (the tower
+    /// layers do).
+    ///
+    /// # Errors
+    /// - [`Error::InvalidArgument`] for a bad connection string, schema name or node id, for
+    ///   `RateDurability::Batched` or `max_records` (not available on PostgreSQL), and for the
+    ///   settings [`StoreBuilder::open`] refuses.
+    /// - [`Error::Unavailable`] if the server cannot be reached within the connect timeout.
+    /// - [`Error::AlreadyOpen`] if a live store already runs with this `node_id` on the schema.
+    /// - [`Error::IncompatibleFormat`] if a newer tollgate created the schema.
+    /// - [`Error::Storage`] for anything else the server refuses (a permission, say).
+    #[cfg(feature = "postgres")]
+    pub fn open_postgres(self, conn: &str) -> Result<Store> {
+        Store::open_postgres(&self, conn)
+    }
+
+    /// The PostgreSQL schema for tollgate's tables (see [`StoreBuilder::open_postgres`]): 1 to
+    /// 63 characters of `a-z`, `0-9` and `_`. Stores on different schemas never see each other's
+    /// data. Default = `tollgate`.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_schema(mut self, name: &str) -> Self {
+        self.postgres_schema = Some(name.to_string());
+        self
+    }
+
+    /// A stable name for this node on PostgreSQL (1 to 64 characters of `A-Z a-z 0-9 . _ : -`).
+    /// Each open of a name starts a new epoch: RUNNING records left by its earlier runs are
+    /// taken over at once by whoever meets them. Only one live store may use a name on a schema.
+    /// Default = a random name per open (then only lease expiry frees its leases).
+    #[cfg(feature = "postgres")]
+    pub fn node_id(mut self, id: &str) -> Self {
+        self.node_id = Some(id.to_string());
+        self
+    }
+
+    /// How many connections (each with its worker thread) a PostgreSQL store keeps: at most this
+    /// many transactions of this node run at once. Default = 4.
+    #[cfg(feature = "postgres")]
+    pub fn postgres_pool_size(mut self, connections: usize) -> Self {
+        self.postgres_pool_size = Some(connections);
+        self
+    }
+
     pub(crate) fn settings(&self) -> Result<Settings> {
         if self.record_ttl.is_zero() || self.lease_ttl.is_zero() {
             return Err(Error::InvalidArgument(
@@ -311,6 +374,11 @@ impl StoreBuilder {
         if self.compaction_batch == 0 || self.compaction_interval.is_some_and(|i| i.is_zero()) {
             return Err(Error::InvalidArgument(
                 "compaction_batch and compaction_interval must be greater than zero".into(),
+            ));
+        }
+        if self.postgres_pool_size == Some(0) {
+            return Err(Error::InvalidArgument(
+                "postgres_pool_size must be at least 1".into(),
             ));
         }
         if self.max_response_bytes > MAX_RESPONSE_BYTES_LIMIT {

@@ -129,6 +129,27 @@ impl Store {
         ))
     }
 
+    #[cfg(feature = "postgres")]
+    pub(crate) fn open_postgres(builder: &StoreBuilder, conn: &str) -> Result<Store> {
+        let settings = builder.settings()?;
+        let notifier = Arc::new(Notifier::default());
+        let counters = Arc::new(Counters::default());
+        let engine = crate::engine::postgres::Postgres::open(
+            builder,
+            &settings,
+            conn,
+            &notifier,
+            Arc::clone(&counters),
+        )?;
+        Ok(Store::with_engine(
+            builder,
+            settings,
+            Engine::Postgres(engine),
+            notifier,
+            counters,
+        ))
+    }
+
     fn with_engine(
         builder: &StoreBuilder,
         settings: Settings,
@@ -191,10 +212,14 @@ impl Store {
             let outcome = self.begin_once(digest, request)?;
             match (outcome, deadline) {
                 (Begin::InFlight { retry_after }, Some(deadline)) if Instant::now() < deadline => {
-                    // Wake at the first of: a commit, the lease's expiry, the caller's deadline.
-                    let wake = Instant::now()
+                    // Wake at the first of: a commit here, the lease's expiry, the caller's
+                    // deadline, and the engine's poll (commits of other nodes wake nobody).
+                    let mut wake = Instant::now()
                         .checked_add(retry_after)
                         .map_or(deadline, |expiry| expiry.min(deadline));
+                    if let Some(poll) = self.shared.engine.records().wait_poll() {
+                        wake = wake.min(Instant::now() + poll);
+                    }
                     self.shared.notifier.wait_past(seen, wake);
                 }
                 (outcome, _) => return Ok(outcome),
@@ -274,9 +299,10 @@ impl Store {
     /// [`Error::Poisoned`], [`Error::Storage`].
     pub fn get(&self, key: &IdempotencyKey) -> Result<Option<RecordInfo>> {
         let records = self.shared.engine.records();
+        // Read first: an engine on a server refreshes its clock with the read.
+        let record = records.read(&key.digest())?;
         let now = records.now();
-        Ok(records
-            .read(&key.digest())?
+        Ok(record
             .filter(|record| !record.is_expired(now))
             .map(|record| record.info()))
     }
@@ -344,6 +370,35 @@ impl Store {
     pub fn command_queue_for_tests(&self) -> Option<crate::testing::CommandQueue> {
         match &self.shared.engine {
             Engine::Embedded(engine) => engine.command_queue(),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => None,
+        }
+    }
+
+    /// Moves the store's clock forward by `by` (test support): on the embedded engine, nothing
+    /// (move the builder's `ManualClock`); on PostgreSQL, the schema's clock, for every node.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; on PostgreSQL, [`Error::Unavailable`].
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn advance_database_clock_for_tests(&self, by: Duration) -> Result<()> {
+        match &self.shared.engine {
+            Engine::Embedded(_) => {
+                let _ = by;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.advance_clock(by),
+        }
+    }
+
+    /// Which engine the store runs on: `"embedded"` or `"postgres"`.
+    pub fn engine_name(&self) -> &'static str {
+        match &self.shared.engine {
+            Engine::Embedded(_) => "embedded",
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => "postgres",
         }
     }
 

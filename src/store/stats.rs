@@ -72,6 +72,12 @@ impl Counters {
         self.set_records(records);
     }
 
+    /// Counts a commit of `writes` changes (an engine that counts records itself).
+    pub(crate) fn committed_writes(&self, writes: u64) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes, Ordering::Relaxed);
+    }
+
     pub(crate) fn compacted(&self, report: CompactionReport) {
         *self.last_compaction.lock() = Some(report);
     }

@@ -9,15 +9,14 @@
 use std::sync::Arc;
 
 use super::recovery::Recovery;
-use super::storage::{RecordCounts, StoredRate, Tables};
+use super::storage::{RecordCounts, Tables};
 use super::writer::{Applied, Command};
 use crate::clock::StoreTime;
-use crate::engine::{BeginRequest, BulkRecords};
+use crate::engine::{BeginRequest, BulkRecords, lease_expiry, stored_rate};
 use crate::error::Error;
+use crate::idempotency::Digest;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
-use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
-use crate::ratelimit::{RateState, Spec, idle_at, is_idle};
 
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;
@@ -119,7 +118,10 @@ impl Sequencer {
         let (outcome, changed) = charge::apply(op.kind, &op.targets, &mut states, now);
         if changed {
             for (target, state) in op.targets.iter().zip(states) {
-                tables.put_rate(&target.key.0, stored(&target.spec, state, now).as_ref())?;
+                tables.put_rate(
+                    &target.key.0,
+                    stored_rate(&target.spec, state, now).as_ref(),
+                )?;
             }
         }
         Ok((outcome, changed))
@@ -193,24 +195,5 @@ fn resolve(
             }
             Ok(None)
         }
-    }
-}
-
-/// A counter as it should be stored: idle counters are deleted (they equal a fresh one).
-pub(crate) fn stored(spec: &Spec, state: Option<RateState>, now: u64) -> Option<StoredRate> {
-    state
-        .filter(|state| !is_idle(spec, *state, now))
-        .map(|state| StoredRate {
-            state,
-            idle_at: idle_at(spec, state),
-        })
-}
-
-fn lease_expiry(record: &Record) -> Option<u64> {
-    match record.body {
-        crate::idempotency::RecordBody::Running {
-            lease_expires_at, ..
-        } => Some(lease_expires_at),
-        _ => None,
     }
 }

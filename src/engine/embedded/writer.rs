@@ -36,9 +36,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::Mutex;
 
 use super::rate_cache::RateCache;
-use super::sequencer::{Sequencer, stored};
+use super::sequencer::Sequencer;
 use super::storage::Backend;
-use crate::engine::{BeginRequest, BulkRecords, Swept};
+use crate::engine::{BeginRequest, BulkRecords, Swept, stored_rate};
 use crate::error::Error;
 use crate::idempotency::Digest;
 use crate::idempotency::machine::{BeginDecision, Resolution};
@@ -404,7 +404,7 @@ impl Core {
         let now = sequencer.time.high_water();
         let written = self.backend.write(|tables| {
             for (key, spec, state) in &dirty {
-                tables.put_rate(&key.0, stored(spec, *state, now).as_ref())?;
+                tables.put_rate(&key.0, stored_rate(spec, *state, now).as_ref())?;
             }
             if last && batched {
                 tables.mark_rates_clean()?;

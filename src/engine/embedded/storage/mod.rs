@@ -14,7 +14,6 @@ mod redb_backend;
 mod sim_disk;
 mod tables;
 
-pub(crate) use crate::engine::codec::StoredRate;
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use redb_backend::contained_panics;
 pub(crate) use redb_backend::{Backend, OpenOptions};

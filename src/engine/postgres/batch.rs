@@ -1,0 +1,634 @@
+//! A batch of changes from many callers of one node, in one transaction: the client-side group
+//! commit.
+//!
+//! ```text
+//! BEGIN; SET LOCAL statement_timeout          one round trip
+//! lock.sql: clock, tokens, rows FOR UPDATE    one round trip
+//!   decide every change in arrival order with the pure rules, on the locked rows
+//! write_records.sql / write_rates.sql         one round trip each (only if something changed)
+//! UPDATE counts (this connection's row); COMMIT   one round trip
+//! ```
+//!
+//! # Rules
+//! - Every decision is taken by `idempotency::machine` or `ratelimit::charge` on rows locked
+//!   for this transaction, at the database clock's reading in the lock statement. Changes to one
+//!   key in a batch see the ones before them.
+//! - A row that did not exist is created with `ON CONFLICT DO NOTHING`; if another transaction
+//!   created it since the lock, the decisions on it were taken on a state that no longer holds,
+//!   so the whole transaction is rolled back and the batch starts over (as on a deadlock or a
+//!   serialization failure), up to [`MAX_ATTEMPTS`] times.
+//! - A change's logical error (a lease lost, a cost too large) is its caller's answer; nothing
+//!   is written for it, and the rest of the batch commits.
+//! - Answers are sent after the commit. If the connection fails before the commit was sent,
+//!   nothing was committed: every caller gets [`Error::Unavailable`]. If it fails while the
+//!   commit is on its way, the outcome is unknown: callers whose change would have been written
+//!   get [`Error::InDoubt`]; the others get their (read-only) answer.
+
+use std::collections::BTreeMap;
+
+use crossbeam_channel::Sender;
+use postgres::types::Type;
+
+use super::node::NodeInfo;
+use super::session::{Kind, Session, classify, kind, unavailable};
+use crate::engine::{BeginRequest, codec, lease_expiry, stored_rate};
+use crate::error::{Error, Result};
+use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
+use crate::idempotency::{Digest, Record, RecordBody};
+use crate::ratelimit::RateState;
+use crate::ratelimit::charge::{self, RateOp, RateOutcome};
+
+/// Most changes in one transaction.
+pub(crate) const MAX_BATCH: usize = 256;
+
+/// Transactions tried for one batch before its callers get [`Error::Unavailable`].
+const MAX_ATTEMPTS: usize = 8;
+
+/// A caller's change, with the channel its answer goes back on.
+pub(crate) enum Change {
+    Begin {
+        digest: Digest,
+        request: BeginRequest,
+        reply: Sender<Result<BeginDecision>>,
+    },
+    Resolve {
+        digest: Digest,
+        token: u64,
+        resolution: Resolution,
+        reply: Sender<Result<Option<u64>>>,
+    },
+    Rate {
+        op: RateOp,
+        reply: Sender<Result<RateOutcome>>,
+    },
+}
+
+/// One change's decided answer, before the commit.
+enum Answer {
+    Begin(Result<BeginDecision>),
+    Resolve(Result<Option<u64>>),
+    /// A rate operation's outcome, and whether it changed a counter.
+    Rate(Result<(RateOutcome, bool)>),
+}
+
+impl Answer {
+    /// Whether the change writes a row (an in-doubt commit makes its outcome unknown).
+    fn writes(&self) -> bool {
+        match self {
+            Answer::Begin(Ok(BeginDecision::Acquired { .. }))
+            | Answer::Resolve(Ok(_))
+            | Answer::Rate(Ok((_, true))) => true,
+            Answer::Begin(_) | Answer::Resolve(Err(_)) | Answer::Rate(_) => false,
+        }
+    }
+}
+
+impl Change {
+    fn send(&self, answer: Answer) {
+        // A caller that gave up waiting has gone; nothing to do then.
+        match (self, answer) {
+            (Change::Begin { reply, .. }, Answer::Begin(outcome)) => drop(reply.send(outcome)),
+            (Change::Resolve { reply, .. }, Answer::Resolve(outcome)) => {
+                drop(reply.send(outcome));
+            }
+            (Change::Rate { reply, .. }, Answer::Rate(outcome)) => {
+                drop(reply.send(outcome.map(|(outcome, _)| outcome)));
+            }
+            // Answers are built from their change (`decide`), so the kinds always match.
+            (change, _) => change.fail(Error::Unavailable("internal: mismatched answer".into())),
+        }
+    }
+
+    pub(crate) fn fail(&self, error: Error) {
+        match self {
+            Change::Begin { reply, .. } => drop(reply.send(Err(error))),
+            Change::Resolve { reply, .. } => drop(reply.send(Err(error))),
+            Change::Rate { reply, .. } => drop(reply.send(Err(error))),
+        }
+    }
+}
+
+/// A record row as locked, and as the batch leaves it.
+struct RecordRow {
+    /// Whether the row existed when locked.
+    existed: bool,
+    /// The state it counted in when locked (for the counts).
+    old_slot: Option<usize>,
+    /// The owner's current epoch, from `nodes`.
+    owner_epoch: u64,
+    /// The record now (`Err`: the stored value does not decode).
+    current: Result<Option<Record>, String>,
+    /// Whether this batch wrote it (so its owner is this node).
+    changed: bool,
+}
+
+/// A counter row as locked, and as the batch leaves it.
+struct RateRow {
+    existed: bool,
+    current: Result<Option<RateState>, String>,
+    /// The spec it was last written under (for its idle time).
+    spec: Option<crate::ratelimit::Spec>,
+    changed: bool,
+}
+
+/// What one attempt ended with.
+enum Attempt {
+    Committed(Vec<Answer>, Stats),
+    /// Start over (a row was created under us, a deadlock, a serialization failure).
+    Retry,
+    /// Nothing was committed.
+    Failed(Error),
+    /// The commit's outcome is unknown.
+    InDoubt(Vec<Answer>, Error),
+}
+
+/// What a committed batch changed, for `Stats`.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Stats {
+    pub writes: u64,
+    pub committed: bool,
+}
+
+/// Runs `changes` in one transaction (retrying as the rules say) and answers every caller.
+/// Returns what was committed; `now` is set to the clock reading the batch decided at.
+pub(crate) fn run(
+    session: &mut Session,
+    node: &NodeInfo,
+    slot: &str,
+    changes: &[Change],
+    now: &mut Option<u64>,
+) -> Stats {
+    for _ in 0..MAX_ATTEMPTS {
+        match attempt(session, node, slot, changes, now) {
+            Attempt::Committed(answers, stats) => {
+                for (change, answer) in changes.iter().zip(answers) {
+                    change.send(answer);
+                }
+                return stats;
+            }
+            Attempt::Retry => session.roll_back(),
+            Attempt::Failed(error) => {
+                session.roll_back();
+                let message = error.to_string();
+                for change in changes {
+                    change.fail(match &error {
+                        Error::Unavailable(_) => Error::Unavailable(message.clone()),
+                        _ => copy(&error),
+                    });
+                }
+                return Stats::default();
+            }
+            Attempt::InDoubt(answers, error) => {
+                session.reset();
+                let message = error.to_string();
+                for (change, answer) in changes.iter().zip(answers) {
+                    if answer.writes() {
+                        change.fail(Error::InDoubt(message.clone()));
+                    } else {
+                        change.send(answer);
+                    }
+                }
+                return Stats::default();
+            }
+        }
+    }
+    for change in changes {
+        change.fail(Error::Unavailable(
+            "the batch met a conflict on every attempt; retry".into(),
+        ));
+    }
+    Stats::default()
+}
+
+/// An error again, for another caller (errors are not `Clone`).
+fn copy(error: &Error) -> Error {
+    match error {
+        Error::Unavailable(message) => Error::Unavailable(message.clone()),
+        Error::InDoubt(message) => Error::InDoubt(message.clone()),
+        Error::Corrupted(message) => Error::Corrupted(message.clone()),
+        Error::Closed => Error::Closed,
+        other => Error::Storage(crate::error::StorageError::new(std::io::Error::other(
+            other.to_string(),
+        ))),
+    }
+}
+
+fn bytes_array<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
+    keys.map(<[u8]>::to_vec).collect()
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// A failed statement: retried, unavailable, or a storage error.
+fn failed(error: &postgres::Error, what: &str) -> Attempt {
+    match kind(error) {
+        Kind::Retry => Attempt::Retry,
+        _ => Attempt::Failed(classify(error, what)),
+    }
+}
+
+#[allow(clippy::too_many_lines)] // One transaction, read top to bottom.
+fn attempt(
+    session: &mut Session,
+    node: &NodeInfo,
+    slot: &str,
+    changes: &[Change],
+    now_out: &mut Option<u64>,
+) -> Attempt {
+    let sql = std::sync::Arc::clone(&session.sql);
+    let mut records: BTreeMap<[u8; 32], RecordRow> = BTreeMap::new();
+    let mut rates: BTreeMap<[u8; 16], RateRow> = BTreeMap::new();
+    let mut begins = 0i32;
+    for change in changes {
+        match change {
+            Change::Begin { digest, .. } | Change::Resolve { digest, .. } => {
+                if matches!(change, Change::Begin { .. }) {
+                    begins += 1;
+                }
+                records.entry(digest.0).or_insert_with(|| RecordRow {
+                    existed: false,
+                    old_slot: None,
+                    owner_epoch: 0,
+                    current: Ok(None),
+                    changed: false,
+                });
+            }
+            Change::Rate { op, .. } => {
+                for target in &op.targets {
+                    rates.entry(target.key.0).or_insert_with(|| RateRow {
+                        existed: false,
+                        current: Ok(None),
+                        spec: None,
+                        changed: false,
+                    });
+                }
+            }
+        }
+    }
+    let client = match session.begin() {
+        Ok(client) => client,
+        Err(error) => return Attempt::Failed(error),
+    };
+    let digests = bytes_array(records.keys().map(<[u8; 32]>::as_slice));
+    let keys = bytes_array(rates.keys().map(<[u8; 16]>::as_slice));
+    let rows = match client.query_typed(
+        &sql.lock,
+        &[
+            (&digests, Type::BYTEA_ARRAY),
+            (&keys, Type::BYTEA_ARRAY),
+            (&begins, Type::INT4),
+        ],
+    ) {
+        Ok(rows) => rows,
+        Err(error) => return failed(&error, "cannot lock the batch's rows"),
+    };
+    let mut now = 0u64;
+    let mut tokens = Vec::with_capacity(usize::try_from(begins).unwrap_or(0));
+    for row in &rows {
+        let read = (|| -> std::result::Result<(), postgres::Error> {
+            let kind: i32 = row.try_get(0)?;
+            let key: Option<Vec<u8>> = row.try_get(1)?;
+            let value: Option<Vec<u8>> = row.try_get(2)?;
+            let number: i64 = row.try_get(3)?;
+            let number = u64::try_from(number).unwrap_or(0);
+            match (kind, key, value) {
+                (0, _, _) => now = number,
+                (1, _, _) => tokens.push(number),
+                (2, Some(key), Some(value)) => {
+                    if let Some(row) = <[u8; 32]>::try_from(key.as_slice())
+                        .ok()
+                        .and_then(|key| records.get_mut(&key))
+                    {
+                        row.existed = true;
+                        row.owner_epoch = number;
+                        row.current = codec::decode_record(&value)
+                            .map(Some)
+                            .map_err(|error| error.to_string());
+                        row.old_slot = row
+                            .current
+                            .as_ref()
+                            .ok()
+                            .and_then(Option::as_ref)
+                            .map(state_slot);
+                    }
+                }
+                (3, Some(key), Some(value)) => {
+                    if let Some(row) = <[u8; 16]>::try_from(key.as_slice())
+                        .ok()
+                        .and_then(|key| rates.get_mut(&key))
+                    {
+                        row.existed = true;
+                        row.current = codec::decode_rate(&value)
+                            .map(|stored| Some(stored.state))
+                            .map_err(|error| error.to_string());
+                    }
+                }
+                _ => {}
+            }
+            Ok(())
+        })();
+        if let Err(error) = read {
+            return Attempt::Failed(classify(&error, "bad row from the lock statement"));
+        }
+    }
+    *now_out = Some(now);
+
+    // Decide, in arrival order.
+    let mut next_token = tokens.into_iter();
+    let mut answers = Vec::with_capacity(changes.len());
+    let mut writes = 0u64;
+    for change in changes {
+        let answer = match change {
+            Change::Begin {
+                digest, request, ..
+            } => {
+                let row = records.get_mut(&digest.0);
+                Answer::Begin(row.map_or_else(
+                    || Err(Error::Unavailable("internal: unlocked record".into())),
+                    |row| begin(row, node, *request, now, &mut next_token),
+                ))
+            }
+            Change::Resolve {
+                digest,
+                token,
+                resolution,
+                ..
+            } => {
+                let row = records.get_mut(&digest.0);
+                Answer::Resolve(row.map_or_else(
+                    || Err(Error::Unavailable("internal: unlocked record".into())),
+                    |row| resolve(row, *token, resolution, now),
+                ))
+            }
+            Change::Rate { op, .. } => Answer::Rate(rate(&mut rates, op, now)),
+        };
+        writes += u64::from(answer.writes());
+        answers.push(answer);
+    }
+
+    // Write what changed.
+    let mut counts = [0i64; 4];
+    let mut update = RecordColumns::default();
+    let mut create = RecordColumns::default();
+    let mut remove: Vec<Vec<u8>> = Vec::new();
+    for (digest, row) in &records {
+        if !row.changed {
+            continue;
+        }
+        let Ok(current) = &row.current else { continue };
+        if let Some(old) = row.old_slot {
+            counts[old] -= 1;
+        }
+        match (row.existed, current) {
+            (true, Some(record)) => {
+                if let Err(error) = update.push(digest, record, node) {
+                    return Attempt::Failed(error);
+                }
+                counts[state_slot(record)] += 1;
+            }
+            (true, None) => remove.push(digest.to_vec()),
+            (false, Some(record)) => {
+                if let Err(error) = create.push(digest, record, node) {
+                    return Attempt::Failed(error);
+                }
+                counts[state_slot(record)] += 1;
+            }
+            (false, None) => {}
+        }
+    }
+    if !update.is_empty() || !create.is_empty() || !remove.is_empty() {
+        let result = client.query_typed_one(
+            &sql.write_records,
+            &[
+                (&update.digests, Type::BYTEA_ARRAY),
+                (&update.values, Type::BYTEA_ARRAY),
+                (&update.states, Type::INT2_ARRAY),
+                (&update.expires, Type::INT8_ARRAY),
+                (&update.owners, Type::TEXT_ARRAY),
+                (&remove, Type::BYTEA_ARRAY),
+                (&create.digests, Type::BYTEA_ARRAY),
+                (&create.values, Type::BYTEA_ARRAY),
+                (&create.states, Type::INT2_ARRAY),
+                (&create.expires, Type::INT8_ARRAY),
+                (&create.owners, Type::TEXT_ARRAY),
+            ],
+        );
+        match result.and_then(|row| row.try_get::<_, i64>(0)) {
+            Ok(inserted) if inserted == i64::try_from(create.digests.len()).unwrap_or(-1) => {}
+            Ok(_) => return Attempt::Retry,
+            Err(error) => return failed(&error, "cannot write the batch's records"),
+        }
+    }
+    let mut rate_update = RateColumns::default();
+    let mut rate_create = RateColumns::default();
+    let mut rate_remove: Vec<Vec<u8>> = Vec::new();
+    for (key, row) in &rates {
+        if !row.changed {
+            continue;
+        }
+        let (Ok(state), Some(spec)) = (&row.current, &row.spec) else {
+            continue;
+        };
+        let stored = stored_rate(spec, *state, now);
+        match (row.existed, stored) {
+            (true, Some(stored)) => rate_update.push(key, &stored),
+            (true, None) => {
+                rate_remove.push(key.to_vec());
+                counts[3] -= 1;
+            }
+            (false, Some(stored)) => {
+                rate_create.push(key, &stored);
+                counts[3] += 1;
+            }
+            (false, None) => {}
+        }
+    }
+    if !rate_update.is_empty() || !rate_create.is_empty() || !rate_remove.is_empty() {
+        let result = client.query_typed_one(
+            &sql.write_rates,
+            &[
+                (&rate_update.keys, Type::BYTEA_ARRAY),
+                (&rate_update.values, Type::BYTEA_ARRAY),
+                (&rate_update.idle, Type::INT8_ARRAY),
+                (&rate_remove, Type::BYTEA_ARRAY),
+                (&rate_create.keys, Type::BYTEA_ARRAY),
+                (&rate_create.values, Type::BYTEA_ARRAY),
+                (&rate_create.idle, Type::INT8_ARRAY),
+            ],
+        );
+        match result.and_then(|row| row.try_get::<_, i64>(0)) {
+            Ok(inserted) if inserted == i64::try_from(rate_create.keys.len()).unwrap_or(-1) => {}
+            Ok(_) => return Attempt::Retry,
+            Err(error) => return failed(&error, "cannot write the batch's counters"),
+        }
+    }
+
+    // The counts and the commit, in one round trip. `slot` is this connection's own row, made
+    // of a checked node id and a number, so it is safe inside the literal.
+    let mut commit = String::new();
+    if counts.iter().any(|delta| *delta != 0) {
+        commit = sql.put(&format!(
+            "UPDATE {{s}}.counts SET running = running + {}, completed = completed + {}, \
+             failed = failed + {}, rates = rates + {} WHERE slot = '{slot}'; ",
+            counts[0], counts[1], counts[2], counts[3]
+        ));
+    }
+    commit.push_str("COMMIT");
+    match client.batch_execute(&commit) {
+        Ok(()) => Attempt::Committed(
+            answers,
+            Stats {
+                writes,
+                committed: true,
+            },
+        ),
+        Err(error) => match kind(&error) {
+            // The server refused the commit (it ran; nothing was committed).
+            Kind::Retry => Attempt::Retry,
+            Kind::Other => Attempt::Failed(classify(&error, "the commit failed")),
+            // The connection went while the commit was on its way.
+            Kind::Unavailable => Attempt::InDoubt(
+                answers,
+                unavailable("the connection failed during the commit", &error),
+            ),
+        },
+    }
+}
+
+fn state_slot(record: &Record) -> usize {
+    match record.body {
+        RecordBody::Running { .. } => 0,
+        RecordBody::Completed(_) => 1,
+        RecordBody::Failed(_) => 2,
+    }
+}
+
+fn begin(
+    row: &mut RecordRow,
+    node: &NodeInfo,
+    request: BeginRequest,
+    now: u64,
+    tokens: &mut impl Iterator<Item = u64>,
+) -> Result<BeginDecision> {
+    let current = row.current.clone().map_err(Error::Corrupted)?;
+    let owner_epoch = if row.changed {
+        node.owner_epoch
+    } else {
+        row.owner_epoch
+    };
+    // Tokens come from the sequence, one per begin of the batch (unused ones are skipped).
+    let token = tokens
+        .next()
+        .ok_or_else(|| Error::Unavailable("internal: no lease token".into()))?;
+    let params = BeginParams {
+        fingerprint: request.fingerprint,
+        now,
+        epoch: node.epoch,
+        owner_epoch,
+        lease_ttl: request.lease_ttl,
+        record_ttl: request.record_ttl,
+        next_token: token,
+    };
+    let decision = machine::begin(current.as_ref(), &params);
+    if let BeginDecision::Acquired { record, .. } = &decision {
+        row.current = Ok(Some(record.clone()));
+        row.changed = true;
+    }
+    Ok(decision)
+}
+
+fn resolve(
+    row: &mut RecordRow,
+    token: u64,
+    resolution: &Resolution,
+    now: u64,
+) -> Result<Option<u64>> {
+    let current = row.current.clone().map_err(Error::Corrupted)?;
+    let effect = machine::resolve(current.as_ref(), token, resolution.clone(), now)
+        .map_err(|machine::Fenced| Error::LeaseLost)?;
+    row.changed = true;
+    match effect {
+        Effect::Put(record) => {
+            let expiry = lease_expiry(&record);
+            row.current = Ok(Some(record));
+            Ok(expiry)
+        }
+        Effect::Delete => {
+            row.current = Ok(None);
+            Ok(None)
+        }
+    }
+}
+
+fn rate(
+    rates: &mut BTreeMap<[u8; 16], RateRow>,
+    op: &RateOp,
+    now: u64,
+) -> Result<(RateOutcome, bool)> {
+    let mut states = Vec::with_capacity(op.targets.len());
+    for target in &op.targets {
+        let row = rates
+            .get(&target.key.0)
+            .ok_or_else(|| Error::Unavailable("internal: unlocked counter".into()))?;
+        states.push(row.current.clone().map_err(Error::Corrupted)?);
+    }
+    let (outcome, changed) = charge::apply(op.kind, &op.targets, &mut states, now);
+    if changed {
+        for (target, state) in op.targets.iter().zip(states) {
+            if let Some(row) = rates.get_mut(&target.key.0) {
+                row.current = Ok(state);
+                row.spec = Some(target.spec);
+                row.changed = true;
+            }
+        }
+    }
+    Ok((outcome, changed))
+}
+
+/// Column arrays for `write_records.sql`.
+#[derive(Default)]
+struct RecordColumns {
+    digests: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    states: Vec<i16>,
+    expires: Vec<i64>,
+    owners: Vec<Option<String>>,
+}
+
+impl RecordColumns {
+    fn push(&mut self, digest: &[u8; 32], record: &Record, node: &NodeInfo) -> Result<()> {
+        self.digests.push(digest.to_vec());
+        self.values.push(codec::encode_record(record)?);
+        let slot = state_slot(record);
+        self.states.push(i16::try_from(slot).unwrap_or(0));
+        self.expires.push(to_i64(record.expires_at));
+        self.owners.push((slot == 0).then(|| node.id.clone()));
+        Ok(())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.digests.is_empty()
+    }
+}
+
+/// Column arrays for `write_rates.sql`.
+#[derive(Default)]
+struct RateColumns {
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    idle: Vec<i64>,
+}
+
+impl RateColumns {
+    fn push(&mut self, key: &[u8; 16], stored: &codec::StoredRate) {
+        self.keys.push(key.to_vec());
+        self.values.push(codec::encode_rate(stored).to_vec());
+        self.idle.push(to_i64(stored.idle_at));
+    }
+
+    fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}

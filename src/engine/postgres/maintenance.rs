@@ -1,0 +1,340 @@
+//! Everything a worker runs besides change batches: reads, peeks, listing, bulk loads,
+//! compaction steps and the counts for `stats`.
+//!
+//! Reads run outside any transaction (autocommit, one round trip each) and return the
+//! database clock's reading with their rows, which keeps the node's clock estimate fresh.
+//! Compaction steps and bulk loads are transactions of their own; a step removes at most
+//! `compaction_batch` records and counters, skipping rows that traffic holds.
+
+use std::sync::Arc;
+
+use postgres::types::Type;
+
+use super::Queue;
+use super::clock::ServerClock;
+use super::session::{Kind, Session, classify, kind};
+use crate::engine::{BulkRecords, Swept, codec};
+use crate::error::{Error, Result};
+use crate::idempotency::{Digest, Record, RecordBody};
+use crate::ratelimit::charge::{self, OpKind, RateOutcome, Target};
+
+/// Records written per statement by a bulk load.
+const BULK_CHUNK: u64 = 500;
+
+/// Runs `work` against the session's connection, dropping the connection if the error says it is
+/// gone.
+fn with_client<T>(
+    session: &mut Session,
+    what: &str,
+    work: impl FnOnce(&mut postgres::Client, &super::sql::Sql) -> Result<T, postgres::Error>,
+) -> Result<T> {
+    let sql = Arc::clone(&session.sql);
+    let client = session.client()?;
+    match work(client, &sql) {
+        Ok(value) => Ok(value),
+        Err(error) => {
+            if kind(&error) == Kind::Unavailable {
+                session.reset();
+            }
+            Err(classify(&error, what))
+        }
+    }
+}
+
+fn to_u64(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn to_i64(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+/// Makes sure this connection's row in `counts` exists.
+pub(super) fn ensure_slot(session: &mut Session, slot: &str) -> Result<()> {
+    with_client(session, "cannot create the counts row", |client, sql| {
+        client
+            .query_typed(
+                &sql.put("INSERT INTO {s}.counts (slot) VALUES ($1) ON CONFLICT DO NOTHING"),
+                &[(&slot, Type::TEXT)],
+            )
+            .map(drop)
+    })
+}
+
+pub(super) fn read_record(
+    session: &mut Session,
+    clock: &ServerClock,
+    digest: &Digest,
+) -> Result<Option<Record>> {
+    let key = digest.as_bytes().to_vec();
+    let (reading, value) = with_client(session, "cannot read a record", |client, sql| {
+        let row = client.query_typed_one(
+            &sql.put("SELECT {s}.now_ns(), (SELECT value FROM {s}.records WHERE digest = $1)"),
+            &[(&key, Type::BYTEA)],
+        )?;
+        Ok((
+            row.try_get::<_, i64>(0)?,
+            row.try_get::<_, Option<Vec<u8>>>(1)?,
+        ))
+    })?;
+    clock.observe(to_u64(reading));
+    value.map(|bytes| codec::decode_record(&bytes)).transpose()
+}
+
+pub(super) fn list_records(
+    session: &mut Session,
+    after: Option<Digest>,
+    limit: usize,
+) -> Result<Vec<(Digest, Result<Record>)>> {
+    let after = after.map_or_else(Vec::new, |digest| digest.as_bytes().to_vec());
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let rows = with_client(session, "cannot list records", |client, sql| {
+        client.query_typed(
+            &sql.list_records,
+            &[(&after, Type::BYTEA), (&limit, Type::INT8)],
+        )
+    })?;
+    let mut listed = Vec::with_capacity(rows.len());
+    for row in rows {
+        let digest: Vec<u8> = row
+            .try_get(0)
+            .map_err(|error| classify(&error, "bad listed digest"))?;
+        let value: Vec<u8> = row
+            .try_get(1)
+            .map_err(|error| classify(&error, "bad listed value"))?;
+        let digest = <[u8; 32]>::try_from(digest.as_slice()).map_err(|_| {
+            Error::Corrupted(format!("a record digest is {} bytes, not 32", digest.len()))
+        })?;
+        listed.push((Digest(digest), codec::decode_record(&value)));
+    }
+    Ok(listed)
+}
+
+/// A peek: the counters as committed, decided without a lock or a write.
+pub(super) fn peek(
+    session: &mut Session,
+    clock: &ServerClock,
+    kind: OpKind,
+    targets: &[Target],
+) -> Result<RateOutcome> {
+    let keys: Vec<Vec<u8>> = targets.iter().map(|target| target.key.0.to_vec()).collect();
+    let rows = with_client(session, "cannot read counters", |client, sql| {
+        client.query_typed(
+            &sql.put(
+                "SELECT {s}.now_ns(), c.key, c.value FROM (SELECT 1) AS one \
+                 LEFT JOIN {s}.rates c ON c.key = ANY($1::bytea[])",
+            ),
+            &[(&keys, Type::BYTEA_ARRAY)],
+        )
+    })?;
+    let mut now = 0;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let read = (|| -> Result<(), postgres::Error> {
+            now = to_u64(row.try_get::<_, i64>(0)?);
+            if let (Some(key), Some(value)) = (
+                row.try_get::<_, Option<Vec<u8>>>(1)?,
+                row.try_get::<_, Option<Vec<u8>>>(2)?,
+            ) {
+                found.push((key, value));
+            }
+            Ok(())
+        })();
+        read.map_err(|error| classify(&error, "bad counter row"))?;
+    }
+    clock.observe(now);
+    let mut states = Vec::with_capacity(targets.len());
+    for target in targets {
+        let stored = found
+            .iter()
+            .find(|(key, _)| key.as_slice() == target.key.0.as_slice())
+            .map(|(_, value)| codec::decode_rate(value))
+            .transpose()?;
+        states.push(stored.map(|stored| stored.state));
+    }
+    Ok(charge::apply(kind, targets, &mut states, now).0)
+}
+
+/// One compaction step, through the workers.
+pub(super) fn compact_step(queue: &Queue, clock: &Arc<ServerClock>, limit: usize) -> Result<Swept> {
+    let clock = Arc::clone(clock);
+    queue.call(move |session| compact(session, &clock, limit))
+}
+
+fn compact(session: &mut Session, clock: &ServerClock, limit: usize) -> Result<Swept> {
+    let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
+    let slot = "compactor".to_string();
+    let result = with_client(session, "cannot compact", |client, sql| {
+        let mut txn = client.transaction()?;
+        txn.batch_execute(&format!(
+            "SET LOCAL statement_timeout = {}",
+            super::session::STATEMENT_TIMEOUT.as_millis()
+        ))?;
+        let now: i64 = txn.query_typed_one(&sql.now, &[])?.try_get(0)?;
+        let rows = txn.query_typed(&sql.compact, &[(&now, Type::INT8), (&limit, Type::INT8)])?;
+        let mut removed = [0i64; 4];
+        for row in rows {
+            let kind: i32 = row.try_get(0)?;
+            let count: i64 = row.try_get(1)?;
+            if let Some(slot) = usize::try_from(kind).ok().and_then(|k| removed.get_mut(k)) {
+                *slot += count;
+            }
+        }
+        if removed.iter().any(|count| *count > 0) {
+            txn.query_typed(
+                &sql.put(
+                    "INSERT INTO {s}.counts AS c (slot, running, completed, failed, rates) \
+                     VALUES ($1, -$2::bigint, -$3::bigint, -$4::bigint, -$5::bigint) \
+                     ON CONFLICT (slot) DO UPDATE SET running = c.running - $2, \
+                     completed = c.completed - $3, failed = c.failed - $4, rates = c.rates - $5",
+                ),
+                &[
+                    (&slot, Type::TEXT),
+                    (&removed[0], Type::INT8),
+                    (&removed[1], Type::INT8),
+                    (&removed[2], Type::INT8),
+                    (&removed[3], Type::INT8),
+                ],
+            )?;
+        }
+        txn.commit()?;
+        Ok((now, removed))
+    });
+    let (now, removed) = result?;
+    clock.observe(to_u64(now));
+    let records = to_u64(removed[0] + removed[1] + removed[2]);
+    let rate_states = to_u64(removed[3]);
+    let limit = to_u64(limit);
+    Ok(Swept {
+        records,
+        rate_states,
+        more: records >= limit || rate_states >= limit,
+    })
+}
+
+/// The record and counter counts (exact: the sums of every connection's deltas) and the bytes
+/// the two tables take.
+pub(super) fn counts(session: &mut Session) -> Result<([u64; 4], u64)> {
+    with_client(session, "cannot read the counts", |client, sql| {
+        let row = client.query_typed_one(
+            &sql.put(&format!(
+                "SELECT coalesce(sum(running), 0)::bigint, coalesce(sum(completed), 0)::bigint, \
+                 coalesce(sum(failed), 0)::bigint, coalesce(sum(rates), 0)::bigint, \
+                 pg_total_relation_size('{}.records') + pg_total_relation_size('{}.rates') \
+                 FROM {{s}}.counts",
+                sql.schema.replace('\'', "''"),
+                sql.schema.replace('\'', "''"),
+            )),
+            &[],
+        )?;
+        let mut counts = [0u64; 4];
+        for (index, count) in counts.iter_mut().enumerate() {
+            *count = to_u64(row.try_get::<_, i64>(index)?);
+        }
+        Ok((counts, to_u64(row.try_get::<_, i64>(4)?)))
+    })
+}
+
+fn state_of(record: &Record) -> i16 {
+    match record.body {
+        RecordBody::Running { .. } => 0,
+        RecordBody::Completed(_) => 1,
+        RecordBody::Failed(_) => 2,
+    }
+}
+
+/// Writes every record `records` yields in one transaction: all of them or none.
+pub(super) fn bulk_load(
+    session: &mut Session,
+    clock: &ServerClock,
+    mut records: BulkRecords,
+) -> Result<u64> {
+    let slot = "bulk".to_string();
+    let mut encode_error = None;
+    let result = with_client(session, "cannot bulk-load", |client, sql| {
+        let mut txn = client.transaction()?;
+        let now: i64 = txn.query_typed_one(&sql.now, &[])?.try_get(0)?;
+        let mut written = 0u64;
+        let mut deltas = [0i64; 3];
+        'chunks: loop {
+            let mut digests = Vec::new();
+            let mut values = Vec::new();
+            let mut states = Vec::new();
+            let mut expires = Vec::new();
+            while (digests.len() as u64) < BULK_CHUNK {
+                let Some((digest, record)) = records(written, to_u64(now)) else {
+                    break;
+                };
+                written += 1;
+                match codec::encode_record(&record) {
+                    Ok(value) => values.push(value),
+                    Err(error) => {
+                        encode_error = Some(error);
+                        break 'chunks;
+                    }
+                }
+                digests.push(digest.as_bytes().to_vec());
+                states.push(state_of(&record));
+                expires.push(to_i64(record.expires_at));
+            }
+            if digests.is_empty() {
+                break;
+            }
+            // Replaced records leave their state's count.
+            for row in txn.query_typed(
+                &sql.put("SELECT state FROM {s}.records WHERE digest = ANY($1) FOR UPDATE"),
+                &[(&digests, Type::BYTEA_ARRAY)],
+            )? {
+                let state: i16 = row.try_get(0)?;
+                if let Some(delta) = usize::try_from(state).ok().and_then(|s| deltas.get_mut(s)) {
+                    *delta -= 1;
+                }
+            }
+            for state in &states {
+                if let Some(delta) = usize::try_from(*state).ok().and_then(|s| deltas.get_mut(s)) {
+                    *delta += 1;
+                }
+            }
+            txn.query_typed(
+                &sql.put(
+                    "INSERT INTO {s}.records (digest, value, state, expires_at, owner) \
+                     SELECT d, v, s, e, NULL FROM unnest($1::bytea[], $2::bytea[], \
+                     $3::smallint[], $4::bigint[]) AS u(d, v, s, e) \
+                     ON CONFLICT (digest) DO UPDATE SET value = EXCLUDED.value, \
+                     state = EXCLUDED.state, expires_at = EXCLUDED.expires_at, owner = NULL",
+                ),
+                &[
+                    (&digests, Type::BYTEA_ARRAY),
+                    (&values, Type::BYTEA_ARRAY),
+                    (&states, Type::INT2_ARRAY),
+                    (&expires, Type::INT8_ARRAY),
+                ],
+            )?;
+        }
+        if encode_error.is_some() {
+            // Dropping the transaction rolls it back: nothing of the load is kept.
+            return Ok((now, 0));
+        }
+        txn.query_typed(
+            &sql.put(
+                "INSERT INTO {s}.counts AS c (slot, running, completed, failed) \
+                 VALUES ($1, $2, $3, $4) ON CONFLICT (slot) DO UPDATE SET \
+                 running = c.running + $2, completed = c.completed + $3, failed = c.failed + $4",
+            ),
+            &[
+                (&slot, Type::TEXT),
+                (&deltas[0], Type::INT8),
+                (&deltas[1], Type::INT8),
+                (&deltas[2], Type::INT8),
+            ],
+        )?;
+        txn.commit()?;
+        Ok((now, written))
+    });
+    if let Some(error) = encode_error {
+        return Err(error);
+    }
+    let (now, written) = result?;
+    clock.observe(to_u64(now));
+    Ok(written)
+}

@@ -1,0 +1,475 @@
+//! The PostgreSQL engine: many nodes, one schema, one truth.
+//!
+//! Each `Store` opened on a schema is a node. Its operations queue for a small set of worker
+//! threads, each owning one connection (the pool is bounded by construction). A worker takes
+//! every change queued (up to [`batch::MAX_BATCH`]) and runs them in one transaction
+//! (`batch.rs`): the embedded writer's group commit, applied to the client, so that concurrent
+//! callers on one node share round trips and a commit while PostgreSQL group-commits across
+//! nodes. Reads and maintenance run as jobs on the same workers.
+//!
+//! - **One clock**: leases, TTLs and rate windows are decided at the server's `clock_timestamp()`
+//!   (`clock.rs`); a `clock` set on the builder does not decide here.
+//! - **Node epochs** (`node.rs`): each open of a node id bumps its epoch, so RUNNING records its
+//!   earlier runs left are taken over at once by any node; other nodes' leases only expire.
+//! - **Faults**: every call is answered within [`CALL_TIMEOUT`]: connect and statement timeouts
+//!   bound each round trip, and a caller stops waiting after that. A server that is down gives
+//!   [`Error::Unavailable`]; a change whose commit may or may not have happened gives
+//!   [`Error::InDoubt`]; connections are reopened by themselves. The store is never poisoned.
+
+mod batch;
+mod clock;
+mod conninfo;
+mod maintenance;
+mod node;
+mod session;
+mod sql;
+mod tls;
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use parking_lot::{Mutex, RwLock};
+use postgres::Client;
+use postgres::types::Type;
+
+use batch::Change;
+use clock::ServerClock;
+use conninfo::ConnInfo;
+use node::NodeInfo;
+use session::{Connector, Session};
+use sql::Sql;
+
+use super::{BeginRequest, BulkRecords, CounterEngine, RecordEngine, Swept};
+use crate::error::{Error, Result, StorageError};
+use crate::idempotency::machine::{BeginDecision, Resolution};
+use crate::idempotency::{Digest, Record};
+use crate::ratelimit::charge::{OpKind, RateOp, RateOutcome, Target};
+use crate::ratelimit::{CounterKeys, Limit, RateDurability};
+use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
+
+/// Default schema for tollgate's tables.
+pub const DEFAULT_SCHEMA: &str = "tollgate";
+/// Default number of connections (worker threads) per store.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// The longest a call waits for its answer: a connect timeout plus a statement timeout, with
+/// room for a retried batch. Past it, a read gets [`Error::Unavailable`] and a change
+/// [`Error::InDoubt`].
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
+/// How often a caller waiting for a key in flight on another node looks again (other nodes'
+/// commits wake nobody here).
+pub(crate) const WAIT_POLL: Duration = Duration::from_millis(20);
+
+/// Work for a worker.
+enum Work {
+    /// A change, batched with others into one transaction.
+    Change(Change),
+    /// A read or a maintenance step, run alone (it sends its own answer).
+    Job(Box<dyn FnOnce(&mut Session) + Send>),
+}
+
+/// A handle that queues work and waits for its answer.
+#[derive(Clone)]
+struct Queue(Sender<Work>);
+
+impl Queue {
+    /// Runs `job` on a worker and waits (at most [`CALL_TIMEOUT`]) for its result.
+    fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.0
+            .send(Work::Job(Box::new(move |session| {
+                let _ = reply.send(job(session));
+            })))
+            .map_err(|_| Error::Closed)?;
+        wait(&answer, false)
+    }
+
+    fn change<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Change) -> Result<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.0
+            .send(Work::Change(make(reply)))
+            .map_err(|_| Error::Closed)?;
+        wait(&answer, true)
+    }
+}
+
+fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
+    match answer.recv_timeout(CALL_TIMEOUT) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) if changes => Err(Error::InDoubt(format!(
+            "no answer from the database within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+        Err(RecvTimeoutError::Timeout) => Err(Error::Unavailable(format!(
+            "no answer from the database within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+        Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+    }
+}
+
+/// What exists only while the store is open.
+struct Running {
+    queue: Queue,
+    workers: Vec<JoinHandle<()>>,
+    compactor: Option<Compactor>,
+    /// The connection that holds the node's advisory lock (behind a mutex: a client is `Send`
+    /// but not `Sync`).
+    lock: Mutex<Client>,
+}
+
+/// A store on a PostgreSQL schema.
+pub(crate) struct Postgres {
+    running: RwLock<Option<Running>>,
+    /// A clone of the queue for calls (`None` once closed).
+    queue: RwLock<Option<Queue>>,
+    node: NodeInfo,
+    clock: Arc<ServerClock>,
+    rate_keys: CounterKeys,
+    counters: Arc<Counters>,
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = self.close();
+    }
+}
+
+fn thread_error(error: std::io::Error) -> Error {
+    Error::Storage(StorageError::new(error))
+}
+
+impl Postgres {
+    /// Connects, migrates the schema, registers the node and starts the workers.
+    pub(crate) fn open(
+        builder: &StoreBuilder,
+        settings: &Settings,
+        conn: &str,
+        notifier: &Arc<Notifier>,
+        counters: Arc<Counters>,
+    ) -> Result<Self> {
+        if let Some(RateDurability::Batched { .. }) = builder.rate_durability {
+            return Err(Error::InvalidArgument(
+                "RateDurability::Batched is not available on PostgreSQL: a node's in-memory \
+                 counters would let the fleet exceed a quota. Counters on PostgreSQL are always \
+                 Immediate (the default there)"
+                    .into(),
+            ));
+        }
+        if settings.max_records.is_some() {
+            return Err(Error::InvalidArgument(
+                "max_records is not available on PostgreSQL: bound the table with the \
+                 database's own means"
+                    .into(),
+            ));
+        }
+        let schema = builder.postgres_schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
+        let sql = Arc::new(Sql::new(schema)?);
+        let info = ConnInfo::parse(conn)?;
+        let (tls, ssl_mode) = tls::connector(&info)?;
+        let mut config: postgres::Config = info.rest.parse().map_err(|error| {
+            Error::InvalidArgument(format!("bad PostgreSQL connection string: {error}"))
+        })?;
+        config.ssl_mode(ssl_mode);
+        if !info.has_connect_timeout {
+            config.connect_timeout(session::DEFAULT_CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("tollgate");
+        }
+        let connector = Connector { config, tls };
+        let mut lock = connector.connect()?;
+        let secret = builder.rate_secret.unwrap_or_else(|| {
+            CounterKeys::generate_secret(crate::clock::system_time_to_nanos(
+                std::time::SystemTime::now(),
+            ))
+        });
+        let rate_secret = node::migrate(&mut lock, &sql, secret)?;
+        let node = node::register(&mut lock, &sql, builder.node_id.as_deref())?;
+        let reading: i64 = lock
+            .query_typed_one(&sql.now, &[])
+            .and_then(|row| row.try_get(0))
+            .map_err(|error| session::classify(&error, "cannot read the database clock"))?;
+        let clock = Arc::new(ServerClock::new(u64::try_from(reading).unwrap_or(0)));
+        let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        let (sender, receiver) = crossbeam_channel::unbounded();
+        let mut workers = Vec::with_capacity(pool_size);
+        for index in 0..pool_size {
+            let worker = Worker {
+                queue: receiver.clone(),
+                session: Session::new(connector.clone(), Arc::clone(&sql)),
+                node: node.clone(),
+                slot: format!("{}/{index}", node.id),
+                slot_ready: false,
+                clock: Arc::clone(&clock),
+                counters: Arc::clone(&counters),
+                notifier: Arc::clone(notifier),
+            };
+            workers.push(
+                std::thread::Builder::new()
+                    .name(format!("tollgate-pg-{index}"))
+                    .spawn(move || worker.run())
+                    .map_err(thread_error)?,
+            );
+        }
+        let queue = Queue(sender);
+        let compactor = match builder.compaction_interval {
+            Some(interval) => {
+                let queue = queue.clone();
+                let sweep_clock = Arc::clone(&clock);
+                let step = move |limit| maintenance::compact_step(&queue, &sweep_clock, limit);
+                Some(
+                    Compactor::spawn(
+                        step,
+                        interval,
+                        settings.compaction_batch,
+                        Arc::clone(&counters),
+                    )
+                    .map_err(thread_error)?,
+                )
+            }
+            None => None,
+        };
+        Ok(Self {
+            running: RwLock::new(Some(Running {
+                queue: queue.clone(),
+                workers,
+                compactor,
+                lock: Mutex::new(lock),
+            })),
+            queue: RwLock::new(Some(queue)),
+            node,
+            clock,
+            rate_keys: CounterKeys::new(rate_secret),
+            counters,
+        })
+    }
+
+    fn queue(&self) -> Result<Queue> {
+        self.queue.read().clone().ok_or(Error::Closed)
+    }
+
+    pub(crate) fn epoch(&self) -> u64 {
+        self.node.epoch
+    }
+
+    pub(crate) fn check_usable(&self) -> Result<()> {
+        if self.queue.read().is_some() {
+            Ok(())
+        } else {
+            Err(Error::Closed)
+        }
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.queue.read().is_none()
+    }
+
+    /// Stops the compactor, lets the workers finish what is queued, joins them and releases
+    /// the node's lock.
+    pub(crate) fn close(&self) -> Result<()> {
+        drop(self.queue.write().take());
+        let running = self.running.write().take();
+        let Some(running) = running else {
+            return Ok(());
+        };
+        if let Some(compactor) = running.compactor {
+            compactor.stop();
+        }
+        drop(running.queue);
+        let mut panicked = false;
+        for worker in running.workers {
+            panicked |= worker.join().is_err();
+        }
+        // Closing the connection releases the node's advisory lock.
+        drop(running.lock);
+        if panicked {
+            Err(Error::Poisoned)
+        } else {
+            Ok(())
+        }
+    }
+
+    pub(crate) fn compact_step(&self, limit: usize) -> Result<Swept> {
+        maintenance::compact_step(&self.queue()?, &self.clock, limit)
+    }
+
+    pub(crate) fn stats(&self) -> Result<Stats> {
+        let mut stats = self.counters.snapshot();
+        let (counts, bytes) = self.queue()?.call(maintenance::counts)?;
+        stats.running = counts[0];
+        stats.completed = counts[1];
+        stats.failed = counts[2];
+        stats.rate_states = counts[3];
+        stats.file_bytes = bytes;
+        Ok(stats)
+    }
+
+    /// Moves the schema's clock forward by `by` for every node (test support).
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn advance_clock(&self, by: Duration) -> Result<()> {
+        let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+        let clock = Arc::clone(&self.clock);
+        self.queue()?.call(move |session| {
+            let sql = Arc::clone(&session.sql);
+            let client = session.client()?;
+            let reading: i64 = client
+                .query_typed_one(
+                    &sql.put(
+                        "WITH moved AS (UPDATE {s}.clock SET offset_ns = offset_ns + $1) \
+                         SELECT {s}.now_ns() + $1",
+                    ),
+                    &[(&by, Type::INT8)],
+                )
+                .and_then(|row| row.try_get(0))
+                .map_err(|error| session::classify(&error, "cannot move the clock"))?;
+            clock.observe(u64::try_from(reading).unwrap_or(0));
+            Ok(())
+        })
+    }
+}
+
+/// One worker thread and its connection.
+struct Worker {
+    queue: Receiver<Work>,
+    session: Session,
+    node: NodeInfo,
+    /// This connection's row in `counts`.
+    slot: String,
+    slot_ready: bool,
+    clock: Arc<ServerClock>,
+    counters: Arc<Counters>,
+    notifier: Arc<Notifier>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        while let Ok(first) = self.queue.recv() {
+            let mut changes = Vec::new();
+            let mut jobs = Vec::new();
+            let mut next = Some(first);
+            while let Some(work) = next.take() {
+                match work {
+                    Work::Change(change) => changes.push(change),
+                    Work::Job(job) => jobs.push(job),
+                }
+                if changes.len() + jobs.len() < batch::MAX_BATCH {
+                    next = self.queue.try_recv().ok();
+                }
+            }
+            for job in jobs {
+                job(&mut self.session);
+            }
+            if !changes.is_empty() {
+                self.apply(&changes);
+            }
+        }
+    }
+
+    fn apply(&mut self, changes: &[Change]) {
+        if !self.slot_ready {
+            if let Err(error) = maintenance::ensure_slot(&mut self.session, &self.slot) {
+                let message = error.to_string();
+                for change in changes {
+                    change.fail(Error::Unavailable(message.clone()));
+                }
+                return;
+            }
+            self.slot_ready = true;
+        }
+        let mut now = None;
+        let stats = batch::run(&mut self.session, &self.node, &self.slot, changes, &mut now);
+        if let Some(now) = now {
+            self.clock.observe(now);
+        }
+        if stats.committed {
+            self.counters.committed_writes(stats.writes);
+            self.notifier.bump();
+        }
+    }
+}
+
+impl RecordEngine for Postgres {
+    fn now(&self) -> u64 {
+        self.clock.now()
+    }
+
+    fn read(&self, digest: &Digest) -> Result<Option<Record>> {
+        let digest = *digest;
+        let clock = Arc::clone(&self.clock);
+        self.queue()?
+            .call(move |session| maintenance::read_record(session, &clock, &digest))
+    }
+
+    fn begin_without_writing(
+        &self,
+        _digest: &Digest,
+        _request: BeginRequest,
+    ) -> Result<Option<(BeginDecision, Record)>> {
+        // A begin's batch reads and decides in one transaction; reading first would only add a
+        // round trip.
+        Ok(None)
+    }
+
+    fn begin(&self, digest: Digest, request: BeginRequest) -> Result<BeginDecision> {
+        self.queue()?.change(|reply| Change::Begin {
+            digest,
+            request,
+            reply,
+        })
+    }
+
+    fn resolve(&self, digest: Digest, token: u64, resolution: Resolution) -> Result<Option<u64>> {
+        self.queue()?.change(|reply| Change::Resolve {
+            digest,
+            token,
+            resolution,
+            reply,
+        })
+    }
+
+    fn list(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<(Digest, Result<Record>)>> {
+        let after = after.copied();
+        self.queue()?
+            .call(move |session| maintenance::list_records(session, after, limit))
+    }
+
+    fn bulk_load(&self, _count: u64, records: BulkRecords) -> Result<u64> {
+        // `records` ends itself after `count` records.
+        let clock = Arc::clone(&self.clock);
+        self.queue()?
+            .call(move |session| maintenance::bulk_load(session, &clock, records))
+    }
+
+    fn wait_poll(&self) -> Option<Duration> {
+        Some(WAIT_POLL)
+    }
+}
+
+impl CounterEngine for Postgres {
+    fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        let mut targets = Vec::with_capacity(checks.len());
+        for (limit, subject) in checks {
+            targets.push(Target {
+                key: self.rate_keys.key(limit.name(), subject)?,
+                spec: limit.spec,
+            });
+        }
+        if kind.writes() {
+            let op = RateOp { kind, targets };
+            return self.queue()?.change(|reply| Change::Rate { op, reply });
+        }
+        let clock = Arc::clone(&self.clock);
+        self.queue()?
+            .call(move |session| maintenance::peek(session, &clock, kind, &targets))
+    }
+
+    fn flush(&self) -> Result<()> {
+        // Counters on PostgreSQL are durable when a check returns.
+        self.check_usable()
+    }
+}

@@ -1,0 +1,234 @@
+//! Opening a schema as a node: migration, the shared counter-key secret, the node's epoch.
+//!
+//! - **Migration.** In one transaction holding `pg_advisory_xact_lock` on the schema's name, the
+//!   format is read from `meta`; a newer format is refused, an absent one means the tables are
+//!   created (`sql/schema.sql`, idempotent) and the format recorded. Nodes opening at once wait
+//!   on the lock instead of racing the DDL.
+//! - **Secret.** The counter-key secret is inserted once (`ON CONFLICT DO NOTHING`) and read back,
+//!   so every node keys counters the same way.
+//! - **Epoch.** A node with an id takes a session-level advisory lock on (schema, id) on a
+//!   connection it keeps for its life: a second live store with the same id is refused. Then it
+//!   bumps its row in `nodes` (autocommit, durable): the new epoch makes every RUNNING record left
+//!   by its earlier runs stale at once, for every node. A node without an id gets a random one
+//!   and no row: only lease expiry frees its leases.
+
+use std::hash::{BuildHasher, Hasher};
+
+use postgres::Client;
+use postgres::types::Type;
+
+use super::session::classify;
+use super::sql::Sql;
+use crate::engine::codec;
+use crate::error::{Error, Result};
+
+/// The schema format this build writes and reads.
+pub(crate) const FORMAT: u64 = 1;
+
+/// Longest node id.
+const MAX_NODE_ID_LEN: usize = 64;
+
+/// Who this store is on the schema.
+#[derive(Debug, Clone)]
+pub(crate) struct NodeInfo {
+    pub id: String,
+    /// This open's epoch (1 for a node without an id).
+    pub epoch: u64,
+    /// The epoch `records` report for this node's own leases: `epoch`, or 0 for a node without
+    /// an id (it has no row in `nodes`).
+    pub owner_epoch: u64,
+}
+
+/// Checks a node id: 1 to 64 characters of `A-Z a-z 0-9 . _ : -`.
+pub(crate) fn check_node_id(id: &str) -> Result<()> {
+    let valid = !id.is_empty()
+        && id.len() <= MAX_NODE_ID_LEN
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-'));
+    if valid {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "node_id {id:?} must be 1 to {MAX_NODE_ID_LEN} characters of A-Z, a-z, 0-9, '.', '_', \
+             ':' and '-'"
+        )))
+    }
+}
+
+/// A stable 64-bit key for an advisory lock on `parts`.
+fn lock_key(parts: &[&str]) -> i64 {
+    // A fixed-key SipHash: the same on every node and every build.
+    let mut hasher = siphasher::sip::SipHasher13::new_with_keys(0x746f_6c6c_6761_7465, 1);
+    for part in parts {
+        hasher.write(part.as_bytes());
+        hasher.write_u8(0);
+    }
+    i64::from_be_bytes(hasher.finish().to_be_bytes())
+}
+
+fn storage(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
+    move |error| classify(&error, what)
+}
+
+/// Creates or checks the schema and returns the counter-key secret.
+pub(crate) fn migrate(
+    client: &mut Client,
+    sql: &Sql,
+    secret_if_new: (u64, u64),
+) -> Result<(u64, u64)> {
+    let mut txn = client
+        .transaction()
+        .map_err(storage("cannot begin the migration"))?;
+    txn.query_typed(
+        "SELECT pg_advisory_xact_lock($1)",
+        &[(
+            &lock_key(&["tollgate-schema", &sql.schema_name]),
+            Type::INT8,
+        )],
+    )
+    .map_err(storage("cannot lock the schema for its migration"))?;
+    let exists = txn
+        .query_typed(
+            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'meta'",
+            &[(&sql.schema_name, Type::TEXT)],
+        )
+        .map_err(storage("cannot look for the schema"))?;
+    let found = if exists.is_empty() {
+        None
+    } else {
+        let rows = txn
+            .query_typed(
+                &sql.put("SELECT value FROM {s}.meta WHERE key = 'format'"),
+                &[],
+            )
+            .map_err(storage("cannot read the schema's format"))?;
+        match rows.first() {
+            Some(row) => {
+                let bytes: Vec<u8> = row.try_get(0).map_err(storage("bad format value"))?;
+                Some(codec::decode_meta("format", &bytes)?)
+            }
+            None => None,
+        }
+    };
+    match found {
+        Some(format) if format > FORMAT => {
+            return Err(Error::IncompatibleFormat {
+                found: u8::try_from(format).unwrap_or(u8::MAX),
+                supported: u8::try_from(FORMAT).unwrap_or(u8::MAX),
+            });
+        }
+        Some(_) => {}
+        None => {
+            txn.batch_execute(&sql.create)
+                .map_err(storage("cannot create tollgate's tables"))?;
+            txn.query_typed(
+                &sql.put("INSERT INTO {s}.meta (key, value) VALUES ('format', $1)"),
+                &[(&codec::encode_meta(FORMAT).to_vec(), Type::BYTEA)],
+            )
+            .map_err(storage("cannot record the schema's format"))?;
+        }
+    }
+    let mut secret = Vec::with_capacity(16);
+    secret.extend_from_slice(&secret_if_new.0.to_be_bytes());
+    secret.extend_from_slice(&secret_if_new.1.to_be_bytes());
+    txn.query_typed(
+        &sql.put(
+            "INSERT INTO {s}.meta (key, value) VALUES ('rate_secret', $1) ON CONFLICT DO NOTHING",
+        ),
+        &[(&secret, Type::BYTEA)],
+    )
+    .map_err(storage("cannot store the counter-key secret"))?;
+    let row = txn
+        .query_typed_one(
+            &sql.put("SELECT value FROM {s}.meta WHERE key = 'rate_secret'"),
+            &[],
+        )
+        .map_err(storage("cannot read the counter-key secret"))?;
+    let stored: Vec<u8> = row.try_get(0).map_err(storage("bad secret value"))?;
+    let halves: Option<([u8; 8], [u8; 8])> = stored
+        .get(..8)
+        .zip(stored.get(8..16))
+        .and_then(|(low, high)| low.try_into().ok().zip(high.try_into().ok()));
+    let (low, high) = halves.ok_or_else(|| {
+        Error::Corrupted(format!(
+            "the counter-key secret is {} bytes, not 16",
+            stored.len()
+        ))
+    })?;
+    txn.commit()
+        .map_err(storage("cannot commit the migration"))?;
+    Ok((u64::from_be_bytes(low), u64::from_be_bytes(high)))
+}
+
+/// Registers this open: takes the node's advisory lock on `client` (kept for the store's life)
+/// and bumps its epoch; without an id, draws a random one.
+pub(crate) fn register(client: &mut Client, sql: &Sql, node_id: Option<&str>) -> Result<NodeInfo> {
+    let Some(id) = node_id else {
+        let random = std::hash::RandomState::new().hash_one(std::time::SystemTime::now());
+        return Ok(NodeInfo {
+            id: format!("anonymous-{random:016x}"),
+            epoch: 1,
+            owner_epoch: 0,
+        });
+    };
+    check_node_id(id)?;
+    let locked: bool = client
+        .query_typed_one(
+            "SELECT pg_try_advisory_lock($1)",
+            &[(
+                &lock_key(&["tollgate-node", &sql.schema_name, id]),
+                Type::INT8,
+            )],
+        )
+        .map_err(storage("cannot take the node's lock"))?
+        .try_get(0)
+        .map_err(storage("bad lock answer"))?;
+    if !locked {
+        return Err(Error::AlreadyOpen);
+    }
+    let epoch: i64 = client
+        .query_typed_one(
+            &sql.put(
+                "INSERT INTO {s}.nodes AS n (id, epoch, opened_at) VALUES ($1, 1, {s}.now_ns()) \
+                 ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, \
+                 opened_at = EXCLUDED.opened_at RETURNING epoch",
+            ),
+            &[(&id, Type::TEXT)],
+        )
+        .map_err(storage("cannot bump the node's epoch"))?
+        .try_get(0)
+        .map_err(storage("bad epoch"))?;
+    let epoch = u64::try_from(epoch).unwrap_or(0);
+    Ok(NodeInfo {
+        id: id.to_string(),
+        epoch,
+        owner_epoch: epoch,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn node_ids_are_checked() {
+        for good in ["web-1", "eu.west:3", "N_2"] {
+            assert!(check_node_id(good).is_ok());
+        }
+        for bad in ["", "a b", "x'y", "é", &"a".repeat(65)] {
+            assert!(
+                matches!(check_node_id(bad), Err(Error::InvalidArgument(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn lock_keys_depend_on_every_part() {
+        let a = lock_key(&["tollgate-node", "s", "n1"]);
+        assert_eq!(a, lock_key(&["tollgate-node", "s", "n1"]));
+        assert_ne!(a, lock_key(&["tollgate-node", "s", "n2"]));
+        assert_ne!(lock_key(&["ab", "c"]), lock_key(&["a", "bc"]));
+    }
+}

@@ -1,0 +1,175 @@
+//! One connection to PostgreSQL, reconnected on demand, and what its errors mean to tollgate.
+//!
+//! Every connection is opened with the store's connect timeout; every transaction starts with
+//! `SET LOCAL statement_timeout`, so that it holds also behind PgBouncer's transaction mode,
+//! where session settings do not stick. Statements are sent with their parameter types
+//! (`query_typed`): parsed, bound and run in one round trip, never prepared across transactions.
+//!
+//! Errors are sorted into three kinds:
+//! - the server could not be reached, went away, or timed out: [`Error::Unavailable`] (the
+//!   connection is dropped and reopened on the next use), or [`Error::InDoubt`] if it happened
+//!   while a commit was on its way;
+//! - deadlock, serialization failure, or a row created under a batch (a unique conflict): the
+//!   transaction is retried;
+//! - anything else (a schema changed under tollgate, a permission): [`Error::Storage`].
+
+use std::time::Duration;
+
+use postgres::error::SqlState;
+use postgres::{Client, Config};
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::sql::Sql;
+use crate::error::{Error, Result, StorageError};
+
+/// Connect timeout when the connection string sets none.
+pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server cancels any statement running longer (`statement_timeout`).
+pub(crate) const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The server ends a session idle inside a transaction this long (a client that died mid-batch
+/// must not hold row locks).
+pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// How to open a connection.
+#[derive(Clone)]
+pub(crate) struct Connector {
+    pub config: Config,
+    pub tls: MakeRustlsConnect,
+}
+
+impl Connector {
+    pub(crate) fn connect(&self) -> Result<Client> {
+        let mut client = self
+            .config
+            .connect(self.tls.clone())
+            .map_err(|error| unavailable("cannot connect", &error))?;
+        client
+            .batch_execute(&format!(
+                "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = {}",
+                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+            ))
+            .map_err(|error| classify(&error, "cannot set up the connection"))?;
+        Ok(client)
+    }
+}
+
+/// A connection that reconnects when it is used after it failed.
+pub(crate) struct Session {
+    client: Option<Client>,
+    connector: Connector,
+    pub sql: std::sync::Arc<Sql>,
+}
+
+impl Session {
+    pub(crate) fn new(connector: Connector, sql: std::sync::Arc<Sql>) -> Self {
+        Self {
+            client: None,
+            connector,
+            sql,
+        }
+    }
+
+    /// The open connection, reconnecting if there is none or it broke.
+    pub(crate) fn client(&mut self) -> Result<&mut Client> {
+        if self.client.as_ref().is_none_or(Client::is_closed) {
+            self.client = None;
+            self.client = Some(self.connector.connect()?);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Error::Unavailable("no connection".into()))
+    }
+
+    /// Drops the connection after an error that leaves it unusable or in doubt.
+    pub(crate) fn reset(&mut self) {
+        self.client = None;
+    }
+
+    /// Starts a transaction with the statement timeout.
+    pub(crate) fn begin(&mut self) -> Result<&mut Client> {
+        let client = self.client()?;
+        client
+            .batch_execute(&format!(
+                "BEGIN; SET LOCAL statement_timeout = {}",
+                STATEMENT_TIMEOUT.as_millis()
+            ))
+            .map_err(|error| classify(&error, "cannot begin a transaction"))?;
+        Ok(client)
+    }
+
+    /// Rolls back whatever transaction is open; a connection that cannot is dropped.
+    pub(crate) fn roll_back(&mut self) {
+        if let Some(client) = self.client.as_mut() {
+            if client.batch_execute("ROLLBACK").is_err() {
+                self.client = None;
+            }
+        }
+    }
+}
+
+/// What an error means for the batch that met it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The server is gone, restarting, or too slow: the connection is dropped.
+    Unavailable,
+    /// Try the transaction again (deadlock, serialization failure, unique conflict).
+    Retry,
+    /// Something else; reported as a storage error.
+    Other,
+}
+
+pub(crate) fn kind(error: &postgres::Error) -> Kind {
+    if error.is_closed() {
+        return Kind::Unavailable;
+    }
+    match error.code() {
+        Some(code)
+            if *code == SqlState::T_R_DEADLOCK_DETECTED
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::UNIQUE_VIOLATION =>
+        {
+            Kind::Retry
+        }
+        Some(code)
+            if code.code().starts_with("08")
+                || *code == SqlState::ADMIN_SHUTDOWN
+                || *code == SqlState::CRASH_SHUTDOWN
+                || *code == SqlState::CANNOT_CONNECT_NOW
+                || *code == SqlState::QUERY_CANCELED
+                || *code == SqlState::IDLE_IN_TRANSACTION_SESSION_TIMEOUT
+                || *code == SqlState::LOCK_NOT_AVAILABLE
+                || *code == SqlState::TOO_MANY_CONNECTIONS
+                || *code == SqlState::READ_ONLY_SQL_TRANSACTION =>
+        {
+            Kind::Unavailable
+        }
+        Some(_) => Kind::Other,
+        // No server error: the socket or the protocol failed.
+        None => Kind::Unavailable,
+    }
+}
+
+/// `error` as tollgate reports it, for a step described by `what`.
+pub(crate) fn classify(error: &postgres::Error, what: &str) -> Error {
+    match kind(error) {
+        Kind::Unavailable => unavailable(what, error),
+        Kind::Retry | Kind::Other => Error::Storage(StorageError::new(std::io::Error::other(
+            format!("{what}: {}", describe(error)),
+        ))),
+    }
+}
+
+pub(crate) fn unavailable(what: &str, error: &postgres::Error) -> Error {
+    Error::Unavailable(format!("{what}: {}", describe(error)))
+}
+
+/// The server's message, or the client's with its cause.
+fn describe(error: &postgres::Error) -> String {
+    match error.as_db_error() {
+        Some(db) => format!("{} ({})", db.message(), db.code().code()),
+        None => match std::error::Error::source(error) {
+            Some(cause) => format!("{error}: {cause}"),
+            None => error.to_string(),
+        },
+    }
+}

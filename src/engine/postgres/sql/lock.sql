@@ -1,0 +1,31 @@
+-- The first statement of every write batch: the database clock, `$3` fresh lease tokens, and
+-- every record (`$1`) and counter (`$2`) the batch touches, locked.
+--
+-- Locks: records FOR UPDATE, then counters FOR UPDATE (the outer UNION ALL reads the two CTEs in
+-- that order), each in key order (ORDER BY is applied before the lock), so two batches that
+-- share keys lock them in the same order and never deadlock on them. Rows that do not exist are
+-- not locked: a batch that creates one inserts it with ON CONFLICT DO NOTHING (write_*.sql) and
+-- starts over if another transaction created it first.
+--
+-- kind 0: the clock (in `number`); 1: a token; 2: a record with its owner's current epoch
+-- (0 if its owner never registered: a node without a node id); 3: a counter.
+WITH locked_records AS (
+    SELECT r.digest, r.value, coalesce(n.epoch, 0) AS owner_epoch
+      FROM {s}.records r LEFT JOIN {s}.nodes n ON n.id = r.owner
+     WHERE r.digest = ANY($1::bytea[])
+     ORDER BY r.digest
+       FOR UPDATE OF r
+), locked_rates AS (
+    SELECT c.key, c.value
+      FROM {s}.rates c
+     WHERE c.key = ANY($2::bytea[])
+     ORDER BY c.key
+       FOR UPDATE OF c
+)
+SELECT 0 AS kind, NULL::bytea AS key, NULL::bytea AS value, {s}.now_ns() AS number
+UNION ALL
+SELECT 1, NULL, NULL, nextval('{s}.tokens') FROM generate_series(1, $3::int)
+UNION ALL
+SELECT 2, digest, value, owner_epoch FROM locked_records
+UNION ALL
+SELECT 3, key, value, 0 FROM locked_rates
