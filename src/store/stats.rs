@@ -73,6 +73,7 @@ impl Counters {
     }
 
     /// Counts a commit of `writes` changes (an engine that counts records itself).
+    #[cfg(feature = "postgres")]
     pub(crate) fn committed_writes(&self, writes: u64) {
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.writes.fetch_add(writes, Ordering::Relaxed);
