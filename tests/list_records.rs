@@ -3,43 +3,43 @@
 
 mod fixture;
 
-use fixture::{Fixture, RECORD_TTL, acquired, key, request, response};
+use fixture::{RECORD_TTL, acquired, key, request, response};
 use tollgate::idempotency::RecordState;
 
-#[test]
-fn pages_cover_every_record_once_in_digest_order() {
-    let fixture = Fixture::new();
-    let store = fixture.open_without_compactor();
-    for i in 0..25 {
-        let name = format!("k{i}");
-        let lease = acquired(store.begin(&key(&name), &request("r")).unwrap());
-        if i % 5 != 0 {
-            lease.complete(response("ok")).unwrap();
+on_every_engine! {
+    fn pages_cover_every_record_once_in_digest_order(fixture) {
+        let store = fixture.open_without_compactor();
+        for i in 0..25 {
+            let name = format!("k{i}");
+            let lease = acquired(store.begin(&key(&name), &request("r")).unwrap());
+            if i % 5 != 0 {
+                lease.complete(response("ok")).unwrap();
+            }
         }
-    }
-    fixture.clock.advance(RECORD_TTL * 2); // all expired, none swept yet
+        fixture.advance(&store, RECORD_TTL * 2); // all expired, none swept yet
 
-    let mut seen = Vec::new();
-    let mut after = None;
-    loop {
-        let page = store.list_records(after.as_ref(), 10).unwrap();
-        if page.is_empty() {
-            break;
+        let mut seen = Vec::new();
+        let mut after = None;
+        loop {
+            let page = store.list_records(after.as_ref(), 10).unwrap();
+            if page.is_empty() {
+                break;
+            }
+            assert!(page.len() <= 10);
+            after = Some(page.last().unwrap().0);
+            seen.extend(page);
         }
-        assert!(page.len() <= 10);
-        after = Some(page.last().unwrap().0);
-        seen.extend(page);
+        assert_eq!(seen.len(), 25);
+        assert!(
+            seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
+            "ascending digests"
+        );
+        let running = seen
+            .iter()
+            .filter(|(_, info)| info.as_ref().unwrap().state == RecordState::Running)
+            .count();
+        assert_eq!(running, 5);
+        let digest = key("k3").digest();
+        assert!(seen.iter().any(|(d, _)| *d == digest));
     }
-    assert_eq!(seen.len(), 25);
-    assert!(
-        seen.windows(2).all(|pair| pair[0].0 < pair[1].0),
-        "ascending digests"
-    );
-    let running = seen
-        .iter()
-        .filter(|(_, info)| info.as_ref().unwrap().state == RecordState::Running)
-        .count();
-    assert_eq!(running, 5);
-    let digest = key("k3").digest();
-    assert!(seen.iter().any(|(d, _)| *d == digest));
 }

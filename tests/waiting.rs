@@ -6,7 +6,7 @@ mod fixture;
 
 use std::time::Duration;
 
-use fixture::{Fixture, acquired, key, replay, request, response};
+use fixture::{acquired, key, replay, request, response};
 use tollgate::BeginOptions;
 use tollgate::idempotency::Begin;
 
@@ -16,61 +16,63 @@ const LONG: BeginOptions = BeginOptions {
     wait: Some(Duration::from_secs(3600)),
 };
 
-#[test]
-fn waiter_receives_the_replay_when_the_owner_completes() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    let waiter = {
-        let store = store.clone();
-        std::thread::spawn(move || store.begin_with(&key("k"), &request("r"), &LONG).unwrap())
-    };
-    lease.complete(response("done")).unwrap();
-    let again = replay(waiter.join().unwrap());
-    assert_eq!(again.response().body, b"done");
+on_every_engine! {
+    fn waiter_receives_the_replay_when_the_owner_completes(fixture) {
+        let store = fixture.open();
+        let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.begin_with(&key("k"), &request("r"), &LONG).unwrap())
+        };
+        lease.complete(response("done")).unwrap();
+        let again = replay(waiter.join().unwrap());
+        assert_eq!(again.response().body, b"done");
+    }
 }
 
-#[test]
-fn waiter_acquires_when_the_owner_releases() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    let waiter = {
-        let store = store.clone();
-        std::thread::spawn(move || store.begin_with(&key("k"), &request("r"), &LONG).unwrap())
-    };
-    lease.release().unwrap();
-    let lease = acquired(waiter.join().unwrap());
-    assert!(!lease.recovered());
-    assert_eq!(lease.attempt(), 1);
+on_every_engine! {
+    fn waiter_acquires_when_the_owner_releases(fixture) {
+        let store = fixture.open();
+        let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        let waiter = {
+            let store = store.clone();
+            std::thread::spawn(move || store.begin_with(&key("k"), &request("r"), &LONG).unwrap())
+        };
+        lease.release().unwrap();
+        let lease = acquired(waiter.join().unwrap());
+        assert!(!lease.recovered());
+        assert_eq!(lease.attempt(), 1);
+    }
 }
 
-#[test]
-fn wait_times_out_with_in_flight() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let _lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    let options = BeginOptions {
-        wait: Some(Duration::from_millis(20)),
-        ..BeginOptions::default()
-    };
-    let outcome = store
-        .begin_with(&key("k"), &request("r"), &options)
-        .unwrap();
-    // The manual clock has not moved: the full lease remains.
-    assert!(
-        matches!(outcome, Begin::InFlight { retry_after } if retry_after == fixture::LEASE_TTL)
-    );
+on_every_engine! {
+    fn wait_times_out_with_in_flight(fixture) {
+        let store = fixture.open();
+        let _lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        let options = BeginOptions {
+            wait: Some(Duration::from_millis(20)),
+            ..BeginOptions::default()
+        };
+        let outcome = store
+            .begin_with(&key("k"), &request("r"), &options)
+            .unwrap();
+        // The manual clock has not moved: the full lease remains.
+        let Begin::InFlight { retry_after } = outcome else {
+            panic!("expected InFlight, got {outcome:?}")
+        };
+        fixture.assert_remaining(retry_after, fixture::LEASE_TTL);
+    }
 }
 
-#[test]
-fn without_wait_in_flight_is_immediate_and_reports_time_to_expiry() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let _lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    fixture.clock.advance(Duration::from_secs(10));
-    let outcome = store.begin(&key("k"), &request("r")).unwrap();
-    assert!(
-        matches!(outcome, Begin::InFlight { retry_after } if retry_after == Duration::from_secs(20))
-    );
+on_every_engine! {
+    fn without_wait_in_flight_is_immediate_and_reports_time_to_expiry(fixture) {
+        let store = fixture.open();
+        let _lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        fixture.advance(&store, Duration::from_secs(10));
+        let outcome = store.begin(&key("k"), &request("r")).unwrap();
+        let Begin::InFlight { retry_after } = outcome else {
+            panic!("expected InFlight, got {outcome:?}")
+        };
+        fixture.assert_remaining(retry_after, Duration::from_secs(20));
+    }
 }
