@@ -169,18 +169,17 @@ pub(crate) fn run(
             Attempt::Retry => session.roll_back(),
             Attempt::Failed(error) => {
                 session.roll_back();
-                let message = error.to_string();
                 for change in changes {
-                    change.fail(match &error {
-                        Error::Unavailable(_) => Error::Unavailable(message.clone()),
-                        _ => copy(&error),
-                    });
+                    change.fail(copy(&error));
                 }
                 return Stats::default();
             }
             Attempt::InDoubt(answers, error) => {
                 session.reset();
-                let message = error.to_string();
+                let message = match &error {
+                    Error::Unavailable(message) => message.clone(),
+                    other => other.to_string(),
+                };
                 for (change, answer) in changes.iter().zip(answers) {
                     if answer.writes() {
                         change.fail(Error::InDoubt(message.clone()));
@@ -201,7 +200,7 @@ pub(crate) fn run(
 }
 
 /// An error again, for another caller (errors are not `Clone`).
-fn copy(error: &Error) -> Error {
+pub(crate) fn copy(error: &Error) -> Error {
     match error {
         Error::Unavailable(message) => Error::Unavailable(message.clone()),
         Error::InDoubt(message) => Error::InDoubt(message.clone()),

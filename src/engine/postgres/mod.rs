@@ -373,9 +373,8 @@ impl Worker {
     fn apply(&mut self, changes: &[Change]) {
         if !self.slot_ready {
             if let Err(error) = maintenance::ensure_slot(&mut self.session, &self.slot) {
-                let message = error.to_string();
                 for change in changes {
-                    change.fail(Error::Unavailable(message.clone()));
+                    change.fail(batch::copy(&error));
                 }
                 return;
             }

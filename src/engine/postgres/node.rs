@@ -11,8 +11,13 @@
 //!   bumps its row in `nodes` (autocommit, durable): the new epoch makes every RUNNING record left
 //!   by its earlier runs stale at once, for every node. A node without an id gets a random one
 //!   and no row: only lease expiry frees its leases.
+//! - A process that died holds its lock until the server sees its connection close: at once
+//!   for a killed process on a live host (the kernel closes the socket), only after the server's
+//!   TCP keepalives for a host that vanished (or `pg_terminate_backend`). An open waits
+//!   [`NODE_LOCK_WAIT`] for a held lock before it answers [`Error::AlreadyOpen`].
 
 use std::hash::{BuildHasher, Hasher};
+use std::time::{Duration, Instant};
 
 use postgres::Client;
 use postgres::types::Type;
@@ -24,6 +29,9 @@ use crate::error::{Error, Result};
 
 /// The schema format this build writes and reads.
 pub(crate) const FORMAT: u64 = 1;
+
+/// How long an open waits for a node id's lock that another session holds, before it refuses.
+pub(crate) const NODE_LOCK_WAIT: Duration = Duration::from_secs(3);
 
 /// Longest node id.
 const MAX_NODE_ID_LEN: usize = 64;
@@ -173,19 +181,23 @@ pub(crate) fn register(client: &mut Client, sql: &Sql, node_id: Option<&str>) ->
         });
     };
     check_node_id(id)?;
-    let locked: bool = client
-        .query_typed_one(
-            "SELECT pg_try_advisory_lock($1)",
-            &[(
-                &lock_key(&["tollgate-node", &sql.schema_name, id]),
-                Type::INT8,
-            )],
-        )
-        .map_err(storage("cannot take the node's lock"))?
-        .try_get(0)
-        .map_err(storage("bad lock answer"))?;
-    if !locked {
-        return Err(Error::AlreadyOpen);
+    // A process that just died may still hold the lock for a moment, until the server sees its
+    // connection close: a restart retries briefly before it refuses.
+    let deadline = Instant::now() + NODE_LOCK_WAIT;
+    let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
+    loop {
+        let locked: bool = client
+            .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
+            .map_err(storage("cannot take the node's lock"))?
+            .try_get(0)
+            .map_err(storage("bad lock answer"))?;
+        if locked {
+            break;
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::AlreadyOpen);
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
     let epoch: i64 = client
         .query_typed_one(
