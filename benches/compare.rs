@@ -21,6 +21,11 @@
 //! - `rate/*`: checks over 10,000 subjects round-robin with a quota that allows every check:
 //!   tollgate Batched vs governor's keyed limiter (1 thread); tollgate Immediate vs a naive redb
 //!   loop (one write transaction per check) at 64 threads.
+//! - With `--features postgres`, against one local PostgreSQL (`TOLLGATE_BENCH_POSTGRES`, else a
+//!   throwaway cluster with `fsync` and `synchronous_commit` on; skipped with a message if there
+//!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` (one connection per thread, prepared
+//!   statements, one autocommit statement per transition), and `rate/tollgate-pg/64` vs
+//!   `rate/naive-pg/64` (one autocommit upsert per check).
 //!
 //! Each row reports operations per second, p50 and p99 latency (hdrhistogram; the fast rows time
 //! one operation in 16 so the clock does not dominate), and for tollgate the operations per
@@ -403,6 +408,199 @@ fn naive_redb_rate(threads: usize, duration: Duration) -> Row {
 }
 
 // ------------------------------------------------------------------------------------------------
+// PostgreSQL (feature `postgres`): tollgate's engine against the naive loop, on one local server
+
+#[cfg(feature = "postgres")]
+#[path = "../tests/fixture/postgres.rs"]
+#[allow(dead_code, unused_macros)]
+mod test_server;
+
+/// The server for the PostgreSQL rows: `TOLLGATE_BENCH_POSTGRES`, else a throwaway cluster (as
+/// the tests start one), else `None` and the rows are skipped with a message. TLS is off on both
+/// sides: the rows compare round trips and commits, not ciphers.
+#[cfg(feature = "postgres")]
+fn postgres_conn() -> Option<String> {
+    static CONN: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    CONN.get_or_init(|| {
+        if let Ok(conn) = std::env::var("TOLLGATE_BENCH_POSTGRES") {
+            return Some(conn);
+        }
+        test_server::server().map(|server| format!("{} sslmode=disable", server.conn))
+    })
+    .clone()
+}
+
+#[cfg(feature = "postgres")]
+fn postgres_row(name: String) -> Row {
+    eprintln!("SKIPPED {name}: no PostgreSQL server (set TOLLGATE_BENCH_POSTGRES)");
+    row(
+        name,
+        (
+            0,
+            Duration::from_secs(1),
+            Histogram::new(3).expect("histogram"),
+        ),
+        None,
+    )
+}
+
+#[cfg(feature = "postgres")]
+fn tollgate_pg_store(conn: &str, schema: &str) -> Store {
+    let pool = std::env::var("TOLLGATE_BENCH_PG_POOL")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(tollgate::DEFAULT_POSTGRES_POOL_SIZE);
+    Store::builder()
+        .postgres_pool_size(pool)
+        .postgres_schema(schema)
+        .background_compaction(false)
+        .open_postgres(conn)
+        .expect("open on PostgreSQL")
+}
+
+#[cfg(feature = "postgres")]
+fn bench_schema(what: &str) -> String {
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros());
+    format!("bench_{what}_{stamp}")
+}
+
+#[cfg(feature = "postgres")]
+fn tollgate_pg_cycles(threads: usize, duration: Duration) -> Row {
+    let name = format!("cycle/tollgate-pg/{threads}");
+    let Some(conn) = postgres_conn() else {
+        return postgres_row(name);
+    };
+    let store = tollgate_pg_store(&conn, &bench_schema("cycles"));
+    let before = store.stats().expect("stats");
+    let worker = store.clone();
+    let result = drive(threads, duration, 1, move |t, n| {
+        let key = IdempotencyKey::new("bench", &format!("{t}-{n}")).expect("key");
+        match worker
+            .begin(&key, &Fingerprint::of(b"POST /v1/charges"))
+            .expect("begin")
+        {
+            Begin::Acquired(lease) => lease.complete(response()).expect("complete"),
+            other => panic!("unexpected {other:?}"),
+        }
+    });
+    let per_commit = per_commit(&store, &before).map(|writes| writes / 2.0);
+    store.close().expect("close");
+    row(name, result, per_commit)
+}
+
+/// One connection per thread (a pool as large as the load), prepared statements, one autocommit
+/// statement per transition: the begin inserts the RUNNING row if the key is free, the
+/// completion writes the response where the token still matches.
+#[cfg(feature = "postgres")]
+fn naive_pg_cycles(threads: usize, duration: Duration) -> Row {
+    let name = format!("cycle/naive-pg/{threads}");
+    let Some(conn) = postgres_conn() else {
+        return postgres_row(name);
+    };
+    let table = bench_schema("naive_cycles");
+    let mut setup = postgres::Client::connect(&conn, postgres::NoTls).expect("connect");
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (key text PRIMARY KEY, state text NOT NULL, token bigint NOT NULL,              response bytea, expires_at bigint NOT NULL)"
+        ))
+        .expect("create");
+    let clients: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut client = postgres::Client::connect(&conn, postgres::NoTls).expect("connect");
+            let begin = client
+                .prepare(&format!(
+                    "INSERT INTO {table} VALUES ($1, 'running', $2, NULL, $3) ON CONFLICT DO NOTHING"
+                ))
+                .expect("prepare");
+            let complete = client
+                .prepare(&format!(
+                    "UPDATE {table} SET state = 'completed', response = $2 WHERE key = $1 AND token = $3"
+                ))
+                .expect("prepare");
+            parking_lot::Mutex::new((client, begin, complete))
+        })
+        .collect();
+    let clients = Arc::new(clients);
+    let body = vec![b'x'; RESPONSE_BYTES];
+    let result = drive(threads, duration, 1, move |t, n| {
+        let key = format!("{t}-{n}");
+        let token = i64::try_from(n).expect("token");
+        let mut guard = clients[t].lock();
+        let (client, begin, complete) = &mut *guard;
+        let inserted = client
+            .execute(&*begin, &[&key, &token, &0i64])
+            .expect("begin");
+        assert_eq!(inserted, 1);
+        client
+            .execute(&*complete, &[&key, &body, &token])
+            .expect("complete");
+    });
+    row(name, result, None)
+}
+
+#[cfg(feature = "postgres")]
+fn tollgate_pg_rate(threads: usize, duration: Duration) -> Row {
+    let name = format!("rate/tollgate-pg/{threads}");
+    let Some(conn) = postgres_conn() else {
+        return postgres_row(name);
+    };
+    let store = tollgate_pg_store(&conn, &bench_schema("rate"));
+    let limit = Limit::new("api", Quota::per_second(1_000_000)).expect("limit");
+    let subjects = subjects();
+    let before = store.stats().expect("stats");
+    let worker = store.clone();
+    let result = drive(threads, duration, 1, move |t, n| {
+        let subject = &subjects[((n + t as u64 * 7919) % SUBJECTS as u64) as usize];
+        assert!(worker.check(&limit, subject).expect("check").allowed());
+    });
+    let per_commit = per_commit(&store, &before);
+    store.close().expect("close");
+    row(name, result, per_commit)
+}
+
+/// One connection per thread, one autocommit upsert per check.
+#[cfg(feature = "postgres")]
+fn naive_pg_rate(threads: usize, duration: Duration) -> Row {
+    let name = format!("rate/naive-pg/{threads}");
+    let Some(conn) = postgres_conn() else {
+        return postgres_row(name);
+    };
+    let table = bench_schema("naive_rate");
+    let mut setup = postgres::Client::connect(&conn, postgres::NoTls).expect("connect");
+    setup
+        .batch_execute(&format!(
+            "CREATE TABLE {table} (subject text PRIMARY KEY, count bigint NOT NULL)"
+        ))
+        .expect("create");
+    let clients: Vec<_> = (0..threads)
+        .map(|_| {
+            let mut client = postgres::Client::connect(&conn, postgres::NoTls).expect("connect");
+            let upsert = client
+                .prepare(&format!(
+                    "INSERT INTO {table} VALUES ($1, 1) ON CONFLICT (subject)                      DO UPDATE SET count = {table}.count + 1 RETURNING count"
+                ))
+                .expect("prepare");
+            parking_lot::Mutex::new((client, upsert))
+        })
+        .collect();
+    let clients = Arc::new(clients);
+    let subjects = subjects();
+    let result = drive(threads, duration, 1, move |t, n| {
+        let subject = subjects[((n + t as u64 * 7919) % SUBJECTS as u64) as usize].as_str();
+        let mut guard = clients[t].lock();
+        let (client, upsert) = &mut *guard;
+        let count: i64 = client
+            .query_one(&*upsert, &[&subject])
+            .expect("upsert")
+            .get(0);
+        assert!(count >= 1);
+    });
+    row(name, result, None)
+}
+
+// ------------------------------------------------------------------------------------------------
 
 fn micros(nanos: u64) -> String {
     if nanos < 10_000 {
@@ -493,6 +691,18 @@ fn print_goals(rows: &[Row]) {
         10.0,
         "x",
     );
+    goal(
+        "PostgreSQL: 64 threads cycles vs naive autocommit loop",
+        ratio("cycle/tollgate-pg/64", "cycle/naive-pg/64"),
+        2.0,
+        "x",
+    );
+    goal(
+        "PostgreSQL: rate checks 64 threads vs naive upsert loop",
+        ratio("rate/tollgate-pg/64", "rate/naive-pg/64"),
+        2.0,
+        "x",
+    );
 }
 
 fn main() {
@@ -549,6 +759,26 @@ fn main() {
         ),
         ("rate/naive-redb/64", Box::new(|d| naive_redb_rate(64, d))),
     ];
+    #[cfg(feature = "postgres")]
+    let benches = {
+        let mut benches = benches;
+        let postgres: Vec<(&str, Bench)> = vec![
+            (
+                "cycle/tollgate-pg/1",
+                Box::new(|d| tollgate_pg_cycles(1, d)),
+            ),
+            ("cycle/naive-pg/1", Box::new(|d| naive_pg_cycles(1, d))),
+            (
+                "cycle/tollgate-pg/64",
+                Box::new(|d| tollgate_pg_cycles(64, d)),
+            ),
+            ("cycle/naive-pg/64", Box::new(|d| naive_pg_cycles(64, d))),
+            ("rate/tollgate-pg/64", Box::new(|d| tollgate_pg_rate(64, d))),
+            ("rate/naive-pg/64", Box::new(|d| naive_pg_rate(64, d))),
+        ];
+        benches.extend(postgres);
+        benches
+    };
     let mut rows = Vec::new();
     for (name, bench) in &benches {
         if !name.contains(only.as_str()) {

@@ -104,6 +104,11 @@ pub mod testing;
 pub mod tower;
 
 pub use clock::{Clock, ManualClock, SystemClock};
+#[cfg(feature = "postgres")]
+pub use engine::postgres::{
+    CALL_TIMEOUT as POSTGRES_CALL_TIMEOUT, DEFAULT_POOL_SIZE as DEFAULT_POSTGRES_POOL_SIZE,
+    DEFAULT_SCHEMA as DEFAULT_POSTGRES_SCHEMA,
+};
 pub use error::{Error, Result, StorageError};
 pub use store::{
     BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,

@@ -2,21 +2,23 @@
 //! commit.
 //!
 //! ```text
-//! BEGIN; SET LOCAL statement_timeout          one round trip
-//! lock.sql: clock, tokens, rows FOR UPDATE    one round trip
+//! BEGIN; SET LOCAL …; lock.sql (clock, tokens, rows FOR UPDATE)       round trip 1
 //!   decide every change in arrival order with the pure rules, on the locked rows
-//! write_records.sql / write_rates.sql         one round trip each (only if something changed)
-//! UPDATE counts (this connection's row); COMMIT   one round trip
+//! write_records.sql; write_rates.sql; UPDATE counts; COMMIT            round trip 2
 //! ```
+//!
+//! Both round trips are simple-protocol messages with the values written in as literals
+//! (`literal.rs`): two round trips per transaction whatever its size, nothing prepared, so
+//! PgBouncer's transaction mode works.
 //!
 //! # Rules
 //! - Every decision is taken by `idempotency::machine` or `ratelimit::charge` on rows locked
 //!   for this transaction, at the database clock's reading in the lock statement. Changes to one
 //!   key in a batch see the ones before them.
-//! - A row that did not exist is created with `ON CONFLICT DO NOTHING`; if another transaction
-//!   created it since the lock, the decisions on it were taken on a state that no longer holds,
-//!   so the whole transaction is rolled back and the batch starts over (as on a deadlock or a
-//!   serialization failure), up to [`MAX_ATTEMPTS`] times.
+//! - A row that did not exist is created by a plain `INSERT`; if another transaction created it
+//!   since the lock, the decisions on it were taken on a state that no longer holds: the insert
+//!   fails with a unique violation, the transaction is rolled back and the batch starts over (as
+//!   on a deadlock or a serialization failure), up to [`MAX_ATTEMPTS`] times.
 //! - A change's logical error (a lease lost, a cost too large) is its caller's answer; nothing
 //!   is written for it, and the rest of the batch commits.
 //! - Answers are sent after the commit. If the connection fails before the commit was sent,
@@ -27,8 +29,9 @@
 use std::collections::BTreeMap;
 
 use crossbeam_channel::Sender;
-use postgres::types::Type;
+use postgres::SimpleQueryMessage;
 
+use super::literal;
 use super::node::NodeInfo;
 use super::session::{Kind, Session, classify, kind, unavailable};
 use crate::engine::{BeginRequest, codec, lease_expiry, stored_rate};
@@ -212,10 +215,6 @@ pub(crate) fn copy(error: &Error) -> Error {
     }
 }
 
-fn bytes_array<'a>(keys: impl Iterator<Item = &'a [u8]>) -> Vec<Vec<u8>> {
-    keys.map(<[u8]>::to_vec).collect()
-}
-
 fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
@@ -266,43 +265,55 @@ fn attempt(
             }
         }
     }
-    let client = match session.begin() {
+    let digests: Vec<String> = records.keys().map(|key| literal::bytea(key)).collect();
+    let keys: Vec<String> = rates.keys().map(|key| literal::bytea(key)).collect();
+    let lock = literal::bind(
+        &sql.lock,
+        &[
+            literal::array(&digests, "bytea"),
+            literal::array(&keys, "bytea"),
+            begins.to_string(),
+        ],
+    );
+    let opening = format!(
+        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL bytea_output = 'hex'; \
+         SET LOCAL standard_conforming_strings = on; {lock}",
+        super::session::STATEMENT_TIMEOUT.as_millis()
+    );
+    let client = match session.client() {
         Ok(client) => client,
         Err(error) => return Attempt::Failed(error),
     };
-    let digests = bytes_array(records.keys().map(<[u8; 32]>::as_slice));
-    let keys = bytes_array(rates.keys().map(<[u8; 16]>::as_slice));
-    let rows = match client.query_typed(
-        &sql.lock,
-        &[
-            (&digests, Type::BYTEA_ARRAY),
-            (&keys, Type::BYTEA_ARRAY),
-            (&begins, Type::INT4),
-        ],
-    ) {
-        Ok(rows) => rows,
+    let messages = match client.simple_query(&opening) {
+        Ok(messages) => messages,
         Err(error) => return failed(&error, "cannot lock the batch's rows"),
     };
     let mut now = 0u64;
     let mut tokens = Vec::with_capacity(usize::try_from(begins).unwrap_or(0));
-    for row in &rows {
-        let read = (|| -> std::result::Result<(), postgres::Error> {
-            let kind: i32 = row.try_get(0)?;
-            let key: Option<Vec<u8>> = row.try_get(1)?;
-            let value: Option<Vec<u8>> = row.try_get(2)?;
-            let number: i64 = row.try_get(3)?;
-            let number = u64::try_from(number).unwrap_or(0);
-            match (kind, key, value) {
-                (0, _, _) => now = number,
-                (1, _, _) => tokens.push(number),
-                (2, Some(key), Some(value)) => {
+    for message in &messages {
+        let SimpleQueryMessage::Row(row) = message else {
+            continue;
+        };
+        let read = (|| -> Result<()> {
+            let number = |index| -> Result<i64> {
+                row.get(index)
+                    .and_then(|text| text.parse().ok())
+                    .ok_or_else(|| Error::Corrupted("the lock statement sent a bad number".into()))
+            };
+            let bytes = |index| row.get(index).map(literal::parse_bytea).transpose();
+            let kind = number(0)?;
+            let value = u64::try_from(number(3)?).unwrap_or(0);
+            match (kind, bytes(1)?, bytes(2)?) {
+                (0, _, _) => now = value,
+                (1, _, _) => tokens.push(value),
+                (2, Some(key), Some(stored)) => {
                     if let Some(row) = <[u8; 32]>::try_from(key.as_slice())
                         .ok()
                         .and_then(|key| records.get_mut(&key))
                     {
                         row.existed = true;
-                        row.owner_epoch = number;
-                        row.current = codec::decode_record(&value)
+                        row.owner_epoch = value;
+                        row.current = codec::decode_record(&stored)
                             .map(Some)
                             .map_err(|error| error.to_string());
                         row.old_slot = row
@@ -313,13 +324,13 @@ fn attempt(
                             .map(state_slot);
                     }
                 }
-                (3, Some(key), Some(value)) => {
+                (3, Some(key), Some(stored)) => {
                     if let Some(row) = <[u8; 16]>::try_from(key.as_slice())
                         .ok()
                         .and_then(|key| rates.get_mut(&key))
                     {
                         row.existed = true;
-                        row.current = codec::decode_rate(&value)
+                        row.current = codec::decode_rate(&stored)
                             .map(|stored| Some(stored.state))
                             .map_err(|error| error.to_string());
                     }
@@ -329,7 +340,7 @@ fn attempt(
             Ok(())
         })();
         if let Err(error) = read {
-            return Attempt::Failed(classify(&error, "bad row from the lock statement"));
+            return Attempt::Failed(error);
         }
     }
     *now_out = Some(now);
@@ -371,7 +382,7 @@ fn attempt(
     let mut counts = [0i64; 4];
     let mut update = RecordColumns::default();
     let mut create = RecordColumns::default();
-    let mut remove: Vec<Vec<u8>> = Vec::new();
+    let mut remove: Vec<String> = Vec::new();
     for (digest, row) in &records {
         if !row.changed {
             continue;
@@ -387,7 +398,7 @@ fn attempt(
                 }
                 counts[state_slot(record)] += 1;
             }
-            (true, None) => remove.push(digest.to_vec()),
+            (true, None) => remove.push(literal::bytea(digest)),
             (false, Some(record)) => {
                 if let Err(error) = create.push(digest, record, node) {
                     return Attempt::Failed(error);
@@ -397,32 +408,29 @@ fn attempt(
             (false, None) => {}
         }
     }
+    let mut commit = String::new();
     if !update.is_empty() || !create.is_empty() || !remove.is_empty() {
-        let result = client.query_typed_one(
+        commit.push_str(&literal::bind(
             &sql.write_records,
             &[
-                (&update.digests, Type::BYTEA_ARRAY),
-                (&update.values, Type::BYTEA_ARRAY),
-                (&update.states, Type::INT2_ARRAY),
-                (&update.expires, Type::INT8_ARRAY),
-                (&update.owners, Type::TEXT_ARRAY),
-                (&remove, Type::BYTEA_ARRAY),
-                (&create.digests, Type::BYTEA_ARRAY),
-                (&create.values, Type::BYTEA_ARRAY),
-                (&create.states, Type::INT2_ARRAY),
-                (&create.expires, Type::INT8_ARRAY),
-                (&create.owners, Type::TEXT_ARRAY),
+                update.digests(),
+                update.values(),
+                update.states(),
+                update.expires(),
+                update.owners(),
+                literal::array(&remove, "bytea"),
+                create.digests(),
+                create.values(),
+                create.states(),
+                create.expires(),
+                create.owners(),
             ],
-        );
-        match result.and_then(|row| row.try_get::<_, i64>(0)) {
-            Ok(inserted) if inserted == i64::try_from(create.digests.len()).unwrap_or(-1) => {}
-            Ok(_) => return Attempt::Retry,
-            Err(error) => return failed(&error, "cannot write the batch's records"),
-        }
+        ));
+        commit.push_str(";\n");
     }
     let mut rate_update = RateColumns::default();
     let mut rate_create = RateColumns::default();
-    let mut rate_remove: Vec<Vec<u8>> = Vec::new();
+    let mut rate_remove: Vec<String> = Vec::new();
     for (key, row) in &rates {
         if !row.changed {
             continue;
@@ -434,7 +442,7 @@ fn attempt(
         match (row.existed, stored) {
             (true, Some(stored)) => rate_update.push(key, &stored),
             (true, None) => {
-                rate_remove.push(key.to_vec());
+                rate_remove.push(literal::bytea(key));
                 counts[3] -= 1;
             }
             (false, Some(stored)) => {
@@ -445,38 +453,35 @@ fn attempt(
         }
     }
     if !rate_update.is_empty() || !rate_create.is_empty() || !rate_remove.is_empty() {
-        let result = client.query_typed_one(
+        commit.push_str(&literal::bind(
             &sql.write_rates,
             &[
-                (&rate_update.keys, Type::BYTEA_ARRAY),
-                (&rate_update.values, Type::BYTEA_ARRAY),
-                (&rate_update.idle, Type::INT8_ARRAY),
-                (&rate_remove, Type::BYTEA_ARRAY),
-                (&rate_create.keys, Type::BYTEA_ARRAY),
-                (&rate_create.values, Type::BYTEA_ARRAY),
-                (&rate_create.idle, Type::INT8_ARRAY),
+                literal::array(&rate_update.keys, "bytea"),
+                literal::array(&rate_update.values, "bytea"),
+                literal::array(&rate_update.idle, "bigint"),
+                literal::array(&rate_remove, "bytea"),
+                literal::array(&rate_create.keys, "bytea"),
+                literal::array(&rate_create.values, "bytea"),
+                literal::array(&rate_create.idle, "bigint"),
             ],
-        );
-        match result.and_then(|row| row.try_get::<_, i64>(0)) {
-            Ok(inserted) if inserted == i64::try_from(rate_create.keys.len()).unwrap_or(-1) => {}
-            Ok(_) => return Attempt::Retry,
-            Err(error) => return failed(&error, "cannot write the batch's counters"),
-        }
-    }
-
-    // The counts and the commit, in one round trip. `slot` is this connection's own row, made
-    // of a checked node id and a number, so it is safe inside the literal.
-    let mut commit = String::new();
-    if counts.iter().any(|delta| *delta != 0) {
-        commit = sql.put(&format!(
-            "UPDATE {{s}}.counts SET running = running + {}, completed = completed + {}, \
-             failed = failed + {}, rates = rates + {} WHERE slot = '{slot}'; ",
-            counts[0], counts[1], counts[2], counts[3]
         ));
+        commit.push_str(";\n");
+    }
+    // The counts go to this connection's own row: `slot` is a checked node id and a number.
+    if counts.iter().any(|delta| *delta != 0) {
+        commit.push_str(&sql.put(&format!(
+            "UPDATE {{s}}.counts SET running = running + {}, completed = completed + {}, \
+             failed = failed + {}, rates = rates + {} WHERE slot = {};\n",
+            counts[0],
+            counts[1],
+            counts[2],
+            counts[3],
+            literal::safe_text(slot)
+        )));
     }
     commit.push_str("COMMIT");
-    match client.batch_execute(&commit) {
-        Ok(()) => Attempt::Committed(
+    match client.simple_query(&commit) {
+        Ok(_) => Attempt::Committed(
             answers,
             Stats {
                 writes,
@@ -484,10 +489,10 @@ fn attempt(
             },
         ),
         Err(error) => match kind(&error) {
-            // The server refused the commit (it ran; nothing was committed).
+            // A statement failed (so COMMIT never ran): nothing was committed.
             Kind::Retry => Attempt::Retry,
-            Kind::Other => Attempt::Failed(classify(&error, "the commit failed")),
-            // The connection went while the commit was on its way.
+            Kind::Other => Attempt::Failed(classify(&error, "cannot write the batch")),
+            // The connection went while the writes and the commit were on their way.
             Kind::Unavailable => Attempt::InDoubt(
                 answers,
                 unavailable("the connection failed during the commit", &error),
@@ -586,45 +591,71 @@ fn rate(
     Ok((outcome, changed))
 }
 
-/// Column arrays for `write_records.sql`.
+/// Column arrays for `write_records.sql`, as literals.
 #[derive(Default)]
 struct RecordColumns {
-    digests: Vec<Vec<u8>>,
-    values: Vec<Vec<u8>>,
-    states: Vec<i16>,
-    expires: Vec<i64>,
-    owners: Vec<Option<String>>,
+    digests: Vec<String>,
+    values: Vec<String>,
+    states: Vec<String>,
+    expires: Vec<String>,
+    owners: Vec<String>,
 }
 
 impl RecordColumns {
     fn push(&mut self, digest: &[u8; 32], record: &Record, node: &NodeInfo) -> Result<()> {
-        self.digests.push(digest.to_vec());
-        self.values.push(codec::encode_record(record)?);
         let slot = state_slot(record);
-        self.states.push(i16::try_from(slot).unwrap_or(0));
-        self.expires.push(to_i64(record.expires_at));
-        self.owners.push((slot == 0).then(|| node.id.clone()));
+        self.values
+            .push(literal::bytea(&codec::encode_record(record)?));
+        self.digests.push(literal::bytea(digest));
+        self.states.push(slot.to_string());
+        self.expires.push(to_i64(record.expires_at).to_string());
+        self.owners.push(if slot == 0 {
+            literal::safe_text(&node.id)
+        } else {
+            "NULL".to_string()
+        });
         Ok(())
     }
 
     fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
+
+    fn digests(&self) -> String {
+        literal::array(&self.digests, "bytea")
+    }
+
+    fn values(&self) -> String {
+        literal::array(&self.values, "bytea")
+    }
+
+    fn states(&self) -> String {
+        literal::array(&self.states, "smallint")
+    }
+
+    fn expires(&self) -> String {
+        literal::array(&self.expires, "bigint")
+    }
+
+    fn owners(&self) -> String {
+        literal::array(&self.owners, "text")
+    }
 }
 
-/// Column arrays for `write_rates.sql`.
+/// Column arrays for `write_rates.sql`, as literals.
 #[derive(Default)]
 struct RateColumns {
-    keys: Vec<Vec<u8>>,
-    values: Vec<Vec<u8>>,
-    idle: Vec<i64>,
+    keys: Vec<String>,
+    values: Vec<String>,
+    idle: Vec<String>,
 }
 
 impl RateColumns {
     fn push(&mut self, key: &[u8; 16], stored: &codec::StoredRate) {
-        self.keys.push(key.to_vec());
-        self.values.push(codec::encode_rate(stored).to_vec());
-        self.idle.push(to_i64(stored.idle_at));
+        self.keys.push(literal::bytea(key));
+        self.values
+            .push(literal::bytea(&codec::encode_rate(stored)));
+        self.idle.push(to_i64(stored.idle_at).to_string());
     }
 
     fn is_empty(&self) -> bool {

@@ -19,6 +19,7 @@
 mod batch;
 mod clock;
 mod conninfo;
+mod literal;
 mod maintenance;
 mod node;
 mod session;

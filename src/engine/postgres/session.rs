@@ -85,18 +85,6 @@ impl Session {
         self.client = None;
     }
 
-    /// Starts a transaction with the statement timeout.
-    pub(crate) fn begin(&mut self) -> Result<&mut Client> {
-        let client = self.client()?;
-        client
-            .batch_execute(&format!(
-                "BEGIN; SET LOCAL statement_timeout = {}",
-                STATEMENT_TIMEOUT.as_millis()
-            ))
-            .map_err(|error| classify(&error, "cannot begin a transaction"))?;
-        Ok(client)
-    }
-
     /// Rolls back whatever transaction is open; a connection that cannot is dropped.
     pub(crate) fn roll_back(&mut self) {
         if let Some(client) = self.client.as_mut() {

@@ -4,8 +4,8 @@
 -- Locks: records FOR UPDATE, then counters FOR UPDATE (the outer UNION ALL reads the two CTEs in
 -- that order), each in key order (ORDER BY is applied before the lock), so two batches that
 -- share keys lock them in the same order and never deadlock on them. Rows that do not exist are
--- not locked: a batch that creates one inserts it with ON CONFLICT DO NOTHING (write_*.sql) and
--- starts over if another transaction created it first.
+-- not locked: a batch that creates one inserts it (write_*.sql), which fails with a unique violation
+-- if another transaction created it first; the batch then starts over.
 --
 -- kind 0: the clock (in `number`); 1: a token; 2: a record with its owner's current epoch
 -- (0 if its owner never registered: a node without a node id); 3: a counter.
