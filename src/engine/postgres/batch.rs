@@ -30,6 +30,7 @@ use std::collections::BTreeMap;
 
 use crossbeam_channel::Sender;
 use postgres::SimpleQueryMessage;
+use postgres::types::Type;
 
 use super::literal;
 use super::node::NodeInfo;
@@ -276,8 +277,7 @@ fn attempt(
         ],
     );
     let opening = format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL bytea_output = 'hex'; \
-         SET LOCAL standard_conforming_strings = on; {lock}",
+        "BEGIN; SET LOCAL statement_timeout = {}; {lock}",
         super::session::STATEMENT_TIMEOUT.as_millis()
     );
     let client = match session.client() {
@@ -382,7 +382,7 @@ fn attempt(
     let mut counts = [0i64; 4];
     let mut update = RecordColumns::default();
     let mut create = RecordColumns::default();
-    let mut remove: Vec<String> = Vec::new();
+    let mut remove: Vec<Vec<u8>> = Vec::new();
     for (digest, row) in &records {
         if !row.changed {
             continue;
@@ -398,7 +398,7 @@ fn attempt(
                 }
                 counts[state_slot(record)] += 1;
             }
-            (true, None) => remove.push(literal::bytea(digest)),
+            (true, None) => remove.push(digest.to_vec()),
             (false, Some(record)) => {
                 if let Err(error) = create.push(digest, record, node) {
                     return Attempt::Failed(error);
@@ -408,29 +408,32 @@ fn attempt(
             (false, None) => {}
         }
     }
-    let mut commit = String::new();
+    // The writes go with their values in binary (no hex, no literal to parse): one round trip,
+    // still inside the transaction.
     if !update.is_empty() || !create.is_empty() || !remove.is_empty() {
-        commit.push_str(&literal::bind(
+        let written = client.query_typed(
             &sql.write_records,
             &[
-                update.digests(),
-                update.values(),
-                update.states(),
-                update.expires(),
-                update.owners(),
-                literal::array(&remove, "bytea"),
-                create.digests(),
-                create.values(),
-                create.states(),
-                create.expires(),
-                create.owners(),
+                (&update.digests, Type::BYTEA_ARRAY),
+                (&update.values, Type::BYTEA_ARRAY),
+                (&update.states, Type::INT2_ARRAY),
+                (&update.expires, Type::INT8_ARRAY),
+                (&update.owners, Type::TEXT_ARRAY),
+                (&remove, Type::BYTEA_ARRAY),
+                (&create.digests, Type::BYTEA_ARRAY),
+                (&create.values, Type::BYTEA_ARRAY),
+                (&create.states, Type::INT2_ARRAY),
+                (&create.expires, Type::INT8_ARRAY),
+                (&create.owners, Type::TEXT_ARRAY),
             ],
-        ));
-        commit.push_str(";\n");
+        );
+        if let Err(error) = written {
+            return failed(&error, "cannot write the batch's records");
+        }
     }
     let mut rate_update = RateColumns::default();
     let mut rate_create = RateColumns::default();
-    let mut rate_remove: Vec<String> = Vec::new();
+    let mut rate_remove: Vec<Vec<u8>> = Vec::new();
     for (key, row) in &rates {
         if !row.changed {
             continue;
@@ -442,7 +445,7 @@ fn attempt(
         match (row.existed, stored) {
             (true, Some(stored)) => rate_update.push(key, &stored),
             (true, None) => {
-                rate_remove.push(literal::bytea(key));
+                rate_remove.push(key.to_vec());
                 counts[3] -= 1;
             }
             (false, Some(stored)) => {
@@ -453,20 +456,23 @@ fn attempt(
         }
     }
     if !rate_update.is_empty() || !rate_create.is_empty() || !rate_remove.is_empty() {
-        commit.push_str(&literal::bind(
+        let written = client.query_typed(
             &sql.write_rates,
             &[
-                literal::array(&rate_update.keys, "bytea"),
-                literal::array(&rate_update.values, "bytea"),
-                literal::array(&rate_update.idle, "bigint"),
-                literal::array(&rate_remove, "bytea"),
-                literal::array(&rate_create.keys, "bytea"),
-                literal::array(&rate_create.values, "bytea"),
-                literal::array(&rate_create.idle, "bigint"),
+                (&rate_update.keys, Type::BYTEA_ARRAY),
+                (&rate_update.values, Type::BYTEA_ARRAY),
+                (&rate_update.idle, Type::INT8_ARRAY),
+                (&rate_remove, Type::BYTEA_ARRAY),
+                (&rate_create.keys, Type::BYTEA_ARRAY),
+                (&rate_create.values, Type::BYTEA_ARRAY),
+                (&rate_create.idle, Type::INT8_ARRAY),
             ],
-        ));
-        commit.push_str(";\n");
+        );
+        if let Err(error) = written {
+            return failed(&error, "cannot write the batch's counters");
+        }
     }
+    let mut commit = String::new();
     // The counts go to this connection's own row: `slot` is a checked node id and a number.
     if counts.iter().any(|delta| *delta != 0) {
         commit.push_str(&sql.put(&format!(
@@ -591,71 +597,45 @@ fn rate(
     Ok((outcome, changed))
 }
 
-/// Column arrays for `write_records.sql`, as literals.
+/// Column arrays for `write_records.sql`.
 #[derive(Default)]
 struct RecordColumns {
-    digests: Vec<String>,
-    values: Vec<String>,
-    states: Vec<String>,
-    expires: Vec<String>,
-    owners: Vec<String>,
+    digests: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    states: Vec<i16>,
+    expires: Vec<i64>,
+    owners: Vec<Option<String>>,
 }
 
 impl RecordColumns {
     fn push(&mut self, digest: &[u8; 32], record: &Record, node: &NodeInfo) -> Result<()> {
         let slot = state_slot(record);
-        self.values
-            .push(literal::bytea(&codec::encode_record(record)?));
-        self.digests.push(literal::bytea(digest));
-        self.states.push(slot.to_string());
-        self.expires.push(to_i64(record.expires_at).to_string());
-        self.owners.push(if slot == 0 {
-            literal::safe_text(&node.id)
-        } else {
-            "NULL".to_string()
-        });
+        self.values.push(codec::encode_record(record)?);
+        self.digests.push(digest.to_vec());
+        self.states.push(i16::try_from(slot).unwrap_or(0));
+        self.expires.push(to_i64(record.expires_at));
+        self.owners.push((slot == 0).then(|| node.id.clone()));
         Ok(())
     }
 
     fn is_empty(&self) -> bool {
         self.digests.is_empty()
     }
-
-    fn digests(&self) -> String {
-        literal::array(&self.digests, "bytea")
-    }
-
-    fn values(&self) -> String {
-        literal::array(&self.values, "bytea")
-    }
-
-    fn states(&self) -> String {
-        literal::array(&self.states, "smallint")
-    }
-
-    fn expires(&self) -> String {
-        literal::array(&self.expires, "bigint")
-    }
-
-    fn owners(&self) -> String {
-        literal::array(&self.owners, "text")
-    }
 }
 
-/// Column arrays for `write_rates.sql`, as literals.
+/// Column arrays for `write_rates.sql`.
 #[derive(Default)]
 struct RateColumns {
-    keys: Vec<String>,
-    values: Vec<String>,
-    idle: Vec<String>,
+    keys: Vec<Vec<u8>>,
+    values: Vec<Vec<u8>>,
+    idle: Vec<i64>,
 }
 
 impl RateColumns {
     fn push(&mut self, key: &[u8; 16], stored: &codec::StoredRate) {
-        self.keys.push(literal::bytea(key));
-        self.values
-            .push(literal::bytea(&codec::encode_rate(stored)));
-        self.idle.push(to_i64(stored.idle_at).to_string());
+        self.keys.push(key.to_vec());
+        self.values.push(codec::encode_rate(stored).to_vec());
+        self.idle.push(to_i64(stored.idle_at));
     }
 
     fn is_empty(&self) -> bool {

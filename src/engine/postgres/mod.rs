@@ -25,12 +25,12 @@ mod node;
 mod session;
 mod sql;
 mod tls;
+mod worker;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use parking_lot::{Mutex, RwLock};
 use postgres::Client;
 use postgres::types::Type;
@@ -39,8 +39,9 @@ use batch::Change;
 use clock::ServerClock;
 use conninfo::ConnInfo;
 use node::NodeInfo;
-use session::{Connector, Session};
+use session::Connector;
 use sql::Sql;
+use worker::Queue;
 
 use super::{BeginRequest, BulkRecords, CounterEngine, RecordEngine, Swept};
 use crate::error::{Error, Result, StorageError};
@@ -52,8 +53,10 @@ use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder}
 
 /// Default schema for tollgate's tables.
 pub const DEFAULT_SCHEMA: &str = "tollgate";
-/// Default number of connections (worker threads) per store.
-pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default number of connections (each with a worker thread) per store, besides the one that
+/// holds the node's lock: one writer that batches every change, and two for reads and
+/// maintenance.
+pub const DEFAULT_POOL_SIZE: usize = 3;
 /// The longest a call waits for its answer: a connect timeout plus a statement timeout, with
 /// room for a retried batch. Past it, a read gets [`Error::Unavailable`] and a change
 /// [`Error::InDoubt`].
@@ -61,57 +64,6 @@ pub const CALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a caller waiting for a key in flight on another node looks again (other nodes'
 /// commits wake nobody here).
 pub(crate) const WAIT_POLL: Duration = Duration::from_millis(20);
-
-/// Work for a worker.
-enum Work {
-    /// A change, batched with others into one transaction.
-    Change(Change),
-    /// A read or a maintenance step, run alone (it sends its own answer).
-    Job(Box<dyn FnOnce(&mut Session) + Send>),
-}
-
-/// A handle that queues work and waits for its answer.
-#[derive(Clone)]
-struct Queue(Sender<Work>);
-
-impl Queue {
-    /// Runs `job` on a worker and waits (at most [`CALL_TIMEOUT`]) for its result.
-    fn call<T: Send + 'static>(
-        &self,
-        job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
-    ) -> Result<T> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.0
-            .send(Work::Job(Box::new(move |session| {
-                let _ = reply.send(job(session));
-            })))
-            .map_err(|_| Error::Closed)?;
-        wait(&answer, false)
-    }
-
-    fn change<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Change) -> Result<T> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
-        self.0
-            .send(Work::Change(make(reply)))
-            .map_err(|_| Error::Closed)?;
-        wait(&answer, true)
-    }
-}
-
-fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
-    match answer.recv_timeout(CALL_TIMEOUT) {
-        Ok(result) => result,
-        Err(RecvTimeoutError::Timeout) if changes => Err(Error::InDoubt(format!(
-            "no answer from the database within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
-        Err(RecvTimeoutError::Timeout) => Err(Error::Unavailable(format!(
-            "no answer from the database within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
-        Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
-    }
-}
 
 /// What exists only while the store is open.
 struct Running {
@@ -197,27 +149,15 @@ impl Postgres {
             .map_err(|error| session::classify(&error, "cannot read the database clock"))?;
         let clock = Arc::new(ServerClock::new(u64::try_from(reading).unwrap_or(0)));
         let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-        let (sender, receiver) = crossbeam_channel::unbounded();
-        let mut workers = Vec::with_capacity(pool_size);
-        for index in 0..pool_size {
-            let worker = Worker {
-                queue: receiver.clone(),
-                session: Session::new(connector.clone(), Arc::clone(&sql)),
-                node: node.clone(),
-                slot: format!("{}/{index}", node.id),
-                slot_ready: false,
-                clock: Arc::clone(&clock),
-                counters: Arc::clone(&counters),
-                notifier: Arc::clone(notifier),
-            };
-            workers.push(
-                std::thread::Builder::new()
-                    .name(format!("tollgate-pg-{index}"))
-                    .spawn(move || worker.run())
-                    .map_err(thread_error)?,
-            );
-        }
-        let queue = Queue(sender);
+        let (queue, workers) = worker::start(&worker::Pool {
+            size: pool_size,
+            connector: &connector,
+            sql: &sql,
+            node: &node,
+            clock: &clock,
+            counters: &counters,
+            notifier,
+        })?;
         let compactor = match builder.compaction_interval {
             Some(interval) => {
                 let queue = queue.clone();
@@ -331,65 +271,6 @@ impl Postgres {
             clock.observe(u64::try_from(reading).unwrap_or(0));
             Ok(())
         })
-    }
-}
-
-/// One worker thread and its connection.
-struct Worker {
-    queue: Receiver<Work>,
-    session: Session,
-    node: NodeInfo,
-    /// This connection's row in `counts`.
-    slot: String,
-    slot_ready: bool,
-    clock: Arc<ServerClock>,
-    counters: Arc<Counters>,
-    notifier: Arc<Notifier>,
-}
-
-impl Worker {
-    fn run(mut self) {
-        while let Ok(first) = self.queue.recv() {
-            let mut changes = Vec::new();
-            let mut jobs = Vec::new();
-            let mut next = Some(first);
-            while let Some(work) = next.take() {
-                match work {
-                    Work::Change(change) => changes.push(change),
-                    Work::Job(job) => jobs.push(job),
-                }
-                if changes.len() + jobs.len() < batch::MAX_BATCH {
-                    next = self.queue.try_recv().ok();
-                }
-            }
-            for job in jobs {
-                job(&mut self.session);
-            }
-            if !changes.is_empty() {
-                self.apply(&changes);
-            }
-        }
-    }
-
-    fn apply(&mut self, changes: &[Change]) {
-        if !self.slot_ready {
-            if let Err(error) = maintenance::ensure_slot(&mut self.session, &self.slot) {
-                for change in changes {
-                    change.fail(batch::copy(&error));
-                }
-                return;
-            }
-            self.slot_ready = true;
-        }
-        let mut now = None;
-        let stats = batch::run(&mut self.session, &self.node, &self.slot, changes, &mut now);
-        if let Some(now) = now {
-            self.clock.observe(now);
-        }
-        if stats.committed {
-            self.counters.committed_writes(stats.writes);
-            self.notifier.bump();
-        }
     }
 }
 

@@ -7,7 +7,7 @@
 -- not locked: a batch that creates one inserts it (write_*.sql), which fails with a unique violation
 -- if another transaction created it first; the batch then starts over.
 --
--- kind 0: the clock (in `number`); 1: a token; 2: a record with its owner's current epoch
+-- kind 0: the clock (in `number`; {s}.now_ns() written out, which saves a function call); 1: a token; 2: a record with its owner's current epoch
 -- (0 if its owner never registered: a node without a node id); 3: a counter.
 WITH locked_records AS (
     SELECT r.digest, r.value, coalesce(n.epoch, 0) AS owner_epoch
@@ -22,7 +22,9 @@ WITH locked_records AS (
      ORDER BY c.key
        FOR UPDATE OF c
 )
-SELECT 0 AS kind, NULL::bytea AS key, NULL::bytea AS value, {s}.now_ns() AS number
+SELECT 0 AS kind, NULL::bytea AS key, NULL::bytea AS value,
+       (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000 + c.offset_ns AS number
+  FROM {s}.clock c
 UNION ALL
 SELECT 1, NULL, NULL, nextval('{s}.tokens') FROM generate_series(1, $3::int)
 UNION ALL

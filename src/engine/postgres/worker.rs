@@ -1,0 +1,230 @@
+//! The worker threads of a PostgreSQL store, each owning one connection.
+//!
+//! Changes (begins, resolutions, rate changes) go to one *writer*, which gathers every change
+//! queued into one transaction (`batch.rs`): one writer per node keeps batches whole, where
+//! several would split the same callers into smaller batches and pay a transaction's fixed cost
+//! (two statements planned, a commit) once each. Reads and maintenance (`get`, `list_records`,
+//! peeks, `stats`, compaction steps, bulk loads) are *jobs* for the other connections, so they
+//! never wait behind a batch. With a pool of one, one worker serves both.
+//!
+//! After a batch of many, the writer waits a moment (at most a quarter of that batch's duration)
+//! for the callers it just answered to come back, so that the next batch is as large; a lone
+//! caller never waits.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use super::CALL_TIMEOUT;
+use super::batch::{self, Change};
+use super::clock::ServerClock;
+use super::maintenance;
+use super::node::NodeInfo;
+use super::session::{Connector, Session};
+use super::sql::Sql;
+use crate::error::{Error, Result, StorageError};
+use crate::store::{Counters, Notifier};
+
+/// How often the writer looks at the queue again while it waits for callers.
+const GATHER_POLL: Duration = Duration::from_micros(20);
+
+/// A read or a maintenance step: runs alone on a connection and sends its own answer.
+pub(crate) type Job = Box<dyn FnOnce(&mut Session) + Send>;
+
+/// A handle that queues work and waits for its answer.
+#[derive(Clone)]
+pub(crate) struct Queue {
+    changes: Sender<Change>,
+    jobs: Sender<Job>,
+}
+
+impl Queue {
+    /// Runs `job` on a worker and waits (at most [`CALL_TIMEOUT`]) for its result.
+    pub(crate) fn call<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.jobs
+            .send(Box::new(move |session| {
+                let _ = reply.send(job(session));
+            }))
+            .map_err(|_| Error::Closed)?;
+        wait(&answer, false)
+    }
+
+    /// Queues a change for the writer and waits (at most [`CALL_TIMEOUT`]) for its answer.
+    pub(crate) fn change<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Change) -> Result<T> {
+        let (reply, answer) = crossbeam_channel::bounded(1);
+        self.changes.send(make(reply)).map_err(|_| Error::Closed)?;
+        wait(&answer, true)
+    }
+}
+
+/// A caller past [`CALL_TIMEOUT`] stops waiting: a read is `Unavailable`; a change may still be
+/// committed by its worker, so it is `InDoubt`.
+fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
+    match answer.recv_timeout(CALL_TIMEOUT) {
+        Ok(result) => result,
+        Err(RecvTimeoutError::Timeout) if changes => Err(Error::InDoubt(format!(
+            "no answer from the database within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+        Err(RecvTimeoutError::Timeout) => Err(Error::Unavailable(format!(
+            "no answer from the database within {} s",
+            CALL_TIMEOUT.as_secs()
+        ))),
+        Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
+    }
+}
+
+/// What the workers are started with.
+pub(crate) struct Pool<'a> {
+    pub size: usize,
+    pub connector: &'a Connector,
+    pub sql: &'a Arc<Sql>,
+    pub node: &'a NodeInfo,
+    pub clock: &'a Arc<ServerClock>,
+    pub counters: &'a Arc<Counters>,
+    pub notifier: &'a Arc<Notifier>,
+}
+
+/// Starts `pool.size` workers: the writer (which also serves jobs when it is alone), then the
+/// readers. Dropping every clone of the returned queue stops them once the queue is empty.
+pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
+    let (changes, change_queue) = crossbeam_channel::unbounded();
+    let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
+    let session = || Session::new(pool.connector.clone(), Arc::clone(pool.sql));
+    let spawn = |name: String, run: Box<dyn FnOnce() + Send>| {
+        std::thread::Builder::new()
+            .name(name)
+            .spawn(run)
+            .map_err(|error| Error::Storage(StorageError::new(error)))
+    };
+    let writer = Writer {
+        changes: change_queue,
+        jobs: (pool.size <= 1).then(|| job_queue.clone()),
+        session: session(),
+        node: pool.node.clone(),
+        slot: format!("{}/writer", pool.node.id),
+        slot_ready: false,
+        clock: Arc::clone(pool.clock),
+        counters: Arc::clone(pool.counters),
+        notifier: Arc::clone(pool.notifier),
+    };
+    let mut workers = vec![spawn(
+        "tollgate-pg-writer".into(),
+        Box::new(move || writer.run()),
+    )?];
+    for index in 1..pool.size {
+        let queue = job_queue.clone();
+        let mut session = session();
+        workers.push(spawn(
+            format!("tollgate-pg-{index}"),
+            Box::new(move || {
+                while let Ok(job) = queue.recv() {
+                    job(&mut session);
+                }
+            }),
+        )?);
+    }
+    Ok((Queue { changes, jobs }, workers))
+}
+
+/// The writer thread and its connection.
+struct Writer {
+    changes: Receiver<Change>,
+    /// Jobs too, when the pool has no other connection.
+    jobs: Option<Receiver<Job>>,
+    session: Session,
+    node: NodeInfo,
+    /// This connection's row in `counts`.
+    slot: String,
+    slot_ready: bool,
+    clock: Arc<ServerClock>,
+    counters: Arc<Counters>,
+    notifier: Arc<Notifier>,
+}
+
+impl Writer {
+    fn run(mut self) {
+        // The size and duration of the last batch: the callers it answered come back with their
+        // next change within moments, so the next batch waits a little for them.
+        let mut last = (0usize, Duration::ZERO);
+        loop {
+            let first = match &self.jobs {
+                None => match self.changes.recv() {
+                    Ok(change) => change,
+                    Err(_) => return,
+                },
+                Some(jobs) => {
+                    crossbeam_channel::select! {
+                        recv(self.changes) -> change => {
+                            let Ok(change) = change else {
+                                // Closed: serve the jobs still queued, then stop.
+                                while let Ok(job) = jobs.try_recv() {
+                                    job(&mut self.session);
+                                }
+                                return;
+                            };
+                            change
+                        },
+                        recv(jobs) -> job => {
+                            if let Ok(job) = job {
+                                job(&mut self.session);
+                            }
+                            continue;
+                        }
+                    }
+                }
+            };
+            let changes = self.gather(first, last);
+            let started = Instant::now();
+            self.apply(&changes);
+            last = (changes.len(), started.elapsed());
+        }
+    }
+
+    /// `first` and whatever else is queued, up to [`batch::MAX_BATCH`]; after a batch of many
+    /// (`last`), waiting up to a quarter of its duration for as many to be queued.
+    fn gather(&self, first: Change, (last_size, last_took): (usize, Duration)) -> Vec<Change> {
+        let mut changes = vec![first];
+        let target = last_size.min(batch::MAX_BATCH);
+        let deadline = Instant::now() + last_took / 4;
+        loop {
+            while changes.len() < batch::MAX_BATCH {
+                match self.changes.try_recv() {
+                    Ok(change) => changes.push(change),
+                    Err(_) => break,
+                }
+            }
+            if last_size <= 1 || changes.len() >= target || Instant::now() >= deadline {
+                return changes;
+            }
+            std::thread::sleep(GATHER_POLL);
+        }
+    }
+
+    fn apply(&mut self, changes: &[Change]) {
+        if !self.slot_ready {
+            if let Err(error) = maintenance::ensure_slot(&mut self.session, &self.slot) {
+                for change in changes {
+                    change.fail(batch::copy(&error));
+                }
+                return;
+            }
+            self.slot_ready = true;
+        }
+        let mut now = None;
+        let stats = batch::run(&mut self.session, &self.node, &self.slot, changes, &mut now);
+        if let Some(now) = now {
+            self.clock.observe(now);
+        }
+        if stats.committed {
+            self.counters.committed_writes(stats.writes);
+            self.notifier.bump();
+        }
+    }
+}
