@@ -102,6 +102,13 @@ pub enum Error {
     )]
     AlreadyOpen,
 
+    /// Another store opened this store's `node_id` on its PostgreSQL schema since this one
+    /// opened (a second process with the same id): this store may not take leases as that node
+    /// any more, or the other's restart would free them under it. Close it; give every live
+    /// store its own id.
+    #[error("another store opened this node_id since this one did: close this store")]
+    Superseded,
+
     /// The database could not be reached, or did not answer in time (it is down, restarting,
     /// failing over, or overloaded). Nothing was changed: retry later. The store reconnects by
     /// itself.

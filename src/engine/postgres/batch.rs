@@ -210,6 +210,7 @@ pub(crate) fn copy(error: &Error) -> Error {
         Error::InDoubt(message) => Error::InDoubt(message.clone()),
         Error::Corrupted(message) => Error::Corrupted(message.clone()),
         Error::Closed => Error::Closed,
+        Error::Superseded => Error::Superseded,
         other => Error::Storage(crate::error::StorageError::new(std::io::Error::other(
             other.to_string(),
         ))),
@@ -274,6 +275,7 @@ fn attempt(
             literal::array(&digests, "bytea"),
             literal::array(&keys, "bytea"),
             begins.to_string(),
+            literal::safe_text(&node.id),
         ],
     );
     let opening = format!(
@@ -305,6 +307,7 @@ fn attempt(
             let value = u64::try_from(number(3)?).unwrap_or(0);
             match (kind, bytes(1)?, bytes(2)?) {
                 (0, _, _) => now = value,
+                (4, _, _) if value != node.epoch => return Err(Error::Superseded),
                 (1, _, _) => tokens.push(value),
                 (2, Some(key), Some(stored)) => {
                     if let Some(row) = <[u8; 32]>::try_from(key.as_slice())

@@ -156,14 +156,20 @@ pub(super) fn peek(
 }
 
 /// One compaction step, through the workers.
-pub(super) fn compact_step(queue: &Queue, clock: &Arc<ServerClock>, limit: usize) -> Result<Swept> {
+/// `node` names this node's row in `counts` for what its sweeps remove.
+pub(super) fn compact_step(
+    queue: &Queue,
+    clock: &Arc<ServerClock>,
+    node: &str,
+    limit: usize,
+) -> Result<Swept> {
     let clock = Arc::clone(clock);
-    queue.call(move |session| compact(session, &clock, limit))
+    let slot = format!("{node}/compactor");
+    queue.call(move |session| compact(session, &clock, &slot, limit))
 }
 
-fn compact(session: &mut Session, clock: &ServerClock, limit: usize) -> Result<Swept> {
+fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize) -> Result<Swept> {
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-    let slot = "compactor".to_string();
     let result = with_client(session, "cannot compact", |client, sql| {
         let mut txn = client.transaction()?;
         txn.batch_execute(&format!(
@@ -247,9 +253,10 @@ fn state_of(record: &Record) -> i16 {
 pub(super) fn bulk_load(
     session: &mut Session,
     clock: &ServerClock,
+    node: &str,
     mut records: BulkRecords,
 ) -> Result<u64> {
-    let slot = "bulk".to_string();
+    let slot = format!("{node}/bulk");
     let mut encode_error = None;
     let result = with_client(session, "cannot bulk-load", |client, sql| {
         let mut txn = client.transaction()?;

@@ -162,7 +162,8 @@ impl Postgres {
             Some(interval) => {
                 let queue = queue.clone();
                 let sweep_clock = Arc::clone(&clock);
-                let step = move |limit| maintenance::compact_step(&queue, &sweep_clock, limit);
+                let id = node.id.clone();
+                let step = move |limit| maintenance::compact_step(&queue, &sweep_clock, &id, limit);
                 Some(
                     Compactor::spawn(
                         step,
@@ -236,7 +237,7 @@ impl Postgres {
     }
 
     pub(crate) fn compact_step(&self, limit: usize) -> Result<Swept> {
-        maintenance::compact_step(&self.queue()?, &self.clock, limit)
+        maintenance::compact_step(&self.queue()?, &self.clock, &self.node.id, limit)
     }
 
     pub(crate) fn stats(&self) -> Result<Stats> {
@@ -322,8 +323,9 @@ impl RecordEngine for Postgres {
     fn bulk_load(&self, _count: u64, records: BulkRecords) -> Result<u64> {
         // `records` ends itself after `count` records.
         let clock = Arc::clone(&self.clock);
+        let node = self.node.id.clone();
         self.queue()?
-            .call(move |session| maintenance::bulk_load(session, &clock, records))
+            .call(move |session| maintenance::bulk_load(session, &clock, &node, records))
     }
 
     fn wait_poll(&self) -> Option<Duration> {

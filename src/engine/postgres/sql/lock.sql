@@ -7,6 +7,9 @@
 -- not locked: a batch that creates one inserts it (write_*.sql), which fails with a unique violation
 -- if another transaction created it first; the batch then starts over.
 --
+-- kind 4: this node's current epoch ($4: its id), which must still be this store's: a store whose
+-- node id was opened again since (a second process with the same id) is superseded and may not
+-- take leases as that node any more.
 -- kind 0: the clock (in `number`; {s}.now_ns() written out, which saves a function call); 1: a token; 2: a record with its owner's current epoch
 -- (0 if its owner never registered: a node without a node id); 3: a counter.
 WITH locked_records AS (
@@ -31,3 +34,5 @@ UNION ALL
 SELECT 2, digest, value, owner_epoch FROM locked_records
 UNION ALL
 SELECT 3, key, value, 0 FROM locked_rates
+UNION ALL
+SELECT 4, NULL, NULL, epoch FROM {s}.nodes WHERE id = $4
