@@ -14,6 +14,16 @@
 //! State lives in the working directory: `tollgate-server.redb` (the idempotency records and rate
 //! counters) and `tollgate-payments.jsonl` (the payments, one JSON line each, fsync'd before the
 //! answer). Stop the server and start it again: retries still replay.
+//!
+//! Many servers, one truth (feature `postgres`): with `TOLLGATE_POSTGRES` set to a connection
+//! string, the records and counters live in PostgreSQL instead, shared by every server started
+//! that way; each is a node named `demo-PORT` (or `TOLLGATE_NODE_ID`). A payment made through
+//! one server is replayed by the other:
+//!
+//! ```text
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3000 cargo run --features tower,postgres --example server
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3001 cargo run --features tower,postgres --example server
+//! ```
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -155,11 +165,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
-    let store = Store::open(STORE_FILE)?;
+    let (store, where_) = open_store(port)?;
     let payments = Arc::new(Payments::open()?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!(
-        "payments API on http://{} (store: {STORE_FILE})",
+        "payments API on http://{} (store: {where_})",
         listener.local_addr()?
     );
     axum::serve(
@@ -171,6 +181,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     })
     .await?;
     store.close()?;
-    println!("closed {STORE_FILE}");
+    println!("closed {where_}");
     Ok(())
+}
+
+/// The store: PostgreSQL when `TOLLGATE_POSTGRES` is set (this server is node `demo-PORT`, or
+/// `TOLLGATE_NODE_ID`), else the file in the working directory. The store opens (and may block
+/// on the network) before the async runtime serves anything.
+fn open_store(port: u16) -> Result<(Store, String), Box<dyn std::error::Error>> {
+    match std::env::var("TOLLGATE_POSTGRES") {
+        Ok(conn) => open_postgres(&conn, port),
+        Err(_) => Ok((Store::open(STORE_FILE)?, STORE_FILE.to_string())),
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(conn: &str, port: u16) -> Result<(Store, String), Box<dyn std::error::Error>> {
+    let node = std::env::var("TOLLGATE_NODE_ID").unwrap_or_else(|_| format!("demo-{port}"));
+    let store = Store::builder().node_id(&node).open_postgres(conn)?;
+    Ok((store, format!("PostgreSQL, node {node}")))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_conn: &str, _port: u16) -> Result<(Store, String), Box<dyn std::error::Error>> {
+    Err("TOLLGATE_POSTGRES is set, but this example was built without the postgres feature".into())
 }

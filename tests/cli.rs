@@ -1,5 +1,8 @@
 //! The `tollgate` command-line tool against real store files: every command's output, and clear
-//! errors for a missing file, a file in use by another process, and a file that is not a store.
+//! errors for a missing file, a file in use by another process, and a file that is not a store;
+//! and `--postgres` against a schema that a running node is using.
+
+mod fixture;
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -138,4 +141,81 @@ fn clear_errors_for_missing_busy_and_foreign_files() {
         );
     }
     store.close().unwrap();
+}
+
+/// With `--postgres`, the commands that make sense on a shared schema work beside a running node
+/// (the tool joins as a node of its own): stats, inspect, list and compact.
+#[cfg(feature = "postgres")]
+#[test]
+fn commands_on_a_postgres_schema_beside_a_running_node() {
+    let server = require_postgres!();
+    let schema = fixture::postgres::unique_schema("cli");
+    let running = Store::builder()
+        .postgres_schema(&schema)
+        .node_id("web-1")
+        .open_postgres(&server.conn)
+        .unwrap();
+    for i in 0..3 {
+        let key = IdempotencyKey::new("shop", &format!("order-{i}")).unwrap();
+        let Begin::Acquired(lease) = running.begin(&key, &Fingerprint::of(b"r")).unwrap() else {
+            panic!("fresh key");
+        };
+        lease
+            .complete(StoredResponse::new(201, b"ok".to_vec()))
+            .unwrap();
+    }
+    let short = IdempotencyKey::new("shop", "short-lived").unwrap();
+    let options = tollgate::BeginOptions {
+        record_ttl: Some(Duration::from_secs(1)),
+        ..tollgate::BeginOptions::default()
+    };
+    let Begin::Acquired(lease) = running
+        .begin_with(&short, &Fingerprint::of(b"r"), &options)
+        .unwrap()
+    else {
+        panic!("fresh key");
+    };
+    lease
+        .complete(StoredResponse::new(200, b"ok".to_vec()))
+        .unwrap();
+    let conn = server.conn.as_str();
+    let on_schema = |command: &[&str]| {
+        let mut args = command.to_vec();
+        args.extend(["--postgres", conn, "--schema", &schema]);
+        let output = tollgate(&args);
+        assert!(output.status.success(), "{command:?}: {:?}", text(&output));
+        text(&output).0
+    };
+
+    let out = on_schema(&["stats"]);
+    assert!(out.contains("completed      4"), "{out}");
+    assert!(out.contains("(postgres)"), "{out}");
+    let out = on_schema(&["inspect", "--scope", "shop", "--key", "order-1"]);
+    assert!(out.contains("state    completed"), "{out}");
+    assert!(!out.contains("order-1"), "raw keys are never printed");
+    let rows = on_schema(&["list", "--json"]).lines().count();
+    assert_eq!(rows, 4);
+
+    running
+        .advance_database_clock_for_tests(Duration::from_secs(2))
+        .unwrap();
+    let out = on_schema(&["compact"]);
+    assert!(out.contains("removed 1 expired records"), "{out}");
+    assert!(on_schema(&["stats"]).contains("completed      3"));
+
+    // A file-only command says so; a bad connection string is a clear error.
+    let output = tollgate(&["check", "--postgres", conn]);
+    assert!(!output.status.success());
+    let output = tollgate(&[
+        "stats",
+        "--postgres",
+        "host=127.0.0.1 port=1 connect_timeout=2",
+    ]);
+    assert!(!output.status.success());
+    assert!(
+        text(&output).1.contains("unavailable"),
+        "{:?}",
+        text(&output)
+    );
+    running.close().unwrap();
 }

@@ -239,3 +239,27 @@ fn a_store_whose_node_id_was_opened_again_is_superseded() {
     first.close().unwrap();
     second.close().unwrap();
 }
+
+/// Opening and closing a PostgreSQL store from async code (a server's `main`) is safe: every
+/// use of the synchronous client happens on tollgate's own threads.
+#[test]
+fn a_store_opens_and_closes_on_an_async_runtime_thread() {
+    let server = require_postgres!();
+    let schema = unique_schema("async_open");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let store = node(&server.conn, &schema, "async");
+        let worker = store.clone();
+        tokio::task::spawn_blocking(move || {
+            acquired(worker.begin(&key("k"), &request("r")).unwrap())
+                .complete(response("ok"))
+                .unwrap();
+        })
+        .await
+        .unwrap();
+        store.close().unwrap();
+    });
+}

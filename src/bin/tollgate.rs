@@ -1,4 +1,4 @@
-//! `tollgate`: look inside a store file, compact it, check it (feature `cli`).
+//! `tollgate`: look inside a store, compact it, check it (feature `cli`).
 //!
 //! ```text
 //! tollgate stats    STORE                      records by state, counters, file size
@@ -9,14 +9,18 @@
 //! tollgate reclaim  STORE                      rewrite the file to hold only live data
 //! ```
 //!
-//! The store must not be open elsewhere (a running server holds it): every command says so
-//! instead of waiting. Raw keys are never printed: the file holds only their digests.
+//! `stats`, `inspect`, `list` and `compact` also work on PostgreSQL: `--postgres CONN
+//! [--schema S]` instead of `STORE` (with the `postgres` feature). There the command joins the
+//! schema as a node of its own (a random id, so no epoch changes) while servers run.
+//!
+//! A store file must not be open elsewhere (a running server holds it): every command says so
+//! instead of waiting. Raw keys are never printed: the store holds only their digests.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use tollgate::idempotency::{IdempotencyKey, RecordInfo, RecordState};
 use tollgate::ratelimit::RateDurability;
@@ -33,13 +37,31 @@ struct Cli {
     command: Command,
 }
 
+/// Which store a command works on: a file, or a PostgreSQL schema.
+#[derive(Args, Clone)]
+struct Target {
+    /// The store file.
+    #[arg(required_unless_present = "postgres", conflicts_with = "postgres")]
+    store: Option<PathBuf>,
+    /// A PostgreSQL connection string or URL, instead of a file.
+    #[arg(long, value_name = "CONN")]
+    postgres: Option<String>,
+    /// The PostgreSQL schema (default `tollgate`).
+    #[arg(long, requires = "postgres", value_name = "S")]
+    schema: Option<String>,
+}
+
 #[derive(Subcommand)]
 enum Command {
-    /// Records by state, rate counters, file size, last compaction.
-    Stats { store: PathBuf },
+    /// Records by state, rate counters, size, last compaction.
+    Stats {
+        #[command(flatten)]
+        target: Target,
+    },
     /// One record, found by hashing the scope and key exactly as the store does.
     Inspect {
-        store: PathBuf,
+        #[command(flatten)]
+        target: Target,
         #[arg(long)]
         scope: String,
         #[arg(long)]
@@ -47,7 +69,8 @@ enum Command {
     },
     /// Records in digest order: digest prefix, state, attempts, expiry.
     List {
-        store: PathBuf,
+        #[command(flatten)]
+        target: Target,
         /// The most records to print.
         #[arg(long, default_value_t = 100)]
         limit: usize,
@@ -56,7 +79,10 @@ enum Command {
         json: bool,
     },
     /// Remove expired records and idle rate counters now.
-    Compact { store: PathBuf },
+    Compact {
+        #[command(flatten)]
+        target: Target,
+    },
     /// Verify every page checksum; repair what can be repaired.
     Check { store: PathBuf },
     /// Rewrite the file so that it holds only live data, and shrink it.
@@ -76,22 +102,26 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<ExitCode, String> {
     match command {
-        Command::Stats { store } => stats(&store),
-        Command::Inspect { store, scope, key } => inspect(&store, &scope, &key),
-        Command::List { store, limit, json } => list(&store, limit, json),
-        Command::Compact { store } => compact(&store),
+        Command::Stats { target } => stats(&target),
+        Command::Inspect { target, scope, key } => inspect(&target, &scope, &key),
+        Command::List {
+            target,
+            limit,
+            json,
+        } => list(&target, limit, json),
+        Command::Compact { target } => compact(&target),
         Command::Check { store } => check(&store),
         Command::Reclaim { store } => reclaim(&store),
     }
 }
 
-/// Says what went wrong with `path` in words an operator can act on.
-fn explain(path: &Path, error: &Error) -> String {
-    let shown = path.display();
+/// Says what went wrong with the store named `shown` in words an operator can act on.
+fn explain(shown: &dyn std::fmt::Display, error: &Error) -> String {
     match error {
         Error::AlreadyOpen => format!(
             "{shown} is in use by another process (a running server?); stop it and try again"
         ),
+        Error::Unavailable(reason) => format!("{shown}: the database is unavailable ({reason})"),
         Error::NotAStore(reason) => format!("{shown} is not a tollgate store ({reason})"),
         Error::IncompatibleFormat { found, supported } => format!(
             "{shown} has format {found}; this tollgate reads up to {supported}: upgrade tollgate"
@@ -116,23 +146,62 @@ fn open(path: &Path) -> Result<Store, String> {
         .background_compaction(false)
         .rate_durability(RateDurability::Immediate)
         .open(path)
-        .map_err(|error| explain(path, &error))
+        .map_err(|error| explain(&path.display(), &error))
 }
 
-fn stats(path: &Path) -> Result<ExitCode, String> {
-    let store = open(path)?;
-    let stats = store.stats().map_err(|e| explain(path, &e))?;
-    println!("file           {}", path.display());
+impl Target {
+    /// How the store is named in messages.
+    fn name(&self) -> String {
+        match (&self.store, &self.schema) {
+            (Some(path), _) => path.display().to_string(),
+            (None, Some(schema)) => format!("PostgreSQL schema {schema}"),
+            (None, None) => "PostgreSQL schema tollgate".to_string(),
+        }
+    }
+
+    /// Opens the store for a command (no background sweeps).
+    fn open(&self) -> Result<Store, String> {
+        match (&self.store, &self.postgres) {
+            (Some(path), _) => open(path),
+            (None, Some(conn)) => open_postgres(conn, self.schema.as_deref(), &self.name()),
+            (None, None) => Err("name a store file, or --postgres CONN".into()),
+        }
+    }
+}
+
+#[cfg(feature = "postgres")]
+fn open_postgres(conn: &str, schema: Option<&str>, name: &str) -> Result<Store, String> {
+    let mut builder = Store::builder().background_compaction(false);
+    if let Some(schema) = schema {
+        builder = builder.postgres_schema(schema);
+    }
+    builder
+        .open_postgres(conn)
+        .map_err(|error| explain(&name, &error))
+}
+
+#[cfg(not(feature = "postgres"))]
+fn open_postgres(_conn: &str, _schema: Option<&str>, _name: &str) -> Result<Store, String> {
+    Err("this tollgate was built without the postgres feature".into())
+}
+
+fn stats(target: &Target) -> Result<ExitCode, String> {
+    let name = target.name();
+    let store = target.open()?;
+    let stats = store.stats().map_err(|e| explain(&name, &e))?;
+    println!("store          {name} ({})", store.engine_name());
     println!("size           {} bytes", stats.file_bytes);
     println!("running        {}", stats.running);
     println!("completed      {}", stats.completed);
     println!("failed         {}", stats.failed);
     println!("rate counters  {}", stats.rate_states);
-    println!(
-        "epoch          {} (opens so far, this one included)",
-        store.epoch()
-    );
-    store.close().map_err(|e| explain(path, &e))?;
+    if target.store.is_some() {
+        println!(
+            "epoch          {} (opens so far, this one included)",
+            store.epoch()
+        );
+    }
+    store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -166,16 +235,17 @@ fn unix_seconds(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn inspect(path: &Path, scope: &str, key: &str) -> Result<ExitCode, String> {
+fn inspect(target: &Target, scope: &str, key: &str) -> Result<ExitCode, String> {
     let key = IdempotencyKey::new(scope, key).map_err(|e| format!("bad key: {e}"))?;
-    let store = open(path)?;
-    let found = store.get(&key).map_err(|e| explain(path, &e))?;
+    let name = target.name();
+    let store = target.open()?;
+    let found = store.get(&key).map_err(|e| explain(&name, &e))?;
     println!("digest   {}", key.digest());
     match found {
         None => println!("state    absent (never used, expired, or released)"),
         Some(info) => print_info(&info),
     }
-    store.close().map_err(|e| explain(path, &e))?;
+    store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -201,8 +271,9 @@ fn print_info(info: &RecordInfo) {
     }
 }
 
-fn list(path: &Path, limit: usize, json: bool) -> Result<ExitCode, String> {
-    let store = open(path)?;
+fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, String> {
+    let name = target.name();
+    let store = target.open()?;
     let mut after = None;
     let mut printed = 0;
     if !json {
@@ -214,7 +285,7 @@ fn list(path: &Path, limit: usize, json: bool) -> Result<ExitCode, String> {
     while printed < limit {
         let page = store
             .list_records(after.as_ref(), (limit - printed).min(1000))
-            .map_err(|e| explain(path, &e))?;
+            .map_err(|e| explain(&name, &e))?;
         let Some((last, _)) = page.last() else {
             break;
         };
@@ -248,12 +319,13 @@ fn list(path: &Path, limit: usize, json: bool) -> Result<ExitCode, String> {
             }
         }
     }
-    store.close().map_err(|e| explain(path, &e))?;
+    store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn compact(path: &Path) -> Result<ExitCode, String> {
-    let store = open(path)?;
+fn compact(target: &Target) -> Result<ExitCode, String> {
+    let name = target.name();
+    let store = target.open()?;
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -266,13 +338,13 @@ fn compact(path: &Path) -> Result<ExitCode, String> {
             ));
             bar.tick();
         })
-        .map_err(|e| explain(path, &e))?;
+        .map_err(|e| explain(&name, &e))?;
     bar.finish_and_clear();
     println!(
         "removed {} expired records and {} idle rate counters in {} steps ({:.1?})",
         report.removed_records, report.removed_rate_states, report.batches, report.elapsed
     );
-    store.close().map_err(|e| explain(path, &e))?;
+    store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -287,13 +359,13 @@ fn check(path: &Path) -> Result<ExitCode, String> {
             println!("{}: damaged, and repaired", path.display());
             Ok(ExitCode::from(3))
         }
-        Err(error) => Err(explain(path, &error)),
+        Err(error) => Err(explain(&path.display(), &error)),
     }
 }
 
 fn reclaim(path: &Path) -> Result<ExitCode, String> {
     must_exist(path)?;
-    let reclaimed = Store::reclaim_space(path).map_err(|e| explain(path, &e))?;
+    let reclaimed = Store::reclaim_space(path).map_err(|e| explain(&path.display(), &e))?;
     println!(
         "{}: {} bytes -> {} bytes",
         path.display(),

@@ -31,8 +31,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use parking_lot::{Mutex, RwLock};
-use postgres::Client;
+use parking_lot::RwLock;
 use postgres::types::Type;
 
 use batch::Change;
@@ -70,9 +69,8 @@ struct Running {
     queue: Queue,
     workers: Vec<JoinHandle<()>>,
     compactor: Option<Compactor>,
-    /// The connection that holds the node's advisory lock (behind a mutex: a client is `Send`
-    /// but not `Sync`).
-    lock: Mutex<Client>,
+    /// The thread that holds the node's lock on its own connection.
+    holder: node::Holder,
 }
 
 /// A store on a PostgreSQL schema.
@@ -135,19 +133,23 @@ impl Postgres {
             config.application_name("tollgate");
         }
         let connector = Connector { config, tls };
-        let mut lock = connector.connect()?;
         let secret = builder.rate_secret.unwrap_or_else(|| {
             CounterKeys::generate_secret(crate::clock::system_time_to_nanos(
                 std::time::SystemTime::now(),
             ))
         });
-        let rate_secret = node::migrate(&mut lock, &sql, secret)?;
-        let node = node::register(&mut lock, &sql, builder.node_id.as_deref())?;
-        let reading: i64 = lock
-            .query_typed_one(&sql.now, &[])
-            .and_then(|row| row.try_get(0))
-            .map_err(|error| session::classify(&error, "cannot read the database clock"))?;
-        let clock = Arc::new(ServerClock::new(u64::try_from(reading).unwrap_or(0)));
+        let (registered, holder) = node::hold(
+            connector.clone(),
+            Arc::clone(&sql),
+            builder.node_id.clone(),
+            secret,
+        )?;
+        let node::Registered {
+            node,
+            rate_secret,
+            clock_reading,
+        } = registered;
+        let clock = Arc::new(ServerClock::new(clock_reading));
         let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         let (queue, workers) = worker::start(&worker::Pool {
             size: pool_size,
@@ -181,7 +183,7 @@ impl Postgres {
                 queue: queue.clone(),
                 workers,
                 compactor,
-                lock: Mutex::new(lock),
+                holder,
             })),
             queue: RwLock::new(Some(queue)),
             node,
@@ -227,8 +229,8 @@ impl Postgres {
         for worker in running.workers {
             panicked |= worker.join().is_err();
         }
-        // Closing the connection releases the node's advisory lock.
-        drop(running.lock);
+        // Closing its connection releases the node's advisory lock.
+        running.holder.release();
         if panicked {
             Err(Error::Poisoned)
         } else {

@@ -19,10 +19,14 @@
 use std::hash::{BuildHasher, Hasher};
 use std::time::{Duration, Instant};
 
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use crossbeam_channel::Sender;
 use postgres::Client;
 use postgres::types::Type;
 
-use super::session::classify;
+use super::session::{Connector, classify};
 use super::sql::Sql;
 use crate::engine::codec;
 use crate::error::{Error, Result};
@@ -77,6 +81,79 @@ fn lock_key(parts: &[&str]) -> i64 {
 
 fn storage(what: &str) -> impl Fn(postgres::Error) -> Error + '_ {
     move |error| classify(&error, what)
+}
+
+/// What an open learned on the node's connection.
+pub(crate) struct Registered {
+    pub node: NodeInfo,
+    pub rate_secret: (u64, u64),
+    /// The database clock at open.
+    pub clock_reading: u64,
+}
+
+/// The thread that keeps the node's connection (and so its lock) for the store's life.
+///
+/// Every use of a `postgres` client happens on tollgate's own threads: the client drives its
+/// connection with a runtime of its own, which must not start on an async runtime's thread, so
+/// a store opened or closed from async code must not touch one itself.
+pub(crate) struct Holder {
+    release: Sender<()>,
+    thread: JoinHandle<()>,
+}
+
+impl Holder {
+    /// Closes the connection (releasing the lock) and joins the thread.
+    pub(crate) fn release(self) {
+        let _ = self.release.send(());
+        let _ = self.thread.join();
+    }
+}
+
+/// On a thread of its own: connects, migrates the schema, registers the node (taking its lock)
+/// and reads the clock; then keeps the connection until [`Holder::release`].
+pub(crate) fn hold(
+    connector: Connector,
+    sql: Arc<Sql>,
+    node_id: Option<String>,
+    secret_if_new: (u64, u64),
+) -> Result<(Registered, Holder)> {
+    let (ready, registered) = crossbeam_channel::bounded(1);
+    let (release, released) = crossbeam_channel::bounded::<()>(1);
+    let thread = std::thread::Builder::new()
+        .name("tollgate-pg-node".into())
+        .spawn(move || {
+            let opened = (|| -> Result<(Client, Registered)> {
+                let mut client = connector.connect()?;
+                let rate_secret = migrate(&mut client, &sql, secret_if_new)?;
+                let node = register(&mut client, &sql, node_id.as_deref())?;
+                let reading: i64 = client
+                    .query_typed_one(&sql.now, &[])
+                    .and_then(|row| row.try_get(0))
+                    .map_err(storage("cannot read the database clock"))?;
+                Ok((
+                    client,
+                    Registered {
+                        node,
+                        rate_secret,
+                        clock_reading: u64::try_from(reading).unwrap_or(0),
+                    },
+                ))
+            })();
+            match opened {
+                Ok((client, registered)) => {
+                    if ready.send(Ok(registered)).is_ok() {
+                        let _ = released.recv();
+                    }
+                    drop(client);
+                }
+                Err(error) => drop(ready.send(Err(error))),
+            }
+        })
+        .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
+    let registered = registered
+        .recv()
+        .map_err(|_| Error::Unavailable("the node's connection thread ended".into()))??;
+    Ok((registered, Holder { release, thread }))
 }
 
 /// Creates or checks the schema and returns the counter-key secret.
