@@ -33,8 +33,9 @@ rules)
         --test limits_and_bad_input --test waiting)
     ;;
 write-path)
-    files=(src/store/writer.rs src/store/sequencer.rs src/store/rate.rs src/store/compaction.rs
-        src/storage/tables.rs src/storage/codec.rs)
+    files=(src/engine/embedded/writer.rs src/engine/embedded/sequencer.rs
+        src/engine/embedded/counters.rs src/store/compaction.rs
+        src/engine/embedded/storage/tables.rs src/engine/codec.rs)
     tests=(--lib --test state_machine_model --test rate_model --test close_semantics
         --test batch_isolation --test power_loss --test rate_crash_policy --test compaction_expiry
         --test compaction_race --test compaction_close --test stats_counts_writes

@@ -1,6 +1,8 @@
 //! # tollgate
 //!
-//! Embedded, crash-safe idempotency records for Rust servers, on [redb](https://docs.rs/redb).
+//! Embedded, crash-safe idempotency records and rate counters for Rust servers, on
+//! [redb](https://docs.rs/redb); and the same [`Store`] on PostgreSQL for many servers (feature
+//! `postgres`, [`StoreBuilder::open_postgres`]).
 //!
 //! APIs that charge cards or create orders get retried: by mobile apps on flaky networks, by
 //! double-clicks, by proxies. An `Idempotency-Key` makes a retry safe only if the server remembers
@@ -70,6 +72,10 @@
 //!   in `docs/DESIGN.md` ("Observability").
 //! - `cli` (off): the `tollgate` command-line tool (`stats`, `inspect`, `list`, `compact`,
 //!   `check`, `reclaim`).
+//! - `postgres` (off): [`StoreBuilder::open_postgres`], `postgres_schema`, `node_id`,
+//!   `postgres_pool_size`: records and counters in a PostgreSQL schema shared by many nodes
+//!   (brings the synchronous `postgres` client and rustls). Calls block on the network; from
+//!   async code, call them in `spawn_blocking`.
 //!
 //! # Durability
 //!

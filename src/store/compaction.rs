@@ -143,7 +143,7 @@ impl Store {
     /// ```
     ///
     /// # Errors
-    /// [`Error::Closed`], [`Error::Poisoned`], [`Error::Storage`] (which poisons the store).
+    /// [`Error::Closed`](crate::Error::Closed), [`Error::Poisoned`](crate::Error::Poisoned), [`Error::Storage`](crate::Error::Storage) (which poisons the store).
     pub fn compact_now(&self) -> Result<CompactionReport> {
         self.compact_with_progress(|_| {})
     }
@@ -172,9 +172,9 @@ impl Store {
     /// repairing what redb can. `Ok(true)`: intact; `Ok(false)`: damaged and repaired.
     ///
     /// # Errors
-    /// [`Error::Corrupted`] if the damage cannot be repaired; [`Error::AlreadyOpen`] if a `Store`
-    /// or another process has the file open; [`Error::NotAStore`] for a file that is not a
-    /// tollgate store; [`Error::Storage`] for I/O.
+    /// [`Error::Corrupted`](crate::Error::Corrupted) if the damage cannot be repaired; [`Error::AlreadyOpen`](crate::Error::AlreadyOpen) if a `Store`
+    /// or another process has the file open; [`Error::NotAStore`](crate::Error::NotAStore) for a file that is not a
+    /// tollgate store; [`Error::Storage`](crate::Error::Storage) for I/O.
     pub fn check_integrity(path: impl AsRef<Path>) -> Result<bool> {
         Backend::check_integrity(path.as_ref())
     }
@@ -190,8 +190,8 @@ impl Store {
     /// data.
     ///
     /// # Errors
-    /// [`Error::AlreadyOpen`] if a `Store` or another process has the file open;
-    /// [`Error::NotAStore`] for a file that is not a tollgate store; [`Error::Storage`] for I/O.
+    /// [`Error::AlreadyOpen`](crate::Error::AlreadyOpen) if a `Store` or another process has the file open;
+    /// [`Error::NotAStore`](crate::Error::NotAStore) for a file that is not a tollgate store; [`Error::Storage`](crate::Error::Storage) for I/O.
     pub fn reclaim_space(path: impl AsRef<Path>) -> Result<Reclaimed> {
         let (before_bytes, after_bytes) = Backend::reclaim(path.as_ref())?;
         Ok(Reclaimed {

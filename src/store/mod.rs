@@ -50,7 +50,8 @@ use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, Reco
 use crate::observe::BeginOutcome;
 use replay_cache::ReplayCache;
 
-/// An open tollgate store. `Clone + Send + Sync`; clones share one file and one writer thread.
+/// An open tollgate store. `Clone + Send + Sync`; clones share one engine (one file and its
+/// writer, or one node's connections to a PostgreSQL schema).
 ///
 /// # Examples
 ///
