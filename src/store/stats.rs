@@ -26,6 +26,9 @@ pub struct CompactionReport {
 
 /// A snapshot of the store's counters, from [`Store::stats`](crate::Store::stats). Counts start at
 /// zero at every open.
+///
+/// On PostgreSQL the record and counter counts are the whole schema's (every node's), exact,
+/// summed from per-connection deltas without a scan; `commits` and `writes` are this node's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct Stats {
@@ -37,7 +40,8 @@ pub struct Stats {
     pub failed: u64,
     /// Rate counters on disk (idle ones are deleted when written or swept).
     pub rate_states: u64,
-    /// Size of the store file in bytes.
+    /// Size of the store file in bytes (on PostgreSQL: of the records and counters tables, with
+    /// their indexes).
     pub file_bytes: u64,
     /// The last compaction sweep since this open, if any.
     pub last_compaction: Option<CompactionReport>,

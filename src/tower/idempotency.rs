@@ -28,7 +28,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use super::key_header;
-use super::problem::{problem, retry_after_seconds};
+use super::problem::{problem, retry_after_seconds, unavailable};
 use crate::idempotency::{Begin, Checkpoint, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::{BeginOptions, Error, Store};
 
@@ -461,20 +461,23 @@ fn insert_header<R>(response: &mut Response<R>, name: &'static str, value: &str)
 
 fn store_error<R: From<Bytes>>(error: &Error) -> Response<R> {
     match error {
-        Error::CapacityExceeded { .. } => problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "Idempotency store full",
-            "no room for another idempotency record; retry later",
-        ),
+        Error::CapacityExceeded { .. } => {
+            let mut response = problem(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Idempotency store full",
+                "no room for another idempotency record; retry later",
+            );
+            response.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                http::HeaderValue::from_static("1"),
+            );
+            response
+        }
         Error::InvalidKey(reason) => problem(
             StatusCode::BAD_REQUEST,
             "Idempotency-Key is malformed",
             &reason.to_string(),
         ),
-        other => problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Idempotency store unavailable",
-            &other.to_string(),
-        ),
+        other => unavailable("Idempotency store unavailable", other),
     }
 }

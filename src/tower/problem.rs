@@ -26,6 +26,30 @@ pub(crate) fn problem<B: From<Bytes>>(
     response
 }
 
+/// How long a client should wait before retrying after the store's database was unavailable.
+const UNAVAILABLE_RETRY_AFTER: &str = "1";
+
+/// The answer when the store could not serve a request: 503 with `Retry-After` when the failure
+/// is temporary (the database is unavailable, a commit's outcome is unknown, the store is full;
+/// a retry later is safe), otherwise 500.
+pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> Response<B> {
+    use crate::Error;
+    let temporary = matches!(
+        error,
+        Error::Unavailable(_) | Error::InDoubt(_) | Error::CapacityExceeded { .. }
+    );
+    if temporary {
+        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, title, &error.to_string());
+        response.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER),
+        );
+        response
+    } else {
+        problem(StatusCode::INTERNAL_SERVER_ERROR, title, &error.to_string())
+    }
+}
+
 /// Seconds for `Retry-After`, rounded up so that a client waiting that long is never early.
 pub(crate) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
     wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
@@ -68,6 +92,21 @@ mod tests {
                 br#"{"type":"about:blank","title":"Bad \"key\"","status":400,"detail":"line\u000abreak\\"}"#
             )
         );
+    }
+
+    #[test]
+    fn a_database_that_is_unavailable_is_a_503_to_retry_and_other_failures_a_500() {
+        for temporary in [
+            crate::Error::Unavailable("down".into()),
+            crate::Error::InDoubt("cut during the commit".into()),
+        ] {
+            let response: Response<Bytes> = unavailable("Store unavailable", &temporary);
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+            assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        }
+        let response: Response<Bytes> = unavailable("Store unavailable", &crate::Error::Poisoned);
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
     }
 
     #[test]

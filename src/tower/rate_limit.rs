@@ -18,7 +18,7 @@ use bytes::Bytes;
 use http::request::Parts;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 
-use super::problem::problem;
+use super::problem::{problem, unavailable};
 use crate::ratelimit::{Decision, Limit};
 use crate::{Error, Store};
 
@@ -133,13 +133,7 @@ where
             };
             let decision = match checked {
                 Ok(decision) => decision,
-                Err(error) => {
-                    return Ok(problem(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        "Rate limiter unavailable",
-                        &error.to_string(),
-                    ));
-                }
+                Err(error) => return Ok(unavailable("Rate limiter unavailable", &error)),
             };
             if !decision.allowed() {
                 let mut response = problem(
