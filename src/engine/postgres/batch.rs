@@ -494,7 +494,9 @@ fn attempt(
             answers,
             Stats {
                 writes,
-                committed: true,
+                // A batch that wrote nothing (replays, keys in flight, fenced resolutions, denied
+                // checks) committed only its row locks: not a commit of anything.
+                committed: writes > 0,
             },
         ),
         Err(error) => match kind(&error) {

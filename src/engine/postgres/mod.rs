@@ -73,6 +73,14 @@ struct Running {
     holder: node::Holder,
 }
 
+/// Counts a compaction step's removals as writes of one commit (as the embedded engine does).
+fn count_sweep(counters: &Counters, swept: Swept) {
+    let removed = swept.records + swept.rate_states;
+    if removed > 0 {
+        counters.committed_writes(removed);
+    }
+}
+
 /// A store on a PostgreSQL schema.
 pub(crate) struct Postgres {
     running: RwLock<Option<Running>>,
@@ -165,7 +173,12 @@ impl Postgres {
                 let queue = queue.clone();
                 let sweep_clock = Arc::clone(&clock);
                 let id = node.id.clone();
-                let step = move |limit| maintenance::compact_step(&queue, &sweep_clock, &id, limit);
+                let sweep_counters = Arc::clone(&counters);
+                let step = move |limit| {
+                    let swept = maintenance::compact_step(&queue, &sweep_clock, &id, limit)?;
+                    count_sweep(&sweep_counters, swept);
+                    Ok(swept)
+                };
                 Some(
                     Compactor::spawn(
                         step,
@@ -239,7 +252,9 @@ impl Postgres {
     }
 
     pub(crate) fn compact_step(&self, limit: usize) -> Result<Swept> {
-        maintenance::compact_step(&self.queue()?, &self.clock, &self.node.id, limit)
+        let swept = maintenance::compact_step(&self.queue()?, &self.clock, &self.node.id, limit)?;
+        count_sweep(&self.counters, swept);
+        Ok(swept)
     }
 
     pub(crate) fn stats(&self) -> Result<Stats> {
@@ -326,8 +341,11 @@ impl RecordEngine for Postgres {
         // `records` ends itself after `count` records.
         let clock = Arc::clone(&self.clock);
         let node = self.node.id.clone();
-        self.queue()?
-            .call(move |session| maintenance::bulk_load(session, &clock, &node, records))
+        let written = self
+            .queue()?
+            .call(move |session| maintenance::bulk_load(session, &clock, &node, records))?;
+        self.counters.committed_writes(written);
+        Ok(written)
     }
 
     fn wait_poll(&self) -> Option<Duration> {
