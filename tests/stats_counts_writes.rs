@@ -122,9 +122,9 @@ on_every_engine! {
     }
 }
 
-/// DESIGN: "A denied check writes nothing", nor does a cost of 0 or a peek (Immediate mode, where
-/// every changing check is its own durable write).
 on_every_engine! {
+    /// DESIGN: "A denied check writes nothing", nor does a cost of 0 or a peek (Immediate mode,
+    /// where every changing check is its own durable write).
     fn denied_checks_zero_costs_and_peeks_write_nothing(fixture) {
         let store = fixture
             .open_with(fixture.builder().rate_durability(RateDurability::Immediate))

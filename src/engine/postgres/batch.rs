@@ -41,6 +41,7 @@ use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Reso
 use crate::idempotency::{Digest, Record, RecordBody};
 use crate::ratelimit::RateState;
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
+use crate::store::Counters;
 
 /// Most changes in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -153,18 +154,25 @@ pub(crate) struct Stats {
     pub committed: bool,
 }
 
-/// Runs `changes` in one transaction (retrying as the rules say) and answers every caller.
-/// Returns what was committed; `now` is set to the clock reading the batch decided at.
+/// Runs `changes` in one transaction (retrying as the rules say), counts what it committed in
+/// `counters`, and answers every caller. Returns what was committed; `now` is set to the clock
+/// reading the batch decided at.
 pub(crate) fn run(
     session: &mut Session,
     node: &NodeInfo,
     slot: &str,
     changes: &[Change],
     now: &mut Option<u64>,
+    counters: &Counters,
 ) -> Stats {
     for _ in 0..MAX_ATTEMPTS {
         match attempt(session, node, slot, changes, now) {
             Attempt::Committed(answers, stats) => {
+                // Counted before the answers, so that a caller reading `stats()` after its answer
+                // sees its own write.
+                if stats.committed {
+                    counters.committed_writes(stats.writes);
+                }
                 for (change, answer) in changes.iter().zip(answers) {
                     change.send(answer);
                 }

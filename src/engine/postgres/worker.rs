@@ -218,12 +218,18 @@ impl Writer {
             self.slot_ready = true;
         }
         let mut now = None;
-        let stats = batch::run(&mut self.session, &self.node, &self.slot, changes, &mut now);
+        let stats = batch::run(
+            &mut self.session,
+            &self.node,
+            &self.slot,
+            changes,
+            &mut now,
+            &self.counters,
+        );
         if let Some(now) = now {
             self.clock.observe(now);
         }
         if stats.committed {
-            self.counters.committed_writes(stats.writes);
             self.notifier.bump();
         }
     }
