@@ -263,3 +263,42 @@ fn a_store_opens_and_closes_on_an_async_runtime_thread() {
         store.close().unwrap();
     });
 }
+
+/// A caller on one node waiting for a key in flight on another (`BeginOptions::wait`) gets the
+/// replay once the other node completes it, not an `InFlight` after its wait. (Whether it woke by
+/// its poll or found the completion on its next look, this test cannot tell: the look may wait on
+/// the completing transaction's row lock. It checks the outcome.)
+#[test]
+fn a_waiter_on_one_node_sees_a_completion_on_another() {
+    let server = require_postgres!();
+    let schema = unique_schema("wait_across");
+    let a = node(&server.conn, &schema, "a");
+    let b = node(&server.conn, &schema, "b");
+    let lease = acquired(a.begin(&key("k"), &request("r")).unwrap());
+    let (in_flight, seen) = std::sync::mpsc::channel();
+    let waiter = {
+        let b = b.clone();
+        std::thread::spawn(move || {
+            // Seen in flight first, so that the wait below starts before the completion (or
+            // moments after it, which only makes the test easier, never wrong).
+            assert!(matches!(
+                b.begin(&key("k"), &request("r")).unwrap(),
+                Begin::InFlight { .. }
+            ));
+            in_flight.send(()).unwrap();
+            let options = tollgate::BeginOptions {
+                wait: Some(Duration::from_secs(25)),
+                ..tollgate::BeginOptions::default()
+            };
+            b.begin_with(&key("k"), &request("r"), &options).unwrap()
+        })
+    };
+    seen.recv().unwrap();
+    lease.complete(response("done on a")).unwrap();
+    match waiter.join().unwrap() {
+        Begin::Replay(replay) => assert_eq!(replay.response().body, b"done on a"),
+        other => panic!("the waiter got {other:?}, not the replay"),
+    }
+    a.close().unwrap();
+    b.close().unwrap();
+}
