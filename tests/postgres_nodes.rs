@@ -302,3 +302,36 @@ fn a_waiter_on_one_node_sees_a_completion_on_another() {
     a.close().unwrap();
     b.close().unwrap();
 }
+
+/// Stores without a node id leave no rows of their own in `counts` when they close (they fold
+/// them into a shared one), so restarts do not grow the table, and the counts stay exact.
+#[test]
+fn nodes_without_an_id_fold_their_counts_when_they_close() {
+    let server = require_postgres!();
+    let schema = unique_schema("fold_counts");
+    for round in 0..3 {
+        let store = StoreBuilder::default()
+            .postgres_schema(&schema)
+            .open_postgres(&server.conn)
+            .unwrap();
+        acquired(
+            store
+                .begin(&key(&format!("k{round}")), &request("r"))
+                .unwrap(),
+        )
+        .complete(response("ok"))
+        .unwrap();
+        store.close().unwrap();
+    }
+    let mut admin = postgres::Client::connect(&server.conn, postgres::NoTls).unwrap();
+    let slots: Vec<String> = admin
+        .query(&format!("SELECT slot FROM \"{schema}\".counts"), &[])
+        .unwrap()
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    assert_eq!(slots, ["retired"], "{slots:?}");
+    let store = node(&server.conn, &schema, "reader");
+    assert_eq!(store.stats().unwrap().completed, 3);
+    store.close().unwrap();
+}
