@@ -13,37 +13,37 @@ use tollgate::Error;
 use tollgate::idempotency::Begin;
 use tollgate::testing::SimDisk;
 
-#[test]
-fn clones_and_leases_get_closed_after_close_and_the_file_reopens() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let clone = store.clone();
-    let mut lease = acquired(store.begin(&key("open"), &request("r")).unwrap());
-    acquired(store.begin(&key("done"), &request("r")).unwrap())
-        .complete(response("ok"))
-        .unwrap();
-    store.close().unwrap();
+on_every_engine! {
+    fn clones_and_leases_get_closed_after_close_and_the_file_reopens(fixture) {
+        let store = fixture.open();
+        let clone = store.clone();
+        let mut lease = acquired(store.begin(&key("open"), &request("r")).unwrap());
+        acquired(store.begin(&key("done"), &request("r")).unwrap())
+            .complete(response("ok"))
+            .unwrap();
+        store.close().unwrap();
 
-    assert!(matches!(
-        clone.begin(&key("x"), &request("r")),
-        Err(Error::Closed)
-    ));
-    assert!(matches!(clone.get(&key("done")), Err(Error::Closed)));
-    assert!(matches!(
-        lease.extend(Duration::from_secs(1)),
-        Err(Error::Closed)
-    ));
-    assert!(matches!(
-        lease.complete(response("late")),
-        Err(Error::Closed)
-    ));
-    // Closing again through a clone is harmless.
-    clone.close().unwrap();
+        assert!(matches!(
+            clone.begin(&key("x"), &request("r")),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(clone.get(&key("done")), Err(Error::Closed)));
+        assert!(matches!(
+            lease.extend(Duration::from_secs(1)),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            lease.complete(response("late")),
+            Err(Error::Closed)
+        ));
+        // Closing again through a clone is harmless.
+        clone.close().unwrap();
 
-    let store = fixture.open();
-    replay(store.begin(&key("done"), &request("r")).unwrap());
-    // The lease died with the closed store: its record is taken over at once.
-    assert!(acquired(store.begin(&key("open"), &request("r")).unwrap()).recovered());
+        let store = fixture.open();
+        replay(store.begin(&key("done"), &request("r")).unwrap());
+        // The lease died with the closed store: its record is taken over at once.
+        assert!(acquired(store.begin(&key("open"), &request("r")).unwrap()).recovered());
+    }
 }
 
 #[test]
@@ -111,50 +111,50 @@ fn commands_queued_ahead_of_close_are_applied_not_refused() {
     }
 }
 
-#[test]
-fn close_waits_for_writes_already_queued() {
-    let fixture = Fixture::new();
-    let store = fixture.open();
-    let (started, first_writes) = std::sync::mpsc::channel();
-    let threads: Vec<_> = (0..8)
-        .map(|t| {
-            let store = store.clone();
-            let started = started.clone();
-            std::thread::spawn(move || {
-                let mut completed = Vec::new();
-                for i in 0..50 {
-                    let name = format!("{t}-{i}");
-                    match store.begin(&key(&name), &request("r")) {
-                        Ok(tollgate::idempotency::Begin::Acquired(lease)) => {
-                            if lease.complete(response(&name)).is_ok() {
-                                completed.push(name);
+on_every_engine! {
+    fn close_waits_for_writes_already_queued(fixture) {
+        let store = fixture.open();
+        let (started, first_writes) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                let started = started.clone();
+                std::thread::spawn(move || {
+                    let mut completed = Vec::new();
+                    for i in 0..50 {
+                        let name = format!("{t}-{i}");
+                        match store.begin(&key(&name), &request("r")) {
+                            Ok(tollgate::idempotency::Begin::Acquired(lease)) => {
+                                if lease.complete(response(&name)).is_ok() {
+                                    completed.push(name);
+                                }
+                                if i == 0 {
+                                    let _ = started.send(());
+                                }
                             }
-                            if i == 0 {
-                                let _ = started.send(());
-                            }
+                            Ok(other) => panic!("unexpected {other:?}"),
+                            Err(Error::Closed) => break,
+                            Err(other) => panic!("unexpected error {other}"),
                         }
-                        Ok(other) => panic!("unexpected {other:?}"),
-                        Err(Error::Closed) => break,
-                        Err(other) => panic!("unexpected error {other}"),
                     }
-                }
-                completed
+                    completed
+                })
             })
-        })
-        .collect();
-    // Close while every thread is mid-stream (each has finished its first write).
-    for _ in 0..8 {
-        first_writes.recv_timeout(fixture::WAIT_DEADLINE).unwrap();
-    }
-    store.close().unwrap();
-    let completed: Vec<String> = threads
-        .into_iter()
-        .flat_map(|t| t.join().unwrap())
-        .collect();
-    assert!(completed.len() >= 8);
-    let store = fixture.open();
-    for name in completed {
-        let again = replay(store.begin(&key(&name), &request("r")).unwrap());
-        assert_eq!(again.response().body, name.as_bytes());
+            .collect();
+        // Close while every thread is mid-stream (each has finished its first write).
+        for _ in 0..8 {
+            first_writes.recv_timeout(fixture::WAIT_DEADLINE).unwrap();
+        }
+        store.close().unwrap();
+        let completed: Vec<String> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        assert!(completed.len() >= 8);
+        let store = fixture.open();
+        for name in completed {
+            let again = replay(store.begin(&key(&name), &request("r")).unwrap());
+            assert_eq!(again.response().body, name.as_bytes());
+        }
     }
 }

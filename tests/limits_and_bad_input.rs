@@ -10,65 +10,65 @@ use fixture::{Fixture, RECORD_TTL, acquired, key, replay, request, response};
 use tollgate::idempotency::{IdempotencyKey, KeyError, RecordState, StoredResponse};
 use tollgate::{BeginOptions, Error, Store};
 
-#[test]
-fn an_oversized_response_is_refused_and_the_lease_handed_back() {
-    let fixture = Fixture::new();
-    let store = fixture
-        .builder()
-        .max_response_bytes(100)
-        .open(fixture.path())
-        .unwrap();
-    let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    let big = StoredResponse::new(200, vec![0; 99]);
-    let error = lease.complete(big).unwrap_err();
-    assert!(matches!(
-        error,
-        Error::ResponseTooLarge {
-            size: 101,
-            limit: 100,
-            ..
-        }
-    ));
-    // Nothing was written: the record is still RUNNING and the lease still resolves it.
-    assert_eq!(
-        store.get(&key("k")).unwrap().unwrap().state,
-        RecordState::Running
-    );
-    let lease = error.into_lease().unwrap();
-    let error = lease
-        .fail(StoredResponse::new(500, vec![0; 200]))
-        .unwrap_err();
-    let lease = error.into_lease().unwrap();
-    lease
-        .complete(StoredResponse::new(413, b"too large".to_vec()))
-        .unwrap();
-    assert_eq!(
-        replay(store.begin(&key("k"), &request("r")).unwrap())
-            .response()
-            .status,
-        413
-    );
+on_every_engine! {
+    fn an_oversized_response_is_refused_and_the_lease_handed_back(fixture) {
+        let store = fixture
+            .builder()
+            .max_response_bytes(100)
+            .open(fixture.path())
+            .unwrap();
+        let lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        let big = StoredResponse::new(200, vec![0; 99]);
+        let error = lease.complete(big).unwrap_err();
+        assert!(matches!(
+            error,
+            Error::ResponseTooLarge {
+                size: 101,
+                limit: 100,
+                ..
+            }
+        ));
+        // Nothing was written: the record is still RUNNING and the lease still resolves it.
+        assert_eq!(
+            store.get(&key("k")).unwrap().unwrap().state,
+            RecordState::Running
+        );
+        let lease = error.into_lease().unwrap();
+        let error = lease
+            .fail(StoredResponse::new(500, vec![0; 200]))
+            .unwrap_err();
+        let lease = error.into_lease().unwrap();
+        lease
+            .complete(StoredResponse::new(413, b"too large".to_vec()))
+            .unwrap();
+        assert_eq!(
+            replay(store.begin(&key("k"), &request("r")).unwrap())
+                .response()
+                .status,
+            413
+        );
+    }
 }
 
-#[test]
-fn an_oversized_checkpoint_or_name_is_refused_and_the_lease_stays_usable() {
-    let fixture = Fixture::new();
-    let store = fixture
-        .builder()
-        .max_response_bytes(100)
-        .open(fixture.path())
-        .unwrap();
-    let mut lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
-    assert!(matches!(
-        lease.save_checkpoint("step", &[0; 100]),
-        Err(Error::ResponseTooLarge { lease: None, .. })
-    ));
-    assert!(matches!(
-        lease.save_checkpoint(&"n".repeat(256), b""),
-        Err(Error::InvalidArgument(_))
-    ));
-    lease.save_checkpoint("step", b"small").unwrap();
-    lease.complete(response("ok")).unwrap();
+on_every_engine! {
+    fn an_oversized_checkpoint_or_name_is_refused_and_the_lease_stays_usable(fixture) {
+        let store = fixture
+            .builder()
+            .max_response_bytes(100)
+            .open(fixture.path())
+            .unwrap();
+        let mut lease = acquired(store.begin(&key("k"), &request("r")).unwrap());
+        assert!(matches!(
+            lease.save_checkpoint("step", &[0; 100]),
+            Err(Error::ResponseTooLarge { lease: None, .. })
+        ));
+        assert!(matches!(
+            lease.save_checkpoint(&"n".repeat(256), b""),
+            Err(Error::InvalidArgument(_))
+        ));
+        lease.save_checkpoint("step", b"small").unwrap();
+        lease.complete(response("ok")).unwrap();
+    }
 }
 
 #[test]

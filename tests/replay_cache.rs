@@ -9,28 +9,28 @@ use fixture::{Fixture, RECORD_TTL, acquired, key, replay, request, response};
 use tollgate::idempotency::{Begin, StoredResponse};
 use tollgate::testing::SimDisk;
 
-#[test]
-fn a_cached_replay_expires_with_its_record() {
-    let fixture = Fixture::new();
-    let store = fixture.open_without_compactor();
-    acquired(store.begin(&key("k"), &request("a")).unwrap())
-        .complete(response("first"))
-        .unwrap();
-    // Twice: the first replay reads the file and fills the cache, the second is served from it.
-    for _ in 0..2 {
-        let replayed = replay(store.begin(&key("k"), &request("a")).unwrap());
-        assert_eq!(replayed.response(), &response("first"));
+on_every_engine! {
+    fn a_cached_replay_expires_with_its_record(fixture) {
+        let store = fixture.open_without_compactor();
+        acquired(store.begin(&key("k"), &request("a")).unwrap())
+            .complete(response("first"))
+            .unwrap();
+        // Twice: the first replay reads the file and fills the cache, the second is served from it.
+        for _ in 0..2 {
+            let replayed = replay(store.begin(&key("k"), &request("a")).unwrap());
+            assert_eq!(replayed.response(), &response("first"));
+        }
+        assert!(matches!(
+            store.begin(&key("k"), &request("other")).unwrap(),
+            Begin::Mismatch
+        ));
+        fixture.advance(&store, RECORD_TTL);
+        let lease = acquired(store.begin(&key("k"), &request("other")).unwrap());
+        assert!(!lease.recovered());
+        lease.complete(response("second")).unwrap();
+        let replayed = replay(store.begin(&key("k"), &request("other")).unwrap());
+        assert_eq!(replayed.response(), &response("second"));
     }
-    assert!(matches!(
-        store.begin(&key("k"), &request("other")).unwrap(),
-        Begin::Mismatch
-    ));
-    fixture.clock.advance(RECORD_TTL);
-    let lease = acquired(store.begin(&key("k"), &request("other")).unwrap());
-    assert!(!lease.recovered());
-    lease.complete(response("second")).unwrap();
-    let replayed = replay(store.begin(&key("k"), &request("other")).unwrap());
-    assert_eq!(replayed.response(), &response("second"));
 }
 
 /// A hit: once a replay is cached, it is served from memory, so it still answers when the disk
@@ -66,25 +66,25 @@ fn a_cached_replay_is_served_without_reading_the_file() {
     }
 }
 
-#[test]
-fn bulk_load_replaces_cached_replays() {
-    let fixture = Fixture::new();
-    let store = fixture.open_without_compactor();
-    acquired(store.begin(&key("k"), &request("a")).unwrap())
-        .complete(response("before"))
-        .unwrap();
-    let _ = replay(store.begin(&key("k"), &request("a")).unwrap());
-    store
-        .bulk_load(1, Duration::from_secs(60), |_| {
-            (
-                key("k"),
-                request("a"),
-                StoredResponse::new(200, b"after".to_vec()),
-            )
-        })
-        .unwrap();
-    let replayed = replay(store.begin(&key("k"), &request("a")).unwrap());
-    assert_eq!(replayed.response().body, b"after");
+on_every_engine! {
+    fn bulk_load_replaces_cached_replays(fixture) {
+        let store = fixture.open_without_compactor();
+        acquired(store.begin(&key("k"), &request("a")).unwrap())
+            .complete(response("before"))
+            .unwrap();
+        let _ = replay(store.begin(&key("k"), &request("a")).unwrap());
+        store
+            .bulk_load(1, Duration::from_secs(60), |_| {
+                (
+                    key("k"),
+                    request("a"),
+                    StoredResponse::new(200, b"after".to_vec()),
+                )
+            })
+            .unwrap();
+        let replayed = replay(store.begin(&key("k"), &request("a")).unwrap());
+        assert_eq!(replayed.response().body, b"after");
+    }
 }
 
 #[test]
