@@ -134,6 +134,16 @@ pub enum Error {
     Storage(StorageError),
 }
 
+impl Error {
+    /// A storage error carrying `cause` (an I/O error, the engine's own, a thread that could not
+    /// start).
+    pub(crate) fn storage(
+        cause: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    ) -> Error {
+        Error::Storage(StorageError::new(cause))
+    }
+}
+
 impl From<KeyError> for Error {
     fn from(error: KeyError) -> Self {
         Error::InvalidKey(error)

@@ -12,7 +12,7 @@ use super::rate_cache::{Query, RateCache};
 use super::writer::Command;
 use crate::engine::CounterEngine;
 use crate::error::Result;
-use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome, Target};
+use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome};
 use crate::ratelimit::{CounterKey, Limit, Spec};
 
 impl CounterEngine for Embedded {
@@ -59,13 +59,7 @@ impl Embedded {
     /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
     /// committed state.
     fn run_immediate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let mut targets = Vec::with_capacity(checks.len());
-        for (limit, subject) in checks {
-            targets.push(Target {
-                key: self.rate_keys.key(limit.name(), subject)?,
-                spec: limit.spec,
-            });
-        }
+        let targets = self.rate_keys.targets(checks)?;
         if kind.writes() {
             let op = RateOp { kind, targets };
             return self

@@ -28,7 +28,7 @@ use parking_lot::{Mutex, RwLock};
 
 use super::Swept;
 use crate::clock::{StoreTime, system_time_to_nanos};
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Result};
 use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
 use rate_cache::RateCache;
@@ -94,10 +94,6 @@ impl Drop for Embedded {
     }
 }
 
-fn thread_error(error: std::io::Error) -> Error {
-    Error::Storage(StorageError::new(error))
-}
-
 impl Embedded {
     /// Opens (or creates) the store at `location`.
     pub(crate) fn open(
@@ -160,7 +156,7 @@ impl Embedded {
         let writer = std::thread::Builder::new()
             .name("tollgate-writer".into())
             .spawn(move || writer.run())
-            .map_err(thread_error)?;
+            .map_err(Error::storage)?;
         let compactor = match builder.compaction_interval {
             Some(interval) => {
                 let queue = commands.clone();
@@ -178,7 +174,7 @@ impl Embedded {
                         settings.compaction_batch,
                         Arc::clone(&counters),
                     )
-                    .map_err(thread_error)?,
+                    .map_err(Error::storage)?,
                 )
             }
             None => None,

@@ -219,9 +219,7 @@ pub(crate) fn copy(error: &Error) -> Error {
         Error::Corrupted(message) => Error::Corrupted(message.clone()),
         Error::Closed => Error::Closed,
         Error::Superseded => Error::Superseded,
-        other => Error::Storage(crate::error::StorageError::new(std::io::Error::other(
-            other.to_string(),
-        ))),
+        other => Error::storage(std::io::Error::other(other.to_string())),
     }
 }
 

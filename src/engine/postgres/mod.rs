@@ -43,10 +43,10 @@ use sql::Sql;
 use worker::Queue;
 
 use super::{BeginRequest, BulkRecords, CounterEngine, RecordEngine, Swept};
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
-use crate::ratelimit::charge::{OpKind, RateOp, RateOutcome, Target};
+use crate::ratelimit::charge::{OpKind, RateOp, RateOutcome};
 use crate::ratelimit::{CounterKeys, Limit, RateDurability};
 use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
 
@@ -96,10 +96,6 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let _ = self.close();
     }
-}
-
-fn thread_error(error: std::io::Error) -> Error {
-    Error::Storage(StorageError::new(error))
 }
 
 impl Postgres {
@@ -186,7 +182,7 @@ impl Postgres {
                         settings.compaction_batch,
                         Arc::clone(&counters),
                     )
-                    .map_err(thread_error)?,
+                    .map_err(Error::storage)?,
                 )
             }
             None => None,
@@ -355,13 +351,7 @@ impl RecordEngine for Postgres {
 
 impl CounterEngine for Postgres {
     fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let mut targets = Vec::with_capacity(checks.len());
-        for (limit, subject) in checks {
-            targets.push(Target {
-                key: self.rate_keys.key(limit.name(), subject)?,
-                spec: limit.spec,
-            });
-        }
+        let targets = self.rate_keys.targets(checks)?;
         if kind.writes() {
             let op = RateOp { kind, targets };
             return self.queue()?.change(|reply| Change::Rate { op, reply });

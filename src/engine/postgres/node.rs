@@ -155,7 +155,7 @@ pub(crate) fn hold(
                 Err(error) => drop(ready.send(Err(error))),
             }
         })
-        .map_err(|error| Error::Storage(crate::error::StorageError::new(error)))?;
+        .map_err(Error::storage)?;
     let registered = registered
         .recv()
         .map_err(|_| Error::Unavailable("the node's connection thread ended".into()))??;

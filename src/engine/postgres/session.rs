@@ -20,7 +20,7 @@ use postgres::{Client, Config};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::sql::Sql;
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Result};
 
 /// Connect timeout when the connection string sets none.
 pub(crate) const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -141,8 +141,9 @@ pub(crate) fn kind(error: &postgres::Error) -> Kind {
 pub(crate) fn classify(error: &postgres::Error, what: &str) -> Error {
     match kind(error) {
         Kind::Unavailable => unavailable(what, error),
-        Kind::Retry | Kind::Other => Error::Storage(StorageError::new(std::io::Error::other(
-            format!("{what}: {}", describe(error)),
+        Kind::Retry | Kind::Other => Error::storage(std::io::Error::other(format!(
+            "{what}: {}",
+            describe(error)
         ))),
     }
 }

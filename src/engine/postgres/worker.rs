@@ -24,7 +24,7 @@ use super::maintenance;
 use super::node::NodeInfo;
 use super::session::{Connector, Session};
 use super::sql::Sql;
-use crate::error::{Error, Result, StorageError};
+use crate::error::{Error, Result};
 use crate::store::{Counters, Notifier};
 
 /// How often the writer looks at the queue again while it waits for callers.
@@ -101,7 +101,7 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
         std::thread::Builder::new()
             .name(name)
             .spawn(run)
-            .map_err(|error| Error::Storage(StorageError::new(error)))
+            .map_err(Error::storage)
     };
     let writer = Writer {
         changes: change_queue,

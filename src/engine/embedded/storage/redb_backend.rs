@@ -26,7 +26,7 @@ use redb::{
 use super::Location;
 use super::tables::{RecordCounts, Tables};
 use crate::engine::codec::{self, EXPIRY_KEY_LEN, StoredRate};
-use crate::error::{Error, StorageError};
+use crate::error::Error;
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
 
@@ -63,7 +63,7 @@ pub(crate) fn storage<E>(error: E) -> Error
 where
     E: std::error::Error + Send + Sync + 'static,
 {
-    Error::Storage(StorageError::new(error))
+    Error::storage(error)
 }
 
 /// Settings that apply when the file is opened.
