@@ -335,3 +335,48 @@ fn nodes_without_an_id_fold_their_counts_when_they_close() {
     assert_eq!(store.stats().unwrap().completed, 3);
     store.close().unwrap();
 }
+
+/// A store whose node lock's connection was cut (a server restart, an operator's
+/// `pg_terminate_backend`) takes the lock again by itself, so a second store with its id is
+/// still refused.
+#[test]
+fn a_store_takes_its_node_lock_again_after_its_connection_is_cut() {
+    let server = require_postgres!();
+    let schema = unique_schema("lock_retaken");
+    let conn = format!("{} application_name=lock-keeper", server.conn);
+    let first = node(&conn, &schema, "keeper");
+    let mut admin = postgres::Client::connect(&server.conn, postgres::NoTls).unwrap();
+    let held = |admin: &mut postgres::Client| -> i64 {
+        admin
+            .query_one(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a USING (pid) \
+                 WHERE l.locktype = 'advisory' AND l.granted \
+                 AND a.application_name = 'lock-keeper'",
+                &[],
+            )
+            .unwrap()
+            .get(0)
+    };
+    assert_eq!(held(&mut admin), 1);
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+             WHERE application_name = 'lock-keeper'",
+            &[],
+        )
+        .unwrap();
+    fixture::wait_for("the node lock to be taken again", || held(&mut admin) == 1);
+    let second = StoreBuilder::default()
+        .postgres_schema(&schema)
+        .node_id("keeper")
+        .open_postgres(&server.conn);
+    assert!(matches!(second, Err(Error::AlreadyOpen)), "{second:?}");
+    // The first store still works (its writer reconnects) and keeps its epoch.
+    assert_eq!(first.epoch(), 1);
+    let answer = (0..3)
+        .map(|_| first.begin(&key("k"), &request("r")))
+        .find(|outcome| !matches!(outcome, Err(Error::Unavailable(_))))
+        .unwrap();
+    acquired(answer.unwrap()).complete(response("ok")).unwrap();
+    first.close().unwrap();
+}

@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crossbeam_channel::Sender;
+use crossbeam_channel::{RecvTimeoutError, Sender};
 use postgres::Client;
 use postgres::types::Type;
 
@@ -141,14 +141,33 @@ pub(crate) fn hold(
             })();
             match opened {
                 Ok((mut client, registered)) => {
-                    let anonymous =
-                        (registered.node.owner_epoch == 0).then(|| registered.node.id.clone());
-                    if ready.send(Ok(registered)).is_ok() && released.recv().is_ok() {
-                        if let Some(id) = anonymous {
-                            // Best effort: a node that failed to fold leaves rows that still sum
-                            // right.
-                            let _ = fold_counts(&mut client, &sql, &id);
+                    let node = registered.node.clone();
+                    let anonymous = node.owner_epoch == 0;
+                    if ready.send(Ok(registered)).is_err() {
+                        return;
+                    }
+                    // Keep the lock: if its connection breaks (the server restarted), take it
+                    // again on a new one, so that a second store with this id is refused again.
+                    // If another store took it meanwhile, this one is superseded; its writer
+                    // finds that out from the epoch.
+                    loop {
+                        match released.recv_timeout(LOCK_CHECK) {
+                            Err(RecvTimeoutError::Timeout) => {}
+                            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
                         }
+                        if anonymous || client.is_valid(LOCK_CHECK).is_ok() {
+                            continue;
+                        }
+                        if let Ok(mut fresh) = connector.connect() {
+                            if retake(&mut fresh, &sql, &node.id).is_ok() {
+                                client = fresh;
+                            }
+                        }
+                    }
+                    if anonymous {
+                        // Best effort: a node that failed to fold leaves rows that still sum
+                        // right.
+                        let _ = fold_counts(&mut client, &sql, &node.id);
                     }
                     drop(client);
                 }
@@ -160,6 +179,25 @@ pub(crate) fn hold(
         .recv()
         .map_err(|_| Error::Unavailable("the node's connection thread ended".into()))??;
     Ok((registered, Holder { release, thread }))
+}
+
+/// How often the node's connection is checked, and the lock taken again if it was lost.
+const LOCK_CHECK: Duration = Duration::from_secs(1);
+
+/// Takes the node's lock again on `client` (after its connection was lost), without a new epoch:
+/// this is the same run of the node.
+fn retake(client: &mut Client, sql: &Sql, id: &str) -> Result<()> {
+    let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
+    let locked: bool = client
+        .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
+        .map_err(storage("cannot take the node's lock"))?
+        .try_get(0)
+        .map_err(storage("bad lock answer"))?;
+    if locked {
+        Ok(())
+    } else {
+        Err(Error::Superseded)
+    }
 }
 
 /// Moves the count rows of a node without an id into the shared `retired` row, in one
