@@ -150,11 +150,7 @@ pub(crate) fn hold(
                     // again on a new one, so that a second store with this id is refused again.
                     // If another store took it meanwhile, this one is superseded; its writer
                     // finds that out from the epoch.
-                    loop {
-                        match released.recv_timeout(LOCK_CHECK) {
-                            Err(RecvTimeoutError::Timeout) => {}
-                            Ok(()) | Err(RecvTimeoutError::Disconnected) => break,
-                        }
+                    while let Err(RecvTimeoutError::Timeout) = released.recv_timeout(LOCK_CHECK) {
                         if anonymous || client.is_valid(LOCK_CHECK).is_ok() {
                             continue;
                         }
