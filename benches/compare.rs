@@ -25,7 +25,8 @@
 //!   throwaway cluster with `fsync` and `synchronous_commit` on; skipped with a message if there
 //!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` (one connection per thread, prepared
 //!   statements, one autocommit statement per transition), and `rate/tollgate-pg/64` vs
-//!   `rate/naive-pg/64` (one autocommit upsert per check).
+//!   `rate/naive-pg/64` (one autocommit upsert per check). `TOLLGATE_BENCH_PG_POOL` sets
+//!   tollgate's `postgres_pool_size` (default 3).
 //!
 //! Each row reports operations per second, p50 and p99 latency (hdrhistogram; the fast rows time
 //! one operation in 16 so the clock does not dominate), and for tollgate the operations per
