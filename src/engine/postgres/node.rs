@@ -183,17 +183,21 @@ const LOCK_CHECK: Duration = Duration::from_secs(1);
 /// Takes the node's lock again on `client` (after its connection was lost), without a new epoch:
 /// this is the same run of the node.
 fn retake(client: &mut Client, sql: &Sql, id: &str) -> Result<()> {
-    let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
-    let locked: bool = client
-        .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
-        .map_err(storage("cannot take the node's lock"))?
-        .try_get(0)
-        .map_err(storage("bad lock answer"))?;
-    if locked {
+    if try_lock(client, sql, id)? {
         Ok(())
     } else {
         Err(Error::Superseded)
     }
+}
+
+/// Tries once to take the session-level advisory lock of node `id` on `client`.
+fn try_lock(client: &mut Client, sql: &Sql, id: &str) -> Result<bool> {
+    let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
+    client
+        .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
+        .map_err(storage("cannot take the node's lock"))?
+        .try_get(0)
+        .map_err(storage("bad lock answer"))
 }
 
 /// Moves the count rows of a node without an id into the shared `retired` row, in one
@@ -327,14 +331,8 @@ pub(crate) fn register(client: &mut Client, sql: &Sql, node_id: Option<&str>) ->
     // A process that just died may still hold the lock for a moment, until the server sees its
     // connection close: a restart retries briefly before it refuses.
     let deadline = Instant::now() + NODE_LOCK_WAIT;
-    let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
     loop {
-        let locked: bool = client
-            .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
-            .map_err(storage("cannot take the node's lock"))?
-            .try_get(0)
-            .map_err(storage("bad lock answer"))?;
-        if locked {
+        if try_lock(client, sql, id)? {
             break;
         }
         if Instant::now() >= deadline {
