@@ -344,8 +344,9 @@ impl StoreBuilder {
         self
     }
 
-    /// How many connections (each with its worker thread) a PostgreSQL store keeps: at most this
-    /// many transactions of this node run at once. Default = 4.
+    /// How many connections (each with its worker thread) a PostgreSQL store keeps: one for the
+    /// writer, which puts every change of the moment into one transaction, and the others for
+    /// reads and maintenance (plus one more, held for the node's lock). At least 2; default = 3.
     #[cfg(feature = "postgres")]
     pub fn postgres_pool_size(mut self, connections: usize) -> Self {
         self.postgres_pool_size = Some(connections);

@@ -21,6 +21,8 @@ mod builder;
 mod bulk;
 mod compaction;
 mod notify;
+#[cfg(feature = "postgres")]
+pub(crate) mod oneshot;
 mod rate;
 mod replay_cache;
 mod stats;

@@ -2,14 +2,13 @@
 //! commit.
 //!
 //! ```text
-//! BEGIN; SET LOCAL …; lock.sql (clock, tokens, rows FOR UPDATE)       round trip 1
+//! BEGIN; SET LOCAL …  +  lock.sql (clock, tokens, rows FOR UPDATE)    round trip 1
 //!   decide every change in arrival order with the pure rules, on the locked rows
-//! write_records.sql; write_rates.sql; UPDATE counts; COMMIT            round trip 2
+//! write.sql (records, counters, counts)  +  COMMIT                    round trip 2
 //! ```
 //!
-//! Both round trips are simple-protocol messages with the values written in as literals
-//! (`literal.rs`): two round trips per transaction whatever its size, nothing prepared, so
-//! PgBouncer's transaction mode works.
+//! Two round trips per transaction whatever its size (`pipe.rs` sends each pair together), two
+//! prepared statements with their values in binary.
 //!
 //! # Rules
 //! - Every decision is taken by `idempotency::machine` or `ratelimit::charge` on rows locked
@@ -28,13 +27,9 @@
 
 use std::collections::BTreeMap;
 
-use crossbeam_channel::Sender;
-use postgres::SimpleQueryMessage;
-use postgres::types::Type;
-
-use super::literal;
 use super::node::NodeInfo;
-use super::session::{Kind, Session, classify, kind, unavailable};
+use super::pipe::{Failure, Pipe, ROUND_TRIP_TIMEOUT};
+use super::session::{Kind, classify, kind, unavailable};
 use crate::engine::{BeginRequest, codec, lease_expiry, stored_rate};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
@@ -42,6 +37,7 @@ use crate::idempotency::{Digest, Record, RecordBody};
 use crate::ratelimit::RateState;
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 use crate::store::Counters;
+use crate::store::oneshot::Reply;
 
 /// Most changes in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -54,17 +50,17 @@ pub(crate) enum Change {
     Begin {
         digest: Digest,
         request: BeginRequest,
-        reply: Sender<Result<BeginDecision>>,
+        reply: Reply<Result<BeginDecision>>,
     },
     Resolve {
         digest: Digest,
         token: u64,
         resolution: Resolution,
-        reply: Sender<Result<Option<u64>>>,
+        reply: Reply<Result<Option<u64>>>,
     },
     Rate {
         op: RateOp,
-        reply: Sender<Result<RateOutcome>>,
+        reply: Reply<Result<RateOutcome>>,
     },
 }
 
@@ -92,12 +88,12 @@ impl Change {
     fn send(&self, answer: Answer) {
         // A caller that gave up waiting has gone; nothing to do then.
         match (self, answer) {
-            (Change::Begin { reply, .. }, Answer::Begin(outcome)) => drop(reply.send(outcome)),
+            (Change::Begin { reply, .. }, Answer::Begin(outcome)) => reply.send(outcome),
             (Change::Resolve { reply, .. }, Answer::Resolve(outcome)) => {
-                drop(reply.send(outcome));
+                reply.send(outcome);
             }
             (Change::Rate { reply, .. }, Answer::Rate(outcome)) => {
-                drop(reply.send(outcome.map(|(outcome, _)| outcome)));
+                reply.send(outcome.map(|(outcome, _)| outcome));
             }
             // Answers are built from their change (`decide`), so the kinds always match.
             (change, _) => change.fail(Error::Unavailable("internal: mismatched answer".into())),
@@ -106,9 +102,9 @@ impl Change {
 
     pub(crate) fn fail(&self, error: Error) {
         match self {
-            Change::Begin { reply, .. } => drop(reply.send(Err(error))),
-            Change::Resolve { reply, .. } => drop(reply.send(Err(error))),
-            Change::Rate { reply, .. } => drop(reply.send(Err(error))),
+            Change::Begin { reply, .. } => reply.send(Err(error)),
+            Change::Resolve { reply, .. } => reply.send(Err(error)),
+            Change::Rate { reply, .. } => reply.send(Err(error)),
         }
     }
 }
@@ -158,7 +154,7 @@ pub(crate) struct Stats {
 /// `counters`, and answers every caller. Returns what was committed; `now` is set to the clock
 /// reading the batch decided at.
 pub(crate) fn run(
-    session: &mut Session,
+    pipe: &mut Pipe,
     node: &NodeInfo,
     slot: &str,
     changes: &[Change],
@@ -166,28 +162,28 @@ pub(crate) fn run(
     counters: &Counters,
 ) -> Stats {
     for _ in 0..MAX_ATTEMPTS {
-        match attempt(session, node, slot, changes, now) {
+        match attempt(pipe, node, slot, changes, now) {
             Attempt::Committed(answers, stats) => {
                 // Counted before the answers, so that a caller reading `stats()` after its answer
                 // sees its own write.
                 if stats.committed {
                     counters.committed_writes(stats.writes);
                 }
-                for (change, answer) in changes.iter().zip(answers) {
+                            for (change, answer) in changes.iter().zip(answers) {
                     change.send(answer);
                 }
                 return stats;
             }
-            Attempt::Retry => session.roll_back(),
+            Attempt::Retry => pipe.roll_back(),
             Attempt::Failed(error) => {
-                session.roll_back();
+                pipe.roll_back();
                 for change in changes {
                     change.fail(copy(&error));
                 }
                 return Stats::default();
             }
             Attempt::InDoubt(answers, error) => {
-                session.reset();
+                pipe.reset();
                 let message = match &error {
                     Error::Unavailable(message) => message.clone(),
                     other => other.to_string(),
@@ -227,23 +223,31 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// A failed statement: retried, unavailable, or a storage error.
-fn failed(error: &postgres::Error, what: &str) -> Attempt {
-    match kind(error) {
-        Kind::Retry => Attempt::Retry,
-        _ => Attempt::Failed(classify(error, what)),
+/// A failed round trip before the commit: retried, unavailable, or a storage error.
+fn failed(failure: Failure, what: &str) -> Attempt {
+    match failure {
+        Failure::Postgres(error) if kind(&error) == Kind::Retry => Attempt::Retry,
+        Failure::Postgres(error) => Attempt::Failed(classify(&error, what)),
+        Failure::TimedOut => Attempt::Failed(timed_out(what)),
+        Failure::Connect(error) => Attempt::Failed(error),
     }
+}
+
+fn timed_out(what: &str) -> Error {
+    Error::Unavailable(format!(
+        "{what}: no answer from the database within {} s",
+        ROUND_TRIP_TIMEOUT.as_secs()
+    ))
 }
 
 #[allow(clippy::too_many_lines)] // One transaction, read top to bottom.
 fn attempt(
-    session: &mut Session,
+    pipe: &mut Pipe,
     node: &NodeInfo,
     slot: &str,
     changes: &[Change],
     now_out: &mut Option<u64>,
 ) -> Attempt {
-    let sql = std::sync::Arc::clone(&session.sql);
     let mut records: BTreeMap<[u8; 32], RecordRow> = BTreeMap::new();
     let mut rates: BTreeMap<[u8; 16], RateRow> = BTreeMap::new();
     let mut begins = 0i32;
@@ -273,56 +277,33 @@ fn attempt(
             }
         }
     }
-    let digests: Vec<String> = records.keys().map(|key| literal::bytea(key)).collect();
-    let keys: Vec<String> = rates.keys().map(|key| literal::bytea(key)).collect();
-    let lock = literal::bind(
-        &sql.lock,
-        &[
-            literal::array(&digests, "bytea"),
-            literal::array(&keys, "bytea"),
-            begins.to_string(),
-            literal::safe_text(&node.id),
-        ],
-    );
-    let opening = format!(
-        "BEGIN; SET LOCAL statement_timeout = {}; {lock}",
-        super::session::STATEMENT_TIMEOUT.as_millis()
-    );
-    let client = match session.client() {
-        Ok(client) => client,
-        Err(error) => return Attempt::Failed(error),
-    };
-    let messages = match client.simple_query(&opening) {
-        Ok(messages) => messages,
-        Err(error) => return failed(&error, "cannot lock the batch's rows"),
+    let digests: Vec<&[u8]> = records.keys().map(<[u8; 32]>::as_slice).collect();
+    let keys: Vec<&[u8]> = rates.keys().map(<[u8; 16]>::as_slice).collect();
+    let rows = match pipe.lock(&[&digests, &keys, &begins, &node.id]) {
+        Ok(rows) => rows,
+        Err(failure) => return failed(failure, "cannot lock the batch's rows"),
     };
     let mut now = 0u64;
     let mut tokens = Vec::with_capacity(usize::try_from(begins).unwrap_or(0));
-    for message in &messages {
-        let SimpleQueryMessage::Row(row) = message else {
-            continue;
-        };
+    for row in &rows {
         let read = (|| -> Result<()> {
-            let number = |index| -> Result<i64> {
-                row.get(index)
-                    .and_then(|text| text.parse().ok())
-                    .ok_or_else(|| Error::Corrupted("the lock statement sent a bad number".into()))
-            };
-            let bytes = |index| row.get(index).map(literal::parse_bytea).transpose();
-            let kind = number(0)?;
-            let value = u64::try_from(number(3)?).unwrap_or(0);
-            match (kind, bytes(1)?, bytes(2)?) {
+            let kind: i32 = row.try_get(0).map_err(|_| Error::Corrupted("bad lock row".into()))?;
+            let key: Option<&[u8]> = row.try_get(1).map_err(|_| Error::Corrupted("bad lock row".into()))?;
+            let stored: Option<&[u8]> = row.try_get(2).map_err(|_| Error::Corrupted("bad lock row".into()))?;
+            let number: i64 = row.try_get(3).map_err(|_| Error::Corrupted("bad lock row".into()))?;
+            let value = u64::try_from(number).unwrap_or(0);
+            match (kind, key, stored) {
                 (0, _, _) => now = value,
                 (4, _, _) if value != node.epoch => return Err(Error::Superseded),
                 (1, _, _) => tokens.push(value),
                 (2, Some(key), Some(stored)) => {
-                    if let Some(row) = <[u8; 32]>::try_from(key.as_slice())
+                    if let Some(row) = <[u8; 32]>::try_from(key)
                         .ok()
                         .and_then(|key| records.get_mut(&key))
                     {
                         row.existed = true;
                         row.owner_epoch = value;
-                        row.current = codec::decode_record(&stored)
+                        row.current = codec::decode_record(stored)
                             .map(Some)
                             .map_err(|error| error.to_string());
                         row.old_slot = row
@@ -334,12 +315,12 @@ fn attempt(
                     }
                 }
                 (3, Some(key), Some(stored)) => {
-                    if let Some(row) = <[u8; 16]>::try_from(key.as_slice())
+                    if let Some(row) = <[u8; 16]>::try_from(key)
                         .ok()
                         .and_then(|key| rates.get_mut(&key))
                     {
                         row.existed = true;
-                        row.current = codec::decode_rate(&stored)
+                        row.current = codec::decode_rate(stored)
                             .map(|stored| Some(stored.state))
                             .map_err(|error| error.to_string());
                     }
@@ -417,29 +398,6 @@ fn attempt(
             (false, None) => {}
         }
     }
-    // The writes go with their values in binary (no hex, no literal to parse): one round trip,
-    // still inside the transaction.
-    if !update.is_empty() || !create.is_empty() || !remove.is_empty() {
-        let written = client.query_typed(
-            &sql.write_records,
-            &[
-                (&update.digests, Type::BYTEA_ARRAY),
-                (&update.values, Type::BYTEA_ARRAY),
-                (&update.states, Type::INT2_ARRAY),
-                (&update.expires, Type::INT8_ARRAY),
-                (&update.owners, Type::TEXT_ARRAY),
-                (&remove, Type::BYTEA_ARRAY),
-                (&create.digests, Type::BYTEA_ARRAY),
-                (&create.values, Type::BYTEA_ARRAY),
-                (&create.states, Type::INT2_ARRAY),
-                (&create.expires, Type::INT8_ARRAY),
-                (&create.owners, Type::TEXT_ARRAY),
-            ],
-        );
-        if let Err(error) = written {
-            return failed(&error, "cannot write the batch's records");
-        }
-    }
     let mut rate_update = RateColumns::default();
     let mut rate_create = RateColumns::default();
     let mut rate_remove: Vec<Vec<u8>> = Vec::new();
@@ -464,38 +422,32 @@ fn attempt(
             (false, None) => {}
         }
     }
-    if !rate_update.is_empty() || !rate_create.is_empty() || !rate_remove.is_empty() {
-        let written = client.query_typed(
-            &sql.write_rates,
-            &[
-                (&rate_update.keys, Type::BYTEA_ARRAY),
-                (&rate_update.values, Type::BYTEA_ARRAY),
-                (&rate_update.idle, Type::INT8_ARRAY),
-                (&rate_remove, Type::BYTEA_ARRAY),
-                (&rate_create.keys, Type::BYTEA_ARRAY),
-                (&rate_create.values, Type::BYTEA_ARRAY),
-                (&rate_create.idle, Type::INT8_ARRAY),
-            ],
-        );
-        if let Err(error) = written {
-            return failed(&error, "cannot write the batch's counters");
-        }
-    }
-    let mut commit = String::new();
-    // The counts go to this connection's own row: `slot` is a checked node id and a number.
-    if counts.iter().any(|delta| *delta != 0) {
-        commit.push_str(&sql.put(&format!(
-            "UPDATE {{s}}.counts SET running = running + {}, completed = completed + {}, \
-             failed = failed + {}, rates = rates + {} WHERE slot = {};\n",
-            counts[0],
-            counts[1],
-            counts[2],
-            counts[3],
-            literal::safe_text(slot)
-        )));
-    }
-    commit.push_str("COMMIT");
-    match client.simple_query(&commit) {
+    let result = pipe.write_and_commit(&[
+        &update.digests,
+        &update.values,
+        &update.states,
+        &update.expires,
+        &update.owners,
+        &remove,
+        &create.digests,
+        &create.values,
+        &create.states,
+        &create.expires,
+        &create.owners,
+        &rate_update.keys,
+        &rate_update.values,
+        &rate_update.idle,
+        &rate_remove,
+        &rate_create.keys,
+        &rate_create.values,
+        &rate_create.idle,
+        &slot,
+        &counts[0],
+        &counts[1],
+        &counts[2],
+        &counts[3],
+    ]);
+    match result {
         Ok(_) => Attempt::Committed(
             answers,
             Stats {
@@ -505,16 +457,20 @@ fn attempt(
                 committed: writes > 0,
             },
         ),
-        Err(error) => match kind(&error) {
-            // A statement failed (so COMMIT never ran): nothing was committed.
+        // The server refused the write: the COMMIT sent after it ended the transaction as a
+        // rollback, so nothing was committed.
+        Err(Failure::Postgres(error)) if error.as_db_error().is_some() => match kind(&error) {
             Kind::Retry => Attempt::Retry,
-            Kind::Other => Attempt::Failed(classify(&error, "cannot write the batch")),
-            // The connection went while the writes and the commit were on their way.
-            Kind::Unavailable => Attempt::InDoubt(
-                answers,
-                unavailable("the connection failed during the commit", &error),
-            ),
+            _ => Attempt::Failed(classify(&error, "cannot write the batch")),
         },
+        // The connection failed, or went silent, while the writes and the commit were on their
+        // way: the outcome is unknown.
+        Err(Failure::Postgres(error)) => Attempt::InDoubt(
+            answers,
+            unavailable("the connection failed during the commit", &error),
+        ),
+        Err(Failure::TimedOut) => Attempt::InDoubt(answers, timed_out("the commit")),
+        Err(Failure::Connect(error)) => Attempt::Failed(error),
     }
 }
 
@@ -608,7 +564,7 @@ fn rate(
     Ok((outcome, changed))
 }
 
-/// Column arrays for `write_records.sql`.
+/// Record column arrays for `write.sql`.
 #[derive(Default)]
 struct RecordColumns {
     digests: Vec<Vec<u8>>,
@@ -628,13 +584,9 @@ impl RecordColumns {
         self.owners.push((slot == 0).then(|| node.id.clone()));
         Ok(())
     }
-
-    fn is_empty(&self) -> bool {
-        self.digests.is_empty()
-    }
 }
 
-/// Column arrays for `write_rates.sql`.
+/// Counter column arrays for `write.sql`.
 #[derive(Default)]
 struct RateColumns {
     keys: Vec<Vec<u8>>,
@@ -647,9 +599,5 @@ impl RateColumns {
         self.keys.push(key.to_vec());
         self.values.push(codec::encode_rate(stored).to_vec());
         self.idle.push(to_i64(stored.idle_at));
-    }
-
-    fn is_empty(&self) -> bool {
-        self.keys.is_empty()
     }
 }

@@ -49,18 +49,6 @@ fn to_i64(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// Makes sure this connection's row in `counts` exists.
-pub(super) fn ensure_slot(session: &mut Session, slot: &str) -> Result<()> {
-    with_client(session, "cannot create the counts row", |client, sql| {
-        client
-            .query_typed(
-                &sql.put("INSERT INTO {s}.counts (slot) VALUES ($1) ON CONFLICT DO NOTHING"),
-                &[(&slot, Type::TEXT)],
-            )
-            .map(drop)
-    })
-}
-
 pub(super) fn read_record(
     session: &mut Session,
     clock: &ServerClock,

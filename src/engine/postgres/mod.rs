@@ -1,11 +1,12 @@
 //! The PostgreSQL engine: many nodes, one schema, one truth.
 //!
 //! Each `Store` opened on a schema is a node. Its operations queue for a small set of worker
-//! threads, each owning one connection (the pool is bounded by construction). A worker takes
-//! every change queued (up to [`batch::MAX_BATCH`]) and runs them in one transaction
-//! (`batch.rs`): the embedded writer's group commit, applied to the client, so that concurrent
-//! callers on one node share round trips and a commit while PostgreSQL group-commits across
-//! nodes. Reads and maintenance run as jobs on the same workers.
+//! threads, each owning one connection (the pool is bounded by construction, `worker.rs`). The
+//! writer takes every change queued (up to [`batch::MAX_BATCH`]) and runs them in one
+//! transaction of two pipelined round trips (`batch.rs`, `pipe.rs`): the embedded writer's group
+//! commit, applied to the client, so that concurrent callers on one node share round trips and a
+//! commit while PostgreSQL group-commits across nodes. Reads and maintenance run as jobs on the
+//! other workers.
 //!
 //! - **One clock**: leases, TTLs and rate windows are decided at the server's `clock_timestamp()`
 //!   (`clock.rs`); a `clock` set on the builder does not decide here.
@@ -19,9 +20,9 @@
 mod batch;
 mod clock;
 mod conninfo;
-mod literal;
 mod maintenance;
 mod node;
+mod pipe;
 mod session;
 mod sql;
 mod tls;
@@ -32,7 +33,6 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use parking_lot::RwLock;
-use postgres::types::Type;
 
 use batch::Change;
 use clock::ServerClock;
@@ -122,11 +122,18 @@ impl Postgres {
                     .into(),
             ));
         }
+        let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+        if pool_size < 2 {
+            return Err(Error::InvalidArgument(format!(
+                "postgres_pool_size must be at least 2 (the writer's connection and one for \
+                 reads), not {pool_size}"
+            )));
+        }
         let schema = builder.postgres_schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
         let sql = Arc::new(Sql::new(schema)?);
         let info = ConnInfo::parse(conn)?;
         let (tls, ssl_mode) = tls::connector(&info)?;
-        let mut config: postgres::Config = info.rest.parse().map_err(|error| {
+        let mut config: tokio_postgres::Config = info.rest.parse().map_err(|error| {
             Error::InvalidArgument(format!("bad PostgreSQL connection string: {error}"))
         })?;
         config.ssl_mode(ssl_mode);
@@ -136,7 +143,7 @@ impl Postgres {
         if config.get_application_name().is_none() {
             config.application_name("tollgate");
         }
-        let connector = Connector { config, tls };
+        let connector = Connector::new(config, tls);
         let secret = builder.rate_secret.unwrap_or_else(|| {
             CounterKeys::generate_secret(crate::clock::system_time_to_nanos(
                 std::time::SystemTime::now(),
@@ -154,7 +161,6 @@ impl Postgres {
             clock_reading,
         } = registered;
         let clock = Arc::new(ServerClock::new(clock_reading));
-        let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
         let (queue, workers) = worker::start(&worker::Pool {
             size: pool_size,
             connector: &connector,
@@ -278,7 +284,7 @@ impl Postgres {
                         "WITH moved AS (UPDATE {s}.clock SET offset_ns = offset_ns + $1) \
                          SELECT {s}.now_ns() + $1",
                     ),
-                    &[(&by, Type::INT8)],
+                    &[(&by, postgres::types::Type::INT8)],
                 )
                 .and_then(|row| row.try_get(0))
                 .map_err(|error| session::classify(&error, "cannot move the clock"))?;

@@ -1,9 +1,11 @@
-//! One connection to PostgreSQL, reconnected on demand, and what its errors mean to tollgate.
+//! One connection to PostgreSQL for reads and maintenance, reconnected on demand, and what errors
+//! mean to tollgate (for the writer's connection too, `pipe.rs`).
 //!
-//! Every connection is opened with the store's connect timeout; every transaction starts with
-//! `SET LOCAL statement_timeout`, so that it holds also behind PgBouncer's transaction mode,
-//! where session settings do not stick. Statements are sent with their parameter types
-//! (`query_typed`): parsed, bound and run in one round trip, never prepared across transactions.
+//! Every connection is opened with the store's connect timeout and the server's
+//! `statement_timeout` set for it; a transaction also sets it with `SET LOCAL`, so that it holds
+//! behind PgBouncer's transaction mode, where session settings do not stick. Statements on these
+//! connections are sent with their parameter types (`query_typed`): parsed, bound and run in one
+//! round trip, nothing prepared. (The writer prepares its two statements: `pipe.rs`.)
 //!
 //! Errors are sorted into three kinds:
 //! - the server could not be reached, went away, or timed out: [`Error::Unavailable`] (the
@@ -33,21 +35,36 @@ pub(crate) const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(15)
 /// How to open a connection.
 #[derive(Clone)]
 pub(crate) struct Connector {
-    pub config: Config,
+    config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
 }
 
+/// What every connection runs once opened.
+pub(crate) fn setup() -> String {
+    format!(
+        "SET synchronous_commit = on; SET statement_timeout = {}; \
+         SET idle_in_transaction_session_timeout = {}",
+        STATEMENT_TIMEOUT.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    )
+}
+
 impl Connector {
+    pub(crate) fn new(config: tokio_postgres::Config, tls: MakeRustlsConnect) -> Self {
+        Self { config, tls }
+    }
+
+    /// The connection settings, for the writer's asynchronous client (`pipe.rs`).
+    pub(crate) fn async_config(&self) -> tokio_postgres::Config {
+        self.config.clone()
+    }
+
     pub(crate) fn connect(&self) -> Result<Client> {
-        let mut client = self
-            .config
+        let mut client = Config::from(self.config.clone())
             .connect(self.tls.clone())
             .map_err(|error| unavailable("cannot connect", &error))?;
         client
-            .batch_execute(&format!(
-                "SET synchronous_commit = on; SET idle_in_transaction_session_timeout = {}",
-                IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
-            ))
+            .batch_execute(&setup())
             .map_err(|error| classify(&error, "cannot set up the connection"))?;
         Ok(client)
     }
@@ -85,14 +102,6 @@ impl Session {
         self.client = None;
     }
 
-    /// Rolls back whatever transaction is open; a connection that cannot is dropped.
-    pub(crate) fn roll_back(&mut self) {
-        if let Some(client) = self.client.as_mut() {
-            if client.batch_execute("ROLLBACK").is_err() {
-                self.client = None;
-            }
-        }
-    }
 }
 
 /// What an error means for the batch that met it.

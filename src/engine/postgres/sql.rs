@@ -18,8 +18,7 @@ pub(crate) struct Sql {
     pub schema_name: String,
     pub create: String,
     pub lock: String,
-    pub write_records: String,
-    pub write_rates: String,
+    pub write: String,
     pub compact: String,
     pub list_records: String,
     pub now: String,
@@ -50,8 +49,7 @@ impl Sql {
         Ok(Self {
             create: put(include_str!("sql/schema.sql")),
             lock: put(include_str!("sql/lock.sql")),
-            write_records: put(include_str!("sql/write_records.sql")),
-            write_rates: put(include_str!("sql/write_rates.sql")),
+            write: put(include_str!("sql/write.sql")),
             compact: put(include_str!("sql/compact.sql")),
             list_records: put(
                 "SELECT digest, value FROM {s}.records WHERE digest > $1 ORDER BY digest LIMIT $2",
@@ -88,7 +86,7 @@ mod tests {
     #[test]
     fn every_statement_names_the_schema_quoted() {
         let sql = Sql::new("orders_idem").unwrap();
-        for statement in [&sql.create, &sql.lock, &sql.write_records, &sql.compact] {
+        for statement in [&sql.create, &sql.lock, &sql.write, &sql.compact] {
             assert!(statement.contains("\"orders_idem\"."));
             assert!(!statement.contains("{s}"));
         }

@@ -1,11 +1,12 @@
 //! The worker threads of a PostgreSQL store, each owning one connection.
 //!
 //! Changes (begins, resolutions, rate changes) go to one *writer*, which gathers every change
-//! queued into one transaction (`batch.rs`): one writer per node keeps batches whole, where
-//! several would split the same callers into smaller batches and pay a transaction's fixed cost
-//! (two statements planned, a commit) once each. Reads and maintenance (`get`, `list_records`,
-//! peeks, `stats`, compaction steps, bulk loads) are *jobs* for the other connections, so they
-//! never wait behind a batch. With a pool of one, one worker serves both.
+//! queued into one transaction (`batch.rs`) on its own pipelined connection (`pipe.rs`): one
+//! writer per node keeps batches whole, where several would split the same callers into smaller
+//! batches and pay a transaction's fixed cost (two round trips, a commit) once each (measured:
+//! two writers are slower, `docs/BENCHMARKS.md`). Reads and maintenance (`get`,
+//! `list_records`, peeks, `stats`, compaction steps, bulk loads) are *jobs* for the other
+//! connections, so they never wait behind a batch.
 //!
 //! After a batch of many, the writer waits a moment (at most a quarter of that batch's duration)
 //! for the callers it just answered to come back, so that the next batch is as large; a lone
@@ -20,11 +21,12 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use super::CALL_TIMEOUT;
 use super::batch::{self, Change};
 use super::clock::ServerClock;
-use super::maintenance;
 use super::node::NodeInfo;
+use super::pipe::Pipe;
 use super::session::{Connector, Session};
 use super::sql::Sql;
 use crate::error::{Error, Result};
+use crate::store::oneshot::{self, NoAnswer, Reply};
 use crate::store::{Counters, Notifier};
 
 /// How often the writer looks at the queue again while it waits for callers.
@@ -56,10 +58,17 @@ impl Queue {
     }
 
     /// Queues a change for the writer and waits (at most [`CALL_TIMEOUT`]) for its answer.
-    pub(crate) fn change<T>(&self, make: impl FnOnce(Sender<Result<T>>) -> Change) -> Result<T> {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    pub(crate) fn change<T>(&self, make: impl FnOnce(Reply<Result<T>>) -> Change) -> Result<T> {
+        let (reply, answer) = oneshot::channel();
         self.changes.send(make(reply)).map_err(|_| Error::Closed)?;
-        wait(&answer, true)
+        match answer.wait(CALL_TIMEOUT) {
+            Ok(result) => result,
+            Err(NoAnswer::TimedOut) => Err(Error::InDoubt(format!(
+                "no answer from the database within {} s",
+                CALL_TIMEOUT.as_secs()
+            ))),
+            Err(NoAnswer::Dropped) => Err(Error::Closed),
+        }
     }
 }
 
@@ -82,6 +91,7 @@ fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
 
 /// What the workers are started with.
 pub(crate) struct Pool<'a> {
+    /// Connections in all: the writer's, and `size - 1` for jobs (at least one).
     pub size: usize,
     pub connector: &'a Connector,
     pub sql: &'a Arc<Sql>,
@@ -91,8 +101,8 @@ pub(crate) struct Pool<'a> {
     pub notifier: &'a Arc<Notifier>,
 }
 
-/// Starts `pool.size` workers: the writer (which also serves jobs when it is alone), then the
-/// readers. Dropping every clone of the returned queue stops them once the queue is empty.
+/// Starts `pool.size` workers: the writer, then the readers. Dropping every clone of the returned
+/// queue stops them once the queue is empty.
 pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
     let (changes, change_queue) = crossbeam_channel::unbounded();
     let (jobs, job_queue) = crossbeam_channel::unbounded::<Job>();
@@ -105,11 +115,9 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
     };
     let writer = Writer {
         changes: change_queue,
-        jobs: (pool.size <= 1).then(|| job_queue.clone()),
-        session: session(),
+        pipe: Pipe::new(pool.connector.clone(), Arc::clone(pool.sql))?,
         node: pool.node.clone(),
         slot: format!("{}/writer", pool.node.id),
-        slot_ready: false,
         clock: Arc::clone(pool.clock),
         counters: Arc::clone(pool.counters),
         notifier: Arc::clone(pool.notifier),
@@ -136,13 +144,10 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
 /// The writer thread and its connection.
 struct Writer {
     changes: Receiver<Change>,
-    /// Jobs too, when the pool has no other connection.
-    jobs: Option<Receiver<Job>>,
-    session: Session,
+    pipe: Pipe,
     node: NodeInfo,
     /// This connection's row in `counts`.
     slot: String,
-    slot_ready: bool,
     clock: Arc<ServerClock>,
     counters: Arc<Counters>,
     notifier: Arc<Notifier>,
@@ -154,31 +159,8 @@ impl Writer {
         // next change within moments, so the next batch waits a little for them.
         let mut last = (0usize, Duration::ZERO);
         loop {
-            let first = match &self.jobs {
-                None => match self.changes.recv() {
-                    Ok(change) => change,
-                    Err(_) => return,
-                },
-                Some(jobs) => {
-                    crossbeam_channel::select! {
-                        recv(self.changes) -> change => {
-                            let Ok(change) = change else {
-                                // Closed: serve the jobs still queued, then stop.
-                                while let Ok(job) = jobs.try_recv() {
-                                    job(&mut self.session);
-                                }
-                                return;
-                            };
-                            change
-                        },
-                        recv(jobs) -> job => {
-                            if let Ok(job) = job {
-                                job(&mut self.session);
-                            }
-                            continue;
-                        }
-                    }
-                }
+            let Ok(first) = self.changes.recv() else {
+                return;
             };
             let changes = self.gather(first, last);
             let started = Instant::now();
@@ -208,18 +190,9 @@ impl Writer {
     }
 
     fn apply(&mut self, changes: &[Change]) {
-        if !self.slot_ready {
-            if let Err(error) = maintenance::ensure_slot(&mut self.session, &self.slot) {
-                for change in changes {
-                    change.fail(batch::copy(&error));
-                }
-                return;
-            }
-            self.slot_ready = true;
-        }
         let mut now = None;
         let stats = batch::run(
-            &mut self.session,
+            &mut self.pipe,
             &self.node,
             &self.slot,
             changes,

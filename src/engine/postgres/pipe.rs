@@ -1,0 +1,252 @@
+//! The writer's connection: `tokio-postgres` on a current-thread runtime the writer owns, so that
+//! the messages of one round trip go out together (pipelined) and a batch costs two round trips:
+//!
+//! ```text
+//! BEGIN; SET LOCAL …   +   lock (prepared)            round trip 1
+//! write (prepared)     +   COMMIT                      round trip 2
+//! ```
+//!
+//! The statements are prepared once per connection (protocol-level prepared statements, which
+//! PgBouncer 1.21 and later keep in transaction mode with `max_prepared_statements`), so a batch
+//! neither parses nor plans them; `SET LOCAL enable_seqscan = off` keeps their cached generic
+//! plans on the primary keys however small the tables were when they were planned, and
+//! `SET LOCAL jit = off` keeps the cost that adds from starting the JIT compiler.
+//!
+//! Every round trip has a deadline on the client side too ([`ROUND_TRIP_TIMEOUT`]): a server that
+//! stops answering (a network partition, a paused VM) costs the batch that long, never more; the
+//! connection is then dropped and opened again for the next batch.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::{Client, Row, Statement};
+
+use super::session::{self, Connector, STATEMENT_TIMEOUT};
+use super::sql::Sql;
+use crate::error::{Error, Result};
+
+/// The longest a round trip may take before the writer gives up on the connection: the server's
+/// own statement timeout, plus a margin for the answer to arrive.
+pub(crate) const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(STATEMENT_TIMEOUT.as_secs() + 2);
+
+/// What a round trip failed with.
+pub(crate) enum Failure {
+    /// The server answered with an error, or the connection failed.
+    Postgres(tokio_postgres::Error),
+    /// No answer within [`ROUND_TRIP_TIMEOUT`] (the connection is dropped).
+    TimedOut,
+    /// No connection could be opened.
+    Connect(Error),
+}
+
+/// The writer's prepared statements, in the order of [`Pipe::statements`].
+struct Prepared {
+    lock: Statement,
+    write: Statement,
+}
+
+/// A connection for the writer, opened on first use and again after it failed.
+pub(crate) struct Pipe {
+    runtime: tokio::runtime::Runtime,
+    client: Option<(Client, Prepared)>,
+    connector: Connector,
+    sql: Arc<Sql>,
+    opening: String,
+}
+
+impl Pipe {
+    /// # Errors
+    /// A runtime cannot be built (no threads or timers left).
+    pub(crate) fn new(connector: Connector, sql: Arc<Sql>) -> Result<Self> {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_io()
+            .enable_time()
+            .build()
+            .map_err(Error::storage)?;
+        Ok(Self {
+            runtime,
+            client: None,
+            connector,
+            sql,
+            opening: format!(
+                "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL enable_seqscan = off; \
+                 SET LOCAL jit = off",
+                STATEMENT_TIMEOUT.as_millis()
+            ),
+        })
+    }
+
+    /// Opens the connection if there is none (or it broke), and prepares the statements.
+    fn connected(&mut self) -> std::result::Result<(), Failure> {
+        if self
+            .client
+            .as_ref()
+            .is_some_and(|(client, _)| !client.is_closed())
+        {
+            return Ok(());
+        }
+        self.client = None;
+        let config = self.connector.async_config();
+        let tls = self.connector.tls.clone();
+        let sql = Arc::clone(&self.sql);
+        // The connect timeout bounds the connection; this bounds the setup after it too.
+        let limit = config_timeout(&self.connector) + ROUND_TRIP_TIMEOUT;
+        let opened = self.runtime.block_on(async move {
+            let connect = async {
+                let (client, connection) = config
+                    .connect(tls)
+                    .await
+                    .map_err(|error| session::unavailable("cannot connect", &error))?;
+                // The connection's task runs whenever this runtime does: during every round trip.
+                tokio::spawn(connection);
+                let set_up = async {
+                    client.batch_execute(&session::setup()).await?;
+                    let lock = client.prepare_typed(&sql.lock, LOCK_TYPES).await?;
+                    let write = client.prepare_typed(&sql.write, WRITE_TYPES).await?;
+                    Ok::<_, tokio_postgres::Error>(Prepared { lock, write })
+                };
+                match set_up.await {
+                    Ok(prepared) => Ok((client, prepared)),
+                    Err(error) => Err(session::classify(
+                        &error,
+                        "cannot prepare the writer's statements",
+                    )),
+                }
+            };
+            tokio::time::timeout(limit, connect).await
+        });
+        match opened {
+            Ok(Ok(client)) => {
+                self.client = Some(client);
+                Ok(())
+            }
+            Ok(Err(error)) => Err(Failure::Connect(error)),
+            Err(_) => Err(Failure::Connect(Error::Unavailable(format!(
+                "cannot connect: no answer within {} s",
+                limit.as_secs()
+            )))),
+        }
+    }
+
+    /// Round trip 1: opens the transaction and runs the lock statement with `params`.
+    pub(crate) fn lock(
+        &mut self,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        self.connected()?;
+        let Some((client, prepared)) = &self.client else {
+            return Err(Failure::TimedOut);
+        };
+        let opening = &self.opening;
+        let answer = self.runtime.block_on(async {
+            let both = async {
+                let (begun, locked) = tokio::join!(
+                    client.batch_execute(opening),
+                    client.query(&prepared.lock, params)
+                );
+                begun?;
+                locked
+            };
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, both).await
+        });
+        self.settle(answer)
+    }
+
+    /// Round trip 2: runs the write statement with `params`, then `COMMIT` (which, after a failed
+    /// write, ends the transaction as a rollback). Returns the write's rows.
+    pub(crate) fn write_and_commit(
+        &mut self,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Vec<Row>, Failure> {
+        let Some((client, prepared)) = &self.client else {
+            return Err(Failure::TimedOut);
+        };
+        let answer = self.runtime.block_on(async {
+            let both = async {
+                let (written, committed) = tokio::join!(
+                    client.query(&prepared.write, params),
+                    client.batch_execute("COMMIT")
+                );
+                let rows = written?;
+                committed?;
+                Ok(rows)
+            };
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, both).await
+        });
+        self.settle(answer)
+    }
+
+    /// Ends whatever transaction is open; a connection that cannot is dropped.
+    pub(crate) fn roll_back(&mut self) {
+        let Some((client, _)) = &self.client else {
+            return;
+        };
+        let rolled_back = self.runtime.block_on(async {
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, client.batch_execute("ROLLBACK")).await
+        });
+        if !matches!(rolled_back, Ok(Ok(()))) {
+            self.client = None;
+        }
+    }
+
+    /// Drops the connection (after an error that leaves it unusable or in doubt).
+    pub(crate) fn reset(&mut self) {
+        self.client = None;
+    }
+
+    fn settle<T>(
+        &mut self,
+        answer: std::result::Result<std::result::Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+    ) -> std::result::Result<T, Failure> {
+        match answer {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(error)) => Err(Failure::Postgres(error)),
+            Err(_) => {
+                self.client = None;
+                Err(Failure::TimedOut)
+            }
+        }
+    }
+}
+
+fn config_timeout(connector: &Connector) -> Duration {
+    connector
+        .async_config()
+        .get_connect_timeout()
+        .copied()
+        .unwrap_or(session::DEFAULT_CONNECT_TIMEOUT)
+}
+
+/// `lock.sql`'s parameters: record digests, counter keys, tokens wanted, this node's id.
+const LOCK_TYPES: &[Type] = &[Type::BYTEA_ARRAY, Type::BYTEA_ARRAY, Type::INT4, Type::TEXT];
+
+/// `write.sql`'s parameters (see the file).
+const WRITE_TYPES: &[Type] = &[
+    // Records changed, removed, created.
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT2_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT2_ARRAY,
+    Type::INT8_ARRAY,
+    Type::TEXT_ARRAY,
+    // Counters changed, removed, created.
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::BYTEA_ARRAY,
+    Type::INT8_ARRAY,
+    // The counts: this connection's slot, then the four deltas.
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+];
