@@ -70,8 +70,8 @@ impl Pipe {
             connector,
             sql,
             opening: format!(
-                "BEGIN; SET LOCAL statement_timeout = {}; SET LOCAL enable_seqscan = off; \
-                 SET LOCAL jit = off",
+                "BEGIN; SELECT set_config('statement_timeout', '{}', true), \
+                 set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)",
                 STATEMENT_TIMEOUT.as_millis()
             ),
         })
