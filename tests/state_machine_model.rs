@@ -11,6 +11,10 @@
 //! keys to records, times in whole seconds. Failing seeds are kept in
 //! `state_machine_model.proptest-regressions` and replayed first on every run.
 //! `PROPTEST_CASES` runs more cases (the default is 64).
+//!
+//! `on_postgres` runs the same sequences against a store on PostgreSQL (feature `postgres`), each
+//! case on a fresh schema: there the disk operations leave the database alone and a power cut is
+//! the node's process dying (see `Harness::postgres`).
 
 mod fixture;
 
@@ -41,6 +45,25 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u64>().prop_map(|seed| Op::PowerCut { seed }),
         2 => (0..4u8, any::<u64>()).prop_map(|(after, seed)| Op::CutPowerDuringSync { after, seed }),
     ]
+}
+
+/// The same sequences against a store on PostgreSQL, with the schema's clock set to the model's
+/// before every step.
+#[cfg(feature = "postgres")]
+#[test]
+fn on_postgres() {
+    let server = require_postgres!();
+    let config = fixture::proptest_config(file!(), 48);
+    let mut runner = TestRunner::new(config);
+    let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
+        let schema = fixture::postgres::unique_schema("model");
+        let mut harness = Harness::postgres(&server.conn, &schema);
+        ops.iter()
+            .try_for_each(|op| harness.apply(op).map_err(TestCaseError::fail))
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
 }
 
 #[test]

@@ -396,6 +396,26 @@ impl Store {
         }
     }
 
+    /// Stops the store's clock at `at` (test support): on the embedded engine, nothing (set the
+    /// builder's `ManualClock`); on PostgreSQL, the schema's clock, for every node, until it is
+    /// set or advanced again. It may go back; the store's own estimate between round trips does
+    /// not.
+    ///
+    /// # Errors
+    /// [`Error::Closed`]; on PostgreSQL, [`Error::Unavailable`].
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn set_database_clock_for_tests(&self, at: std::time::SystemTime) -> Result<()> {
+        match &self.shared.engine {
+            Engine::Embedded(_) => {
+                let _ = at;
+                Ok(())
+            }
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(engine) => engine.set_clock(crate::clock::system_time_to_nanos(at)),
+        }
+    }
+
     /// Which engine the store runs on: `"embedded"` or `"postgres"`.
     pub fn engine_name(&self) -> &'static str {
         match &self.shared.engine {

@@ -11,6 +11,16 @@
 //! After an unclean end (I/O failure or power cut) the harness moves the clock to at least the
 //! latest time the model has used: the persisted clock high-water mark is only as new as the last
 //! commit, and clock steps backwards across clean restarts are the property test's business.
+//!
+//! [`Harness::postgres`] runs the same sequences against a store on a PostgreSQL schema (feature
+//! `postgres`). There the database's clock decides, so before every operation and every check the
+//! harness stops the schema's clock (a test-support hook) at the model's time; the store's own
+//! estimate between round trips still runs on by the milliseconds an operation takes, so times
+//! are read rounded to the nearest second. Lease tokens come from a sequence that begins also draw from when they do not
+//! acquire, so an acquisition's token is checked to be above every token seen before and then
+//! stands for the model's token. The disk operations (injected failures, power cuts) leave the
+//! database alone: a power cut is the node's process dying (the store is dropped unclosed and the
+//! node opens again, with a new epoch).
 
 use std::time::{Duration, SystemTime};
 
@@ -93,7 +103,7 @@ pub enum Op {
 }
 
 /// What the store answered, in the model's terms.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 enum Answer {
     Begin(Expected),
     /// A lease resolution: whether the lease still owned its record.
@@ -112,9 +122,21 @@ struct Held {
     lease: Lease,
 }
 
-/// A store on a simulated disk, the candidate models it may agree with, and the leases held.
+/// Where a PostgreSQL harness's store lives.
+#[cfg(feature = "postgres")]
+struct PostgresTarget {
+    conn: String,
+    schema: String,
+    /// The highest lease token the store has handed out so far.
+    last_token: u64,
+}
+
+/// A store on a simulated disk (or a PostgreSQL schema), the candidate models it may agree with,
+/// and the leases held.
 pub struct Harness {
     disk: SimDisk,
+    #[cfg(feature = "postgres")]
+    postgres: Option<PostgresTarget>,
     clock: ManualClock,
     store: Option<Store>,
     held: Vec<Held>,
@@ -147,9 +169,15 @@ fn subject(s: u8) -> String {
     format!("subject-{s}")
 }
 
+/// Whole seconds, rounded to the nearest: exact on the embedded engine (its clock is the
+/// harness's), and a few milliseconds off on PostgreSQL's running clock.
 fn seconds_since_epoch(time: SystemTime) -> u64 {
     time.duration_since(SystemTime::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+        .map_or(0, rounded_seconds)
+}
+
+fn rounded_seconds(span: Duration) -> u64 {
+    (span + Duration::from_millis(500)).as_secs()
 }
 
 /// Whether `error` is what an I/O failure or power cut makes the store report.
@@ -169,8 +197,36 @@ impl Harness {
     /// # Panics
     /// If the store cannot be opened.
     pub fn new() -> Self {
-        let mut harness = Self {
+        Self::start(Self::unopened())
+    }
+
+    /// A fresh store on a fresh (or empty) schema `schema` of the PostgreSQL server at `conn`.
+    ///
+    /// # Panics
+    /// If the store cannot be opened.
+    #[cfg(feature = "postgres")]
+    pub fn postgres(conn: &str, schema: &str) -> Self {
+        let mut harness = Self::unopened();
+        harness.postgres = Some(PostgresTarget {
+            conn: conn.to_owned(),
+            schema: schema.to_owned(),
+            last_token: 0,
+        });
+        Self::start(harness)
+    }
+
+    fn start(mut harness: Self) -> Self {
+        if let Err(error) = harness.open() {
+            panic!("opening a fresh store failed: {error}");
+        }
+        harness
+    }
+
+    fn unopened() -> Self {
+        Self {
             disk: SimDisk::new(),
+            #[cfg(feature = "postgres")]
+            postgres: None,
             clock: ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(START)),
             store: None,
             held: Vec::new(),
@@ -182,11 +238,7 @@ impl Harness {
             .expect("a valid limit"),
             cut_seed: 0,
             cuts: PowerCuts::default(),
-        };
-        if let Err(error) = harness.open() {
-            panic!("opening a fresh simulated store failed: {error}");
         }
-        harness
     }
 
     /// The simulated disk (syncs and operations so far).
@@ -231,6 +283,16 @@ impl Harness {
     /// retried; a power cut during the open's own commit (the epoch bump) reopens on what the
     /// disk kept.
     fn open(&mut self) -> Result<(), String> {
+        #[cfg(feature = "postgres")]
+        if let Some(target) = &self.postgres {
+            let store = self
+                .builder()
+                .postgres_schema(&target.schema)
+                .node_id("model")
+                .open_postgres(&target.conn)
+                .map_err(|e| format!("open on PostgreSQL failed: {e}"))?;
+            return self.opened(store);
+        }
         let store = match self.builder().open_simulated(&self.disk) {
             Ok(store) => store,
             Err(error) if is_io(&error) && (self.disk.is_failing() || self.disk.is_dead()) => {
@@ -245,6 +307,11 @@ impl Harness {
             }
             Err(error) => return Err(format!("open failed: {error}")),
         };
+        self.opened(store)
+    }
+
+    /// Checks the epoch of a store just opened, and keeps it.
+    fn opened(&mut self, store: Store) -> Result<(), String> {
         for model in &mut self.candidates {
             if store.epoch() <= model.epoch {
                 return Err(format!(
@@ -285,6 +352,7 @@ impl Harness {
     /// A description of the first disagreement between the store and every candidate model.
     pub fn apply(&mut self, op: &Op) -> Result<(), String> {
         let lease = self.lease_of(op);
+        self.sync_database_clock()?;
         let result = self.run(op);
         let clock = self.clock_seconds();
         let predicted = |mut model: Model| {
@@ -294,13 +362,27 @@ impl Harness {
         };
         match result {
             Ok(answer) => {
+                let answer = self.translate_token(answer)?;
+                let any_token = self.on_postgres();
                 let mut kept = Vec::new();
                 let mut expected = None;
+                let mut model_token = None;
                 for (model, prediction) in self.candidates.drain(..).map(predicted) {
-                    if prediction == answer {
+                    if agrees(&prediction, &answer, any_token) {
+                        if let Answer::Begin(Expected::Acquired { token, .. }) = &prediction {
+                            model_token = Some(*token);
+                        }
                         kept.push(model);
                     } else {
                         expected = Some(prediction);
+                    }
+                }
+                // The lease just taken resolves, in the models, under the models' token.
+                if let (Some(token), Answer::Begin(Expected::Acquired { .. })) =
+                    (model_token, &answer)
+                {
+                    if let Some(held) = self.held.last_mut() {
+                        held.token = token;
                     }
                 }
                 if kept.is_empty() {
@@ -326,7 +408,55 @@ impl Harness {
             }
             Err(error) => return Err(format!("{op:?}: unexpected error {error}")),
         }
+        self.sync_database_clock()?;
         self.compare_state(op)
+    }
+
+    /// The model's time: the clock, or later if the clock stepped back.
+    fn model_time(&self) -> u64 {
+        let latest = self.candidates.iter().map(|m| m.now).max().unwrap_or(0);
+        self.clock_seconds().max(latest)
+    }
+
+    /// On PostgreSQL, stops the database clock at the model's time.
+    fn sync_database_clock(&self) -> Result<(), String> {
+        #[cfg(feature = "postgres")]
+        if self.postgres.is_some() {
+            if let Some(store) = &self.store {
+                let at = SystemTime::UNIX_EPOCH + Duration::from_secs(self.model_time());
+                store
+                    .set_database_clock_for_tests(at)
+                    .map_err(|e| format!("cannot set the database clock: {e}"))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// On PostgreSQL, checks an acquisition's token against every token seen before (it must be
+    /// above them) and returns the answer with the token to be matched against the models'.
+    #[allow(clippy::unnecessary_wraps, clippy::unused_self)] // Only PostgreSQL can fail it.
+    fn translate_token(&mut self, answer: Answer) -> Result<Answer, String> {
+        #[cfg(feature = "postgres")]
+        if let (Some(target), Answer::Begin(Expected::Acquired { token, .. })) =
+            (&mut self.postgres, &answer)
+        {
+            if *token <= target.last_token {
+                return Err(format!(
+                    "lease token {token} is not above the last one handed out ({})",
+                    target.last_token
+                ));
+            }
+            target.last_token = *token;
+        }
+        Ok(answer)
+    }
+
+    fn on_postgres(&self) -> bool {
+        #[cfg(feature = "postgres")]
+        if self.postgres.is_some() {
+            return true;
+        }
+        false
     }
 
     /// The key and token of the lease `op` resolves, if any.
@@ -473,7 +603,7 @@ impl Harness {
                 status: replay.response().status,
             },
             Begin::InFlight { retry_after } => Expected::InFlight {
-                retry_after: retry_after.as_secs(),
+                retry_after: rounded_seconds(retry_after),
             },
             Begin::Mismatch => Expected::Mismatch,
         };
@@ -652,15 +782,34 @@ impl Harness {
             .stats()
             .map_err(|e| format!("stats failed: {e}"))?;
         let counts = [stats.running, stats.completed, stats.failed];
-        if self.candidates.iter().any(|model| model.counts() == counts) {
+        let exact = self.on_postgres();
+        if self.candidates.iter().any(|model| model.counts(exact) == counts) {
             Ok(())
         } else {
             Err(format!(
                 "after compaction stats count {counts:?} records by state, the model {:?}",
-                self.candidates.first().map(Model::counts)
+                self.candidates.first().map(|model| model.counts(exact))
             ))
         }
     }
+}
+
+/// Whether the store's `answer` is the model's `prediction`; with `any_token` (PostgreSQL), an
+/// acquisition's token is not compared ([`Harness::translate_token`] checked it).
+fn agrees(prediction: &Answer, answer: &Answer, any_token: bool) -> bool {
+    if let (
+        true,
+        Answer::Begin(Expected::Acquired { token: model, .. }),
+        Answer::Begin(Expected::Acquired { .. }),
+    ) = (any_token, prediction, answer)
+    {
+        let mut answer = answer.clone();
+        if let Answer::Begin(Expected::Acquired { token, .. }) = &mut answer {
+            *token = *model;
+        }
+        return *prediction == answer;
+    }
+    prediction == answer
 }
 
 /// A lease resolution's answer: owned, fenced, or an error to report.

@@ -48,7 +48,7 @@ pub(super) struct ModelRecord {
 }
 
 /// What `begin` must answer.
-#[derive(Debug, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub(super) enum Expected {
     Acquired {
         token: u64,
@@ -245,11 +245,15 @@ impl Model {
     /// failed. A sweep removes a record once the clock reaches its index time: its expiry rounded
     /// up to a thirty-second of the record TTL, plus its creation time modulo that granule
     /// (DESIGN, "Compaction"). Until then an expired record still counts, though it reads as
-    /// absent.
-    pub fn counts(&self) -> [u64; 3] {
+    /// absent. With `exact` (PostgreSQL, whose index holds the exact expiry), a sweep removes
+    /// every expired record.
+    pub fn counts(&self, exact: bool) -> [u64; 3] {
         // In eighths of a second, so that the granule (100 s / 32 = 3.125 s) is a whole number.
         const GRANULE: u64 = RECORD_TTL * 8 / 32;
         let swept = |record: &ModelRecord| {
+            if exact {
+                return record.expires <= self.now;
+            }
             let index =
                 (record.expires * 8).div_ceil(GRANULE) * GRANULE + (record.created * 8) % GRANULE;
             index <= self.now * 8

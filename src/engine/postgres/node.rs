@@ -273,10 +273,27 @@ pub(crate) fn migrate(
                 supported: u8::try_from(FORMAT).unwrap_or(u8::MAX),
             });
         }
-        Some(_) => {}
+        Some(_) => {
+            let has_clock_stop = txn
+                .query_typed(
+                    "SELECT 1 FROM pg_catalog.pg_attribute a \
+                       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+                      WHERE n.nspname = $1 AND c.relname = 'clock' \
+                        AND a.attname = 'stopped_at' AND NOT a.attisdropped",
+                    &[(&sql.schema_name, Type::TEXT)],
+                )
+                .map_err(storage("cannot look at the schema's clock"))?;
+            if has_clock_stop.is_empty() {
+                txn.batch_execute(&sql.clock_stop)
+                    .map_err(storage("cannot add to the schema's clock"))?;
+            }
+        }
         None => {
             txn.batch_execute(&sql.create)
                 .map_err(storage("cannot create tollgate's tables"))?;
+            txn.batch_execute(&sql.clock_stop)
+                .map_err(storage("cannot create tollgate's clock"))?;
             txn.query_typed(
                 &sql.put("INSERT INTO {s}.meta (key, value) VALUES ('format', $1)"),
                 &[(&codec::encode_meta(FORMAT).to_vec(), Type::BYTEA)],

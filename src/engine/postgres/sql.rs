@@ -17,6 +17,7 @@ pub(crate) struct Sql {
     /// The schema's name as given (for advisory-lock keys).
     pub schema_name: String,
     pub create: String,
+    pub clock_stop: String,
     pub lock: String,
     pub write: String,
     pub compact: String,
@@ -48,6 +49,7 @@ impl Sql {
         let put = |template: &str| template.replace("{s}", &schema);
         Ok(Self {
             create: put(include_str!("sql/schema.sql")),
+            clock_stop: put(include_str!("sql/clock_stop.sql")),
             lock: put(include_str!("sql/lock.sql")),
             write: put(include_str!("sql/write.sql")),
             compact: put(include_str!("sql/compact.sql")),

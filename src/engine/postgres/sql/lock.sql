@@ -26,7 +26,9 @@ WITH locked_records AS (
        FOR UPDATE OF c
 )
 SELECT 0 AS kind, NULL::bytea AS key, NULL::bytea AS value,
-       ((extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000 + c.offset_ns)::bigint AS number
+       coalesce(c.stopped_at,
+                (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000 + c.offset_ns)
+           AS number
   FROM {s}.clock c
 UNION ALL
 SELECT 1, NULL, NULL, nextval('{s}.tokens') FROM generate_series(1, $3::int)

@@ -60,14 +60,10 @@ CREATE TABLE IF NOT EXISTS {s}.counts (
 CREATE SEQUENCE IF NOT EXISTS {s}.tokens;
 
 -- An offset added to the server's clock: always 0, except in tollgate's own tests, which move
--- time for every node of a schema at once through it.
+-- time for every node of a schema at once through it. (`clock_stop.sql` adds to this table, and
+-- defines now_ns().)
 CREATE TABLE IF NOT EXISTS {s}.clock (
     id        boolean PRIMARY KEY DEFAULT true CHECK (id),
     offset_ns bigint NOT NULL DEFAULT 0
 );
 INSERT INTO {s}.clock DEFAULT VALUES ON CONFLICT DO NOTHING;
-
-CREATE OR REPLACE FUNCTION {s}.now_ns() RETURNS bigint LANGUAGE sql VOLATILE AS $$
-    SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000
-        + (SELECT offset_ns FROM {s}.clock)
-$$;
