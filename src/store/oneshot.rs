@@ -105,13 +105,19 @@ mod tests {
         drop(reply);
         assert_eq!(answer.wait(Duration::from_secs(10)), Err(NoAnswer::Dropped));
         let (_reply, answer) = channel::<u8>();
-        assert_eq!(answer.wait(Duration::from_millis(1)), Err(NoAnswer::TimedOut));
+        assert_eq!(
+            answer.wait(Duration::from_millis(1)),
+            Err(NoAnswer::TimedOut)
+        );
     }
 
     #[test]
     fn a_late_answer_is_dropped_with_the_slot() {
         let (reply, answer) = channel::<Vec<u8>>();
-        assert_eq!(answer.wait(Duration::from_millis(1)), Err(NoAnswer::TimedOut));
+        assert_eq!(
+            answer.wait(Duration::from_millis(1)),
+            Err(NoAnswer::TimedOut)
+        );
         // The caller gave up: the slot no longer waits, so the answer is not kept.
         drop(answer);
         reply.send(vec![1]);

@@ -783,7 +783,11 @@ impl Harness {
             .map_err(|e| format!("stats failed: {e}"))?;
         let counts = [stats.running, stats.completed, stats.failed];
         let exact = self.on_postgres();
-        if self.candidates.iter().any(|model| model.counts(exact) == counts) {
+        if self
+            .candidates
+            .iter()
+            .any(|model| model.counts(exact) == counts)
+        {
             Ok(())
         } else {
             Err(format!(

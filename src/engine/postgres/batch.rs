@@ -169,7 +169,7 @@ pub(crate) fn run(
                 if stats.committed {
                     counters.committed_writes(stats.writes);
                 }
-                            for (change, answer) in changes.iter().zip(answers) {
+                for (change, answer) in changes.iter().zip(answers) {
                     change.send(answer);
                 }
                 return stats;
@@ -287,10 +287,11 @@ fn attempt(
     let mut tokens = Vec::with_capacity(usize::try_from(begins).unwrap_or(0));
     for row in &rows {
         let read = (|| -> Result<()> {
-            let kind: i32 = row.try_get(0).map_err(|_| Error::Corrupted("bad lock row".into()))?;
-            let key: Option<&[u8]> = row.try_get(1).map_err(|_| Error::Corrupted("bad lock row".into()))?;
-            let stored: Option<&[u8]> = row.try_get(2).map_err(|_| Error::Corrupted("bad lock row".into()))?;
-            let number: i64 = row.try_get(3).map_err(|_| Error::Corrupted("bad lock row".into()))?;
+            let bad = |_| Error::Corrupted("the lock statement sent a malformed row".into());
+            let kind: i32 = row.try_get(0).map_err(bad)?;
+            let key: Option<&[u8]> = row.try_get(1).map_err(bad)?;
+            let stored: Option<&[u8]> = row.try_get(2).map_err(bad)?;
+            let number: i64 = row.try_get(3).map_err(bad)?;
             let value = u64::try_from(number).unwrap_or(0);
             match (kind, key, stored) {
                 (0, _, _) => now = value,

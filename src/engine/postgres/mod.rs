@@ -280,9 +280,7 @@ impl Postgres {
             let client = session.client()?;
             let reading: i64 = client
                 .query_typed_one(
-                    &sql.put(
-                        "WITH moved AS (UPDATE {s}.clock SET stopped_at = $1) SELECT $1",
-                    ),
+                    &sql.put("WITH moved AS (UPDATE {s}.clock SET stopped_at = $1) SELECT $1"),
                     &[(&at, postgres::types::Type::INT8)],
                 )
                 .and_then(|row| row.try_get(0))

@@ -28,7 +28,8 @@ use crate::error::{Error, Result};
 
 /// The longest a round trip may take before the writer gives up on the connection: the server's
 /// own statement timeout, plus a margin for the answer to arrive.
-pub(crate) const ROUND_TRIP_TIMEOUT: Duration = Duration::from_secs(STATEMENT_TIMEOUT.as_secs() + 2);
+pub(crate) const ROUND_TRIP_TIMEOUT: Duration =
+    Duration::from_secs(STATEMENT_TIMEOUT.as_secs() + 2);
 
 /// What a round trip failed with.
 pub(crate) enum Failure {
@@ -197,7 +198,10 @@ impl Pipe {
 
     fn settle<T>(
         &mut self,
-        answer: std::result::Result<std::result::Result<T, tokio_postgres::Error>, tokio::time::error::Elapsed>,
+        answer: std::result::Result<
+            std::result::Result<T, tokio_postgres::Error>,
+            tokio::time::error::Elapsed,
+        >,
     ) -> std::result::Result<T, Failure> {
         match answer {
             Ok(Ok(value)) => Ok(value),

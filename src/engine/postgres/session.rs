@@ -101,7 +101,6 @@ impl Session {
     pub(crate) fn reset(&mut self) {
         self.client = None;
     }
-
 }
 
 /// What an error means for the batch that met it.
