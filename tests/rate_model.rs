@@ -10,6 +10,10 @@
 //! - Time going backwards is "no time passed": the model clamps to the latest time it has seen.
 //!
 //! `PROPTEST_CASES` runs more cases (default 48).
+//!
+//! `on_postgres` runs the same cases against a store on PostgreSQL (feature `postgres`;
+//! `Immediate` only, the one mode there), each on a fresh schema, with the schema's clock stopped
+//! at the model's time before every step, so that decisions agree to the nanosecond there too.
 
 mod fixture;
 
@@ -327,16 +331,38 @@ fn nanos(time: SystemTime) -> u64 {
         .as_nanos() as u64
 }
 
-fn run_case(kind: Kind, durability: RateDurability, ops: &[Op]) -> Result<(), TestCaseError> {
+/// Where a case's store lives.
+enum Engine<'a> {
+    Embedded,
+    /// A schema of the PostgreSQL server at the connection string.
+    #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+    Postgres(&'a str, String),
+}
+
+fn run_case(
+    engine: &Engine<'_>,
+    kind: Kind,
+    durability: RateDurability,
+    ops: &[Op],
+) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("rates.redb");
     let clock = ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_nanos(START));
     let open = || {
-        Store::builder()
+        let builder = Store::builder()
             .clock(clock.clone())
-            .rate_durability(durability)
-            .open(&path)
-            .unwrap()
+            .rate_durability(durability);
+        match engine {
+            Engine::Embedded => builder.open(&path).unwrap(),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(conn, schema) => builder
+                .postgres_schema(schema)
+                .node_id("rate-model")
+                .open_postgres(conn)
+                .unwrap(),
+            #[cfg(not(feature = "postgres"))]
+            Engine::Postgres(..) => unreachable!("PostgreSQL needs the postgres feature"),
+        }
     };
     let mut store = open();
     let limit = Limit::new("model", kind.quota()).unwrap();
@@ -346,6 +372,11 @@ fn run_case(kind: Kind, durability: RateDurability, ops: &[Op]) -> Result<(), Te
 
     for op in ops {
         let now = seen.max(nanos(clock.now()));
+        // On PostgreSQL the schema's clock decides: it stands at the model's time for this step.
+        // (The embedded store reads the ManualClock; the call does nothing there.)
+        store
+            .set_database_clock_for_tests(SystemTime::UNIX_EPOCH + Duration::from_nanos(now))
+            .unwrap();
         match op {
             Op::Check { subject: s, cost } => {
                 if *cost > kind.capacity() {
@@ -426,7 +457,23 @@ fn rate_algorithms_agree_with_reference_models_in_both_modes() {
     ];
     let strategy = (kind(), durability, prop::collection::vec(op(), 1..60));
     let result = TestRunner::new(config).run(&strategy, |(kind, durability, ops)| {
-        run_case(kind, durability, &ops)
+        run_case(&Engine::Embedded, kind, durability, &ops)
+    });
+    if let Err(error) = result {
+        panic!("{error}");
+    }
+}
+
+/// The same cases on PostgreSQL, whose counters are always `Immediate`.
+#[cfg(feature = "postgres")]
+#[test]
+fn on_postgres() {
+    let server = require_postgres!();
+    let config = fixture::proptest_config(file!(), 32);
+    let strategy = (kind(), prop::collection::vec(op(), 1..60));
+    let result = TestRunner::new(config).run(&strategy, |(kind, ops)| {
+        let engine = Engine::Postgres(&server.conn, fixture::postgres::unique_schema("rate_model"));
+        run_case(&engine, kind, RateDurability::Immediate, &ops)
     });
     if let Err(error) = result {
         panic!("{error}");

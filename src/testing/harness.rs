@@ -413,12 +413,14 @@ impl Harness {
     }
 
     /// The model's time: the clock, or later if the clock stepped back.
+    #[cfg(feature = "postgres")]
     fn model_time(&self) -> u64 {
         let latest = self.candidates.iter().map(|m| m.now).max().unwrap_or(0);
         self.clock_seconds().max(latest)
     }
 
     /// On PostgreSQL, stops the database clock at the model's time.
+    #[allow(clippy::unnecessary_wraps, clippy::unused_self)] // Only PostgreSQL has work here.
     fn sync_database_clock(&self) -> Result<(), String> {
         #[cfg(feature = "postgres")]
         if self.postgres.is_some() {
@@ -451,6 +453,7 @@ impl Harness {
         Ok(answer)
     }
 
+    #[allow(clippy::unused_self)] // Without the postgres feature there is no PostgreSQL target.
     fn on_postgres(&self) -> bool {
         #[cfg(feature = "postgres")]
         if self.postgres.is_some() {
