@@ -137,7 +137,7 @@ impl Pipe {
     ) -> std::result::Result<Vec<Row>, Failure> {
         self.connected()?;
         let Some((client, prepared)) = &self.client else {
-            return Err(Failure::TimedOut);
+            return Err(no_connection());
         };
         let opening = &self.opening;
         let answer = self.runtime.block_on(async {
@@ -160,8 +160,9 @@ impl Pipe {
         &mut self,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, Failure> {
+        // Nothing is sent without a connection, so nothing can be in doubt.
         let Some((client, prepared)) = &self.client else {
-            return Err(Failure::TimedOut);
+            return Err(no_connection());
         };
         let answer = self.runtime.block_on(async {
             let both = async {
@@ -212,6 +213,12 @@ impl Pipe {
             }
         }
     }
+}
+
+fn no_connection() -> Failure {
+    Failure::Connect(Error::Unavailable(
+        "the writer's connection was lost; retry".into(),
+    ))
 }
 
 fn config_timeout(connector: &Connector) -> Duration {
