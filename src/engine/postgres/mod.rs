@@ -273,41 +273,37 @@ impl Postgres {
     /// Stops the schema's clock at `at` (nanoseconds) for every node (test support).
     #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn set_clock(&self, at: u64) -> Result<()> {
-        let at = i64::try_from(at).unwrap_or(i64::MAX);
-        let clock = Arc::clone(&self.clock);
-        self.queue()?.call(move |session| {
-            let sql = Arc::clone(&session.sql);
-            let client = session.client()?;
-            let reading: i64 = client
-                .query_typed_one(
-                    &sql.put("WITH moved AS (UPDATE {s}.clock SET stopped_at = $1) SELECT $1"),
-                    &[(&at, postgres::types::Type::INT8)],
-                )
-                .and_then(|row| row.try_get(0))
-                .map_err(|error| session::classify(&error, "cannot set the clock"))?;
-            clock.observe(u64::try_from(reading).unwrap_or(0));
-            Ok(())
-        })
+        self.change_clock(
+            "WITH moved AS (UPDATE {s}.clock SET stopped_at = $1) SELECT $1",
+            i64::try_from(at).unwrap_or(i64::MAX),
+        )
     }
 
     /// Moves the schema's clock forward by `by` for every node (test support).
     #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn advance_clock(&self, by: Duration) -> Result<()> {
-        let by = i64::try_from(by.as_nanos()).unwrap_or(i64::MAX);
+        self.change_clock(
+            "WITH moved AS (UPDATE {s}.clock SET offset_ns = offset_ns + $1, \
+             stopped_at = stopped_at + $1) SELECT {s}.now_ns() + $1",
+            i64::try_from(by.as_nanos()).unwrap_or(i64::MAX),
+        )
+    }
+
+    /// Runs `statement` (which changes the clock by `value` and returns the new reading), and
+    /// follows the reading.
+    #[cfg(any(test, feature = "test-support"))]
+    fn change_clock(&self, statement: &'static str, value: i64) -> Result<()> {
         let clock = Arc::clone(&self.clock);
         self.queue()?.call(move |session| {
             let sql = Arc::clone(&session.sql);
             let client = session.client()?;
             let reading: i64 = client
                 .query_typed_one(
-                    &sql.put(
-                        "WITH moved AS (UPDATE {s}.clock SET offset_ns = offset_ns + $1, \
-                         stopped_at = stopped_at + $1) SELECT {s}.now_ns() + $1",
-                    ),
-                    &[(&by, postgres::types::Type::INT8)],
+                    &sql.put(statement),
+                    &[(&value, postgres::types::Type::INT8)],
                 )
                 .and_then(|row| row.try_get(0))
-                .map_err(|error| session::classify(&error, "cannot move the clock"))?;
+                .map_err(|error| session::classify(&error, "cannot change the clock"))?;
             clock.observe(u64::try_from(reading).unwrap_or(0));
             Ok(())
         })
