@@ -84,6 +84,9 @@
 //! durability rules, and `docs/FORMAT.md` for the on-disk layout.
 
 #![forbid(unsafe_code)]
+// On docs.rs (which builds with every feature and `--cfg docsrs`), each feature-gated item says
+// which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs)]
 #![warn(
     clippy::pedantic,
@@ -107,10 +110,12 @@ mod store;
 #[doc(hidden)]
 pub mod testing;
 #[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 
 pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use engine::postgres::{
     CALL_TIMEOUT as POSTGRES_CALL_TIMEOUT, DEFAULT_POOL_SIZE as DEFAULT_POSTGRES_POOL_SIZE,
     DEFAULT_SCHEMA as DEFAULT_POSTGRES_SCHEMA,

@@ -321,6 +321,7 @@ impl StoreBuilder {
     /// - [`Error::IncompatibleFormat`] if a newer tollgate created the schema.
     /// - [`Error::Storage`] for anything else the server refuses (a permission, say).
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn open_postgres(self, conn: &str) -> Result<Store> {
         Store::open_postgres(&self, conn)
     }
@@ -329,6 +330,7 @@ impl StoreBuilder {
     /// 63 characters of `a-z`, `0-9` and `_`. Stores on different schemas never see each other's
     /// data. Default = `tollgate`.
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres_schema(mut self, name: &str) -> Self {
         self.postgres_schema = Some(name.to_string());
         self
@@ -339,6 +341,7 @@ impl StoreBuilder {
     /// taken over at once by whoever meets them. Only one live store may use a name on a schema.
     /// Default = a random name per open (then only lease expiry frees its leases).
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn node_id(mut self, id: &str) -> Self {
         self.node_id = Some(id.to_string());
         self
@@ -348,6 +351,7 @@ impl StoreBuilder {
     /// writer, which puts every change of the moment into one transaction, and the others for
     /// reads and maintenance (plus one more, held for the node's lock). At least 2; default = 3.
     #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres_pool_size(mut self, connections: usize) -> Self {
         self.postgres_pool_size = Some(connections);
         self
