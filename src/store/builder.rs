@@ -290,6 +290,35 @@ impl StoreBuilder {
         Store::open_embedded(&self, Location::File(path.as_ref().to_owned()))
     }
 
+    /// Opens a store that lives in memory only: the embedded engine with the same semantics as
+    /// a file (the same writer, decisions, replays and rate counters), on redb's in-memory
+    /// backend. **Nothing is durable**: everything is gone when the store is dropped or closed,
+    /// and each call makes a new, empty store. For tests of code that uses tollgate, where a
+    /// temporary file adds nothing.
+    ///
+    /// ```
+    /// use tollgate::Store;
+    /// use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+    ///
+    /// let store = Store::builder().open_in_memory()?;
+    /// let key = IdempotencyKey::new("user:1", "order-1")?;
+    /// let request = Fingerprint::of(b"POST /orders");
+    /// if let Begin::Acquired(lease) = store.begin(&key, &request)? {
+    ///     lease.complete(StoredResponse::new(201, b"created".to_vec()))?;
+    /// }
+    /// assert!(matches!(store.begin(&key, &request)?, Begin::Replay(_)));
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for the settings [`StoreBuilder::open`] refuses.
+    pub fn open_in_memory(self) -> Result<Store> {
+        Store::open_embedded(
+            &self,
+            Location::Memory(std::sync::Arc::new(redb::backends::InMemoryBackend::new())),
+        )
+    }
+
     /// Opens the store on a simulated disk (crash and I/O-failure tests only).
     ///
     /// # Errors

@@ -99,6 +99,15 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
+    /// A new, empty store in memory with default settings: nothing is durable (see
+    /// [`StoreBuilder::open_in_memory`]).
+    ///
+    /// # Errors
+    /// As for [`StoreBuilder::open_in_memory`].
+    pub fn in_memory() -> Result<Store> {
+        StoreBuilder::default().open_in_memory()
+    }
+
     /// Opens the store at `path` with default settings, creating it if needed.
     ///
     /// # Errors

@@ -77,8 +77,7 @@ struct Config {
 /// use tollgate::Store;
 /// use tollgate::tower::IdempotencyLayer;
 ///
-/// # let dir = tempfile::tempdir().unwrap();
-/// let store = Store::open(dir.path().join("t.redb")).unwrap();
+/// let store = Store::in_memory().unwrap(); // in production: Store::open(path)
 /// let layer = IdempotencyLayer::new(store)
 ///     .methods([Method::POST, Method::PUT])
 ///     .scope(|request| {

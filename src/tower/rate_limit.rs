@@ -39,8 +39,7 @@ struct Config {
 /// use tollgate::ratelimit::{Limit, Quota};
 /// use tollgate::tower::RateLimitLayer;
 ///
-/// # let dir = tempfile::tempdir().unwrap();
-/// let store = Store::open(dir.path().join("t.redb")).unwrap();
+/// let store = Store::in_memory().unwrap(); // in production: Store::open(path)
 /// let burst = Limit::new("burst", Quota::per_second(5)).unwrap();
 /// let hourly = Limit::new("hourly", Quota::per_hour(1000)).unwrap();
 /// let layer = RateLimitLayer::new(store, [burst, hourly]).key(|request| {

@@ -23,8 +23,10 @@ pub use sim_disk::SimDisk;
 /// Where a store's bytes live.
 #[derive(Debug, Clone)]
 pub(crate) enum Location {
-    /// A file (the only choice outside tests).
+    /// A file.
     File(std::path::PathBuf),
+    /// Memory only (`Store::in_memory`): nothing survives the store.
+    Memory(std::sync::Arc<redb::backends::InMemoryBackend>),
     /// A simulated disk for crash and I/O-failure tests.
     #[cfg(any(test, feature = "test-support"))]
     Simulated(SimDisk),
@@ -37,6 +39,9 @@ impl Location {
             Location::File(path) => std::fs::metadata(path)
                 .map(|meta| meta.len())
                 .map_err(redb_backend::storage),
+            Location::Memory(memory) => {
+                redb::StorageBackend::len(memory.as_ref()).map_err(redb_backend::storage)
+            }
             #[cfg(any(test, feature = "test-support"))]
             Location::Simulated(disk) => {
                 redb::StorageBackend::len(disk).map_err(redb_backend::storage)

@@ -102,6 +102,32 @@ pub(crate) struct Counters {
 }
 
 /// An open store file.
+/// redb's in-memory backend behind an `Arc`, so that the store can still read its size.
+#[derive(Debug)]
+struct SharedMemory(std::sync::Arc<redb::backends::InMemoryBackend>);
+
+impl redb::StorageBackend for SharedMemory {
+    fn len(&self) -> Result<u64, std::io::Error> {
+        self.0.len()
+    }
+
+    fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
+        self.0.read(offset, out)
+    }
+
+    fn set_len(&self, len: u64) -> Result<(), std::io::Error> {
+        self.0.set_len(len)
+    }
+
+    fn sync_data(&self) -> Result<(), std::io::Error> {
+        self.0.sync_data()
+    }
+
+    fn write(&self, offset: u64, data: &[u8]) -> Result<(), std::io::Error> {
+        self.0.write(offset, data)
+    }
+}
+
 pub(crate) struct Backend {
     db: Database,
     quick_repair: bool,
@@ -122,6 +148,9 @@ impl Backend {
                 return Self::create_atomically(&builder, path, options);
             }
             Location::File(path) => create(&builder, path)?,
+            Location::Memory(memory) => guarded(|| {
+                builder.create_with_backend(SharedMemory(std::sync::Arc::clone(memory)))
+            })?,
             #[cfg(any(test, feature = "test-support"))]
             Location::Simulated(disk) => guarded(|| builder.create_with_backend(disk.clone()))?,
         };
