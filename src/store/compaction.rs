@@ -81,6 +81,23 @@ impl Compactor {
         Ok(Self { stop, thread })
     }
 
+    /// The compactor a store's settings ask for: one running `sweep_step` every `interval`, or
+    /// none if background compaction is off (`interval` is `None`).
+    ///
+    /// # Errors
+    /// [`Error::Storage`](crate::Error::Storage) if the thread cannot be started.
+    pub(crate) fn start(
+        interval: Option<Duration>,
+        batch: usize,
+        counters: &Arc<Counters>,
+        sweep_step: impl FnMut(usize) -> Result<Swept> + Send + 'static,
+    ) -> Result<Option<Self>> {
+        interval
+            .map(|interval| Self::spawn(sweep_step, interval, batch, Arc::clone(counters)))
+            .transpose()
+            .map_err(crate::Error::storage)
+    }
+
     /// Stops the thread (between two steps if it is sweeping) and joins it.
     pub(crate) fn stop(self) {
         // A full channel means a stop is already pending; a closed one that the thread has ended.

@@ -157,28 +157,19 @@ impl Embedded {
             .name("tollgate-writer".into())
             .spawn(move || writer.run())
             .map_err(Error::storage)?;
-        let compactor = match builder.compaction_interval {
-            Some(interval) => {
-                let queue = commands.clone();
-                let step = move |limit| {
-                    let (reply, answer) = Pending::channel();
-                    queue
-                        .send(Command::Compact { limit, reply })
-                        .map_err(|_| Error::Closed)?;
-                    answer.recv().map_err(|_| Error::Closed)?
-                };
-                Some(
-                    Compactor::spawn(
-                        step,
-                        interval,
-                        settings.compaction_batch,
-                        Arc::clone(&counters),
-                    )
-                    .map_err(Error::storage)?,
-                )
-            }
-            None => None,
-        };
+        let queue = commands.clone();
+        let compactor = Compactor::start(
+            builder.compaction_interval,
+            settings.compaction_batch,
+            &counters,
+            move |limit| {
+                let (reply, answer) = Pending::channel();
+                queue
+                    .send(Command::Compact { limit, reply })
+                    .map_err(|_| Error::Closed)?;
+                answer.recv().map_err(|_| Error::Closed)?
+            },
+        )?;
         Ok(Self {
             running: RwLock::new(Some(Running {
                 backend,

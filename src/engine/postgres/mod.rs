@@ -170,28 +170,21 @@ impl Postgres {
             counters: &counters,
             notifier,
         })?;
-        let compactor = match builder.compaction_interval {
-            Some(interval) => {
-                let queue = queue.clone();
-                let sweep_clock = Arc::clone(&clock);
-                let id = node.id.clone();
-                let sweep_counters = Arc::clone(&counters);
-                let step = move |limit| {
+        let compactor = {
+            let queue = queue.clone();
+            let sweep_clock = Arc::clone(&clock);
+            let id = node.id.clone();
+            let sweep_counters = Arc::clone(&counters);
+            Compactor::start(
+                builder.compaction_interval,
+                settings.compaction_batch,
+                &counters,
+                move |limit| {
                     let swept = maintenance::compact_step(&queue, &sweep_clock, &id, limit)?;
                     count_sweep(&sweep_counters, swept);
                     Ok(swept)
-                };
-                Some(
-                    Compactor::spawn(
-                        step,
-                        interval,
-                        settings.compaction_batch,
-                        Arc::clone(&counters),
-                    )
-                    .map_err(Error::storage)?,
-                )
-            }
-            None => None,
+                },
+            )?
         };
         Ok(Self {
             running: RwLock::new(Some(Running {
