@@ -412,7 +412,7 @@ fn naive_redb_rate(threads: usize, duration: Duration) -> Row {
 // PostgreSQL (feature `postgres`): tollgate's engine against the naive loop, on one local server
 
 #[cfg(feature = "postgres")]
-#[path = "../tests/fixture/postgres.rs"]
+#[path = "../tests/it/fixture/postgres.rs"]
 #[allow(dead_code, unused_macros)]
 mod test_server;
 

@@ -1,15 +1,25 @@
-//! A small payments API on 127.0.0.1, made idempotent and rate-limited by tollgate's tower layers.
+//! A small payments API on 127.0.0.1, made idempotent and rate-limited by tollgate's tower layers,
+//! with a health check and Prometheus metrics.
 //!
 //! ```text
-//! cargo run --features tower --example server            # http://127.0.0.1:3000
-//! PORT=3001 cargo run --features tower --example server
+//! cargo run --features tower,metrics --example server            # http://127.0.0.1:3000
+//! PORT=3001 cargo run --features tower,metrics --example server
 //! ```
 //!
+//! - Callers authenticate with a bearer token: `Authorization: Bearer alice-token` is user `alice`,
+//!   `bob-token` is `bob` (or the `user=token` pairs of `TOLLGATE_DEMO_TOKENS`, comma-separated).
+//!   `/payments` without a known token is 401.
 //! - `POST /payments` with `{"amount": 1000, "currency": "eur"}` and an `Idempotency-Key` creates
 //!   a payment (201). A retry with the same key replays it; the same key with another body is 422;
-//!   a retry while the first is still running is 409.
+//!   a retry while the first is still running is 409. Keys are scoped by user: Alice's key
+//!   `order-1` and Bob's `order-1` are two requests, never one response shared between two callers.
 //! - `GET /payments/{id}` shows one.
-//! - Every client address may make 5 requests per 10 seconds (429 after that).
+//! - Limits, all checked together: 5 requests per 10 seconds per user, 20 per 10 seconds per
+//!   client address, 1000 per second for the whole server (429 after that).
+//! - `GET /health`: 200 when the store is ready, 503 with the reason when it is not (closed,
+//!   failed, its database unreachable); `GET /health/live`: 200 while the process answers.
+//! - `GET /metrics`: Prometheus text format (`metrics-exporter-prometheus`): tollgate's counters
+//!   (begins by outcome, rate decisions, resolutions) and histograms (commit latency).
 //!
 //! State lives in the working directory: `tollgate-server.redb` (the idempotency records and rate
 //! counters) and `tollgate-payments.jsonl` (the payments, one JSON line each, fsync'd before the
@@ -21,9 +31,12 @@
 //! one server is replayed by the other:
 //!
 //! ```text
-//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3000 cargo run --features tower,postgres --example server
-//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3001 cargo run --features tower,postgres --example server
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3000 cargo run --features tower,metrics,postgres --example server
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3001 cargo run --features tower,metrics,postgres --example server
 //! ```
+//!
+//! The integration tests build this file as a module (`tests/it/demo_server.rs`) and drive
+//! [`app`] over real HTTP.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -31,11 +44,13 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use axum::extract::{ConnectInfo, Extension, Path, State};
-use axum::http::StatusCode;
-use axum::response::IntoResponse;
+use axum::extract::{ConnectInfo, Extension, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
 use tollgate::Store;
 use tollgate::ratelimit::{Limit, Quota};
@@ -45,15 +60,16 @@ const STORE_FILE: &str = "tollgate-server.redb";
 const PAYMENTS_FILE: &str = "tollgate-payments.jsonl";
 
 /// The payments, in memory and in an append-only file.
-struct Payments {
+pub struct Payments {
     by_id: Mutex<HashMap<String, Value>>,
     file: Mutex<std::fs::File>,
 }
 
 impl Payments {
-    fn open() -> std::io::Result<Self> {
+    /// The payments in `path` (created if missing).
+    pub fn open(path: &std::path::Path) -> std::io::Result<Self> {
         let mut by_id = HashMap::new();
-        if let Ok(text) = std::fs::read_to_string(PAYMENTS_FILE) {
+        if let Ok(text) = std::fs::read_to_string(path) {
             for line in text.lines() {
                 if let Ok(payment) = serde_json::from_str::<Value>(line) {
                     if let Some(id) = payment["id"].as_str() {
@@ -65,7 +81,7 @@ impl Payments {
         let file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(PAYMENTS_FILE)?;
+            .open(path)?;
         Ok(Self {
             by_id: Mutex::new(by_id),
             file: Mutex::new(file),
@@ -142,21 +158,157 @@ async fn get_payment(
     }
 }
 
-/// The payments API with both layers, over `store`.
-fn app(store: &Store, payments: Arc<Payments>) -> Router {
-    let per_client =
-        Limit::new("per-client", Quota::new(5, Duration::from_secs(10))).expect("a valid limit");
-    Router::new()
+/// An authenticated caller, from its bearer token.
+#[derive(Debug, Clone)]
+pub struct User(pub String);
+
+/// Bearer tokens and the users they stand for.
+pub struct Tokens(HashMap<String, String>);
+
+impl Tokens {
+    /// `TOLLGATE_DEMO_TOKENS` (`user=token,user=token`), else `alice-token` and `bob-token`.
+    pub fn from_env() -> Self {
+        let pairs = std::env::var("TOLLGATE_DEMO_TOKENS")
+            .unwrap_or_else(|_| "alice=alice-token,bob=bob-token".to_owned());
+        Self(
+            pairs
+                .split(',')
+                .filter_map(|pair| pair.split_once('='))
+                .map(|(user, token)| (token.trim().to_owned(), user.trim().to_owned()))
+                .collect(),
+        )
+    }
+
+    fn user(&self, authorization: Option<&str>) -> Option<User> {
+        let token = authorization?.strip_prefix("Bearer ")?;
+        self.0.get(token.trim()).cloned().map(User)
+    }
+}
+
+/// Refuses a request without a known bearer token (401); gives the others their [`User`].
+async fn authenticate(
+    State(tokens): State<Arc<Tokens>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let authorization = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok());
+    let Some(user) = tokens.user(authorization) else {
+        return (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Bearer")],
+            Json(json!({"error": "a bearer token is required"})),
+        )
+            .into_response();
+    };
+    request.extensions_mut().insert(user);
+    next.run(request).await
+}
+
+/// The user a request authenticated as (the authentication layer runs first).
+fn user_of(request: &axum::http::request::Parts) -> Option<String> {
+    request.extensions.get::<User>().map(|user| user.0.clone())
+}
+
+/// `GET /health`: the store's readiness (a round trip to the database on PostgreSQL, so off the
+/// async workers).
+async fn health(State(store): State<Store>) -> impl IntoResponse {
+    let (ready, health) = match tokio::task::spawn_blocking(move || store.health()).await {
+        Ok(health) => (health.is_ready(), health.to_string()),
+        Err(_) => (false, "the health probe panicked".to_owned()),
+    };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (
+        status,
+        Json(json!({"live": true, "ready": ready, "store": health})),
+    )
+}
+
+/// `GET /metrics`: every metric recorded so far, in the Prometheus text format.
+async fn metrics_text(State(handle): State<PrometheusHandle>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        handle.render(),
+    )
+}
+
+/// Installs the process's Prometheus recorder (once per process: the `metrics` facade has one
+/// global recorder), with tollgate's commit latency as a histogram, and keeps it tidy.
+pub fn install_metrics() -> Result<PrometheusHandle, Box<dyn std::error::Error>> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("tollgate_commit_seconds".to_owned()),
+            &[
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.25, 1.0,
+            ],
+        )?
+        .install_recorder()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("metrics-upkeep".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_secs(5));
+                upkeep.run_upkeep();
+            }
+        })?;
+    Ok(handle)
+}
+
+/// The payments API with authentication, rate limits and idempotency, plus `/health` and
+/// `/metrics`, over `store`.
+pub fn app(
+    store: &Store,
+    payments: Arc<Payments>,
+    tokens: Tokens,
+    metrics: PrometheusHandle,
+) -> Router {
+    let per_user =
+        Limit::new("per-user", Quota::new(5, Duration::from_secs(10))).expect("a valid limit");
+    let per_address =
+        Limit::new("per-address", Quota::new(20, Duration::from_secs(10))).expect("a valid limit");
+    let server = Limit::new("server", Quota::per_second(1000)).expect("a valid limit");
+    let api = Router::new()
         .route("/payments", post(create_payment))
         .route("/payments/{id}", get(get_payment))
         .with_state(payments)
-        .layer(IdempotencyLayer::new(store.clone()))
+        // Innermost: one key space per user, so that two callers never share a response.
         .layer(
-            RateLimitLayer::new(store.clone(), [per_client]).key(|request| {
-                let ConnectInfo(address) = request.extensions.get::<ConnectInfo<SocketAddr>>()?;
-                Some(address.ip().to_string())
-            }),
+            IdempotencyLayer::new(store.clone())
+                .scope(|request| user_of(request).unwrap_or_default()),
         )
+        .layer(
+            RateLimitLayer::new(store.clone(), [])
+                .limit_by(per_user, user_of)
+                .limit_by(per_address, |request| {
+                    let ConnectInfo(address) =
+                        request.extensions.get::<ConnectInfo<SocketAddr>>()?;
+                    Some(address.ip().to_string())
+                })
+                .global_limit(server),
+        )
+        // Outermost: who is asking.
+        .layer(middleware::from_fn_with_state(
+            Arc::new(tokens),
+            authenticate,
+        ));
+    let probes = Router::new()
+        .route("/health", get(health))
+        .route(
+            "/health/live",
+            get(|| async { Json(json!({"live": true})) }),
+        )
+        .with_state(store.clone());
+    let scrape = Router::new()
+        .route("/metrics", get(metrics_text))
+        .with_state(metrics);
+    api.merge(probes).merge(scrape)
 }
 
 #[tokio::main]
@@ -165,8 +317,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ok()
         .and_then(|p| p.parse().ok())
         .unwrap_or(3000);
+    let metrics = install_metrics()?;
     let (store, where_) = open_store(port)?;
-    let payments = Arc::new(Payments::open()?);
+    let payments = Arc::new(Payments::open(std::path::Path::new(PAYMENTS_FILE))?);
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
     println!(
         "payments API on http://{} (store: {where_})",
@@ -174,7 +327,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     axum::serve(
         listener,
-        app(&store, payments).into_make_service_with_connect_info::<SocketAddr>(),
+        app(&store, payments, Tokens::from_env(), metrics)
+            .into_make_service_with_connect_info::<SocketAddr>(),
     )
     .with_graceful_shutdown(async {
         let _ = tokio::signal::ctrl_c().await;

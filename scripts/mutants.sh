@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Mutation testing with cargo-mutants over a chosen group of files, each group with the tests
-# that claim to check it (running every test binary per mutant would take hours on 2 cores).
+# that claim to check it, as test-name filters (running every test per mutant would take hours
+# on 2 cores).
 #
 #   scripts/mutants.sh rules        # the pure rules: idempotency machine and record, rate algorithm and charge
 #   scripts/mutants.sh write-path   # writer, sequencer, crash-policy recovery, compaction sweep, tables, codec
@@ -28,20 +29,21 @@ case "$group" in
 rules)
     files=(src/idempotency/machine.rs src/idempotency/record.rs src/ratelimit/algorithm.rs
         src/ratelimit/charge.rs)
-    tests=(--lib --test state_machine_model --test rate_model --test takeover_and_fencing
-        --test expiry --test rate_check_all --test rate_headers --test rate_bad_input
-        --test limits_and_bad_input --test waiting)
+    # The lib's unit tests of these files and the scenarios of the `it` test binary that claim
+    # them, as name filters (a filter selects tests in both binaries).
+    tests=(--lib --test=it -- idempotency:: ratelimit:: state_machine_model:: rate_model::
+        takeover_and_fencing:: expiry:: rate_check_all:: rate_headers:: rate_bad_input::
+        limits_and_bad_input:: waiting::)
     ;;
 write-path)
     files=(src/engine/embedded/writer.rs src/engine/embedded/sequencer.rs
         src/engine/embedded/counters.rs src/store/compaction.rs
         src/engine/embedded/storage/tables.rs src/engine/codec.rs)
-    tests=(--lib --test state_machine_model --test rate_model --test close_semantics
-        --test batch_isolation --test power_loss --test rate_crash_policy --test compaction_expiry
-        --test compaction_race --test compaction_close --test stats_counts_writes
-        --test format_fixtures --test fuzz_seeds --test rate_persistence --test restart_durability
-        --test limits_and_bad_input --test concurrent_duplicates --test kill_cycles
-        --test rate_close_race --test takeover_and_fencing)
+    tests=(--lib --test=it -- engine:: store:: state_machine_model:: rate_model:: close_semantics::
+        batch_isolation:: power_loss:: rate_crash_policy:: compaction_expiry:: compaction_race::
+        compaction_close:: stats_counts_writes:: format_fixtures:: fuzz_seeds:: rate_persistence::
+        restart_durability:: limits_and_bad_input:: concurrent_duplicates:: kill_cycles::
+        rate_close_race:: takeover_and_fencing::)
     ;;
 *)
     files=("$group" "$@")

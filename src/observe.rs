@@ -9,13 +9,14 @@
 //! | `tollgate_begins_total` | counter | `outcome` = `acquired`, `takeover`, `replay`, `in_flight`, `mismatch` | `begin` answers |
 //! | `tollgate_resolutions_total` | counter | `kind` = `complete`, `fail`, `release`, `extend`, `checkpoint`; `result` = `ok`, `fenced` | lease owners' writes; `fenced` is a stale owner refused |
 //! | `tollgate_rate_checks_total` | counter | `limit`, `decision` = `allowed`, `denied` | rate decisions (by the deciding limit) |
+//! | `tollgate_rate_shadow_denials_total` | counter | `limit` | requests a `RateLimitLayer` in shadow mode let through that its limits denied |
 //! | `tollgate_writer_batch_size` | histogram | | commands per writer batch |
 //! | `tollgate_commit_seconds` | histogram | | duration of each durable commit (including its fsync) |
 //! | `tollgate_removed_records_total` | counter | | expired records removed by sweeps |
 //! | `tollgate_removed_rate_states_total` | counter | | idle rate counters removed by sweeps |
 //!
 //! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
-//! fenced), `rate_denied` (debug), `commit` (trace, inside a `writer_batch` span), `sweep_step`
+//! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `commit` (trace, inside a `writer_batch` span), `sweep_step`
 //! (debug when it removed something), `poisoned` (error).
 
 use crate::idempotency::Digest;
@@ -96,6 +97,20 @@ pub(crate) fn rate(decision: &crate::ratelimit::Decision) {
         "tollgate_rate_checks_total",
         "limit" => decision.policy().to_owned(),
         "decision" => if decision.allowed() { "allowed" } else { "denied" }
+    )
+    .increment(1);
+}
+
+/// A request that the limits would have denied passed on, in shadow mode (the tower layer).
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn rate_shadow_denied(decision: &crate::ratelimit::Decision) {
+    #[cfg(feature = "tracing")]
+    tracing::info!(target: "tollgate", limit = decision.policy(), "rate_shadow_denied: a request over the limit passed (shadow mode)");
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "tollgate_rate_shadow_denials_total",
+        "limit" => decision.policy().to_owned()
     )
     .increment(1);
 }

@@ -1,5 +1,5 @@
 //! `decode_record`: see `tollgate::testing::fuzz::decode_record` (the same function runs over the committed seeds
-//! in `cargo test`, through `tests/fuzz_seeds.rs`).
+//! in `cargo test`, through `tests/it/fuzz_seeds.rs`).
 #![no_main]
 
 libfuzzer_sys::fuzz_target!(|data: &[u8]| tollgate::testing::fuzz::decode_record(data));

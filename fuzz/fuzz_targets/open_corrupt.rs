@@ -1,5 +1,5 @@
 //! `open_corrupt`: see `tollgate::testing::fuzz::open_corrupt` (the same function runs over the
-//! committed seeds in `cargo test`, through `tests/fuzz_seeds.rs`).
+//! committed seeds in `cargo test`, through `tests/it/fuzz_seeds.rs`).
 //!
 //! redb documents that a damaged file may make it panic; tollgate catches such panics and turns
 //! them into typed errors. libFuzzer's panic hook would abort on any panic, caught or not, so this

@@ -119,6 +119,16 @@ pub(crate) trait CounterEngine: Send + Sync {
     /// Runs `kind` on the `(limit, subject)` counters, all or nothing.
     fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome>;
 
+    /// [`CounterEngine::run`] if it needs no I/O (every counter in memory, nothing to wait for):
+    /// `Some` with the same outcome and effect, or `None` with no effect at all.
+    fn run_in_memory(
+        &self,
+        _kind: OpKind,
+        _checks: &[(&Limit, &str)],
+    ) -> Result<Option<RateOutcome>> {
+        Ok(None)
+    }
+
     /// Makes every counter change so far durable (Batched mode); nothing to do otherwise.
     fn flush(&self) -> Result<()>;
 }
@@ -165,6 +175,11 @@ impl Engine {
     /// This open's epoch.
     pub(crate) fn epoch(&self) -> u64 {
         on_engine!(self, engine => engine.epoch())
+    }
+
+    /// Whether the engine can serve now (`Store::health`).
+    pub(crate) fn health(&self) -> crate::Health {
+        on_engine!(self, engine => engine.health())
     }
 
     /// `Ok` while the engine can serve operations (not poisoned, not closed).

@@ -20,6 +20,7 @@
 mod builder;
 mod bulk;
 mod compaction;
+mod health;
 mod notify;
 #[cfg(feature = "postgres")]
 pub(crate) mod oneshot;
@@ -39,6 +40,7 @@ pub use builder::{
 };
 pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;
+pub use health::Health;
 pub(crate) use notify::Notifier;
 pub(crate) use stats::Counters;
 pub use stats::{CompactionReport, Stats};
@@ -239,26 +241,68 @@ impl Store {
         }
     }
 
+    /// [`Store::begin`] if memory can answer it, without waiting for any I/O: `Some` with the
+    /// answer `begin` would give, or `None` when the answer needs the disk or the network.
+    /// Memory answers a replay or a mismatch for a finished record in the replay cache
+    /// ([`StoreBuilder::replay_cache_size`]); a begin that would take a lease, or a key the cache
+    /// does not hold, answers `None`. Never writes.
+    ///
+    /// For callers on an async executor: answer on the worker when this says `Some`, hand
+    /// `begin` to a blocking thread otherwise (the tower [`IdempotencyLayer`] does).
+    ///
+    /// # Errors
+    /// As for [`Store::begin_with`].
+    ///
+    /// [`IdempotencyLayer`]: crate::tower::IdempotencyLayer
+    pub fn try_begin(
+        &self,
+        key: &IdempotencyKey,
+        fingerprint: &Fingerprint,
+        options: &BeginOptions,
+    ) -> Result<Option<Begin>> {
+        let (lease_ttl, record_ttl) = self.shared.settings.ttls(options)?;
+        let request = BeginRequest {
+            fingerprint: fingerprint.0,
+            lease_ttl,
+            record_ttl,
+        };
+        let digest = key.digest();
+        Ok(match self.begin_from_cache(digest, request)? {
+            FromCache::Answer(decision) => Some(self.to_begin(digest, decision)),
+            FromCache::MustWrite | FromCache::NotCached => None,
+        })
+    }
+
+    /// What the replay cache says about a begin of `digest`.
+    fn begin_from_cache(&self, digest: Digest, request: BeginRequest) -> Result<FromCache> {
+        let Some(cached) = self.shared.replays.as_ref().and_then(|c| c.get(&digest)) else {
+            return Ok(FromCache::NotCached);
+        };
+        self.shared.engine.check_usable()?;
+        let params = BeginParams {
+            fingerprint: request.fingerprint,
+            now: self.shared.engine.records().now(),
+            epoch: self.shared.engine.epoch(),
+            owner_epoch: self.shared.engine.epoch(),
+            lease_ttl: request.lease_ttl,
+            record_ttl: request.record_ttl,
+            next_token: 0,
+        };
+        Ok(match decide(Some(&cached), &params) {
+            BeginDecision::Acquired { .. } => FromCache::MustWrite,
+            decision => FromCache::Answer(decision),
+        })
+    }
+
     fn begin_once(&self, digest: Digest, request: BeginRequest) -> Result<Begin> {
         let records = self.shared.engine.records();
         // Fast path: a finished record in the replay cache is answered from memory (its answer
         // depends on nothing but the clock), then the engine may answer without writing.
-        if let Some(cached) = self.shared.replays.as_ref().and_then(|c| c.get(&digest)) {
-            self.shared.engine.check_usable()?;
-            let params = BeginParams {
-                fingerprint: request.fingerprint,
-                now: records.now(),
-                epoch: self.shared.engine.epoch(),
-                owner_epoch: self.shared.engine.epoch(),
-                lease_ttl: request.lease_ttl,
-                record_ttl: request.record_ttl,
-                next_token: 0,
-            };
-            match decide(Some(&cached), &params) {
-                BeginDecision::Acquired { .. } => {}
-                decision => return Ok(self.to_begin(digest, decision)),
-            }
-        } else {
+        let cached = self.begin_from_cache(digest, request)?;
+        if let FromCache::Answer(decision) = cached {
+            return Ok(self.to_begin(digest, decision));
+        }
+        if let FromCache::NotCached = cached {
             let generation = self.shared.replays.as_ref().map(ReplayCache::generation);
             if let Some((decision, record)) = records.begin_without_writing(&digest, request)? {
                 if let (Some(cache), Some(generation)) = (&self.shared.replays, generation) {
@@ -339,6 +383,15 @@ impl Store {
             .into_iter()
             .map(|(digest, record)| (digest, record.map(|r| r.info())))
             .collect())
+    }
+
+    /// Whether the store can serve now, for a readiness probe: [`Health::Ready`], or why not
+    /// (closed; failed after an I/O error on its file; its database unreachable). On PostgreSQL
+    /// this is one round trip to the server on a pooled connection (bounded like every call,
+    /// [`POSTGRES_CALL_TIMEOUT`](crate::POSTGRES_CALL_TIMEOUT)); on the embedded engine it reads
+    /// two flags. A failed probe is reported, never returned as an error.
+    pub fn health(&self) -> Health {
+        self.shared.engine.health()
     }
 
     /// Flushes, stops the writer thread, and releases the file, which can be opened again at once.
@@ -474,4 +527,16 @@ impl Store {
             Err(error) => Err(error),
         }
     }
+}
+
+/// What the replay cache says about a begin.
+// Returned once per begin and matched at once: boxing the answer would only add an allocation.
+#[allow(clippy::large_enum_variant)]
+enum FromCache {
+    /// The begin's answer (a replay or a mismatch), decided on the cached finished record.
+    Answer(BeginDecision),
+    /// The cached record has expired: the begin takes a new lease, through the engine's writer.
+    MustWrite,
+    /// The cache does not hold the key.
+    NotCached,
 }

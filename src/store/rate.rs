@@ -41,36 +41,35 @@ impl Store {
     /// As for [`Store::check_n`], and [`Error::InvalidArgument`] for an empty list or the same
     /// `(limit name, subject)` listed twice.
     pub fn check_all(&self, checks: &[(&Limit, &str)], cost: u32) -> Result<Decision> {
-        for (limit, _) in checks {
-            let capacity = limit.spec.capacity();
-            if u64::from(cost) > capacity {
-                return Err(Error::CostTooLarge {
-                    cost,
-                    limit: u32::try_from(capacity).unwrap_or(u32::MAX),
-                });
-            }
-        }
-        if checks.is_empty() {
-            return Err(Error::InvalidArgument(
-                "check_all needs at least one limit".into(),
-            ));
-        }
-        if checks.len() > 1 {
-            let mut pairs: Vec<(&str, &str)> = checks
-                .iter()
-                .map(|(limit, subject)| (limit.name(), *subject))
-                .collect();
-            pairs.sort_unstable();
-            if pairs.windows(2).any(|pair| pair[0] == pair[1]) {
-                return Err(Error::InvalidArgument(
-                    "the same limit and subject are listed twice".into(),
-                ));
-            }
-        }
-        let kind = OpKind::Charge {
-            cost: u64::from(cost),
-        };
+        let kind = charge_kind(checks, cost)?;
         self.run_rate(kind, checks)
+    }
+
+    /// [`Store::check_all`] if memory can answer it, without waiting for any I/O: `Some` with the
+    /// same decision (and the same charge) that `check_all` would give, or `None` when the answer
+    /// needs the disk or the network, and nothing was charged. Memory answers a check of counters
+    /// that are already in the cache of a store with [`RateDurability::Batched`] counters on the
+    /// embedded engine; every other check answers `None`.
+    ///
+    /// For callers on an async executor: answer on the worker when this says `Some`, hand
+    /// `check_all` to a blocking thread otherwise (the tower [`RateLimitLayer`] does).
+    ///
+    /// # Errors
+    /// As for [`Store::check_all`].
+    ///
+    /// [`RateDurability::Batched`]: crate::ratelimit::RateDurability::Batched
+    /// [`RateLimitLayer`]: crate::tower::RateLimitLayer
+    pub fn try_check_all(&self, checks: &[(&Limit, &str)], cost: u32) -> Result<Option<Decision>> {
+        let kind = charge_kind(checks, cost)?;
+        for (_, subject) in checks {
+            check_subject(subject)?;
+        }
+        let Some(outcome) = self.shared.engine.counters().run_in_memory(kind, checks)? else {
+            return Ok(None);
+        };
+        let decision = decision(&outcome, checks);
+        crate::observe::rate(&decision);
+        Ok(Some(decision))
     }
 
     /// Reports `subject`'s counter under `limit` without charging: `allowed()` says whether a check
@@ -115,6 +114,39 @@ impl Store {
         }
         Ok(decision)
     }
+}
+
+/// The charge of `cost` to every one of `checks`, once the arguments are known to be good.
+fn charge_kind(checks: &[(&Limit, &str)], cost: u32) -> Result<OpKind> {
+    for (limit, _) in checks {
+        let capacity = limit.spec.capacity();
+        if u64::from(cost) > capacity {
+            return Err(Error::CostTooLarge {
+                cost,
+                limit: u32::try_from(capacity).unwrap_or(u32::MAX),
+            });
+        }
+    }
+    if checks.is_empty() {
+        return Err(Error::InvalidArgument(
+            "check_all needs at least one limit".into(),
+        ));
+    }
+    if checks.len() > 1 {
+        let mut pairs: Vec<(&str, &str)> = checks
+            .iter()
+            .map(|(limit, subject)| (limit.name(), *subject))
+            .collect();
+        pairs.sort_unstable();
+        if pairs.windows(2).any(|pair| pair[0] == pair[1]) {
+            return Err(Error::InvalidArgument(
+                "the same limit and subject are listed twice".into(),
+            ));
+        }
+    }
+    Ok(OpKind::Charge {
+        cost: u64::from(cost),
+    })
 }
 
 fn decision(outcome: &RateOutcome, checks: &[(&Limit, &str)]) -> Decision {

@@ -1,5 +1,5 @@
 //! The fuzz targets' logic, as plain functions of the fuzzer's bytes. `fuzz/fuzz_targets/*.rs`
-//! call them under libFuzzer; `tests/fuzz_seeds.rs` calls them over the committed seed corpus
+//! call them under libFuzzer; `tests/it/fuzz_seeds.rs` calls them over the committed seed corpus
 //! (`fuzz/seeds/<target>/`), so a regression shows up in `cargo test` without nightly.
 //!
 //! Each function panics when it finds a violation; that is how a fuzzer sees one.

@@ -2,7 +2,7 @@
 //! without looking at the implementation. A map of keys to records and a map of rate windows to
 //! counts; times in whole seconds.
 //!
-//! Used by the property test `tests/state_machine_model.rs` and the `state_machine` fuzz target,
+//! Used by the property test `tests/it/state_machine_model.rs` and the `state_machine` fuzz target,
 //! through [`Harness`](super::Harness).
 
 use std::collections::HashMap;

@@ -3,10 +3,12 @@
 //! For a request whose method (and route) is covered:
 //! 1. no key where one is required, or a malformed key: 400, before any state;
 //! 2. a body over `max_body_bytes`: 413, before any state;
-//! 3. `begin` on the store (off the async workers, in `spawn_blocking`): a replay answers with the
-//!    stored status, headers and body plus `Idempotent-Replayed: true`; a request in flight gets
-//!    409 with `Retry-After` (or waits, if configured); the same key with a different request
-//!    (method, path with query, body) gets 422;
+//! 3. `begin` on the store: a replay answers with the stored status, headers and body plus
+//!    `Idempotent-Replayed: true`; a request in flight gets 409 with `Retry-After` (or waits, if
+//!    configured); the same key with a different request (method, path with query, body, and the
+//!    header fields named in [`IdempotencyLayer::fingerprint_headers`]) gets 422. A replay the
+//!    replay cache holds is answered on the async worker ([`Store::try_begin`]); a begin that
+//!    reads the disk or the network, or writes, runs in `spawn_blocking`;
 //! 4. otherwise the inner service runs, as its own task (a client that disconnects does not cancel
 //!    a side effect half-way), with an [`IdempotencyContext`] in the request's extensions; its
 //!    response is stored if the policy says so (default: 2xx–4xx), else the key is released so the
@@ -67,6 +69,16 @@ struct Config {
     max_body_bytes: usize,
     wait: Option<Duration>,
     store_status: StatusPolicy,
+    fingerprint: FingerprintRule,
+}
+
+/// What of a request goes into its fingerprint besides the method, path and body.
+#[derive(Clone, Default)]
+struct FingerprintRule {
+    /// Request header fields (lowercase names) whose values are part of the request's meaning.
+    headers: Vec<HeaderName>,
+    /// Query parameters as a sorted set of pairs, instead of the query string as sent.
+    ignore_query_order: bool,
 }
 
 /// A tower layer that makes covered requests idempotent under an `Idempotency-Key`.
@@ -110,6 +122,7 @@ impl IdempotencyLayer {
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 wait: None,
                 store_status: Arc::new(|status| status.as_u16() < 500),
+                fingerprint: FingerprintRule::default(),
             }),
         }
     }
@@ -160,6 +173,34 @@ impl IdempotencyLayer {
     #[must_use]
     pub fn wait_for_in_flight(self, timeout: Duration) -> Self {
         self.with(|c| c.wait = Some(timeout))
+    }
+
+    /// Request header fields that are part of a request's meaning (`Content-Type`, an API
+    /// version, a tenant), included in its fingerprint: a retry that sends other values for them
+    /// is a different request (422). Names are case-insensitive; a name that is not a valid
+    /// header name is ignored. Default = none (the method, the path with its query, and the body).
+    #[must_use]
+    pub fn fingerprint_headers<I>(self, names: I) -> Self
+    where
+        I: IntoIterator,
+        I::Item: AsRef<str>,
+    {
+        let headers = names
+            .into_iter()
+            .filter_map(|name| HeaderName::from_bytes(name.as_ref().as_bytes()).ok())
+            .collect();
+        self.with(|c| c.fingerprint.headers = headers)
+    }
+
+    /// Whether query strings that differ only in the order of their parameters are the same
+    /// request: `?a=1&b=2` and `?b=2&a=1` (and, as [`Fingerprint::request`]'s pairs are compared
+    /// as a set, `?a=1&a=2` and `?a=2&a=1`). Parameters are compared as sent, without decoding.
+    /// Default = off: the query string is compared as sent, byte for byte (turning this on changes
+    /// the fingerprint of requests with a query, so a retry that spans the change is refused with
+    /// 422).
+    #[must_use]
+    pub fn ignore_query_order(self, ignore: bool) -> Self {
+        self.with(|c| c.fingerprint.ignore_query_order = ignore)
     }
 
     /// Which response statuses are stored (and replayed); for the others the key is released, so
@@ -279,13 +320,21 @@ where
             });
         }
     };
-    let fingerprint = fingerprint(&parts, &body);
+    let fingerprint = fingerprint(&config.fingerprint, &parts, &body);
     let options = BeginOptions {
         wait: config.wait,
         ..BeginOptions::default()
     };
-    let store = config.store.clone();
-    let begun = blocking(move || store.begin_with(&key, &fingerprint, &options)).await;
+    // Fast path: a replay (or a mismatch) the replay cache can answer is answered here, on the
+    // async worker; a begin that reads the disk, writes or waits goes to a blocking thread.
+    let begun = match config.store.try_begin(&key, &fingerprint, &options) {
+        Ok(Some(begun)) => Ok(begun),
+        Err(error) => Err(error),
+        Ok(None) => {
+            let store = config.store.clone();
+            blocking(move || store.begin_with(&key, &fingerprint, &options)).await
+        }
+    };
     let lease = match begun {
         Ok(Begin::Acquired(lease)) => lease,
         Ok(Begin::Replay(replay)) => return Ok(replayed(replay.into_response())),
@@ -383,17 +432,30 @@ where
     Ok(Response::from_parts(parts, R::from(body)))
 }
 
-/// The request's fingerprint: method, path with query, and body.
-fn fingerprint(parts: &Parts, body: &[u8]) -> Fingerprint {
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or_else(|| parts.uri.path(), http::uri::PathAndQuery::as_str);
-    Fingerprint::request()
-        .method(parts.method.as_str())
-        .path(path)
-        .body(body)
-        .finish()
+/// The request's fingerprint: method, path with query, the chosen header fields, and body.
+fn fingerprint(rule: &FingerprintRule, parts: &Parts, body: &[u8]) -> Fingerprint {
+    let mut fingerprint = Fingerprint::request().method(parts.method.as_str());
+    if rule.ignore_query_order {
+        fingerprint = fingerprint.path(parts.uri.path());
+        for pair in parts.uri.query().unwrap_or("").split('&') {
+            if !pair.is_empty() {
+                let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                fingerprint = fingerprint.query(name, value);
+            }
+        }
+    } else {
+        let path = parts
+            .uri
+            .path_and_query()
+            .map_or_else(|| parts.uri.path(), http::uri::PathAndQuery::as_str);
+        fingerprint = fingerprint.path(path);
+    }
+    for name in &rule.headers {
+        for value in parts.headers.get_all(name) {
+            fingerprint = fingerprint.header(name.as_str(), value.as_bytes());
+        }
+    }
+    fingerprint.body(body).finish()
 }
 
 /// Runs a store call that may wait on an fsync off the async workers.

@@ -1,11 +1,20 @@
-//! [`RateLimitLayer`]: one or several limits checked all-or-nothing per request.
+//! [`RateLimitLayer`]: several limits per request, each with its own subject, checked and charged
+//! all-or-nothing in one [`Store::check_all`].
 //!
-//! The subject of a request comes from a key function (the client's address, the authenticated
-//! user, an API key); a request without one passes unlimited. Allowed requests reach the inner
-//! service and get the `RateLimit` header fields (draft-ietf-httpapi-ratelimit-headers-10, plus the
-//! legacy `X-RateLimit-*`) on their response; denied ones get 429 with `Retry-After` and the same
-//! fields, and never reach the inner service (put this layer outside [`IdempotencyLayer`] so that a
-//! 429 is never stored as a request's outcome).
+//! A payments API typically limits globally, per user, per client address and per endpoint at
+//! once: each limit here takes its own subject function (the authenticated user, the client's
+//! address, an API key), or none ([`RateLimitLayer::global_limit`]: one counter for every
+//! request). A limit whose subject function says `None` does not apply to that request; a request
+//! no limit applies to passes unlimited. Each request costs 1, or what
+//! [`RateLimitLayer::cost`] says.
+//!
+//! Allowed requests reach the inner service and get the `RateLimit` header fields
+//! (draft-ietf-httpapi-ratelimit-headers-10, plus the legacy `X-RateLimit-*`) on their response;
+//! denied ones get 429 with `Retry-After` and the same fields, and never reach the inner service
+//! (put this layer outside [`IdempotencyLayer`] so that a 429 is never stored as a request's
+//! outcome). In shadow mode ([`RateLimitLayer::shadow`]) nothing is denied: the decision is taken,
+//! counted and shown in the headers, and a request that would have been denied is counted as a
+//! shadow denial and passed on.
 //!
 //! [`IdempotencyLayer`]: super::IdempotencyLayer
 
@@ -22,16 +31,65 @@ use super::problem::{problem, unavailable};
 use crate::ratelimit::{Decision, Limit};
 use crate::{Error, Store};
 
-type KeyFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+type SubjectFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
+type CostFn = Arc<dyn Fn(&Parts) -> u32 + Send + Sync>;
+
+/// Whose counter a request is charged to under one limit.
+#[derive(Clone)]
+enum Subject {
+    /// The layer's shared key function ([`RateLimitLayer::key`]).
+    Key,
+    /// A function of the limit's own.
+    Own(SubjectFn),
+    /// One counter for every request.
+    Global,
+}
+
+/// The subject every request is counted under by a global limit.
+const GLOBAL_SUBJECT: &str = "all";
+
+#[derive(Clone)]
+struct Rule {
+    limit: Limit,
+    subject: Subject,
+}
 
 #[derive(Clone)]
 struct Config {
     store: Store,
-    limits: Vec<Limit>,
-    key: KeyFn,
+    rules: Vec<Rule>,
+    key: SubjectFn,
+    cost: Option<CostFn>,
+    shadow: bool,
 }
 
-/// A tower layer that charges every request against one or several limits.
+impl Config {
+    /// The `(rule, subject)` pairs that apply to a request.
+    fn subjects(&self, parts: &Parts) -> Vec<(usize, String)> {
+        let mut key: Option<Option<String>> = None;
+        let mut subjects = Vec::with_capacity(self.rules.len());
+        for (index, rule) in self.rules.iter().enumerate() {
+            let subject = match &rule.subject {
+                Subject::Key => key.get_or_insert_with(|| (self.key)(parts)).clone(),
+                Subject::Own(subject) => subject(parts),
+                Subject::Global => Some(GLOBAL_SUBJECT.to_owned()),
+            };
+            if let Some(subject) = subject {
+                subjects.push((index, subject));
+            }
+        }
+        subjects
+    }
+
+    fn checks<'a>(&'a self, subjects: &'a [(usize, String)]) -> Vec<(&'a Limit, &'a str)> {
+        subjects
+            .iter()
+            .filter_map(|(index, subject)| Some((&self.rules.get(*index)?.limit, subject.as_str())))
+            .collect()
+    }
+}
+
+/// A tower layer that charges every request against one or several limits, all or nothing.
 ///
 /// ```
 /// # #[cfg(feature = "tower")] {
@@ -47,6 +105,36 @@ struct Config {
 /// });
 /// # let _ = layer; }
 /// ```
+///
+/// Limits with subjects of their own, a per-request cost, and shadow mode for a new limit:
+///
+/// ```
+/// # #[cfg(feature = "tower")] {
+/// use tollgate::Store;
+/// use tollgate::ratelimit::{Limit, Quota};
+/// use tollgate::tower::RateLimitLayer;
+///
+/// let store = Store::in_memory().unwrap();
+/// let everyone = Limit::new("global", Quota::per_second(10_000)).unwrap();
+/// let per_user = Limit::new("per-user", Quota::per_minute(600)).unwrap();
+/// let per_route = Limit::new("per-route", Quota::per_second(500)).unwrap();
+/// let layer = RateLimitLayer::new(store.clone(), [])
+///     .global_limit(everyone)
+///     .limit_by(per_user, |request| {
+///         request.headers.get("x-user")?.to_str().ok().map(str::to_owned)
+///     })
+///     .limit_by(per_route, |request| Some(request.uri.path().to_owned()))
+///     // Bulk exports cost 10 units of every limit.
+///     .cost(|request| if request.uri.path() == "/export" { 10 } else { 1 });
+/// // A limit being rolled out: decided, counted and shown in the headers, never enforced.
+/// let trial = Limit::new("per-user-strict", Quota::per_minute(60)).unwrap();
+/// let shadow = RateLimitLayer::new(store, [])
+///     .limit_by(trial, |request| {
+///         request.headers.get("x-user")?.to_str().ok().map(str::to_owned)
+///     })
+///     .shadow(true);
+/// # let _ = (layer, shadow); }
+/// ```
 #[derive(Clone)]
 pub struct RateLimitLayer {
     config: Arc<Config>,
@@ -54,22 +142,82 @@ pub struct RateLimitLayer {
 
 impl RateLimitLayer {
     /// Charges every request one unit against each of `limits`, all under one shared subject
-    /// until [`RateLimitLayer::key`] says otherwise.
+    /// until [`RateLimitLayer::key`] says otherwise. More limits, with subjects of their own, come
+    /// from [`RateLimitLayer::limit_by`] and [`RateLimitLayer::global_limit`].
+    ///
+    /// Limit names should be distinct within a layer: a counter is named by its limit's name and
+    /// its subject, so two limits of one name count a shared subject on one counter.
     pub fn new(store: Store, limits: impl IntoIterator<Item = Limit>) -> Self {
         Self {
             config: Arc::new(Config {
                 store,
-                limits: limits.into_iter().collect(),
-                key: Arc::new(|_| Some("all".to_owned())),
+                rules: limits
+                    .into_iter()
+                    .map(|limit| Rule {
+                        limit,
+                        subject: Subject::Key,
+                    })
+                    .collect(),
+                key: Arc::new(|_| Some(GLOBAL_SUBJECT.to_owned())),
+                cost: None,
+                shadow: false,
             }),
         }
     }
 
-    /// The subject a request is counted under; `None` lets the request through unlimited.
-    #[must_use]
-    pub fn key(mut self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
-        Arc::make_mut(&mut self.config).key = Arc::new(key);
+    fn with(mut self, change: impl FnOnce(&mut Config)) -> Self {
+        change(Arc::make_mut(&mut self.config));
         self
+    }
+
+    /// The subject a request is counted under by the limits given to [`RateLimitLayer::new`];
+    /// `None` lets the request through those limits unlimited. Default = one subject for every
+    /// request.
+    #[must_use]
+    pub fn key(self, key: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static) -> Self {
+        self.with(|c| c.key = Arc::new(key))
+    }
+
+    /// Adds `limit`, counted per `subject` (the authenticated user, the client's address, the
+    /// route). A request for which `subject` says `None` is not limited by it.
+    #[must_use]
+    pub fn limit_by(
+        self,
+        limit: Limit,
+        subject: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let subject = Subject::Own(Arc::new(subject));
+        self.with(|c| c.rules.push(Rule { limit, subject }))
+    }
+
+    /// Adds `limit` with one counter for every request (a global ceiling).
+    #[must_use]
+    pub fn global_limit(self, limit: Limit) -> Self {
+        self.with(|c| {
+            c.rules.push(Rule {
+                limit,
+                subject: Subject::Global,
+            });
+        })
+    }
+
+    /// What a request costs, charged to every limit that applies to it. Default = 1. A cost of 0
+    /// charges nothing (the answer reports the counters, as a peek does); a cost over a limit's
+    /// burst could never be allowed and gets 429 without `Retry-After`.
+    #[must_use]
+    pub fn cost(self, cost: impl Fn(&Parts) -> u32 + Send + Sync + 'static) -> Self {
+        self.with(|c| c.cost = Some(Arc::new(cost)))
+    }
+
+    /// Shadow (dry-run) mode: every request is decided, charged as it would be, counted in the
+    /// metrics and given the `RateLimit` header fields, but none is denied. A request the limits
+    /// would have denied passes on, and is counted as `tollgate_rate_shadow_denials_total` (and
+    /// a `rate_shadow_denied` event); one the store cannot decide (an error) passes on too. For
+    /// rolling a limit out safely, as nginx's `limit_req_dry_run` and Envoy's shadow mode do.
+    /// Default = off (limits are enforced).
+    #[must_use]
+    pub fn shadow(self, shadow: bool) -> Self {
+        self.with(|c| c.shadow = shadow)
     }
 }
 
@@ -112,42 +260,67 @@ where
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let subject = (config.key)(&parts).filter(|_| !config.limits.is_empty());
-            let Some(subject) = subject else {
+            let subjects = config.subjects(&parts);
+            if subjects.is_empty() {
                 return inner.call(Request::from_parts(parts, body)).await;
-            };
-            let checked = {
-                let config = Arc::clone(&config);
-                // Immediate mode waits for an fsync: keep it off the async workers.
-                tokio::task::spawn_blocking(move || {
-                    let checks: Vec<(&Limit, &str)> = config
-                        .limits
-                        .iter()
-                        .map(|limit| (limit, subject.as_str()))
-                        .collect();
-                    config.store.check_all(&checks, 1)
-                })
-                .await
-                .unwrap_or(Err(Error::Poisoned))
-            };
+            }
+            let cost = config.cost.as_ref().map_or(1, |cost| cost(&parts));
+            let checked = check(&config, subjects, cost).await;
             let decision = match checked {
                 Ok(decision) => decision,
+                Err(_) if config.shadow => {
+                    // A dry run never takes the service down with its limiter.
+                    return inner.call(Request::from_parts(parts, body)).await;
+                }
+                Err(Error::CostTooLarge { cost, limit }) => {
+                    return Ok(problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Request too costly",
+                        &format!(
+                            "this request costs {cost}, more than a limit allows at once ({limit})"
+                        ),
+                    ));
+                }
                 Err(error) => return Ok(unavailable("Rate limiter unavailable", &error)),
             };
             if !decision.allowed() {
-                let mut response = problem(
-                    StatusCode::TOO_MANY_REQUESTS,
-                    "Too many requests",
-                    &format!("the {} limit is exhausted; retry later", decision.policy()),
-                );
-                add_headers(&mut response, &decision);
-                return Ok(response);
+                if config.shadow {
+                    crate::observe::rate_shadow_denied(&decision);
+                } else {
+                    let mut response = problem(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        "Too many requests",
+                        &format!("the {} limit is exhausted; retry later", decision.policy()),
+                    );
+                    add_headers(&mut response, &decision);
+                    return Ok(response);
+                }
             }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             add_headers(&mut response, &decision);
             Ok(response)
         })
     }
+}
+
+/// Charges `cost` to every `(limit, subject)` of `subjects`, all or nothing. A check memory can
+/// answer (Batched counters in the cache) is answered here, on the async worker; one that needs
+/// I/O (Immediate mode waits for an fsync) runs on a blocking thread.
+async fn check(
+    config: &Arc<Config>,
+    subjects: Vec<(usize, String)>,
+    cost: u32,
+) -> crate::Result<Decision> {
+    if let Some(decision) = config
+        .store
+        .try_check_all(&config.checks(&subjects), cost)?
+    {
+        return Ok(decision);
+    }
+    let config = Arc::clone(config);
+    tokio::task::spawn_blocking(move || config.store.check_all(&config.checks(&subjects), cost))
+        .await
+        .unwrap_or(Err(Error::Poisoned))
 }
 
 fn add_headers<R>(response: &mut Response<R>, decision: &Decision) {

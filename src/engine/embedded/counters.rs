@@ -7,11 +7,13 @@
 //!
 //! [`Recovery::on_load`]: super::recovery::Recovery::on_load
 
+use std::cell::Cell;
+
 use super::Embedded;
 use super::rate_cache::{Query, RateCache};
 use super::writer::Command;
 use crate::engine::CounterEngine;
-use crate::error::Result;
+use crate::error::{Error, Result};
 use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome};
 use crate::ratelimit::{CounterKey, Limit, Spec};
 
@@ -21,6 +23,38 @@ impl CounterEngine for Embedded {
             Some(cache) => self.run_batched(cache, kind, checks),
             None => self.run_immediate(kind, checks),
         }
+    }
+
+    fn run_in_memory(
+        &self,
+        kind: OpKind,
+        checks: &[(&Limit, &str)],
+    ) -> Result<Option<RateOutcome>> {
+        let Some(cache) = &self.rate_cache else {
+            return Ok(None); // Immediate: every change waits for the writer's commit
+        };
+        self.check_usable()?;
+        let now = self.time.now();
+        // A counter that is not in memory stops the operation before anything is charged (the
+        // cache charges only once it holds every counter); the caller goes the blocking way.
+        let missed = Cell::new(false);
+        let loader = |_: &CounterKey, _: &Spec| {
+            missed.set(true);
+            Err(Error::InvalidArgument("counter not in memory".into()))
+        };
+        let outcome = if let [(limit, subject)] = checks {
+            cache.run(kind, &[Query { limit, subject }], now, &loader)
+        } else {
+            let queries: Vec<Query<'_>> = checks
+                .iter()
+                .map(|&(limit, subject)| Query { limit, subject })
+                .collect();
+            cache.run(kind, &queries, now, &loader)
+        };
+        if missed.get() {
+            return Ok(None);
+        }
+        outcome.map(Some)
     }
 
     fn flush(&self) -> Result<()> {

@@ -206,6 +206,18 @@ impl Embedded {
         self.running.read().is_none()
     }
 
+    pub(crate) fn health(&self) -> crate::Health {
+        if self.is_closed() {
+            crate::Health::Closed
+        } else if let Err(error) = self.check_usable() {
+            crate::Health::Failed {
+                reason: error.to_string(),
+            }
+        } else {
+            crate::Health::Ready
+        }
+    }
+
     pub(crate) fn close(&self) -> Result<()> {
         // Batched checks take no store-wide lock; stop them first, so that the final flush covers
         // every change they made.

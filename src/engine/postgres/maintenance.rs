@@ -41,6 +41,13 @@ fn with_client<T>(
     }
 }
 
+/// One round trip to the server (`Store::health`).
+pub(super) fn ping(session: &mut Session) -> Result<()> {
+    with_client(session, "health probe", |client, _| {
+        client.simple_query("SELECT 1").map(drop)
+    })
+}
+
 fn to_u64(value: i64) -> u64 {
     u64::try_from(value).unwrap_or(0)
 }

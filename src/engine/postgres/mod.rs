@@ -221,6 +221,26 @@ impl Postgres {
         self.queue.read().is_none()
     }
 
+    /// One round trip on a pooled connection (a reconnect, if the last one broke).
+    pub(crate) fn health(&self) -> crate::Health {
+        let Ok(queue) = self.queue() else {
+            return crate::Health::Closed;
+        };
+        let probe = queue.call(maintenance::ping);
+        match probe {
+            Ok(()) => crate::Health::Ready,
+            Err(Error::Closed) => crate::Health::Closed,
+            Err(error @ (Error::Unavailable(_) | Error::InDoubt(_))) => {
+                crate::Health::Unreachable {
+                    reason: error.to_string(),
+                }
+            }
+            Err(error) => crate::Health::Failed {
+                reason: error.to_string(),
+            },
+        }
+    }
+
     /// Stops the compactor, lets the workers finish what is queued, joins them and releases
     /// the node's lock.
     pub(crate) fn close(&self) -> Result<()> {

@@ -1,7 +1,7 @@
 //! A simulated disk for crash and I/O-failure tests (feature `test-support`).
 //!
 //! It implements redb's `StorageBackend` over memory and keeps two images apart, as redb's own
-//! `tests/crash_consistency.rs` does:
+//! `tests/it/crash_consistency.rs` does:
 //! - **live**: every write applied at once (what the running process reads back);
 //! - **durable**: the live image as of the last completed `sync_data`.
 //!

@@ -1,0 +1,72 @@
+//! tollgate's integration tests, one scenario per module, all in one test binary: tollgate and
+//! its dependencies are linked once instead of once per scenario (docs/TESTING.md has the
+//! before-and-after times of `.ci/run`).
+//!
+//! A test that needs the process to itself (it installs a global recorder or subscriber, counts
+//! the process's threads, or crashes the shared PostgreSQL server) runs in a child process of
+//! this binary through [`fixture::isolated`]; tests that kill a child re-run this binary the
+//! same way. Names stay those of the files: `cargo test --test it rate_model::` runs one.
+
+// Declared first: its `require_postgres!` macro is used by the modules below.
+#[macro_use]
+mod fixture;
+#[cfg(feature = "tower")]
+mod web;
+
+mod batch_isolation;
+#[cfg(feature = "cli")]
+mod cli;
+mod clock_steps_back;
+mod close_semantics;
+mod compaction_close;
+mod compaction_expiry;
+mod compaction_race;
+mod concurrent_duplicates;
+#[cfg(all(feature = "tower", feature = "metrics"))]
+mod demo_server;
+mod expiry;
+mod format_fixtures;
+mod fuzz_seeds;
+#[cfg(feature = "tower")]
+mod http_concurrent_duplicates;
+#[cfg(feature = "tower")]
+mod http_restart_replay;
+#[cfg(feature = "tower")]
+mod http_statuses;
+mod http_two_nodes;
+mod in_memory;
+mod interrupted_creation;
+mod kill_cycles;
+mod limits_and_bad_input;
+mod list_records;
+#[cfg(feature = "metrics")]
+mod observability_metrics;
+#[cfg(feature = "tracing")]
+mod observability_tracing;
+mod operations_are_atomic;
+mod postgres_node_killed;
+mod postgres_nodes;
+mod postgres_schema_addition;
+mod postgres_server_crash;
+mod postgres_tls;
+mod power_loss;
+mod quick_repair;
+mod rate_bad_input;
+mod rate_check_all;
+mod rate_close_race;
+mod rate_concurrency;
+mod rate_crash_policy;
+mod rate_headers;
+mod rate_model;
+mod rate_operations;
+mod rate_persistence;
+mod raw_key_absent;
+mod reads_do_not_wait_for_the_writer;
+mod reclaim_space;
+mod replay_cache;
+mod restart_durability;
+mod state_machine_model;
+mod stats_counts_writes;
+mod takeover_and_fencing;
+mod verify_on_open;
+mod waiting;
