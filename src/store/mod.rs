@@ -278,6 +278,9 @@ impl Store {
         let Some(cached) = self.shared.replays.as_ref().and_then(|c| c.get(&digest)) else {
             return Ok(FromCache::NotCached);
         };
+        if self.shared.engine.is_closed() {
+            return Err(Error::Closed);
+        }
         self.shared.engine.check_usable()?;
         let params = BeginParams {
             fingerprint: request.fingerprint,

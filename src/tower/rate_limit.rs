@@ -283,8 +283,9 @@ where
                 }
                 Err(error) => return Ok(unavailable("Rate limiter unavailable", &error)),
             };
+            let shadow_denied = !decision.allowed() && config.shadow;
             if !decision.allowed() {
-                if config.shadow {
+                if shadow_denied {
                     crate::observe::rate_shadow_denied(&decision);
                 } else {
                     let mut response = problem(
@@ -292,12 +293,13 @@ where
                         "Too many requests",
                         &format!("the {} limit is exhausted; retry later", decision.policy()),
                     );
-                    add_headers(&mut response, &decision);
+                    add_headers(&mut response, &decision, true);
                     return Ok(response);
                 }
             }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
-            add_headers(&mut response, &decision);
+            // A request shadow mode let through was not refused: no `Retry-After` on its answer.
+            add_headers(&mut response, &decision, !shadow_denied);
             Ok(response)
         })
     }
@@ -323,8 +325,11 @@ async fn check(
         .unwrap_or(Err(Error::Poisoned))
 }
 
-fn add_headers<R>(response: &mut Response<R>, decision: &Decision) {
+fn add_headers<R>(response: &mut Response<R>, decision: &Decision, retry_after: bool) {
     for (name, value) in decision.headers() {
+        if !retry_after && name == "Retry-After" {
+            continue;
+        }
         if let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(name.as_bytes()),
             HeaderValue::from_str(&value),

@@ -21,10 +21,16 @@ on_every_engine! {
         acquired(store.begin(&key("done"), &request("r")).unwrap())
             .complete(response("ok"))
             .unwrap();
+        // A replay puts "done" in the replay cache: closed is closed there too.
+        replay(store.begin(&key("done"), &request("r")).unwrap());
         store.close().unwrap();
 
         assert!(matches!(
             clone.begin(&key("x"), &request("r")),
+            Err(Error::Closed)
+        ));
+        assert!(matches!(
+            clone.begin(&key("done"), &request("r")),
             Err(Error::Closed)
         ));
         assert!(matches!(clone.get(&key("done")), Err(Error::Closed)));

@@ -13,6 +13,7 @@ mod fixture;
 #[cfg(feature = "tower")]
 mod web;
 
+mod answers_from_memory;
 mod batch_isolation;
 #[cfg(feature = "cli")]
 mod cli;
@@ -29,6 +30,10 @@ mod format_fixtures;
 mod fuzz_seeds;
 #[cfg(feature = "tower")]
 mod http_concurrent_duplicates;
+#[cfg(feature = "tower")]
+mod http_fast_path;
+#[cfg(feature = "tower")]
+mod http_policies;
 #[cfg(feature = "tower")]
 mod http_restart_replay;
 #[cfg(feature = "tower")]
