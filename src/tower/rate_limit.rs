@@ -326,15 +326,26 @@ async fn check(
 }
 
 fn add_headers<R>(response: &mut Response<R>, decision: &Decision, retry_after: bool) {
-    for (name, value) in decision.headers() {
-        if !retry_after && name == "Retry-After" {
-            continue;
-        }
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_str(&value),
-        ) {
-            response.headers_mut().insert(name, value);
+    let fields = decision.headers();
+    let headers = response.headers_mut();
+    headers.reserve(fields.len());
+    for (name, value) in fields {
+        let name = match name {
+            // The names `Decision::headers` gives, without parsing or allocating them per request.
+            "RateLimit-Policy" => HeaderName::from_static("ratelimit-policy"),
+            "RateLimit" => HeaderName::from_static("ratelimit"),
+            "X-RateLimit-Limit" => HeaderName::from_static("x-ratelimit-limit"),
+            "X-RateLimit-Remaining" => HeaderName::from_static("x-ratelimit-remaining"),
+            "X-RateLimit-Reset" => HeaderName::from_static("x-ratelimit-reset"),
+            "Retry-After" if !retry_after => continue,
+            other => match HeaderName::from_bytes(other.as_bytes()) {
+                Ok(name) => name,
+                Err(_) => continue,
+            },
+        };
+        // The value's own buffer becomes the header value (checked, not copied).
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+            headers.insert(name, value);
         }
     }
 }
