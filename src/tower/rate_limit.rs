@@ -18,6 +18,7 @@
 //!
 //! [`IdempotencyLayer`]: super::IdempotencyLayer
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -52,6 +53,48 @@ const GLOBAL_SUBJECT: &str = "all";
 struct Rule {
     limit: Limit,
     subject: Subject,
+    fields: FixedFields,
+}
+
+impl Rule {
+    fn new(limit: Limit, subject: Subject) -> Self {
+        let fields = FixedFields::of(&limit);
+        Self {
+            limit,
+            subject,
+            fields,
+        }
+    }
+}
+
+/// The header field values of a limit that are the same on every answer it decides, made once:
+/// `RateLimit-Policy` and `X-RateLimit-Limit`, as [`Decision::headers`] writes them.
+#[derive(Clone)]
+struct FixedFields {
+    /// The decision's `limit` and window (whole seconds, rounded up) these values are for.
+    limit: u32,
+    window: u64,
+    policy: HeaderValue,
+    limit_value: HeaderValue,
+}
+
+impl FixedFields {
+    fn of(limit: &Limit) -> Self {
+        let quota = u32::try_from(limit.spec.capacity()).unwrap_or(u32::MAX);
+        let window = ceil_seconds(std::time::Duration::from_nanos(limit.spec.window()));
+        let policy = format!("\"{}\";q={quota};w={window}", limit.name());
+        Self {
+            limit: quota,
+            window,
+            policy: HeaderValue::from_maybe_shared(Bytes::from(policy))
+                .unwrap_or_else(|_| HeaderValue::from_static("")),
+            limit_value: HeaderValue::from(quota),
+        }
+    }
+}
+
+fn ceil_seconds(duration: std::time::Duration) -> u64 {
+    duration.as_secs() + u64::from(duration.subsec_nanos() > 0)
 }
 
 #[derive(Clone)]
@@ -153,10 +196,7 @@ impl RateLimitLayer {
                 store,
                 rules: limits
                     .into_iter()
-                    .map(|limit| Rule {
-                        limit,
-                        subject: Subject::Key,
-                    })
+                    .map(|limit| Rule::new(limit, Subject::Key))
                     .collect(),
                 key: Arc::new(|_| Some(GLOBAL_SUBJECT.to_owned())),
                 cost: None,
@@ -187,17 +227,14 @@ impl RateLimitLayer {
         subject: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
     ) -> Self {
         let subject = Subject::Own(Arc::new(subject));
-        self.with(|c| c.rules.push(Rule { limit, subject }))
+        self.with(|c| c.rules.push(Rule::new(limit, subject)))
     }
 
     /// Adds `limit` with one counter for every request (a global ceiling).
     #[must_use]
     pub fn global_limit(self, limit: Limit) -> Self {
         self.with(|c| {
-            c.rules.push(Rule {
-                limit,
-                subject: Subject::Global,
-            });
+            c.rules.push(Rule::new(limit, Subject::Global));
         })
     }
 
@@ -293,13 +330,13 @@ where
                         "Too many requests",
                         &format!("the {} limit is exhausted; retry later", decision.policy()),
                     );
-                    add_headers(&mut response, &decision, true);
+                    add_headers(&mut response, &decision, true, &config.rules);
                     return Ok(response);
                 }
             }
             let mut response = inner.call(Request::from_parts(parts, body)).await?;
             // A request shadow mode let through was not refused: no `Retry-After` on its answer.
-            add_headers(&mut response, &decision, !shadow_denied);
+            add_headers(&mut response, &decision, !shadow_denied, &config.rules);
             Ok(response)
         })
     }
@@ -325,27 +362,136 @@ async fn check(
         .unwrap_or(Err(Error::Poisoned))
 }
 
-fn add_headers<R>(response: &mut Response<R>, decision: &Decision, retry_after: bool) {
-    let fields = decision.headers();
+/// Writes `decision`'s header fields (those of [`Decision::headers`]) into `response`; with
+/// `retry_after` false, not its `Retry-After`.
+fn add_headers<R>(
+    response: &mut Response<R>,
+    decision: &Decision,
+    retry_after: bool,
+    rules: &[Rule],
+) {
     let headers = response.headers_mut();
+    let fixed = rules
+        .iter()
+        .find(|rule| rule.limit.name() == decision.policy())
+        .map(|rule| &rule.fields)
+        .filter(|fields| {
+            fields.limit == decision.limit() && fields.window == ceil_seconds(decision.window)
+        });
+    if let (Some(fixed), None) = (fixed, decision.retry_after()) {
+        // The common answer, allowed: the fixed values are shared, the others written directly.
+        let reset = ceil_seconds(decision.reset_after());
+        let mut current = String::with_capacity(decision.policy().len() + 24);
+        let _ = write!(
+            current,
+            "\"{}\";r={};t={reset}",
+            decision.policy(),
+            decision.remaining()
+        );
+        headers.reserve(5);
+        headers.insert(
+            HeaderName::from_static("ratelimit-policy"),
+            fixed.policy.clone(),
+        );
+        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(current)) {
+            headers.insert(HeaderName::from_static("ratelimit"), value);
+        }
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            fixed.limit_value.clone(),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-remaining"),
+            HeaderValue::from(decision.remaining()),
+        );
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-reset"),
+            HeaderValue::from(reset),
+        );
+        return;
+    }
+    let fields = decision.headers();
     headers.reserve(fields.len());
     for (name, value) in fields {
-        let name = match name {
-            // The names `Decision::headers` gives, without parsing or allocating them per request.
-            "RateLimit-Policy" => HeaderName::from_static("ratelimit-policy"),
-            "RateLimit" => HeaderName::from_static("ratelimit"),
-            "X-RateLimit-Limit" => HeaderName::from_static("x-ratelimit-limit"),
-            "X-RateLimit-Remaining" => HeaderName::from_static("x-ratelimit-remaining"),
-            "X-RateLimit-Reset" => HeaderName::from_static("x-ratelimit-reset"),
-            "Retry-After" if !retry_after => continue,
-            other => match HeaderName::from_bytes(other.as_bytes()) {
-                Ok(name) => name,
-                Err(_) => continue,
-            },
-        };
-        // The value's own buffer becomes the header value (checked, not copied).
-        if let Ok(value) = HeaderValue::from_maybe_shared(Bytes::from(value)) {
+        if name == "Retry-After" && !retry_after {
+            continue;
+        }
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_maybe_shared(Bytes::from(value)),
+        ) {
             headers.insert(name, value);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ratelimit::{Quota, RateDurability};
+    use std::time::Duration;
+
+    /// The fields as `Decision::headers` gives them, lowercased, in order.
+    fn reference(decision: &Decision, retry_after: bool) -> Vec<(String, String)> {
+        decision
+            .headers()
+            .into_iter()
+            .filter(|(name, _)| retry_after || *name != "Retry-After")
+            .map(|(name, value)| (name.to_ascii_lowercase(), value))
+            .collect()
+    }
+
+    fn written(decision: &Decision, retry_after: bool, rules: &[Rule]) -> Vec<(String, String)> {
+        let mut response = Response::new(());
+        add_headers(&mut response, decision, retry_after, rules);
+        let mut fields: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .map(|(name, value)| {
+                (
+                    name.as_str().to_owned(),
+                    value.to_str().unwrap_or("").to_owned(),
+                )
+            })
+            .collect();
+        let order = reference(decision, true);
+        fields.sort_by_key(|(name, _)| order.iter().position(|(n, _)| n == name));
+        fields
+    }
+
+    #[test]
+    fn the_fields_written_are_those_decision_headers_gives() {
+        let store = Store::builder()
+            .rate_durability(RateDurability::Immediate)
+            .open_in_memory()
+            .unwrap();
+        let limits = [
+            Limit::new("per-second", Quota::per_second(3)).unwrap(),
+            Limit::new(
+                "window",
+                Quota::fixed_window(5, Duration::from_millis(1500)),
+            )
+            .unwrap(),
+            Limit::new("sliding", Quota::sliding_window(2, Duration::from_secs(60))).unwrap(),
+        ];
+        let rules: Vec<Rule> = limits
+            .iter()
+            .map(|limit| Rule::new(limit.clone(), Subject::Global))
+            .collect();
+        for limit in &limits {
+            for _ in 0..7 {
+                let decision = store.check(limit, "s").unwrap();
+                for retry_after in [true, false] {
+                    assert_eq!(
+                        written(&decision, retry_after, &rules),
+                        reference(&decision, retry_after),
+                        "{decision:?}"
+                    );
+                }
+                // A rule list that does not hold the deciding limit: the same fields.
+                assert_eq!(written(&decision, true, &[]), reference(&decision, true));
+            }
+        }
+        store.close().unwrap();
     }
 }
