@@ -250,6 +250,26 @@ impl Store {
     /// For callers on an async executor: answer on the worker when this says `Some`, hand
     /// `begin` to a blocking thread otherwise (the tower [`IdempotencyLayer`] does).
     ///
+    /// ```
+    /// use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+    /// use tollgate::{BeginOptions, Store};
+    ///
+    /// let store = Store::in_memory()?;
+    /// let (key, request) = (IdempotencyKey::new("user:1", "k")?, Fingerprint::of(b"pay 10"));
+    /// let options = BeginOptions::default();
+    /// // A new key needs a lease, which is a write: memory cannot answer.
+    /// assert!(store.try_begin(&key, &request, &options)?.is_none());
+    /// if let Begin::Acquired(lease) = store.begin(&key, &request)? {
+    ///     lease.complete(StoredResponse::new(201, b"paid".to_vec()))?;
+    /// }
+    /// store.begin(&key, &request)?; // the first replay reads the record and caches it
+    /// let Some(Begin::Replay(replay)) = store.try_begin(&key, &request, &options)? else {
+    ///     panic!("a cached replay is answered from memory");
+    /// };
+    /// assert_eq!(replay.response().body, b"paid");
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As for [`Store::begin_with`].
     ///
@@ -393,6 +413,16 @@ impl Store {
     /// this is one round trip to the server on a pooled connection (bounded like every call,
     /// [`POSTGRES_CALL_TIMEOUT`](crate::POSTGRES_CALL_TIMEOUT)); on the embedded engine it reads
     /// two flags. A failed probe is reported, never returned as an error.
+    ///
+    /// ```
+    /// use tollgate::{Health, Store};
+    ///
+    /// let store = Store::in_memory()?;
+    /// assert!(store.health().is_ready());
+    /// store.clone().close()?;
+    /// assert_eq!(store.health(), Health::Closed);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
     pub fn health(&self) -> Health {
         self.shared.engine.health()
     }

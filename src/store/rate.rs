@@ -54,6 +54,20 @@ impl Store {
     /// For callers on an async executor: answer on the worker when this says `Some`, hand
     /// `check_all` to a blocking thread otherwise (the tower [`RateLimitLayer`] does).
     ///
+    /// ```
+    /// use tollgate::Store;
+    /// use tollgate::ratelimit::{Limit, Quota};
+    ///
+    /// let store = Store::in_memory()?; // Batched counters, the default
+    /// let limit = Limit::new("api", Quota::per_second(100))?;
+    /// // Not in memory yet: no answer, nothing charged; the blocking call loads it.
+    /// assert!(store.try_check_all(&[(&limit, "client-7")], 1)?.is_none());
+    /// assert!(store.check(&limit, "client-7")?.allowed());
+    /// let decision = store.try_check_all(&[(&limit, "client-7")], 1)?.expect("in memory now");
+    /// assert_eq!(decision.remaining(), 98);
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
     /// # Errors
     /// As for [`Store::check_all`].
     ///

@@ -9,7 +9,9 @@
 //! ```
 //!
 //! Rate limiting runs first, as the payment APIs studied do: a 429 is never stored as the
-//! outcome of an idempotent request. Store calls that may wait on an fsync run in
+//! outcome of an idempotent request. An answer memory can give (a Batched check of a counter in
+//! memory, [`Store::try_check_all`]; a replay from the replay cache, [`Store::try_begin`]) is
+//! given on the async worker; store calls that may wait on an fsync or a database run in
 //! `tokio::task::spawn_blocking`, so the layers need a tokio runtime. Responses and refusals
 //! follow draft-ietf-httpapi-idempotency-key-header and draft-ietf-httpapi-ratelimit-headers;
 //! refusals carry an `application/problem+json` body (RFC 9457).
@@ -22,7 +24,11 @@
 //! | same key, different request | 422 |
 //! | same key, finished | the stored status, headers and body, plus `Idempotent-Replayed: true` |
 //! | handler answered 5xx or panicked | the answer (500 for a panic); the key is released |
-//! | rate limit exhausted | 429 with `Retry-After` and the RateLimit fields |
+//! | rate limit exhausted | 429 with `Retry-After` and the RateLimit fields (shadow mode: passed on) |
+//! | request costs more than a limit's burst | 429 without `Retry-After` |
+//!
+//! [`Store::try_check_all`]: crate::Store::try_check_all
+//! [`Store::try_begin`]: crate::Store::try_begin
 
 mod idempotency;
 mod key_header;

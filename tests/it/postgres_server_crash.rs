@@ -1,11 +1,12 @@
 //! PostgreSQL crashes under load (`pg_ctl stop -m immediate`, no shutdown checkpoint) and comes
 //! back. While it is down every call answers (no hang, no panic) with a typed retryable error:
 //! `Unavailable` (nothing was changed) or `InDoubt` (a commit's outcome is unknown). The store is
-//! never poisoned: once the server is back it reconnects by itself. Nothing acknowledged is lost
+//! never poisoned: once the server is back it reconnects by itself (and `Store::health` says
+//! `Unreachable` while it is down, ready again after). Nothing acknowledged is lost
 //! (`synchronous_commit` on): every completion that returned `Ok` before the crash replays after
 //! it, and every allowed rate check stays charged.
 //!
-//! One scenario per file: it stops the server this test process started.
+//! It runs in a process of its own (`fixture::isolated`), with a server of its own to stop.
 
 #![cfg(feature = "postgres")]
 
@@ -126,11 +127,20 @@ fn a_server_crash_under_load_loses_nothing_acknowledged_and_the_store_recovers_b
         started.elapsed() < HANG,
         "a call hung while the server was down"
     );
+    // A readiness probe says so, with the reason.
+    let health = store.health();
+    assert!(
+        matches!(health, tollgate::Health::Unreachable { .. }),
+        "{health:?}"
+    );
     let acknowledged_before_restart = acknowledged.lock().unwrap().len();
     server.restart();
-    // The store reconnects by itself: the workers complete again.
+    // The store reconnects by itself: the workers complete again, and the probe says ready.
     wait_for("completions after the restart", || {
         acknowledged.lock().unwrap().len() >= acknowledged_before_restart + 50
+    });
+    wait_for("the health probe to say ready", || {
+        store.health().is_ready()
     });
     stop.store(true, Ordering::Relaxed);
     for worker in workers {
