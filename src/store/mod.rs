@@ -213,12 +213,7 @@ impl Store {
         fingerprint: &Fingerprint,
         options: &BeginOptions,
     ) -> Result<Begin> {
-        let (lease_ttl, record_ttl) = self.shared.settings.ttls(options)?;
-        let request = BeginRequest {
-            fingerprint: fingerprint.0,
-            lease_ttl,
-            record_ttl,
-        };
+        let request = self.begin_request(fingerprint, options)?;
         let digest = key.digest();
         let deadline = options.wait.map(|wait| Instant::now() + wait);
         loop {
@@ -280,16 +275,25 @@ impl Store {
         fingerprint: &Fingerprint,
         options: &BeginOptions,
     ) -> Result<Option<Begin>> {
-        let (lease_ttl, record_ttl) = self.shared.settings.ttls(options)?;
-        let request = BeginRequest {
-            fingerprint: fingerprint.0,
-            lease_ttl,
-            record_ttl,
-        };
+        let request = self.begin_request(fingerprint, options)?;
         let digest = key.digest();
         Ok(match self.begin_from_cache(digest, request)? {
             FromCache::Answer(decision) => Some(self.to_begin(digest, decision)),
             FromCache::MustWrite | FromCache::NotCached => None,
+        })
+    }
+
+    /// A begin of `fingerprint` with `options`' TTLs (or the store's defaults).
+    fn begin_request(
+        &self,
+        fingerprint: &Fingerprint,
+        options: &BeginOptions,
+    ) -> Result<BeginRequest> {
+        let (lease_ttl, record_ttl) = self.shared.settings.ttls(options)?;
+        Ok(BeginRequest {
+            fingerprint: fingerprint.0,
+            lease_ttl,
+            record_ttl,
         })
     }
 

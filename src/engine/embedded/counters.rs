@@ -10,7 +10,7 @@
 use std::cell::Cell;
 
 use super::Embedded;
-use super::rate_cache::{Query, RateCache};
+use super::rate_cache::{Loader, Query, RateCache};
 use super::writer::Command;
 use crate::engine::CounterEngine;
 use crate::error::{Error, Result};
@@ -42,15 +42,7 @@ impl CounterEngine for Embedded {
             missed.set(true);
             Err(Error::InvalidArgument("counter not in memory".into()))
         };
-        let outcome = if let [(limit, subject)] = checks {
-            cache.run(kind, &[Query { limit, subject }], now, &loader)
-        } else {
-            let queries: Vec<Query<'_>> = checks
-                .iter()
-                .map(|&(limit, subject)| Query { limit, subject })
-                .collect();
-            cache.run(kind, &queries, now, &loader)
-        };
+        let outcome = run_in_cache(cache, kind, checks, now, &loader);
         if missed.get() {
             return Ok(None);
         }
@@ -79,15 +71,7 @@ impl Embedded {
             let stored = self.with_backend(|backend| backend.read_rate(&key.0))?;
             Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
         };
-        if let [(limit, subject)] = checks {
-            cache.run(kind, &[Query { limit, subject }], now, &loader)
-        } else {
-            let queries: Vec<Query<'_>> = checks
-                .iter()
-                .map(|&(limit, subject)| Query { limit, subject })
-                .collect();
-            cache.run(kind, &queries, now, &loader)
-        }
+        run_in_cache(cache, kind, checks, now, &loader)
     }
 
     /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
@@ -110,5 +94,25 @@ impl Embedded {
             );
         }
         Ok(charge::apply(kind, &targets, &mut states, now).0)
+    }
+}
+
+/// Runs `kind` on `checks` in the rate cache, loading what is not in memory with `loader`.
+fn run_in_cache(
+    cache: &RateCache,
+    kind: OpKind,
+    checks: &[(&Limit, &str)],
+    now: u64,
+    loader: &impl Loader,
+) -> Result<RateOutcome> {
+    if let [(limit, subject)] = checks {
+        // One counter, without allocation.
+        cache.run(kind, &[Query { limit, subject }], now, loader)
+    } else {
+        let queries: Vec<Query<'_>> = checks
+            .iter()
+            .map(|&(limit, subject)| Query { limit, subject })
+            .collect();
+        cache.run(kind, &queries, now, loader)
     }
 }
