@@ -19,6 +19,11 @@
 //!   fails with an I/O error and so does every later one, until [`SimDisk::heal`]. The live image
 //!   keeps what was written before the failure, as a page cache would.
 //!
+//! And a third, which is not a failure of the device: [`SimDisk::limit_size`] makes the disk full
+//! at a given image size. A write or a length change that would grow the image past it fails
+//! with [`std::io::ErrorKind::StorageFull`] (and changes nothing); writes within the image still
+//! succeed, as on a real full filesystem, and [`SimDisk::unlimit_size`] gives the space back.
+//!
 //! Cost: a sync copies the whole image, so this is for small test stores only.
 
 use std::sync::Arc;
@@ -60,6 +65,10 @@ struct DiskState {
     sync_permits: u64,
     /// Syncs waiting at the gate.
     syncs_waiting: u64,
+    /// The largest the image may grow (a full disk), if limited.
+    size_limit: Option<usize>,
+    /// Writes and length changes refused for want of space.
+    refused_for_space: u64,
 }
 
 impl SimDisk {
@@ -147,6 +156,34 @@ impl SimDisk {
         self.state.lock().syncs_waiting
     }
 
+    /// Fills the disk: from now on the image cannot grow past `bytes` (nor past its current size,
+    /// if that is larger). Growing writes and length changes fail with `StorageFull`.
+    pub fn limit_size(&self, bytes: u64) {
+        let mut state = self.state.lock();
+        let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        state.size_limit = Some(bytes.max(state.live.len()));
+    }
+
+    /// Fills the disk at the image's current size ([`SimDisk::limit_size`]).
+    pub fn fill(&self) {
+        self.limit_size(0);
+    }
+
+    /// Gives the space back: the image may grow again.
+    pub fn unlimit_size(&self) {
+        self.state.lock().size_limit = None;
+    }
+
+    /// Writes and length changes refused so far for want of space.
+    pub fn refused_for_space(&self) -> u64 {
+        self.state.lock().refused_for_space
+    }
+
+    /// The current size of the image (what the running process sees).
+    pub fn size(&self) -> u64 {
+        self.state.lock().live.len() as u64
+    }
+
     /// Ends injected failures: later operations succeed again on the live image.
     pub fn heal(&self) {
         let mut state = self.state.lock();
@@ -219,6 +256,18 @@ fn overlay(image: &mut [u8], offset: usize, bytes: &[u8]) {
     image[offset..end].copy_from_slice(&bytes[..end - offset]);
 }
 
+/// Refuses growing the image to `end` bytes on a full disk.
+fn check_space(state: &mut DiskState, end: usize) -> Result<(), std::io::Error> {
+    if end > state.live.len() && state.size_limit.is_some_and(|limit| end > limit) {
+        state.refused_for_space += 1;
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::StorageFull,
+            "simulated disk full",
+        ));
+    }
+    Ok(())
+}
+
 fn power_lost() -> std::io::Error {
     std::io::Error::other("simulated power loss")
 }
@@ -254,6 +303,7 @@ impl redb::StorageBackend for SimDisk {
         let mut state = self.state.lock();
         Self::start_operation(&mut state)?;
         let len = to_index(len)?;
+        check_space(&mut state, len)?;
         state.live.resize(len, 0);
         Ok(())
     }
@@ -289,6 +339,7 @@ impl redb::StorageBackend for SimDisk {
         let end = start
             .checked_add(data.len())
             .ok_or_else(|| std::io::Error::other("write beyond the address space"))?;
+        check_space(&mut state, end)?;
         if end > state.live.len() {
             state.live.resize(end, 0);
         }
@@ -374,6 +425,29 @@ mod tests {
         disk.release_syncs();
         disk.sync_data().unwrap();
         assert_eq!(disk.syncs(), 2);
+    }
+
+    #[test]
+    fn a_full_disk_refuses_growth_until_space_returns() {
+        let disk = SimDisk::new();
+        disk.write(0, &[1u8; 100]).unwrap();
+        disk.fill();
+        let full = disk.write(90, &[2u8; 20]).unwrap_err();
+        assert_eq!(full.kind(), std::io::ErrorKind::StorageFull);
+        assert_eq!(
+            disk.set_len(101).unwrap_err().kind(),
+            std::io::ErrorKind::StorageFull
+        );
+        // Within the image: fine, as on a real filesystem.
+        disk.write(0, &[3u8; 100]).unwrap();
+        disk.set_len(50).unwrap();
+        disk.set_len(100).unwrap();
+        disk.sync_data().unwrap();
+        assert_eq!(disk.refused_for_space(), 2);
+        assert!(!disk.is_failing(), "a full disk is not a failing one");
+        disk.unlimit_size();
+        disk.write(90, &[2u8; 20]).unwrap();
+        assert_eq!(disk.size(), 110);
     }
 
     #[test]
