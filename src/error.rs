@@ -70,10 +70,39 @@ pub enum Error {
     #[error("invalid argument: {0}")]
     InvalidArgument(String),
 
-    /// An earlier write failed with an I/O error, so the store no longer knows what is on disk. Every
-    /// operation now fails with this error: close the store and open it again.
-    #[error("the store is poisoned after an I/O error: close and reopen it")]
+    /// An earlier write failed with an I/O error (or the thread applying writes panicked), so
+    /// the store reads its state back from the file. Writes are refused with this error until
+    /// the file opens again for writing, which the embedded store tries by itself at the next
+    /// write (at most once a second); reads go on answering from the last committed state while
+    /// the file can be read ([`Store::health`](crate::Store::health) says which).
+    #[error("the store's writes are refused after an I/O error; it reopens its file by itself")]
     Poisoned,
+
+    /// There is no space left for the store's file (`ENOSPC`, or a disk quota), so the change was
+    /// not made. If the disk filled during a commit, the commit's changes may or may not have
+    /// reached the file: the store reads its state back from it, and a retry is safe. Reads go on
+    /// answering; writes resume by themselves once space is freed (the store tries again at the
+    /// next write, at most once a second).
+    #[error(
+        "no space left for the store at {}: writes are refused until space is freed, reads go on",
+        path.display()
+    )]
+    StorageFull {
+        /// The store's file (a description such as `(in memory)` for stores without one).
+        path: std::path::PathBuf,
+    },
+
+    /// The store's file, or its filesystem, cannot be written (it is read-only, or permissions
+    /// forbid writing), so the store opened for reads only: replays and reads answer, every
+    /// write is refused with this error. Writes resume by themselves if the file becomes
+    /// writable (the store tries again at the next write, at most once a second).
+    #[error("the store at {} cannot be written ({reason}): reads go on, writes are refused", path.display())]
+    ReadOnly {
+        /// The store's file.
+        path: std::path::PathBuf,
+        /// What the operating system said.
+        reason: String,
+    },
 
     /// The store was closed (by [`Store::close`](crate::Store::close)); this handle or lease outlived it.
     #[error("the store is closed")]
@@ -115,12 +144,11 @@ pub enum Error {
     #[error("the database is unavailable; nothing was changed, retry: {0}")]
     Unavailable(String),
 
-    /// The connection failed while a change's commit was on its way, so whether it was
+    /// The connection failed while a change's commit was on its way (or, on the embedded
+    /// engine, the file's write or sync failed during its commit), so whether it was
     /// committed is unknown. Retrying is safe: a `begin` of the same key answers from whatever
     /// was stored (a replay, the lease in flight until it expires, or a new lease).
-    #[error(
-        "the change may or may not have been committed (the connection failed during its commit): {0}"
-    )]
+    #[error("the change may or may not have been committed (its commit failed half-way): {0}")]
     InDoubt(String),
 
     /// A value read from disk could not be decoded. The file was damaged outside tollgate, or by a
@@ -169,6 +197,11 @@ pub struct StorageError {
 }
 
 impl StorageError {
+    /// The engine's error itself.
+    pub(crate) fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        self.inner.as_ref()
+    }
+
     pub(crate) fn new(
         inner: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
     ) -> Self {
@@ -194,6 +227,28 @@ impl std::error::Error for StorageError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         // The engine's error itself is in the message; its cause, if any, comes next.
         self.inner.source()
+    }
+}
+
+/// What an I/O error says about the storage under a store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum IoKind {
+    /// No space left (`ENOSPC`), or over a disk quota (`EDQUOT`).
+    Full,
+    /// A read-only filesystem (`EROFS`), or writing is not permitted (`EACCES`, `EPERM`).
+    ReadOnly,
+    /// Any other failure.
+    Other,
+}
+
+impl IoKind {
+    pub(crate) fn of(io: &std::io::Error) -> Self {
+        use std::io::ErrorKind;
+        match io.kind() {
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded => IoKind::Full,
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied => IoKind::ReadOnly,
+            _ => IoKind::Other,
+        }
     }
 }
 

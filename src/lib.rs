@@ -124,8 +124,8 @@ pub use error::{Error, Result, StorageError};
 pub use store::{
     BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,
     DEFAULT_COMPACTION_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
-    DEFAULT_REPLAY_CACHE_SIZE, Health, MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store,
-    StoreBuilder,
+    DEFAULT_REPLAY_CACHE_SIZE, DegradedCause, Health, MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats,
+    Store, StoreBuilder,
 };
 
 // The README's quickstart runs as a doctest, so it cannot drift from the API.

@@ -10,6 +10,8 @@
 //! | `tollgate_resolutions_total` | counter | `kind` = `complete`, `fail`, `release`, `extend`, `checkpoint`; `result` = `ok`, `fenced` | lease owners' writes; `fenced` is a stale owner refused |
 //! | `tollgate_rate_checks_total` | counter | `limit`, `decision` = `allowed`, `denied` | rate decisions (by the deciding limit) |
 //! | `tollgate_rate_shadow_denials_total` | counter | `limit` | requests a `RateLimitLayer` in shadow mode let through that its limits denied |
+//! | `tollgate_degraded` | gauge | | 1 while the store refuses writes and serves reads only, 0 once it writes again |
+//! | `tollgate_degraded_total` | counter | | times the store entered the degraded state |
 //! | `tollgate_writer_batch_size` | histogram | | commands per writer batch |
 //! | `tollgate_commit_seconds` | histogram | | duration of each durable commit (including its fsync) |
 //! | `tollgate_removed_records_total` | counter | | expired records removed by sweeps |
@@ -17,7 +19,7 @@
 //!
 //! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
 //! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `commit` (trace, inside a `writer_batch` span), `sweep_step`
-//! (debug when it removed something), `poisoned` (error).
+//! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again).
 
 use crate::idempotency::Digest;
 
@@ -113,6 +115,26 @@ pub(crate) fn rate_shadow_denied(decision: &crate::ratelimit::Decision) {
         "limit" => decision.policy().to_owned()
     )
     .increment(1);
+}
+
+/// The embedded store stopped writing and serves reads only (`reason`), until it can write again.
+#[allow(unused_variables)]
+pub(crate) fn degraded(reason: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tollgate", reason, "degraded: writes are refused, reads go on");
+    #[cfg(feature = "metrics")]
+    {
+        metrics::counter!("tollgate_degraded_total").increment(1);
+        metrics::gauge!("tollgate_degraded").set(1.0);
+    }
+}
+
+/// The embedded store opened its file for writing again after being degraded.
+pub(crate) fn recovered() {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tollgate", "recovered: the store writes again");
+    #[cfg(feature = "metrics")]
+    metrics::gauge!("tollgate_degraded").set(0.0);
 }
 
 /// A span around one writer batch (tracing only).

@@ -11,8 +11,20 @@ use std::fmt;
 pub enum Health {
     /// Serving reads and writes.
     Ready,
-    /// Open, but its operations fail until it is closed and opened again (the embedded engine
-    /// after an I/O error on its file).
+    /// Serving reads, refusing writes: the embedded engine after a write failed (no space left,
+    /// a read-only file or filesystem, an I/O error), or opened on a file it could not write.
+    /// Replays, `get`, `list_records`, peeks and `stats` answer from the last committed state;
+    /// writes get the typed error of the cause ([`Error::StorageFull`](crate::Error::StorageFull),
+    /// [`Error::ReadOnly`](crate::Error::ReadOnly), [`Error::Poisoned`](crate::Error::Poisoned)).
+    /// The store tries to open for writing again at its next write (at most once a second), and
+    /// is ready again once that works: nothing to do here but free the space.
+    Degraded {
+        /// Why writes are refused.
+        reason: String,
+    },
+    /// Open, but it can serve neither reads nor writes (the embedded engine after a write
+    /// failure, when its file could not be opened again even for reads). It keeps trying to
+    /// open again at its next write, as when degraded.
     Failed {
         /// Why, as the operations' error says it.
         reason: String,
@@ -38,6 +50,7 @@ impl fmt::Display for Health {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Health::Ready => f.write_str("ready"),
+            Health::Degraded { reason } => write!(f, "degraded (reads only): {reason}"),
             Health::Failed { reason } => write!(f, "failed: {reason}"),
             Health::Unreachable { reason } => write!(f, "database unreachable: {reason}"),
             Health::Closed => f.write_str("closed"),

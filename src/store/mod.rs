@@ -43,7 +43,7 @@ pub use compaction::Reclaimed;
 pub use health::Health;
 pub(crate) use notify::Notifier;
 pub(crate) use stats::Counters;
-pub use stats::{CompactionReport, Stats};
+pub use stats::{CompactionReport, DegradedCause, Stats};
 
 use crate::engine::embedded::Embedded;
 use crate::engine::embedded::storage::Location;

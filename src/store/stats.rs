@@ -51,6 +51,21 @@ pub struct Stats {
     pub writes: u64,
     /// Rate counters held in memory (Batched mode; 0 in Immediate mode).
     pub rate_counters_in_memory: u64,
+    /// Why the store refuses writes and serves reads only, if it does; `None` when it writes.
+    /// [`Store::health`](crate::Store::health) gives the full message.
+    pub degraded: Option<DegradedCause>,
+}
+
+/// Why a store serves reads only ([`Stats::degraded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DegradedCause {
+    /// No space left for its file (or over a disk quota).
+    StorageFull,
+    /// Its file or filesystem cannot be written.
+    ReadOnly,
+    /// A write failed with another I/O error (or the thread applying writes panicked).
+    WriteFailed,
 }
 
 #[derive(Default)]
@@ -104,6 +119,7 @@ impl Counters {
             commits: self.commits.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
             rate_counters_in_memory: 0,
+            degraded: None,
         }
     }
 }

@@ -182,7 +182,14 @@ fn rounded_seconds(span: Duration) -> u64 {
 
 /// Whether `error` is what an I/O failure or power cut makes the store report.
 fn is_io(error: &Error) -> bool {
-    matches!(error, Error::Storage(_) | Error::Poisoned)
+    matches!(
+        error,
+        Error::Storage(_)
+            | Error::Poisoned
+            | Error::InDoubt(_)
+            | Error::StorageFull { .. }
+            | Error::ReadOnly { .. }
+    )
 }
 
 impl Default for Harness {

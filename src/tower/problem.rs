@@ -34,9 +34,16 @@ const UNAVAILABLE_RETRY_AFTER: &str = "1";
 /// a retry later is safe), otherwise 500.
 pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> Response<B> {
     use crate::Error;
+    // A retry later can work: the database comes back, the disk gets space, the store reopens
+    // its file for writing by itself.
     let temporary = matches!(
         error,
-        Error::Unavailable(_) | Error::InDoubt(_) | Error::CapacityExceeded { .. }
+        Error::Unavailable(_)
+            | Error::InDoubt(_)
+            | Error::CapacityExceeded { .. }
+            | Error::StorageFull { .. }
+            | Error::ReadOnly { .. }
+            | Error::Poisoned
     );
     if temporary {
         let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, title, &error.to_string());
@@ -95,18 +102,31 @@ mod tests {
     }
 
     #[test]
-    fn a_database_that_is_unavailable_is_a_503_to_retry_and_other_failures_a_500() {
+    fn a_store_that_can_come_back_is_a_503_to_retry_and_other_failures_a_500() {
         for temporary in [
             crate::Error::Unavailable("down".into()),
             crate::Error::InDoubt("cut during the commit".into()),
+            crate::Error::StorageFull {
+                path: "/var/lib/app/store.redb".into(),
+            },
+            crate::Error::ReadOnly {
+                path: "/var/lib/app/store.redb".into(),
+                reason: "read-only filesystem".into(),
+            },
+            crate::Error::Poisoned,
         ] {
             let response: Response<Bytes> = unavailable("Store unavailable", &temporary);
             assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
             assert_eq!(response.headers()[header::RETRY_AFTER], "1");
         }
-        let response: Response<Bytes> = unavailable("Store unavailable", &crate::Error::Poisoned);
-        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
-        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        for lasting in [
+            crate::Error::Closed,
+            crate::Error::Corrupted("a bad record".into()),
+        ] {
+            let response: Response<Bytes> = unavailable("Store unavailable", &lasting);
+            assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+            assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        }
     }
 
     #[test]

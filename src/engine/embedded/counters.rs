@@ -68,7 +68,7 @@ impl Embedded {
         let now = self.time.now();
         let recovery = self.recovery;
         let loader = |key: &CounterKey, spec: &Spec| {
-            let stored = self.with_backend(|backend| backend.read_rate(&key.0))?;
+            let stored = self.read_backend(|backend| backend.read_rate(&key.0))?;
             Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
         };
         run_in_cache(cache, kind, checks, now, &loader)

@@ -19,43 +19,69 @@ pub(crate) mod storage;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
 
 use super::Swept;
-use crate::clock::{StoreTime, system_time_to_nanos};
-use crate::error::{Error, Result};
+use crate::clock::{Clock, StoreTime, system_time_to_nanos};
+use crate::error::{Error, IoKind, Result};
 use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
 use rate_cache::RateCache;
 use recovery::Recovery;
 use sequencer::Sequencer;
-use storage::{Backend, Location, OpenOptions};
+use storage::{Backend, Location, OpenOptions, io_kind};
 pub(crate) use writer::Command;
-use writer::{Core, Pending, Writer};
+use writer::{Cause, Core, Failure, Pending, Writer};
+
+/// How often a store that cannot write tries to reopen its file for writing, at most (on the
+/// store's clock, at its next write).
+pub(crate) const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An open store file and its writer.
 pub(crate) struct Embedded {
     /// `None` once closed.
     running: RwLock<Option<Running>>,
     time: Arc<StoreTime>,
-    poisoned: Arc<AtomicBool>,
+    /// The current writer's failure flag (a fresh one for each writer).
+    failure: RwLock<Arc<Failure>>,
     counters: Arc<Counters>,
-    epoch: u64,
+    /// This open's epoch; a reopen for writing after a failure bumps it.
+    epoch: AtomicU64,
     /// Present in Batched rate mode.
     rate_cache: Option<Arc<RateCache>>,
     recovery: Recovery,
     rate_keys: CounterKeys,
     location: Location,
+    /// What opening the file again takes.
+    reopen: Reopen,
+}
+
+/// What the engine needs to open its file again (after a write failure).
+struct Reopen {
+    options: OpenOptions,
+    clock: Arc<dyn Clock>,
+    settings: Settings,
+    rate_flush_every: Option<Duration>,
+    compaction_interval: Option<Duration>,
+    notifier: Arc<Notifier>,
 }
 
 /// What exists only while the store is open.
 struct Running {
-    backend: Arc<Backend>,
+    /// `None` if the file could not be opened even for reads (every read fails with `cause`).
+    backend: Option<Arc<Backend>>,
+    /// `None` while the store cannot write: every write is refused with the cause's error.
+    writer: Option<WriterParts>,
+    /// Why the store cannot write, since when, and when it last tried to reopen for writing.
+    degraded: Option<Degraded>,
+}
+
+struct WriterParts {
     commands: Sender<Command>,
     /// The queue's receiving end, for callers that lead a batch themselves.
     queue: Receiver<Command>,
@@ -64,10 +90,16 @@ struct Running {
     compactor: Option<Compactor>,
 }
 
-impl Running {
-    /// Stops the compactor, then the writer (after it applied everything queued before), joins
-    /// both and closes the file.
-    fn shut_down(self) -> Result<()> {
+struct Degraded {
+    cause: Cause,
+    /// When the last reopen for writing was tried, on the store's clock.
+    tried: SystemTime,
+}
+
+impl WriterParts {
+    /// Stops the compactor, then the writer (after it applied everything queued before) and
+    /// joins both. Returns whether the writer thread ended normally.
+    fn stop(self) -> bool {
         if let Some(compactor) = self.compactor {
             compactor.stop();
         }
@@ -75,12 +107,22 @@ impl Running {
         let _ = self.commands.send(Command::Shutdown);
         let joined = self.writer.join();
         drop(self.core);
-        let closed = match Arc::try_unwrap(self.backend) {
-            Ok(backend) => backend.close(),
+        joined.is_ok()
+    }
+}
+
+impl Running {
+    /// Stops the writer and closes the file.
+    fn shut_down(self) -> Result<()> {
+        let joined = self.writer.is_none_or(WriterParts::stop);
+        let closed = match self.backend.map(Arc::try_unwrap) {
+            Some(Ok(backend)) => backend.close(),
             // Unreachable: only the writer's core (now dropped) and this engine hold the backend.
-            Err(_) => Ok(()),
+            Some(Err(_)) | None => Ok(()),
         };
-        joined.map_err(|_| Error::Poisoned)?;
+        if !joined {
+            return Err(Error::Poisoned);
+        }
         closed
     }
 }
@@ -95,7 +137,9 @@ impl Drop for Embedded {
 }
 
 impl Embedded {
-    /// Opens (or creates) the store at `location`.
+    /// Opens (or creates) the store at `location`. A file that exists but cannot be written (no
+    /// space left, a read-only file or filesystem) opens for reads only: the store serves reads
+    /// and refuses writes, and tries to open for writing again at its next write.
     pub(crate) fn open(
         builder: &StoreBuilder,
         settings: &Settings,
@@ -107,44 +151,94 @@ impl Embedded {
             RateDurability::Batched { max_delay } => Some(max_delay),
             RateDurability::Immediate => None,
         };
-        let (backend, persisted) = Backend::open(
-            &location,
-            OpenOptions {
-                cache_size: builder.cache_size,
-                now: system_time_to_nanos(builder.clock.now()),
-                batched_rates: rate_flush_every.is_some(),
-                quick_repair: builder.quick_repair,
-                verify: builder.verify_on_open,
-                secret_if_new: builder.rate_secret,
-            },
-        )?;
+        let options = OpenOptions {
+            cache_size: builder.cache_size,
+            now: system_time_to_nanos(builder.clock.now()),
+            batched_rates: rate_flush_every.is_some(),
+            quick_repair: builder.quick_repair,
+            verify: builder.verify_on_open,
+            secret_if_new: builder.rate_secret,
+            same_session: false,
+        };
+        let (backend, persisted, degraded) = match Backend::open(&location, options) {
+            Ok((backend, persisted)) => (backend, persisted, None),
+            Err(error) if io_kind(&error) != IoKind::Other && location_exists(&location) => {
+                let cause = Cause::of(&error, location.path());
+                let (backend, persisted) =
+                    Backend::open_for_reads(&location, options).map_err(|_| cause.error())?;
+                crate::observe::degraded(&cause.reason());
+                (backend, persisted, Some(cause))
+            }
+            Err(error) => return Err(error),
+        };
         counters.set_records(persisted.record_counts);
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
         let rate_keys = CounterKeys::new(persisted.rate_secret);
         let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys)));
-        let backend = Arc::new(backend);
         let time = Arc::new(StoreTime::new(
             Arc::clone(&builder.clock),
             persisted.clock_high_water,
         ));
-        let poisoned = Arc::new(AtomicBool::new(false));
+        let engine = Self {
+            running: RwLock::new(None),
+            time,
+            failure: RwLock::new(Arc::new(Failure::default())),
+            counters,
+            epoch: AtomicU64::new(persisted.epoch),
+            rate_cache,
+            recovery,
+            rate_keys,
+            location,
+            reopen: Reopen {
+                options: OpenOptions {
+                    same_session: true,
+                    ..options
+                },
+                clock: Arc::clone(&builder.clock),
+                settings: *settings,
+                rate_flush_every,
+                compaction_interval: builder.compaction_interval,
+                notifier,
+            },
+        };
+        let backend = Arc::new(backend);
+        let running = match degraded {
+            None => engine.start_writer(backend, persisted)?,
+            Some(cause) => Running {
+                backend: Some(backend),
+                writer: None,
+                degraded: Some(Degraded {
+                    cause,
+                    tried: engine.reopen.clock.now(),
+                }),
+            },
+        };
+        *engine.running.write() = Some(running);
+        Ok(engine)
+    }
+
+    /// Starts a writer (and the compactor) on `backend`, opened for writing with `persisted`.
+    fn start_writer(&self, backend: Arc<Backend>, persisted: storage::Counters) -> Result<Running> {
+        let failure = Arc::new(Failure::default());
         let (commands, receiver) = crossbeam_channel::unbounded();
         let core = Arc::new(Mutex::new(Core {
             backend: Arc::clone(&backend),
-            poisoned: Arc::clone(&poisoned),
-            notifier,
-            counters: Arc::clone(&counters),
+            failure: Arc::clone(&failure),
+            path: self.location.path(),
+            notifier: Arc::clone(&self.reopen.notifier),
+            counters: Arc::clone(&self.counters),
             sequencer: Sequencer {
-                time: Arc::clone(&time),
+                time: Arc::clone(&self.time),
                 epoch: persisted.epoch,
                 next_token: persisted.next_token,
-                max_records: settings.max_records,
-                recovery,
+                max_records: self.reopen.settings.max_records,
+                recovery: self.recovery,
                 record_counts: persisted.record_counts,
             },
-            rate_flush: rate_cache
+            rate_flush: self
+                .rate_cache
                 .as_ref()
-                .zip(rate_flush_every)
+                .zip(self.reopen.rate_flush_every)
                 .map(|(cache, every)| (Arc::clone(cache), every)),
             last_foreground: Instant::now(),
             stopped: false,
@@ -159,9 +253,9 @@ impl Embedded {
             .map_err(Error::storage)?;
         let queue = commands.clone();
         let compactor = Compactor::start(
-            builder.compaction_interval,
-            settings.compaction_batch,
-            &counters,
+            self.reopen.compaction_interval,
+            self.reopen.settings.compaction_batch,
+            &self.counters,
             move |limit| {
                 let (reply, answer) = Pending::channel();
                 queue
@@ -170,36 +264,29 @@ impl Embedded {
                 answer.recv().map_err(|_| Error::Closed)?
             },
         )?;
-        Ok(Self {
-            running: RwLock::new(Some(Running {
-                backend,
+        self.epoch.store(persisted.epoch, Ordering::Release);
+        *self.failure.write() = failure;
+        Ok(Running {
+            backend: Some(backend),
+            writer: Some(WriterParts {
                 commands,
                 queue: receiver,
                 core,
                 writer,
                 compactor,
-            })),
-            time,
-            poisoned,
-            counters,
-            epoch: persisted.epoch,
-            rate_cache,
-            recovery,
-            rate_keys,
-            location,
+            }),
+            degraded: None,
         })
     }
 
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch
+        self.epoch.load(Ordering::Acquire)
     }
 
+    /// `Ok` while the store can serve reads (after a write failure, once its file is open again
+    /// for reads).
     pub(crate) fn check_usable(&self) -> Result<()> {
-        if self.poisoned.load(Ordering::Acquire) {
-            Err(Error::Poisoned)
-        } else {
-            Ok(())
-        }
+        self.settle()
     }
 
     pub(crate) fn is_closed(&self) -> bool {
@@ -207,14 +294,27 @@ impl Embedded {
     }
 
     pub(crate) fn health(&self) -> crate::Health {
-        if self.is_closed() {
-            crate::Health::Closed
-        } else if let Err(error) = self.check_usable() {
-            crate::Health::Failed {
-                reason: error.to_string(),
-            }
-        } else {
-            crate::Health::Ready
+        if self.settle().is_err() && self.is_closed() {
+            return crate::Health::Closed;
+        }
+        let running = self.running.read();
+        match running.as_ref() {
+            None => crate::Health::Closed,
+            Some(Running { degraded: None, .. }) => crate::Health::Ready,
+            Some(Running {
+                backend: Some(_),
+                degraded: Some(degraded),
+                ..
+            }) => crate::Health::Degraded {
+                reason: degraded.cause.reason(),
+            },
+            Some(Running {
+                backend: None,
+                degraded: Some(degraded),
+                ..
+            }) => crate::Health::Failed {
+                reason: degraded.cause.reason(),
+            },
         }
     }
 
@@ -236,11 +336,20 @@ impl Embedded {
     }
 
     pub(crate) fn stats(&self) -> Result<Stats> {
+        self.settle()?;
         let mut stats = self.counters.snapshot();
         {
             let running = self.running.read();
             let running = running.as_ref().ok_or(Error::Closed)?;
-            stats.rate_states = running.backend.rate_count()?;
+            stats.degraded = running
+                .degraded
+                .as_ref()
+                .map(|degraded| degraded.cause.kind());
+            let backend = running
+                .backend
+                .as_ref()
+                .ok_or_else(|| unreadable(running))?;
+            stats.rate_states = backend.rate_count()?;
         }
         stats.file_bytes = self.location.len()?;
         if let Some(cache) = &self.rate_cache {
@@ -250,44 +359,188 @@ impl Embedded {
     }
 
     /// A view of the writer's command queue that outlives `close` (test support). `None` once
-    /// closed.
+    /// closed, or while the store cannot write.
     #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn command_queue(&self) -> Option<crate::testing::CommandQueue> {
         let running = self.running.read();
         running
+            .as_ref()?
+            .writer
             .as_ref()
-            .map(|running| crate::testing::CommandQueue(running.queue.clone()))
+            .map(|writer| crate::testing::CommandQueue(writer.queue.clone()))
     }
 
     /// Runs `read` on the open backend.
     fn with_backend<T>(&self, read: impl FnOnce(&Backend) -> Result<T>) -> Result<T> {
-        self.check_usable()?;
+        self.settle()?;
+        self.read_backend(read)
+    }
+
+    /// [`Embedded::with_backend`] for a caller that settled already and may hold a lock of the
+    /// rate cache (which the writer's shutdown in `settle` could need).
+    fn read_backend<T>(&self, read: impl FnOnce(&Backend) -> Result<T>) -> Result<T> {
         let running = self.running.read();
         let running = running.as_ref().ok_or(Error::Closed)?;
-        read(&running.backend)
+        let backend = running
+            .backend
+            .as_ref()
+            .ok_or_else(|| unreadable(running))?;
+        read(backend)
     }
 
     /// Has a command applied and waits for its answer: on this thread if no batch is being
-    /// applied (see [`writer::lead`]), otherwise queued for the next batch.
+    /// applied (see [`writer::lead`]), otherwise queued for the next batch. While the store
+    /// cannot write, tries to reopen for writing first (at most every [`REOPEN_INTERVAL`]), and
+    /// refuses the command with the cause's error if that fails.
     fn send<T>(&self, command: impl FnOnce(Pending<T>) -> Command) -> Result<T> {
-        self.check_usable()?;
+        self.settle()?;
         let (reply, answer) = Pending::channel();
-        let queued = {
-            let running = self.running.read();
-            let running = running.as_ref().ok_or(Error::Closed)?;
-            writer::lead(&running.core, &running.queue, command(reply))
-                .map(|command| (command, running.commands.clone()))
+        let queued = loop {
+            {
+                let running = self.running.read();
+                let running = running.as_ref().ok_or(Error::Closed)?;
+                match (&running.writer, &running.degraded) {
+                    (Some(writer), _) => {
+                        break writer::lead(&writer.core, &writer.queue, command(reply))
+                            .map(|command| (command, writer.commands.clone()));
+                    }
+                    (None, Some(degraded)) if !self.time_to_reopen(degraded) => {
+                        return Err(degraded.cause.error());
+                    }
+                    (None, _) => {}
+                }
+            }
+            self.try_reopen();
         };
         if let Some((command, commands)) = queued {
             commands.send(command).map_err(|_| Error::Closed)?;
         }
-        // A dropped reply means the writer exited without answering: closed, or died (poisoned).
+        // A dropped reply means the writer exited without answering: closed, or died.
+        let failure = Arc::clone(&self.failure.read());
         answer.recv().map_err(|_| {
-            if self.poisoned.load(Ordering::Acquire) {
-                Error::Poisoned
+            if failure.is_failed() {
+                failure
+                    .cause()
+                    .map_or(Error::Poisoned, |cause| cause.error())
             } else {
                 Error::Closed
             }
         })?
+    }
+
+    fn time_to_reopen(&self, degraded: &Degraded) -> bool {
+        self.reopen
+            .clock
+            .now()
+            .duration_since(degraded.tried)
+            .map_or(true, |since| since >= REOPEN_INTERVAL)
+    }
+
+    /// After a write failure: stops the failed writer, closes the file (redb refuses every
+    /// operation on a handle after an I/O error) and opens it again, for writing if it can, else
+    /// for reads. `Ok` once the store can serve reads; `Closed` if it was closed.
+    fn settle(&self) -> Result<()> {
+        if !self.failure.read().is_failed() {
+            return Ok(());
+        }
+        let mut running = self.running.write();
+        let failure = Arc::clone(&self.failure.read());
+        if !failure.is_failed() {
+            return Ok(()); // another caller settled it
+        }
+        let Some(current) = running.take() else {
+            return Err(Error::Closed);
+        };
+        let cause = failure.cause().unwrap_or(Cause::Failed {
+            reason: "a write failed".into(),
+        });
+        crate::observe::degraded(&cause.reason());
+        let _ = current.shut_down();
+        *running = Some(self.reopened(cause));
+        Ok(())
+    }
+
+    /// Tries to open the file for writing again (the store could not write).
+    fn try_reopen(&self) {
+        let mut running = self.running.write();
+        let Some(current) = running.take() else {
+            return;
+        };
+        let due = current.writer.is_none()
+            && current
+                .degraded
+                .as_ref()
+                .is_some_and(|degraded| self.time_to_reopen(degraded));
+        if !due {
+            *running = Some(current);
+            return;
+        }
+        let cause = current
+            .degraded
+            .as_ref()
+            .map(|degraded| degraded.cause.clone());
+        let _ = current.shut_down();
+        *running = Some(self.reopened(cause.unwrap_or(Cause::Failed {
+            reason: "a write failed".into(),
+        })));
+    }
+
+    /// Opens the (closed) file again: for writing, with a new epoch, if it can; else for reads,
+    /// remembering `cause` (or the new one) and the attempt.
+    fn reopened(&self, cause: Cause) -> Running {
+        let options = OpenOptions {
+            now: system_time_to_nanos(self.reopen.clock.now()),
+            ..self.reopen.options
+        };
+        let attempt = Backend::open(&self.location, options).and_then(|(backend, persisted)| {
+            let records = persisted.record_counts;
+            let running = self.start_writer(Arc::new(backend), persisted)?;
+            Ok((running, records))
+        });
+        match attempt {
+            Ok((running, records)) => {
+                self.counters.set_records(records);
+                // Whatever a failed flush took from the cache is written again.
+                if let Some(cache) = &self.rate_cache {
+                    cache.mark_all_dirty();
+                }
+                crate::observe::recovered();
+                self.reopen.notifier.bump();
+                running
+            }
+            Err(error) => {
+                let cause = match io_kind(&error) {
+                    IoKind::Other => cause,
+                    _ => Cause::of(&error, self.location.path()),
+                };
+                let backend = Backend::open_for_reads(&self.location, options)
+                    .ok()
+                    .map(|(backend, _)| Arc::new(backend));
+                Running {
+                    backend,
+                    writer: None,
+                    degraded: Some(Degraded {
+                        cause,
+                        tried: self.reopen.clock.now(),
+                    }),
+                }
+            }
+        }
+    }
+}
+
+/// The error of a read on a store whose file could not be opened again.
+fn unreadable(running: &Running) -> Error {
+    running
+        .degraded
+        .as_ref()
+        .map_or(Error::Poisoned, |degraded| degraded.cause.error())
+}
+
+/// Whether the store's bytes exist already (a new file cannot be created for reads).
+fn location_exists(location: &Location) -> bool {
+    match location {
+        Location::File(path) => path.exists(),
+        _ => true,
     }
 }

@@ -299,6 +299,21 @@ impl RateCache {
     }
 
     /// Takes every changed counter, marking it clean.
+    /// Marks every counter in memory changed, so that the next flush writes them all (after a
+    /// flush failed: what it took is written again).
+    pub(crate) fn mark_all_dirty(&self) {
+        for shard in &self.shards {
+            let mut shard = shard.lock();
+            let Shard { entries, dirty, .. } = &mut *shard;
+            for entry in entries.iter_mut() {
+                if !entry.dirty {
+                    entry.dirty = true;
+                    dirty.push((entry.hash, entry.key));
+                }
+            }
+        }
+    }
+
     pub(crate) fn take_dirty(&self) -> Vec<DirtyCounter> {
         let mut out = Vec::new();
         for shard in &self.shards {

@@ -28,8 +28,8 @@ impl RecordEngine for Embedded {
         let params = BeginParams {
             fingerprint: request.fingerprint,
             now: self.time.now(),
-            epoch: self.epoch,
-            owner_epoch: self.epoch,
+            epoch: self.epoch(),
+            owner_epoch: self.epoch(),
             lease_ttl: request.lease_ttl,
             record_ttl: request.record_ttl,
             next_token: 0,

@@ -20,14 +20,18 @@
 //! - A bulk load and each compaction step get a transaction of their own.
 //! - Every command carries a reply of its own answer's type ([`Pending`]), so an answer can only
 //!   reach the caller that asked for it, in the shape it asked for.
-//! - A *storage* error aborts the batch and poisons the store: every caller in the batch gets an
-//!   error, and every later operation gets [`Error::Poisoned`] until the store is reopened.
+//! - A *storage* error aborts the batch and marks the writer failed ([`Failure`]): every caller
+//!   in the batch gets an error that says what happened (no space left; otherwise the commit is
+//!   in doubt), and every command after it gets the failure's error. The engine then stops this
+//!   writer and reopens the file (`mod.rs`): a failed fsync is never retried as if the earlier
+//!   writes were safe, the next state is read back from the file.
 //! - A batch that wrote nothing is not committed (no fsync).
-//! - If the thread applying a batch panics (the writer thread or a leader), a drop guard poisons
-//!   the store, so nobody keeps writing to a store whose writer state is in doubt.
+//! - If the thread applying a batch panics (the writer thread or a leader), a drop guard marks
+//!   the writer failed, so nobody keeps writing to a store whose writer state is in doubt.
 //! - [`Command::Shutdown`] is the last command applied: commands queued behind it, and any later
 //!   leader, are answered [`Error::Closed`].
 
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -37,9 +41,9 @@ use parking_lot::Mutex;
 
 use super::rate_cache::RateCache;
 use super::sequencer::Sequencer;
-use super::storage::Backend;
+use super::storage::{Backend, io_kind};
 use crate::engine::{BeginRequest, BulkRecords, Swept, stored_rate};
-use crate::error::Error;
+use crate::error::{Error, IoKind};
 use crate::idempotency::Digest;
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::ratelimit::charge::{RateOp, RateOutcome};
@@ -208,11 +212,101 @@ impl Command {
     }
 }
 
+/// Why a writer stopped writing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Cause {
+    /// No space left for the file.
+    Full { path: PathBuf },
+    /// The file or its filesystem cannot be written.
+    ReadOnly { path: PathBuf, reason: String },
+    /// Another I/O error (its message), or the thread applying a batch panicked.
+    Failed { reason: String },
+}
+
+impl Cause {
+    /// The cause of `error`, met by a write to the file at `path`.
+    pub(crate) fn of(error: &Error, path: PathBuf) -> Self {
+        match io_kind(error) {
+            IoKind::Full => Cause::Full { path },
+            IoKind::ReadOnly => Cause::ReadOnly {
+                path,
+                reason: error.to_string(),
+            },
+            IoKind::Other => Cause::Failed {
+                reason: error.to_string(),
+            },
+        }
+    }
+
+    /// What a write refused for this cause reports.
+    pub(crate) fn error(&self) -> Error {
+        match self {
+            Cause::Full { path } => Error::StorageFull { path: path.clone() },
+            Cause::ReadOnly { path, reason } => Error::ReadOnly {
+                path: path.clone(),
+                reason: reason.clone(),
+            },
+            Cause::Failed { .. } => Error::Poisoned,
+        }
+    }
+
+    /// The kind, for `stats()`.
+    pub(crate) fn kind(&self) -> crate::DegradedCause {
+        match self {
+            Cause::Full { .. } => crate::DegradedCause::StorageFull,
+            Cause::ReadOnly { .. } => crate::DegradedCause::ReadOnly,
+            Cause::Failed { .. } => crate::DegradedCause::WriteFailed,
+        }
+    }
+
+    /// Why, for `health()` and the logs.
+    pub(crate) fn reason(&self) -> String {
+        match self {
+            Cause::Failed { reason } => format!("a write failed: {reason}"),
+            other => other.error().to_string(),
+        }
+    }
+}
+
+/// Set once a write failed (or the thread applying a batch panicked): the writer refuses every
+/// later command, and the engine, at its next operation, stops this writer and reopens the file.
+#[derive(Default)]
+pub(crate) struct Failure {
+    failed: AtomicBool,
+    cause: Mutex<Option<Cause>>,
+}
+
+impl Failure {
+    pub(crate) fn is_failed(&self) -> bool {
+        self.failed.load(Ordering::Acquire)
+    }
+
+    /// Records the first cause (later ones are consequences of it).
+    pub(crate) fn set(&self, cause: Cause) {
+        let mut slot = self.cause.lock();
+        if slot.is_none() {
+            *slot = Some(cause);
+        }
+        self.failed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn cause(&self) -> Option<Cause> {
+        self.cause.lock().clone()
+    }
+
+    /// What a command refused after the failure reports.
+    fn error(&self) -> Error {
+        self.cause().map_or(Error::Poisoned, |cause| cause.error())
+    }
+}
+
 /// Everything a batch is applied with. One [`Mutex`] guards it: whoever holds the lock is the
 /// only writer, whether that is the writer thread or a caller leading its own batch.
 pub(crate) struct Core {
     pub backend: Arc<Backend>,
-    pub poisoned: Arc<AtomicBool>,
+    pub failure: Arc<Failure>,
+    /// The file's path, for errors.
+    pub path: PathBuf,
     pub notifier: Arc<Notifier>,
     pub counters: Arc<Counters>,
     pub sequencer: Sequencer,
@@ -230,13 +324,15 @@ pub(crate) struct Writer {
     pub commands: Receiver<Command>,
 }
 
-/// Poisons the store if the thread applying a batch unwinds.
-struct PoisonOnPanic<'a>(&'a AtomicBool);
+/// Marks the writer failed if the thread applying a batch unwinds.
+struct PoisonOnPanic<'a>(&'a Failure);
 
 impl Drop for PoisonOnPanic<'_> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            self.0.store(true, Ordering::Release);
+            self.0.set(Cause::Failed {
+                reason: "the thread applying a batch panicked".into(),
+            });
         }
     }
 }
@@ -263,8 +359,8 @@ pub(crate) fn lead(
     let Some(mut core) = core.try_lock() else {
         return Some(command);
     };
-    let poisoned = Arc::clone(&core.poisoned);
-    let _guard = PoisonOnPanic(&poisoned);
+    let failure = Arc::clone(&core.failure);
+    let _guard = PoisonOnPanic(&failure);
     let mut batch = Vec::with_capacity(1 + commands.len());
     drain(commands, &mut batch);
     batch.push(command);
@@ -284,8 +380,8 @@ fn drain(commands: &Receiver<Command>, batch: &mut Vec<Command>) {
 
 impl Writer {
     pub(crate) fn run(self) {
-        let poisoned = Arc::clone(&self.core.lock().poisoned);
-        let _guard = PoisonOnPanic(&poisoned);
+        let failure = Arc::clone(&self.core.lock().failure);
+        let _guard = PoisonOnPanic(&failure);
         let flush_every = self
             .core
             .lock()
@@ -385,9 +481,10 @@ impl Core {
     }
 
     /// Writes every changed batched counter in one transaction; `last` also saves the counters
-    /// and records that the session ended cleanly. A failure poisons the store.
+    /// and records that the session ended cleanly. A failure marks the writer failed (the
+    /// counters it took stay in memory, and are written again after the reopen).
     fn flush_rates(&mut self, last: bool) {
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.failure.is_failed() {
             return;
         }
         let dirty = match &self.rate_flush {
@@ -420,13 +517,16 @@ impl Core {
             Ok(()) => self
                 .counters
                 .committed(dirty.len() as u64, self.sequencer.record_counts),
-            Err(_) => self.poisoned.store(true, Ordering::Release),
+            Err(error) => {
+                crate::observe::poisoned(&error);
+                self.failure.set(Cause::of(&error, self.path.clone()));
+            }
         }
     }
 
     fn evict_rates(&self, now: u64) {
         if let Some((cache, _)) = &self.rate_flush {
-            if !self.poisoned.load(Ordering::Acquire) {
+            if !self.failure.is_failed() {
                 cache.evict(now);
             }
         }
@@ -448,9 +548,9 @@ impl Core {
                 late.fail(Error::Closed);
             }
         }
-        if self.poisoned.load(Ordering::Acquire) {
+        if self.failure.is_failed() {
             for command in batch.drain(..) {
-                command.fail(Error::Poisoned);
+                command.fail(self.failure.error());
             }
             return shutdown.is_some();
         }
@@ -466,8 +566,8 @@ impl Core {
             self.flush_rates(false);
             self.evict_rates(now);
             for flush in flushes {
-                if self.poisoned.load(Ordering::Acquire) {
-                    flush.fail(Error::Poisoned);
+                if self.failure.is_failed() {
+                    flush.fail(self.failure.error());
                 } else if let Command::Flush { reply } = flush {
                     reply.send(Ok(()));
                 }
@@ -535,13 +635,19 @@ impl Core {
                 }
                 Err(error) => {
                     crate::observe::poisoned(&error);
-                    self.poisoned.store(true, Ordering::Release);
+                    let cause = Cause::of(&error, self.path.clone());
+                    self.failure.set(cause.clone());
                     // Tokens of the failed batch were never acknowledged; keeping the counter
-                    // advanced is harmless (the store is poisoned) and never reuses a token.
+                    // advanced is harmless (this writer stops) and never reuses a token.
                     debug_assert!(self.sequencer.next_token >= token_before);
-                    let mut first = Some(error);
+                    // A full disk refused the commit; any other failure leaves it in doubt
+                    // (a failed sync may have written some of it). The reopen reads it back.
+                    let message = error.to_string();
                     for command in batch.drain(..) {
-                        command.fail(first.take().unwrap_or(Error::Poisoned));
+                        command.fail(match &cause {
+                            Cause::Failed { .. } => Error::InDoubt(message.clone()),
+                            refused => refused.error(),
+                        });
                     }
                     self.notifier.bump();
                 }

@@ -16,7 +16,7 @@ mod tables;
 
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use redb_backend::contained_panics;
-pub(crate) use redb_backend::{Backend, OpenOptions};
+pub(crate) use redb_backend::{Backend, Counters, OpenOptions, io_kind};
 #[cfg(any(test, feature = "test-support"))]
 pub use sim_disk::SimDisk;
 
@@ -33,6 +33,16 @@ pub(crate) enum Location {
 }
 
 impl Location {
+    /// The file's path, or a description of where the bytes are, for error messages.
+    pub(crate) fn path(&self) -> std::path::PathBuf {
+        match self {
+            Location::File(path) => path.clone(),
+            Location::Memory(_) => "(in memory)".into(),
+            #[cfg(any(test, feature = "test-support"))]
+            Location::Simulated(_) => "(simulated disk)".into(),
+        }
+    }
+
     /// The size of the store's bytes.
     pub(crate) fn len(&self) -> Result<u64, crate::Error> {
         match self {

@@ -19,14 +19,14 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use redb::{
-    Database, DatabaseError, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition, TableHandle,
+    Database, DatabaseError, ReadOnlyDatabase, ReadableDatabase, ReadableTable,
+    ReadableTableMetadata, TableDefinition, TableHandle,
 };
 
 use super::Location;
 use super::tables::{RecordCounts, Tables};
 use crate::engine::codec::{self, EXPIRY_KEY_LEN, StoredRate};
-use crate::error::Error;
+use crate::error::{Error, IoKind};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::CounterKeys;
 
@@ -66,8 +66,48 @@ where
     Error::storage(error)
 }
 
+/// What the first I/O error under `error` says about the storage (redb wraps it in its own
+/// errors, which name no source).
+pub(crate) fn io_kind(error: &Error) -> IoKind {
+    match error {
+        Error::StorageFull { .. } => IoKind::Full,
+        Error::ReadOnly { .. } => IoKind::ReadOnly,
+        Error::Storage(storage) => {
+            let inner = storage.inner();
+            let redb = inner
+                .downcast_ref::<redb::StorageError>()
+                .or_else(|| match inner.downcast_ref::<redb::CommitError>() {
+                    Some(redb::CommitError::Storage(error)) => Some(error),
+                    _ => None,
+                })
+                .or_else(|| match inner.downcast_ref::<redb::TransactionError>() {
+                    Some(redb::TransactionError::Storage(error)) => Some(error),
+                    _ => None,
+                })
+                .or_else(|| match inner.downcast_ref::<redb::TableError>() {
+                    Some(redb::TableError::Storage(error)) => Some(error),
+                    _ => None,
+                })
+                .or_else(|| match inner.downcast_ref::<DatabaseError>() {
+                    Some(DatabaseError::Storage(error)) => Some(error),
+                    _ => None,
+                });
+            match redb {
+                Some(redb::StorageError::Io(io)) => IoKind::of(io),
+                Some(_) => IoKind::Other,
+                None => inner
+                    .downcast_ref::<std::io::Error>()
+                    .map_or(IoKind::Other, IoKind::of),
+            }
+        }
+        _ => IoKind::Other,
+    }
+}
+
 /// Settings that apply when the file is opened.
 #[derive(Debug, Clone, Copy)]
+// Independent switches, each read in one place: an enum of modes would not say more.
+#[allow(clippy::struct_excessive_bools)]
 pub(crate) struct OpenOptions {
     pub cache_size: usize,
     /// The clock's reading at open, in nanoseconds (clamped to the persisted high-water mark).
@@ -82,6 +122,10 @@ pub(crate) struct OpenOptions {
     /// The rate-counter secret for a file that has none yet (`None`: draw one at random). Fixed
     /// only by test support, so that a test image is the same in every process.
     pub secret_if_new: Option<(u64, u64)>,
+    /// The open continues this process's session after a write failure (the engine reopening
+    /// its own file): its unclean batched session is not a crash to recover rates from, since
+    /// memory still holds every counter it changed.
+    pub same_session: bool,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -129,8 +173,41 @@ impl redb::StorageBackend for SharedMemory {
 }
 
 pub(crate) struct Backend {
-    db: Database,
+    db: Db,
     quick_repair: bool,
+}
+
+/// The redb handle: writable, or opened read-only (a file or filesystem that cannot be written).
+enum Db {
+    Writable(Database),
+    ReadOnly(ReadOnlyDatabase),
+}
+
+impl Db {
+    fn begin_read(&self) -> Result<redb::ReadTransaction, Error> {
+        match self {
+            Db::Writable(db) => db.begin_read(),
+            Db::ReadOnly(db) => db.begin_read(),
+        }
+        .map_err(storage)
+    }
+
+    fn begin_write(&self) -> Result<redb::WriteTransaction, Error> {
+        match self {
+            Db::Writable(db) => db.begin_write().map_err(storage),
+            Db::ReadOnly(_) => Err(storage(std::io::Error::new(
+                std::io::ErrorKind::ReadOnlyFilesystem,
+                "the store was opened read-only",
+            ))),
+        }
+    }
+
+    fn close(self) -> Result<(), Error> {
+        match self {
+            Db::Writable(db) => db.close().map_err(storage),
+            Db::ReadOnly(db) => db.close().map_err(open_error),
+        }
+    }
 }
 
 impl Backend {
@@ -163,11 +240,108 @@ impl Backend {
         };
         Ok((
             Self {
+                db: Db::Writable(db),
+                quick_repair: options.quick_repair,
+            },
+            counters,
+        ))
+    }
+
+    /// Opens an existing store for reads only, writing nothing of tollgate's: for a disk with
+    /// no space left, or a file or filesystem that cannot be written. The counters are as
+    /// found: the epoch is not bumped (a store that cannot write takes no lease over, so no
+    /// record of an earlier epoch may be taken over on its word). redb may rewrite its header
+    /// in place to recover from an interrupted commit; a file that cannot be written at all is
+    /// opened read-only, which redb allows only if no recovery is needed.
+    pub(crate) fn open_for_reads(
+        location: &Location,
+        options: OpenOptions,
+    ) -> Result<(Self, Counters), Error> {
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(options.cache_size);
+        let db = match location {
+            Location::File(path) if !path.exists() => {
+                return Err(storage(std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    format!("{} does not exist", path.display()),
+                )));
+            }
+            Location::File(path) => match guarded(|| Database::builder().open(path)) {
+                Ok(db) => Db::Writable(db),
+                Err(error) if io_kind(&error) == IoKind::ReadOnly => Db::ReadOnly(
+                    catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)))
+                        .map_err(|_| {
+                            count_contained_panic();
+                            Error::Corrupted(
+                                "the storage engine panicked while opening the file".into(),
+                            )
+                        })?
+                        .map_err(open_error)?,
+                ),
+                Err(error) => return Err(error),
+            },
+            Location::Memory(memory) => Db::Writable(guarded(|| {
+                builder.create_with_backend(SharedMemory(std::sync::Arc::clone(memory)))
+            })?),
+            #[cfg(any(test, feature = "test-support"))]
+            Location::Simulated(disk) => {
+                Db::Writable(guarded(|| builder.create_with_backend(disk.clone()))?)
+            }
+        };
+        let counters = match contained(|| Self::read_counters(&db, options)) {
+            Ok(counters) => counters,
+            Err(error) => {
+                if let Db::Writable(db) = db {
+                    discard(db);
+                }
+                return Err(error);
+            }
+        };
+        Ok((
+            Self {
                 db,
                 quick_repair: options.quick_repair,
             },
             counters,
         ))
+    }
+
+    /// The persisted counters, read without writing (for [`Backend::open_for_reads`]).
+    fn read_counters(db: &Db, options: OpenOptions) -> Result<Counters, Error> {
+        let txn = db.begin_read()?;
+        let meta = match txn.open_table(META) {
+            Ok(meta) => meta,
+            Err(redb::TableError::TableDoesNotExist(_)) => {
+                return Err(Error::NotAStore(
+                    "a redb database without tollgate's tables".into(),
+                ));
+            }
+            Err(error) => return Err(storage(error)),
+        };
+        let found = StoredMeta::read(&meta)?;
+        check_format(found.format, true)?;
+        let [Some(low), Some(high)] = found.secret else {
+            return Err(Error::Corrupted(
+                "the rate-counter secret is missing".into(),
+            ));
+        };
+        let record_counts = match found.counts {
+            [Some(running), Some(completed), Some(failed)] => RecordCounts {
+                running,
+                completed,
+                failed,
+            },
+            _ => RecordCounts::default(),
+        };
+        let clock_high_water = found.clock.unwrap_or(0);
+        Ok(Counters {
+            epoch: found.epoch.unwrap_or(0),
+            next_token: found.next_token.unwrap_or(1),
+            clock_high_water,
+            rate_recovery_at: recovery_at(&found, options, clock_high_water),
+            rate_secret: (low, high),
+            record_counts,
+        })
     }
 
     /// Creates a new store so that a crash at any point leaves either no file at `path` or a
@@ -212,7 +386,7 @@ impl Backend {
                 sync_directory(path)?;
                 return Ok((
                     Self {
-                        db,
+                        db: Db::Writable(db),
                         quick_repair: options.quick_repair,
                     },
                     counters,
@@ -223,7 +397,7 @@ impl Backend {
         sync_directory(path)?;
         Ok((
             Self {
-                db,
+                db: Db::Writable(db),
                 quick_repair: options.quick_repair,
             },
             counters,
@@ -365,7 +539,7 @@ struct StoredMeta {
 }
 
 impl StoredMeta {
-    fn read(meta: &redb::Table<'_, &'static str, &'static [u8]>) -> Result<Self, Error> {
+    fn read(meta: &impl ReadableTable<&'static str, &'static [u8]>) -> Result<Self, Error> {
         let read = |name: &str| -> Result<Option<u64>, Error> {
             meta.get(name)
                 .map_err(storage)?
@@ -386,6 +560,28 @@ impl StoredMeta {
                 read(RECORD_COUNT_KEYS[2])?,
             ],
         })
+    }
+}
+
+/// Refuses a missing format version (in a file with tollgate's tables) or a newer one.
+fn check_format(format: Option<u64>, has_meta: bool) -> Result<(), Error> {
+    match format {
+        None if has_meta => Err(Error::Corrupted("the format version is missing".into())),
+        Some(found) if found > FORMAT_VERSION => Err(Error::IncompatibleFormat {
+            found: u8::try_from(found).unwrap_or(u8::MAX),
+            supported: u8::try_from(FORMAT_VERSION).unwrap_or(u8::MAX),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// The latest reopen after an unclean batched session: now, if the last session was one (and
+/// this open does not continue it), else as stored.
+fn recovery_at(found: &StoredMeta, options: OpenOptions, clock_high_water: u64) -> Option<u64> {
+    if found.rate_clean == Some(0) && !options.same_session {
+        Some(options.now.max(clock_high_water))
+    } else {
+        found.rate_recovery.filter(|at| *at > 0)
     }
 }
 
@@ -412,24 +608,9 @@ impl Backend {
         let counters = {
             let mut meta = txn.open_table(META).map_err(storage)?;
             let found = StoredMeta::read(&meta)?;
-            match found.format {
-                None if has_meta => {
-                    return Err(Error::Corrupted("the format version is missing".into()));
-                }
-                Some(found) if found > FORMAT_VERSION => {
-                    return Err(Error::IncompatibleFormat {
-                        found: u8::try_from(found).unwrap_or(u8::MAX),
-                        supported: u8::try_from(FORMAT_VERSION).unwrap_or(u8::MAX),
-                    });
-                }
-                _ => {}
-            }
+            check_format(found.format, has_meta)?;
             let clock_high_water = found.clock.unwrap_or(0);
-            let rate_recovery_at = if found.rate_clean == Some(0) {
-                Some(options.now.max(clock_high_water))
-            } else {
-                found.rate_recovery.filter(|at| *at > 0)
-            };
+            let rate_recovery_at = recovery_at(&found, options, clock_high_water);
             let rate_secret = match found.secret {
                 [Some(low), Some(high)] => (low, high),
                 _ => options
@@ -480,7 +661,7 @@ impl Backend {
     pub(crate) fn read_record(&self, digest: &Digest) -> Result<Option<Record>, Error> {
         contained(|| {
             // Finished records first: replays are what reads are for.
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             for definition in [RECORDS, RUNNING] {
                 let table = txn.open_table(definition).map_err(storage)?;
                 if let Some(bytes) = table.get(digest.as_bytes()).map_err(storage)? {
@@ -494,7 +675,7 @@ impl Backend {
     /// Reads one rate counter from the latest committed state.
     pub(crate) fn read_rate(&self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
         contained(|| {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             let table = txn.open_table(RATES).map_err(storage)?;
             let value = table.get(key).map_err(storage)?;
             value
@@ -524,7 +705,7 @@ impl Backend {
         &self,
         work: impl FnOnce(&mut Tables<'_>) -> Result<R, Error>,
     ) -> Result<R, Error> {
-        let mut txn = self.db.begin_write().map_err(storage)?;
+        let mut txn = self.db.begin_write()?;
         if self.quick_repair {
             txn.set_quick_repair(true);
         }
@@ -553,7 +734,7 @@ impl Backend {
     /// Rate counters on disk. O(1).
     pub(crate) fn rate_count(&self) -> Result<u64, Error> {
         contained(|| {
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             let table = txn.open_table(RATES).map_err(storage)?;
             table.len().map_err(storage)
         })
@@ -599,7 +780,7 @@ impl Backend {
     ) -> Result<Vec<ListedRecord>, Error> {
         contained(|| {
             // Up to `limit` from each table, merged in digest order (a digest is in one of them).
-            let txn = self.db.begin_read().map_err(storage)?;
+            let txn = self.db.begin_read()?;
             let mut out = Vec::with_capacity(limit.min(1024));
             for definition in [RECORDS, RUNNING] {
                 let table = txn.open_table(definition).map_err(storage)?;
@@ -624,6 +805,6 @@ impl Backend {
 
     /// Closes the file, reporting what dropping it would ignore.
     pub(crate) fn close(self) -> Result<(), Error> {
-        contained(|| self.db.close().map_err(storage))
+        contained(|| self.db.close())
     }
 }

@@ -426,6 +426,7 @@ mod tests {
             quick_repair: false,
             verify: false,
             secret_if_new: None,
+            same_session: false,
         };
         Backend::open(&Location::Simulated(SimDisk::new()), options)
             .map(|(backend, _)| backend)
