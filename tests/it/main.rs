@@ -27,6 +27,7 @@ mod concurrent_duplicates;
 mod demo_server;
 mod expiry;
 mod format_fixtures;
+mod full_disk;
 mod fuzz_seeds;
 #[cfg(feature = "tower")]
 mod http_concurrent_duplicates;

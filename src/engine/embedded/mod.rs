@@ -19,7 +19,7 @@ pub(crate) mod storage;
 mod writer;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -49,6 +49,8 @@ pub(crate) struct Embedded {
     time: Arc<StoreTime>,
     /// The current writer's failure flag (a fresh one for each writer).
     failure: RwLock<Arc<Failure>>,
+    /// Set while the store cannot write (so that operations know to try to reopen, cheaply).
+    degraded: AtomicBool,
     counters: Arc<Counters>,
     /// This open's epoch; a reopen for writing after a failure bumps it.
     epoch: AtomicU64,
@@ -183,6 +185,7 @@ impl Embedded {
             running: RwLock::new(None),
             time,
             failure: RwLock::new(Arc::new(Failure::default())),
+            degraded: AtomicBool::new(degraded.is_some()),
             counters,
             epoch: AtomicU64::new(persisted.epoch),
             rate_cache,
@@ -441,6 +444,9 @@ impl Embedded {
     /// for reads. `Ok` once the store can serve reads; `Closed` if it was closed.
     fn settle(&self) -> Result<()> {
         if !self.failure.read().is_failed() {
+            if self.degraded.load(Ordering::Acquire) {
+                self.try_reopen();
+            }
             return Ok(());
         }
         let mut running = self.running.write();
@@ -456,12 +462,24 @@ impl Embedded {
         });
         crate::observe::degraded(&cause.reason());
         let _ = current.shut_down();
+        // Settled: the failed writer is gone; a new writer gets a flag of its own.
+        *self.failure.write() = Arc::new(Failure::default());
         *running = Some(self.reopened(cause));
         Ok(())
     }
 
-    /// Tries to open the file for writing again (the store could not write).
+    /// Tries to open the file for writing again (the store could not write), if the last try
+    /// is [`REOPEN_INTERVAL`] old.
     fn try_reopen(&self) {
+        let due = self.running.read().as_ref().is_some_and(|running| {
+            running
+                .degraded
+                .as_ref()
+                .is_some_and(|degraded| self.time_to_reopen(degraded))
+        });
+        if !due {
+            return;
+        }
         let mut running = self.running.write();
         let Some(current) = running.take() else {
             return;
@@ -505,6 +523,7 @@ impl Embedded {
                     cache.mark_all_dirty();
                 }
                 crate::observe::recovered();
+                self.degraded.store(false, Ordering::Release);
                 self.reopen.notifier.bump();
                 running
             }
@@ -516,6 +535,7 @@ impl Embedded {
                 let backend = Backend::open_for_reads(&self.location, options)
                     .ok()
                     .map(|(backend, _)| Arc::new(backend));
+                self.degraded.store(true, Ordering::Release);
                 Running {
                     backend,
                     writer: None,

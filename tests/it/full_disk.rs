@@ -1,0 +1,243 @@
+//! A full disk takes no replay down (issue 16), on the simulated disk: once a write fails for
+//! want of space, replays, `get`, `list_records`, peeks and `stats` answer from the last committed
+//! state, every write gets `Error::StorageFull` with the path, `health()` and `stats()` say the
+//! store is degraded and why; once space returns, writes resume by themselves (with a new epoch)
+//! and nothing acknowledged is lost. A store opened on a full disk opens for reads and takes no
+//! lease over until it can bump its epoch; Batched rate counters keep deciding from memory and
+//! are written once the disk has room again.
+
+use std::time::Duration;
+
+use crate::fixture;
+use fixture::{Fixture, LEASE_TTL, acquired, key, replay, request, response};
+use tollgate::idempotency::Begin;
+use tollgate::ratelimit::{Limit, Quota, RateDurability};
+use tollgate::testing::SimDisk;
+use tollgate::{DegradedCause, Error, Health, Store};
+
+fn builder(fixture: &Fixture, durability: RateDurability) -> tollgate::StoreBuilder {
+    fixture
+        .builder()
+        .background_compaction(false)
+        .rate_durability(durability)
+}
+
+/// What filling the disk left.
+struct Filled {
+    /// Keys completed (acknowledged).
+    acknowledged: Vec<String>,
+    /// Keys whose lease was acknowledged but whose completion was refused: still running.
+    running: Vec<String>,
+    /// The last write's error.
+    error: Error,
+}
+
+/// Begins and completes new keys with large responses until the disk refuses one and the store
+/// stays unable to write (a reopen after a refused commit may find room in pages the commit had
+/// taken, and write a little more).
+fn fill_up(store: &Store, disk: &SimDisk, prefix: &str) -> Filled {
+    disk.fill();
+    let mut filled = Filled {
+        acknowledged: Vec::new(),
+        running: Vec::new(),
+        error: Error::Closed,
+    };
+    for n in 0..10_000 {
+        let name = format!("{prefix}{n}");
+        match store.begin(&key(&name), &request("r")) {
+            Ok(begin) => match acquired(begin).complete(response(&"x".repeat(2000))) {
+                Ok(()) => filled.acknowledged.push(name),
+                Err(error) => {
+                    filled.running.push(name);
+                    filled.error = error;
+                }
+            },
+            Err(error) => filled.error = error,
+        }
+        if matches!(store.health(), Health::Degraded { .. }) {
+            return filled;
+        }
+    }
+    panic!("the disk never filled");
+}
+
+fn is_full(error: &Error) -> bool {
+    matches!(error, Error::StorageFull { path } if path.to_str() == Some("(simulated disk)"))
+}
+
+#[test]
+fn reads_go_on_when_the_disk_fills_and_writes_resume_when_space_returns() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .unwrap();
+    let limit = Limit::new("api", Quota::per_minute(10)).unwrap();
+    for n in 0..20 {
+        acquired(
+            store
+                .begin(&key(&format!("before{n}")), &request("r"))
+                .unwrap(),
+        )
+        .complete(response("done"))
+        .unwrap();
+    }
+    assert!(store.check(&limit, "s").unwrap().allowed());
+    let mut running = acquired(store.begin(&key("running"), &request("r")).unwrap());
+    let epoch = store.epoch();
+
+    let filled = fill_up(&store, &disk, "filled");
+    assert!(is_full(&filled.error), "{:?}", filled.error);
+    assert!(disk.refused_for_space() > 0);
+
+    // Reads answer from the last committed state.
+    for name in (0..20)
+        .map(|n| format!("before{n}"))
+        .chain(filled.acknowledged.clone())
+    {
+        replay(store.begin(&key(&name), &request("r")).unwrap());
+        assert!(store.get(&key(&name)).unwrap().is_some(), "{name}");
+    }
+    assert_eq!(
+        store.list_records(None, 10_000).unwrap().len(),
+        20 + filled.acknowledged.len() + filled.running.len() + 1
+    );
+    assert_eq!(store.peek(&limit, "s").unwrap().remaining(), 9);
+    let stats = store.stats().unwrap();
+    assert_eq!(stats.degraded, Some(DegradedCause::StorageFull));
+    assert!(
+        matches!(store.health(), Health::Degraded { ref reason } if reason.contains("no space")),
+        "{:?}",
+        store.health()
+    );
+    // A key in flight: still in flight (no write needed to say so) while the epoch is the
+    // lease's; if a reopen in between took a new epoch, taking it over is a write, refused.
+    let in_flight = store.begin(&key("running"), &request("r"));
+    if store.epoch() == epoch {
+        assert!(
+            matches!(in_flight, Ok(Begin::InFlight { .. })),
+            "{in_flight:?}"
+        );
+    } else {
+        assert!(
+            matches!(&in_flight, Err(error) if is_full(error)),
+            "{in_flight:?}"
+        );
+    }
+    // Every write gets the typed error, until space returns.
+    let refused = store.begin(&key("new"), &request("r")).unwrap_err();
+    assert!(is_full(&refused), "{refused:?}");
+    fixture.clock.advance(Duration::from_secs(2)); // the next write tries to reopen: still full
+    assert!(is_full(&store.check(&limit, "s").unwrap_err()));
+    assert!(is_full(&running.extend(LEASE_TTL).unwrap_err()));
+
+    disk.unlimit_size();
+    fixture.clock.advance(Duration::from_secs(2));
+    let lease = acquired(store.begin(&key("new"), &request("r")).unwrap());
+    assert!(!lease.recovered());
+    lease.complete(response("after")).unwrap();
+    assert_eq!(store.health(), Health::Ready);
+    assert_eq!(store.stats().unwrap().degraded, None);
+    assert!(store.epoch() > epoch, "writing again takes a new epoch");
+    // The owner of the key in flight before the fill still completes it (its token is intact).
+    running.complete(response("late but fine")).unwrap();
+    assert!(store.check(&limit, "s").unwrap().allowed());
+    store.close().unwrap();
+
+    // Nothing acknowledged was lost.
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .unwrap();
+    for name in (0..20)
+        .map(|n| format!("before{n}"))
+        .chain(filled.acknowledged)
+        .chain(["new".to_owned(), "running".to_owned()])
+    {
+        replay(store.begin(&key(&name), &request("r")).unwrap());
+    }
+    assert_eq!(store.peek(&limit, "s").unwrap().remaining(), 8);
+    store.close().unwrap();
+}
+
+#[test]
+fn an_open_on_a_full_disk_serves_replays_and_takes_no_lease_over() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .unwrap();
+    acquired(store.begin(&key("done"), &request("r")).unwrap())
+        .complete(response("done"))
+        .unwrap();
+    // A key left running by a process that dies: a reopen that bumps the epoch takes it over.
+    let _abandoned = acquired(store.begin(&key("abandoned"), &request("r")).unwrap());
+    assert!(is_full(&fill_up(&store, &disk, "filler").error));
+    drop(store); // the process dies on a full disk
+
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .expect("an open on a full disk opens for reads");
+    assert!(matches!(store.health(), Health::Degraded { .. }));
+    assert_eq!(
+        store.stats().unwrap().degraded,
+        Some(DegradedCause::StorageFull)
+    );
+    replay(store.begin(&key("done"), &request("r")).unwrap());
+    // Not taken over: this store could not bump the epoch, so the lease counts as live.
+    assert!(matches!(
+        store.begin(&key("abandoned"), &request("r")).unwrap(),
+        Begin::InFlight { .. }
+    ));
+    assert!(is_full(
+        &store.begin(&key("new"), &request("r")).unwrap_err()
+    ));
+
+    disk.unlimit_size();
+    fixture.clock.advance(Duration::from_secs(2));
+    let takeover = acquired(store.begin(&key("abandoned"), &request("r")).unwrap());
+    assert!(
+        takeover.recovered(),
+        "with the epoch bumped, the dead process's lease is free"
+    );
+    takeover.complete(response("recovered")).unwrap();
+    assert_eq!(store.health(), Health::Ready);
+    store.close().unwrap();
+}
+
+#[test]
+fn batched_counters_keep_deciding_and_are_written_once_there_is_room() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let batched = RateDurability::Batched {
+        max_delay: Duration::from_secs(3600),
+    };
+    let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
+    let limit = Limit::new("login", Quota::per_minute(5)).unwrap();
+    for _ in 0..3 {
+        assert!(store.check(&limit, "victim").unwrap().allowed());
+    }
+    // Enough other counters that their flush must grow the file.
+    for n in 0..3000 {
+        assert!(store.check(&limit, &format!("other{n}")).unwrap().allowed());
+    }
+    disk.fill();
+    // The flush takes the changed counters and fails: it says why.
+    assert!(is_full(&store.flush().unwrap_err()));
+    // Decided from memory: the quota holds while the disk is full.
+    assert!(store.check(&limit, "victim").unwrap().allowed());
+    assert!(store.check(&limit, "victim").unwrap().allowed());
+    assert!(!store.check(&limit, "victim").unwrap().allowed());
+    // (Whether the store still refuses writes now depends on the room the failed commit's pages
+    // left after the reopen; the counters it took are in memory either way.)
+
+    disk.unlimit_size();
+    fixture.clock.advance(Duration::from_secs(2));
+    store.flush().unwrap();
+    assert_eq!(store.health(), Health::Ready);
+    store.close().unwrap();
+    // Spent before and while full, written after: a reopen mints nothing.
+    let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
+    assert!(!store.check(&limit, "victim").unwrap().allowed());
+    assert_eq!(store.peek(&limit, "other7").unwrap().remaining(), 4);
+    store.close().unwrap();
+}
