@@ -28,11 +28,14 @@ mod demo_server;
 mod expiry;
 mod format_fixtures;
 mod full_disk;
+mod full_disk_real;
 mod fuzz_seeds;
 #[cfg(feature = "tower")]
 mod http_concurrent_duplicates;
 #[cfg(feature = "tower")]
 mod http_fast_path;
+#[cfg(feature = "tower")]
+mod http_full_disk;
 #[cfg(feature = "tower")]
 mod http_policies;
 #[cfg(feature = "tower")]

@@ -1,0 +1,63 @@
+//! On a full disk the tower idempotency layer keeps serving replays and answers requests that
+//! need a write with 503 and `Retry-After` (not 500); once space returns they go through again.
+
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::post;
+use tollgate::Health;
+use tollgate::testing::SimDisk;
+use tollgate::tower::IdempotencyLayer;
+
+use crate::fixture::{Fixture, acquired, key, request, response};
+use crate::web::{Server, client, post_json, send};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_go_on_and_writes_are_503_while_the_disk_is_full() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = fixture
+        .builder()
+        .background_compaction(false)
+        .open_simulated(&disk)
+        .unwrap();
+    let app = Router::new()
+        .route("/pay", post(|| async { (StatusCode::CREATED, "paid") }))
+        .layer(IdempotencyLayer::new(store.clone()));
+    let server = Server::start(app).await;
+    let client = client();
+    let url = server.url("/pay");
+    assert_eq!(send(&client, post_json(&url, Some("a"), "{}")).await.status, 201);
+
+    // Fill the disk through the store until it refuses writes.
+    disk.fill();
+    let filler = store.clone();
+    tokio::task::spawn_blocking(move || {
+        for n in 0..10_000 {
+            let _ = filler
+                .begin(&key(&format!("filler{n}")), &request("r"))
+                .and_then(|begin| acquired(begin).complete(response(&"x".repeat(2000))));
+            if matches!(filler.health(), Health::Degraded { .. }) {
+                return;
+            }
+        }
+        panic!("the disk never filled");
+    })
+    .await
+    .unwrap();
+
+    let replayed = send(&client, post_json(&url, Some("a"), "{}")).await;
+    assert_eq!(replayed.status, 201);
+    assert!(replayed.replayed());
+    let refused = send(&client, post_json(&url, Some("b"), "{}")).await;
+    assert_eq!(refused.status, 503, "{}", refused.body);
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert!(refused.body.contains("no space"), "{}", refused.body);
+
+    disk.unlimit_size();
+    fixture.clock.advance(Duration::from_secs(2));
+    assert_eq!(send(&client, post_json(&url, Some("b"), "{}")).await.status, 201);
+    server.stop().await;
+    store.close().unwrap();
+}
