@@ -28,7 +28,10 @@ async fn replays_go_on_and_writes_are_503_while_the_disk_is_full() {
     let server = Server::start(app).await;
     let client = client();
     let url = server.url("/pay");
-    assert_eq!(send(&client, post_json(&url, Some("a"), "{}")).await.status, 201);
+    assert_eq!(
+        send(&client, post_json(&url, Some("a"), "{}")).await.status,
+        201
+    );
 
     // Fill the disk through the store until it refuses writes.
     disk.fill();
@@ -57,7 +60,10 @@ async fn replays_go_on_and_writes_are_503_while_the_disk_is_full() {
 
     disk.unlimit_size();
     fixture.clock.advance(Duration::from_secs(2));
-    assert_eq!(send(&client, post_json(&url, Some("b"), "{}")).await.status, 201);
+    assert_eq!(
+        send(&client, post_json(&url, Some("b"), "{}")).await.status,
+        201
+    );
     server.stop().await;
     store.close().unwrap();
 }

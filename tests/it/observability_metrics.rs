@@ -103,3 +103,72 @@ fn the_documented_metrics_are_recorded() {
             >= 3
     );
 }
+
+#[test]
+fn entering_and_leaving_the_degraded_state_is_recorded() {
+    // A process of its own: the global recorder this test installs would count every other test's metrics.
+    if fixture::isolated(
+        module_path!(),
+        "entering_and_leaving_the_degraded_state_is_recorded",
+    ) {
+        return;
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+
+    let fixture = Fixture::new();
+    let disk = tollgate::testing::SimDisk::new();
+    let store = fixture
+        .builder()
+        .background_compaction(false)
+        .open_simulated(&disk)
+        .unwrap();
+    disk.fill();
+    let mut n = 0;
+    while !matches!(store.health(), tollgate::Health::Degraded { .. }) {
+        n += 1;
+        assert!(n < 10_000, "the disk never filled");
+        let _ = store
+            .begin(&key(&format!("k{n}")), &request("r"))
+            .and_then(|begin| acquired(begin).complete(response(&"x".repeat(2000))));
+    }
+    // A snapshot drains the counters: what each one saw is added up.
+    type Snapshot = Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )>;
+    let gauge = |snapshot: &Snapshot| {
+        snapshot.iter().find_map(|(key, _, _, value)| match value {
+            DebugValue::Gauge(level) if key.key().name() == "tollgate_degraded" => {
+                Some(level.into_inner())
+            }
+            _ => None,
+        })
+    };
+    let entered = |snapshot: &Snapshot| -> u64 {
+        snapshot
+            .iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n) if key.key().name() == "tollgate_degraded_total" => Some(*n),
+                _ => None,
+            })
+            .sum()
+    };
+    let while_full = snapshotter.snapshot().into_vec();
+    assert_eq!(gauge(&while_full), Some(1.0), "{while_full:?}");
+    disk.unlimit_size();
+    fixture.clock.advance(std::time::Duration::from_secs(2));
+    acquired(store.begin(&key("after"), &request("r")).unwrap())
+        .complete(response("ok"))
+        .unwrap();
+    let after = snapshotter.snapshot().into_vec();
+    assert!(
+        entered(&while_full) + entered(&after) >= 1,
+        "{while_full:?}"
+    );
+    assert_eq!(gauge(&after), Some(0.0), "left the degraded state");
+    store.close().unwrap();
+}

@@ -116,3 +116,58 @@ fn takeovers_and_fencing_are_reported_without_raw_keys() {
         assert!(!text.contains(subject), "a rate subject leaked: {text}");
     }
 }
+
+#[test]
+fn entering_and_leaving_the_degraded_state_are_events() {
+    // A process of its own: the global subscriber this test installs would see every other test's events.
+    if fixture::isolated(
+        module_path!(),
+        "entering_and_leaving_the_degraded_state_are_events",
+    ) {
+        return;
+    }
+    let collect = Collect::default();
+    tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
+        .unwrap();
+    let fixture = Fixture::new();
+    let disk = tollgate::testing::SimDisk::new();
+    let store = fixture
+        .builder()
+        .background_compaction(false)
+        .open_simulated(&disk)
+        .unwrap();
+    disk.fill();
+    let mut n = 0;
+    while !matches!(store.health(), tollgate::Health::Degraded { .. }) {
+        n += 1;
+        assert!(n < 10_000, "the disk never filled");
+        let _ = store
+            .begin(&key(&format!("k{n}")), &request("r"))
+            .and_then(|begin| acquired(begin).complete(response(&"x".repeat(2000))));
+    }
+    disk.unlimit_size();
+    fixture.clock.advance(std::time::Duration::from_secs(2));
+    acquired(store.begin(&key("after"), &request("r")).unwrap())
+        .complete(response("ok"))
+        .unwrap();
+    store.close().unwrap();
+
+    let seen = collect.0.lock().unwrap().clone();
+    let degraded = seen
+        .iter()
+        .find(|e| e.message.starts_with("degraded"))
+        .expect("a degraded event");
+    assert_eq!(degraded.level, Level::ERROR);
+    assert!(
+        degraded
+            .fields
+            .iter()
+            .any(|(name, value)| name == "reason" && value.contains("no space")),
+        "{degraded:?}"
+    );
+    let recovered = seen
+        .iter()
+        .find(|e| e.message.starts_with("recovered"))
+        .expect("a recovered event");
+    assert_eq!(recovered.level, Level::WARN);
+}
