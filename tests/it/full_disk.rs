@@ -4,7 +4,8 @@
 //! store is degraded and why; once space returns, writes resume by themselves (with a new epoch)
 //! and nothing acknowledged is lost. A store opened on a full disk opens for reads and takes no
 //! lease over until it can bump its epoch; Batched rate counters keep deciding from memory and
-//! are written once the disk has room again.
+//! are written once the disk has room again. A commit that fails with another I/O error is
+//! reported in doubt, and its outcome read back from the file once it opens again.
 
 use std::time::Duration;
 
@@ -239,5 +240,44 @@ fn batched_counters_keep_deciding_and_are_written_once_there_is_room() {
     let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
     assert!(!store.check(&limit, "victim").unwrap().allowed());
     assert_eq!(store.peek(&limit, "other7").unwrap().remaining(), 4);
+    store.close().unwrap();
+}
+
+#[test]
+fn a_failed_commit_is_in_doubt_and_its_outcome_is_read_back_from_the_file() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .unwrap();
+    acquired(store.begin(&key("done"), &request("r")).unwrap())
+        .complete(response("done"))
+        .unwrap();
+    // The device fails from the next write on (not a full disk: an I/O error).
+    disk.fail_at_operation(disk.operations() + 1);
+    let failed = store.begin(&key("lost"), &request("r")).unwrap_err();
+    assert!(matches!(failed, Error::InDoubt(_)), "{failed:?}");
+    // The file cannot be opened again while every write fails (redb must repair it first):
+    // nothing can be read, and the store says so.
+    assert!(
+        matches!(store.health(), Health::Failed { .. }),
+        "{:?}",
+        store.health()
+    );
+    assert!(matches!(
+        store.get(&key("done")).unwrap_err(),
+        Error::Poisoned
+    ));
+    assert_eq!(store.stats().unwrap_err().to_string(), Error::Poisoned.to_string());
+
+    disk.heal();
+    fixture.clock.advance(Duration::from_secs(2));
+    // Read back from the file: the completed key replays, the failed begin's lease is not there.
+    replay(store.begin(&key("done"), &request("r")).unwrap());
+    assert!(store.get(&key("lost")).unwrap().is_none());
+    assert_eq!(store.health(), Health::Ready);
+    acquired(store.begin(&key("lost"), &request("r")).unwrap())
+        .complete(response("now"))
+        .unwrap();
     store.close().unwrap();
 }
