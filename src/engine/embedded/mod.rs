@@ -49,6 +49,8 @@ pub(crate) struct Embedded {
     time: Arc<StoreTime>,
     /// The current writer's failure flag (a fresh one for each writer).
     failure: RwLock<Arc<Failure>>,
+    /// Raised by the current writer's failure, lowered once settled: read on every operation.
+    alarm: Arc<AtomicBool>,
     /// Set while the store cannot write (so that operations know to try to reopen, cheaply).
     degraded: AtomicBool,
     counters: Arc<Counters>,
@@ -181,10 +183,12 @@ impl Embedded {
             Arc::clone(&builder.clock),
             persisted.clock_high_water,
         ));
+        let alarm = Arc::new(AtomicBool::new(false));
         let engine = Self {
             running: RwLock::new(None),
             time,
-            failure: RwLock::new(Arc::new(Failure::default())),
+            failure: RwLock::new(Arc::new(Failure::new(Arc::clone(&alarm)))),
+            alarm,
             degraded: AtomicBool::new(degraded.is_some()),
             counters,
             epoch: AtomicU64::new(persisted.epoch),
@@ -222,7 +226,7 @@ impl Embedded {
 
     /// Starts a writer (and the compactor) on `backend`, opened for writing with `persisted`.
     fn start_writer(&self, backend: Arc<Backend>, persisted: storage::Counters) -> Result<Running> {
-        let failure = Arc::new(Failure::default());
+        let failure = Arc::new(Failure::new(Arc::clone(&self.alarm)));
         let (commands, receiver) = crossbeam_channel::unbounded();
         let core = Arc::new(Mutex::new(Core {
             backend: Arc::clone(&backend),
@@ -443,7 +447,7 @@ impl Embedded {
     /// operation on a handle after an I/O error) and opens it again, for writing if it can, else
     /// for reads. `Ok` once the store can serve reads; `Closed` if it was closed.
     fn settle(&self) -> Result<()> {
-        if !self.failure.read().is_failed() {
+        if !self.alarm.load(Ordering::Acquire) {
             if self.degraded.load(Ordering::Acquire) {
                 self.try_reopen();
             }
@@ -463,7 +467,8 @@ impl Embedded {
         crate::observe::degraded(&cause.reason());
         let _ = current.shut_down();
         // Settled: the failed writer is gone; a new writer gets a flag of its own.
-        *self.failure.write() = Arc::new(Failure::default());
+        *self.failure.write() = Arc::new(Failure::new(Arc::clone(&self.alarm)));
+        self.alarm.store(false, Ordering::Release);
         *running = Some(self.reopened(cause));
         Ok(())
     }

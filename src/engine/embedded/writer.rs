@@ -270,13 +270,22 @@ impl Cause {
 
 /// Set once a write failed (or the thread applying a batch panicked): the writer refuses every
 /// later command, and the engine, at its next operation, stops this writer and reopens the file.
-#[derive(Default)]
 pub(crate) struct Failure {
     failed: AtomicBool,
     cause: Mutex<Option<Cause>>,
+    /// The engine's flag, raised with this one: the hot paths read it without a lock.
+    alarm: Arc<AtomicBool>,
 }
 
 impl Failure {
+    pub(crate) fn new(alarm: Arc<AtomicBool>) -> Self {
+        Self {
+            failed: AtomicBool::new(false),
+            cause: Mutex::new(None),
+            alarm,
+        }
+    }
+
     pub(crate) fn is_failed(&self) -> bool {
         self.failed.load(Ordering::Acquire)
     }
@@ -288,6 +297,7 @@ impl Failure {
             *slot = Some(cause);
         }
         self.failed.store(true, Ordering::Release);
+        self.alarm.store(true, Ordering::Release);
     }
 
     pub(crate) fn cause(&self) -> Option<Cause> {
