@@ -437,7 +437,10 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Storage`] if closing the file failed; [`Error::Poisoned`] if the writer thread had
-    /// panicked.
+    /// panicked; on a store that could not write (degraded: [`Health::Degraded`]), the error of
+    /// the cause ([`Error::StorageFull`], [`Error::ReadOnly`], [`Error::Poisoned`]): its final
+    /// commit (the clock's mark, Batched counters not yet written) could not be made, so the
+    /// next open treats the session as one that crashed.
     pub fn close(self) -> Result<()> {
         self.shared.engine.close()
     }

@@ -268,7 +268,10 @@ fn a_failed_commit_is_in_doubt_and_its_outcome_is_read_back_from_the_file() {
         store.get(&key("done")).unwrap_err(),
         Error::Poisoned
     ));
-    assert_eq!(store.stats().unwrap_err().to_string(), Error::Poisoned.to_string());
+    assert_eq!(
+        store.stats().unwrap_err().to_string(),
+        Error::Poisoned.to_string()
+    );
 
     disk.heal();
     fixture.clock.advance(Duration::from_secs(2));
@@ -279,5 +282,32 @@ fn a_failed_commit_is_in_doubt_and_its_outcome_is_read_back_from_the_file() {
     acquired(store.begin(&key("lost"), &request("r")).unwrap())
         .complete(response("now"))
         .unwrap();
+    store.close().unwrap();
+}
+
+#[test]
+fn closing_a_store_that_cannot_write_says_so() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let store = builder(
+        &fixture,
+        RateDurability::Batched {
+            max_delay: Duration::from_secs(3600),
+        },
+    )
+    .open_simulated(&disk)
+    .unwrap();
+    acquired(store.begin(&key("done"), &request("r")).unwrap())
+        .complete(response("done"))
+        .unwrap();
+    assert!(is_full(&fill_up(&store, &disk, "filler").error));
+    // Its last commit (the clean-shutdown mark, the counters) cannot be made.
+    let closed = store.close().unwrap_err();
+    assert!(is_full(&closed), "{closed:?}");
+    disk.unlimit_size();
+    let store = builder(&fixture, RateDurability::Immediate)
+        .open_simulated(&disk)
+        .unwrap();
+    replay(store.begin(&key("done"), &request("r")).unwrap());
     store.close().unwrap();
 }

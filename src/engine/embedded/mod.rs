@@ -333,6 +333,21 @@ impl Embedded {
         }
         let running = self.running.write().take();
         match running {
+            // What could not be written (the clock's mark, Batched counters) is lost with this
+            // close: say so (a crash-like end, which the next open treats as one).
+            Some(Running {
+                degraded: Some(degraded),
+                backend,
+                writer,
+            }) => {
+                let _ = Running {
+                    backend,
+                    writer,
+                    degraded: None,
+                }
+                .shut_down();
+                Err(degraded.cause.error())
+            }
             Some(running) => running.shut_down(),
             None => Ok(()),
         }
@@ -515,7 +530,17 @@ impl Embedded {
             now: system_time_to_nanos(self.reopen.clock.now()),
             ..self.reopen.options
         };
-        let attempt = Backend::open(&self.location, options).and_then(|(backend, persisted)| {
+        // A file that disappeared is not opened again: `open` would create a new, empty store
+        // (new epochs and tokens from the start) under the same name.
+        let attempt = if location_exists(&self.location) {
+            Backend::open(&self.location, options)
+        } else {
+            Err(Error::storage(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("{} is gone", self.location.path().display()),
+            )))
+        };
+        let attempt = attempt.and_then(|(backend, persisted)| {
             let records = persisted.record_counts;
             let running = self.start_writer(Arc::new(backend), persisted)?;
             Ok((running, records))
