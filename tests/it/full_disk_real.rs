@@ -131,3 +131,43 @@ fn a_real_full_disk_and_a_read_only_filesystem() {
     assert_eq!(store.health(), Health::Ready);
     store.close().unwrap();
 }
+
+#[test]
+fn a_store_file_deleted_while_degraded_is_not_created_again() {
+    let fixture = Fixture::new();
+    let mount_point = fixture.dir.path().join("small");
+    std::fs::create_dir(&mount_point).unwrap();
+    let _mounted = match Mounted::new(&mount_point, "2m") {
+        Ok(mounted) => mounted,
+        Err(why) => {
+            eprintln!("\n#### SKIPPED: the deleted-file test did not run: {why}.\n");
+            return;
+        }
+    };
+    let path = mount_point.join("store.redb");
+    let store = fixture
+        .builder()
+        .background_compaction(false)
+        .open(&path)
+        .unwrap();
+    let mut n = 0;
+    while !matches!(store.health(), Health::Degraded { .. }) {
+        n += 1;
+        assert!(n < 100_000, "the tmpfs never filled");
+        let _ = store
+            .begin(&key(&format!("k{n}")), &request("r"))
+            .and_then(|begin| acquired(begin).complete(response(&"x".repeat(4000))));
+    }
+    // Someone deletes the file (and so frees the space): a reopen must not start a new, empty
+    // store under the old name, with epochs and lease tokens from the beginning.
+    std::fs::remove_file(&path).unwrap();
+    fixture.clock.advance(Duration::from_secs(2));
+    assert!(store.begin(&key("after"), &request("r")).is_err());
+    assert!(!path.exists(), "the deleted store was created again");
+    assert!(
+        matches!(store.health(), Health::Failed { .. }),
+        "{:?}",
+        store.health()
+    );
+    drop(store);
+}

@@ -412,27 +412,19 @@ impl Embedded {
 
     /// Has a command applied and waits for its answer: on this thread if no batch is being
     /// applied (see [`writer::lead`]), otherwise queued for the next batch. While the store
-    /// cannot write, tries to reopen for writing first (at most every [`REOPEN_INTERVAL`]), and
-    /// refuses the command with the cause's error if that fails.
+    /// cannot write (and `settle` did not manage to reopen it for writing), the command is
+    /// refused with the cause's error.
     fn send<T>(&self, command: impl FnOnce(Pending<T>) -> Command) -> Result<T> {
         self.settle()?;
         let (reply, answer) = Pending::channel();
-        let queued = loop {
-            {
-                let running = self.running.read();
-                let running = running.as_ref().ok_or(Error::Closed)?;
-                match (&running.writer, &running.degraded) {
-                    (Some(writer), _) => {
-                        break writer::lead(&writer.core, &writer.queue, command(reply))
-                            .map(|command| (command, writer.commands.clone()));
-                    }
-                    (None, Some(degraded)) if !self.time_to_reopen(degraded) => {
-                        return Err(degraded.cause.error());
-                    }
-                    (None, _) => {}
-                }
-            }
-            self.try_reopen();
+        let queued = {
+            let running = self.running.read();
+            let running = running.as_ref().ok_or(Error::Closed)?;
+            let Some(writer) = &running.writer else {
+                return Err(unreadable(running));
+            };
+            writer::lead(&writer.core, &writer.queue, command(reply))
+                .map(|command| (command, writer.commands.clone()))
         };
         if let Some((command, commands)) = queued {
             commands.send(command).map_err(|_| Error::Closed)?;
@@ -504,11 +496,11 @@ impl Embedded {
         let Some(current) = running.take() else {
             return;
         };
-        let due = current.writer.is_none()
-            && current
-                .degraded
-                .as_ref()
-                .is_some_and(|degraded| self.time_to_reopen(degraded));
+        // Checked again under the lock: another caller may have reopened it meanwhile.
+        let due = current
+            .degraded
+            .as_ref()
+            .is_some_and(|degraded| self.time_to_reopen(degraded));
         if !due {
             *running = Some(current);
             return;
@@ -526,10 +518,9 @@ impl Embedded {
     /// Opens the (closed) file again: for writing, with a new epoch, if it can; else for reads,
     /// remembering `cause` (or the new one) and the attempt.
     fn reopened(&self, cause: Cause) -> Running {
-        let options = OpenOptions {
-            now: system_time_to_nanos(self.reopen.clock.now()),
-            ..self.reopen.options
-        };
+        // The options of the first open, continuing its session (its `now` decides nothing here:
+        // a session's own reopen neither starts a rate recovery nor creates a file).
+        let options = self.reopen.options;
         // A file that disappeared is not opened again: `open` would create a new, empty store
         // (new epochs and tokens from the start) under the same name.
         let attempt = if location_exists(&self.location) {
@@ -579,7 +570,7 @@ impl Embedded {
     }
 }
 
-/// The error of a read on a store whose file could not be opened again.
+/// The error of an operation the store cannot serve: the cause of its degraded state.
 fn unreadable(running: &Running) -> Error {
     running
         .degraded
