@@ -23,43 +23,10 @@ fn builder(fixture: &Fixture, durability: RateDurability) -> tollgate::StoreBuil
         .rate_durability(durability)
 }
 
-/// What filling the disk left.
-struct Filled {
-    /// Keys completed (acknowledged).
-    acknowledged: Vec<String>,
-    /// Keys whose lease was acknowledged but whose completion was refused: still running.
-    running: Vec<String>,
-    /// The last write's error.
-    error: Error,
-}
-
-/// Begins and completes new keys with large responses until the disk refuses one and the store
-/// stays unable to write (a reopen after a refused commit may find room in pages the commit had
-/// taken, and write a little more).
-fn fill_up(store: &Store, disk: &SimDisk, prefix: &str) -> Filled {
+/// Fills the simulated disk and writes until the store cannot write any more.
+fn fill_up(store: &Store, disk: &SimDisk, prefix: &str) -> fixture::Filled {
     disk.fill();
-    let mut filled = Filled {
-        acknowledged: Vec::new(),
-        running: Vec::new(),
-        error: Error::Closed,
-    };
-    for n in 0..10_000 {
-        let name = format!("{prefix}{n}");
-        match store.begin(&key(&name), &request("r")) {
-            Ok(begin) => match acquired(begin).complete(response(&"x".repeat(2000))) {
-                Ok(()) => filled.acknowledged.push(name),
-                Err(error) => {
-                    filled.running.push(name);
-                    filled.error = error;
-                }
-            },
-            Err(error) => filled.error = error,
-        }
-        if matches!(store.health(), Health::Degraded { .. }) {
-            return filled;
-        }
-    }
-    panic!("the disk never filled");
+    fixture::write_until_degraded(store, prefix, 2000)
 }
 
 fn is_full(error: &Error) -> bool {

@@ -150,14 +150,7 @@ fn a_store_file_deleted_while_degraded_is_not_created_again() {
         .background_compaction(false)
         .open(&path)
         .unwrap();
-    let mut n = 0;
-    while !matches!(store.health(), Health::Degraded { .. }) {
-        n += 1;
-        assert!(n < 100_000, "the tmpfs never filled");
-        let _ = store
-            .begin(&key(&format!("k{n}")), &request("r"))
-            .and_then(|begin| acquired(begin).complete(response(&"x".repeat(4000))));
-    }
+    fixture::write_until_degraded(&store, "k", 4000);
     // Someone deletes the file (and so frees the space): a reopen must not start a new, empty
     // store under the old name, with epochs and lease tokens from the beginning.
     std::fs::remove_file(&path).unwrap();

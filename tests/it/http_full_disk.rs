@@ -6,11 +6,10 @@ use std::time::Duration;
 use axum::Router;
 use axum::http::StatusCode;
 use axum::routing::post;
-use tollgate::Health;
 use tollgate::testing::SimDisk;
 use tollgate::tower::IdempotencyLayer;
 
-use crate::fixture::{Fixture, acquired, key, request, response};
+use crate::fixture::{self, Fixture};
 use crate::web::{Server, client, post_json, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,19 +35,9 @@ async fn replays_go_on_and_writes_are_503_while_the_disk_is_full() {
     // Fill the disk through the store until it refuses writes.
     disk.fill();
     let filler = store.clone();
-    tokio::task::spawn_blocking(move || {
-        for n in 0..10_000 {
-            let _ = filler
-                .begin(&key(&format!("filler{n}")), &request("r"))
-                .and_then(|begin| acquired(begin).complete(response(&"x".repeat(2000))));
-            if matches!(filler.health(), Health::Degraded { .. }) {
-                return;
-            }
-        }
-        panic!("the disk never filled");
-    })
-    .await
-    .unwrap();
+    tokio::task::spawn_blocking(move || fixture::write_until_degraded(&filler, "filler", 2000))
+        .await
+        .unwrap();
 
     let replayed = send(&client, post_json(&url, Some("a"), "{}")).await;
     assert_eq!(replayed.status, 201);

@@ -125,14 +125,7 @@ fn entering_and_leaving_the_degraded_state_is_recorded() {
         .open_simulated(&disk)
         .unwrap();
     disk.fill();
-    let mut n = 0;
-    while !matches!(store.health(), tollgate::Health::Degraded { .. }) {
-        n += 1;
-        assert!(n < 10_000, "the disk never filled");
-        let _ = store
-            .begin(&key(&format!("k{n}")), &request("r"))
-            .and_then(|begin| acquired(begin).complete(response(&"x".repeat(2000))));
-    }
+    fixture::write_until_degraded(&store, "k", 2000);
     // A snapshot drains the counters: what each one saw is added up.
     type Snapshot = Vec<(
         metrics_util::CompositeKey,
