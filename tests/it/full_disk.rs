@@ -29,6 +29,15 @@ fn fill_up(store: &Store, disk: &SimDisk, prefix: &str) -> fixture::Filled {
     fixture::write_until_degraded(store, prefix, 2000)
 }
 
+/// A store on `disk` whose key "done" is completed (and replays as "done").
+fn with_one_completed_key(fixture: &Fixture, disk: &SimDisk, durability: RateDurability) -> Store {
+    let store = builder(fixture, durability).open_simulated(disk).unwrap();
+    acquired(store.begin(&key("done"), &request("r")).unwrap())
+        .complete(response("done"))
+        .unwrap();
+    store
+}
+
 fn is_full(error: &Error) -> bool {
     matches!(error, Error::StorageFull { path } if path.to_str() == Some("(simulated disk)"))
 }
@@ -131,12 +140,7 @@ fn reads_go_on_when_the_disk_fills_and_writes_resume_when_space_returns() {
 fn an_open_on_a_full_disk_serves_replays_and_takes_no_lease_over() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
-    let store = builder(&fixture, RateDurability::Immediate)
-        .open_simulated(&disk)
-        .unwrap();
-    acquired(store.begin(&key("done"), &request("r")).unwrap())
-        .complete(response("done"))
-        .unwrap();
+    let store = with_one_completed_key(&fixture, &disk, RateDurability::Immediate);
     // A key left running by a process that dies: a reopen that bumps the epoch takes it over.
     let _abandoned = acquired(store.begin(&key("abandoned"), &request("r")).unwrap());
     assert!(is_full(&fill_up(&store, &disk, "filler").error));
@@ -214,12 +218,7 @@ fn batched_counters_keep_deciding_and_are_written_once_there_is_room() {
 fn a_failed_commit_is_in_doubt_and_its_outcome_is_read_back_from_the_file() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
-    let store = builder(&fixture, RateDurability::Immediate)
-        .open_simulated(&disk)
-        .unwrap();
-    acquired(store.begin(&key("done"), &request("r")).unwrap())
-        .complete(response("done"))
-        .unwrap();
+    let store = with_one_completed_key(&fixture, &disk, RateDurability::Immediate);
     // The device fails from the next write on (not a full disk: an I/O error).
     disk.fail_at_operation(disk.operations() + 1);
     let failed = store.begin(&key("lost"), &request("r")).unwrap_err();
@@ -256,17 +255,10 @@ fn a_failed_commit_is_in_doubt_and_its_outcome_is_read_back_from_the_file() {
 fn closing_a_store_that_cannot_write_says_so() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
-    let store = builder(
-        &fixture,
-        RateDurability::Batched {
-            max_delay: Duration::from_secs(3600),
-        },
-    )
-    .open_simulated(&disk)
-    .unwrap();
-    acquired(store.begin(&key("done"), &request("r")).unwrap())
-        .complete(response("done"))
-        .unwrap();
+    let batched = RateDurability::Batched {
+        max_delay: Duration::from_secs(3600),
+    };
+    let store = with_one_completed_key(&fixture, &disk, batched);
     assert!(is_full(&fill_up(&store, &disk, "filler").error));
     // Its last commit (the clean-shutdown mark, the counters) cannot be made.
     let closed = store.close().unwrap_err();

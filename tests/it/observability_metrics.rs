@@ -118,14 +118,7 @@ fn entering_and_leaving_the_degraded_state_is_recorded() {
     recorder.install().unwrap();
 
     let fixture = Fixture::new();
-    let disk = tollgate::testing::SimDisk::new();
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open_simulated(&disk)
-        .unwrap();
-    disk.fill();
-    fixture::write_until_degraded(&store, "k", 2000);
+    let (store, disk) = fixture::degraded_store(&fixture);
     // A snapshot drains the counters: what each one saw is added up.
     type Snapshot = Vec<(
         metrics_util::CompositeKey,
@@ -152,11 +145,7 @@ fn entering_and_leaving_the_degraded_state_is_recorded() {
     };
     let while_full = snapshotter.snapshot().into_vec();
     assert_eq!(gauge(&while_full), Some(1.0), "{while_full:?}");
-    disk.unlimit_size();
-    fixture.clock.advance(std::time::Duration::from_secs(2));
-    acquired(store.begin(&key("after"), &request("r")).unwrap())
-        .complete(response("ok"))
-        .unwrap();
+    fixture::recover(&fixture, &store, &disk);
     let after = snapshotter.snapshot().into_vec();
     assert!(
         entered(&while_full) + entered(&after) >= 1,

@@ -130,19 +130,8 @@ fn entering_and_leaving_the_degraded_state_are_events() {
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
         .unwrap();
     let fixture = Fixture::new();
-    let disk = tollgate::testing::SimDisk::new();
-    let store = fixture
-        .builder()
-        .background_compaction(false)
-        .open_simulated(&disk)
-        .unwrap();
-    disk.fill();
-    fixture::write_until_degraded(&store, "k", 2000);
-    disk.unlimit_size();
-    fixture.clock.advance(std::time::Duration::from_secs(2));
-    acquired(store.begin(&key("after"), &request("r")).unwrap())
-        .complete(response("ok"))
-        .unwrap();
+    let (store, disk) = fixture::degraded_store(&fixture);
+    fixture::recover(&fixture, &store, &disk);
     store.close().unwrap();
 
     let seen = collect.0.lock().unwrap().clone();
