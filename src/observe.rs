@@ -12,6 +12,7 @@
 //! | `tollgate_rate_shadow_denials_total` | counter | `limit` | requests a `RateLimitLayer` in shadow mode let through that its limits denied |
 //! | `tollgate_degraded` | gauge | | 1 while the store refuses writes and serves reads only, 0 once it writes again |
 //! | `tollgate_degraded_total` | counter | | times the store entered the degraded state |
+//! | `tollgate_redis_data_lost_total` | counter | `scope` = `bucket`, `namespace` | rate counters on Redis found lost (a restart without persistence, a flush, a failover to an empty replica) |
 //! | `tollgate_writer_batch_size` | histogram | | commands per writer batch |
 //! | `tollgate_commit_seconds` | histogram | | duration of each durable commit (including its fsync) |
 //! | `tollgate_removed_records_total` | counter | | expired records removed by sweeps |
@@ -19,7 +20,7 @@
 //!
 //! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
 //! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `commit` (trace, inside a `writer_batch` span), `sweep_step`
-//! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again).
+//! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again), `redis_data_lost` (error).
 
 use crate::idempotency::Digest;
 
@@ -135,6 +136,28 @@ pub(crate) fn recovered() {
     tracing::warn!(target: "tollgate", "recovered: the store writes again");
     #[cfg(feature = "metrics")]
     metrics::gauge!("tollgate_degraded").set(0.0);
+}
+
+/// Rate counters on Redis found a bucket's data lost (its sentinel gone): the crash policy
+/// applies to it.
+#[cfg(feature = "redis")]
+#[allow(unused_variables)]
+pub(crate) fn redis_bucket_lost(namespace: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tollgate", namespace, "redis_data_lost: a bucket of rate counters was lost in Redis; the crash policy applies");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_redis_data_lost_total", "scope" => "bucket").increment(1);
+}
+
+/// Rate counters on Redis found their namespace's secret replaced (the namespace was lost and
+/// created again): the store adopted the new one, and the crash policy applies to every bucket.
+#[cfg(feature = "redis")]
+#[allow(unused_variables)]
+pub(crate) fn redis_namespace_lost(namespace: &str) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tollgate", namespace, "redis_data_lost: the Redis namespace was lost and created again; the crash policy applies to every counter");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_redis_data_lost_total", "scope" => "namespace").increment(1);
 }
 
 /// A span around one writer batch (tracing only).

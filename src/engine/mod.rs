@@ -6,7 +6,9 @@
 //! the records and the counters durable and serializes changes to each key:
 //!
 //! - [`embedded`]: one redb file, one writer at a time, group commit (today's single node);
-//! - `postgres` (feature `postgres`): many nodes on one `PostgreSQL` schema.
+//! - `postgres` (feature `postgres`): many nodes on one `PostgreSQL` schema;
+//! - `redis` (feature `redis`): rate counters only, on Redis or a Redis Cluster, beside the
+//!   records of either engine above.
 //!
 //! The seam is at the level of *operations* (a begin, a resolution, a rate check), not of table
 //! writes: a server database has its own concurrency and group commit, which one writer thread
@@ -26,6 +28,8 @@ pub(crate) mod codec;
 pub(crate) mod embedded;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+#[cfg(feature = "redis")]
+pub(crate) mod redis;
 
 use crate::error::Result;
 use crate::idempotency::machine::{BeginDecision, Resolution};

@@ -26,6 +26,8 @@ pub const DEFAULT_REPLAY_CACHE_SIZE: usize = 16 * 1024 * 1024;
 pub const DEFAULT_COMPACTION_INTERVAL: Duration = Duration::from_secs(60);
 /// Default most removals in one compaction step (one write transaction): 1,000.
 pub const DEFAULT_COMPACTION_BATCH: usize = 1000;
+/// Default bound on every Redis call (`StoreBuilder::redis_timeout`): 250 ms.
+pub const DEFAULT_REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 
 /// Options for one [`Store::begin_with`] call. `Default` takes the store's TTLs and does not wait.
 ///
@@ -102,6 +104,14 @@ pub struct StoreBuilder {
     pub(crate) postgres_pool_size: Option<usize>,
     /// The rate-counter secret of a newly created file (test support only; `None`: random).
     pub(crate) rate_secret: Option<(u64, u64)>,
+    /// Rate counters on Redis: the URL (`None`: on the store's own engine).
+    pub(crate) redis_url: Option<String>,
+    /// The namespace of every key on Redis (`None`: `tollgate`).
+    pub(crate) redis_namespace: Option<String>,
+    /// The bound on every Redis call.
+    pub(crate) redis_timeout: Duration,
+    /// Redis scripts decide on this store's clock instead of Redis `TIME`.
+    pub(crate) redis_client_time: bool,
 }
 
 impl Default for StoreBuilder {
@@ -124,6 +134,10 @@ impl Default for StoreBuilder {
             node_id: None,
             postgres_pool_size: None,
             rate_secret: None,
+            redis_url: None,
+            redis_namespace: None,
+            redis_timeout: DEFAULT_REDIS_TIMEOUT,
+            redis_client_time: false,
         }
     }
 }
@@ -146,6 +160,10 @@ impl std::fmt::Debug for StoreBuilder {
             .field("postgres_schema", &self.postgres_schema)
             .field("node_id", &self.node_id)
             .field("postgres_pool_size", &self.postgres_pool_size)
+            .field("redis_counters", &self.redis_url.is_some())
+            .field("redis_namespace", &self.redis_namespace)
+            .field("redis_timeout", &self.redis_timeout)
+            .field("redis_client_time", &self.redis_client_time)
             .finish_non_exhaustive()
     }
 }
@@ -386,7 +404,99 @@ impl StoreBuilder {
         self
     }
 
+    /// Keeps this store's rate counters in Redis (feature `redis`): every `check`, `check_n`,
+    /// `check_all`, `peek`, `refund` and `reset` is decided by one script call on the server, on
+    /// Redis's clock, so every store (every node) using the same server and namespace counts the
+    /// same counters. The idempotency records stay on the engine the store is opened on (a file,
+    /// or PostgreSQL). `url` is `redis://[user:password@]host:port[/db]`, or the address of any
+    /// node of a Redis Cluster (the store finds the others).
+    ///
+    /// Every decision is made by Redis when it is taken: [`RateDurability`] does not apply (an
+    /// explicit `Batched` is refused at open) and the counters last as long as Redis keeps them.
+    /// When Redis loses them (a restart without persistence, a failover to an empty replica, a
+    /// flush), the store notices and applies its [`CrashPolicy`](crate::ratelimit::CrashPolicy).
+    ///
+    /// ```no_run
+    /// use tollgate::Store;
+    /// use tollgate::ratelimit::{Limit, Quota};
+    ///
+    /// let store = Store::builder()
+    ///     .rate_counters_redis("redis://127.0.0.1:6379")
+    ///     .redis_namespace("shop-api")
+    ///     .open_in_memory()?; // records in memory here; a file or PostgreSQL in production
+    /// let login = Limit::new("login", Quota::per_minute(5))?;
+    /// assert!(store.check(&login, "user:42")?.allowed());
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn rate_counters_redis(mut self, url: &str) -> Self {
+        self.redis_url = Some(url.to_string());
+        self
+    }
+
+    /// The namespace of every key the store writes to Redis (see
+    /// [`StoreBuilder::rate_counters_redis`]): 1 to 64 characters of `A-Z a-z 0-9 _ - . :`.
+    /// Stores on different namespaces never see each other's counters; every key of one starts
+    /// with `<namespace>:`. Default = `tollgate`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_namespace(mut self, namespace: &str) -> Self {
+        self.redis_namespace = Some(namespace.to_string());
+        self
+    }
+
+    /// The longest a rate operation waits for Redis (to connect, send and be answered) before
+    /// it fails with [`Error::Unavailable`] (or [`Error::InDoubt`] for a charge that was sent):
+    /// never a silent allow. After such a failure the store stops sending to that server (a
+    /// circuit breaker) and refuses at once until a probe finds it back. Default = 250 ms.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_timeout(mut self, timeout: Duration) -> Self {
+        self.redis_timeout = timeout;
+        self
+    }
+
+    /// Decide on this store's clock instead of Redis's `TIME`, for deployments whose Redis
+    /// refuses `TIME` inside scripts (some proxies and managed services). Then nodes whose clocks
+    /// disagree decide differently: keep them synchronized. Default = `false`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_client_time(mut self, enabled: bool) -> Self {
+        self.redis_client_time = enabled;
+        self
+    }
+
+    /// The Redis engine's options, if the counters live there.
+    #[cfg(feature = "redis")]
+    pub(crate) fn redis_options(&self) -> Option<crate::engine::redis::RedisOptions> {
+        let url = self.redis_url.clone()?;
+        Some(crate::engine::redis::RedisOptions {
+            url,
+            namespace: self
+                .redis_namespace
+                .clone()
+                .unwrap_or_else(|| "tollgate".to_string()),
+            timeout: self.redis_timeout,
+            client_time: self.redis_client_time,
+        })
+    }
+
+    /// Whether the rate counters live elsewhere than on the store's engine.
+    pub(crate) fn counters_elsewhere(&self) -> bool {
+        self.redis_url.is_some()
+    }
+
     pub(crate) fn settings(&self) -> Result<Settings> {
+        if self.counters_elsewhere() {
+            if let Some(RateDurability::Batched { .. }) = self.rate_durability {
+                return Err(Error::InvalidArgument(
+                    "RateDurability::Batched does not apply to counters on Redis: Redis decides \
+                     every check when it is made (leave rate_durability unset)"
+                        .into(),
+                ));
+            }
+        }
         if self.record_ttl.is_zero() || self.lease_ttl.is_zero() {
             return Err(Error::InvalidArgument(
                 "record_ttl and lease_ttl must be greater than zero".into(),

@@ -22,7 +22,7 @@ mod bulk;
 mod compaction;
 mod health;
 mod notify;
-#[cfg(feature = "postgres")]
+#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) mod oneshot;
 mod rate;
 mod replay_cache;
@@ -84,11 +84,38 @@ pub struct Store {
 
 struct Shared {
     engine: Engine,
+    /// The rate counters, when they live elsewhere than on `engine`.
+    #[cfg(feature = "redis")]
+    redis: Option<crate::engine::redis::Redis>,
     settings: Settings,
     notifier: Arc<Notifier>,
     counters: Arc<Counters>,
     /// Finished records for the replay fast path (`None`: disabled).
     replays: Option<ReplayCache>,
+}
+
+/// Rate counters that live elsewhere than on the store's engine, opened before it.
+struct Elsewhere {
+    #[cfg(feature = "redis")]
+    redis: Option<crate::engine::redis::Redis>,
+}
+
+impl Elsewhere {
+    fn open(builder: &StoreBuilder) -> Result<Elsewhere> {
+        Ok(Elsewhere {
+            #[cfg(feature = "redis")]
+            redis: builder
+                .redis_options()
+                .map(|options| {
+                    crate::engine::redis::Redis::open(
+                        &options,
+                        Arc::clone(&builder.clock),
+                        builder.crash_policy,
+                    )
+                })
+                .transpose()?,
+        })
+    }
 }
 
 impl std::fmt::Debug for Store {
@@ -125,6 +152,7 @@ impl Store {
 
     pub(crate) fn open_embedded(builder: &StoreBuilder, location: Location) -> Result<Store> {
         let settings = builder.settings()?;
+        let elsewhere = Elsewhere::open(builder)?;
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
         let engine = Embedded::open(
@@ -138,6 +166,7 @@ impl Store {
             builder,
             settings,
             Engine::Embedded(engine),
+            elsewhere,
             notifier,
             counters,
         ))
@@ -146,6 +175,7 @@ impl Store {
     #[cfg(feature = "postgres")]
     pub(crate) fn open_postgres(builder: &StoreBuilder, conn: &str) -> Result<Store> {
         let settings = builder.settings()?;
+        let elsewhere = Elsewhere::open(builder)?;
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
         let engine = crate::engine::postgres::Postgres::open(
@@ -159,6 +189,7 @@ impl Store {
             builder,
             settings,
             Engine::Postgres(engine),
+            elsewhere,
             notifier,
             counters,
         ))
@@ -168,12 +199,17 @@ impl Store {
         builder: &StoreBuilder,
         settings: Settings,
         engine: Engine,
+        elsewhere: Elsewhere,
         notifier: Arc<Notifier>,
         counters: Arc<Counters>,
     ) -> Store {
+        #[cfg(not(feature = "redis"))]
+        let Elsewhere {} = elsewhere;
         Store {
             shared: Arc::new(Shared {
                 engine,
+                #[cfg(feature = "redis")]
+                redis: elsewhere.redis,
                 settings,
                 notifier,
                 counters,
@@ -428,7 +464,12 @@ impl Store {
     /// # Ok::<(), tollgate::Error>(())
     /// ```
     pub fn health(&self) -> Health {
-        self.shared.engine.health()
+        let health = self.shared.engine.health();
+        #[cfg(feature = "redis")]
+        if let (Health::Ready, Some(redis)) = (&health, &self.shared.redis) {
+            return redis.health();
+        }
+        health
     }
 
     /// Flushes, stops the writer thread, and releases the file, which can be opened again at once.
@@ -442,6 +483,10 @@ impl Store {
     /// commit (the clock's mark, Batched counters not yet written) could not be made, so the
     /// next open treats the session as one that crashed.
     pub fn close(self) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared.redis {
+            redis.close();
+        }
         self.shared.engine.close()
     }
 
@@ -453,7 +498,7 @@ impl Store {
     /// # Errors
     /// [`Error::Closed`], [`Error::Poisoned`] (including when this flush failed).
     pub fn flush(&self) -> Result<()> {
-        self.shared.engine.counters().flush()
+        self.counter_engine().flush()
     }
 
     /// The store's numbers: records by state, rate counters and file size on disk, the writer's
@@ -481,13 +526,18 @@ impl Store {
     }
 
     /// Moves the store's clock forward by `by` (test support): on the embedded engine, nothing
-    /// (move the builder's `ManualClock`); on PostgreSQL, the schema's clock, for every node.
+    /// (move the builder's `ManualClock`); on PostgreSQL, the schema's clock, for every node;
+    /// for counters on Redis, the time this store's scripts decide at.
     ///
     /// # Errors
     /// [`Error::Closed`]; on PostgreSQL, [`Error::Unavailable`].
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn advance_database_clock_for_tests(&self, by: Duration) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared.redis {
+            redis.advance_clock_for_tests(by);
+        }
         match &self.shared.engine {
             Engine::Embedded(_) => {
                 let _ = by;
@@ -500,7 +550,7 @@ impl Store {
 
     /// Stops the store's clock at `at` (test support): on the embedded engine, nothing (set the
     /// builder's `ManualClock`); on PostgreSQL, the schema's clock, for every node, until it is
-    /// set or advanced again. It may go back; the store's own estimate between round trips does
+    /// set or advanced again; for counters on Redis, the time this store's scripts decide at. It may go back; the store's own estimate between round trips does
     /// not.
     ///
     /// # Errors
@@ -508,6 +558,10 @@ impl Store {
     #[cfg(any(test, feature = "test-support"))]
     #[doc(hidden)]
     pub fn set_database_clock_for_tests(&self, at: std::time::SystemTime) -> Result<()> {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared.redis {
+            redis.set_clock_for_tests(crate::clock::system_time_to_nanos(at));
+        }
         match &self.shared.engine {
             Engine::Embedded(_) => {
                 let _ = at;
@@ -516,6 +570,17 @@ impl Store {
             #[cfg(feature = "postgres")]
             Engine::Postgres(engine) => engine.set_clock(crate::clock::system_time_to_nanos(at)),
         }
+    }
+
+    /// Script calls and pipelines this store sent to Redis (test support: shows that concurrent
+    /// checks share them). `None` without counters on Redis.
+    #[cfg(all(feature = "redis", any(test, feature = "test-support")))]
+    #[doc(hidden)]
+    pub fn redis_calls_for_tests(&self) -> Option<(u64, u64)> {
+        self.shared
+            .redis
+            .as_ref()
+            .map(crate::engine::redis::Redis::counts)
     }
 
     /// Which engine the store runs on: `"embedded"` or `"postgres"`.
@@ -535,6 +600,15 @@ impl Store {
     /// The configured `max_response_bytes`.
     pub fn max_response_bytes(&self) -> usize {
         self.shared.settings.max_response_bytes
+    }
+
+    /// The engine that keeps the rate counters.
+    pub(crate) fn counter_engine(&self) -> &dyn crate::engine::CounterEngine {
+        #[cfg(feature = "redis")]
+        if let Some(redis) = &self.shared.redis {
+            return redis;
+        }
+        self.shared.engine.counters()
     }
 
     pub(crate) fn resolve(

@@ -78,7 +78,7 @@ impl Store {
         for (_, subject) in checks {
             check_subject(subject)?;
         }
-        let Some(outcome) = self.shared.engine.counters().run_in_memory(kind, checks)? else {
+        let Some(outcome) = self.counter_engine().run_in_memory(kind, checks)? else {
             return Ok(None);
         };
         let decision = decision(&outcome, checks);
@@ -121,7 +121,7 @@ impl Store {
         for (_, subject) in checks {
             check_subject(subject)?;
         }
-        let outcome = self.shared.engine.counters().run(kind, checks)?;
+        let outcome = self.counter_engine().run(kind, checks)?;
         let decision = decision(&outcome, checks);
         if matches!(kind, OpKind::Charge { .. }) {
             crate::observe::rate(&decision);

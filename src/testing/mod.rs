@@ -10,6 +10,9 @@
 
 pub use crate::engine::embedded::storage::SimDisk;
 
+#[cfg(feature = "redis")]
+pub mod redis;
+
 /// How many panics inside redb (which it documents for damaged files) this process has caught
 /// and turned into typed errors: lets a test show that the containment actually ran.
 pub fn contained_panics() -> u64 {

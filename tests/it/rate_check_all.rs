@@ -10,16 +10,16 @@ use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-on_every_engine! {
+on_every_counter_engine! {
     fn a_denial_by_any_limit_charges_none_of_them_in_either_mode(fixture) {
-        let modes: &[RateDurability] = if fixture.is_postgres() {
+        let modes: &[RateDurability] = if fixture.immediate_only() {
             &[RateDurability::Immediate]
         } else {
             &[RateDurability::Immediate, RateDurability::default()]
         };
         for &durability in modes {
             // A fresh store (and fresh counters) for each mode.
-            let fixture = if fixture.is_postgres() { Fixture::postgres("check_all_mode").unwrap() } else { Fixture::new() };
+            let fixture = fixture.fresh("check_all_mode");
             run_denial(&fixture, durability);
         }
     }
@@ -79,7 +79,7 @@ fn run_denial(fixture: &Fixture, durability: RateDurability) {
     }
 }
 
-on_every_engine! {
+on_every_counter_engine! {
     fn among_denials_the_longest_wait_decides(fixture) {
         among_denials(&fixture);
     }

@@ -34,15 +34,15 @@ fn allowed_under_contention(fixture: &Fixture, durability: RateDurability, quota
     allowed
 }
 
-on_every_engine! {
+on_every_counter_engine! {
     fn sixteen_threads_never_exceed_the_quota_in_any_mode(fixture) {
         let quotas = [
             Quota::per_hour(100),
             Quota::fixed_window(100, Duration::from_secs(24 * 3600)),
             Quota::sliding_window(100, Duration::from_secs(24 * 3600)),
         ];
-        // PostgreSQL has Immediate counters only.
-        let modes: &[RateDurability] = if fixture.is_postgres() {
+        // PostgreSQL and Redis have Immediate counters only.
+        let modes: &[RateDurability] = if fixture.immediate_only() {
             &[RateDurability::Immediate]
         } else {
             &[RateDurability::Immediate, RateDurability::default()]

@@ -11,7 +11,7 @@ use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
 const DAY: Duration = Duration::from_secs(86_400);
 
-on_every_engine! {
+on_every_counter_engine! {
     fn check_n_refund_peek_and_reset_on_every_algorithm(fixture) {
         let store = fixture
             .open_with(fixture.builder().rate_durability(RateDurability::Immediate))

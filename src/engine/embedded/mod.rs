@@ -152,6 +152,8 @@ impl Embedded {
         counters: Arc<Counters>,
     ) -> Result<Self> {
         let rate_flush_every = match builder.rate_durability.unwrap_or_default() {
+            // Counters on another engine: this one keeps none (and no cache for them).
+            _ if builder.counters_elsewhere() => None,
             RateDurability::Batched { max_delay } => Some(max_delay),
             RateDurability::Immediate => None,
         };

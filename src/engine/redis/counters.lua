@@ -1,0 +1,393 @@
+-- tollgate's rate counters on Redis: a batch of rate operations, decided and applied atomically.
+--
+-- A line-by-line translation of the pure rules in `src/ratelimit/algorithm.rs` (evaluate,
+-- normalize, refund, most_restrictive, drained, is_idle) and `src/ratelimit/charge.rs` (apply:
+-- all or nothing, the deciding limit), in integer microseconds. The Rust rules stay the
+-- reference: `src/engine/redis/differential.rs` runs both on the same random inputs and
+-- requires the same answers. Read the Rust first; the comments here only say what differs.
+--
+-- Lua numbers are doubles: integers are exact below 2^53. Every time is in microseconds (a time
+-- of 2026 is about 2^50.7), every window is at most 2^50 us and every count at most 2^32
+-- (`src/engine/redis/namespace.rs` refuses larger limits), so sums stay below 2^53. Products
+-- that can exceed it (a sliding window's count times elapsed time) go through `muldiv`, which
+-- is exact. Numbers are written with '%.0f' (tostring would round to 14 digits).
+--
+-- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
+-- ARGV: now ('' = Redis TIME), drain ('1': a lost bucket is drained from the time the loss is
+--       found), the number of operations, then per operation:
+--         kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i create
+--         it if missing, m mark the bucket drained, M replace a sentinel of another secret), amount, recover ('1': a missing sentinel is recreated, else the
+--         operation reports it lost), the secret id, the number of targets, and per target:
+--         counter key index, sentinel key index, algorithm (g, f, s), a, b (g: interval, burst;
+--         f, s: limit, period).
+-- Returns one reply per operation: {status, allowed, deciding, remaining, reset_after,
+--   retry_after (-1: none)}; status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
+--   to another secret. An operation with status 1 or 2 changed nothing.
+
+local POW52 = 4503599627370496
+
+local now
+if ARGV[1] == '' then
+  local t = redis.call('TIME')
+  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+else
+  now = tonumber(ARGV[1])
+end
+local drain = ARGV[2] == '1'
+
+local function str(x) return string.format('%.0f', x) end
+
+-- floor(x / c) and x mod c, for integers 0 <= x <= 2^52 and c >= 1.
+local function divmod(x, c)
+  local q = math.floor(x / c)
+  local r = x - q * c
+  if r < 0 then
+    q = q - 1; r = r + c
+  elseif r >= c then
+    q = q + 1; r = r - c
+  end
+  return q, r
+end
+
+-- floor(a * b / c) and (a * b) mod c, exactly, for integers 0 <= a < 2^53, 0 <= b < c <= 2^51:
+-- shift-and-add over the bits of a, keeping the remainder below c.
+local function muldiv(a, b, c)
+  if a * b <= POW52 then return divmod(a * b, c) end
+  local bit = 1
+  while bit * 2 <= a do bit = bit * 2 end
+  local q, r = 0, 0
+  while bit >= 1 do
+    q = q * 2; r = r * 2
+    if r >= c then q = q + 1; r = r - c end
+    if a >= bit then
+      a = a - bit; r = r + b
+      if r >= c then q = q + 1; r = r - c end
+    end
+    bit = bit / 2
+  end
+  return q, r
+end
+
+local function align(t, p)
+  local _, r = divmod(t, p)
+  return t - r
+end
+
+-- States: {k='g', tat}, {k='f', w, c}, {k='s', w, p (previous), c (current)}.
+local function decode(v)
+  if not v then return nil end
+  local k, x, y, z = string.match(v, '^(%a) (%d+) ?(%d*) ?(%d*)$')
+  if k == 'g' then return {k='g', tat=tonumber(x)} end
+  if k == 'f' and y ~= '' then return {k='f', w=tonumber(x), c=tonumber(y)} end
+  if k == 's' and z ~= '' then return {k='s', w=tonumber(x), p=tonumber(y), c=tonumber(z)} end
+  return nil -- not a counter (it counts as fresh)
+end
+
+local function encode(st)
+  if st.k == 'g' then return 'g ' .. str(st.tat) end
+  if st.k == 'f' then return 'f ' .. str(st.w) .. ' ' .. str(st.c) end
+  return 's ' .. str(st.w) .. ' ' .. str(st.p) .. ' ' .. str(st.c)
+end
+
+local function fresh(sp, t)
+  if sp.k == 'g' then return {k='g', tat=t} end
+  local w = align(t, sp.b)
+  if sp.k == 'f' then return {k='f', w=w, c=0} end
+  return {k='s', w=w, p=0, c=0}
+end
+
+local function drained(sp, at)
+  if sp.k == 'g' then return {k='g', tat=at + sp.a * sp.b} end
+  local w = align(at, sp.b)
+  if sp.k == 'f' then return {k='f', w=w, c=sp.a} end
+  return {k='s', w=w, p=sp.a, c=sp.a}
+end
+
+local function normalize(sp, st, t)
+  if not st or st.k ~= sp.k then return fresh(sp, t), t end
+  if sp.k == 'g' then return st, t end
+  if t < st.w then t = st.w end
+  local w = align(t, sp.b)
+  if w == st.w then return st, t end
+  if sp.k == 'f' then return {k='f', w=w, c=0}, t end
+  if w == st.w + sp.b then return {k='s', w=w, p=st.c, c=0}, t end
+  return {k='s', w=w, p=0, c=0}, t
+end
+
+-- The elapsed time within a sliding window from which previous*(P - e) + (current + cost)*P
+-- fits in limit*P, or nil.
+local function earliest_fit(n, P, previous, current, cost)
+  local k = n - current - cost
+  if k < 0 then return nil end
+  if previous == 0 or k >= previous then return 0 end
+  local f = muldiv(P, k, previous)
+  return P - f
+end
+
+local function evaluate(sp, st, t, cost)
+  st, t = normalize(sp, st, t)
+  if sp.k == 'g' then
+    local T, B = sp.a, sp.b
+    local cap = T * B
+    local base = math.max(st.tat, t)
+    local charged = base + cost * T
+    local allowed = charged - t <= cap
+    local tat = base
+    if allowed then tat = charged end
+    local used = tat - t
+    local left = cap - used
+    if left < 0 then left = 0 end
+    local remaining = divmod(left, T)
+    local retry = nil
+    if not allowed and cost <= B then retry = charged - t - cap end
+    return {allowed=allowed, st={k='g', tat=tat}, remaining=remaining, reset=used, retry=retry}
+  end
+  local n, P = sp.a, sp.b
+  if sp.k == 'f' then
+    local allowed = st.c + cost <= n
+    local c = st.c
+    if allowed then c = c + cost end
+    local until_next = st.w + P - t
+    if until_next < 0 then until_next = 0 end
+    local remaining = n - c
+    if remaining < 0 then remaining = 0 end
+    local reset = until_next
+    if c == 0 then reset = 0 end
+    local retry = nil
+    if not allowed and cost <= n then retry = until_next end
+    return {allowed=allowed, st={k='f', w=st.w, c=c}, remaining=remaining, reset=reset,
+            retry=retry}
+  end
+  -- Sliding: with q = ceil(previous*(P - e)/P), the estimate fits iff current + cost + q <= n.
+  local e = t - st.w
+  local q = st.p
+  if e > 0 then
+    local r
+    q, r = muldiv(st.p, P - e, P)
+    if r > 0 then q = q + 1 end
+  end
+  local k = n - st.c - cost
+  local allowed = k >= 0 and q <= k
+  local c = st.c
+  if allowed then c = c + cost end
+  local remaining = n - c - q
+  if remaining < 0 then remaining = 0 end
+  local window_end = st.w + P
+  local reset = 0
+  if c > 0 then
+    reset = window_end + P - t
+  elseif st.p > 0 then
+    reset = window_end - t
+  end
+  local retry = nil
+  if not allowed and cost <= n then
+    local at
+    local fit = earliest_fit(n, P, st.p, st.c, cost)
+    if fit then
+      at = st.w + fit
+    else
+      at = st.w + P + (earliest_fit(n, P, st.c, 0, cost) or P)
+    end
+    retry = at - t
+    if retry < 0 then retry = 0 end
+  end
+  return {allowed=allowed, st={k='s', w=st.w, p=st.p, c=c}, remaining=remaining, reset=reset,
+          retry=retry}
+end
+
+local function refund(sp, st, t, amount)
+  st, t = normalize(sp, st, t)
+  if sp.k == 'g' then
+    local tat = st.tat - amount * sp.a
+    if tat < t then tat = t end
+    return {k='g', tat=tat}
+  end
+  if sp.k == 'f' then
+    local c = st.c - amount
+    if c < 0 then c = 0 end
+    return {k='f', w=st.w, c=c}
+  end
+  local from_current = math.min(amount, st.c)
+  local p = st.p - (amount - from_current)
+  if p < 0 then p = 0 end
+  return {k='s', w=st.w, p=p, c=st.c - from_current}
+end
+
+local function most_restrictive(sp, a, b, t)
+  local x = normalize(sp, a, t)
+  local y = normalize(sp, b, t)
+  if sp.k == 'g' then return {k='g', tat=math.max(x.tat, y.tat)} end
+  if sp.k == 'f' then return {k='f', w=x.w, c=math.max(x.c, y.c)} end
+  return {k='s', w=x.w, p=math.max(x.p, y.p), c=math.max(x.c, y.c)}
+end
+
+local function is_idle(sp, st, t)
+  st = normalize(sp, st, t)
+  if st.k == 'g' then return st.tat <= t end
+  if st.k == 'f' then return st.c == 0 end
+  return st.p == 0 and st.c == 0
+end
+
+local function idle_at(sp, st)
+  if st.k == 'g' then return st.tat end
+  if st.k == 'f' then return st.w + sp.b end
+  return st.w + 2 * sp.b
+end
+
+-- Stores a counter, or deletes it when it is idle (an idle counter equals a fresh one). It
+-- expires when it turns idle, rounded up to a millisecond.
+local function store(key, sp, st)
+  if st == nil or is_idle(sp, st, now) then
+    redis.call('DEL', key)
+    return
+  end
+  local ttl = math.floor((idle_at(sp, st) - now + 999) / 1000)
+  if ttl < 1 then ttl = 1 end
+  redis.call('SET', key, encode(st), 'PX', ttl)
+end
+
+local function peek(sp, st, t)
+  local one = evaluate(sp, st, t, 1)
+  local zero = evaluate(sp, st, t, 0)
+  return {allowed=one.allowed, retry=one.retry, remaining=zero.remaining, reset=zero.reset}
+end
+
+-- Evaluation a is more restrictive than b: a denial over an allowance; among denials the longer
+-- wait; among allowances the fewer remaining, then the longer reset.
+local function rank(e)
+  local wait = e.retry
+  if wait == nil then
+    if e.allowed then wait = 0 else wait = math.huge end
+  end
+  local denied = 1
+  if e.allowed then denied = 0 end
+  return denied, wait, -e.remaining, e.reset
+end
+
+local function more_restrictive(a, b)
+  local a1, a2, a3, a4 = rank(a)
+  local b1, b2, b3, b4 = rank(b)
+  if a1 ~= b1 then return a1 > b1 end
+  if a2 ~= b2 then return a2 > b2 end
+  if a3 ~= b3 then return a3 > b3 end
+  return a4 > b4
+end
+
+-- Buckets: each sentinel read once per call. Its value is '<secret id> <drained from>'; what a
+-- bucket is found to be is kept per secret id (an operation of an older secret may share the
+-- call).
+local LOST, FOREIGN = -1, -2
+local buckets = {}
+local function bucket(i, id, recover)
+  local key = id .. ' ' .. i
+  local found = buckets[key]
+  if found ~= nil and not (found == LOST and recover) then return found end
+  local v = redis.call('GET', KEYS[i])
+  if not v then
+    if recover then
+      found = 0
+      if drain then found = now end
+      redis.call('SET', KEYS[i], id .. ' ' .. str(found))
+    else
+      found = LOST
+    end
+  else
+    local owner, from = string.match(v, '^(%S+) (%d+)$')
+    if owner == id then found = tonumber(from) else found = FOREIGN end
+  end
+  buckets[key] = found
+  return found
+end
+
+local function load(target, id)
+  local st = decode(redis.call('GET', KEYS[target.key]))
+  local from = bucket(target.bucket, id, false)
+  if from > 0 then st = most_restrictive(target.sp, st, drained(target.sp, from), now) end
+  return st
+end
+
+local function reply(status, e, deciding)
+  if not e then return {status, 0, 0, 0, 0, -1} end
+  local allowed = 0
+  if e.allowed then allowed = 1 end
+  local retry = -1
+  if e.retry then retry = e.retry end
+  return {status, allowed, deciding, e.remaining, e.reset, retry}
+end
+
+local function run(kind, amount, recover, id, targets)
+  if kind == 'i' then
+    -- A new namespace: the bucket's sentinel, unless it has one.
+    local i = targets[1].bucket
+    if not redis.call('GET', KEYS[i]) then redis.call('SET', KEYS[i], id .. ' 0') end
+    return reply(0, nil, 0)
+  end
+  if kind == 'm' or kind == 'M' then
+    -- Mark a bucket drained from now (evidence of a loss), or replace a foreign sentinel.
+    local i = targets[1].bucket
+    local found = bucket(i, id, false)
+    if kind == 'M' or found >= 0 then
+      local from = 0
+      if drain then from = now elseif found > 0 then from = found end
+      redis.call('SET', KEYS[i], id .. ' ' .. str(from))
+      buckets[id .. ' ' .. i] = from
+    end
+    return reply(0, nil, 0)
+  end
+  for _, target in ipairs(targets) do
+    local found = bucket(target.bucket, id, recover)
+    if found == LOST then return reply(1, nil, 0) end
+    if found == FOREIGN then return reply(2, nil, 0) end
+  end
+  local states = {}
+  for i, target in ipairs(targets) do states[i] = load(target, id) end
+  local first = targets[1]
+  if kind == 'p' then
+    return reply(0, peek(first.sp, states[1], now), 0)
+  end
+  if kind == 'r' then
+    local refunded = refund(first.sp, states[1], now, amount)
+    store(KEYS[first.key], first.sp, refunded)
+    return reply(0, peek(first.sp, refunded, now), 0)
+  end
+  if kind == 'x' then
+    store(KEYS[first.key], first.sp, nil)
+    local e = peek(first.sp, nil, now)
+    e.allowed = true
+    return reply(0, e, 0)
+  end
+  -- Charge: every limit evaluated first; all charged, or none.
+  local allowed = true
+  local deciding, decided = 0, nil
+  local evaluations = {}
+  for i, target in ipairs(targets) do
+    local e = evaluate(target.sp, states[i], now, amount)
+    evaluations[i] = e
+    if not e.allowed then allowed = false end
+    if decided == nil or more_restrictive(e, decided) then
+      decided = e
+      deciding = i - 1
+    end
+  end
+  if allowed and amount > 0 then
+    for i, target in ipairs(targets) do store(KEYS[target.key], target.sp, evaluations[i].st) end
+  end
+  decided.allowed = allowed
+  return reply(0, decided, deciding)
+end
+
+local replies = {}
+local at = 4
+for op = 1, tonumber(ARGV[3]) do
+  local kind, amount, recover, id = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
+  local count = tonumber(ARGV[at + 4])
+  at = at + 5
+  local targets = {}
+  for i = 1, count do
+    targets[i] = {key=tonumber(ARGV[at]), bucket=tonumber(ARGV[at + 1]),
+                  sp={k=ARGV[at + 2], a=tonumber(ARGV[at + 3]), b=tonumber(ARGV[at + 4])}}
+    at = at + 5
+  end
+  replies[op] = run(kind, amount, recover, id, targets)
+end
+return replies

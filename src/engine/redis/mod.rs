@@ -1,0 +1,549 @@
+//! Rate counters on Redis (feature `redis`): a [`CounterEngine`] for fleets, whose records stay
+//! on the store's own engine (a file, or PostgreSQL).
+//!
+//! - **One round trip, decided in Redis.** Every operation is one call of `counters.lua`, which
+//!   runs the three algorithms in integer microseconds on Redis's `TIME`, so every node decides on
+//!   one clock. `check_all` checks every limit before it charges any, in the same call.
+//! - **Pipelined.** Each server has one I/O thread ([`link`]) that sends every waiting operation
+//!   in one pipeline, grouped per cluster slot into shared script calls.
+//! - **Cluster-ready.** Keys carry a hash tag per bucket ([`namespace`]); a subject's counters and
+//!   the sentinel of its bucket share a slot; the store routes slots to masters itself
+//!   ([`topology`]).
+//! - **Data loss mints nothing.** Every bucket has a sentinel, created with the namespace. A
+//!   missing one (a restart without persistence, a failover to an empty replica, a flush) means
+//!   the bucket's counters were lost: with [`CrashPolicy::DrainOnRecovery`] the bucket is treated
+//!   as fully spent from the moment the loss is found, as the embedded store treats its counters
+//!   after a crash. A secret that changed under a running store is a loss too.
+//! - **Bounded.** Every call has the store's Redis timeout; a server that fails opens a circuit
+//!   breaker, and checks are refused at once with [`Error::Unavailable`] until a probe succeeds.
+//!
+//! [`CrashPolicy::DrainOnRecovery`]: crate::ratelimit::CrashPolicy::DrainOnRecovery
+
+mod link;
+mod namespace;
+mod script;
+mod topology;
+
+#[cfg(test)]
+mod differential;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::clock::{Clock, system_time_to_nanos};
+use crate::engine::CounterEngine;
+use crate::error::{Error, Result};
+use crate::ratelimit::charge::{OpKind, RateOutcome};
+use crate::ratelimit::{CounterKeys, CrashPolicy, Evaluation, Limit};
+use link::{Failure, Link, LinkConfig};
+pub(crate) use namespace::check_namespace;
+use namespace::{BUCKETS, MicroSpec, Namespace};
+use script::{Code, Op, Reply, Status, Target};
+use topology::Routes;
+
+/// How often an operation is tried again after the namespace or the cluster changed under it.
+const ATTEMPTS: usize = 4;
+
+/// What a store's builder says about its counters on Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisOptions {
+    pub url: String,
+    pub namespace: String,
+    pub timeout: Duration,
+    /// Scripts take the time from the store's clock instead of Redis `TIME`.
+    pub client_time: bool,
+}
+
+/// Rate counters in one namespace of a Redis server or cluster.
+pub(crate) struct Redis {
+    name: String,
+    timeout: Duration,
+    cluster: bool,
+    drain: bool,
+    config: LinkConfig,
+    /// Each bucket's cluster slot (a key's slot never changes).
+    slots: Vec<u16>,
+    namespace: RwLock<Arc<Namespace>>,
+    routes: RwLock<Arc<Routes>>,
+    /// Held while the secret is checked after a loss, and while the cluster map is read.
+    settling: Mutex<()>,
+    closed: AtomicBool,
+    /// The time scripts decide at, set by tests (µs).
+    test_now: Arc<Mutex<Option<u64>>>,
+}
+
+impl Redis {
+    /// Connects, reads (or creates) the namespace's secret, and maps the buckets to servers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a bad URL, namespace or timeout; [`Error::Unavailable`] if
+    /// Redis cannot be reached within the timeout; [`Error::Storage`] if it refuses (a wrong
+    /// password, say); [`Error::Corrupted`] for a malformed secret.
+    pub(crate) fn open(
+        options: &RedisOptions,
+        clock: Arc<dyn Clock>,
+        policy: CrashPolicy,
+    ) -> Result<Redis> {
+        check_namespace(&options.namespace)?;
+        if options.timeout.is_zero() {
+            return Err(Error::InvalidArgument(
+                "redis_timeout must be greater than zero".into(),
+            ));
+        }
+        let client = redis::Client::open(options.url.as_str())
+            .map_err(|e| Error::InvalidArgument(format!("a bad Redis URL: {e}")))?;
+        let info = client.get_connection_info().clone();
+        let timeout = options.timeout;
+        let test_now = Arc::new(Mutex::new(None::<u64>));
+        let now = {
+            let test_now = Arc::clone(&test_now);
+            let client_time = options.client_time;
+            Arc::new(move || {
+                let set = *test_now.lock();
+                set.or_else(|| client_time.then(|| system_time_to_nanos(clock.now()) / 1000))
+            })
+        };
+        let config = LinkConfig {
+            info: info.clone(),
+            timeout,
+            now,
+            drain: policy == CrashPolicy::DrainOnRecovery,
+        };
+        let mut setup = connect(&info, timeout)?;
+        let info_text: String = redis::cmd("INFO")
+            .arg("cluster")
+            .query(&mut setup)
+            .map_err(server_error)?;
+        let cluster = info_text.contains("cluster_enabled:1");
+        let (secret, created) = secret(&info, timeout, &options.namespace)?;
+        let namespace = Arc::new(Namespace::new(&options.namespace, secret)?);
+        let (slots, routes) = if cluster {
+            let mut pipe = redis::pipe();
+            for sentinel in namespace.sentinels() {
+                pipe.cmd("CLUSTER").arg("KEYSLOT").arg(sentinel);
+            }
+            let slots: Vec<u16> = pipe.query(&mut setup).map_err(server_error)?;
+            let routes = Routes::cluster(&slots, &cluster_slots(&mut setup)?, None, &config)?;
+            (slots, routes)
+        } else {
+            let addr = addr_of(&info);
+            let link = Link::start(addr, config.clone()).map_err(Error::storage)?;
+            (
+                vec![0; usize::from(BUCKETS)],
+                Routes::standalone(Arc::new(link)),
+            )
+        };
+        let redis = Redis {
+            name: options.namespace.clone(),
+            timeout,
+            cluster,
+            drain: config.drain,
+            config,
+            slots,
+            namespace: RwLock::new(Arc::clone(&namespace)),
+            routes: RwLock::new(Arc::new(routes)),
+            settling: Mutex::new(()),
+            closed: AtomicBool::new(false),
+            test_now,
+        };
+        if created {
+            redis.on_every_bucket(&namespace, Code::Init)?;
+        }
+        Ok(redis)
+    }
+
+    /// Stops deciding at Redis's `TIME`: scripts decide at `at` (test support).
+    pub(crate) fn set_clock_for_tests(&self, at: u64) {
+        *self.test_now.lock() = Some(at / 1000);
+    }
+
+    /// Moves the scripts' test clock forward by `by` (from Redis's time if it was not set).
+    pub(crate) fn advance_clock_for_tests(&self, by: Duration) {
+        let mut now = self.test_now.lock();
+        let from = now.unwrap_or_else(|| system_time_to_nanos(std::time::SystemTime::now()) / 1000);
+        *now = Some(from.saturating_add(u64::try_from(by.as_micros()).unwrap_or(u64::MAX)));
+    }
+
+    /// `Ok` while the engine is open.
+    fn check_usable(&self) -> Result<()> {
+        if self.closed.load(Ordering::Acquire) {
+            Err(Error::Closed)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Whether the counters can be reached: `Unreachable` while a server's breaker is open.
+    pub(crate) fn health(&self) -> crate::Health {
+        if self.closed.load(Ordering::Acquire) {
+            return crate::Health::Closed;
+        }
+        let routes = Arc::clone(&self.routes.read());
+        for link in &routes.links {
+            if let Some(reason) = link.open_reason() {
+                return crate::Health::Unreachable {
+                    reason: format!("Redis at {}: {reason}", link.addr),
+                };
+            }
+        }
+        crate::Health::Ready
+    }
+
+    /// Stops every I/O thread after the operations queued before. Twice does nothing.
+    pub(crate) fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        let routes = Arc::clone(&self.routes.read());
+        for link in &routes.links {
+            link.close();
+        }
+    }
+
+    /// Script calls and pipelines sent so far, over every server (tests and benchmarks).
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let routes = Arc::clone(&self.routes.read());
+        routes.links.iter().fold((0, 0), |(calls, pipes), link| {
+            let (c, p) = link.counts();
+            (calls + c, pipes + p)
+        })
+    }
+
+    /// Runs `code` on every bucket's sentinel (creating a namespace, marking a loss).
+    fn on_every_bucket(&self, namespace: &Arc<Namespace>, code: Code) -> Result<()> {
+        let routes = Arc::clone(&self.routes.read());
+        let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
+        let mut groups: HashMap<(usize, u16), Vec<Op>> = HashMap::new();
+        for bucket in 0..BUCKETS {
+            let Some((slot, link)) = routes.route(bucket) else {
+                continue;
+            };
+            let index = routes
+                .links
+                .iter()
+                .position(|l| Arc::ptr_eq(l, link))
+                .unwrap_or(0);
+            groups.entry((index, slot)).or_default().push(Op::on_bucket(
+                code,
+                namespace.sentinel(bucket),
+                Arc::clone(&id),
+            ));
+        }
+        let pending: Vec<_> = groups
+            .into_iter()
+            .filter_map(|((index, slot), ops)| {
+                let link = routes.links.get(index)?;
+                Some(link.submit(ops, slot, self.timeout))
+            })
+            .collect();
+        for pending in pending {
+            pending.wait().map_err(failure_error)?;
+        }
+        Ok(())
+    }
+
+    /// After a bucket was found lost or foreign: makes sure the namespace's secret is the one in
+    /// Redis (putting this store's back if it is gone). Returns whether it stayed the same; if
+    /// another node's secret replaced it, this store adopts that one and, since the change means
+    /// the namespace was lost, drains every bucket (`DrainOnRecovery`).
+    fn settle(&self, seen: &Arc<Namespace>) -> Result<bool> {
+        let _settling = self.settling.lock();
+        let current = Arc::clone(&self.namespace.read());
+        if !Arc::ptr_eq(&current, seen) {
+            return Ok(false); // settled meanwhile by another caller
+        }
+        let stored = put_secret(&self.config.info, self.timeout, &self.name, current.secret)?;
+        if stored == current.secret {
+            return Ok(true);
+        }
+        let adopted = Arc::new(Namespace::new(&self.name, stored)?);
+        *self.namespace.write() = Arc::clone(&adopted);
+        crate::observe::redis_namespace_lost(&self.name);
+        if self.drain {
+            self.on_every_bucket(&adopted, Code::Mark)?;
+        }
+        Ok(false)
+    }
+
+    /// Reads the cluster's map again (after `MOVED` or `ASK`).
+    fn refresh_routes(&self) -> Result<()> {
+        let _settling = self.settling.lock();
+        let old = Arc::clone(&self.routes.read());
+        let mut last = Error::Unavailable("no Redis Cluster master answered".into());
+        for link in &old.links {
+            let Some((host, port)) = link.addr.rsplit_once(':') else {
+                continue;
+            };
+            let Ok(port) = port.parse::<u16>() else {
+                continue;
+            };
+            let info = self
+                .config
+                .info
+                .clone()
+                .set_addr(redis::ConnectionAddr::Tcp(host.to_string(), port));
+            let ranges = connect(&info, self.timeout).and_then(|mut c| cluster_slots(&mut c));
+            match ranges {
+                Ok(ranges) => {
+                    let routes = Routes::cluster(&self.slots, &ranges, Some(&old), &self.config)?;
+                    *self.routes.write() = Arc::new(routes);
+                    return Ok(());
+                }
+                Err(error) => last = error,
+            }
+        }
+        Err(last)
+    }
+
+    fn run_op(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        self.check_usable()?;
+        let specs = checks
+            .iter()
+            .map(|(limit, _)| MicroSpec::of(&limit.spec))
+            .collect::<Result<Vec<_>>>()?;
+        if self.cluster {
+            check_one_slot(checks)?;
+        }
+        let (code, amount) = Code::of(kind);
+        let (mut recover, mut replace) = (false, false);
+        for _ in 0..ATTEMPTS {
+            let namespace = Arc::clone(&self.namespace.read());
+            let mut buckets = Vec::with_capacity(checks.len());
+            let mut targets = Vec::with_capacity(checks.len());
+            for ((limit, subject), spec) in checks.iter().zip(&specs) {
+                let bucket = namespace.bucket(subject)?;
+                targets.push(Target {
+                    counter: namespace.counter_key(limit.name(), subject, bucket)?,
+                    sentinel: namespace.sentinel(bucket).to_string(),
+                    spec: *spec,
+                });
+                buckets.push(bucket);
+            }
+            let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
+            let bucket = buckets.first().copied().unwrap_or(0);
+            let mut ops = Vec::with_capacity(1 + usize::from(replace) * buckets.len());
+            if replace {
+                buckets.sort_unstable();
+                buckets.dedup();
+                for &bucket in &buckets {
+                    ops.push(Op::on_bucket(
+                        Code::Replace,
+                        namespace.sentinel(bucket),
+                        Arc::clone(&id),
+                    ));
+                }
+            }
+            ops.push(Op {
+                code,
+                amount,
+                recover,
+                secret_id: id,
+                targets,
+            });
+            let routes = Arc::clone(&self.routes.read());
+            let Some((slot, link)) = routes.route(bucket) else {
+                return Err(Error::Unavailable(format!(
+                    "no Redis server for bucket {bucket}"
+                )));
+            };
+            let replies = match link.call(ops, slot, self.timeout) {
+                Ok(replies) => replies,
+                Err(Failure::Refused { code, message }) => match code.as_deref() {
+                    Some("MOVED" | "ASK" | "READONLY") if self.cluster => {
+                        self.refresh_routes()?;
+                        continue;
+                    }
+                    Some("TRYAGAIN" | "CLUSTERDOWN" | "LOADING" | "BUSY" | "MASTERDOWN") => {
+                        return Err(Error::Unavailable(format!("Redis: {message}")));
+                    }
+                    _ => return Err(Error::storage(format!("Redis refused a call: {message}"))),
+                },
+                Err(failure) => return Err(failure_error(failure)),
+            };
+            let Some(reply) = replies.last() else {
+                return Err(Error::storage("Redis answered no operation"));
+            };
+            match reply.status {
+                Status::Done => return outcome(reply, checks),
+                Status::Lost => {
+                    crate::observe::redis_bucket_lost(&self.name);
+                    recover = self.settle(&namespace)?;
+                }
+                Status::Foreign => replace = self.settle(&namespace)?,
+            }
+        }
+        Err(Error::Unavailable(format!(
+            "the Redis namespace {:?} kept changing under the operation",
+            self.name
+        )))
+    }
+}
+
+impl CounterEngine for Redis {
+    fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        self.run_op(kind, checks)
+    }
+
+    fn flush(&self) -> Result<()> {
+        self.check_usable() // every change is in Redis when its call returns
+    }
+}
+
+/// On a cluster, the limits of one operation must share a slot: their subjects' slot parts.
+fn check_one_slot(checks: &[(&Limit, &str)]) -> Result<()> {
+    let mut parts = checks
+        .iter()
+        .map(|(_, subject)| namespace::slot_part(subject));
+    let first = parts.next();
+    if parts.all(|part| Some(part) == first) {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(
+            "on a Redis Cluster, the subjects of one check_all must share a slot: give them a \
+             common hash tag, like \"{user:42}\" and \"{user:42}:uploads\" (see the README)"
+                .into(),
+        ))
+    }
+}
+
+/// A reply as the store's outcome (times back in nanoseconds).
+fn outcome(reply: &Reply, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+    let Some((limit, _)) = checks.get(reply.deciding) else {
+        return Err(Error::storage(format!(
+            "Redis named limit {} of {} as deciding",
+            reply.deciding,
+            checks.len()
+        )));
+    };
+    Ok(RateOutcome {
+        allowed: reply.allowed,
+        deciding: reply.deciding,
+        evaluation: Evaluation {
+            allowed: reply.allowed,
+            // Redis keeps the state; the store's decision uses only the numbers.
+            state: limit.spec.fresh(0),
+            remaining: reply.remaining,
+            reset_after: reply.reset_after.saturating_mul(1000),
+            retry_after: reply.retry_after.map(|r| r.saturating_mul(1000)),
+        },
+    })
+}
+
+fn failure_error(failure: Failure) -> Error {
+    match failure {
+        Failure::NotSent(why) => Error::Unavailable(format!("Redis: {why}")),
+        Failure::InDoubt(why) => Error::InDoubt(format!("Redis: {why}")),
+        Failure::Refused { message, .. } => {
+            Error::storage(format!("Redis refused a call: {message}"))
+        }
+    }
+}
+
+/// A Redis error while opening: unreachable or timed out is [`Error::Unavailable`], anything
+/// the server refused is [`Error::Storage`].
+#[allow(clippy::needless_pass_by_value)] // used as `map_err(server_error)`
+fn server_error(error: redis::RedisError) -> Error {
+    if error.is_io_error() || error.is_timeout() || error.is_connection_dropped() {
+        Error::Unavailable(format!("Redis: {error}"))
+    } else {
+        Error::storage(format!("Redis: {error}"))
+    }
+}
+
+fn addr_of(info: &redis::ConnectionInfo) -> String {
+    match info.addr() {
+        redis::ConnectionAddr::Tcp(host, port)
+        | redis::ConnectionAddr::TcpTls { host, port, .. } => {
+            format!("{host}:{port}")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// A connection with every step bounded by `timeout`.
+fn connect(info: &redis::ConnectionInfo, timeout: Duration) -> Result<redis::Connection> {
+    let client = redis::Client::open(info.clone()).map_err(server_error)?;
+    let connection = client
+        .get_connection_with_timeout(timeout)
+        .map_err(server_error)?;
+    connection
+        .set_read_timeout(Some(timeout))
+        .and_then(|()| connection.set_write_timeout(Some(timeout)))
+        .map_err(server_error)?;
+    Ok(connection)
+}
+
+fn cluster_slots(connection: &mut redis::Connection) -> Result<Vec<(u16, u16, String, u16)>> {
+    let value: redis::Value = redis::cmd("CLUSTER")
+        .arg("SLOTS")
+        .query(connection)
+        .map_err(server_error)?;
+    topology::parse_slots(&value).map_err(Error::storage)
+}
+
+/// Runs `command` on the server that holds `key`, following `MOVED` redirections on a cluster.
+fn on_key_owner<T: redis::FromRedisValue>(
+    info: &redis::ConnectionInfo,
+    timeout: Duration,
+    command: &redis::Cmd,
+) -> Result<T> {
+    let mut info = info.clone();
+    for _ in 0..3 {
+        let mut connection = connect(&info, timeout)?;
+        match command.query(&mut connection) {
+            Ok(value) => return Ok(value),
+            Err(error) => match error.redirect_node() {
+                Some((addr, _)) => {
+                    let Some((host, port)) = addr.rsplit_once(':') else {
+                        return Err(server_error(error));
+                    };
+                    let port = port
+                        .parse::<u16>()
+                        .map_err(|_| server_error(error.clone()))?;
+                    info = info.set_addr(redis::ConnectionAddr::Tcp(host.to_string(), port));
+                }
+                None => return Err(server_error(error)),
+            },
+        }
+    }
+    Err(Error::Unavailable(
+        "Redis Cluster kept redirecting the namespace's secret".into(),
+    ))
+}
+
+/// The namespace's secret, created if it has none; `true` if this call created it.
+fn secret(
+    info: &redis::ConnectionInfo,
+    timeout: Duration,
+    namespace: &str,
+) -> Result<((u64, u64), bool)> {
+    let ours = CounterKeys::generate_secret(system_time_to_nanos(std::time::SystemTime::now()));
+    let stored = put_secret(info, timeout, namespace, ours)?;
+    Ok((stored, stored == ours))
+}
+
+/// Sets the namespace's secret to `secret` unless it has one, and returns the one it has.
+fn put_secret(
+    info: &redis::ConnectionInfo,
+    timeout: Duration,
+    namespace: &str,
+    secret: (u64, u64),
+) -> Result<(u64, u64)> {
+    let key = namespace::secret_key(namespace);
+    let mut set = redis::cmd("SET");
+    set.arg(&key)
+        .arg(namespace::encode_secret(secret))
+        .arg("NX");
+    let _: Option<String> = on_key_owner(info, timeout, &set)?;
+    let mut get = redis::cmd("GET");
+    get.arg(&key);
+    let stored: Option<String> = on_key_owner(info, timeout, &get)?;
+    match stored {
+        Some(stored) => namespace::decode_secret(&stored),
+        None => Err(Error::Unavailable(
+            "the Redis namespace's secret vanished as it was set".into(),
+        )),
+    }
+}

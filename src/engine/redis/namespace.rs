@@ -1,0 +1,307 @@
+//! What the store's keys on Redis are called, and the limits written in the script's units.
+//!
+//! Every key starts with the namespace (`StoreBuilder::redis_namespace`, default `tollgate`):
+//!
+//! ```text
+//! <ns>:secret                       the counter-key secret, shared by every node: "v1 <32 hex>"
+//! <ns>:{<ns>:<bucket>}:sentinel     one per bucket: "<secret id> <drained from, us>"
+//! <ns>:{<ns>:<bucket>}:<32 hex>     a counter: SipHash-1-3-128(secret; limit, subject)
+//! ```
+//!
+//! **Buckets and slots.** A subject's *slot part* is the text inside its first `{…}` (when not
+//! empty), else the whole subject; its bucket is a keyed hash of that part, one of
+//! [`BUCKETS`]. The braces in the key are a Redis Cluster hash tag: every key of a bucket (its
+//! counters and its sentinel) lives in one cluster slot, so one script can check and charge all
+//! the limits of one subject, and see the sentinel that says whether the bucket's data was lost.
+//! Subjects never reach Redis raw: both the counter key and the bucket come from the keyed hash.
+
+use std::fmt::Write as _;
+
+use crate::error::{Error, Result};
+use crate::ratelimit::{CounterKey, CounterKeys, Spec};
+
+/// How many buckets the counters are spread over (and how many sentinels a namespace has).
+pub(crate) const BUCKETS: u16 = 1024;
+
+/// The largest window (GCRA: burst × interval) the script handles, in microseconds (about 35
+/// years): with times below 2^52 µs every sum in the script stays an exact double.
+const MAX_WINDOW_MICROS: u64 = 1 << 50;
+
+/// A limit in the script's units: integer microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct MicroSpec {
+    /// `g` GCRA, `f` fixed window, `s` sliding window.
+    pub kind: &'static str,
+    /// GCRA: the emission interval (µs); windows: the limit.
+    pub a: u64,
+    /// GCRA: the burst; windows: the period (µs).
+    pub b: u64,
+}
+
+impl MicroSpec {
+    /// `spec` in microseconds. A GCRA interval or window period that is not a whole number of
+    /// microseconds is rounded up: never more permissive than the limit asked for.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a window longer than 2^50 µs (about 35 years).
+    pub(crate) fn of(spec: &Spec) -> Result<MicroSpec> {
+        let micros = |nanos: u64| nanos.div_ceil(1000);
+        let (micro, window) = match *spec {
+            Spec::Gcra { interval, burst } => {
+                let interval = micros(interval);
+                let micro = MicroSpec {
+                    kind: "g",
+                    a: interval,
+                    b: burst,
+                };
+                (micro, interval.checked_mul(burst))
+            }
+            Spec::FixedWindow { limit, period } => {
+                let period = micros(period);
+                let micro = MicroSpec {
+                    kind: "f",
+                    a: limit,
+                    b: period,
+                };
+                (micro, Some(period))
+            }
+            Spec::SlidingWindow { limit, period } => {
+                let period = micros(period);
+                let micro = MicroSpec {
+                    kind: "s",
+                    a: limit,
+                    b: period,
+                };
+                (micro, Some(period))
+            }
+        };
+        if window.is_none_or(|window| window > MAX_WINDOW_MICROS) {
+            return Err(Error::InvalidArgument(
+                "counters on Redis take windows (GCRA: burst × interval) up to 2^50 µs, about \
+                 35 years"
+                    .into(),
+            ));
+        }
+        Ok(micro)
+    }
+
+    /// The same limit in nanoseconds, for the pure rules (the differential test compares them).
+    #[cfg(test)]
+    pub(crate) fn spec(&self) -> Spec {
+        match self.kind {
+            "g" => Spec::Gcra {
+                interval: self.a,
+                burst: self.b,
+            },
+            "f" => Spec::FixedWindow {
+                limit: self.a,
+                period: self.b,
+            },
+            _ => Spec::SlidingWindow {
+                limit: self.a,
+                period: self.b,
+            },
+        }
+    }
+}
+
+/// Checks a namespace: 1 to 64 characters of `A-Z a-z 0-9 _ - . :` (no braces: they would
+/// change the keys' hash tags).
+///
+/// # Errors
+/// [`Error::InvalidArgument`] otherwise.
+pub(crate) fn check_namespace(name: &str) -> Result<()> {
+    let good = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | ':'));
+    if good {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "a Redis namespace is 1 to 64 characters of A-Z a-z 0-9 _ - . : ; got {name:?}"
+        )))
+    }
+}
+
+/// The key that holds a namespace's secret.
+pub(crate) fn secret_key(namespace: &str) -> String {
+    format!("{namespace}:secret")
+}
+
+/// The secret as stored: `v1 ` and 32 hex digits.
+pub(crate) fn encode_secret(secret: (u64, u64)) -> String {
+    format!("v1 {:016x}{:016x}", secret.0, secret.1)
+}
+
+/// A secret read from Redis.
+///
+/// # Errors
+/// [`Error::Corrupted`] if the value is not one [`encode_secret`] writes.
+pub(crate) fn decode_secret(value: &str) -> Result<(u64, u64)> {
+    let bad = || Error::Corrupted(format!("the Redis counter secret is malformed: {value:?}"));
+    let hex = value.strip_prefix("v1 ").ok_or_else(bad)?;
+    if hex.len() != 32 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(bad());
+    }
+    let first = u64::from_str_radix(&hex[..16], 16).map_err(|_| bad())?;
+    let second = u64::from_str_radix(&hex[16..], 16).map_err(|_| bad())?;
+    Ok((first, second))
+}
+
+/// A subject's slot part: the text inside its first `{…}` if that is not empty, else all of it
+/// (the rule Redis Cluster applies to keys).
+pub(crate) fn slot_part(subject: &str) -> &str {
+    if let Some(open) = subject.find('{') {
+        let rest = &subject[open + 1..];
+        if let Some(close) = rest.find('}') {
+            if close > 0 {
+                return &rest[..close];
+            }
+        }
+    }
+    subject
+}
+
+/// The names of one namespace's keys under one secret.
+#[derive(Debug)]
+pub(crate) struct Namespace {
+    name: String,
+    pub(crate) secret: (u64, u64),
+    keys: CounterKeys,
+    /// Names the secret in sentinels, without giving it away: 16 hex digits of a keyed hash.
+    pub(crate) secret_id: String,
+    /// Every bucket's sentinel key, by bucket.
+    sentinels: Vec<String>,
+}
+
+impl Namespace {
+    pub(crate) fn new(name: &str, secret: (u64, u64)) -> Result<Namespace> {
+        let keys = CounterKeys::new(secret);
+        let id = keys.key("tollgate.secret-id", "id")?;
+        let mut secret_id = String::with_capacity(16);
+        for byte in &id.0[..8] {
+            let _ = write!(secret_id, "{byte:02x}");
+        }
+        let sentinels = (0..BUCKETS)
+            .map(|bucket| format!("{name}:{{{name}:{bucket}}}:sentinel"))
+            .collect();
+        Ok(Namespace {
+            name: name.to_string(),
+            secret,
+            keys,
+            secret_id,
+            sentinels,
+        })
+    }
+
+    /// The bucket of `subject`'s counters.
+    pub(crate) fn bucket(&self, subject: &str) -> Result<u16> {
+        let hash = self.keys.key("tollgate.bucket", slot_part(subject))?;
+        Ok(u16::from_be_bytes([hash.0[0], hash.0[1]]) % BUCKETS)
+    }
+
+    /// The key of `subject`'s counter under the limit named `limit`.
+    pub(crate) fn counter_key(&self, limit: &str, subject: &str, bucket: u16) -> Result<String> {
+        let CounterKey(hash) = self.keys.key(limit, subject)?;
+        let name = &self.name;
+        let mut key = String::with_capacity(name.len() * 2 + 48);
+        let _ = write!(key, "{name}:{{{name}:{bucket}}}:");
+        for byte in hash {
+            let _ = write!(key, "{byte:02x}");
+        }
+        Ok(key)
+    }
+
+    /// The sentinel key of `bucket`.
+    pub(crate) fn sentinel(&self, bucket: u16) -> &str {
+        self.sentinels
+            .get(usize::from(bucket))
+            .map_or("", String::as_str)
+    }
+
+    /// Every sentinel key, by bucket.
+    pub(crate) fn sentinels(&self) -> &[String] {
+        &self.sentinels
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slot_part_follows_the_cluster_rule() {
+        assert_eq!(slot_part("user:42"), "user:42");
+        assert_eq!(slot_part("{user:42}:ip:10.0.0.1"), "user:42");
+        assert_eq!(slot_part("ip:{7}"), "7");
+        assert_eq!(slot_part("{}x{y}"), "{}x{y}");
+        assert_eq!(slot_part("{open"), "{open");
+    }
+
+    #[test]
+    fn keys_share_a_bucket_exactly_when_their_slot_parts_do() {
+        let ns = Namespace::new("ns", (1, 2)).unwrap();
+        let tagged = ns.bucket("{user:42}:ip").unwrap();
+        assert_eq!(tagged, ns.bucket("{user:42}:device").unwrap());
+        assert_eq!(tagged, ns.bucket("user:42").unwrap());
+        let key = ns.counter_key("login", "user:42", tagged).unwrap();
+        assert!(key.starts_with(&format!("ns:{{ns:{tagged}}}:")), "{key}");
+        assert_eq!(key.len(), format!("ns:{{ns:{tagged}}}:").len() + 32);
+        assert!(!key.contains("user"), "the subject is hashed: {key}");
+        assert_eq!(ns.sentinel(tagged), format!("ns:{{ns:{tagged}}}:sentinel"));
+        let spread: std::collections::HashSet<u16> = (0..200)
+            .map(|i| ns.bucket(&format!("user:{i}")).unwrap())
+            .collect();
+        assert!(
+            spread.len() > 150,
+            "{} buckets for 200 subjects",
+            spread.len()
+        );
+    }
+
+    #[test]
+    fn secrets_round_trip_and_bad_ones_are_typed_errors() {
+        let secret = (0x0123_4567_89ab_cdef, 42);
+        assert_eq!(decode_secret(&encode_secret(secret)).unwrap(), secret);
+        for bad in ["", "v1 ", "v2 0123456789abcdef0123456789abcdef", "v1 xyz"] {
+            assert!(
+                matches!(decode_secret(bad), Err(Error::Corrupted(_))),
+                "{bad}"
+            );
+        }
+        let a = Namespace::new("ns", (1, 2)).unwrap();
+        let b = Namespace::new("ns", (1, 3)).unwrap();
+        assert_ne!(a.secret_id, b.secret_id);
+        assert_eq!(a.secret_id.len(), 16);
+    }
+
+    #[test]
+    fn limits_are_rounded_up_to_microseconds_and_bounded() {
+        let gcra = Spec::Gcra {
+            interval: 333_333_333,
+            burst: 3,
+        };
+        assert_eq!(
+            MicroSpec::of(&gcra).unwrap(),
+            MicroSpec {
+                kind: "g",
+                a: 333_334,
+                b: 3
+            }
+        );
+        let huge = Spec::FixedWindow {
+            limit: 1,
+            period: (1 << 50) * 1000 + 1,
+        };
+        assert!(matches!(
+            MicroSpec::of(&huge),
+            Err(Error::InvalidArgument(_))
+        ));
+        for name in ["", "a{b", "x}", &"n".repeat(65), "sp ace"] {
+            assert!(check_namespace(name).is_err(), "{name:?}");
+        }
+        assert!(check_namespace("tollgate:prod-1.eu_west").is_ok());
+    }
+}

@@ -1,0 +1,292 @@
+//! The counters script (`counters.lua`) as Rust sees it: the operations a call carries, the
+//! `EVALSHA` command that carries them, and the replies it returns.
+//!
+//! One call runs any number of operations on keys of one cluster slot, atomically and in order
+//! (a later operation sees an earlier one's writes), so a pipelined batch of concurrent checks
+//! costs Redis one script invocation instead of one each.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use super::namespace::MicroSpec;
+use crate::ratelimit::charge::OpKind;
+
+/// The script's source, loaded into Redis with `SCRIPT LOAD` (calls use its SHA-1).
+pub(crate) const SOURCE: &str = include_str!("counters.lua");
+
+/// What an operation does (the script's `kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Code {
+    Charge,
+    Peek,
+    Refund,
+    Reset,
+    /// Creates a bucket's sentinel if it has none (a new namespace).
+    Init,
+    /// Marks a bucket drained from now: its data was lost.
+    Mark,
+    /// Replaces a bucket's sentinel left by another secret.
+    Replace,
+}
+
+impl Code {
+    fn letter(self) -> &'static str {
+        match self {
+            Code::Charge => "c",
+            Code::Peek => "p",
+            Code::Refund => "r",
+            Code::Reset => "x",
+            Code::Init => "i",
+            Code::Mark => "m",
+            Code::Replace => "M",
+        }
+    }
+
+    /// The code and amount of a rate operation.
+    pub(crate) fn of(kind: OpKind) -> (Code, u64) {
+        match kind {
+            OpKind::Charge { cost } => (Code::Charge, cost),
+            OpKind::Peek => (Code::Peek, 0),
+            OpKind::Refund { amount } => (Code::Refund, amount),
+            OpKind::Reset => (Code::Reset, 0),
+        }
+    }
+
+    /// Whether the operation may change something in Redis.
+    pub(crate) fn writes(self) -> bool {
+        self != Code::Peek
+    }
+}
+
+/// One counter an operation touches.
+#[derive(Debug, Clone)]
+pub(crate) struct Target {
+    pub counter: String,
+    pub sentinel: String,
+    pub spec: MicroSpec,
+}
+
+/// One operation of a call.
+#[derive(Debug, Clone)]
+pub(crate) struct Op {
+    pub code: Code,
+    pub amount: u64,
+    /// Recreate a missing sentinel (the loss was seen and the secret confirmed) instead of
+    /// reporting the bucket lost.
+    pub recover: bool,
+    pub secret_id: Arc<str>,
+    pub targets: Vec<Target>,
+}
+
+impl Op {
+    /// An operation on a bucket's sentinel alone (`Init`, `Mark` or `Replace`).
+    pub(crate) fn on_bucket(code: Code, sentinel: &str, secret_id: Arc<str>) -> Op {
+        Op {
+            code,
+            amount: 0,
+            recover: false,
+            secret_id,
+            targets: vec![Target {
+                counter: sentinel.to_string(),
+                sentinel: sentinel.to_string(),
+                spec: MicroSpec {
+                    kind: "g",
+                    a: 1,
+                    b: 1,
+                },
+            }],
+        }
+    }
+}
+
+/// The `EVALSHA` that runs `ops` in one call. `now` in microseconds, or `None` for Redis's
+/// `TIME`; `drain`: lost buckets are drained (the `DrainOnRecovery` crash policy).
+pub(crate) fn command<'a>(
+    sha: &str,
+    now: Option<u64>,
+    drain: bool,
+    ops: impl Iterator<Item = &'a Op> + Clone,
+) -> redis::Cmd {
+    // Each key once: the script reads each sentinel once per call.
+    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut keys: Vec<&str> = Vec::new();
+    let mut key = |name: &'a str| {
+        *index.entry(name).or_insert_with(|| {
+            keys.push(name);
+            keys.len()
+        })
+    };
+    let mut args: Vec<String> = Vec::new();
+    args.push(now.map(|now| now.to_string()).unwrap_or_default());
+    args.push(if drain { "1" } else { "0" }.to_string());
+    args.push(ops.clone().count().to_string());
+    for op in ops {
+        args.push(op.code.letter().to_string());
+        args.push(op.amount.to_string());
+        args.push(if op.recover { "1" } else { "0" }.to_string());
+        args.push(op.secret_id.to_string());
+        args.push(op.targets.len().to_string());
+        for target in &op.targets {
+            args.push(key(&target.counter).to_string());
+            args.push(key(&target.sentinel).to_string());
+            args.push(target.spec.kind.to_string());
+            args.push(target.spec.a.to_string());
+            args.push(target.spec.b.to_string());
+        }
+    }
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(keys.len()).arg(&keys).arg(&args);
+    cmd
+}
+
+/// What the script says about one operation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Status {
+    Done,
+    /// A bucket's sentinel is missing: its data was lost. Nothing was changed.
+    Lost,
+    /// A bucket's sentinel names another secret. Nothing was changed.
+    Foreign,
+}
+
+/// One operation's reply (times in microseconds).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Reply {
+    pub status: Status,
+    pub allowed: bool,
+    pub deciding: usize,
+    pub remaining: u64,
+    pub reset_after: u64,
+    pub retry_after: Option<u64>,
+}
+
+/// The replies of a call of `count` operations.
+///
+/// # Errors
+/// A message if the value is not what the script returns.
+pub(crate) fn decode(value: &redis::Value, count: usize) -> Result<Vec<Reply>, String> {
+    let redis::Value::Array(items) = value else {
+        return Err(format!("the counters script returned {value:?}"));
+    };
+    if items.len() != count {
+        return Err(format!(
+            "the counters script answered {} operations of {count}",
+            items.len()
+        ));
+    }
+    items.iter().map(decode_one).collect()
+}
+
+fn decode_one(value: &redis::Value) -> Result<Reply, String> {
+    let bad = || format!("the counters script returned {value:?} for an operation");
+    let redis::Value::Array(fields) = value else {
+        return Err(bad());
+    };
+    let mut numbers = [0i64; 6];
+    if fields.len() != numbers.len() {
+        return Err(bad());
+    }
+    for (number, field) in numbers.iter_mut().zip(fields) {
+        let redis::Value::Int(int) = field else {
+            return Err(bad());
+        };
+        *number = *int;
+    }
+    let [
+        status,
+        allowed,
+        deciding,
+        remaining,
+        reset_after,
+        retry_after,
+    ] = numbers;
+    let unsigned = |n: i64| u64::try_from(n).map_err(|_| bad());
+    Ok(Reply {
+        status: match status {
+            0 => Status::Done,
+            1 => Status::Lost,
+            2 => Status::Foreign,
+            _ => return Err(bad()),
+        },
+        allowed: allowed == 1,
+        deciding: usize::try_from(deciding).map_err(|_| bad())?,
+        remaining: unsigned(remaining)?,
+        reset_after: unsigned(reset_after)?,
+        retry_after: if retry_after < 0 {
+            None
+        } else {
+            Some(unsigned(retry_after)?)
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(code: Code, counter: &str, sentinel: &str) -> Op {
+        Op {
+            code,
+            amount: 2,
+            recover: false,
+            secret_id: Arc::from("id"),
+            targets: vec![Target {
+                counter: counter.into(),
+                sentinel: sentinel.into(),
+                spec: MicroSpec {
+                    kind: "f",
+                    a: 5,
+                    b: 1000,
+                },
+            }],
+        }
+    }
+
+    /// Keys are listed once each and referenced by their 1-based index.
+    #[test]
+    fn a_call_lists_each_key_once() {
+        let ops = [op(Code::Charge, "c1", "s"), op(Code::Peek, "c2", "s")];
+        let cmd = command("sha", Some(7), true, ops.iter());
+        let args: Vec<String> = cmd
+            .args_iter()
+            .map(|arg| match arg {
+                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                _ => String::new(),
+            })
+            .collect();
+        let expected = [
+            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "2", //
+            "c", "2", "0", "id", "1", "1", "2", "f", "5", "1000", //
+            "p", "2", "0", "id", "1", "3", "2", "f", "5", "1000",
+        ];
+        assert_eq!(args, expected);
+    }
+
+    #[test]
+    fn replies_decode_and_anything_else_is_refused() {
+        use redis::Value::{Array, Int, Nil};
+        let reply = |fields: &[i64]| Array(fields.iter().map(|&n| Int(n)).collect());
+        let value = Array(vec![
+            reply(&[0, 1, 0, 4, 10, -1]),
+            reply(&[1, 0, 0, 0, 0, -1]),
+        ]);
+        let replies = decode(&value, 2).unwrap();
+        assert_eq!(
+            replies[0],
+            Reply {
+                status: Status::Done,
+                allowed: true,
+                deciding: 0,
+                remaining: 4,
+                reset_after: 10,
+                retry_after: None
+            }
+        );
+        assert_eq!(replies[1].status, Status::Lost);
+        assert!(decode(&value, 3).is_err());
+        assert!(decode(&Nil, 0).is_err());
+        assert!(decode(&Array(vec![reply(&[0, 1, 0, -4, 0, -1])]), 1).is_err());
+        assert!(decode(&Array(vec![reply(&[9, 1, 0, 4, 0, -1])]), 1).is_err());
+        assert!(decode(&Array(vec![reply(&[0, 1])]), 1).is_err());
+    }
+}

@@ -1,0 +1,332 @@
+//! Redis servers for tollgate's tests (features `test-support` and `redis`).
+//!
+//! [`server`]: `TOLLGATE_TEST_REDIS` (a URL) if set, otherwise a throwaway `redis-server` on a
+//! free loopback port, started once per test process. [`cluster`]: `TOLLGATE_TEST_REDIS_CLUSTER`
+//! (the URL of one node) if set, otherwise three throwaway masters joined with
+//! `redis-cli --cluster create`. [`Server::spawn`] starts one a test owns (to stop, restart or
+//! empty). Every server started here runs without persistence, and a watchdog shell stops it
+//! once this process is gone, however it ended.
+//!
+//! Without a `redis-server` binary these say loudly that the Redis tests are skipped and return
+//! `None`; with `TOLLGATE_REQUIRE_REDIS=1` they panic instead, so that CI cannot skip them.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// A Redis server for a test.
+pub struct Server {
+    /// `redis://127.0.0.1:<port>`.
+    pub url: String,
+    /// The loopback port (0 for a server given by URL).
+    pub port: u16,
+    child: Option<Child>,
+    dir: Option<PathBuf>,
+    extra: Vec<String>,
+}
+
+/// Three masters of a Redis Cluster.
+pub struct Cluster {
+    /// The URL of the first master (the store finds the others).
+    pub url: String,
+    /// Every master.
+    pub nodes: Vec<Server>,
+}
+
+static SERVER: OnceLock<Option<Server>> = OnceLock::new();
+static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+
+/// Whether a missing server must fail the test (`TOLLGATE_REQUIRE_REDIS=1`).
+fn required() -> bool {
+    std::env::var("TOLLGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1")
+}
+
+/// Says loudly that a test is skipped, or panics when Redis is required.
+fn skipped(what: &str, why: &str) {
+    assert!(
+        !required(),
+        "TOLLGATE_REQUIRE_REDIS=1 but no {what} for the tests: {why}"
+    );
+    eprintln!(
+        "\n#### SKIPPED: the Redis tests that need {what} did not run: {why}.\n\
+         #### Install redis-server (Debian: redis-server), or set TOLLGATE_TEST_REDIS.\n"
+    );
+}
+
+/// The shared test server, started on first use; `None` (after a loud message) without one.
+pub fn server() -> Option<&'static Server> {
+    SERVER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS") {
+                return Some(Server {
+                    url,
+                    port: 0,
+                    child: None,
+                    dir: None,
+                    extra: Vec::new(),
+                });
+            }
+            Server::spawn(&[])
+                .map_err(|why| skipped("a Redis server", &why))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The shared test cluster, started on first use; `None` (after a loud message) without one.
+pub fn cluster() -> Option<&'static Cluster> {
+    CLUSTER
+        .get_or_init(|| {
+            if let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS_CLUSTER") {
+                return Some(Cluster {
+                    url,
+                    nodes: Vec::new(),
+                });
+            }
+            start_cluster()
+                .map_err(|why| skipped("a Redis Cluster", &why))
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The `redis-server` binary: `REDIS_SERVER`, or the first on `PATH`.
+fn binary(name: &str) -> Result<PathBuf, String> {
+    if let Ok(path) = std::env::var(format!("{}_BIN", name.to_uppercase().replace('-', "_"))) {
+        return Ok(PathBuf::from(path));
+    }
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| format!("no {name} on PATH"))
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| e.to_string())
+}
+
+impl Server {
+    /// Starts a server of this test's own on a free port, without persistence, with `extra`
+    /// arguments (for example `["--cluster-enabled", "yes"]`).
+    ///
+    /// # Errors
+    /// A message if there is no `redis-server` or it does not start.
+    pub fn spawn(extra: &[&str]) -> Result<Server, String> {
+        let port = free_port()?;
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        let dir = std::env::temp_dir().join(format!(
+            "tollgate-redis-{}-{port}-{stamp}",
+            std::process::id()
+        ));
+        std::fs::create_dir_all(&dir).map_err(|e| format!("create {}: {e}", dir.display()))?;
+        let mut server = Server {
+            url: format!("redis://127.0.0.1:{port}"),
+            port,
+            child: None,
+            dir: Some(dir),
+            extra: extra.iter().map(|s| (*s).to_string()).collect(),
+        };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Starts the server (again, empty: it keeps nothing) and waits until it answers.
+    ///
+    /// # Errors
+    /// A message if it does not start within 20 s.
+    pub fn start(&mut self) -> Result<(), String> {
+        let Some(dir) = &self.dir else {
+            return Err("a server given by URL cannot be started".into());
+        };
+        let child = Command::new(binary("redis-server")?)
+            .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
+            .arg("--dir")
+            .arg(dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("start redis-server: {e}"))?;
+        // The watchdog: the server goes when this process does.
+        let _ = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "while kill -0 {me} 2>/dev/null && kill -0 {child} 2>/dev/null; do sleep 0.5; done; \
+                 kill -9 {child} 2>/dev/null; [ -d {dir} ] && ! kill -0 {me} 2>/dev/null && rm -rf {dir}",
+                me = std::process::id(),
+                child = child.id(),
+                dir = dir.display()
+            ))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if self.ping() {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("redis-server on port {} did not answer", self.port));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Stops the server at once (`SIGKILL`: nothing is saved).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Stops the server (`SIGSTOP`): it keeps its connections and answers nothing, like a
+    /// partitioned or paused machine. [`Server::resume`] continues it.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Continues a paused server.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let _ = Command::new("kill")
+                .arg(signal)
+                .arg(child.id().to_string())
+                .status();
+        }
+    }
+
+    /// Whether the server answers `PING` within a second.
+    pub fn ping(&self) -> bool {
+        self.connection()
+            .and_then(|mut c| {
+                redis::cmd("PING")
+                    .query::<String>(&mut c)
+                    .map_err(|e| e.to_string())
+            })
+            .is_ok()
+    }
+
+    /// A connection to the server, every step bounded by 5 s.
+    ///
+    /// # Errors
+    /// A message if it cannot connect.
+    pub fn connection(&self) -> Result<redis::Connection, String> {
+        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        let connection = client
+            .get_connection_with_timeout(Duration::from_secs(1))
+            .map_err(|e| e.to_string())?;
+        let _ = connection.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = connection.set_write_timeout(Some(Duration::from_secs(5)));
+        Ok(connection)
+    }
+
+    /// Every key that starts with `prefix`.
+    ///
+    /// # Errors
+    /// A message if the server does not answer.
+    pub fn keys(&self, prefix: &str) -> Result<Vec<String>, String> {
+        let mut connection = self.connection()?;
+        redis::cmd("KEYS")
+            .arg(format!("{prefix}*"))
+            .query(&mut connection)
+            .map_err(|e| e.to_string())
+    }
+
+    /// Deletes every key that starts with `prefix`, in one atomic command (on a cluster node:
+    /// the node's own keys). Returns how many went.
+    ///
+    /// # Errors
+    /// A message if the server does not answer.
+    pub fn delete(&self, prefix: &str) -> Result<usize, String> {
+        let mut connection = self.connection()?;
+        redis::cmd("EVAL")
+            .arg(
+                "local keys = redis.call('KEYS', ARGV[1]) \
+                 for _, key in ipairs(keys) do redis.call('DEL', key) end return #keys",
+            )
+            .arg(0)
+            .arg(format!("{prefix}*"))
+            .query(&mut connection)
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+        if let Some(dir) = &self.dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+fn start_cluster() -> Result<Cluster, String> {
+    let cli = binary("redis-cli")?;
+    let mut nodes = Vec::new();
+    for _ in 0..3 {
+        nodes.push(Server::spawn(&[
+            "--cluster-enabled",
+            "yes",
+            "--cluster-node-timeout",
+            "5000",
+        ])?);
+    }
+    let addrs: Vec<String> = nodes
+        .iter()
+        .map(|node| format!("127.0.0.1:{}", node.port))
+        .collect();
+    let output = Command::new(cli)
+        .args(["--cluster", "create"])
+        .args(&addrs)
+        .args(["--cluster-replicas", "0", "--cluster-yes"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("redis-cli --cluster create: {e}"))?;
+    if !output.status.success() {
+        return Err(format!(
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&output.stdout)
+        ));
+    }
+    // Ready once every node sees every slot assigned.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for node in &nodes {
+        loop {
+            let info = node.connection().and_then(|mut c| {
+                redis::cmd("CLUSTER")
+                    .arg("INFO")
+                    .query::<String>(&mut c)
+                    .map_err(|e| e.to_string())
+            });
+            if info.is_ok_and(|info| info.contains("cluster_state:ok")) {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err("the Redis Cluster did not reach cluster_state:ok".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(Cluster {
+        url: nodes
+            .first()
+            .map(|node| node.url.clone())
+            .unwrap_or_default(),
+        nodes,
+    })
+}
