@@ -14,7 +14,9 @@
 --
 -- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
 -- ARGV: now ('' = Redis TIME), drain ('1': a lost bucket is drained from the time the loss is
---       found), the number of operations, then per operation:
+--       found), the expiry margin (ms added to every counter's time to live: its expiry runs on
+--       Redis's clock, while a given `now` may run on another), the number of operations, then
+--       per operation:
 --         kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i create
 --         it if missing, m mark the bucket drained, M replace a sentinel of another secret), amount, recover ('1': a missing sentinel is recreated, else the
 --         operation reports it lost), the secret id, the number of targets, and per target:
@@ -34,6 +36,7 @@ else
   now = tonumber(ARGV[1])
 end
 local drain = ARGV[2] == '1'
+local margin = tonumber(ARGV[3])
 
 local function str(x) return string.format('%.0f', x) end
 
@@ -235,7 +238,8 @@ local function idle_at(sp, st)
 end
 
 -- Stores a counter, or deletes it when it is idle (an idle counter equals a fresh one). It
--- expires when it turns idle, rounded up to a millisecond.
+-- expires when it turns idle, rounded up to a millisecond, plus the margin: expiry only collects
+-- idle counters, so late is always safe.
 local function store(key, sp, st)
   if st == nil or is_idle(sp, st, now) then
     redis.call('DEL', key)
@@ -243,6 +247,7 @@ local function store(key, sp, st)
   end
   local ttl = math.floor((idle_at(sp, st) - now + 999) / 1000)
   if ttl < 1 then ttl = 1 end
+  ttl = ttl + margin
   redis.call('SET', key, encode(st), 'PX', ttl)
 end
 
@@ -377,8 +382,8 @@ local function run(kind, amount, recover, id, targets)
 end
 
 local replies = {}
-local at = 4
-for op = 1, tonumber(ARGV[3]) do
+local at = 5
+for op = 1, tonumber(ARGV[4]) do
   local kind, amount, recover, id = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
   local count = tonumber(ARGV[at + 4])
   at = at + 5

@@ -171,9 +171,17 @@ fn run(
             })
             .collect(),
     };
-    let value: redis::Value = script::command(sha, Some(case.now), true, std::iter::once(&op))
-        .query(connection)
-        .map_err(fail)?;
+    let value: redis::Value = script::command(
+        sha,
+        script::ScriptTime {
+            now: Some(case.now),
+            expiry_margin_ms: 0,
+        },
+        true,
+        std::iter::once(&op),
+    )
+    .query(connection)
+    .map_err(fail)?;
     let replies = script::decode(&value, 1).map_err(TestCaseError::fail)?;
     let reply = replies[0];
 

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use parking_lot::Mutex;
 
-use super::script::{self, Op, Reply};
+use super::script::{self, Op, Reply, ScriptTime};
 use crate::store::oneshot;
 
 /// The most jobs one pipeline carries.
@@ -66,8 +66,8 @@ enum Message {
 pub(crate) struct LinkConfig {
     pub info: redis::ConnectionInfo,
     pub timeout: Duration,
-    /// The time a call passes to the script (µs), or `None` for Redis's `TIME`.
-    pub now: Arc<dyn Fn() -> Option<u64> + Send + Sync>,
+    /// The time a call passes to the script.
+    pub now: Arc<dyn Fn() -> ScriptTime + Send + Sync>,
     pub drain: bool,
 }
 

@@ -42,8 +42,12 @@ use crate::ratelimit::{CounterKeys, CrashPolicy, Evaluation, Limit};
 use link::{Failure, Link, LinkConfig};
 pub(crate) use namespace::check_namespace;
 use namespace::{BUCKETS, MicroSpec, Namespace};
-use script::{Code, Op, Reply, Status, Target};
+use script::{Code, Op, Reply, ScriptTime, Status, Target};
 use topology::Routes;
+
+/// With the store's clock deciding (`redis_client_time`): how much later than its idle time a
+/// counter expires, for a client clock up to a minute behind Redis's.
+const CLIENT_TIME_EXPIRY_MARGIN_MS: u64 = 60_000;
 
 /// How often an operation is tried again after the namespace or the cluster changed under it.
 const ATTEMPTS: usize = 4;
@@ -103,8 +107,23 @@ impl Redis {
             let test_now = Arc::clone(&test_now);
             let client_time = options.client_time;
             Arc::new(move || {
-                let set = *test_now.lock();
-                set.or_else(|| client_time.then(|| system_time_to_nanos(clock.now()) / 1000))
+                if let Some(now) = *test_now.lock() {
+                    // A test's clock stands still while Redis's runs on.
+                    return ScriptTime {
+                        now: Some(now),
+                        expiry_margin_ms: 86_400_000,
+                    };
+                }
+                if client_time {
+                    return ScriptTime {
+                        now: Some(system_time_to_nanos(clock.now()) / 1000),
+                        expiry_margin_ms: CLIENT_TIME_EXPIRY_MARGIN_MS,
+                    };
+                }
+                ScriptTime {
+                    now: None,
+                    expiry_margin_ms: 0,
+                }
             })
         };
         let config = LinkConfig {

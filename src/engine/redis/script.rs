@@ -99,11 +99,21 @@ impl Op {
     }
 }
 
-/// The `EVALSHA` that runs `ops` in one call. `now` in microseconds, or `None` for Redis's
-/// `TIME`; `drain`: lost buckets are drained (the `DrainOnRecovery` crash policy).
+/// The time a call decides at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ScriptTime {
+    /// Microseconds since the Unix epoch, or `None` for Redis's `TIME`.
+    pub now: Option<u64>,
+    /// Milliseconds added to every counter's time to live (which runs on Redis's clock): 0 on
+    /// `TIME`; a margin for the skew of a client's clock; a day for a test's stopped clock.
+    pub expiry_margin_ms: u64,
+}
+
+/// The `EVALSHA` that runs `ops` in one call at `time`; `drain`: lost buckets are drained (the
+/// `DrainOnRecovery` crash policy).
 pub(crate) fn command<'a>(
     sha: &str,
-    now: Option<u64>,
+    time: ScriptTime,
     drain: bool,
     ops: impl Iterator<Item = &'a Op> + Clone,
 ) -> redis::Cmd {
@@ -117,8 +127,9 @@ pub(crate) fn command<'a>(
         })
     };
     let mut args: Vec<String> = Vec::new();
-    args.push(now.map(|now| now.to_string()).unwrap_or_default());
+    args.push(time.now.map(|now| now.to_string()).unwrap_or_default());
     args.push(if drain { "1" } else { "0" }.to_string());
+    args.push(time.expiry_margin_ms.to_string());
     args.push(ops.clone().count().to_string());
     for op in ops {
         args.push(op.code.letter().to_string());
@@ -246,7 +257,11 @@ mod tests {
     #[test]
     fn a_call_lists_each_key_once() {
         let ops = [op(Code::Charge, "c1", "s"), op(Code::Peek, "c2", "s")];
-        let cmd = command("sha", Some(7), true, ops.iter());
+        let time = ScriptTime {
+            now: Some(7),
+            expiry_margin_ms: 9,
+        };
+        let cmd = command("sha", time, true, ops.iter());
         let args: Vec<String> = cmd
             .args_iter()
             .map(|arg| match arg {
@@ -255,7 +270,7 @@ mod tests {
             })
             .collect();
         let expected = [
-            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "2", //
+            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "9", "2", //
             "c", "2", "0", "id", "1", "1", "2", "f", "5", "1000", //
             "p", "2", "0", "id", "1", "3", "2", "f", "5", "1000",
         ];
