@@ -185,6 +185,16 @@ fn run(
     let replies = script::decode(&value, 1).map_err(TestCaseError::fail)?;
     let reply = replies[0];
 
+    check_against_the_rules(connection, case, &keys, reply)
+}
+
+/// The script's `reply` and what it stored under `keys` against the pure rules on `case`.
+fn check_against_the_rules(
+    connection: &mut redis::Connection,
+    case: &Case,
+    keys: &[String],
+    reply: script::Reply,
+) -> Result<(), TestCaseError> {
     // The pure rules, on the same states (drained as a lost bucket's are).
     let targets: Vec<charge::Target> = case
         .targets
