@@ -7,7 +7,7 @@
 //! this binary through [`fixture::isolated`]; tests that kill a child re-run this binary the
 //! same way. Names stay those of the files: `cargo test --test it rate_model::` runs one.
 
-// Declared first: its `require_postgres!` macro is used by the modules below.
+// Declared first: its `require_postgres!` and `require_redis!` macros are used below.
 #[macro_use]
 mod fixture;
 #[cfg(feature = "tower")]
@@ -72,6 +72,14 @@ mod rate_persistence;
 mod raw_key_absent;
 mod reads_do_not_wait_for_the_writer;
 mod reclaim_space;
+#[cfg(feature = "redis")]
+mod redis_cluster;
+#[cfg(feature = "redis")]
+mod redis_counters;
+#[cfg(feature = "redis")]
+mod redis_data_loss;
+#[cfg(feature = "redis")]
+mod redis_unavailable;
 mod replay_cache;
 mod restart_durability;
 mod state_machine_model;
