@@ -10,6 +10,7 @@
 //! | `tollgate_resolutions_total` | counter | `kind` = `complete`, `fail`, `release`, `extend`, `checkpoint`; `result` = `ok`, `fenced` | lease owners' writes; `fenced` is a stale owner refused |
 //! | `tollgate_rate_checks_total` | counter | `limit`, `decision` = `allowed`, `denied` | rate decisions (by the deciding limit) |
 //! | `tollgate_rate_shadow_denials_total` | counter | `limit` | requests a `RateLimitLayer` in shadow mode let through that its limits denied |
+//! | `tollgate_rate_unavailable_total` | counter | `decision` = `allowed` (fail open), `denied` (fail closed) | requests a `RateLimitLayer` decided without its counters, which could not be reached |
 //! | `tollgate_degraded` | gauge | | 1 while the store refuses writes and serves reads only, 0 once it writes again |
 //! | `tollgate_degraded_total` | counter | | times the store entered the degraded state |
 //! | `tollgate_redis_data_lost_total` | counter | `scope` = `bucket`, `namespace` | rate counters on Redis found lost (a restart without persistence, a flush, a failover to an empty replica) |
@@ -19,7 +20,7 @@
 //! | `tollgate_removed_rate_states_total` | counter | | idle rate counters removed by sweeps |
 //!
 //! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
-//! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `commit` (trace, inside a `writer_batch` span), `sweep_step`
+//! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `rate_unavailable` (warn), `commit` (trace, inside a `writer_batch` span), `sweep_step`
 //! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again), `redis_data_lost` (error).
 
 use crate::idempotency::Digest;
@@ -116,6 +117,18 @@ pub(crate) fn rate_shadow_denied(decision: &crate::ratelimit::Decision) {
         "limit" => decision.policy().to_owned()
     )
     .increment(1);
+}
+
+/// A `RateLimitLayer` could not reach its counters (`error`) and let the request through
+/// (`open`) or refused it.
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn rate_unavailable(open: bool, error: &crate::Error) {
+    let decision = if open { "allowed" } else { "denied" };
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tollgate", decision, error = %error, "rate_unavailable: the rate counters could not be reached");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_rate_unavailable_total", "decision" => decision).increment(1);
 }
 
 /// The embedded store stopped writing and serves reads only (`reason`), until it can write again.

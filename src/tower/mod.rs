@@ -39,7 +39,7 @@ pub use idempotency::{
     DEFAULT_MAX_BODY_BYTES, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext, IdempotencyLayer,
 };
 pub use key_header::IDEMPOTENCY_KEY;
-pub use rate_limit::{RateLimit, RateLimitLayer};
+pub use rate_limit::{RateLimit, RateLimitLayer, WhenUnavailable};
 
 /// The inner service that `poll_ready` drove to readiness, for one call; a fresh clone takes its
 /// place and waits for the next `poll_ready` (tower's rule for services used by spawned futures).

@@ -32,11 +32,11 @@ const UNAVAILABLE_RETRY_AFTER: &str = "1";
 /// The answer when the store could not serve a request: 503 with `Retry-After` when the failure
 /// is temporary (the database is unavailable, a commit's outcome is unknown, the store is full;
 /// a retry later is safe), otherwise 500.
-pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> Response<B> {
+/// Whether a retry later can work: the database or Redis comes back, the disk gets space, the
+/// store reopens its file for writing by itself.
+pub(crate) fn is_temporary(error: &crate::Error) -> bool {
     use crate::Error;
-    // A retry later can work: the database comes back, the disk gets space, the store reopens
-    // its file for writing by itself.
-    let temporary = matches!(
+    matches!(
         error,
         Error::Unavailable(_)
             | Error::InDoubt(_)
@@ -44,8 +44,11 @@ pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> 
             | Error::StorageFull { .. }
             | Error::ReadOnly { .. }
             | Error::Poisoned
-    );
-    if temporary {
+    )
+}
+
+pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> Response<B> {
+    if is_temporary(error) {
         let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, title, &error.to_string());
         response.headers_mut().insert(
             header::RETRY_AFTER,

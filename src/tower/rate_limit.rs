@@ -104,6 +104,23 @@ struct Config {
     key: SubjectFn,
     cost: Option<CostFn>,
     shadow: bool,
+    when_unavailable: WhenUnavailable,
+}
+
+/// What a [`RateLimitLayer`] does with a request when its counters cannot be reached (Redis or
+/// PostgreSQL down or not answering in time, a store that cannot write): set with
+/// [`RateLimitLayer::when_unavailable`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenUnavailable {
+    /// Fail closed, the default: answer 503 with `Retry-After`. A limit that guards something
+    /// worth guarding (logins, password resets, payments) must not open up exactly when its
+    /// counters are gone, which is also when an attacker would want it; and with the store's
+    /// circuit breaker the refusal is immediate, so failing closed costs no latency.
+    #[default]
+    FailClosed,
+    /// Fail open: let the request through unlimited (without `RateLimit` fields). For limits that
+    /// only shed load, where serving unlimited beats not serving.
+    FailOpen,
 }
 
 impl Config {
@@ -201,6 +218,7 @@ impl RateLimitLayer {
                 key: Arc::new(|_| Some(GLOBAL_SUBJECT.to_owned())),
                 cost: None,
                 shadow: false,
+                when_unavailable: WhenUnavailable::default(),
             }),
         }
     }
@@ -255,6 +273,19 @@ impl RateLimitLayer {
     #[must_use]
     pub fn shadow(self, shadow: bool) -> Self {
         self.with(|c| c.shadow = shadow)
+    }
+}
+
+impl RateLimitLayer {
+    /// What to do with a request when the counters cannot be reached or cannot count (the
+    /// store answers [`Error::Unavailable`], [`Error::InDoubt`], or cannot write): fail closed
+    /// (503, the default) or fail open (let it through). Each such decision is counted as
+    /// `tollgate_rate_unavailable_total{decision}` and logged as a `rate_unavailable` event.
+    /// Other errors (a bad subject, a check across Redis Cluster slots) are answered 500 either
+    /// way: they are bugs to fix, not outages to ride out.
+    #[must_use]
+    pub fn when_unavailable(self, policy: WhenUnavailable) -> Self {
+        self.with(|c| c.when_unavailable = policy)
     }
 }
 
@@ -318,7 +349,15 @@ where
                         ),
                     ));
                 }
-                Err(error) => return Ok(unavailable("Rate limiter unavailable", &error)),
+                Err(error) if super::problem::is_temporary(&error) => {
+                    let open = config.when_unavailable == WhenUnavailable::FailOpen;
+                    crate::observe::rate_unavailable(open, &error);
+                    if open {
+                        return inner.call(Request::from_parts(parts, body)).await;
+                    }
+                    return Ok(unavailable("Rate limiter unavailable", &error));
+                }
+                Err(error) => return Ok(unavailable("Rate limiter failed", &error)),
             };
             let shadow_denied = !decision.allowed() && config.shadow;
             if !decision.allowed() {

@@ -38,6 +38,8 @@ mod http_fast_path;
 mod http_full_disk;
 #[cfg(feature = "tower")]
 mod http_policies;
+#[cfg(all(feature = "tower", feature = "redis"))]
+mod http_redis_down;
 #[cfg(feature = "tower")]
 mod http_restart_replay;
 #[cfg(feature = "tower")]

@@ -154,3 +154,94 @@ fn entering_and_leaving_the_degraded_state_is_recorded() {
     assert_eq!(gauge(&after), Some(0.0), "left the degraded state");
     store.close().unwrap();
 }
+
+/// Counters on Redis: a loss found is counted by scope, and each request a `RateLimitLayer`
+/// decided without its counters is counted by what it decided (fail open: allowed; fail closed:
+/// denied).
+#[cfg(all(feature = "redis", feature = "tower"))]
+#[test]
+fn redis_losses_and_unavailable_decisions_are_recorded() {
+    // A process of its own: the global recorder this test installs would count every other test's metrics.
+    if fixture::isolated(
+        module_path!(),
+        "redis_losses_and_unavailable_decisions_are_recorded",
+    ) {
+        return;
+    }
+    if tollgate::testing::redis::server().is_none() {
+        return;
+    }
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    recorder.install().unwrap();
+
+    let redis = tollgate::testing::redis::Server::spawn(&[]).unwrap();
+    let namespace = fixture::redis::unique_namespace("metrics");
+    let store = tollgate::Store::builder()
+        .rate_counters_redis(&redis.url)
+        .redis_namespace(&namespace)
+        .redis_timeout(std::time::Duration::from_millis(200))
+        .open_in_memory()
+        .unwrap();
+    let limit = tollgate::ratelimit::Limit::new("api", tollgate::ratelimit::Quota::per_second(100))
+        .unwrap();
+    assert!(store.check(&limit, "user:1").unwrap().allowed());
+    redis.delete(&format!("{namespace}:")).unwrap();
+    assert!(!store.check(&limit, "user:1").unwrap().allowed(), "drained");
+
+    redis.pause();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        use axum::routing::post;
+        let open = tollgate::tower::RateLimitLayer::new(store.clone(), [limit.clone()])
+            .when_unavailable(tollgate::tower::WhenUnavailable::FailOpen);
+        let closed = tollgate::tower::RateLimitLayer::new(store.clone(), [limit.clone()]);
+        let app = axum::Router::new()
+            .route("/open", post(|| async { "served" }).layer(open))
+            .route("/closed", post(|| async { "served" }).layer(closed));
+        let server = crate::web::Server::start(app).await;
+        let client = crate::web::client();
+        for (path, status) in [("/open", 200), ("/closed", 503), ("/closed", 503)] {
+            let answer = crate::web::send(
+                &client,
+                crate::web::post_json(&server.url(path), None, "{}"),
+            )
+            .await;
+            assert_eq!(answer.status, status, "{path}: {}", answer.body);
+        }
+        server.stop().await;
+    });
+    redis.resume();
+    // A snapshot drains the counters: everything is read from one.
+    let snapshot = snapshotter.snapshot().into_vec();
+    let counted = |name: &str, label: (&str, &str)| -> u64 {
+        snapshot
+            .iter()
+            .filter_map(|(key, _, _, value)| match value {
+                DebugValue::Counter(n)
+                    if key.key().name() == name
+                        && key
+                            .key()
+                            .labels()
+                            .any(|l| l.key() == label.0 && l.value() == label.1) =>
+                {
+                    Some(*n)
+                }
+                _ => None,
+            })
+            .sum()
+    };
+    let lost = counted("tollgate_redis_data_lost_total", ("scope", "bucket"));
+    assert!(lost >= 1, "{snapshot:?}");
+    let unavailable = |decision| counted("tollgate_rate_unavailable_total", ("decision", decision));
+    assert_eq!(
+        (unavailable("allowed"), unavailable("denied")),
+        (1, 2),
+        "{snapshot:?}"
+    );
+    store.close().unwrap();
+}
