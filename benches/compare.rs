@@ -27,6 +27,10 @@
 //!   statements, one autocommit statement per transition), and `rate/tollgate-pg/64` vs
 //!   `rate/naive-pg/64` (one autocommit upsert per check). `TOLLGATE_BENCH_PG_POOL` sets
 //!   tollgate's `postgres_pool_size` (default 3).
+//! - With `--features redis`, against one local Redis (see `redis_peer/mod.rs`):
+//!   `rate/tollgate-redis/64` vs `rate/naive-redis/64` (one `EVALSHA` of a single-key GCRA script
+//!   per check, one connection per thread), and a flood of denied checks with and without the
+//!   denial cache. For these rows the last column is checks per script call.
 //!
 //! Each row reports operations per second, p50 and p99 latency (hdrhistogram; the fast rows time
 //! one operation in 16 so the clock does not dominate), and for tollgate the operations per
@@ -42,6 +46,8 @@ use tollgate::Store;
 use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 use tollgate::ratelimit::{Limit, Quota, RateDurability};
 
+#[cfg(feature = "redis")]
+mod redis_peer;
 mod support;
 
 use support::seconds;
@@ -704,6 +710,22 @@ fn print_goals(rows: &[Row]) {
         2.0,
         "x",
     );
+    goal(
+        "Redis: rate checks 64 threads vs naive EVALSHA loop",
+        ratio("rate/tollgate-redis/64", "rate/naive-redis/64"),
+        2.0,
+        "x",
+    );
+    // Not a goal: what the denial cache buys under a flood of denied checks.
+    goal(
+        "(denial cache) denied flood, cached vs uncached",
+        ratio(
+            "rate/tollgate-redis-denied/64",
+            "rate/tollgate-redis-denied-uncached/64",
+        ),
+        1.0,
+        "x",
+    );
 }
 
 fn main() {
@@ -778,6 +800,30 @@ fn main() {
             ("rate/naive-pg/64", Box::new(|d| naive_pg_rate(64, d))),
         ];
         benches.extend(postgres);
+        benches
+    };
+    #[cfg(feature = "redis")]
+    let benches = {
+        let mut benches = benches;
+        let redis: Vec<(&str, Bench)> = vec![
+            (
+                "rate/tollgate-redis/64",
+                Box::new(|d| redis_peer::tollgate_rate(64, d)),
+            ),
+            (
+                "rate/naive-redis/64",
+                Box::new(|d| redis_peer::naive_rate(64, d)),
+            ),
+            (
+                "rate/tollgate-redis-denied/64",
+                Box::new(|d| redis_peer::tollgate_denied(64, true, d)),
+            ),
+            (
+                "rate/tollgate-redis-denied-uncached/64",
+                Box::new(|d| redis_peer::tollgate_denied(64, false, d)),
+            ),
+        ];
+        benches.extend(redis);
         benches
     };
     let mut rows = Vec::new();

@@ -112,6 +112,8 @@ pub struct StoreBuilder {
     pub(crate) redis_timeout: Duration,
     /// Redis scripts decide on this store's clock instead of Redis `TIME`.
     pub(crate) redis_client_time: bool,
+    /// Denials from Redis are remembered and answered locally until their retry time.
+    pub(crate) redis_denial_cache: bool,
 }
 
 impl Default for StoreBuilder {
@@ -138,6 +140,7 @@ impl Default for StoreBuilder {
             redis_namespace: None,
             redis_timeout: DEFAULT_REDIS_TIMEOUT,
             redis_client_time: false,
+            redis_denial_cache: true,
         }
     }
 }
@@ -164,6 +167,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("redis_namespace", &self.redis_namespace)
             .field("redis_timeout", &self.redis_timeout)
             .field("redis_client_time", &self.redis_client_time)
+            .field("redis_denial_cache", &self.redis_denial_cache)
             .finish_non_exhaustive()
     }
 }
@@ -467,6 +471,20 @@ impl StoreBuilder {
         self
     }
 
+    /// Remember denials: a check of cost 1 on one counter that Redis denied is denied again
+    /// by this store, without asking Redis, until the retry time Redis gave, for at most one
+    /// second after Redis said so. A flood of denied requests (a bot guessing passwords) then
+    /// costs Redis one call per subject per second per node. The cache never allows anything;
+    /// after a `refund` or `reset` of that counter on *another* node it may deny for up to that
+    /// second what Redis would now allow (one here drops the entry at once). `peek` and
+    /// multi-limit checks always ask Redis. Default = `true`.
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_denial_cache(mut self, enabled: bool) -> Self {
+        self.redis_denial_cache = enabled;
+        self
+    }
+
     /// The Redis engine's options, if the counters live there.
     #[cfg(feature = "redis")]
     pub(crate) fn redis_options(&self) -> Option<crate::engine::redis::RedisOptions> {
@@ -479,6 +497,7 @@ impl StoreBuilder {
                 .unwrap_or_else(|| "tollgate".to_string()),
             timeout: self.redis_timeout,
             client_time: self.redis_client_time,
+            denial_cache: self.redis_denial_cache,
         })
     }
 

@@ -48,7 +48,7 @@ fn spent_across_a_deletion(policy: CrashPolicy) -> (usize, usize) {
     // A refill of one per 2.4 hours: nothing comes back while the test runs.
     let limit = Limit::new("guesses", Quota::new(10, DAY)).unwrap();
     let before = allowed(&[&a, &b], &limit, "user:42", 7);
-    assert!(server.delete(&format!("{namespace}:")).unwrap() > 1024);
+    assert!(server.delete(&format!("{namespace}:")).unwrap() > 2);
     let after = allowed(&[&a, &b], &limit, "user:42", 20);
     a.close().unwrap();
     b.close().unwrap();

@@ -15,13 +15,14 @@
 -- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
 -- ARGV: now ('' = Redis TIME), drain ('1': a lost bucket is drained from the time the loss is
 --       found), the expiry margin (ms added to every counter's time to live: its expiry runs on
---       Redis's clock, while a given `now` may run on another), the number of operations, then
---       per operation:
+--       Redis's clock, while a given `now` may run on another), the number of limits, then per
+--       limit: algorithm (g, f, s), a, b (g: interval, burst; f, s: limit, period); the number
+--       of operations, then per operation:
 --         kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i create
---         it if missing, m mark the bucket drained, M replace a sentinel of another secret), amount, recover ('1': a missing sentinel is recreated, else the
---         operation reports it lost), the secret id, the number of targets, and per target:
---         counter key index, sentinel key index, algorithm (g, f, s), a, b (g: interval, burst;
---         f, s: limit, period).
+--         it if missing, m mark the bucket drained, M replace a sentinel of another secret),
+--         amount, recover ('1': a missing sentinel is recreated, else the operation reports it
+--         lost), the secret id, the number of targets, and per target: counter key index,
+--         sentinel key index, limit index.
 -- Returns one reply per operation: {status, allowed, deciding, remaining, reset_after,
 --   retry_after (-1: none)}; status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
 --   to another secret. An operation with status 1 or 2 changed nothing.
@@ -282,10 +283,14 @@ end
 -- bucket is found to be is kept per secret id (an operation of an older secret may share the
 -- call).
 local LOST, FOREIGN = -1, -2
-local buckets = {}
+local seen = {}
 local function bucket(i, id, recover)
-  local key = id .. ' ' .. i
-  local found = buckets[key]
+  local buckets = seen[id]
+  if not buckets then
+    buckets = {}
+    seen[id] = buckets
+  end
+  local found = buckets[i]
   if found ~= nil and not (found == LOST and recover) then return found end
   local v = redis.call('GET', KEYS[i])
   if not v then
@@ -300,7 +305,7 @@ local function bucket(i, id, recover)
     local owner, from = string.match(v, '^(%S+) (%d+)$')
     if owner == id then found = tonumber(from) else found = FOREIGN end
   end
-  buckets[key] = found
+  buckets[i] = found
   return found
 end
 
@@ -335,7 +340,8 @@ local function run(kind, amount, recover, id, targets)
       local from = 0
       if drain then from = now elseif found > 0 then from = found end
       redis.call('SET', KEYS[i], id .. ' ' .. str(from))
-      buckets[id .. ' ' .. i] = from
+      if not seen[id] then seen[id] = {} end
+      seen[id][i] = from
     end
     return reply(0, nil, 0)
   end
@@ -381,17 +387,24 @@ local function run(kind, amount, recover, id, targets)
   return reply(0, decided, deciding)
 end
 
-local replies = {}
+local specs = {}
 local at = 5
-for op = 1, tonumber(ARGV[4]) do
+for i = 1, tonumber(ARGV[4]) do
+  specs[i] = {k=ARGV[at], a=tonumber(ARGV[at + 1]), b=tonumber(ARGV[at + 2])}
+  at = at + 3
+end
+local replies = {}
+local count_at = at
+at = at + 1
+for op = 1, tonumber(ARGV[count_at]) do
   local kind, amount, recover, id = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
   local count = tonumber(ARGV[at + 4])
   at = at + 5
   local targets = {}
   for i = 1, count do
     targets[i] = {key=tonumber(ARGV[at]), bucket=tonumber(ARGV[at + 1]),
-                  sp={k=ARGV[at + 2], a=tonumber(ARGV[at + 3]), b=tonumber(ARGV[at + 4])}}
-    at = at + 5
+                  sp=specs[tonumber(ARGV[at + 2])]}
+    at = at + 3
   end
   replies[op] = run(kind, amount, recover, id, targets)
 end

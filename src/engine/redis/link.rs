@@ -30,6 +30,9 @@ use crate::store::oneshot;
 pub(crate) const MAX_JOBS: usize = 256;
 /// The most operations one script call runs (Redis runs nothing else meanwhile).
 pub(crate) const MAX_OPS_PER_CALL: usize = 64;
+/// Connections (each with its I/O thread) per server, taking turns at the queue: while Redis
+/// runs one's pipeline, another gathers the next.
+pub(crate) const CONNECTIONS: usize = 2;
 /// How often an open breaker probes the server.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -87,7 +90,7 @@ pub(crate) struct Link {
     pub(crate) addr: String,
     sender: Sender<Message>,
     shared: Arc<Shared>,
-    thread: Mutex<Option<JoinHandle<()>>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
 }
 
 impl Link {
@@ -95,19 +98,35 @@ impl Link {
     ///
     /// # Errors
     /// A message if the thread cannot start.
-    pub(crate) fn start(addr: String, config: LinkConfig) -> Result<Link, String> {
+    pub(crate) fn start(addr: String, config: &LinkConfig) -> Result<Link, String> {
         let (sender, receiver) = crossbeam_channel::unbounded();
         let shared = Arc::new(Shared::default());
-        let thread_shared = Arc::clone(&shared);
-        let thread = std::thread::Builder::new()
-            .name(format!("tollgate-redis {addr}"))
-            .spawn(move || Io::new(config, thread_shared).run(&receiver))
-            .map_err(|e| format!("cannot start the Redis I/O thread: {e}"))?;
+        let mut threads = Vec::with_capacity(CONNECTIONS);
+        for index in 0..CONNECTIONS {
+            let (config, shared, receiver) =
+                (config.clone(), Arc::clone(&shared), receiver.clone());
+            let thread = std::thread::Builder::new()
+                .name(format!("tollgate-redis-{index} {addr}"))
+                .spawn(move || Io::new(config, shared).run(&receiver))
+                .map_err(|e| format!("cannot start the Redis I/O thread: {e}"));
+            match thread {
+                Ok(thread) => threads.push(thread),
+                Err(why) => {
+                    for _ in &threads {
+                        let _ = sender.send(Message::Close);
+                    }
+                    for thread in threads {
+                        let _ = thread.join();
+                    }
+                    return Err(why);
+                }
+            }
+        }
         Ok(Link {
             addr,
             sender,
             shared,
-            thread: Mutex::new(Some(thread)),
+            threads: Mutex::new(threads),
         })
     }
 
@@ -140,6 +159,7 @@ impl Link {
             writes,
             timeout,
             addr: self.addr.clone(),
+            shared: Arc::clone(&self.shared),
         };
         if let Some(reason) = self.open_reason() {
             return pending(Some(Failure::NotSent(format!(
@@ -169,8 +189,11 @@ impl Link {
 
     /// Stops the thread after the jobs queued before, and joins it. Twice does nothing.
     pub(crate) fn close(&self) {
-        let _ = self.sender.send(Message::Close);
-        if let Some(thread) = self.thread.lock().take() {
+        let threads = std::mem::take(&mut *self.threads.lock());
+        for _ in &threads {
+            let _ = self.sender.send(Message::Close);
+        }
+        for thread in threads {
             let _ = thread.join();
         }
     }
@@ -190,6 +213,7 @@ pub(crate) struct Pending {
     writes: bool,
     timeout: Duration,
     addr: String,
+    shared: Arc<Shared>,
 }
 
 impl Pending {
@@ -208,6 +232,11 @@ impl Pending {
             Err(oneshot::NoAnswer::Dropped) => Err(Failure::NotSent("the store is closed".into())),
             Err(oneshot::NoAnswer::TimedOut) => {
                 let why = format!("no answer from Redis at {} within {timeout:?}", self.addr);
+                // The I/O thread is stuck on this server (a connect or a read that has not timed
+                // out yet): open the breaker now, so that the next operation does not wait too.
+                // The threads probe and close it once the server answers.
+                self.shared.reason.lock().clone_from(&why);
+                self.shared.open.store(true, Ordering::Release);
                 Err(if self.writes {
                     Failure::InDoubt(why)
                 } else {

@@ -19,6 +19,7 @@
 //!
 //! [`CrashPolicy::DrainOnRecovery`]: crate::ratelimit::CrashPolicy::DrainOnRecovery
 
+mod denials;
 mod link;
 mod namespace;
 mod script;
@@ -39,9 +40,10 @@ use crate::engine::CounterEngine;
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{OpKind, RateOutcome};
 use crate::ratelimit::{CounterKeys, CrashPolicy, Evaluation, Limit};
+use denials::{Denial, DenialCache};
 use link::{Failure, Link, LinkConfig};
 pub(crate) use namespace::check_namespace;
-use namespace::{BUCKETS, MicroSpec, Namespace};
+use namespace::{CLUSTER_BUCKETS, MicroSpec, Namespace};
 use script::{Code, Op, Reply, ScriptTime, Status, Target};
 use topology::Routes;
 
@@ -60,6 +62,8 @@ pub(crate) struct RedisOptions {
     pub timeout: Duration,
     /// Scripts take the time from the store's clock instead of Redis `TIME`.
     pub client_time: bool,
+    /// Denials of cost-1 checks are remembered and answered here until their retry time.
+    pub denial_cache: bool,
 }
 
 /// Rate counters in one namespace of a Redis server or cluster.
@@ -78,6 +82,9 @@ pub(crate) struct Redis {
     closed: AtomicBool,
     /// The time scripts decide at, set by tests (µs).
     test_now: Arc<Mutex<Option<u64>>>,
+    denials: Option<DenialCache>,
+    /// The denial cache's clock when no test sets one.
+    started: std::time::Instant,
 }
 
 impl Redis {
@@ -139,7 +146,8 @@ impl Redis {
             .map_err(server_error)?;
         let cluster = info_text.contains("cluster_enabled:1");
         let (secret, created) = secret(&info, timeout, &options.namespace)?;
-        let namespace = Arc::new(Namespace::new(&options.namespace, secret)?);
+        let buckets = if cluster { CLUSTER_BUCKETS } else { 1 };
+        let namespace = Arc::new(Namespace::new(&options.namespace, secret, buckets)?);
         let (slots, routes) = if cluster {
             let mut pipe = redis::pipe();
             for sentinel in namespace.sentinels() {
@@ -150,9 +158,9 @@ impl Redis {
             (slots, routes)
         } else {
             let addr = addr_of(&info);
-            let link = Link::start(addr, config.clone()).map_err(Error::storage)?;
+            let link = Link::start(addr, &config).map_err(Error::storage)?;
             (
-                vec![0; usize::from(BUCKETS)],
+                vec![0; usize::from(buckets)],
                 Routes::standalone(Arc::new(link)),
             )
         };
@@ -168,6 +176,8 @@ impl Redis {
             settling: Mutex::new(()),
             closed: AtomicBool::new(false),
             test_now,
+            denials: options.denial_cache.then(DenialCache::new),
+            started: std::time::Instant::now(),
         };
         if created {
             redis.on_every_bucket(&namespace, Code::Init)?;
@@ -235,7 +245,7 @@ impl Redis {
         let routes = Arc::clone(&self.routes.read());
         let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
         let mut groups: HashMap<(usize, u16), Vec<Op>> = HashMap::new();
-        for bucket in 0..BUCKETS {
+        for bucket in 0..namespace.buckets() {
             let Some((slot, link)) = routes.route(bucket) else {
                 continue;
             };
@@ -277,7 +287,7 @@ impl Redis {
         if stored == current.secret {
             return Ok(true);
         }
-        let adopted = Arc::new(Namespace::new(&self.name, stored)?);
+        let adopted = Arc::new(Namespace::new(&self.name, stored, current.buckets())?);
         *self.namespace.write() = Arc::clone(&adopted);
         crate::observe::redis_namespace_lost(&self.name);
         if self.drain {
@@ -316,6 +326,47 @@ impl Redis {
         Err(last)
     }
 
+    /// The denial cache's clock (µs): a test's clock when one is set, else monotonic time.
+    fn cache_now(&self) -> u64 {
+        if let Some(now) = *self.test_now.lock() {
+            return now;
+        }
+        u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
+    }
+
+    /// A cost-1 check of one counter that the denial cache can answer: a denial Redis gave,
+    /// counted down.
+    fn cached_denial(&self, kind: OpKind, key: &str, limit: &Limit) -> Option<RateOutcome> {
+        if kind != (OpKind::Charge { cost: 1 }) {
+            return None;
+        }
+        let answer = self.denials.as_ref()?.answer(key, self.cache_now())?;
+        Some(RateOutcome {
+            allowed: false,
+            deciding: 0,
+            evaluation: Evaluation {
+                allowed: false,
+                state: limit.spec.fresh(0),
+                remaining: 0,
+                reset_after: answer.reset_after.saturating_mul(1000),
+                retry_after: Some(answer.retry_after.saturating_mul(1000)),
+            },
+        })
+    }
+
+    /// Keeps what Redis answered a single-counter operation for the denial cache: a denied
+    /// cost-1 check is remembered; any other change of the counter forgets it.
+    fn remember(&self, kind: OpKind, key: &str, reply: &Reply, asked_at: u64) {
+        let Some(denials) = &self.denials else { return };
+        match (kind, reply.allowed, reply.retry_after) {
+            (OpKind::Charge { cost: 1 }, false, Some(retry)) => {
+                denials.insert(key, Denial::new(asked_at, retry, reply.reset_after));
+            }
+            (OpKind::Peek, _, _) => {}
+            _ => denials.forget(key),
+        }
+    }
+
     fn run_op(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
         self.check_usable()?;
         let specs = checks
@@ -340,6 +391,17 @@ impl Redis {
                 });
                 buckets.push(bucket);
             }
+            // One counter: its key, for the denial cache.
+            let single = match targets.as_slice() {
+                [target] => Some(target.counter.clone()),
+                _ => None,
+            };
+            if let (Some(key), [(limit, _)]) = (&single, checks) {
+                if let Some(outcome) = self.cached_denial(kind, key, limit) {
+                    return Ok(outcome);
+                }
+            }
+            let asked_at = self.cache_now();
             let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
             let bucket = buckets.first().copied().unwrap_or(0);
             let mut ops = Vec::with_capacity(1 + usize::from(replace) * buckets.len());
@@ -385,7 +447,12 @@ impl Redis {
                 return Err(Error::storage("Redis answered no operation"));
             };
             match reply.status {
-                Status::Done => return outcome(reply, checks),
+                Status::Done => {
+                    if let Some(key) = &single {
+                        self.remember(kind, key, reply, asked_at);
+                    }
+                    return outcome(reply, checks);
+                }
                 Status::Lost => {
                     crate::observe::redis_bucket_lost(&self.name);
                     recover = self.settle(&namespace)?;

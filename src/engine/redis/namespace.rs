@@ -10,9 +10,13 @@
 //!
 //! **Buckets and slots.** A subject's *slot part* is the text inside its first `{…}` (when not
 //! empty), else the whole subject; its bucket is a keyed hash of that part, one of
-//! [`BUCKETS`]. The braces in the key are a Redis Cluster hash tag: every key of a bucket (its
-//! counters and its sentinel) lives in one cluster slot, so one script can check and charge all
-//! the limits of one subject, and see the sentinel that says whether the bucket's data was lost.
+//! [`CLUSTER_BUCKETS`] on a Redis Cluster. The braces in the key are a Redis Cluster hash tag:
+//! every key of a bucket (its counters and its sentinel) lives in one cluster slot, so one script
+//! can check and charge all the limits of one subject, and see the sentinel that says whether
+//! the bucket's data was lost. Cluster masters fail (and lose data) apart, so each slot needs a
+//! sentinel of its own. A standalone server loses its data all at once: there the namespace is
+//! one bucket, and one sentinel watches it (so a batch of checks reads one sentinel, not one
+//! each).
 //! Subjects never reach Redis raw: both the counter key and the bucket come from the keyed hash.
 
 use std::fmt::Write as _;
@@ -20,8 +24,9 @@ use std::fmt::Write as _;
 use crate::error::{Error, Result};
 use crate::ratelimit::{CounterKey, CounterKeys, Spec};
 
-/// How many buckets the counters are spread over (and how many sentinels a namespace has).
-pub(crate) const BUCKETS: u16 = 1024;
+/// How many buckets the counters are spread over on a Redis Cluster (and how many sentinels a
+/// namespace has there); a standalone server has one.
+pub(crate) const CLUSTER_BUCKETS: u16 = 1024;
 
 /// The largest window (GCRA: burst × interval) the script handles, in microseconds (about 35
 /// years): with times below 2^52 µs every sum in the script stays an exact double.
@@ -177,14 +182,16 @@ pub(crate) struct Namespace {
 }
 
 impl Namespace {
-    pub(crate) fn new(name: &str, secret: (u64, u64)) -> Result<Namespace> {
+    /// The keys of namespace `name` under `secret`, over `buckets` buckets (at least 1).
+    pub(crate) fn new(name: &str, secret: (u64, u64), buckets: u16) -> Result<Namespace> {
+        let buckets = buckets.max(1);
         let keys = CounterKeys::new(secret);
         let id = keys.key("tollgate.secret-id", "id")?;
         let mut secret_id = String::with_capacity(16);
         for byte in &id.0[..8] {
             let _ = write!(secret_id, "{byte:02x}");
         }
-        let sentinels = (0..BUCKETS)
+        let sentinels = (0..buckets)
             .map(|bucket| format!("{name}:{{{name}:{bucket}}}:sentinel"))
             .collect();
         Ok(Namespace {
@@ -199,7 +206,8 @@ impl Namespace {
     /// The bucket of `subject`'s counters.
     pub(crate) fn bucket(&self, subject: &str) -> Result<u16> {
         let hash = self.keys.key("tollgate.bucket", slot_part(subject))?;
-        Ok(u16::from_be_bytes([hash.0[0], hash.0[1]]) % BUCKETS)
+        let buckets = u16::try_from(self.sentinels.len()).unwrap_or(1).max(1);
+        Ok(u16::from_be_bytes([hash.0[0], hash.0[1]]) % buckets)
     }
 
     /// The key of `subject`'s counter under the limit named `limit`.
@@ -219,6 +227,11 @@ impl Namespace {
         self.sentinels
             .get(usize::from(bucket))
             .map_or("", String::as_str)
+    }
+
+    /// How many buckets the namespace has.
+    pub(crate) fn buckets(&self) -> u16 {
+        u16::try_from(self.sentinels.len()).unwrap_or(u16::MAX)
     }
 
     /// Every sentinel key, by bucket.
@@ -242,7 +255,7 @@ mod tests {
 
     #[test]
     fn keys_share_a_bucket_exactly_when_their_slot_parts_do() {
-        let ns = Namespace::new("ns", (1, 2)).unwrap();
+        let ns = Namespace::new("ns", (1, 2), CLUSTER_BUCKETS).unwrap();
         let tagged = ns.bucket("{user:42}:ip").unwrap();
         assert_eq!(tagged, ns.bucket("{user:42}:device").unwrap());
         assert_eq!(tagged, ns.bucket("user:42").unwrap());
@@ -271,8 +284,8 @@ mod tests {
                 "{bad}"
             );
         }
-        let a = Namespace::new("ns", (1, 2)).unwrap();
-        let b = Namespace::new("ns", (1, 3)).unwrap();
+        let a = Namespace::new("ns", (1, 2), CLUSTER_BUCKETS).unwrap();
+        let b = Namespace::new("ns", (1, 3), CLUSTER_BUCKETS).unwrap();
         assert_ne!(a.secret_id, b.secret_id);
         assert_eq!(a.secret_id.len(), 16);
     }

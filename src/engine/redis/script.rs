@@ -115,9 +115,9 @@ pub(crate) fn command<'a>(
     sha: &str,
     time: ScriptTime,
     drain: bool,
-    ops: impl Iterator<Item = &'a Op> + Clone,
+    ops: impl Iterator<Item = &'a Op>,
 ) -> redis::Cmd {
-    // Each key once: the script reads each sentinel once per call.
+    // Each key and each limit once: the script reads each sentinel once per call.
     let mut index: HashMap<&str, usize> = HashMap::new();
     let mut keys: Vec<&str> = Vec::new();
     let mut key = |name: &'a str| {
@@ -126,25 +126,42 @@ pub(crate) fn command<'a>(
             keys.len()
         })
     };
-    let mut args: Vec<String> = Vec::new();
+    let mut specs: Vec<MicroSpec> = Vec::new();
+    let mut spec = |micro: MicroSpec| {
+        if let Some(at) = specs.iter().position(|s| *s == micro) {
+            at + 1
+        } else {
+            specs.push(micro);
+            specs.len()
+        }
+    };
+    let mut body: Vec<String> = Vec::new();
+    let mut count = 0usize;
+    for op in ops {
+        count += 1;
+        body.push(op.code.letter().to_string());
+        body.push(op.amount.to_string());
+        body.push(if op.recover { "1" } else { "0" }.to_string());
+        body.push(op.secret_id.to_string());
+        body.push(op.targets.len().to_string());
+        for target in &op.targets {
+            body.push(key(&target.counter).to_string());
+            body.push(key(&target.sentinel).to_string());
+            body.push(spec(target.spec).to_string());
+        }
+    }
+    let mut args: Vec<String> = Vec::with_capacity(6 + 3 * specs.len() + body.len());
     args.push(time.now.map(|now| now.to_string()).unwrap_or_default());
     args.push(if drain { "1" } else { "0" }.to_string());
     args.push(time.expiry_margin_ms.to_string());
-    args.push(ops.clone().count().to_string());
-    for op in ops {
-        args.push(op.code.letter().to_string());
-        args.push(op.amount.to_string());
-        args.push(if op.recover { "1" } else { "0" }.to_string());
-        args.push(op.secret_id.to_string());
-        args.push(op.targets.len().to_string());
-        for target in &op.targets {
-            args.push(key(&target.counter).to_string());
-            args.push(key(&target.sentinel).to_string());
-            args.push(target.spec.kind.to_string());
-            args.push(target.spec.a.to_string());
-            args.push(target.spec.b.to_string());
-        }
+    args.push(specs.len().to_string());
+    for micro in &specs {
+        args.push(micro.kind.to_string());
+        args.push(micro.a.to_string());
+        args.push(micro.b.to_string());
     }
+    args.push(count.to_string());
+    args.extend(body);
     let mut cmd = redis::cmd("EVALSHA");
     cmd.arg(sha).arg(keys.len()).arg(&keys).arg(&args);
     cmd
@@ -253,7 +270,7 @@ mod tests {
         }
     }
 
-    /// Keys are listed once each and referenced by their 1-based index.
+    /// Keys and limits are listed once each and referenced by their 1-based index.
     #[test]
     fn a_call_lists_each_key_once() {
         let ops = [op(Code::Charge, "c1", "s"), op(Code::Peek, "c2", "s")];
@@ -270,9 +287,10 @@ mod tests {
             })
             .collect();
         let expected = [
-            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "9", "2", //
-            "c", "2", "0", "id", "1", "1", "2", "f", "5", "1000", //
-            "p", "2", "0", "id", "1", "3", "2", "f", "5", "1000",
+            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "9", //
+            "1", "f", "5", "1000", "2", //
+            "c", "2", "0", "id", "1", "1", "2", "1", //
+            "p", "2", "0", "id", "1", "3", "2", "1",
         ];
         assert_eq!(args, expected);
     }

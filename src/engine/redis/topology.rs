@@ -9,7 +9,6 @@
 use std::sync::Arc;
 
 use super::link::{Link, LinkConfig};
-use super::namespace::BUCKETS;
 use crate::error::{Error, Result};
 
 /// The current map from buckets to servers.
@@ -20,11 +19,11 @@ pub(crate) struct Routes {
 }
 
 impl Routes {
-    /// A standalone server: every bucket on one link.
+    /// A standalone server: its one bucket on one link.
     pub(crate) fn standalone(link: Arc<Link>) -> Routes {
         Routes {
             links: vec![link],
-            by_bucket: vec![(0, 0); usize::from(BUCKETS)],
+            by_bucket: vec![(0, 0)],
         }
     }
 
@@ -76,7 +75,7 @@ impl Routes {
                         info,
                         ..config.clone()
                     };
-                    Arc::new(Link::start(addr, link_config).map_err(Error::storage)?)
+                    Arc::new(Link::start(addr, &link_config).map_err(Error::storage)?)
                 };
                 links.push(link);
                 links.len() - 1
