@@ -33,7 +33,9 @@ mod quota;
 
 use std::time::Duration;
 
-pub(crate) use algorithm::{Evaluation, RateState, Spec, idle_at, is_idle, most_restrictive};
+#[cfg(feature = "redis")]
+pub(crate) use algorithm::Evaluation;
+pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
 pub(crate) use decision::PolicyName;
 pub(crate) use key::{CounterKey, CounterKeys, check_subject};

@@ -104,16 +104,23 @@ pub struct StoreBuilder {
     pub(crate) postgres_pool_size: Option<usize>,
     /// The rate-counter secret of a newly created file (test support only; `None`: random).
     pub(crate) rate_secret: Option<(u64, u64)>,
-    /// Rate counters on Redis: the URL (`None`: on the store's own engine).
-    pub(crate) redis_url: Option<String>,
+    /// Rate counters on Redis.
+    pub(crate) redis: RedisSettings,
+}
+
+/// What the builder says about rate counters on Redis.
+#[derive(Debug, Clone)]
+pub(crate) struct RedisSettings {
+    /// The URL (`None`: the counters live on the store's own engine).
+    url: Option<String>,
     /// The namespace of every key on Redis (`None`: `tollgate`).
-    pub(crate) redis_namespace: Option<String>,
+    namespace: Option<String>,
     /// The bound on every Redis call.
-    pub(crate) redis_timeout: Duration,
+    timeout: Duration,
     /// Redis scripts decide on this store's clock instead of Redis `TIME`.
-    pub(crate) redis_client_time: bool,
+    client_time: bool,
     /// Denials from Redis are remembered and answered locally until their retry time.
-    pub(crate) redis_denial_cache: bool,
+    denial_cache: bool,
 }
 
 impl Default for StoreBuilder {
@@ -136,11 +143,13 @@ impl Default for StoreBuilder {
             node_id: None,
             postgres_pool_size: None,
             rate_secret: None,
-            redis_url: None,
-            redis_namespace: None,
-            redis_timeout: DEFAULT_REDIS_TIMEOUT,
-            redis_client_time: false,
-            redis_denial_cache: true,
+            redis: RedisSettings {
+                url: None,
+                namespace: None,
+                timeout: DEFAULT_REDIS_TIMEOUT,
+                client_time: false,
+                denial_cache: true,
+            },
         }
     }
 }
@@ -163,11 +172,11 @@ impl std::fmt::Debug for StoreBuilder {
             .field("postgres_schema", &self.postgres_schema)
             .field("node_id", &self.node_id)
             .field("postgres_pool_size", &self.postgres_pool_size)
-            .field("redis_counters", &self.redis_url.is_some())
-            .field("redis_namespace", &self.redis_namespace)
-            .field("redis_timeout", &self.redis_timeout)
-            .field("redis_client_time", &self.redis_client_time)
-            .field("redis_denial_cache", &self.redis_denial_cache)
+            .field("redis_counters", &self.redis.url.is_some())
+            .field("redis_namespace", &self.redis.namespace)
+            .field("redis_timeout", &self.redis.timeout)
+            .field("redis_client_time", &self.redis.client_time)
+            .field("redis_denial_cache", &self.redis.denial_cache)
             .finish_non_exhaustive()
     }
 }
@@ -435,7 +444,7 @@ impl StoreBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn rate_counters_redis(mut self, url: &str) -> Self {
-        self.redis_url = Some(url.to_string());
+        self.redis.url = Some(url.to_string());
         self
     }
 
@@ -446,7 +455,7 @@ impl StoreBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_namespace(mut self, namespace: &str) -> Self {
-        self.redis_namespace = Some(namespace.to_string());
+        self.redis.namespace = Some(namespace.to_string());
         self
     }
 
@@ -457,7 +466,7 @@ impl StoreBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_timeout(mut self, timeout: Duration) -> Self {
-        self.redis_timeout = timeout;
+        self.redis.timeout = timeout;
         self
     }
 
@@ -467,7 +476,7 @@ impl StoreBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_client_time(mut self, enabled: bool) -> Self {
-        self.redis_client_time = enabled;
+        self.redis.client_time = enabled;
         self
     }
 
@@ -481,29 +490,30 @@ impl StoreBuilder {
     #[cfg(feature = "redis")]
     #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
     pub fn redis_denial_cache(mut self, enabled: bool) -> Self {
-        self.redis_denial_cache = enabled;
+        self.redis.denial_cache = enabled;
         self
     }
 
     /// The Redis engine's options, if the counters live there.
     #[cfg(feature = "redis")]
     pub(crate) fn redis_options(&self) -> Option<crate::engine::redis::RedisOptions> {
-        let url = self.redis_url.clone()?;
+        let url = self.redis.url.clone()?;
         Some(crate::engine::redis::RedisOptions {
             url,
             namespace: self
-                .redis_namespace
+                .redis
+                .namespace
                 .clone()
                 .unwrap_or_else(|| "tollgate".to_string()),
-            timeout: self.redis_timeout,
-            client_time: self.redis_client_time,
-            denial_cache: self.redis_denial_cache,
+            timeout: self.redis.timeout,
+            client_time: self.redis.client_time,
+            denial_cache: self.redis.denial_cache,
         })
     }
 
     /// Whether the rate counters live elsewhere than on the store's engine.
     pub(crate) fn counters_elsewhere(&self) -> bool {
-        self.redis_url.is_some()
+        self.redis.url.is_some()
     }
 
     pub(crate) fn settings(&self) -> Result<Settings> {

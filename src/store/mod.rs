@@ -101,6 +101,10 @@ struct Elsewhere {
 }
 
 impl Elsewhere {
+    #[cfg_attr(
+        not(feature = "redis"),
+        allow(unused_variables, clippy::unnecessary_wraps)
+    )]
     fn open(builder: &StoreBuilder) -> Result<Elsewhere> {
         Ok(Elsewhere {
             #[cfg(feature = "redis")]
@@ -195,6 +199,7 @@ impl Store {
         ))
     }
 
+    #[cfg_attr(not(feature = "redis"), allow(clippy::needless_pass_by_value))]
     fn with_engine(
         builder: &StoreBuilder,
         settings: Settings,
