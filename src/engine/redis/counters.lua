@@ -23,9 +23,9 @@
 --         amount, recover ('1': a missing sentinel is recreated, else the operation reports it
 --         lost), the secret id, the number of targets, and per target: counter key index,
 --         sentinel key index, limit index.
--- Returns one reply per operation: {status, allowed, deciding, remaining, reset_after,
---   retry_after (-1: none)}; status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
---   to another secret. An operation with status 1 or 2 changed nothing.
+-- Returns six numbers per operation, in one flat array: status, allowed, deciding, remaining,
+--   reset_after, retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a
+--   bucket belongs to another secret. An operation with status 1 or 2 changed nothing.
 
 local POW52 = 4503599627370496
 
@@ -309,32 +309,46 @@ local function bucket(i, id, recover)
   return found
 end
 
-local function load(target, id)
-  local st = decode(redis.call('GET', KEYS[target.key]))
-  local from = bucket(target.bucket, id, false)
-  if from > 0 then st = most_restrictive(target.sp, st, drained(target.sp, from), now) end
+-- The targets of the operation being run, as three arrays (reused from one operation to the
+-- next): counter key index, sentinel key index, limit.
+local tkey, tbucket, tspec, tcount = {}, {}, {}, 0
+
+local function load(i, id)
+  local sp = tspec[i]
+  local st = decode(redis.call('GET', KEYS[tkey[i]]))
+  local from = bucket(tbucket[i], id, false)
+  if from > 0 then st = most_restrictive(sp, st, drained(sp, from), now) end
   return st
 end
 
+-- Replies go into one flat array, six numbers per operation.
+local replies, nreplies = {}, 0
 local function reply(status, e, deciding)
-  if not e then return {status, 0, 0, 0, 0, -1} end
-  local allowed = 0
-  if e.allowed then allowed = 1 end
-  local retry = -1
-  if e.retry then retry = e.retry end
-  return {status, allowed, deciding, e.remaining, e.reset, retry}
+  local allowed, remaining, reset, retry = 0, 0, 0, -1
+  if e then
+    if e.allowed then allowed = 1 end
+    if e.retry then retry = e.retry end
+    remaining, reset = e.remaining, e.reset
+  end
+  replies[nreplies + 1] = status
+  replies[nreplies + 2] = allowed
+  replies[nreplies + 3] = deciding
+  replies[nreplies + 4] = remaining
+  replies[nreplies + 5] = reset
+  replies[nreplies + 6] = retry
+  nreplies = nreplies + 6
 end
 
-local function run(kind, amount, recover, id, targets)
+local function run(kind, amount, recover, id)
   if kind == 'i' then
     -- A new namespace: the bucket's sentinel, unless it has one.
-    local i = targets[1].bucket
+    local i = tbucket[1]
     if not redis.call('GET', KEYS[i]) then redis.call('SET', KEYS[i], id .. ' 0') end
     return reply(0, nil, 0)
   end
   if kind == 'm' or kind == 'M' then
     -- Mark a bucket drained from now (evidence of a loss), or replace a foreign sentinel.
-    local i = targets[1].bucket
+    local i = tbucket[1]
     local found = bucket(i, id, false)
     if kind == 'M' or found >= 0 then
       local from = 0
@@ -345,34 +359,38 @@ local function run(kind, amount, recover, id, targets)
     end
     return reply(0, nil, 0)
   end
-  for _, target in ipairs(targets) do
-    local found = bucket(target.bucket, id, recover)
+  for i = 1, tcount do
+    local found = bucket(tbucket[i], id, recover)
     if found == LOST then return reply(1, nil, 0) end
     if found == FOREIGN then return reply(2, nil, 0) end
   end
-  local states = {}
-  for i, target in ipairs(targets) do states[i] = load(target, id) end
-  local first = targets[1]
+  local sp = tspec[1]
   if kind == 'p' then
-    return reply(0, peek(first.sp, states[1], now), 0)
+    return reply(0, peek(sp, load(1, id), now), 0)
   end
   if kind == 'r' then
-    local refunded = refund(first.sp, states[1], now, amount)
-    store(KEYS[first.key], first.sp, refunded)
-    return reply(0, peek(first.sp, refunded, now), 0)
+    local refunded = refund(sp, load(1, id), now, amount)
+    store(KEYS[tkey[1]], sp, refunded)
+    return reply(0, peek(sp, refunded, now), 0)
   end
   if kind == 'x' then
-    store(KEYS[first.key], first.sp, nil)
-    local e = peek(first.sp, nil, now)
+    store(KEYS[tkey[1]], sp, nil)
+    local e = peek(sp, nil, now)
     e.allowed = true
+    return reply(0, e, 0)
+  end
+  if tcount == 1 then
+    -- Charge of one counter: its evaluation is the decision.
+    local e = evaluate(sp, load(1, id), now, amount)
+    if e.allowed and amount > 0 then store(KEYS[tkey[1]], sp, e.st) end
     return reply(0, e, 0)
   end
   -- Charge: every limit evaluated first; all charged, or none.
   local allowed = true
   local deciding, decided = 0, nil
   local evaluations = {}
-  for i, target in ipairs(targets) do
-    local e = evaluate(target.sp, states[i], now, amount)
+  for i = 1, tcount do
+    local e = evaluate(tspec[i], load(i, id), now, amount)
     evaluations[i] = e
     if not e.allowed then allowed = false end
     if decided == nil or more_restrictive(e, decided) then
@@ -381,7 +399,7 @@ local function run(kind, amount, recover, id, targets)
     end
   end
   if allowed and amount > 0 then
-    for i, target in ipairs(targets) do store(KEYS[target.key], target.sp, evaluations[i].st) end
+    for i = 1, tcount do store(KEYS[tkey[i]], tspec[i], evaluations[i].st) end
   end
   decided.allowed = allowed
   return reply(0, decided, deciding)
@@ -393,19 +411,18 @@ for i = 1, tonumber(ARGV[4]) do
   specs[i] = {k=ARGV[at], a=tonumber(ARGV[at + 1]), b=tonumber(ARGV[at + 2])}
   at = at + 3
 end
-local replies = {}
 local count_at = at
 at = at + 1
-for op = 1, tonumber(ARGV[count_at]) do
+for _ = 1, tonumber(ARGV[count_at]) do
   local kind, amount, recover, id = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
-  local count = tonumber(ARGV[at + 4])
+  tcount = tonumber(ARGV[at + 4])
   at = at + 5
-  local targets = {}
-  for i = 1, count do
-    targets[i] = {key=tonumber(ARGV[at]), bucket=tonumber(ARGV[at + 1]),
-                  sp=specs[tonumber(ARGV[at + 2])]}
+  for i = 1, tcount do
+    tkey[i] = tonumber(ARGV[at])
+    tbucket[i] = tonumber(ARGV[at + 1])
+    tspec[i] = specs[tonumber(ARGV[at + 2])]
     at = at + 3
   end
-  replies[op] = run(kind, amount, recover, id, targets)
+  run(kind, amount, recover, id)
 end
 return replies

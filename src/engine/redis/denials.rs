@@ -21,6 +21,8 @@
 
 use std::collections::HashMap;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use parking_lot::Mutex;
 
 /// The longest an entry is used after it was made (µs): the bound on a stale denial after a
@@ -71,12 +73,15 @@ impl Denial {
 /// Denials by counter key.
 pub(crate) struct DenialCache {
     shards: Vec<Mutex<HashMap<String, Denial>>>,
+    /// Entries held (roughly): while none, lookups and forgets skip the locks.
+    held: AtomicUsize,
 }
 
 impl DenialCache {
     pub(crate) fn new() -> DenialCache {
         DenialCache {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            held: AtomicUsize::new(0),
         }
     }
 
@@ -90,6 +95,9 @@ impl DenialCache {
 
     /// The cached answer for a check of cost 1 on `key` at `now`.
     pub(crate) fn answer(&self, key: &str, now: u64) -> Option<Answer> {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return None;
+        }
         self.shard(key)?.lock().get(key)?.at(now)
     }
 
@@ -98,18 +106,27 @@ impl DenialCache {
         let Some(shard) = self.shard(key) else { return };
         let mut shard = shard.lock();
         if shard.len() >= MAX_ENTRIES / SHARDS && !shard.contains_key(key) {
+            let before = shard.len();
             shard.retain(|_, entry| entry.until > denial.made);
+            self.held.fetch_sub(before - shard.len(), Ordering::Relaxed);
             if shard.len() >= MAX_ENTRIES / SHARDS {
                 return;
             }
         }
-        shard.insert(key.to_string(), denial);
+        if shard.insert(key.to_string(), denial).is_none() {
+            self.held.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Forgets `key`'s denial (a refund or reset here, or an allowance).
     pub(crate) fn forget(&self, key: &str) {
+        if self.held.load(Ordering::Relaxed) == 0 {
+            return;
+        }
         if let Some(shard) = self.shard(key) {
-            shard.lock().remove(key);
+            if shard.lock().remove(key).is_some() {
+                self.held.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 

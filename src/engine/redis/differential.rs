@@ -166,7 +166,7 @@ fn run(
             .zip(&case.targets)
             .map(|(key, (spec, _))| Target {
                 counter: key.clone(),
-                sentinel: sentinel.to_string(),
+                sentinel: Arc::from(sentinel),
                 spec: *spec,
             })
             .collect(),

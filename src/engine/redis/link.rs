@@ -32,7 +32,7 @@ pub(crate) const MAX_JOBS: usize = 256;
 pub(crate) const MAX_OPS_PER_CALL: usize = 64;
 /// Connections (each with its I/O thread) per server, taking turns at the queue: while Redis
 /// runs one's pipeline, another gathers the next.
-pub(crate) const CONNECTIONS: usize = 2;
+pub(crate) const CONNECTIONS: usize = 3;
 /// How often an open breaker probes the server.
 pub(crate) const PROBE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -539,7 +539,7 @@ mod tests {
             secret_id: Arc::from("id"),
             targets: vec![Target {
                 counter: "c".into(),
-                sentinel: "s".into(),
+                sentinel: Arc::from("s"),
                 spec: MicroSpec {
                     kind: "g",
                     a: 1,

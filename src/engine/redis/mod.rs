@@ -30,7 +30,7 @@ mod differential;
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use parking_lot::{Mutex, RwLock};
@@ -53,6 +53,27 @@ const CLIENT_TIME_EXPIRY_MARGIN_MS: u64 = 60_000;
 
 /// How often an operation is tried again after the namespace or the cluster changed under it.
 const ATTEMPTS: usize = 4;
+
+/// The time a test set for the scripts (µs), or none: read on every operation, so an atomic.
+#[derive(Debug)]
+struct TestClock(AtomicU64);
+
+impl Default for TestClock {
+    fn default() -> Self {
+        TestClock(AtomicU64::new(u64::MAX))
+    }
+}
+
+impl TestClock {
+    fn get(&self) -> Option<u64> {
+        let now = self.0.load(Ordering::Acquire);
+        (now != u64::MAX).then_some(now)
+    }
+
+    fn set(&self, now: u64) {
+        self.0.store(now.min(u64::MAX - 1), Ordering::Release);
+    }
+}
 
 /// What a store's builder says about its counters on Redis.
 #[derive(Debug, Clone)]
@@ -81,7 +102,7 @@ pub(crate) struct Redis {
     settling: Mutex<()>,
     closed: AtomicBool,
     /// The time scripts decide at, set by tests (µs).
-    test_now: Arc<Mutex<Option<u64>>>,
+    test_now: Arc<TestClock>,
     denials: Option<DenialCache>,
     /// The denial cache's clock when no test sets one.
     started: std::time::Instant,
@@ -109,12 +130,12 @@ impl Redis {
             .map_err(|e| Error::InvalidArgument(format!("a bad Redis URL: {e}")))?;
         let info = client.get_connection_info().clone();
         let timeout = options.timeout;
-        let test_now = Arc::new(Mutex::new(None::<u64>));
+        let test_now = Arc::new(TestClock::default());
         let now = {
             let test_now = Arc::clone(&test_now);
             let client_time = options.client_time;
             Arc::new(move || {
-                if let Some(now) = *test_now.lock() {
+                if let Some(now) = test_now.get() {
                     // A test's clock stands still while Redis's runs on.
                     return ScriptTime {
                         now: Some(now),
@@ -151,7 +172,7 @@ impl Redis {
         let (slots, routes) = if cluster {
             let mut pipe = redis::pipe();
             for sentinel in namespace.sentinels() {
-                pipe.cmd("CLUSTER").arg("KEYSLOT").arg(sentinel);
+                pipe.cmd("CLUSTER").arg("KEYSLOT").arg(&**sentinel);
             }
             let slots: Vec<u16> = pipe.query(&mut setup).map_err(server_error)?;
             let routes = Routes::cluster(&slots, &cluster_slots(&mut setup)?, None, &config)?;
@@ -187,14 +208,17 @@ impl Redis {
 
     /// Stops deciding at Redis's `TIME`: scripts decide at `at` (test support).
     pub(crate) fn set_clock_for_tests(&self, at: u64) {
-        *self.test_now.lock() = Some(at / 1000);
+        self.test_now.set(at / 1000);
     }
 
     /// Moves the scripts' test clock forward by `by` (from Redis's time if it was not set).
     pub(crate) fn advance_clock_for_tests(&self, by: Duration) {
-        let mut now = self.test_now.lock();
-        let from = now.unwrap_or_else(|| system_time_to_nanos(std::time::SystemTime::now()) / 1000);
-        *now = Some(from.saturating_add(u64::try_from(by.as_micros()).unwrap_or(u64::MAX)));
+        let from = self
+            .test_now
+            .get()
+            .unwrap_or_else(|| system_time_to_nanos(std::time::SystemTime::now()) / 1000);
+        self.test_now
+            .set(from.saturating_add(u64::try_from(by.as_micros()).unwrap_or(u64::MAX)));
     }
 
     /// `Ok` while the engine is open.
@@ -243,7 +267,7 @@ impl Redis {
     /// Runs `code` on every bucket's sentinel (creating a namespace, marking a loss).
     fn on_every_bucket(&self, namespace: &Arc<Namespace>, code: Code) -> Result<()> {
         let routes = Arc::clone(&self.routes.read());
-        let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
+        let id = Arc::clone(&namespace.secret_id);
         let mut groups: HashMap<(usize, u16), Vec<Op>> = HashMap::new();
         for bucket in 0..namespace.buckets() {
             let Some((slot, link)) = routes.route(bucket) else {
@@ -328,7 +352,7 @@ impl Redis {
 
     /// The denial cache's clock (µs): a test's clock when one is set, else monotonic time.
     fn cache_now(&self) -> u64 {
-        if let Some(now) = *self.test_now.lock() {
+        if let Some(now) = self.test_now.get() {
             return now;
         }
         u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX)
@@ -386,7 +410,7 @@ impl Redis {
                 let bucket = namespace.bucket(subject)?;
                 targets.push(Target {
                     counter: namespace.counter_key(limit.name(), subject, bucket)?,
-                    sentinel: namespace.sentinel(bucket).to_string(),
+                    sentinel: namespace.sentinel(bucket),
                     spec: *spec,
                 });
                 buckets.push(bucket);
@@ -402,7 +426,7 @@ impl Redis {
                 }
             }
             let asked_at = self.cache_now();
-            let id: Arc<str> = Arc::from(namespace.secret_id.as_str());
+            let id = Arc::clone(&namespace.secret_id);
             let bucket = buckets.first().copied().unwrap_or(0);
             let mut ops = Vec::with_capacity(1 + usize::from(replace) * buckets.len());
             if replace {

@@ -20,6 +20,7 @@
 //! Subjects never reach Redis raw: both the counter key and the bucket come from the keyed hash.
 
 use std::fmt::Write as _;
+use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::ratelimit::{CounterKey, CounterKeys, Spec};
@@ -172,13 +173,14 @@ pub(crate) fn slot_part(subject: &str) -> &str {
 /// The names of one namespace's keys under one secret.
 #[derive(Debug)]
 pub(crate) struct Namespace {
-    name: String,
     pub(crate) secret: (u64, u64),
     keys: CounterKeys,
     /// Names the secret in sentinels, without giving it away: 16 hex digits of a keyed hash.
-    pub(crate) secret_id: String,
+    pub(crate) secret_id: Arc<str>,
     /// Every bucket's sentinel key, by bucket.
-    sentinels: Vec<String>,
+    sentinels: Vec<Arc<str>>,
+    /// Every bucket's counter keys' prefix, `<ns>:{<ns>:<bucket>}:`, by bucket.
+    prefixes: Vec<String>,
 }
 
 impl Namespace {
@@ -191,15 +193,19 @@ impl Namespace {
         for byte in &id.0[..8] {
             let _ = write!(secret_id, "{byte:02x}");
         }
-        let sentinels = (0..buckets)
-            .map(|bucket| format!("{name}:{{{name}:{bucket}}}:sentinel"))
+        let prefixes: Vec<String> = (0..buckets)
+            .map(|bucket| format!("{name}:{{{name}:{bucket}}}:"))
+            .collect();
+        let sentinels = prefixes
+            .iter()
+            .map(|prefix| Arc::from(format!("{prefix}sentinel")))
             .collect();
         Ok(Namespace {
-            name: name.to_string(),
             secret,
             keys,
-            secret_id,
+            secret_id: Arc::from(secret_id),
             sentinels,
+            prefixes,
         })
     }
 
@@ -212,21 +218,26 @@ impl Namespace {
 
     /// The key of `subject`'s counter under the limit named `limit`.
     pub(crate) fn counter_key(&self, limit: &str, subject: &str, bucket: u16) -> Result<String> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
         let CounterKey(hash) = self.keys.key(limit, subject)?;
-        let name = &self.name;
-        let mut key = String::with_capacity(name.len() * 2 + 48);
-        let _ = write!(key, "{name}:{{{name}:{bucket}}}:");
+        let prefix = self
+            .prefixes
+            .get(usize::from(bucket))
+            .map_or("", String::as_str);
+        let mut key = String::with_capacity(prefix.len() + 32);
+        key.push_str(prefix);
         for byte in hash {
-            let _ = write!(key, "{byte:02x}");
+            key.push(char::from(HEX[usize::from(byte >> 4)]));
+            key.push(char::from(HEX[usize::from(byte & 15)]));
         }
         Ok(key)
     }
 
     /// The sentinel key of `bucket`.
-    pub(crate) fn sentinel(&self, bucket: u16) -> &str {
+    pub(crate) fn sentinel(&self, bucket: u16) -> Arc<str> {
         self.sentinels
             .get(usize::from(bucket))
-            .map_or("", String::as_str)
+            .map_or_else(|| Arc::from(""), Arc::clone)
     }
 
     /// How many buckets the namespace has.
@@ -235,7 +246,7 @@ impl Namespace {
     }
 
     /// Every sentinel key, by bucket.
-    pub(crate) fn sentinels(&self) -> &[String] {
+    pub(crate) fn sentinels(&self) -> &[Arc<str>] {
         &self.sentinels
     }
 }
@@ -263,7 +274,10 @@ mod tests {
         assert!(key.starts_with(&format!("ns:{{ns:{tagged}}}:")), "{key}");
         assert_eq!(key.len(), format!("ns:{{ns:{tagged}}}:").len() + 32);
         assert!(!key.contains("user"), "the subject is hashed: {key}");
-        assert_eq!(ns.sentinel(tagged), format!("ns:{{ns:{tagged}}}:sentinel"));
+        assert_eq!(
+            &*ns.sentinel(tagged),
+            format!("ns:{{ns:{tagged}}}:sentinel")
+        );
         let spread: std::collections::HashSet<u16> = (0..200)
             .map(|i| ns.bucket(&format!("user:{i}")).unwrap())
             .collect();

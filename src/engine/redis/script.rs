@@ -5,7 +5,6 @@
 //! (a later operation sees an earlier one's writes), so a pipelined batch of concurrent checks
 //! costs Redis one script invocation instead of one each.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::namespace::MicroSpec;
@@ -62,7 +61,7 @@ impl Code {
 #[derive(Debug, Clone)]
 pub(crate) struct Target {
     pub counter: String,
-    pub sentinel: String,
+    pub sentinel: Arc<str>,
     pub spec: MicroSpec,
 }
 
@@ -80,7 +79,7 @@ pub(crate) struct Op {
 
 impl Op {
     /// An operation on a bucket's sentinel alone (`Init`, `Mark` or `Replace`).
-    pub(crate) fn on_bucket(code: Code, sentinel: &str, secret_id: Arc<str>) -> Op {
+    pub(crate) fn on_bucket(code: Code, sentinel: Arc<str>, secret_id: Arc<str>) -> Op {
         Op {
             code,
             amount: 0,
@@ -88,7 +87,7 @@ impl Op {
             secret_id,
             targets: vec![Target {
                 counter: sentinel.to_string(),
-                sentinel: sentinel.to_string(),
+                sentinel,
                 spec: MicroSpec {
                     kind: "g",
                     a: 1,
@@ -117,53 +116,63 @@ pub(crate) fn command<'a>(
     drain: bool,
     ops: impl Iterator<Item = &'a Op>,
 ) -> redis::Cmd {
-    // Each key and each limit once: the script reads each sentinel once per call.
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    // The keys: each sentinel once (the script reads each once per call), each counter as it
+    // comes (a counter twice in one call is rare, and reads the same either way). The limits:
+    // each once.
     let mut keys: Vec<&str> = Vec::new();
-    let mut key = |name: &'a str| {
-        *index.entry(name).or_insert_with(|| {
-            keys.push(name);
-            keys.len()
-        })
-    };
+    let mut sentinels: Vec<(&str, usize)> = Vec::new();
     let mut specs: Vec<MicroSpec> = Vec::new();
-    let mut spec = |micro: MicroSpec| {
-        if let Some(at) = specs.iter().position(|s| *s == micro) {
-            at + 1
-        } else {
-            specs.push(micro);
-            specs.len()
-        }
-    };
-    let mut body: Vec<String> = Vec::new();
     let mut count = 0usize;
-    for op in ops {
+    let ops: Vec<&Op> = ops.collect();
+    let mut refs: Vec<(usize, usize, usize)> = Vec::new();
+    for op in &ops {
         count += 1;
-        body.push(op.code.letter().to_string());
-        body.push(op.amount.to_string());
-        body.push(if op.recover { "1" } else { "0" }.to_string());
-        body.push(op.secret_id.to_string());
-        body.push(op.targets.len().to_string());
         for target in &op.targets {
-            body.push(key(&target.counter).to_string());
-            body.push(key(&target.sentinel).to_string());
-            body.push(spec(target.spec).to_string());
+            keys.push(&target.counter);
+            let counter = keys.len();
+            let sentinel = if let Some(&(_, at)) = sentinels
+                .iter()
+                .find(|(name, _)| *name == &*target.sentinel)
+            {
+                at
+            } else {
+                keys.push(&target.sentinel);
+                sentinels.push((&target.sentinel, keys.len()));
+                keys.len()
+            };
+            let spec = if let Some(at) = specs.iter().position(|s| *s == target.spec) {
+                at + 1
+            } else {
+                specs.push(target.spec);
+                specs.len()
+            };
+            refs.push((counter, sentinel, spec));
         }
     }
-    let mut args: Vec<String> = Vec::with_capacity(6 + 3 * specs.len() + body.len());
-    args.push(time.now.map(|now| now.to_string()).unwrap_or_default());
-    args.push(if drain { "1" } else { "0" }.to_string());
-    args.push(time.expiry_margin_ms.to_string());
-    args.push(specs.len().to_string());
-    for micro in &specs {
-        args.push(micro.kind.to_string());
-        args.push(micro.a.to_string());
-        args.push(micro.b.to_string());
-    }
-    args.push(count.to_string());
-    args.extend(body);
     let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(keys.len()).arg(&keys).arg(&args);
+    cmd.arg(sha).arg(keys.len()).arg(&keys);
+    match time.now {
+        Some(now) => cmd.arg(now),
+        None => cmd.arg(""),
+    };
+    cmd.arg(if drain { "1" } else { "0" })
+        .arg(time.expiry_margin_ms)
+        .arg(specs.len());
+    for micro in &specs {
+        cmd.arg(micro.kind).arg(micro.a).arg(micro.b);
+    }
+    cmd.arg(count);
+    let mut refs = refs.into_iter();
+    for op in ops {
+        cmd.arg(op.code.letter())
+            .arg(op.amount)
+            .arg(if op.recover { "1" } else { "0" })
+            .arg(&*op.secret_id)
+            .arg(op.targets.len());
+        for (counter, sentinel, spec) in refs.by_ref().take(op.targets.len()) {
+            cmd.arg(counter).arg(sentinel).arg(spec);
+        }
+    }
     cmd
 }
 
@@ -196,20 +205,17 @@ pub(crate) fn decode(value: &redis::Value, count: usize) -> Result<Vec<Reply>, S
     let redis::Value::Array(items) = value else {
         return Err(format!("the counters script returned {value:?}"));
     };
-    if items.len() != count {
+    if items.len() != count * 6 {
         return Err(format!(
-            "the counters script answered {} operations of {count}",
+            "the counters script answered {} numbers for {count} operations",
             items.len()
         ));
     }
-    items.iter().map(decode_one).collect()
+    items.chunks_exact(6).map(decode_one).collect()
 }
 
-fn decode_one(value: &redis::Value) -> Result<Reply, String> {
-    let bad = || format!("the counters script returned {value:?} for an operation");
-    let redis::Value::Array(fields) = value else {
-        return Err(bad());
-    };
+fn decode_one(fields: &[redis::Value]) -> Result<Reply, String> {
+    let bad = || format!("the counters script returned {fields:?} for an operation");
     let mut numbers = [0i64; 6];
     if fields.len() != numbers.len() {
         return Err(bad());
@@ -260,7 +266,7 @@ mod tests {
             secret_id: Arc::from("id"),
             targets: vec![Target {
                 counter: counter.into(),
-                sentinel: sentinel.into(),
+                sentinel: Arc::from(sentinel),
                 spec: MicroSpec {
                     kind: "f",
                     a: 5,
@@ -292,6 +298,7 @@ mod tests {
             "c", "2", "0", "id", "1", "1", "2", "1", //
             "p", "2", "0", "id", "1", "3", "2", "1",
         ];
+        // (c2's sentinel is s, already listed: it is referenced, not repeated.)
         assert_eq!(args, expected);
     }
 
@@ -299,10 +306,7 @@ mod tests {
     fn replies_decode_and_anything_else_is_refused() {
         use redis::Value::{Array, Int, Nil};
         let reply = |fields: &[i64]| Array(fields.iter().map(|&n| Int(n)).collect());
-        let value = Array(vec![
-            reply(&[0, 1, 0, 4, 10, -1]),
-            reply(&[1, 0, 0, 0, 0, -1]),
-        ]);
+        let value = reply(&[0, 1, 0, 4, 10, -1, 1, 0, 0, 0, 0, -1]);
         let replies = decode(&value, 2).unwrap();
         assert_eq!(
             replies[0],
@@ -318,8 +322,9 @@ mod tests {
         assert_eq!(replies[1].status, Status::Lost);
         assert!(decode(&value, 3).is_err());
         assert!(decode(&Nil, 0).is_err());
-        assert!(decode(&Array(vec![reply(&[0, 1, 0, -4, 0, -1])]), 1).is_err());
-        assert!(decode(&Array(vec![reply(&[9, 1, 0, 4, 0, -1])]), 1).is_err());
-        assert!(decode(&Array(vec![reply(&[0, 1])]), 1).is_err());
+        assert!(decode(&reply(&[0, 1, 0, -4, 0, -1]), 1).is_err());
+        assert!(decode(&reply(&[9, 1, 0, 4, 0, -1]), 1).is_err());
+        assert!(decode(&reply(&[0, 1]), 1).is_err());
+        assert!(decode(&Array(vec![Nil; 6]), 1).is_err());
     }
 }
