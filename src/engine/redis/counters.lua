@@ -27,23 +27,28 @@
 --   reset_after, retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a
 --   bucket belongs to another secret. An operation with status 1 or 2 changed nothing.
 
+-- The library functions the hot path calls, as locals (a global lookup per call costs).
+local floor, max, min = math.floor, math.max, math.min
+local format, match = string.format, string.match
+local call, num = redis.call, tonumber
+
 local POW52 = 4503599627370496
 
 local now
 if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+  local t = call('TIME')
+  now = num(t[1]) * 1000000 + num(t[2])
 else
-  now = tonumber(ARGV[1])
+  now = num(ARGV[1])
 end
 local drain = ARGV[2] == '1'
-local margin = tonumber(ARGV[3])
+local margin = num(ARGV[3])
 
-local function str(x) return string.format('%.0f', x) end
+local function str(x) return format('%.0f', x) end
 
 -- floor(x / c) and x mod c, for integers 0 <= x <= 2^52 and c >= 1.
 local function divmod(x, c)
-  local q = math.floor(x / c)
+  local q = floor(x / c)
   local r = x - q * c
   if r < 0 then
     q = q - 1; r = r + c
@@ -80,10 +85,10 @@ end
 -- States: {k='g', tat}, {k='f', w, c}, {k='s', w, p (previous), c (current)}.
 local function decode(v)
   if not v then return nil end
-  local k, x, y, z = string.match(v, '^(%a) (%d+) ?(%d*) ?(%d*)$')
-  if k == 'g' then return {k='g', tat=tonumber(x)} end
-  if k == 'f' and y ~= '' then return {k='f', w=tonumber(x), c=tonumber(y)} end
-  if k == 's' and z ~= '' then return {k='s', w=tonumber(x), p=tonumber(y), c=tonumber(z)} end
+  local k, x, y, z = match(v, '^(%a) (%d+) ?(%d*) ?(%d*)$')
+  if k == 'g' then return {k='g', tat=num(x)} end
+  if k == 'f' and y ~= '' then return {k='f', w=num(x), c=num(y)} end
+  if k == 's' and z ~= '' then return {k='s', w=num(x), p=num(y), c=num(z)} end
   return nil -- not a counter (it counts as fresh)
 end
 
@@ -133,7 +138,7 @@ local function evaluate(sp, st, t, cost)
   if sp.k == 'g' then
     local T, B = sp.a, sp.b
     local cap = T * B
-    local base = math.max(st.tat, t)
+    local base = max(st.tat, t)
     local charged = base + cost * T
     local allowed = charged - t <= cap
     local tat = base
@@ -211,7 +216,7 @@ local function refund(sp, st, t, amount)
     if c < 0 then c = 0 end
     return {k='f', w=st.w, c=c}
   end
-  local from_current = math.min(amount, st.c)
+  local from_current = min(amount, st.c)
   local p = st.p - (amount - from_current)
   if p < 0 then p = 0 end
   return {k='s', w=st.w, p=p, c=st.c - from_current}
@@ -220,9 +225,9 @@ end
 local function most_restrictive(sp, a, b, t)
   local x = normalize(sp, a, t)
   local y = normalize(sp, b, t)
-  if sp.k == 'g' then return {k='g', tat=math.max(x.tat, y.tat)} end
-  if sp.k == 'f' then return {k='f', w=x.w, c=math.max(x.c, y.c)} end
-  return {k='s', w=x.w, p=math.max(x.p, y.p), c=math.max(x.c, y.c)}
+  if sp.k == 'g' then return {k='g', tat=max(x.tat, y.tat)} end
+  if sp.k == 'f' then return {k='f', w=x.w, c=max(x.c, y.c)} end
+  return {k='s', w=x.w, p=max(x.p, y.p), c=max(x.c, y.c)}
 end
 
 local function is_idle(sp, st, t)
@@ -243,13 +248,13 @@ end
 -- idle counters, so late is always safe.
 local function store(key, sp, st)
   if st == nil or is_idle(sp, st, now) then
-    redis.call('DEL', key)
+    call('DEL', key)
     return
   end
-  local ttl = math.floor((idle_at(sp, st) - now + 999) / 1000)
+  local ttl = floor((idle_at(sp, st) - now + 999) / 1000)
   if ttl < 1 then ttl = 1 end
   ttl = ttl + margin
-  redis.call('SET', key, encode(st), 'PX', ttl)
+  call('SET', key, encode(st), 'PX', ttl)
 end
 
 local function peek(sp, st, t)
@@ -292,18 +297,18 @@ local function bucket(i, id, recover)
   end
   local found = buckets[i]
   if found ~= nil and not (found == LOST and recover) then return found end
-  local v = redis.call('GET', KEYS[i])
+  local v = call('GET', KEYS[i])
   if not v then
     if recover then
       found = 0
       if drain then found = now end
-      redis.call('SET', KEYS[i], id .. ' ' .. str(found))
+      call('SET', KEYS[i], id .. ' ' .. str(found))
     else
       found = LOST
     end
   else
-    local owner, from = string.match(v, '^(%S+) (%d+)$')
-    if owner == id then found = tonumber(from) else found = FOREIGN end
+    local owner, from = match(v, '^(%S+) (%d+)$')
+    if owner == id then found = num(from) else found = FOREIGN end
   end
   buckets[i] = found
   return found
@@ -315,7 +320,7 @@ local tkey, tbucket, tspec, tcount = {}, {}, {}, 0
 
 local function load(i, id)
   local sp = tspec[i]
-  local st = decode(redis.call('GET', KEYS[tkey[i]]))
+  local st = decode(call('GET', KEYS[tkey[i]]))
   local from = bucket(tbucket[i], id, false)
   if from > 0 then st = most_restrictive(sp, st, drained(sp, from), now) end
   return st
@@ -343,7 +348,7 @@ local function run(kind, amount, recover, id)
   if kind == 'i' then
     -- A new namespace: the bucket's sentinel, unless it has one.
     local i = tbucket[1]
-    if not redis.call('GET', KEYS[i]) then redis.call('SET', KEYS[i], id .. ' 0') end
+    if not call('GET', KEYS[i]) then call('SET', KEYS[i], id .. ' 0') end
     return reply(0, nil, 0)
   end
   if kind == 'm' or kind == 'M' then
@@ -353,7 +358,7 @@ local function run(kind, amount, recover, id)
     if kind == 'M' or found >= 0 then
       local from = 0
       if drain then from = now elseif found > 0 then from = found end
-      redis.call('SET', KEYS[i], id .. ' ' .. str(from))
+      call('SET', KEYS[i], id .. ' ' .. str(from))
       if not seen[id] then seen[id] = {} end
       seen[id][i] = from
     end
@@ -407,20 +412,20 @@ end
 
 local specs = {}
 local at = 5
-for i = 1, tonumber(ARGV[4]) do
-  specs[i] = {k=ARGV[at], a=tonumber(ARGV[at + 1]), b=tonumber(ARGV[at + 2])}
+for i = 1, num(ARGV[4]) do
+  specs[i] = {k=ARGV[at], a=num(ARGV[at + 1]), b=num(ARGV[at + 2])}
   at = at + 3
 end
 local count_at = at
 at = at + 1
-for _ = 1, tonumber(ARGV[count_at]) do
-  local kind, amount, recover, id = ARGV[at], tonumber(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
-  tcount = tonumber(ARGV[at + 4])
+for _ = 1, num(ARGV[count_at]) do
+  local kind, amount, recover, id = ARGV[at], num(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
+  tcount = num(ARGV[at + 4])
   at = at + 5
   for i = 1, tcount do
-    tkey[i] = tonumber(ARGV[at])
-    tbucket[i] = tonumber(ARGV[at + 1])
-    tspec[i] = specs[tonumber(ARGV[at + 2])]
+    tkey[i] = num(ARGV[at])
+    tbucket[i] = num(ARGV[at + 1])
+    tspec[i] = specs[num(ARGV[at + 2])]
     at = at + 3
   end
   run(kind, amount, recover, id)
