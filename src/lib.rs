@@ -76,6 +76,11 @@
 //!   `postgres_pool_size`: records and counters in a PostgreSQL schema shared by many nodes
 //!   (brings the synchronous `postgres` client and rustls). Calls block on the network; from
 //!   async code, call them in `spawn_blocking`.
+//! - `redis` (off): [`StoreBuilder::rate_counters_redis`], `redis_namespace`, `redis_timeout`,
+//!   `redis_client_time`, `redis_denial_cache`: the rate counters on Redis or a Redis Cluster
+//!   (one Lua script call per check, pipelined), beside records on either engine (brings the
+//!   synchronous `redis` client). With `test-support`, `tollgate::testing::redis` starts
+//!   throwaway servers and clusters for tests.
 //!
 //! # Durability
 //!
@@ -124,8 +129,8 @@ pub use error::{Error, Result, StorageError};
 pub use store::{
     BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,
     DEFAULT_COMPACTION_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
-    DEFAULT_REPLAY_CACHE_SIZE, DegradedCause, Health, MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats,
-    Store, StoreBuilder,
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, DegradedCause, Health,
+    MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store, StoreBuilder,
 };
 
 // The README's quickstart runs as a doctest, so it cannot drift from the API.

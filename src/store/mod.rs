@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 pub(crate) use builder::Settings;
 pub use builder::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
-    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, DEFAULT_REPLAY_CACHE_SIZE,
-    MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
+    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, DEFAULT_REDIS_TIMEOUT,
+    DEFAULT_REPLAY_CACHE_SIZE, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
 pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;

@@ -146,7 +146,19 @@ impl Server {
         let Some(dir) = &self.dir else {
             return Err("a server given by URL cannot be started".into());
         };
-        let child = Command::new(binary("redis-server")?)
+        // In a session of its own (`setsid`, which execs it in place): the scheduler then gives
+        // the server its own share of the CPU, as a service beside the application has, instead
+        // of one thread's share among the test's or benchmark's many.
+        let server = binary("redis-server")?;
+        let mut command = match binary("setsid") {
+            Ok(setsid) => {
+                let mut command = Command::new(setsid);
+                command.arg(server);
+                command
+            }
+            Err(_) => Command::new(server),
+        };
+        let child = command
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
             .args(["--save", "", "--appendonly", "no", "--protected-mode", "no"])
             .arg("--dir")
