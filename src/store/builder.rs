@@ -121,6 +121,8 @@ pub(crate) struct RedisSettings {
     client_time: bool,
     /// Denials from Redis are remembered and answered locally until their retry time.
     denial_cache: bool,
+    /// The certificate authority (PEM) `rediss://` trusts instead of the system's.
+    ca_certificate: Option<Vec<u8>>,
 }
 
 impl Default for StoreBuilder {
@@ -149,6 +151,7 @@ impl Default for StoreBuilder {
                 timeout: DEFAULT_REDIS_TIMEOUT,
                 client_time: false,
                 denial_cache: true,
+                ca_certificate: None,
             },
         }
     }
@@ -494,6 +497,17 @@ impl StoreBuilder {
         self
     }
 
+    /// For `rediss://` URLs: trust the certificate authority in `pem` (one or more PEM
+    /// certificates) instead of the system's trust store, for a Redis whose certificate a private
+    /// CA signed. The server's name is checked against its certificate either way. Default =
+    /// the system's store (which honours `SSL_CERT_FILE`).
+    #[cfg(feature = "redis")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "redis")))]
+    pub fn redis_ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.redis.ca_certificate = Some(pem.into());
+        self
+    }
+
     /// The Redis engine's options, if the counters live there.
     #[cfg(feature = "redis")]
     pub(crate) fn redis_options(&self) -> Option<crate::engine::redis::RedisOptions> {
@@ -508,6 +522,7 @@ impl StoreBuilder {
             timeout: self.redis.timeout,
             client_time: self.redis.client_time,
             denial_cache: self.redis.denial_cache,
+            ca_certificate: self.redis.ca_certificate.clone(),
         })
     }
 

@@ -12,6 +12,9 @@ pub use crate::engine::embedded::storage::SimDisk;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+mod tls;
+
+pub use tls::certificates;
 
 /// How many panics inside redb (which it documents for damaged files) this process has caught
 /// and turned into typed errors: lets a test show that the containment actually ran.

@@ -24,6 +24,8 @@ pub struct Server {
     child: Option<Child>,
     dir: Option<PathBuf>,
     extra: Vec<String>,
+    /// The certificate authority (PEM) of a TLS server's certificate.
+    pub root_certificate: Option<Vec<u8>>,
 }
 
 /// Three masters of a Redis Cluster.
@@ -65,6 +67,7 @@ pub fn server() -> Option<&'static Server> {
                     child: None,
                     dir: None,
                     extra: Vec::new(),
+                    root_certificate: None,
                 });
             }
             Server::spawn(&[])
@@ -133,7 +136,49 @@ impl Server {
             child: None,
             dir: Some(dir),
             extra: extra.iter().map(|s| (*s).to_string()).collect(),
+            root_certificate: None,
         };
+        server.start()?;
+        Ok(server)
+    }
+
+    /// Starts a server of this test's own that speaks TLS only (`rediss://127.0.0.1:<port>`),
+    /// with a certificate for 127.0.0.1 signed by a throwaway CA ([`Server::root_certificate`]),
+    /// and `extra` arguments.
+    ///
+    /// # Errors
+    /// A message if there is no `redis-server` or `openssl`, or the server does not start.
+    pub fn spawn_tls(extra: &[&str]) -> Result<Server, String> {
+        let mut server = Server::spawn(&[])?;
+        server.kill();
+        let Some(dir) = server.dir.clone() else {
+            return Err("no directory".into());
+        };
+        if !super::certificates(&dir)? {
+            return Err("no openssl to make a certificate".into());
+        }
+        let path = |name: &str| dir.join(name).display().to_string();
+        server.extra = [
+            "--tls-port",
+            &server.port.to_string(),
+            "--port",
+            "0",
+            "--tls-cert-file",
+            &path("server.crt"),
+            "--tls-key-file",
+            &path("server.key"),
+            "--tls-ca-cert-file",
+            &path("root.crt"),
+            "--tls-auth-clients",
+            "no",
+        ]
+        .iter()
+        .chain(extra)
+        .map(|s| (*s).to_string())
+        .collect();
+        server.root_certificate =
+            Some(std::fs::read(dir.join("root.crt")).map_err(|e| format!("read the CA: {e}"))?);
+        server.url = format!("rediss://127.0.0.1:{}", server.port);
         server.start()?;
         Ok(server)
     }
@@ -222,15 +267,28 @@ impl Server {
         }
     }
 
-    /// Whether the server answers `PING` within a second.
+    /// Whether the server answers `PING` within a second (an answer that asks for a password
+    /// counts: the server is up).
     pub fn ping(&self) -> bool {
-        self.connection()
-            .and_then(|mut c| {
-                redis::cmd("PING")
-                    .query::<String>(&mut c)
-                    .map_err(|e| e.to_string())
-            })
-            .is_ok()
+        let answered = |error: &redis::RedisError| error.code().is_some();
+        let client = match &self.root_certificate {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.as_str()),
+        };
+        let Ok(client) = client else { return false };
+        match client.get_connection_with_timeout(Duration::from_secs(1)) {
+            Ok(mut connection) => match redis::cmd("PING").query::<String>(&mut connection) {
+                Ok(_) => true,
+                Err(error) => answered(&error),
+            },
+            Err(error) => answered(&error),
+        }
     }
 
     /// A connection to the server, every step bounded by 5 s.
@@ -238,7 +296,17 @@ impl Server {
     /// # Errors
     /// A message if it cannot connect.
     pub fn connection(&self) -> Result<redis::Connection, String> {
-        let client = redis::Client::open(self.url.as_str()).map_err(|e| e.to_string())?;
+        let client = match &self.root_certificate {
+            Some(pem) => redis::Client::build_with_tls(
+                self.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(self.url.as_str()),
+        }
+        .map_err(|e| e.to_string())?;
         let connection = client
             .get_connection_with_timeout(Duration::from_secs(1))
             .map_err(|e| e.to_string())?;

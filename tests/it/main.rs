@@ -81,6 +81,8 @@ mod redis_counters;
 #[cfg(feature = "redis")]
 mod redis_data_loss;
 #[cfg(feature = "redis")]
+mod redis_tls_and_auth;
+#[cfg(feature = "redis")]
 mod redis_unavailable;
 mod replay_cache;
 mod restart_durability;

@@ -179,6 +179,7 @@ impl Link {
         pending(None)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Script calls and pipelines sent so far.
     pub(crate) fn counts(&self) -> (u64, u64) {
         (

@@ -70,6 +70,7 @@ impl TestClock {
         (now != u64::MAX).then_some(now)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     fn set(&self, now: u64) {
         self.0.store(now.min(u64::MAX - 1), Ordering::Release);
     }
@@ -85,6 +86,8 @@ pub(crate) struct RedisOptions {
     pub client_time: bool,
     /// Denials of cost-1 checks are remembered and answered here until their retry time.
     pub denial_cache: bool,
+    /// The CA (PEM) `rediss://` trusts instead of the system's.
+    pub ca_certificate: Option<Vec<u8>>,
 }
 
 /// Rate counters in one namespace of a Redis server or cluster.
@@ -126,8 +129,17 @@ impl Redis {
                 "redis_timeout must be greater than zero".into(),
             ));
         }
-        let client = redis::Client::open(options.url.as_str())
-            .map_err(|e| Error::InvalidArgument(format!("a bad Redis URL: {e}")))?;
+        let client = match &options.ca_certificate {
+            Some(pem) => redis::Client::build_with_tls(
+                options.url.as_str(),
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(pem.clone()),
+                },
+            ),
+            None => redis::Client::open(options.url.as_str()),
+        }
+        .map_err(|e| Error::InvalidArgument(format!("a bad Redis URL or certificate: {e}")))?;
         let info = client.get_connection_info().clone();
         let timeout = options.timeout;
         let test_now = Arc::new(TestClock::default());
@@ -206,11 +218,13 @@ impl Redis {
         Ok(redis)
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Stops deciding at Redis's `TIME`: scripts decide at `at` (test support).
     pub(crate) fn set_clock_for_tests(&self, at: u64) {
         self.test_now.set(at / 1000);
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Moves the scripts' test clock forward by `by` (from Redis's time if it was not set).
     pub(crate) fn advance_clock_for_tests(&self, by: Duration) {
         let from = self
@@ -255,6 +269,7 @@ impl Redis {
         }
     }
 
+    #[cfg(any(test, feature = "test-support"))]
     /// Script calls and pipelines sent so far, over every server (tests and benchmarks).
     pub(crate) fn counts(&self) -> (u64, u64) {
         let routes = Arc::clone(&self.routes.read());
