@@ -10,7 +10,9 @@
 -- of 2026 is about 2^50.7), every window is at most 2^50 us and every count at most 2^32
 -- (`src/engine/redis/namespace.rs` refuses larger limits), so sums stay below 2^53. Products
 -- that can exceed it (a sliding window's count times elapsed time) go through `muldiv`, which
--- is exact. Numbers are written with '%.0f' (tostring would round to 14 digits).
+-- is exact. Counters are stored in binary (a kind byte and big-endian doubles, `struct`):
+-- exact, and without the cost of formatting and parsing decimals; sentinels are text ('%.0f':
+-- tostring would round to 14 digits).
 --
 -- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
 -- ARGV: now ('' = Redis TIME), drain ('1': a lost bucket is drained from the time the loss is
@@ -83,19 +85,27 @@ local function align(t, p)
 end
 
 -- States: {k='g', tat}, {k='f', w, c}, {k='s', w, p (previous), c (current)}.
+local pack, unpack = struct.pack, struct.unpack
 local function decode(v)
   if not v then return nil end
-  local k, x, y, z = match(v, '^(%a) (%d+) ?(%d*) ?(%d*)$')
-  if k == 'g' then return {k='g', tat=num(x)} end
-  if k == 'f' and y ~= '' then return {k='f', w=num(x), c=num(y)} end
-  if k == 's' and z ~= '' then return {k='s', w=num(x), p=num(y), c=num(z)} end
+  local n = #v
+  local k = v:byte(1)
+  if k == 103 and n == 9 then return {k='g', tat=unpack('>d', v, 2)} end
+  if k == 102 and n == 17 then
+    local w, c = unpack('>dd', v, 2)
+    return {k='f', w=w, c=c}
+  end
+  if k == 115 and n == 25 then
+    local w, p, c = unpack('>ddd', v, 2)
+    return {k='s', w=w, p=p, c=c}
+  end
   return nil -- not a counter (it counts as fresh)
 end
 
 local function encode(st)
-  if st.k == 'g' then return 'g ' .. str(st.tat) end
-  if st.k == 'f' then return 'f ' .. str(st.w) .. ' ' .. str(st.c) end
-  return 's ' .. str(st.w) .. ' ' .. str(st.p) .. ' ' .. str(st.c)
+  if st.k == 'g' then return pack('>Bd', 103, st.tat) end
+  if st.k == 'f' then return pack('>Bdd', 102, st.w, st.c) end
+  return pack('>Bddd', 115, st.w, st.p, st.c)
 end
 
 local function fresh(sp, t)

@@ -69,16 +69,24 @@ fn state(spec: MicroSpec) -> impl Strategy<Value = Option<RateState>> {
     ]
 }
 
-fn encode(state: RateState) -> String {
-    match state {
-        RateState::Gcra { tat } => format!("g {tat}"),
-        RateState::FixedWindow { window, count } => format!("f {window} {count}"),
+/// A counter as the script stores it (`docs/FORMAT.md`): a kind byte, then big-endian doubles.
+fn encode(state: RateState) -> Vec<u8> {
+    let (kind, numbers) = match state {
+        RateState::Gcra { tat } => (b'g', vec![tat]),
+        RateState::FixedWindow { window, count } => (b'f', vec![window, count]),
         RateState::SlidingWindow {
             window,
             previous,
             current,
-        } => format!("s {window} {previous} {current}"),
+        } => (b's', vec![window, previous, current]),
+    };
+    let mut bytes = vec![kind];
+    for number in numbers {
+        // Every number the script stores is an integer below 2^53: exact as a double.
+        #[allow(clippy::cast_precision_loss)]
+        bytes.extend_from_slice(&(number as f64).to_be_bytes());
     }
+    bytes
 }
 
 #[derive(Debug, Clone)]
@@ -241,7 +249,7 @@ fn check_against_the_rules(
 
     // What is stored: the new state (none when idle) if anything changed, else what was there.
     for ((key, (spec, before)), after) in keys.iter().zip(&case.targets).zip(&states) {
-        let stored: Option<String> = redis::cmd("GET").arg(key).query(connection).map_err(fail)?;
+        let stored: Option<Vec<u8>> = redis::cmd("GET").arg(key).query(connection).map_err(fail)?;
         let expected = if changed {
             stored_rate(&spec.spec(), *after, case.now).map(|rate| encode(rate.state))
         } else {
