@@ -15,19 +15,23 @@
 -- tostring would round to 14 digits).
 --
 -- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
--- ARGV: now ('' = Redis TIME), drain ('1': a lost bucket is drained from the time the loss is
---       found), the expiry margin (ms added to every counter's time to live: its expiry runs on
---       Redis's clock, while a given `now` may run on another), the number of limits, then per
---       limit: algorithm (g, f, s), a, b (g: interval, burst; f, s: limit, period); the number
---       of operations, then per operation:
---         kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i create
---         it if missing, m mark the bucket drained, M replace a sentinel of another secret),
---         amount, recover ('1': a missing sentinel is recreated, else the operation reports it
---         lost), the secret id, the number of targets, and per target: counter key index,
---         sentinel key index, limit index.
--- Returns six numbers per operation, in one flat array: status, allowed, deciding, remaining,
---   reset_after, retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a
---   bucket belongs to another secret. An operation with status 1 or 2 changed nothing.
+-- ARGV[1]: the call, in binary (`struct` formats, big-endian; `script.rs` writes it):
+--   header  >BdBdH  has now (0: use Redis TIME), now, drain (1: a lost bucket is drained from
+--                   the time the loss is found), expiry margin (ms added to every counter's time
+--                   to live: its expiry runs on Redis's clock, while a given `now` may run on
+--                   another), number of limits
+--   limit   >Bdd    algorithm (g, f, s), a, b (g: interval, burst; f, s: limit, period)
+--   count   >H      number of operations
+--   op      >BBBdH  kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i
+--                   create it if missing, m mark the bucket drained, M replace a sentinel of
+--                   another secret), recover (1: a missing sentinel is recreated, else the
+--                   operation reports it lost), secret id (index into ARGV after the first),
+--                   amount, number of targets
+--   target  >HHH    counter key index, sentinel key index, limit index
+-- ARGV[2..]: the secret ids the operations name.
+-- Returns one string: per operation >BBHddd: status, allowed, deciding, remaining, reset_after,
+--   retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
+--   to another secret. An operation with status 1 or 2 changed nothing.
 
 -- The library functions the hot path calls, as locals (a global lookup per call costs).
 local floor, max, min = math.floor, math.max, math.min
@@ -36,15 +40,15 @@ local call, num = redis.call, tonumber
 
 local POW52 = 4503599627370496
 
-local now
-if ARGV[1] == '' then
+local pack, unpack, char = struct.pack, struct.unpack, string.char
+local call_blob = ARGV[1]
+local has_now, given_now, drain_flag, margin, nspecs, pos = unpack('>BdBdH', call_blob, 1)
+local now = given_now
+if has_now == 0 then
   local t = call('TIME')
   now = num(t[1]) * 1000000 + num(t[2])
-else
-  now = num(ARGV[1])
 end
-local drain = ARGV[2] == '1'
-local margin = num(ARGV[3])
+local drain = drain_flag == 1
 
 local function str(x) return format('%.0f', x) end
 
@@ -85,7 +89,6 @@ local function align(t, p)
 end
 
 -- States: {k='g', tat}, {k='f', w, c}, {k='s', w, p (previous), c (current)}.
-local pack, unpack = struct.pack, struct.unpack
 local function decode(v)
   if not v then return nil end
   local n = #v
@@ -336,7 +339,7 @@ local function load(i, id)
   return st
 end
 
--- Replies go into one flat array, six numbers per operation.
+-- Replies go into one string, 28 bytes per operation (concatenated at the end).
 local replies, nreplies = {}, 0
 local function reply(status, e, deciding)
   local allowed, remaining, reset, retry = 0, 0, 0, -1
@@ -345,13 +348,8 @@ local function reply(status, e, deciding)
     if e.retry then retry = e.retry end
     remaining, reset = e.remaining, e.reset
   end
-  replies[nreplies + 1] = status
-  replies[nreplies + 2] = allowed
-  replies[nreplies + 3] = deciding
-  replies[nreplies + 4] = remaining
-  replies[nreplies + 5] = reset
-  replies[nreplies + 6] = retry
-  nreplies = nreplies + 6
+  nreplies = nreplies + 1
+  replies[nreplies] = pack('>BBHddd', status, allowed, deciding, remaining, reset, retry)
 end
 
 local function run(kind, amount, recover, id)
@@ -420,24 +418,25 @@ local function run(kind, amount, recover, id)
   return reply(0, decided, deciding)
 end
 
+local KINDS = {[99]='c', [112]='p', [114]='r', [120]='x', [105]='i', [109]='m', [77]='M'}
 local specs = {}
-local at = 5
-for i = 1, num(ARGV[4]) do
-  specs[i] = {k=ARGV[at], a=num(ARGV[at + 1]), b=num(ARGV[at + 2])}
-  at = at + 3
+for i = 1, nspecs do
+  local k, a, b
+  k, a, b, pos = unpack('>Bdd', call_blob, pos)
+  specs[i] = {k=char(k), a=a, b=b}
 end
-local count_at = at
-at = at + 1
-for _ = 1, num(ARGV[count_at]) do
-  local kind, amount, recover, id = ARGV[at], num(ARGV[at + 1]), ARGV[at + 2] == '1', ARGV[at + 3]
-  tcount = num(ARGV[at + 4])
-  at = at + 5
+local nops
+nops, pos = unpack('>H', call_blob, pos)
+for _ = 1, nops do
+  local kind, recover, id, amount
+  kind, recover, id, amount, tcount, pos = unpack('>BBBdH', call_blob, pos)
   for i = 1, tcount do
-    tkey[i] = num(ARGV[at])
-    tbucket[i] = num(ARGV[at + 1])
-    tspec[i] = specs[num(ARGV[at + 2])]
-    at = at + 3
+    local key, sentinel, spec
+    key, sentinel, spec, pos = unpack('>HHH', call_blob, pos)
+    tkey[i] = key
+    tbucket[i] = sentinel
+    tspec[i] = specs[spec]
   end
-  run(kind, amount, recover, id)
+  run(KINDS[kind], amount, recover == 1, ARGV[1 + id])
 end
-return replies
+return table.concat(replies)

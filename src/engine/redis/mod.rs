@@ -406,15 +406,28 @@ impl Redis {
         }
     }
 
-    fn run_op(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+    /// The operation's limits in the script's units, once the store is open and the operation
+    /// is one Redis can run.
+    fn check_operation(&self, checks: &[(&Limit, &str)]) -> Result<Vec<MicroSpec>> {
         self.check_usable()?;
-        let specs = checks
-            .iter()
-            .map(|(limit, _)| MicroSpec::of(&limit.spec))
-            .collect::<Result<Vec<_>>>()?;
+        if checks.len() > script::MAX_TARGETS {
+            return Err(Error::InvalidArgument(format!(
+                "counters on Redis take at most {} limits in one check_all; got {}",
+                script::MAX_TARGETS,
+                checks.len()
+            )));
+        }
         if self.cluster {
             check_one_slot(checks)?;
         }
+        checks
+            .iter()
+            .map(|(limit, _)| MicroSpec::of(&limit.spec))
+            .collect()
+    }
+
+    fn run_op(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        let specs = self.check_operation(checks)?;
         let (code, amount) = Code::of(kind);
         let (mut recover, mut replace) = (false, false);
         for _ in 0..ATTEMPTS {

@@ -108,8 +108,25 @@ pub(crate) struct ScriptTime {
     pub expiry_margin_ms: u64,
 }
 
+/// The most limits one operation may charge: with at most `MAX_OPS_PER_CALL` (64) operations a
+/// call then names fewer than 2^15 keys and limits, within the script's 16-bit indexes.
+pub(crate) const MAX_TARGETS: usize = 256;
+
+/// Appends `value` as a big-endian double (every number the script takes is an integer below
+/// 2^53, exact as a double).
+fn double(blob: &mut Vec<u8>, value: u64) {
+    #[allow(clippy::cast_precision_loss)]
+    blob.extend_from_slice(&(value as f64).to_be_bytes());
+}
+
+/// Appends `value` as a big-endian 16-bit index (see [`MAX_TARGETS`]).
+fn index(blob: &mut Vec<u8>, value: usize) {
+    blob.extend_from_slice(&u16::try_from(value).unwrap_or(u16::MAX).to_be_bytes());
+}
+
 /// The `EVALSHA` that runs `ops` in one call at `time`; `drain`: lost buckets are drained (the
-/// `DrainOnRecovery` crash policy).
+/// `DrainOnRecovery` crash policy). The call is one binary string (`counters.lua` has its
+/// layout) and the secret ids it names.
 pub(crate) fn command<'a>(
     sha: &str,
     time: ScriptTime,
@@ -117,16 +134,18 @@ pub(crate) fn command<'a>(
     ops: impl Iterator<Item = &'a Op>,
 ) -> redis::Cmd {
     // The keys: each sentinel once (the script reads each once per call), each counter as it
-    // comes (a counter twice in one call is rare, and reads the same either way). The limits:
-    // each once.
+    // comes (a counter twice in one call is rare, and reads the same either way). The limits
+    // and the secret ids: each once.
     let mut keys: Vec<&str> = Vec::new();
     let mut sentinels: Vec<(&str, usize)> = Vec::new();
     let mut specs: Vec<MicroSpec> = Vec::new();
-    let mut count = 0usize;
+    let mut ids: Vec<&str> = Vec::new();
     let ops: Vec<&Op> = ops.collect();
     let mut refs: Vec<(usize, usize, usize)> = Vec::new();
     for op in &ops {
-        count += 1;
+        if !ids.contains(&&*op.secret_id) {
+            ids.push(&op.secret_id);
+        }
         for target in &op.targets {
             keys.push(&target.counter);
             let counter = keys.len();
@@ -149,30 +168,34 @@ pub(crate) fn command<'a>(
             refs.push((counter, sentinel, spec));
         }
     }
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(keys.len()).arg(&keys);
-    match time.now {
-        Some(now) => cmd.arg(now),
-        None => cmd.arg(""),
-    };
-    cmd.arg(if drain { "1" } else { "0" })
-        .arg(time.expiry_margin_ms)
-        .arg(specs.len());
+    let mut blob = Vec::with_capacity(24 + specs.len() * 17 + ops.len() * 13 + refs.len() * 6);
+    blob.push(u8::from(time.now.is_some()));
+    double(&mut blob, time.now.unwrap_or(0));
+    blob.push(u8::from(drain));
+    double(&mut blob, time.expiry_margin_ms);
+    index(&mut blob, specs.len());
     for micro in &specs {
-        cmd.arg(micro.kind).arg(micro.a).arg(micro.b);
+        blob.push(micro.kind.as_bytes().first().copied().unwrap_or(b'g'));
+        double(&mut blob, micro.a);
+        double(&mut blob, micro.b);
     }
-    cmd.arg(count);
+    index(&mut blob, ops.len());
     let mut refs = refs.into_iter();
-    for op in ops {
-        cmd.arg(op.code.letter())
-            .arg(op.amount)
-            .arg(if op.recover { "1" } else { "0" })
-            .arg(&*op.secret_id)
-            .arg(op.targets.len());
+    for op in &ops {
+        blob.push(op.code.letter().as_bytes().first().copied().unwrap_or(b'p'));
+        blob.push(u8::from(op.recover));
+        let id = ids.iter().position(|id| *id == &*op.secret_id).unwrap_or(0) + 1;
+        blob.push(u8::try_from(id).unwrap_or(u8::MAX));
+        double(&mut blob, op.amount);
+        index(&mut blob, op.targets.len());
         for (counter, sentinel, spec) in refs.by_ref().take(op.targets.len()) {
-            cmd.arg(counter).arg(sentinel).arg(spec);
+            index(&mut blob, counter);
+            index(&mut blob, sentinel);
+            index(&mut blob, spec);
         }
     }
+    let mut cmd = redis::cmd("EVALSHA");
+    cmd.arg(sha).arg(keys.len()).arg(&keys).arg(blob).arg(&ids);
     cmd
 }
 
@@ -202,39 +225,42 @@ pub(crate) struct Reply {
 /// # Errors
 /// A message if the value is not what the script returns.
 pub(crate) fn decode(value: &redis::Value, count: usize) -> Result<Vec<Reply>, String> {
-    let redis::Value::Array(items) = value else {
-        return Err(format!("the counters script returned {value:?}"));
+    const SIZE: usize = 28;
+    let bytes = match value {
+        redis::Value::BulkString(bytes) => bytes.as_slice(),
+        redis::Value::Array(items) if items.is_empty() => &[],
+        _ => return Err(format!("the counters script returned {value:?}")),
     };
-    if items.len() != count * 6 {
+    if bytes.len() != count * SIZE {
         return Err(format!(
-            "the counters script answered {} numbers for {count} operations",
-            items.len()
+            "the counters script answered {} bytes for {count} operations",
+            bytes.len()
         ));
     }
-    items.chunks_exact(6).map(decode_one).collect()
+    bytes.chunks_exact(SIZE).map(decode_one).collect()
 }
 
-fn decode_one(fields: &[redis::Value]) -> Result<Reply, String> {
+/// One operation's reply: `>BBHddd`.
+fn decode_one(fields: &[u8]) -> Result<Reply, String> {
     let bad = || format!("the counters script returned {fields:?} for an operation");
-    let mut numbers = [0i64; 6];
-    if fields.len() != numbers.len() {
-        return Err(bad());
-    }
-    for (number, field) in numbers.iter_mut().zip(fields) {
-        let redis::Value::Int(int) = field else {
-            return Err(bad());
-        };
-        *number = *int;
-    }
-    let [
-        status,
-        allowed,
-        deciding,
-        remaining,
-        reset_after,
-        retry_after,
-    ] = numbers;
-    let unsigned = |n: i64| u64::try_from(n).map_err(|_| bad());
+    let (&[status, allowed], rest) = fields.split_first_chunk::<2>().ok_or_else(bad)?;
+    let (deciding, rest) = rest.split_first_chunk::<2>().ok_or_else(bad)?;
+    let number = |bytes: &[u8]| -> Result<f64, String> {
+        let bytes: [u8; 8] = bytes.try_into().map_err(|_| bad())?;
+        Ok(f64::from_be_bytes(bytes))
+    };
+    let (remaining, rest) = rest.split_at_checked(8).ok_or_else(bad)?;
+    let (reset_after, retry_after) = rest.split_at_checked(8).ok_or_else(bad)?;
+    let unsigned = |value: f64| -> Result<u64, String> {
+        // The script's numbers are integers in [0, 2^53): anything else is not its answer.
+        if (0.0..9_007_199_254_740_992.0).contains(&value) && value.fract() == 0.0 {
+            #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+            Ok(value as u64)
+        } else {
+            Err(bad())
+        }
+    };
+    let retry = number(retry_after)?;
     Ok(Reply {
         status: match status {
             0 => Status::Done,
@@ -242,14 +268,18 @@ fn decode_one(fields: &[redis::Value]) -> Result<Reply, String> {
             2 => Status::Foreign,
             _ => return Err(bad()),
         },
-        allowed: allowed == 1,
-        deciding: usize::try_from(deciding).map_err(|_| bad())?,
-        remaining: unsigned(remaining)?,
-        reset_after: unsigned(reset_after)?,
-        retry_after: if retry_after < 0 {
+        allowed: match allowed {
+            0 => false,
+            1 => true,
+            _ => return Err(bad()),
+        },
+        deciding: usize::from(u16::from_be_bytes(*deciding)),
+        remaining: unsigned(number(remaining)?)?,
+        reset_after: unsigned(number(reset_after)?)?,
+        retry_after: if retry < 0.0 && retry.to_bits() == (-1.0f64).to_bits() {
             None
         } else {
-            Some(unsigned(retry_after)?)
+            Some(unsigned(retry)?)
         },
     })
 }
@@ -276,37 +306,63 @@ mod tests {
         }
     }
 
-    /// Keys and limits are listed once each and referenced by their 1-based index.
+    /// Keys, limits and secret ids are listed once each and referenced by their 1-based index;
+    /// the call is the binary layout `counters.lua` reads.
     #[test]
-    fn a_call_lists_each_key_once() {
+    fn a_call_lists_each_key_once_and_encodes_the_layout() {
         let ops = [op(Code::Charge, "c1", "s"), op(Code::Peek, "c2", "s")];
         let time = ScriptTime {
             now: Some(7),
             expiry_margin_ms: 9,
         };
         let cmd = command("sha", time, true, ops.iter());
-        let args: Vec<String> = cmd
+        let args: Vec<Vec<u8>> = cmd
             .args_iter()
             .map(|arg| match arg {
-                redis::Arg::Simple(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-                _ => String::new(),
+                redis::Arg::Simple(bytes) => bytes.to_vec(),
+                _ => Vec::new(),
             })
             .collect();
-        let expected = [
-            "EVALSHA", "sha", "3", "c1", "s", "c2", "7", "1", "9", //
-            "1", "f", "5", "1000", "2", //
-            "c", "2", "0", "id", "1", "1", "2", "1", //
-            "p", "2", "0", "id", "1", "3", "2", "1",
-        ];
+        let text: Vec<&[u8]> = args.iter().map(Vec::as_slice).collect();
         // (c2's sentinel is s, already listed: it is referenced, not repeated.)
-        assert_eq!(args, expected);
+        assert_eq!(
+            [text[0], text[1], text[2], text[3], text[4], text[5]],
+            [&b"EVALSHA"[..], b"sha", b"3", b"c1", b"s", b"c2"]
+        );
+        assert_eq!(text[7], b"id");
+        assert_eq!(text.len(), 8);
+        let d = |n: f64| n.to_be_bytes().to_vec();
+        let mut blob = vec![1];
+        blob.extend(d(7.0));
+        blob.push(1);
+        blob.extend(d(9.0));
+        blob.extend([0, 1, b'f']);
+        blob.extend(d(5.0));
+        blob.extend(d(1000.0));
+        blob.extend([0, 2]);
+        for (letter, counter) in [(b'c', 1u8), (b'p', 3)] {
+            blob.extend([letter, 0, 1]);
+            blob.extend(d(2.0));
+            blob.extend([0, 1, 0, counter, 0, 2, 0, 1]);
+        }
+        assert_eq!(text[6], blob.as_slice());
+    }
+
+    fn encoded(fields: &[(u8, u8, u16, f64, f64, f64)]) -> redis::Value {
+        let mut bytes = Vec::new();
+        for &(status, allowed, deciding, remaining, reset, retry) in fields {
+            bytes.extend([status, allowed]);
+            bytes.extend(deciding.to_be_bytes());
+            for number in [remaining, reset, retry] {
+                bytes.extend(number.to_be_bytes());
+            }
+        }
+        redis::Value::BulkString(bytes)
     }
 
     #[test]
     fn replies_decode_and_anything_else_is_refused() {
-        use redis::Value::{Array, Int, Nil};
-        let reply = |fields: &[i64]| Array(fields.iter().map(|&n| Int(n)).collect());
-        let value = reply(&[0, 1, 0, 4, 10, -1, 1, 0, 0, 0, 0, -1]);
+        let value = encoded(&[(0, 1, 0, 4.0, 10.0, -1.0), (1, 0, 2, 0.0, 0.0, 5.0)]);
         let replies = decode(&value, 2).unwrap();
         assert_eq!(
             replies[0],
@@ -319,12 +375,28 @@ mod tests {
                 retry_after: None
             }
         );
-        assert_eq!(replies[1].status, Status::Lost);
+        assert_eq!(
+            (
+                replies[1].status,
+                replies[1].deciding,
+                replies[1].retry_after
+            ),
+            (Status::Lost, 2, Some(5))
+        );
         assert!(decode(&value, 3).is_err());
-        assert!(decode(&Nil, 0).is_err());
-        assert!(decode(&reply(&[0, 1, 0, -4, 0, -1]), 1).is_err());
-        assert!(decode(&reply(&[9, 1, 0, 4, 0, -1]), 1).is_err());
-        assert!(decode(&reply(&[0, 1]), 1).is_err());
-        assert!(decode(&Array(vec![Nil; 6]), 1).is_err());
+        assert!(decode(&redis::Value::Nil, 0).is_err());
+        assert!(decode(&redis::Value::Int(3), 1).is_err());
+        for bad in [
+            (0, 1, 0, -4.0, 0.0, -1.0),
+            (9, 1, 0, 4.0, 0.0, -1.0),
+            (0, 7, 0, 4.0, 0.0, -1.0),
+            (0, 1, 0, 0.5, 0.0, -1.0),
+            (0, 1, 0, f64::NAN, 0.0, -1.0),
+            (0, 1, 0, 1e300, 0.0, -1.0),
+            (0, 1, 0, 1.0, 0.0, -2.0),
+        ] {
+            assert!(decode(&encoded(&[bad]), 1).is_err(), "{bad:?}");
+        }
+        assert!(decode(&redis::Value::BulkString(vec![0; 27]), 1).is_err());
     }
 }
