@@ -1,7 +1,7 @@
 -- tollgate's rate counters on Redis: a batch of rate operations, decided and applied atomically.
 --
 -- A line-by-line translation of the pure rules in `src/ratelimit/algorithm.rs` (evaluate,
--- normalize, refund, most_restrictive, drained, is_idle) and `src/ratelimit/charge.rs` (apply:
+-- normalize, refund, most_restrictive, drained, is_idle (in store)) and `src/ratelimit/charge.rs` (apply:
 -- all or nothing, the deciding limit), in integer microseconds. The Rust rules stay the
 -- reference: `src/engine/redis/differential.rs` runs both on the same random inputs and
 -- requires the same answers. Read the Rust first; the comments here only say what differs.
@@ -146,6 +146,7 @@ local function earliest_fit(n, P, previous, current, cost)
   return P - f
 end
 
+-- Returns allowed, the state to store if applied, remaining, reset after, retry after (or nil).
 local function evaluate(sp, st, t, cost)
   st, t = normalize(sp, st, t)
   if sp.k == 'g' then
@@ -162,7 +163,7 @@ local function evaluate(sp, st, t, cost)
     local remaining = divmod(left, T)
     local retry = nil
     if not allowed and cost <= B then retry = charged - t - cap end
-    return {allowed=allowed, st={k='g', tat=tat}, remaining=remaining, reset=used, retry=retry}
+    return allowed, {k='g', tat=tat}, remaining, used, retry
   end
   local n, P = sp.a, sp.b
   if sp.k == 'f' then
@@ -177,8 +178,7 @@ local function evaluate(sp, st, t, cost)
     if c == 0 then reset = 0 end
     local retry = nil
     if not allowed and cost <= n then retry = until_next end
-    return {allowed=allowed, st={k='f', w=st.w, c=c}, remaining=remaining, reset=reset,
-            retry=retry}
+    return allowed, {k='f', w=st.w, c=c}, remaining, reset, retry
   end
   -- Sliding: with q = ceil(previous*(P - e)/P), the estimate fits iff current + cost + q <= n.
   local e = t - st.w
@@ -213,8 +213,7 @@ local function evaluate(sp, st, t, cost)
     retry = at - t
     if retry < 0 then retry = 0 end
   end
-  return {allowed=allowed, st={k='s', w=st.w, p=st.p, c=c}, remaining=remaining, reset=reset,
-          retry=retry}
+  return allowed, {k='s', w=st.w, p=st.p, c=c}, remaining, reset, retry
 end
 
 local function refund(sp, st, t, amount)
@@ -243,13 +242,6 @@ local function most_restrictive(sp, a, b, t)
   return {k='s', w=x.w, p=max(x.p, y.p), c=max(x.c, y.c)}
 end
 
-local function is_idle(sp, st, t)
-  st = normalize(sp, st, t)
-  if st.k == 'g' then return st.tat <= t end
-  if st.k == 'f' then return st.c == 0 end
-  return st.p == 0 and st.c == 0
-end
-
 local function idle_at(sp, st)
   if st.k == 'g' then return st.tat end
   if st.k == 'f' then return st.w + sp.b end
@@ -260,7 +252,14 @@ end
 -- expires when it turns idle, rounded up to a millisecond, plus the margin: expiry only collects
 -- idle counters, so late is always safe.
 local function store(key, sp, st)
-  if st == nil or is_idle(sp, st, now) then
+  -- `st` is as of now (evaluated, refunded or fresh): idle needs no normalizing.
+  local idle = st == nil
+  if not idle then
+    if st.k == 'g' then idle = st.tat <= now
+    elseif st.k == 'f' then idle = st.c == 0
+    else idle = st.p == 0 and st.c == 0 end
+  end
+  if idle then
     call('DEL', key)
     return
   end
@@ -270,10 +269,11 @@ local function store(key, sp, st)
   call('SET', key, encode(st), 'PX', ttl)
 end
 
+-- What a cost-1 request would get, without charging it: allowed, remaining, reset, retry.
 local function peek(sp, st, t)
-  local one = evaluate(sp, st, t, 1)
-  local zero = evaluate(sp, st, t, 0)
-  return {allowed=one.allowed, retry=one.retry, remaining=zero.remaining, reset=zero.reset}
+  local allowed, _, _, _, retry = evaluate(sp, st, t, 1)
+  local _, _, remaining, reset = evaluate(sp, st, t, 0)
+  return allowed, remaining, reset, retry
 end
 
 -- Evaluation a is more restrictive than b: a denial over an allowance; among denials the longer
@@ -341,15 +341,10 @@ end
 
 -- Replies go into one string, 28 bytes per operation (concatenated at the end).
 local replies, nreplies = {}, 0
-local function reply(status, e, deciding)
-  local allowed, remaining, reset, retry = 0, 0, 0, -1
-  if e then
-    if e.allowed then allowed = 1 end
-    if e.retry then retry = e.retry end
-    remaining, reset = e.remaining, e.reset
-  end
+local function reply(status, allowed, deciding, remaining, reset, retry)
   nreplies = nreplies + 1
-  replies[nreplies] = pack('>BBHddd', status, allowed, deciding, remaining, reset, retry)
+  replies[nreplies] = pack('>BBHddd', status, allowed and 1 or 0, deciding, remaining or 0,
+                           reset or 0, retry or -1)
 end
 
 local function run(kind, amount, recover, id)
@@ -357,7 +352,7 @@ local function run(kind, amount, recover, id)
     -- A new namespace: the bucket's sentinel, unless it has one.
     local i = tbucket[1]
     if not call('GET', KEYS[i]) then call('SET', KEYS[i], id .. ' 0') end
-    return reply(0, nil, 0)
+    return reply(0, false, 0)
   end
   if kind == 'm' or kind == 'M' then
     -- Mark a bucket drained from now (evidence of a loss), or replace a foreign sentinel.
@@ -370,40 +365,42 @@ local function run(kind, amount, recover, id)
       if not seen[id] then seen[id] = {} end
       seen[id][i] = from
     end
-    return reply(0, nil, 0)
+    return reply(0, false, 0)
   end
   for i = 1, tcount do
     local found = bucket(tbucket[i], id, recover)
-    if found == LOST then return reply(1, nil, 0) end
-    if found == FOREIGN then return reply(2, nil, 0) end
+    if found == LOST then return reply(1, false, 0) end
+    if found == FOREIGN then return reply(2, false, 0) end
   end
   local sp = tspec[1]
   if kind == 'p' then
-    return reply(0, peek(sp, load(1, id), now), 0)
+    local allowed, remaining, reset, retry = peek(sp, load(1, id), now)
+    return reply(0, allowed, 0, remaining, reset, retry)
   end
   if kind == 'r' then
     local refunded = refund(sp, load(1, id), now, amount)
     store(KEYS[tkey[1]], sp, refunded)
-    return reply(0, peek(sp, refunded, now), 0)
+    local allowed, remaining, reset, retry = peek(sp, refunded, now)
+    return reply(0, allowed, 0, remaining, reset, retry)
   end
   if kind == 'x' then
     store(KEYS[tkey[1]], sp, nil)
-    local e = peek(sp, nil, now)
-    e.allowed = true
-    return reply(0, e, 0)
+    local _, remaining, reset, retry = peek(sp, nil, now)
+    return reply(0, true, 0, remaining, reset, retry)
   end
   if tcount == 1 then
     -- Charge of one counter: its evaluation is the decision.
-    local e = evaluate(sp, load(1, id), now, amount)
-    if e.allowed and amount > 0 then store(KEYS[tkey[1]], sp, e.st) end
-    return reply(0, e, 0)
+    local allowed, st, remaining, reset, retry = evaluate(sp, load(1, id), now, amount)
+    if allowed and amount > 0 then store(KEYS[tkey[1]], sp, st) end
+    return reply(0, allowed, 0, remaining, reset, retry)
   end
   -- Charge: every limit evaluated first; all charged, or none.
   local allowed = true
   local deciding, decided = 0, nil
   local evaluations = {}
   for i = 1, tcount do
-    local e = evaluate(tspec[i], load(i, id), now, amount)
+    local a, st, remaining, reset, retry = evaluate(tspec[i], load(i, id), now, amount)
+    local e = {allowed=a, st=st, remaining=remaining, reset=reset, retry=retry}
     evaluations[i] = e
     if not e.allowed then allowed = false end
     if decided == nil or more_restrictive(e, decided) then
@@ -414,8 +411,7 @@ local function run(kind, amount, recover, id)
   if allowed and amount > 0 then
     for i = 1, tcount do store(KEYS[tkey[i]], tspec[i], evaluations[i].st) end
   end
-  decided.allowed = allowed
-  return reply(0, decided, deciding)
+  return reply(0, allowed, deciding, decided.remaining, decided.reset, decided.retry)
 end
 
 local KINDS = {[99]='c', [112]='p', [114]='r', [120]='x', [105]='i', [109]='m', [77]='M'}
