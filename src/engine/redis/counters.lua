@@ -331,10 +331,12 @@ end
 -- next): counter key index, sentinel key index, limit.
 local tkey, tbucket, tspec, tcount = {}, {}, {}, 0
 
-local function load(i, id)
+-- Target i's counter, drained if its bucket was found lost (`tfrom`, set by `run`).
+local tfrom = {}
+local function load(i)
   local sp = tspec[i]
   local st = decode(call('GET', KEYS[tkey[i]]))
-  local from = bucket(tbucket[i], id, false)
+  local from = tfrom[i]
   if from > 0 then st = most_restrictive(sp, st, drained(sp, from), now) end
   return st
 end
@@ -371,14 +373,15 @@ local function run(kind, amount, recover, id)
     local found = bucket(tbucket[i], id, recover)
     if found == LOST then return reply(1, false, 0) end
     if found == FOREIGN then return reply(2, false, 0) end
+    tfrom[i] = found
   end
   local sp = tspec[1]
   if kind == 'p' then
-    local allowed, remaining, reset, retry = peek(sp, load(1, id), now)
+    local allowed, remaining, reset, retry = peek(sp, load(1), now)
     return reply(0, allowed, 0, remaining, reset, retry)
   end
   if kind == 'r' then
-    local refunded = refund(sp, load(1, id), now, amount)
+    local refunded = refund(sp, load(1), now, amount)
     store(KEYS[tkey[1]], sp, refunded)
     local allowed, remaining, reset, retry = peek(sp, refunded, now)
     return reply(0, allowed, 0, remaining, reset, retry)
@@ -390,7 +393,7 @@ local function run(kind, amount, recover, id)
   end
   if tcount == 1 then
     -- Charge of one counter: its evaluation is the decision.
-    local allowed, st, remaining, reset, retry = evaluate(sp, load(1, id), now, amount)
+    local allowed, st, remaining, reset, retry = evaluate(sp, load(1), now, amount)
     if allowed and amount > 0 then store(KEYS[tkey[1]], sp, st) end
     return reply(0, allowed, 0, remaining, reset, retry)
   end
@@ -399,7 +402,7 @@ local function run(kind, amount, recover, id)
   local deciding, decided = 0, nil
   local evaluations = {}
   for i = 1, tcount do
-    local a, st, remaining, reset, retry = evaluate(tspec[i], load(i, id), now, amount)
+    local a, st, remaining, reset, retry = evaluate(tspec[i], load(i), now, amount)
     local e = {allowed=a, st=st, remaining=remaining, reset=reset, retry=retry}
     evaluations[i] = e
     if not e.allowed then allowed = false end
