@@ -286,6 +286,15 @@ mod tests {
             "{} buckets for 200 subjects",
             spread.len()
         );
+        assert_eq!(ns.buckets(), CLUSTER_BUCKETS);
+        assert_eq!(ns.sentinels().len(), usize::from(CLUSTER_BUCKETS));
+        assert_eq!(&*ns.sentinels()[7], "ns:{ns:7}:sentinel");
+        assert_eq!(secret_key("ns"), "ns:secret");
+        // A standalone server: one bucket, one sentinel.
+        let standalone = Namespace::new("ns", (1, 2), 1).unwrap();
+        assert_eq!(standalone.buckets(), 1);
+        assert_eq!(standalone.bucket("anyone").unwrap(), 0);
+        assert_eq!(standalone.sentinels().len(), 1);
     }
 
     #[test]
@@ -317,6 +326,15 @@ mod tests {
                 a: 333_334,
                 b: 3
             }
+        );
+        let widest = Spec::FixedWindow {
+            limit: 1,
+            period: (1 << 50) * 1000,
+        };
+        assert_eq!(
+            MicroSpec::of(&widest).unwrap().b,
+            1 << 50,
+            "2^50 µs is accepted"
         );
         let huge = Spec::FixedWindow {
             limit: 1,
