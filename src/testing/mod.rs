@@ -16,6 +16,18 @@ mod tls;
 
 pub use tls::certificates;
 
+/// A loopback TCP port that was free a moment ago (for a test's throwaway server).
+///
+/// # Errors
+/// A message if no port can be bound.
+pub fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    listener
+        .local_addr()
+        .map(|addr| addr.port())
+        .map_err(|e| e.to_string())
+}
+
 /// How many panics inside redb (which it documents for damaged files) this process has caught
 /// and turned into typed errors: lets a test show that the containment actually ran.
 pub fn contained_panics() -> u64 {

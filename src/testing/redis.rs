@@ -106,14 +106,6 @@ fn binary(name: &str) -> Result<PathBuf, String> {
         .ok_or_else(|| format!("no {name} on PATH"))
 }
 
-fn free_port() -> Result<u16, String> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
-    listener
-        .local_addr()
-        .map(|addr| addr.port())
-        .map_err(|e| e.to_string())
-}
-
 impl Server {
     /// Starts a server of this test's own on a free port, without persistence, with `extra`
     /// arguments (for example `["--cluster-enabled", "yes"]`).
@@ -121,7 +113,7 @@ impl Server {
     /// # Errors
     /// A message if there is no `redis-server` or it does not start.
     pub fn spawn(extra: &[&str]) -> Result<Server, String> {
-        let port = free_port()?;
+        let port = super::free_port()?;
         let stamp = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());

@@ -9,19 +9,11 @@ use crate::fixture;
 use std::sync::{Arc, Barrier};
 use std::time::Duration;
 
-use fixture::redis::unique_namespace;
+use fixture::redis::{node, unique_namespace};
+use tollgate::Error;
 use tollgate::ratelimit::{Limit, Quota};
-use tollgate::{Error, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn node(url: &str, namespace: &str) -> Store {
-    Store::builder()
-        .rate_counters_redis(url)
-        .redis_namespace(namespace)
-        .open_in_memory()
-        .unwrap()
-}
 
 #[test]
 fn subjects_spread_over_every_master_and_multi_limit_checks_share_a_slot() {

@@ -8,19 +8,11 @@ use crate::fixture;
 
 use std::time::Duration;
 
-use fixture::redis::unique_namespace;
+use fixture::redis::{node, unique_namespace};
 use tollgate::ratelimit::{Limit, Quota, RateDurability};
 use tollgate::{Error, Store};
 
 const DAY: Duration = Duration::from_secs(86_400);
-
-fn node(url: &str, namespace: &str) -> Store {
-    Store::builder()
-        .rate_counters_redis(url)
-        .redis_namespace(namespace)
-        .open_in_memory()
-        .unwrap()
-}
 
 #[test]
 fn two_nodes_on_one_namespace_share_every_counter_and_namespaces_are_apart() {

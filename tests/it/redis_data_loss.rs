@@ -16,12 +16,7 @@ use tollgate::testing::redis::Server;
 const DAY: Duration = Duration::from_secs(86_400);
 
 fn node(url: &str, namespace: &str, policy: CrashPolicy) -> Store {
-    Store::builder()
-        .rate_counters_redis(url)
-        .redis_namespace(namespace)
-        .crash_policy(policy)
-        .open_in_memory()
-        .unwrap()
+    fixture::redis::node_with(Store::builder().crash_policy(policy), url, namespace)
 }
 
 /// How many of `attempts` checks the stores allow, taking turns.

@@ -267,6 +267,15 @@ fn check_against_the_rules(
     Ok(())
 }
 
+/// Loads the script; its SHA-1.
+fn load_script(connection: &mut redis::Connection) -> String {
+    redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg(script::SOURCE)
+        .query(connection)
+        .unwrap()
+}
+
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(fail)`
 fn fail(error: redis::RedisError) -> TestCaseError {
     TestCaseError::fail(error.to_string())
@@ -278,11 +287,7 @@ fn the_script_decides_as_the_pure_rules_do() {
         return;
     };
     let mut connection = server.connection().unwrap();
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(script::SOURCE)
-        .query(&mut connection)
-        .unwrap();
+    let sha = load_script(&mut connection);
     let connection = std::cell::RefCell::new(connection);
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -312,11 +317,7 @@ fn a_sliding_window_past_two_to_the_53_decides_exactly() {
         return;
     };
     let mut connection = server.connection().unwrap();
-    let sha: String = redis::cmd("SCRIPT")
-        .arg("LOAD")
-        .arg(script::SOURCE)
-        .query(&mut connection)
-        .unwrap();
+    let sha = load_script(&mut connection);
     let spec = MicroSpec {
         kind: "s",
         a: u64::from(u32::MAX),
