@@ -48,10 +48,10 @@ fn required() -> bool {
 fn skipped(what: &str, why: &str) {
     assert!(
         !required(),
-        "TOLLGATE_REQUIRE_REDIS=1 but no {what} for the tests: {why}"
+        "TOLLGATE_REQUIRE_REDIS=1 but the tests have no {what}: {why}"
     );
     eprintln!(
-        "\n#### SKIPPED: the Redis tests that need {what} did not run: {why}.\n\
+        "\n#### SKIPPED: the Redis tests that need a {what} did not run: {why}.\n\
          #### Install redis-server (Debian: redis-server), or set TOLLGATE_TEST_REDIS.\n"
     );
 }
@@ -71,7 +71,7 @@ pub fn server() -> Option<&'static Server> {
                 });
             }
             Server::spawn(&[])
-                .map_err(|why| skipped("a Redis server", &why))
+                .map_err(|why| skipped("Redis server", &why))
                 .ok()
         })
         .as_ref()
@@ -88,7 +88,7 @@ pub fn cluster() -> Option<&'static Cluster> {
                 });
             }
             start_cluster()
-                .map_err(|why| skipped("a Redis Cluster", &why))
+                .map_err(|why| skipped("Redis Cluster", &why))
                 .ok()
         })
         .as_ref()
@@ -223,6 +223,14 @@ impl Server {
         loop {
             if self.ping() {
                 return Ok(());
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                return Err(format!("redis-server exited at once ({status})"));
             }
             if Instant::now() > deadline {
                 return Err(format!("redis-server on port {} did not answer", self.port));
