@@ -271,17 +271,9 @@ impl Server {
     /// counts: the server is up).
     pub fn ping(&self) -> bool {
         let answered = |error: &redis::RedisError| error.code().is_some();
-        let client = match &self.root_certificate {
-            Some(pem) => redis::Client::build_with_tls(
-                self.url.as_str(),
-                redis::TlsCertificates {
-                    client_tls: None,
-                    root_cert: Some(pem.clone()),
-                },
-            ),
-            None => redis::Client::open(self.url.as_str()),
+        let Ok(client) = self.client() else {
+            return false;
         };
-        let Ok(client) = client else { return false };
         match client.get_connection_with_timeout(Duration::from_secs(1)) {
             Ok(mut connection) => match redis::cmd("PING").query::<String>(&mut connection) {
                 Ok(_) => true,
@@ -291,12 +283,9 @@ impl Server {
         }
     }
 
-    /// A connection to the server, every step bounded by 5 s.
-    ///
-    /// # Errors
-    /// A message if it cannot connect.
-    pub fn connection(&self) -> Result<redis::Connection, String> {
-        let client = match &self.root_certificate {
+    /// A client for the server, trusting its throwaway CA if it speaks TLS.
+    fn client(&self) -> redis::RedisResult<redis::Client> {
+        match &self.root_certificate {
             Some(pem) => redis::Client::build_with_tls(
                 self.url.as_str(),
                 redis::TlsCertificates {
@@ -306,7 +295,14 @@ impl Server {
             ),
             None => redis::Client::open(self.url.as_str()),
         }
-        .map_err(|e| e.to_string())?;
+    }
+
+    /// A connection to the server, every step bounded by 5 s.
+    ///
+    /// # Errors
+    /// A message if it cannot connect.
+    pub fn connection(&self) -> Result<redis::Connection, String> {
+        let client = self.client().map_err(|e| e.to_string())?;
         let connection = client
             .get_connection_with_timeout(Duration::from_secs(1))
             .map_err(|e| e.to_string())?;
