@@ -52,34 +52,17 @@ impl MicroSpec {
     /// [`Error::InvalidArgument`] for a window longer than 2^50 µs (about 35 years).
     pub(crate) fn of(spec: &Spec) -> Result<MicroSpec> {
         let micros = |nanos: u64| nanos.div_ceil(1000);
-        let (micro, window) = match *spec {
-            Spec::Gcra { interval, burst } => {
-                let interval = micros(interval);
-                let micro = MicroSpec {
-                    kind: "g",
-                    a: interval,
-                    b: burst,
-                };
-                (micro, interval.checked_mul(burst))
-            }
-            Spec::FixedWindow { limit, period } => {
-                let period = micros(period);
-                let micro = MicroSpec {
-                    kind: "f",
-                    a: limit,
-                    b: period,
-                };
-                (micro, Some(period))
-            }
-            Spec::SlidingWindow { limit, period } => {
-                let period = micros(period);
-                let micro = MicroSpec {
-                    kind: "s",
-                    a: limit,
-                    b: period,
-                };
-                (micro, Some(period))
-            }
+        let (kind, a, b) = match *spec {
+            Spec::Gcra { interval, burst } => ("g", micros(interval), burst),
+            Spec::FixedWindow { limit, period } => ("f", limit, micros(period)),
+            Spec::SlidingWindow { limit, period } => ("s", limit, micros(period)),
+        };
+        let micro = MicroSpec { kind, a, b };
+        // GCRA's window is burst × interval; a window's is its period.
+        let window = if kind == "g" {
+            a.checked_mul(b)
+        } else {
+            Some(b)
         };
         if window.is_none_or(|window| window > MAX_WINDOW_MICROS) {
             return Err(Error::InvalidArgument(
