@@ -101,3 +101,12 @@ fn open_corrupt_seeds_without_verification_contain_every_redb_panic() {
     }
     assert!(contained_seeds >= 5, "the contained-* seeds are committed");
 }
+
+#[test]
+fn log_recovery_seeds() {
+    run(
+        "log_recovery",
+        fuzz::log_recovery_seeds(),
+        fuzz::log_recovery,
+    );
+}

@@ -1,0 +1,543 @@
+//! The write-ahead log: frames appended to a ring of preallocated segments in one file.
+//!
+//! Positions (LSNs) count bytes in an endless log; the frame at LSN `p` lives at file offset
+//! `HEADER_BYTES + p % ring`, where the ring is `segments × segment_bytes`. A frame never crosses a
+//! segment boundary (so it never wraps around the ring's end): when the next frame does not fit in
+//! the rest of its segment, a padding frame fills the rest (or, under [`frame::HEADER`] bytes, the
+//! rest is skipped without one). Each segment is written with zeros the first time the log enters
+//! it, so after the first lap every sync writes data only, no file-size metadata.
+//!
+//! The redb file keeps the *applied* position: everything before it is in redb. The log may
+//! overwrite the ring only behind it ([`Log::room`]), so the frames from the applied position to
+//! the end are always intact. Recovery ([`Log::scan`]) reads frames from the applied position
+//! while each is the one expected there: at its own position, of a known kind, inside its segment,
+//! MAC valid, and written by a session no older than the frame before it. The first frame that is
+//! not ends the log: a torn or unsynced tail is cut there, and since the writer syncs a batch's
+//! frames before answering any of it, whatever was acknowledged is before the cut. The epoch rule
+//! covers a subtle case: after a cut, new frames overwrite the tail, and a whole frame of the
+//! crashed session, written after the torn one, may sit just where the new frames end; its epoch
+//! is older than theirs, so it is not taken for a continuation.
+//!
+//! The file header (the first [`HEADER_BYTES`]):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "tollglog"
+//!      8     4  version (1), little-endian
+//!     12     4  segment bytes
+//!     16     4  segments
+//!     20     4  zero
+//!     24     8  key check: SipHash-1-3-64 of "tollgate log" under the store's log key
+//!     32  4064  zero
+//! ```
+
+pub(crate) mod change;
+pub(crate) mod frame;
+
+use std::hash::Hasher;
+
+use redb::StorageBackend;
+use siphasher::sip::SipHasher13;
+
+pub(crate) use frame::LogKey;
+use frame::{HEADER, Invalid, KIND_BATCH, KIND_PADDING};
+
+use crate::error::Error;
+
+/// Bytes before the ring: the file header.
+pub(crate) const HEADER_BYTES: u64 = HEADER_LEN as u64;
+const HEADER_LEN: usize = 4096;
+const MAGIC: &[u8; 8] = b"tollglog";
+const VERSION: u32 = 1;
+
+/// Smallest segment accepted (a frame must fit a few records).
+pub(crate) const MIN_SEGMENT_BYTES: u32 = 4096;
+/// Fewest segments: the writer fills one while the applier frees another.
+pub(crate) const MIN_SEGMENTS: u32 = 2;
+
+/// The log's shape, fixed when its file is created.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Geometry {
+    pub segment_bytes: u32,
+    pub segments: u32,
+}
+
+impl Geometry {
+    /// A valid geometry: segments of at least [`MIN_SEGMENT_BYTES`] (a multiple of 8), at least
+    /// [`MIN_SEGMENTS`] of them.
+    pub(crate) fn new(segment_bytes: u32, segments: u32) -> Result<Self, Error> {
+        if segment_bytes < MIN_SEGMENT_BYTES
+            || u64::from(segment_bytes) % frame::ALIGN != 0
+            || segments < MIN_SEGMENTS
+        {
+            return Err(Error::InvalidArgument(format!(
+                "a log of {segments} segments of {segment_bytes} bytes (at least \
+                 {MIN_SEGMENTS} segments of at least {MIN_SEGMENT_BYTES} bytes, a multiple of 8)"
+            )));
+        }
+        Ok(Self {
+            segment_bytes,
+            segments,
+        })
+    }
+
+    /// Bytes of the ring.
+    pub(crate) fn ring(self) -> u64 {
+        u64::from(self.segment_bytes) * u64::from(self.segments)
+    }
+
+    /// Largest payload of one frame.
+    pub(crate) fn max_payload(self) -> usize {
+        self.segment_bytes as usize - HEADER
+    }
+
+    /// Bytes left in the segment of `lsn`, from `lsn`.
+    fn room(self, lsn: u64) -> u64 {
+        let segment = u64::from(self.segment_bytes);
+        segment - lsn % segment
+    }
+
+    /// The file offset of `lsn`.
+    fn offset(self, lsn: u64) -> u64 {
+        HEADER_BYTES + lsn % self.ring()
+    }
+}
+
+/// The check of `key` kept in the header, so that a log of another store is not read.
+fn key_check(key: LogKey) -> u64 {
+    let mut hasher = SipHasher13::new_with_keys(key.0, key.1);
+    hasher.write(b"tollgate log");
+    hasher.finish()
+}
+
+fn storage(error: std::io::Error) -> Error {
+    Error::storage(error)
+}
+
+/// An open log file: appends at its end, reads back for recovery.
+pub(crate) struct Log {
+    device: Box<dyn StorageBackend>,
+    geometry: Geometry,
+    key: LogKey,
+    /// Where the next frame goes.
+    end: u64,
+    /// File bytes already written once (the header and the segments entered so far).
+    allocated: u64,
+    /// A frame being assembled.
+    scratch: Vec<u8>,
+}
+
+impl std::fmt::Debug for Log {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Log")
+            .field("geometry", &self.geometry)
+            .field("end", &self.end)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Log {
+    /// Writes a new, empty log on `device` (whatever it held is replaced) and syncs it.
+    ///
+    /// # Errors
+    /// The device's I/O errors.
+    pub(crate) fn create(
+        device: Box<dyn StorageBackend>,
+        geometry: Geometry,
+        key: LogKey,
+    ) -> Result<Self, Error> {
+        let mut header = vec![0; HEADER_LEN];
+        header[0..8].copy_from_slice(MAGIC);
+        header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+        header[12..16].copy_from_slice(&geometry.segment_bytes.to_le_bytes());
+        header[16..20].copy_from_slice(&geometry.segments.to_le_bytes());
+        header[24..32].copy_from_slice(&key_check(key).to_le_bytes());
+        device.set_len(HEADER_BYTES).map_err(storage)?;
+        device.write(0, &header).map_err(storage)?;
+        device.sync_data().map_err(storage)?;
+        Ok(Self {
+            device,
+            geometry,
+            key,
+            end: 0,
+            allocated: HEADER_BYTES,
+            scratch: Vec::new(),
+        })
+    }
+
+    /// Opens the log on `device`, checking that it is a tollgate log written with `key`. Its
+    /// end is unknown until [`Log::scan`] finds it.
+    ///
+    /// # Errors
+    /// [`Error::NotAStore`] for a file that is not a log, [`Error::Corrupted`] for a log of
+    /// another store or a damaged header, and the device's I/O errors.
+    pub(crate) fn open(device: Box<dyn StorageBackend>, key: LogKey) -> Result<Self, Error> {
+        let len = device.len().map_err(storage)?;
+        if len < HEADER_BYTES {
+            return Err(Error::Corrupted(format!(
+                "the log file is {len} bytes, shorter than its header"
+            )));
+        }
+        let mut header = [0; 32];
+        device.read(0, &mut header).map_err(storage)?;
+        if &header[0..8] != MAGIC {
+            return Err(Error::NotAStore("the log file has no log header".into()));
+        }
+        let field = |at: usize| {
+            let mut four = [0; 4];
+            four.copy_from_slice(&header[at..at + 4]);
+            u32::from_le_bytes(four)
+        };
+        if field(8) != VERSION {
+            return Err(Error::Corrupted(format!(
+                "the log file is of version {}, this build reads {VERSION}",
+                field(8)
+            )));
+        }
+        let geometry = Geometry::new(field(12), field(16))
+            .map_err(|_| Error::Corrupted("the log file's geometry is invalid".into()))?;
+        let mut check = [0; 8];
+        check.copy_from_slice(&header[24..32]);
+        if u64::from_le_bytes(check) != key_check(key) {
+            return Err(Error::Corrupted(
+                "the log file belongs to another store (its key does not match)".into(),
+            ));
+        }
+        Ok(Self {
+            device,
+            geometry,
+            key,
+            end: 0,
+            allocated: len,
+            scratch: Vec::new(),
+        })
+    }
+
+    pub(crate) fn geometry(&self) -> Geometry {
+        self.geometry
+    }
+
+    /// Where the next frame goes.
+    pub(crate) fn end(&self) -> u64 {
+        self.end
+    }
+
+    /// Reads the frames from `from` (the applied position) to the end of the log, passing each
+    /// batch's position, epoch and payload to `visit`, and sets the log's end after the last one.
+    /// Returns the end. Frames of an epoch above `epoch_ceiling` (the session now opening) are
+    /// not this store's and end the log too.
+    ///
+    /// # Errors
+    /// The device's I/O errors and whatever `visit` returns.
+    pub(crate) fn scan(
+        &mut self,
+        from: u64,
+        epoch_ceiling: u64,
+        mut visit: impl FnMut(u64, u64, &[u8]) -> Result<(), Error>,
+    ) -> Result<u64, Error> {
+        let len = self.device.len().map_err(storage)?;
+        let mut lsn = from;
+        let mut epoch_floor = 0;
+        let mut payload = Vec::new();
+        // At most one lap: the writer never has more than a ring of frames past the applied
+        // position.
+        while lsn - from < self.geometry.ring() {
+            let room = self.geometry.room(lsn);
+            if room < HEADER as u64 {
+                lsn += room;
+                continue;
+            }
+            let offset = self.geometry.offset(lsn);
+            if offset + HEADER as u64 > len {
+                break;
+            }
+            let mut header = [0; HEADER];
+            self.device.read(offset, &mut header).map_err(storage)?;
+            let header = match frame::decode_header(&header, self.key, lsn, room) {
+                Ok(header) => header,
+                Err(Invalid::Elsewhere | Invalid::Malformed | Invalid::Mac) => break,
+            };
+            if header.epoch < epoch_floor || header.epoch > epoch_ceiling {
+                break;
+            }
+            if header.kind == KIND_PADDING {
+                epoch_floor = header.epoch;
+                lsn += room;
+                continue;
+            }
+            // Bounded: `decode_header` checked the length against the segment's room.
+            let size = header.length as usize;
+            if offset + (HEADER + size) as u64 > len {
+                break;
+            }
+            payload.resize(size, 0);
+            self.device
+                .read(offset + HEADER as u64, &mut payload)
+                .map_err(storage)?;
+            if frame::check_payload(&header, self.key, &payload).is_err() {
+                break;
+            }
+            visit(lsn, header.epoch, &payload)?;
+            epoch_floor = header.epoch;
+            lsn += frame::frame_bytes(size);
+        }
+        self.end = lsn;
+        Ok(lsn)
+    }
+
+    /// Bytes that appending a frame of `payload` bytes advances the end by (with the padding it
+    /// may need first).
+    pub(crate) fn advance(&self, payload: usize) -> u64 {
+        let needed = frame::frame_bytes(payload);
+        let room = self.geometry.room(self.end);
+        if needed <= room {
+            needed
+        } else {
+            room + needed
+        }
+    }
+
+    /// Whether a frame of `payload` bytes can be appended without overwriting a frame at or
+    /// after `applied` (which recovery may still need).
+    pub(crate) fn room(&self, applied: u64, payload: usize) -> bool {
+        payload <= self.geometry.max_payload()
+            && self.end + self.advance(payload) <= applied + self.geometry.ring()
+    }
+
+    /// Writes a batch frame at the end (after a padding frame if it does not fit the rest of the
+    /// segment) and returns its position. Not durable until [`Log::sync`].
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a payload over the segment's room (callers check
+    /// [`Log::room`] first), and the device's I/O errors.
+    pub(crate) fn append(&mut self, epoch: u64, payload: &[u8]) -> Result<u64, Error> {
+        if payload.len() > self.geometry.max_payload() {
+            return Err(Error::InvalidArgument(format!(
+                "a log frame of {} bytes (at most {})",
+                payload.len(),
+                self.geometry.max_payload()
+            )));
+        }
+        let needed = frame::frame_bytes(payload.len());
+        let room = self.geometry.room(self.end);
+        if needed > room {
+            if room >= HEADER as u64 {
+                self.scratch.clear();
+                frame::encode_padding(&mut self.scratch, self.key, self.end, epoch, room);
+                self.write_at(self.end)?;
+            }
+            self.end += room;
+        }
+        let lsn = self.end;
+        self.scratch.clear();
+        frame::encode(&mut self.scratch, self.key, lsn, epoch, KIND_BATCH, payload);
+        self.write_at(lsn)?;
+        self.end += needed;
+        Ok(lsn)
+    }
+
+    /// Writes the scratch frame at `lsn`, first writing its segment with zeros if the log never
+    /// entered it before (so that later syncs change no file size).
+    fn write_at(&mut self, lsn: u64) -> Result<(), Error> {
+        let offset = self.geometry.offset(lsn);
+        let segment = u64::from(self.geometry.segment_bytes);
+        let segment_start = HEADER_BYTES + (lsn % self.geometry.ring()) / segment * segment;
+        if segment_start + segment > self.allocated {
+            let zeros = vec![0; self.geometry.segment_bytes as usize];
+            // Segments are entered in order in the first lap; a gap (a log reopened by a build
+            // with more segments) is filled too.
+            let mut at = self.allocated.max(HEADER_BYTES);
+            while at < segment_start + segment {
+                self.device.write(at, &zeros).map_err(storage)?;
+                at += segment;
+            }
+            self.allocated = at;
+        }
+        self.device.write(offset, &self.scratch).map_err(storage)
+    }
+
+    /// Makes every frame appended so far durable.
+    ///
+    /// # Errors
+    /// The device's I/O errors (after which nothing appended since the last sync is known to be
+    /// durable).
+    pub(crate) fn sync(&self) -> Result<(), Error> {
+        self.device.sync_data().map_err(storage)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::embedded::storage::SimDisk;
+
+    const KEY: LogKey = LogKey(11, 12);
+
+    fn small() -> Geometry {
+        Geometry::new(4096, 3).expect("geometry")
+    }
+
+    fn frames(log: &mut Log, from: u64, ceiling: u64) -> Vec<(u64, u64, Vec<u8>)> {
+        let mut out = Vec::new();
+        log.scan(from, ceiling, |lsn, epoch, payload| {
+            out.push((lsn, epoch, payload.to_vec()));
+            Ok(())
+        })
+        .expect("scan");
+        out
+    }
+
+    #[test]
+    fn appended_frames_are_read_back_in_order_across_segments_and_laps() {
+        let disk = SimDisk::new();
+        let mut log = Log::create(Box::new(disk.clone()), small(), KEY).expect("create");
+        let mut written = Vec::new();
+        let mut applied = 0;
+        for i in 0..40u32 {
+            let payload = vec![u8::try_from(i).unwrap_or(0); 300 + 97 * (i as usize % 7)];
+            if !log.room(applied, payload.len()) {
+                // As the applier would: everything so far is applied.
+                applied = log.end();
+                written.clear();
+            }
+            let lsn = log.append(1, &payload).expect("append");
+            written.push((lsn, 1, payload));
+        }
+        log.sync().expect("sync");
+        let mut reopened = Log::open(Box::new(disk), KEY).expect("open");
+        assert_eq!(frames(&mut reopened, applied, 1), written);
+        assert_eq!(reopened.end(), log.end());
+        assert!(log.end() > small().ring(), "the test wraps the ring");
+    }
+
+    #[test]
+    fn the_log_ends_at_the_first_frame_not_written_in_this_lap() {
+        let disk = SimDisk::new();
+        let mut log = Log::create(Box::new(disk.clone()), small(), KEY).expect("create");
+        log.append(1, b"one").expect("append");
+        log.append(1, b"two").expect("append");
+        log.sync().expect("sync");
+        let mut reopened = Log::open(Box::new(disk.clone()), KEY).expect("open");
+        assert_eq!(frames(&mut reopened, 0, 1).len(), 2);
+        // From the second frame's position only the second frame is read.
+        let second = frame::frame_bytes(3);
+        assert_eq!(frames(&mut reopened, second, 1).len(), 1);
+        // A session older than the frames (a ceiling below them) reads none.
+        assert!(frames(&mut reopened, 0, 0).is_empty());
+    }
+
+    #[test]
+    fn an_older_epoch_after_a_newer_one_ends_the_log() {
+        let disk = SimDisk::new();
+        let mut log = Log::create(Box::new(disk.clone()), small(), KEY).expect("create");
+        log.append(2, b"new session").expect("append");
+        log.append(1, b"left by the crashed one").expect("append");
+        log.sync().expect("sync");
+        let mut reopened = Log::open(Box::new(disk), KEY).expect("open");
+        let read = frames(&mut reopened, 0, 2);
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].2, b"new session");
+    }
+
+    #[test]
+    fn a_log_of_another_key_or_no_log_is_refused() {
+        let disk = SimDisk::new();
+        Log::create(Box::new(disk.clone()), small(), KEY).expect("create");
+        assert!(matches!(
+            Log::open(Box::new(disk), LogKey(1, 1)),
+            Err(Error::Corrupted(_))
+        ));
+        let empty = SimDisk::from_image(vec![0; HEADER_LEN]);
+        assert!(matches!(
+            Log::open(Box::new(empty), KEY),
+            Err(Error::NotAStore(_))
+        ));
+        let short = SimDisk::from_image(vec![0; 10]);
+        assert!(matches!(
+            Log::open(Box::new(short), KEY),
+            Err(Error::Corrupted(_))
+        ));
+    }
+
+    /// One session's appends: payload sizes, and whether a sync follows each. Few sizes, so
+    /// that a new session's frame often ends exactly where a frame of the crashed one begins.
+    fn session() -> impl proptest::strategy::Strategy<Value = Vec<(usize, bool)>> {
+        use proptest::prelude::Just;
+        let size = proptest::prop_oneof![Just(0usize), Just(200), Just(600), Just(1400)];
+        proptest::collection::vec((size, proptest::bool::weighted(0.3)), 1..24)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::test_runner::Config::with_cases(256))]
+
+        /// Sessions append, the power goes (an image keeping a random mix of the unsynced writes,
+        /// whole, dropped or torn), the next session recovers and appends at the cut. After every
+        /// crash the frames read back are a prefix of the frames appended (by every session, each
+        /// from where the recovery before it ended), and hold every frame synced before the cut.
+        #[test]
+        fn recovery_reads_a_prefix_holding_every_synced_frame(
+            sessions in proptest::collection::vec((session(), 0u64..8), 1..5),
+        ) {
+            let mut image = None;
+            // The frames the log holds as of the last recovery, and the applied position.
+            let mut kept: Vec<(u64, u64, Vec<u8>)> = Vec::new();
+            let applied = 0;
+            for (index, (appends, seed)) in sessions.iter().enumerate() {
+                let epoch = index as u64 + 1;
+                let disk = match image.take() {
+                    None => SimDisk::new(),
+                    Some(bytes) => SimDisk::from_image(bytes),
+                };
+                let mut log = if index == 0 {
+                    Log::create(Box::new(disk.clone()), small(), KEY).expect("create")
+                } else {
+                    let mut log = Log::open(Box::new(disk.clone()), KEY).expect("open");
+                    let read = frames(&mut log, applied, epoch);
+                    proptest::prop_assert!(read.len() <= kept.len() + 64);
+                    kept = read;
+                    log
+                };
+                let mut appended = kept.clone();
+                let mut synced = kept.len();
+                for (size, sync) in appends {
+                    #[allow(clippy::cast_possible_truncation)] // a byte pattern
+                    let payload: Vec<u8> = (0..*size).map(|i| (i ^ index) as u8).collect();
+                    if !log.room(applied, payload.len()) {
+                        break;
+                    }
+                    let lsn = log.append(epoch, &payload).expect("append");
+                    appended.push((lsn, epoch, payload));
+                    if *sync {
+                        log.sync().expect("sync");
+                        synced = appended.len();
+                    }
+                }
+                let crashed = disk.crash_image(*seed);
+                let mut recovered = Log::open(Box::new(SimDisk::from_image(crashed.clone())), KEY)
+                    .expect("reopen");
+                let read = frames(&mut recovered, applied, epoch);
+                proptest::prop_assert!(read.len() >= synced, "a synced frame was lost");
+                proptest::prop_assert!(read.len() <= appended.len());
+                proptest::prop_assert_eq!(&read[..], &appended[..read.len()]);
+                kept = read;
+                image = Some(crashed);
+            }
+        }
+    }
+
+    #[test]
+    fn a_frame_over_a_segment_is_refused_and_room_respects_the_applied_position() {
+        let disk = SimDisk::new();
+        let mut log = Log::create(Box::new(disk), small(), KEY).expect("create");
+        assert!(log.append(1, &vec![0; 4096]).is_err());
+        assert!(log.room(0, small().max_payload()));
+        let mut appended = 0;
+        while log.room(0, 1000) {
+            log.append(1, &[0; 1000]).expect("append");
+            appended += 1;
+        }
+        // Three segments of three 1,000-byte frames each, and never past the applied position.
+        assert_eq!(appended, 9);
+        assert!(log.end() <= small().ring());
+    }
+}
