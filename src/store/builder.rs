@@ -16,6 +16,10 @@ pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Default largest stored response: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
+/// Default [`StoreBuilder::log_memory`]: 64 MiB.
+pub const DEFAULT_LOG_MEMORY: usize = 64 * 1024 * 1024;
+/// The write-ahead log's segment size: 4 MiB, so a frame holds a default-sized response.
+pub(crate) const LOG_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest `max_response_bytes` accepted: 256 MiB, well inside the engine's value limit.
 pub const MAX_RESPONSE_BYTES_LIMIT: usize = 256 * 1024 * 1024;
 /// Default page cache: 64 MiB.
@@ -96,6 +100,12 @@ pub struct StoreBuilder {
     pub(crate) compaction_batch: usize,
     pub(crate) quick_repair: bool,
     pub(crate) verify_on_open: bool,
+    /// Changes are acknowledged at the write-ahead log and applied to redb in the background.
+    pub(crate) write_ahead_log: bool,
+    /// The most bytes of acknowledged changes not yet in redb (the overlay's cap).
+    pub(crate) log_memory: usize,
+    /// The log's segment size (test support shrinks it); its segments follow from `log_memory`.
+    pub(crate) log_segment_bytes: u32,
     /// The PostgreSQL schema (`None`: `tollgate`).
     pub(crate) postgres_schema: Option<String>,
     /// This node's stable name on PostgreSQL (`None`: a random one per open).
@@ -141,6 +151,9 @@ impl Default for StoreBuilder {
             compaction_batch: DEFAULT_COMPACTION_BATCH,
             quick_repair: false,
             verify_on_open: false,
+            write_ahead_log: true,
+            log_memory: DEFAULT_LOG_MEMORY,
+            log_segment_bytes: LOG_SEGMENT_BYTES,
             postgres_schema: None,
             node_id: None,
             postgres_pool_size: None,
@@ -171,6 +184,8 @@ impl std::fmt::Debug for StoreBuilder {
             .field("compaction_interval", &self.compaction_interval)
             .field("compaction_batch", &self.compaction_batch)
             .field("quick_repair", &self.quick_repair)
+            .field("write_ahead_log", &self.write_ahead_log)
+            .field("log_memory", &self.log_memory)
             .field("verify_on_open", &self.verify_on_open)
             .field("postgres_schema", &self.postgres_schema)
             .field("node_id", &self.node_id)
@@ -284,6 +299,38 @@ impl StoreBuilder {
     /// `docs/BENCHMARKS.md` for measured open times.
     pub fn quick_repair(mut self, enabled: bool) -> Self {
         self.quick_repair = enabled;
+        self
+    }
+
+    /// Acknowledge each change once it is in the write-ahead log (`<file>.log`, beside the
+    /// store's file) and write it into redb later, in large transactions on a thread of their
+    /// own. Every change is still durable before it is acknowledged (the log is synced first);
+    /// what moves off the caller's path is redb's copy-on-write B-tree work, and a request begun
+    /// and completed between two applications is written to the B-tree once. Reads see the
+    /// acknowledged state at once (an in-memory overlay holds what redb has not yet). Default =
+    /// on. A store that was opened with the log keeps one (its file is format 3): turning it off
+    /// later still replays and applies it at open, then writes redb directly. In-memory stores
+    /// ignore it (they have no log file). See `docs/DESIGN.md`, "The write-ahead log".
+    pub fn write_ahead_log(mut self, enabled: bool) -> Self {
+        self.write_ahead_log = enabled;
+        self
+    }
+
+    /// The most bytes of acknowledged changes that wait in memory for redb (and, rounded up to
+    /// whole 4 MiB segments, the size of the log's ring on disk). When the applier falls behind
+    /// this, writers wait for it rather than memory growing. Default = 64 MiB; at least 8 MiB
+    /// (two segments) is used.
+    pub fn log_memory(mut self, bytes: usize) -> Self {
+        self.log_memory = bytes;
+        self
+    }
+
+    /// Test support: the log's segment size (small segments make a small ring, cheap on a
+    /// simulated disk). Not a stable API.
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn log_segment_bytes_for_tests(mut self, bytes: u32) -> Self {
+        self.log_segment_bytes = bytes;
         self
     }
 

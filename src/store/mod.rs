@@ -35,8 +35,8 @@ use std::time::{Duration, Instant};
 pub(crate) use builder::Settings;
 pub use builder::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
-    DEFAULT_LEASE_TTL, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL, DEFAULT_REDIS_TIMEOUT,
-    DEFAULT_REPLAY_CACHE_SIZE, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
+    DEFAULT_LEASE_TTL, DEFAULT_LOG_MEMORY, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
 pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;
@@ -139,6 +139,22 @@ impl Store {
     /// As for [`StoreBuilder::open_in_memory`].
     pub fn in_memory() -> Result<Store> {
         StoreBuilder::default().open_in_memory()
+    }
+
+    /// The write-ahead log of the store file at `path`: `<path>.log` beside it. It is part of
+    /// the store (it may hold acknowledged changes the file does not have yet): back up, copy or
+    /// move the two together, and never delete one of them alone. See
+    /// [`StoreBuilder::write_ahead_log`].
+    ///
+    /// ```
+    /// # use std::path::Path;
+    /// assert_eq!(
+    ///     tollgate::Store::log_path(Path::new("/var/lib/app/orders.redb")),
+    ///     Path::new("/var/lib/app/orders.redb.log")
+    /// );
+    /// ```
+    pub fn log_path(path: impl AsRef<Path>) -> std::path::PathBuf {
+        crate::engine::embedded::log_path(path.as_ref())
     }
 
     /// Opens the store at `path` with default settings, creating it if needed.
@@ -527,6 +543,21 @@ impl Store {
             Engine::Embedded(engine) => engine.command_queue(),
             #[cfg(feature = "postgres")]
             Engine::Postgres(_) => None,
+        }
+    }
+
+    /// Holds (or releases) the embedded engine's log applier (test support): while held, what
+    /// the write-ahead log acknowledges stays in the log and the overlay, out of redb, so a copy
+    /// of the files is a crash image with a log to recover. Returns whether the store has a log.
+    /// While held, whatever waits for redb to catch up waits too (`stats`, compaction, bulk
+    /// loads, a full overlay); `close` releases it (and applies everything first).
+    #[cfg(any(test, feature = "test-support"))]
+    #[doc(hidden)]
+    pub fn hold_log_applier_for_tests(&self, hold: bool) -> bool {
+        match &self.shared.engine {
+            Engine::Embedded(engine) => engine.hold_applier(hold),
+            #[cfg(feature = "postgres")]
+            Engine::Postgres(_) => false,
         }
     }
 

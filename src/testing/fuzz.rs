@@ -330,7 +330,7 @@ pub fn log_recovery(data: &[u8]) {
             log::Log::open(Box::new(disk.clone()), FUZZ_LOG_KEY).expect("the header is valid");
         let mut frames = Vec::new();
         let end = log
-            .scan(0, ceiling, |lsn, epoch, payload| {
+            .scan(0, 0, ceiling, |lsn, epoch, payload| {
                 frames.push((lsn, epoch, payload.to_vec()));
                 Ok(())
             })
@@ -356,7 +356,7 @@ pub fn log_recovery(data: &[u8]) {
     if log.room(0, 16) {
         // As a store does: the session after a recovery has an epoch above every frame's.
         let lsn = log
-            .append(FUZZ_LOG_EPOCH, b"appended after it")
+            .append(FUZZ_LOG_EPOCH, b"appended after it", 0)
             .expect("append");
         log.sync().expect("sync");
         let (_, _, after, _) = recover(disk.durable_image(), FUZZ_LOG_EPOCH);
@@ -397,7 +397,7 @@ pub fn log_recovery_seeds() -> Vec<Vec<u8>> {
             return Vec::new();
         };
         for &(epoch, size) in frames {
-            let _ = log.append(epoch, &payload[..size.min(payload.len())]);
+            let _ = log.append(epoch, &payload[..size.min(payload.len())], 0);
         }
         let _ = log.sync();
         disk.durable_image().split_off(4096)

@@ -4,7 +4,9 @@
 //! older ones): `TOLLGATE_WRITE_FIXTURE=1 cargo test --test format_fixtures`.
 //!
 //! Format 1 keeps its RUNNING record in `tollgate_records`; format 2 in `tollgate_running`. The
-//! takeover and completion below move the version-1 record between the tables.
+//! takeover and completion below move the version-1 record between the tables. Format 3 has a
+//! write-ahead log beside the file (`format_v3.redb.log`); its fixture is a crash image taken
+//! while the applier was held, so the records are in the log only and the open must replay them.
 
 use crate::fixture;
 
@@ -22,7 +24,7 @@ const WRITTEN_AT: u64 = 1_800_000_000;
 const TTL: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 /// The format this build writes.
-const CURRENT: u32 = 2;
+const CURRENT: u32 = 3;
 
 fn committed(version: u32) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(format!("tests/data/format_v{version}.redb"))
@@ -43,9 +45,10 @@ fn store_at(path: &std::path::Path, seconds: u64) -> Store {
 }
 
 fn write_fixture() {
-    let path = committed(CURRENT);
-    let _ = std::fs::remove_file(&path);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fixture.redb");
     let store = store_at(&path, WRITTEN_AT);
+    assert!(store.hold_log_applier_for_tests(true));
     acquired(
         store
             .begin(&key("completed"), &Fingerprint::of(b"a"))
@@ -65,6 +68,8 @@ fn write_fixture() {
     );
     running.save_checkpoint("charged", b"ch_fixture").unwrap();
     drop(running);
+    // A crash image: every change acknowledged, none applied to the file.
+    fixture::copy_store(&path, &committed(CURRENT));
     store.close().unwrap();
 }
 
@@ -81,7 +86,11 @@ fn every_format_still_opens_and_reads() {
 fn opens_and_reads(version: u32) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("copy.redb");
-    std::fs::copy(committed(version), &path).unwrap();
+    fixture::copy_store(&committed(version), &path);
+    if version >= 3 {
+        let log = std::fs::metadata(Store::log_path(committed(version))).unwrap();
+        assert!(log.len() > 4096, "the format-3 fixture's log holds frames");
+    }
     let store = store_at(&path, WRITTEN_AT + 3600);
 
     let done = replay(

@@ -62,9 +62,17 @@ fn a_new_store_leaves_no_temporary_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("store.redb");
     Store::open(&path).unwrap().close().unwrap();
-    let names: Vec<_> = std::fs::read_dir(dir.path())
+    let mut names: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|entry| entry.unwrap().file_name())
         .collect();
-    assert_eq!(names, vec![std::ffi::OsString::from("store.redb")]);
+    names.sort();
+    // The file and its write-ahead log, nothing else.
+    assert_eq!(
+        names,
+        vec![
+            std::ffi::OsString::from("store.redb"),
+            std::ffi::OsString::from("store.redb.log")
+        ]
+    );
 }

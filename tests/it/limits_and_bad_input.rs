@@ -234,7 +234,7 @@ fn a_file_from_a_newer_format_is_refused_and_not_changed() {
         Store::open(fixture.path()),
         Err(Error::IncompatibleFormat {
             found: 99,
-            supported: 2
+            supported: 3
         })
     ));
     // The epoch was not bumped by the refused open.

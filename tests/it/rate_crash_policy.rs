@@ -78,7 +78,7 @@ fn a_killed_batched_session_never_mints_quota_under_the_default_policy() {
     let crashed = dir.path().join("crashed.redb");
     run_child_and_kill(&crashed);
     let copy = dir.path().join("crashed-copy.redb");
-    std::fs::copy(&crashed, &copy).unwrap();
+    fixture::copy_store(&crashed, &copy);
 
     // Default policy: the victim spent 5 of 5 before the crash (3 unflushed): still denied.
     let store = open(&crashed, 10, CrashPolicy::DrainOnRecovery);

@@ -68,7 +68,8 @@ impl Embedded {
         let now = self.time.now();
         let recovery = self.recovery;
         let loader = |key: &CounterKey, spec: &Spec| {
-            let stored = self.read_backend(|backend| backend.read_rate(&key.0))?;
+            let stored =
+                self.read_backend(|backend, overlay| latest_rate(backend, overlay, &key.0))?;
             Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
         };
         run_in_cache(cache, kind, checks, now, &loader)
@@ -87,13 +88,26 @@ impl Embedded {
         let now = self.time.now();
         let mut states = Vec::with_capacity(targets.len());
         for target in &targets {
-            let stored = self.with_backend(|backend| backend.read_rate(&target.key.0))?;
+            let stored =
+                self.with_backend(|backend, overlay| latest_rate(backend, overlay, &target.key.0))?;
             states.push(
                 self.recovery
                     .on_load(&target.spec, stored.map(|rate| rate.state), now),
             );
         }
         Ok(charge::apply(kind, &targets, &mut states, now).0)
+    }
+}
+
+/// The latest acknowledged state of a counter: the log's overlay first, then redb.
+fn latest_rate(
+    backend: &super::storage::Backend,
+    overlay: Option<&super::log::overlay::Overlay>,
+    key: &[u8; 16],
+) -> Result<Option<crate::engine::codec::StoredRate>> {
+    match overlay.and_then(|overlay| overlay.rate(key)) {
+        Some(latest) => Ok(latest),
+        None => backend.read_rate(key),
     }
 }
 

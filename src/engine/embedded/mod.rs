@@ -10,10 +10,8 @@
 //! `close` stops the compactor, then the writer (after it applied everything queued before),
 //! joins both and releases the file; any call afterwards gets [`Error::Closed`].
 
+mod applier;
 mod counters;
-// The write-ahead log; the writer appends to it in the next step (until then only its tests and the
-// `log_recovery` fuzz target use it).
-#[allow(dead_code)]
 pub(crate) mod log;
 mod rate_cache;
 mod records;
@@ -35,12 +33,15 @@ use crate::clock::{Clock, StoreTime, system_time_to_nanos};
 use crate::error::{Error, IoKind, Result};
 use crate::ratelimit::{CounterKeys, RateDurability};
 use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
+use applier::{Applier, RedbSide};
+use log::overlay::Overlay;
+use log::{Geometry, LogFile};
 use rate_cache::RateCache;
 use recovery::Recovery;
 use sequencer::Sequencer;
 use storage::{Backend, Location, OpenOptions, io_kind};
 pub(crate) use writer::Command;
-use writer::{Cause, Core, Failure, Pending, Writer};
+use writer::{Cause, Core, Failure, Pending, WalCore, Writer};
 
 /// How often a store that cannot write tries to reopen its file for writing, at most (on the
 /// store's clock, at its next write).
@@ -77,6 +78,16 @@ struct Reopen {
     rate_flush_every: Option<Duration>,
     compaction_interval: Option<Duration>,
     notifier: Arc<Notifier>,
+    /// Whether this session writes through the log, and the log's shape and memory cap.
+    log: LogSettings,
+}
+
+/// How the engine uses the write-ahead log.
+#[derive(Debug, Clone, Copy)]
+struct LogSettings {
+    enabled: bool,
+    geometry: Geometry,
+    memory: usize,
 }
 
 /// What exists only while the store is open.
@@ -87,6 +98,8 @@ struct Running {
     writer: Option<WriterParts>,
     /// Why the store cannot write, since when, and when it last tried to reopen for writing.
     degraded: Option<Degraded>,
+    /// What the log acknowledged and redb may not hold yet (reads look here first).
+    overlay: Option<Arc<Overlay>>,
 }
 
 struct WriterParts {
@@ -96,6 +109,7 @@ struct WriterParts {
     core: Arc<Mutex<Core>>,
     writer: JoinHandle<()>,
     compactor: Option<Compactor>,
+    applier: Option<Applier>,
 }
 
 struct Degraded {
@@ -111,11 +125,18 @@ impl WriterParts {
         if let Some(compactor) = self.compactor {
             compactor.stop();
         }
+        // A held applier (test support) is released: the writer's last commit waits for it.
+        #[cfg(any(test, feature = "test-support"))]
+        if let Some(applier) = &self.applier {
+            applier.release();
+        }
         // If the writer is already gone the send fails; joining still reports how it ended.
         let _ = self.commands.send(Command::Shutdown);
         let joined = self.writer.join();
         drop(self.core);
-        joined.is_ok()
+        // After the writer: its last batches are published, and the applier writes them.
+        let applied = self.applier.is_none_or(Applier::stop);
+        joined.is_ok() && applied
     }
 }
 
@@ -161,6 +182,12 @@ impl Embedded {
             RateDurability::Batched { max_delay } => Some(max_delay),
             RateDurability::Immediate => None,
         };
+        let log = LogSettings {
+            // In-memory stores have no log file (nothing of theirs outlives the process).
+            enabled: builder.write_ahead_log && matches!(location, Location::File(_)),
+            geometry: log_geometry(builder)?,
+            memory: builder.log_memory,
+        };
         let options = OpenOptions {
             cache_size: builder.cache_size,
             now: system_time_to_nanos(builder.clock.now()),
@@ -169,8 +196,9 @@ impl Embedded {
             verify: builder.verify_on_open,
             secret_if_new: builder.rate_secret,
             same_session: false,
+            write_ahead_log: log.enabled,
         };
-        let (backend, persisted, degraded) = match Backend::open(&location, options) {
+        let (backend, mut persisted, degraded) = match Backend::open(&location, options) {
             Ok((backend, persisted)) => (backend, persisted, None),
             Err(error) if io_kind(&error) != IoKind::Other && location_exists(&location) => {
                 let cause = Cause::of(&error, location.path());
@@ -180,6 +208,12 @@ impl Embedded {
                 (backend, persisted, Some(cause))
             }
             Err(error) => return Err(error),
+        };
+        // Whatever the log holds goes into redb before anything reads the counters.
+        let (session_log, read_overlay) = if degraded.is_some() {
+            (None, read_only_overlay(&location, &persisted)?)
+        } else {
+            (recover_log(&backend, &location, log, &mut persisted)?, None)
         };
         counters.set_records(persisted.record_counts);
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
@@ -212,11 +246,12 @@ impl Embedded {
                 rate_flush_every,
                 compaction_interval: builder.compaction_interval,
                 notifier,
+                log,
             },
         };
         let backend = Arc::new(backend);
         let running = match degraded {
-            None => engine.start_writer(backend, persisted)?,
+            None => engine.start_writer(backend, persisted, session_log)?,
             Some(cause) => Running {
                 backend: Some(backend),
                 writer: None,
@@ -224,15 +259,53 @@ impl Embedded {
                     cause,
                     tried: engine.reopen.clock.now(),
                 }),
+                overlay: read_overlay,
             },
         };
         *engine.running.write() = Some(running);
         Ok(engine)
     }
 
-    /// Starts a writer (and the compactor) on `backend`, opened for writing with `persisted`.
-    fn start_writer(&self, backend: Arc<Backend>, persisted: storage::Counters) -> Result<Running> {
+    /// Starts a writer (and the compactor, and with `log` the applier) on `backend`, opened for
+    /// writing with `persisted`.
+    fn start_writer(
+        &self,
+        backend: Arc<Backend>,
+        persisted: storage::Counters,
+        log: Option<log::Log>,
+    ) -> Result<Running> {
         let failure = Arc::new(Failure::new(Arc::clone(&self.alarm)));
+        let (wal, applier) = match log {
+            Some(log) => {
+                let overlay = Arc::new(Overlay::new(
+                    self.reopen.log.memory,
+                    log.end(),
+                    persisted.next_token,
+                    persisted.clock_high_water,
+                ));
+                let redb = Arc::new(Mutex::new(RedbSide {
+                    counts: persisted.record_counts,
+                }));
+                let applier = Applier::start(
+                    Arc::clone(&backend),
+                    Arc::clone(&overlay),
+                    Arc::clone(&redb),
+                    Arc::clone(&failure),
+                    persisted.epoch,
+                    self.location.path(),
+                )?;
+                let records = backend.record_count()?;
+                let wal = WalCore {
+                    log,
+                    overlay,
+                    redb,
+                    records,
+                };
+                (Some(wal), Some(applier))
+            }
+            None => (None, None),
+        };
+        let overlay = wal.as_ref().map(|wal| Arc::clone(&wal.overlay));
         let (commands, receiver) = crossbeam_channel::unbounded();
         let core = Arc::new(Mutex::new(Core {
             backend: Arc::clone(&backend),
@@ -255,6 +328,7 @@ impl Embedded {
                 .map(|(cache, every)| (Arc::clone(cache), every)),
             last_foreground: Instant::now(),
             stopped: false,
+            wal,
         }));
         let writer = Writer {
             core: Arc::clone(&core),
@@ -287,8 +361,10 @@ impl Embedded {
                 core,
                 writer,
                 compactor,
+                applier,
             }),
             degraded: None,
+            overlay,
         })
     }
 
@@ -345,11 +421,13 @@ impl Embedded {
                 degraded: Some(degraded),
                 backend,
                 writer,
+                overlay,
             }) => {
                 let _ = Running {
                     backend,
                     writer,
                     degraded: None,
+                    overlay,
                 }
                 .shut_down();
                 Err(degraded.cause.error())
@@ -377,6 +455,10 @@ impl Embedded {
                 .backend
                 .as_ref()
                 .ok_or_else(|| unreadable(running))?;
+            // Counted in redb: once it holds what the log acknowledged.
+            if let (Some(overlay), Some(_)) = (&running.overlay, &running.writer) {
+                overlay.wait_applied()?;
+            }
             stats.rate_states = backend.rate_count()?;
         }
         stats.file_bytes = self.location.len()?;
@@ -398,22 +480,44 @@ impl Embedded {
             .map(|writer| crate::testing::CommandQueue(writer.queue.clone()))
     }
 
-    /// Runs `read` on the open backend.
-    fn with_backend<T>(&self, read: impl FnOnce(&Backend) -> Result<T>) -> Result<T> {
+    /// Holds or releases the log applier (test support); whether the store writes a log.
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn hold_applier(&self, hold: bool) -> bool {
+        let running = self.running.read();
+        match running
+            .as_ref()
+            .and_then(|running| running.overlay.as_ref())
+        {
+            Some(overlay) => {
+                overlay.hold(hold);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Runs `read` on the open backend and the log's overlay (if the store has one).
+    fn with_backend<T>(
+        &self,
+        read: impl FnOnce(&Backend, Option<&Overlay>) -> Result<T>,
+    ) -> Result<T> {
         self.settle()?;
         self.read_backend(read)
     }
 
     /// [`Embedded::with_backend`] for a caller that settled already and may hold a lock of the
     /// rate cache (which the writer's shutdown in `settle` could need).
-    fn read_backend<T>(&self, read: impl FnOnce(&Backend) -> Result<T>) -> Result<T> {
+    fn read_backend<T>(
+        &self,
+        read: impl FnOnce(&Backend, Option<&Overlay>) -> Result<T>,
+    ) -> Result<T> {
         let running = self.running.read();
         let running = running.as_ref().ok_or(Error::Closed)?;
         let backend = running
             .backend
             .as_ref()
             .ok_or_else(|| unreadable(running))?;
-        read(backend)
+        read(backend, running.overlay.as_deref())
     }
 
     /// Has a command applied and waits for its answer: on this thread if no batch is being
@@ -537,9 +641,10 @@ impl Embedded {
                 format!("{} is gone", self.location.path().display()),
             )))
         };
-        let attempt = attempt.and_then(|(backend, persisted)| {
+        let attempt = attempt.and_then(|(backend, mut persisted)| {
+            let log = recover_log(&backend, &self.location, self.reopen.log, &mut persisted)?;
             let records = persisted.record_counts;
-            let running = self.start_writer(Arc::new(backend), persisted)?;
+            let running = self.start_writer(Arc::new(backend), persisted, log)?;
             Ok((running, records))
         });
         match attempt {
@@ -559,9 +664,12 @@ impl Embedded {
                     IoKind::Other => cause,
                     _ => Cause::of(&error, self.location.path()),
                 };
-                let backend = Backend::open_for_reads(&self.location, options)
-                    .ok()
-                    .map(|(backend, _)| Arc::new(backend));
+                let opened = Backend::open_for_reads(&self.location, options).ok();
+                let overlay = opened
+                    .as_ref()
+                    .and_then(|(_, persisted)| read_only_overlay(&self.location, persisted).ok())
+                    .flatten();
+                let backend = opened.map(|(backend, _)| Arc::new(backend));
                 self.degraded.store(true, Ordering::Release);
                 Running {
                     backend,
@@ -570,10 +678,100 @@ impl Embedded {
                         cause,
                         tried: self.reopen.clock.now(),
                     }),
+                    overlay,
                 }
             }
         }
     }
+}
+
+/// The log's shape for `builder`: its segment size, and enough segments for its memory cap.
+fn log_geometry(builder: &StoreBuilder) -> Result<Geometry> {
+    let segment = builder.log_segment_bytes;
+    let segments = builder
+        .log_memory
+        .div_ceil(segment.max(1) as usize)
+        .clamp(log::MIN_SEGMENTS as usize, 1 << 16);
+    Geometry::new(segment, u32::try_from(segments).unwrap_or(u32::MAX))
+}
+
+/// The path of the log of the store file at `path`: `<path>.log`.
+pub(crate) fn log_path(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".log");
+    std::path::PathBuf::from(name)
+}
+
+/// How a log file is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LogAccess {
+    /// For writes, created if missing.
+    Create,
+    /// For writes; it must exist.
+    Existing,
+    /// For reads; it must exist.
+    ReadOnly,
+}
+
+/// The log's device for the store at `location`.
+fn log_device(location: &Location, access: LogAccess) -> Result<Box<dyn redb::StorageBackend>> {
+    let create = access == LogAccess::Create;
+    let Location::File(path) = location else {
+        return Err(Error::Corrupted(
+            "a store with a write-ahead log outside a file".into(),
+        ));
+    };
+    let log = log_path(path);
+    if !create && !log.exists() {
+        return Err(Error::Corrupted(format!(
+            "the write-ahead log {} is missing: it may hold acknowledged changes",
+            log.display()
+        )));
+    }
+    let file =
+        LogFile::open(&log, access != LogAccess::ReadOnly, create).map_err(Error::storage)?;
+    if create {
+        storage::sync_parent(&log)?;
+    }
+    Ok(Box::new(file))
+}
+
+/// Applies what the log of a store opened for writing holds (if the store has a log) and returns
+/// the log if this session writes through it.
+fn recover_log(
+    backend: &Backend,
+    location: &Location,
+    settings: LogSettings,
+    persisted: &mut storage::Counters,
+) -> Result<Option<log::Log>> {
+    if persisted.log.is_none() {
+        return Ok(None);
+    }
+    let log = applier::recover(
+        backend,
+        |create| {
+            let access = if create {
+                LogAccess::Create
+            } else {
+                LogAccess::Existing
+            };
+            log_device(location, access)
+        },
+        settings.geometry,
+        persisted,
+    )?;
+    Ok(settings.enabled.then_some(log))
+}
+
+/// For a store opened for reads only: the log's unapplied frames, for reads to see.
+fn read_only_overlay(
+    location: &Location,
+    persisted: &storage::Counters,
+) -> Result<Option<Arc<Overlay>>> {
+    if persisted.log.is_none_or(|state| state.floor == 0) {
+        return Ok(None);
+    }
+    applier::read_only_overlay(log_device(location, LogAccess::ReadOnly)?, persisted)
 }
 
 /// The error of an operation the store cannot serve: the cause of its degraded state.

@@ -14,7 +14,12 @@ impl RecordEngine for Embedded {
     }
 
     fn read(&self, digest: &Digest) -> Result<Option<Record>> {
-        self.with_backend(|backend| backend.read_record(digest))
+        self.with_backend(|backend, overlay| {
+            match overlay.and_then(|overlay| overlay.record(digest)) {
+                Some(latest) => Ok(latest.map(|record| (*record).clone())),
+                None => backend.read_record(digest),
+            }
+        })
     }
 
     fn begin_without_writing(
@@ -58,7 +63,30 @@ impl RecordEngine for Embedded {
     }
 
     fn list(&self, after: Option<&Digest>, limit: usize) -> Result<Vec<(Digest, Result<Record>)>> {
-        self.with_backend(|backend| backend.list_records(after, limit))
+        self.with_backend(|backend, overlay| {
+            let Some(overlay) = overlay else {
+                return backend.list_records(after, limit);
+            };
+            // The overlay's entries replace redb's (or remove them): redb is asked for enough
+            // more that the first `limit` of the merge are all there.
+            let latest = overlay.records_after(after);
+            let mut merged: std::collections::BTreeMap<[u8; 32], Result<Record>> = backend
+                .list_records(after, limit.saturating_add(latest.len()))?
+                .into_iter()
+                .map(|(digest, record)| (*digest.as_bytes(), record))
+                .collect();
+            for (digest, record) in latest {
+                match record {
+                    Some(record) => merged.insert(*digest.as_bytes(), Ok((*record).clone())),
+                    None => merged.remove(digest.as_bytes()),
+                };
+            }
+            Ok(merged
+                .into_iter()
+                .take(limit)
+                .map(|(digest, record)| (Digest(digest), record))
+                .collect())
+        })
     }
 
     fn bulk_load(&self, count: u64, records: BulkRecords) -> Result<u64> {

@@ -12,14 +12,77 @@ use super::recovery::Recovery;
 use super::storage::{RecordCounts, Tables};
 use super::writer::{Applied, Command};
 use crate::clock::StoreTime;
+use crate::engine::Swept;
+use crate::engine::codec::StoredRate;
 use crate::engine::{BeginRequest, BulkRecords, lease_expiry, stored_rate};
 use crate::error::Error;
 use crate::idempotency::Digest;
+use crate::idempotency::Record;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;
+
+/// What a command reads and writes while it is applied: redb's tables of one write transaction
+/// ([`Tables`]), or the write-ahead log's view of the latest state (`log::view`). Each keeps its
+/// derived structures in step (expiry index, record counts).
+pub(crate) trait Txn {
+    /// The record as written so far.
+    fn record(&mut self, digest: &Digest) -> Result<Option<Record>, Error>;
+    /// Writes `new` in place of `old` (the record as read through this same view).
+    fn put_record(
+        &mut self,
+        digest: &Digest,
+        old: Option<&Record>,
+        new: &Record,
+    ) -> Result<(), Error>;
+    /// Deletes `old` (the record as read through this same view).
+    fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error>;
+    /// The rate counter as written so far.
+    fn rate(&mut self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error>;
+    /// Writes a rate counter (`None`: deletes it).
+    fn put_rate(&mut self, key: &[u8; 16], rate: Option<&StoredRate>) -> Result<(), Error>;
+    /// Records stored, expired or not.
+    fn record_count(&mut self) -> Result<u64, Error>;
+    /// Removes up to `limit` due records and idle counters.
+    fn sweep(&mut self, now: u64, limit: usize) -> Result<Swept, Error>;
+}
+
+impl Txn for Tables<'_> {
+    fn record(&mut self, digest: &Digest) -> Result<Option<Record>, Error> {
+        Tables::record(self, digest)
+    }
+
+    fn put_record(
+        &mut self,
+        digest: &Digest,
+        old: Option<&Record>,
+        new: &Record,
+    ) -> Result<(), Error> {
+        Tables::put_record(self, digest, old, new)
+    }
+
+    fn delete_record(&mut self, digest: &Digest, old: &Record) -> Result<(), Error> {
+        Tables::delete_record(self, digest, old)
+    }
+
+    fn rate(&mut self, key: &[u8; 16]) -> Result<Option<StoredRate>, Error> {
+        Tables::rate(self, key)
+    }
+
+    fn put_rate(&mut self, key: &[u8; 16], rate: Option<&StoredRate>) -> Result<(), Error> {
+        Tables::put_rate(self, key, rate)
+    }
+
+    fn record_count(&mut self) -> Result<u64, Error> {
+        Tables::record_count(self)
+    }
+
+    fn sweep(&mut self, now: u64, limit: usize) -> Result<Swept, Error> {
+        Tables::sweep(self, now, limit)
+    }
+}
 
 /// The writer's in-memory counters and limits, applied to each command.
 pub(crate) struct Sequencer {
@@ -37,7 +100,7 @@ impl Sequencer {
     /// error is returned instead (it is the whole batch's).
     pub(crate) fn execute(
         &mut self,
-        tables: &mut Tables<'_>,
+        tables: &mut impl Txn,
         command: &mut Command,
     ) -> Result<Applied, Error> {
         let now = self.time.now();
@@ -77,7 +140,7 @@ impl Sequencer {
     /// Writes every record `records` yields (called with 0, 1, 2, … until it returns `None`).
     fn bulk(
         &mut self,
-        tables: &mut Tables<'_>,
+        tables: &mut impl Txn,
         count: u64,
         records: &mut BulkRecords,
         now: u64,
@@ -85,7 +148,7 @@ impl Sequencer {
         if let Some(limit) = self.max_records {
             // Checked before writing anything, so that a refusal leaves nothing half-loaded.
             // (Conservative: a record that replaces one with the same key counts as new.)
-            let total = |tables: &mut Tables<'_>| -> Result<u64, Error> {
+            let total = |tables: &mut dyn Txn| -> Result<u64, Error> {
                 Ok(tables.record_count()?.saturating_add(count))
             };
             if total(tables)? > limit {
@@ -106,7 +169,7 @@ impl Sequencer {
 
     fn rate(
         &self,
-        tables: &mut Tables<'_>,
+        tables: &mut impl Txn,
         op: &RateOp,
         now: u64,
     ) -> Result<(RateOutcome, bool), Error> {
@@ -129,7 +192,7 @@ impl Sequencer {
 
     fn begin(
         &mut self,
-        tables: &mut Tables<'_>,
+        tables: &mut impl Txn,
         digest: &Digest,
         request: &BeginRequest,
         now: u64,
@@ -157,7 +220,7 @@ impl Sequencer {
 
     /// Refuses a new record when the store is full, after removing already-expired records (never
     /// live ones: nothing is evicted).
-    fn make_room(&self, tables: &mut Tables<'_>, now: u64) -> Result<(), Error> {
+    fn make_room(&self, tables: &mut impl Txn, now: u64) -> Result<(), Error> {
         let Some(limit) = self.max_records else {
             return Ok(());
         };
@@ -175,7 +238,7 @@ impl Sequencer {
 
 /// Applies a lease owner's resolution, fenced by its token.
 fn resolve(
-    tables: &mut Tables<'_>,
+    tables: &mut impl Txn,
     digest: &Digest,
     token: u64,
     resolution: &Resolution,

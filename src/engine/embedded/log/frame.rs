@@ -5,7 +5,8 @@
 //!      0     8  lsn      the frame's log position (little-endian): where it starts in the endless log
 //!      8     8  epoch    the boot epoch of the session that wrote it
 //!     16     4  length   payload bytes (a padding frame: bytes skipped up to the segment's end)
-//!     20     1  kind     1 = batch of changes, 2 = padding
+//!     20     1  kind     1 = batch of changes, 2 = padding to the segment's end, 3 = wrap to the
+//!                        ring's start
 //!     21     3  zero
 //!     24     8  mac      SipHash-1-3-64, keyed by the store's log key, of bytes 0..24 and the payload
 //!     32     …  payload  (none for padding)
@@ -32,6 +33,9 @@ pub(crate) const ALIGN: u64 = 8;
 pub(crate) const KIND_BATCH: u8 = 1;
 /// A frame that fills the rest of its segment: the next frame starts in the next segment.
 pub(crate) const KIND_PADDING: u8 = 2;
+/// A frame that skips the rest of the ring's lap: the next frame starts at the ring's start (the
+/// writer reuses applied space there rather than growing the file).
+pub(crate) const KIND_WRAP: u8 = 3;
 
 /// The key of a store's frame MACs (two halves of a `SipHash` key, kept in the store file's meta).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,10 +97,18 @@ pub(crate) fn encode(
     out.resize(usize::try_from(end).unwrap_or(out.len()), 0);
 }
 
-/// Appends a padding frame covering `room` bytes (at least [`HEADER`]): the rest of a segment.
-pub(crate) fn encode_padding(out: &mut Vec<u8>, key: LogKey, lsn: u64, epoch: u64, room: u64) {
+/// Appends a padding (or wrap) frame covering `room` bytes (at least [`HEADER`]): the rest of a
+/// segment (or of the ring's lap).
+pub(crate) fn encode_padding(
+    out: &mut Vec<u8>,
+    key: LogKey,
+    lsn: u64,
+    epoch: u64,
+    kind: u8,
+    room: u64,
+) {
     let length = u32::try_from(room.saturating_sub(HEADER as u64)).unwrap_or(u32::MAX);
-    let head = head(lsn, epoch, length, KIND_PADDING);
+    let head = head(lsn, epoch, length, kind);
     out.extend_from_slice(&head);
     out.extend_from_slice(&mac(key, &head, &[]).to_le_bytes());
 }
@@ -113,13 +125,15 @@ pub(crate) enum Invalid {
 }
 
 /// Checks the header in `bytes` (at least [`HEADER`] long) as the frame at `lsn`, with `room`
-/// bytes left in its segment. A padding frame's MAC is checked here (it has no payload); a
-/// batch's is checked by [`check_payload`] once its payload is read.
+/// bytes left in its segment and `lap` left in the ring's lap. A padding or wrap frame's MAC is
+/// checked here (it has no payload); a batch's is checked by [`check_payload`] once its payload
+/// is read.
 pub(crate) fn decode_header(
     bytes: &[u8; HEADER],
     key: LogKey,
     lsn: u64,
     room: u64,
+    lap: u64,
 ) -> Result<Header, Invalid> {
     let word = |at: usize| {
         let mut eight = [0; 8];
@@ -144,7 +158,10 @@ pub(crate) fn decode_header(
     let total = HEADER as u64 + u64::from(header.length);
     match header.kind {
         KIND_BATCH if frame_bytes(header.length as usize) <= room => Ok(header),
-        KIND_PADDING if total == room => {
+        KIND_PADDING | KIND_WRAP
+            if (header.kind == KIND_PADDING && total == room)
+                || (header.kind == KIND_WRAP && total == lap) =>
+        {
             if mac(key, &bytes[..24], &[]) == header.mac {
                 Ok(header)
             } else {
@@ -183,11 +200,11 @@ mod tests {
         encode(&mut out, KEY, 4096, 3, KIND_BATCH, b"payload");
         assert_eq!(out.len() as u64, frame_bytes(7));
         assert_eq!(out.len() as u64 % ALIGN, 0);
-        let header = decode_header(&header_of(&out), KEY, 4096, 1 << 20).expect("valid");
+        let header = decode_header(&header_of(&out), KEY, 4096, 1 << 20, 1 << 30).expect("valid");
         assert_eq!((header.lsn, header.epoch, header.length), (4096, 3, 7));
         assert_eq!(check_payload(&header, KEY, b"payload"), Ok(()));
         assert_eq!(
-            decode_header(&header_of(&out), KEY, 4096 + (1 << 20), 1 << 20),
+            decode_header(&header_of(&out), KEY, 4096 + (1 << 20), 1 << 20, 1 << 30),
             Err(Invalid::Elsewhere)
         );
     }
@@ -196,7 +213,7 @@ mod tests {
     fn a_changed_byte_or_another_key_fails_the_mac() {
         let mut out = Vec::new();
         encode(&mut out, KEY, 0, 1, KIND_BATCH, b"abc");
-        let header = decode_header(&header_of(&out), KEY, 0, 4096).expect("valid");
+        let header = decode_header(&header_of(&out), KEY, 0, 4096, 1 << 30).expect("valid");
         assert_eq!(check_payload(&header, KEY, b"abd"), Err(Invalid::Mac));
         assert_eq!(
             check_payload(&header, LogKey(1, 3), b"abc"),
@@ -204,7 +221,7 @@ mod tests {
         );
         let mut epoch_changed = header_of(&out);
         epoch_changed[8] ^= 1;
-        let header = decode_header(&epoch_changed, KEY, 0, 4096).expect("header shape");
+        let header = decode_header(&epoch_changed, KEY, 0, 4096, 1 << 30).expect("header shape");
         assert_eq!(check_payload(&header, KEY, b"abc"), Err(Invalid::Mac));
     }
 
@@ -213,13 +230,13 @@ mod tests {
         let mut out = Vec::new();
         encode(&mut out, KEY, 0, 1, KIND_BATCH, &[0; 100]);
         assert_eq!(
-            decode_header(&header_of(&out), KEY, 0, 64),
+            decode_header(&header_of(&out), KEY, 0, 64, 1 << 30),
             Err(Invalid::Malformed)
         );
         let mut unknown = header_of(&out);
         unknown[20] = 9;
         assert_eq!(
-            decode_header(&unknown, KEY, 0, 4096),
+            decode_header(&unknown, KEY, 0, 4096, 1 << 30),
             Err(Invalid::Malformed)
         );
     }
@@ -227,17 +244,25 @@ mod tests {
     #[test]
     fn padding_must_cover_exactly_the_rest_of_its_segment() {
         let mut out = Vec::new();
-        encode_padding(&mut out, KEY, 800, 2, 224);
+        encode_padding(&mut out, KEY, 800, 2, KIND_PADDING, 224);
         assert_eq!(out.len(), HEADER);
-        let header = decode_header(&header_of(&out), KEY, 800, 224).expect("valid");
+        let header = decode_header(&header_of(&out), KEY, 800, 224, 9000).expect("valid");
         assert_eq!(header.kind, KIND_PADDING);
         assert_eq!(
-            decode_header(&header_of(&out), KEY, 800, 232),
+            decode_header(&header_of(&out), KEY, 800, 232, 9000),
             Err(Invalid::Malformed)
         );
         assert_eq!(
-            decode_header(&header_of(&out), LogKey(9, 9), 800, 224),
+            decode_header(&header_of(&out), LogKey(9, 9), 800, 224, 9000),
             Err(Invalid::Mac)
+        );
+        // A wrap covers the rest of the lap, not of the segment.
+        let mut wrap = Vec::new();
+        encode_padding(&mut wrap, KEY, 800, 2, KIND_WRAP, 9000);
+        assert!(decode_header(&header_of(&wrap), KEY, 800, 224, 9000).is_ok());
+        assert_eq!(
+            decode_header(&header_of(&wrap), KEY, 800, 9000, 9008),
+            Err(Invalid::Malformed)
         );
     }
 }

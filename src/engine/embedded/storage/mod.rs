@@ -16,7 +16,9 @@ mod tables;
 
 #[cfg(any(test, feature = "test-support"))]
 pub(crate) use redb_backend::contained_panics;
-pub(crate) use redb_backend::{Backend, Counters, OpenOptions, io_kind};
+pub(crate) use redb_backend::{
+    Backend, Counters, LogState, OpenOptions, io_kind, sync_directory as sync_parent,
+};
 #[cfg(any(test, feature = "test-support"))]
 pub use sim_disk::SimDisk;
 

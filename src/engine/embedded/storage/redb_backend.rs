@@ -42,8 +42,12 @@ pub(super) const RATES: TableDefinition<&[u8; 16], &[u8]> = TableDefinition::new
 /// The on-disk format this build writes and the newest it reads. Format 2 keeps RUNNING records in
 /// `tollgate_running`; a build of format 1 would not look there, so opening a format-1 file marks
 /// it as format 2 (nothing else changes: its RUNNING records are found where they are and move on
-/// their next write).
-pub(crate) const FORMAT_VERSION: u64 = 2;
+/// their next write). Format 3 has a write-ahead log beside the file (`<file>.log`), which holds
+/// acknowledged changes redb may not have yet: a build of format 2 would ignore them, so a store
+/// opened with the log becomes format 3 and stays so.
+pub(crate) const FORMAT_VERSION: u64 = 3;
+/// The format of a store that has never used the log.
+const FORMAT_WITHOUT_LOG: u64 = 2;
 
 const META_FORMAT: &str = "format_version";
 const META_EPOCH: &str = "epoch";
@@ -58,6 +62,16 @@ pub(super) const META_RATE_CLEAN: &str = "rate_clean";
 const META_RATE_RECOVERY: &str = "rate_recovery_at";
 /// The two halves of the secret that keys rate counters (drawn when the file is created).
 const META_RATE_SECRET: [&str; 2] = ["rate_key_secret_0", "rate_key_secret_1"];
+/// The two halves of the key of the log's frame MACs (drawn when the store first uses the log).
+const META_LOG_KEY: [&str; 2] = ["log_key_0", "log_key_1"];
+/// Mixed into the clock reading the log key is drawn from, so that it differs from the rate secret
+/// drawn in the same instant (the bytes of `log_key`).
+const LOG_KEY_SALT: u64 = 0x006c_6f67_5f6b_6579;
+/// The log position up to which redb holds every change.
+pub(super) const META_LOG_APPLIED: &str = "log_applied";
+/// The epoch of the session that last moved the applied position (0: the log file is not
+/// created yet).
+pub(super) const META_LOG_FLOOR: &str = "log_floor";
 
 pub(crate) fn storage<E>(error: E) -> Error
 where
@@ -126,6 +140,19 @@ pub(crate) struct OpenOptions {
     /// its own file): its unclean batched session is not a crash to recover rates from, since
     /// memory still holds every counter it changed.
     pub same_session: bool,
+    /// Whether this session writes through the write-ahead log (the file becomes format 3).
+    pub write_ahead_log: bool,
+}
+
+/// Where the write-ahead log stands, as the redb file records it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LogState {
+    /// The key of the log's frame MACs.
+    pub key: (u64, u64),
+    /// Every change before this position is in redb.
+    pub applied: u64,
+    /// The epoch of the session that moved `applied` (0: the log file was never created).
+    pub floor: u64,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -143,6 +170,8 @@ pub(crate) struct Counters {
     pub rate_secret: (u64, u64),
     /// Records on disk by state.
     pub record_counts: RecordCounts,
+    /// The write-ahead log's state: `None` for a store that never used one.
+    pub log: Option<LogState>,
 }
 
 /// An open store file.
@@ -341,6 +370,7 @@ impl Backend {
             rate_recovery_at: recovery_at(&found, options, clock_high_water),
             rate_secret: (low, high),
             record_counts,
+            log: found.log(),
         })
     }
 
@@ -469,7 +499,7 @@ fn require_tollgate_tables(db: &Database) -> Result<(), Error> {
 }
 
 /// Makes a new directory entry durable.
-fn sync_directory(path: &Path) -> Result<(), Error> {
+pub(crate) fn sync_directory(path: &Path) -> Result<(), Error> {
     let directory = match path.parent() {
         Some(parent) if !parent.as_os_str().is_empty() => parent,
         _ => Path::new("."),
@@ -536,6 +566,23 @@ struct StoredMeta {
     rate_recovery: Option<u64>,
     secret: [Option<u64>; 2],
     counts: [Option<u64>; 3],
+    log_key: [Option<u64>; 2],
+    log_applied: Option<u64>,
+    log_floor: Option<u64>,
+}
+
+impl StoredMeta {
+    /// The log's state, if the store has a log key.
+    fn log(&self) -> Option<LogState> {
+        match self.log_key {
+            [Some(low), Some(high)] => Some(LogState {
+                key: (low, high),
+                applied: self.log_applied.unwrap_or(0),
+                floor: self.log_floor.unwrap_or(0),
+            }),
+            _ => None,
+        }
+    }
 }
 
 impl StoredMeta {
@@ -559,6 +606,9 @@ impl StoredMeta {
                 read(RECORD_COUNT_KEYS[1])?,
                 read(RECORD_COUNT_KEYS[2])?,
             ],
+            log_key: [read(META_LOG_KEY[0])?, read(META_LOG_KEY[1])?],
+            log_applied: read(META_LOG_APPLIED)?,
+            log_floor: read(META_LOG_FLOOR)?,
         })
     }
 }
@@ -626,6 +676,14 @@ impl Backend {
                 // The file predates the counts: count once.
                 _ => count_records(&txn)?,
             };
+            // A store that used the log keeps it (its frames may hold acknowledged changes).
+            let log = found.log().or_else(|| {
+                options.write_ahead_log.then(|| LogState {
+                    key: CounterKeys::generate_secret(options.now ^ LOG_KEY_SALT),
+                    applied: 0,
+                    floor: 0,
+                })
+            });
             let counters = Counters {
                 epoch: found.epoch.unwrap_or(0).saturating_add(1),
                 next_token: found.next_token.unwrap_or(1),
@@ -633,14 +691,28 @@ impl Backend {
                 rate_recovery_at,
                 rate_secret,
                 record_counts,
+                log,
+            };
+            let format = if log.is_some() {
+                FORMAT_VERSION
+            } else {
+                FORMAT_WITHOUT_LOG
             };
             let mut writes = vec![
                 (META_EPOCH, counters.epoch),
                 (META_RATE_CLEAN, u64::from(!options.batched_rates)),
                 (META_RATE_SECRET[0], rate_secret.0),
                 (META_RATE_SECRET[1], rate_secret.1),
-                (META_FORMAT, FORMAT_VERSION),
+                (META_FORMAT, format),
             ];
+            if let Some(log) = log {
+                writes.extend([
+                    (META_LOG_KEY[0], log.key.0),
+                    (META_LOG_KEY[1], log.key.1),
+                    (META_LOG_APPLIED, log.applied),
+                    (META_LOG_FLOOR, log.floor),
+                ]);
+            }
             writes.extend(RECORD_COUNT_KEYS.into_iter().zip(record_counts.as_array()));
             writes.extend(rate_recovery_at.map(|at| (META_RATE_RECOVERY, at)));
             for (name, value) in writes {
@@ -729,6 +801,19 @@ impl Backend {
                 Err(error)
             }
         }
+    }
+
+    /// Records on disk, expired or not. O(1).
+    pub(crate) fn record_count(&self) -> Result<u64, Error> {
+        contained(|| {
+            let txn = self.db.begin_read()?;
+            let mut total = 0u64;
+            for definition in [RECORDS, RUNNING] {
+                let table = txn.open_table(definition).map_err(storage)?;
+                total = total.saturating_add(table.len().map_err(storage)?);
+            }
+            Ok(total)
+        })
     }
 
     /// Rate counters on disk. O(1).

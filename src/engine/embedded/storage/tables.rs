@@ -9,8 +9,8 @@ use redb::{
 };
 
 use super::redb_backend::{
-    EXPIRY, META, META_CLOCK, META_NEXT_TOKEN, META_RATE_CLEAN, RATES, RECORD_COUNT_KEYS, RECORDS,
-    RUNNING, storage,
+    EXPIRY, META, META_CLOCK, META_LOG_APPLIED, META_LOG_FLOOR, META_NEXT_TOKEN, META_RATE_CLEAN,
+    RATES, RECORD_COUNT_KEYS, RECORDS, RUNNING, storage,
 };
 use crate::engine::Swept;
 use crate::engine::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
@@ -387,6 +387,18 @@ impl Tables<'_> {
         Ok(())
     }
 
+    /// Records that redb holds every change of the log before `applied`, as of the session of
+    /// epoch `floor`.
+    pub(crate) fn save_log_position(&mut self, applied: u64, floor: u64) -> Result<(), Error> {
+        self.writes += 1;
+        let meta = self.meta()?;
+        for (name, value) in [(META_LOG_APPLIED, applied), (META_LOG_FLOOR, floor)] {
+            meta.insert(name, codec::encode_meta(value).as_slice())
+                .map_err(storage)?;
+        }
+        Ok(())
+    }
+
     /// Persists the lease-token counter, the clock's high-water mark and the record counts.
     pub(crate) fn save_counters(
         &mut self,
@@ -427,6 +439,7 @@ mod tests {
             verify: false,
             secret_if_new: None,
             same_session: false,
+            write_ahead_log: false,
         };
         Backend::open(&Location::Simulated(SimDisk::new()), options)
             .map(|(backend, _)| backend)

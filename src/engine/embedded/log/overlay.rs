@@ -1,0 +1,401 @@
+//! What the log has acknowledged and redb does not hold yet, in memory, for every read to see.
+//!
+//! The writer *publishes* a batch's changes after the log synced them (and before answering its
+//! callers), each stamped with the log's end after the batch. The applier takes everything
+//! published, writes it into redb in one transaction, and then *retires* each entry whose stamp is
+//! still the one it applied (a newer write of the same key stays, for the next round). So a read
+//! that finds a key here sees the latest acknowledged state, and a read that misses reads redb,
+//! which then holds it: an entry leaves only after redb committed it.
+//!
+//! Bounded: the writer waits ([`Overlay::wait_for_room`]) while the entries hold more than the
+//! limit's bytes, or while the log's ring has no room, until the applier catches up.
+
+use std::sync::Arc;
+
+use hashbrown::HashMap;
+use parking_lot::{Condvar, Mutex, RwLock};
+
+use crate::engine::codec::StoredRate;
+use crate::error::Error;
+use crate::idempotency::{Digest, Record, RecordBody};
+
+const SHARDS: usize = 16;
+
+/// Bytes an entry is charged beyond its response (keys, the record's fields, the map's slot).
+const ENTRY_OVERHEAD: usize = 160;
+
+/// A published value: `None` is a deletion.
+#[derive(Debug, Clone)]
+struct Slot<V> {
+    stamp: u64,
+    value: Option<V>,
+    bytes: usize,
+}
+
+/// The log positions the writer and the applier have reached.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Progress {
+    /// The log's end after the last published batch.
+    pub published: u64,
+    /// Everything before this position is in redb (committed by the applier).
+    pub applied: u64,
+    /// The writer's counters as of the last published batch: next lease token, clock mark.
+    pub next_token: u64,
+    pub clock: u64,
+    /// Bytes the entries are charged.
+    pub bytes: usize,
+    /// The applier failed: nothing more is applied, writers waiting for room give up.
+    pub failed: bool,
+    /// The store is closing: the applier applies what is published and stops.
+    pub stopping: bool,
+    /// Test support: the applier waits (until released, or stopping).
+    pub held: bool,
+}
+
+/// Everything published and not yet applied, as the applier takes it for one transaction.
+pub(crate) struct Round {
+    pub records: Vec<(Digest, u64, Option<Arc<Record>>)>,
+    pub rates: Vec<([u8; 16], u64, Option<StoredRate>)>,
+    pub published: u64,
+    pub next_token: u64,
+    pub clock: u64,
+}
+
+pub(crate) struct Overlay {
+    records: Vec<RwLock<HashMap<Digest, Slot<Arc<Record>>>>>,
+    rates: RwLock<HashMap<[u8; 16], Slot<StoredRate>>>,
+    limit: usize,
+    progress: Mutex<Progress>,
+    /// Signalled when something is published, applied, or the overlay fails or stops.
+    changed: Condvar,
+}
+
+fn record_bytes(record: Option<&Arc<Record>>) -> usize {
+    let response = match record.map(|record| &record.body) {
+        Some(RecordBody::Completed(response) | RecordBody::Failed(response)) => response.size(),
+        Some(RecordBody::Running {
+            checkpoint: Some(checkpoint),
+            ..
+        }) => checkpoint.data.len() + checkpoint.name.len(),
+        _ => 0,
+    };
+    response + ENTRY_OVERHEAD
+}
+
+impl Overlay {
+    /// An empty overlay holding at most about `limit` bytes, starting at log position `applied`
+    /// (everything before it is in redb).
+    pub(crate) fn new(limit: usize, applied: u64, next_token: u64, clock: u64) -> Self {
+        Self {
+            records: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            rates: RwLock::new(HashMap::new()),
+            limit,
+            progress: Mutex::new(Progress {
+                published: applied,
+                applied,
+                next_token,
+                clock,
+                ..Progress::default()
+            }),
+            changed: Condvar::new(),
+        }
+    }
+
+    fn shard(&self, digest: &Digest) -> &RwLock<HashMap<Digest, Slot<Arc<Record>>>> {
+        let index = usize::from(digest.as_bytes()[0]) % SHARDS;
+        &self.records[index]
+    }
+
+    /// The latest acknowledged record of `digest` if redb may not have it yet: `Some(None)` if
+    /// it was deleted, `None` if redb holds its latest state.
+    #[allow(clippy::option_option)] // three answers: here, deleted here, or ask redb
+    pub(crate) fn record(&self, digest: &Digest) -> Option<Option<Arc<Record>>> {
+        self.shard(digest)
+            .read()
+            .get(digest)
+            .map(|slot| slot.value.clone())
+    }
+
+    /// [`Overlay::record`] for a rate counter.
+    #[allow(clippy::option_option)] // three answers: here, deleted here, or ask redb
+    pub(crate) fn rate(&self, key: &[u8; 16]) -> Option<Option<StoredRate>> {
+        self.rates.read().get(key).map(|slot| slot.value)
+    }
+
+    /// Every record published after `after` (in digest order is up to the caller), for listings.
+    pub(crate) fn records_after(
+        &self,
+        after: Option<&Digest>,
+    ) -> Vec<(Digest, Option<Arc<Record>>)> {
+        let mut out = Vec::new();
+        for shard in &self.records {
+            for (digest, slot) in shard.read().iter() {
+                if after.is_none_or(|after| digest.as_bytes() > after.as_bytes()) {
+                    out.push((*digest, slot.value.clone()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Makes a synced batch's changes visible, stamped with the log's end after it.
+    pub(crate) fn publish(
+        &self,
+        records: impl IntoIterator<Item = (Digest, Option<Arc<Record>>)>,
+        rates: impl IntoIterator<Item = ([u8; 16], Option<StoredRate>)>,
+        end: u64,
+        next_token: u64,
+        clock: u64,
+    ) {
+        let (mut added, mut replaced) = (0usize, 0usize);
+        for (digest, value) in records {
+            let bytes = record_bytes(value.as_ref());
+            let slot = Slot {
+                stamp: end,
+                value,
+                bytes,
+            };
+            let old = self.shard(&digest).write().insert(digest, slot);
+            added += bytes;
+            replaced += old.map_or(0, |old| old.bytes);
+        }
+        {
+            let mut map = self.rates.write();
+            for (key, value) in rates {
+                let slot = Slot {
+                    stamp: end,
+                    value,
+                    bytes: ENTRY_OVERHEAD,
+                };
+                if map.insert(key, slot).is_none() {
+                    added += ENTRY_OVERHEAD;
+                }
+            }
+        }
+        let mut progress = self.progress.lock();
+        progress.published = progress.published.max(end);
+        progress.next_token = progress.next_token.max(next_token);
+        progress.clock = progress.clock.max(clock);
+        progress.bytes = progress.bytes.saturating_add(added).saturating_sub(replaced);
+        drop(progress);
+        self.changed.notify_all();
+    }
+
+    /// Waits until something is published beyond what is applied, and takes all of it. `None`
+    /// once the overlay failed, or once it is stopping and everything is applied.
+    pub(crate) fn next_round(&self) -> Option<Round> {
+        let (published, next_token, clock) = {
+            let mut progress = self.progress.lock();
+            loop {
+                if progress.failed {
+                    return None;
+                }
+                if progress.published > progress.applied && (!progress.held || progress.stopping) {
+                    break;
+                }
+                if progress.stopping {
+                    return None;
+                }
+                self.changed.wait(&mut progress);
+            }
+            (progress.published, progress.next_token, progress.clock)
+        };
+        // Everything published up to `published` is in the maps now (published before the
+        // position moved); entries published since are taken too, which is harmless.
+        let mut records = Vec::new();
+        for shard in &self.records {
+            for (digest, slot) in shard.read().iter() {
+                records.push((*digest, slot.stamp, slot.value.clone()));
+            }
+        }
+        let rates = self
+            .rates
+            .read()
+            .iter()
+            .map(|(key, slot)| (*key, slot.stamp, slot.value))
+            .collect();
+        Some(Round {
+            records,
+            rates,
+            published,
+            next_token,
+            clock,
+        })
+    }
+
+    /// After redb committed `round`: drops every entry still at the stamp applied, and moves the
+    /// applied position.
+    pub(crate) fn retire(&self, round: &Round) {
+        let mut freed = 0usize;
+        for (digest, stamp, _) in &round.records {
+            let mut shard = self.shard(digest).write();
+            if shard.get(digest).is_some_and(|slot| slot.stamp == *stamp) {
+                freed += shard.remove(digest).map_or(0, |slot| slot.bytes);
+            }
+        }
+        {
+            let mut map = self.rates.write();
+            for (key, stamp, _) in &round.rates {
+                if map.get(key).is_some_and(|slot| slot.stamp == *stamp) {
+                    freed += map.remove(key).map_or(0, |slot| slot.bytes);
+                }
+            }
+        }
+        let mut progress = self.progress.lock();
+        progress.applied = progress.applied.max(round.published);
+        progress.bytes = progress.bytes.saturating_sub(freed);
+        drop(progress);
+        self.changed.notify_all();
+    }
+
+    /// Stops the applier for good (it failed): writers waiting give up.
+    #[cfg(test)]
+    pub(crate) fn fail(&self) {
+        self.progress.lock().failed = true;
+        self.changed.notify_all();
+    }
+
+    /// Called as the applier ends: if anything published was not applied, nothing will apply it,
+    /// so writers waiting for room give up.
+    pub(crate) fn fail_if_not_drained(&self) {
+        let mut progress = self.progress.lock();
+        if progress.published > progress.applied {
+            progress.failed = true;
+        }
+        drop(progress);
+        self.changed.notify_all();
+    }
+
+    /// Holds the applier (or releases it), for tests that need a log with frames to recover.
+    #[cfg(any(test, feature = "test-support"))]
+    pub(crate) fn hold(&self, hold: bool) {
+        self.progress.lock().held = hold;
+        self.changed.notify_all();
+    }
+
+    /// Asks the applier to apply what is published and stop.
+    pub(crate) fn stop(&self) {
+        self.progress.lock().stopping = true;
+        self.changed.notify_all();
+    }
+
+    #[cfg(test)]
+    pub(crate) fn progress(&self) -> Progress {
+        *self.progress.lock()
+    }
+
+    /// Waits until `ready` holds for the progress (the applier moved), or the overlay failed.
+    fn wait_until(&self, ready: impl Fn(&Progress) -> bool) -> Result<Progress, Error> {
+        let mut progress = self.progress.lock();
+        loop {
+            if ready(&progress) {
+                return Ok(*progress);
+            }
+            if progress.failed {
+                return Err(Error::Poisoned);
+            }
+            self.changed.wait(&mut progress);
+        }
+    }
+
+    /// Waits while the overlay holds more than its limit, or while `fits(applied)` says the log
+    /// has no room behind the applied position.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the applier failed meanwhile.
+    pub(crate) fn wait_for_room(&self, fits: impl Fn(u64) -> bool) -> Result<Progress, Error> {
+        self.wait_until(|progress| {
+            (progress.bytes <= self.limit || progress.applied >= progress.published)
+                && fits(progress.applied)
+        })
+    }
+
+    /// Waits until redb holds everything published so far.
+    ///
+    /// # Errors
+    /// [`Error::Poisoned`] if the applier failed meanwhile.
+    pub(crate) fn wait_applied(&self) -> Result<Progress, Error> {
+        let target = self.progress.lock().published;
+        self.wait_until(|progress| progress.applied >= target)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::idempotency::StoredResponse;
+
+    fn record(body: &[u8]) -> Arc<Record> {
+        Arc::new(Record {
+            fingerprint: [1; 32],
+            created_at: 1,
+            expires_at: 2,
+            attempts: 1,
+            record_ttl: 1,
+            body: RecordBody::Completed(StoredResponse::new(200, body.to_vec())),
+        })
+    }
+
+    #[test]
+    fn a_newer_write_survives_the_retirement_of_an_older_one() {
+        let overlay = Overlay::new(1 << 20, 0, 1, 0);
+        let digest = Digest([1; 32]);
+        overlay.publish([(digest, Some(record(b"first")))], [], 100, 2, 5);
+        let round = overlay.next_round().expect("published");
+        assert_eq!(round.published, 100);
+        // Written again before the first round was retired.
+        overlay.publish([(digest, Some(record(b"second")))], [], 200, 3, 6);
+        overlay.retire(&round);
+        let kept = overlay.record(&digest).flatten().expect("still there");
+        assert_eq!(kept.body, record(b"second").body);
+        let round = overlay.next_round().expect("the second write");
+        overlay.retire(&round);
+        assert!(overlay.record(&digest).is_none());
+        let progress = overlay.progress();
+        assert_eq!((progress.applied, progress.bytes), (200, 0));
+    }
+
+    #[test]
+    fn a_deletion_is_visible_until_applied() {
+        let overlay = Overlay::new(1 << 20, 0, 1, 0);
+        let digest = Digest([2; 32]);
+        overlay.publish([(digest, None)], [([3; 16], None)], 64, 1, 0);
+        assert_eq!(
+            overlay.record(&digest).map(|value| value.is_none()),
+            Some(true)
+        );
+        assert_eq!(overlay.rate(&[3; 16]), Some(None));
+        let round = overlay.next_round().expect("published");
+        overlay.retire(&round);
+        assert!(overlay.record(&digest).is_none());
+        assert!(overlay.rate(&[3; 16]).is_none());
+    }
+
+    #[test]
+    fn stopping_ends_the_rounds_once_everything_is_applied_and_a_failure_wakes_waiters() {
+        let overlay = Arc::new(Overlay::new(200, 0, 1, 0));
+        overlay.publish([(Digest([4; 32]), Some(record(&[0; 500])))], [], 10, 1, 0);
+        overlay.stop();
+        let round = overlay
+            .next_round()
+            .expect("what was published before the stop");
+        // Over the limit: a writer waits until the applier retires the round or fails.
+        let waiter = {
+            let overlay = Arc::clone(&overlay);
+            std::thread::spawn(move || overlay.wait_for_room(|_| true).map(|p| p.applied))
+        };
+        overlay.retire(&round);
+        assert_eq!(waiter.join().expect("joined").ok(), Some(10));
+        assert!(overlay.next_round().is_none());
+        overlay.publish([(Digest([5; 32]), Some(record(&[0; 500])))], [], 20, 1, 0);
+        let waiter = {
+            let overlay = Arc::clone(&overlay);
+            std::thread::spawn(move || overlay.wait_for_room(|_| true).map(|p| p.applied))
+        };
+        overlay.fail();
+        assert!(matches!(
+            waiter.join().expect("joined"),
+            Err(Error::Poisoned)
+        ));
+    }
+}
