@@ -11,6 +11,7 @@
 //! limit's bytes, or while the log's ring has no room, until the applier catches up.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
 use parking_lot::{Condvar, Mutex, RwLock};
@@ -20,6 +21,19 @@ use crate::error::Error;
 use crate::idempotency::{Digest, Record, RecordBody};
 
 const SHARDS: usize = 16;
+
+/// How long published changes wait for the applier, at most, when nobody needs them in redb
+/// sooner: the longer, the more writes share each copied B-tree leaf, and the more begin/complete
+/// pairs never reach the B-tree as RUNNING records.
+pub(crate) const APPLY_DELAY: Duration = Duration::from_millis(100);
+
+/// The applier starts a round early once the entries hold this fraction of the overlay's limit.
+const EARLY_FRACTION: usize = 4;
+
+/// The applier starts a round early once the log holds this many bytes redb lacks. Acknowledged
+/// data takes room twice until it is applied (in the log and then in redb): a short lag keeps
+/// what a full disk must find room for, once space returns, small.
+pub(crate) const EARLY_LAG_BYTES: u64 = 256 * 1024;
 
 /// Bytes an entry is charged beyond its response (keys, the record's fields, the map's slot).
 const ENTRY_OVERHEAD: usize = 160;
@@ -50,6 +64,10 @@ pub(crate) struct Progress {
     pub stopping: bool,
     /// Test support: the applier waits (until released, or stopping).
     pub held: bool,
+    /// Callers waiting for the applier (for redb to catch up, or for room): it starts at once.
+    pub waiters: usize,
+    /// When something was published while everything before was applied.
+    pub pending_since: Option<Instant>,
 }
 
 /// Everything published and not yet applied, as the applier takes it for one transaction.
@@ -173,6 +191,9 @@ impl Overlay {
             }
         }
         let mut progress = self.progress.lock();
+        if progress.published <= progress.applied {
+            progress.pending_since = Some(Instant::now());
+        }
         progress.published = progress.published.max(end);
         progress.next_token = progress.next_token.max(next_token);
         progress.clock = progress.clock.max(clock);
@@ -181,8 +202,10 @@ impl Overlay {
         self.changed.notify_all();
     }
 
-    /// Waits until something is published beyond what is applied, and takes all of it. `None`
-    /// once the overlay failed, or once it is stopping and everything is applied.
+    /// Waits until something is published beyond what is applied and is due (it waited
+    /// [`APPLY_DELAY`], the entries are a quarter of the limit, someone waits for redb, or the
+    /// store is closing), and takes all of it. `None` once the overlay failed, or once it is
+    /// stopping and everything is applied.
     pub(crate) fn next_round(&self) -> Option<Round> {
         let (published, next_token, clock) = {
             let mut progress = self.progress.lock();
@@ -190,8 +213,21 @@ impl Overlay {
                 if progress.failed {
                     return None;
                 }
-                if progress.published > progress.applied && (!progress.held || progress.stopping) {
-                    break;
+                let pending = progress.published > progress.applied;
+                if pending && (!progress.held || progress.stopping) {
+                    let since = progress.pending_since.map_or(APPLY_DELAY, |at| at.elapsed());
+                    if progress.stopping
+                        || progress.waiters > 0
+                        || progress.bytes >= self.limit / EARLY_FRACTION
+                        || progress.published.saturating_sub(progress.applied) >= EARLY_LAG_BYTES
+                        || since >= APPLY_DELAY
+                    {
+                        break;
+                    }
+                    let _ = self
+                        .changed
+                        .wait_for(&mut progress, APPLY_DELAY.saturating_sub(since));
+                    continue;
                 }
                 if progress.stopping {
                     return None;
@@ -244,6 +280,8 @@ impl Overlay {
         let mut progress = self.progress.lock();
         progress.applied = progress.applied.max(round.published);
         progress.bytes = progress.bytes.saturating_sub(freed);
+        // What was published during the round has waited since it began.
+        progress.pending_since = (progress.published > progress.applied).then(Instant::now);
         drop(progress);
         self.changed.notify_all();
     }
@@ -285,17 +323,25 @@ impl Overlay {
     }
 
     /// Waits until `ready` holds for the progress (the applier moved), or the overlay failed.
+    /// While it waits the applier does not delay its rounds.
     fn wait_until(&self, ready: impl Fn(&Progress) -> bool) -> Result<Progress, Error> {
         let mut progress = self.progress.lock();
-        loop {
+        if ready(&progress) {
+            return Ok(*progress);
+        }
+        progress.waiters += 1;
+        self.changed.notify_all();
+        let outcome = loop {
             if ready(&progress) {
-                return Ok(*progress);
+                break Ok(*progress);
             }
             if progress.failed {
-                return Err(Error::Poisoned);
+                break Err(Error::Poisoned);
             }
             self.changed.wait(&mut progress);
-        }
+        };
+        progress.waiters -= 1;
+        outcome
     }
 
     /// Waits while the overlay holds more than its limit, or while `fits(applied)` says the log
