@@ -100,8 +100,9 @@ pub struct StoreBuilder {
     pub(crate) compaction_batch: usize,
     pub(crate) quick_repair: bool,
     pub(crate) verify_on_open: bool,
-    /// Changes are acknowledged at the write-ahead log and applied to redb in the background.
-    pub(crate) write_ahead_log: bool,
+    /// Changes are acknowledged at the write-ahead log and applied to redb in the background
+    /// (`None`: the default for the location, on for files, off for simulated disks).
+    pub(crate) write_ahead_log: Option<bool>,
     /// The most bytes of acknowledged changes not yet in redb (the overlay's cap).
     pub(crate) log_memory: usize,
     /// The log's segment size (test support shrinks it); its segments follow from `log_memory`.
@@ -151,7 +152,7 @@ impl Default for StoreBuilder {
             compaction_batch: DEFAULT_COMPACTION_BATCH,
             quick_repair: false,
             verify_on_open: false,
-            write_ahead_log: true,
+            write_ahead_log: None,
             log_memory: DEFAULT_LOG_MEMORY,
             log_segment_bytes: LOG_SEGMENT_BYTES,
             postgres_schema: None,
@@ -310,9 +311,10 @@ impl StoreBuilder {
     /// acknowledged state at once (an in-memory overlay holds what redb has not yet). Default =
     /// on. A store that was opened with the log keeps one (its file is format 3): turning it off
     /// later still replays and applies it at open, then writes redb directly. In-memory stores
-    /// ignore it (they have no log file). See `docs/DESIGN.md`, "The write-ahead log".
+    /// ignore it (they have no log file); on the test-support simulated disk it is off unless
+    /// set. See `docs/DESIGN.md`, "The write-ahead log".
     pub fn write_ahead_log(mut self, enabled: bool) -> Self {
-        self.write_ahead_log = enabled;
+        self.write_ahead_log = Some(enabled);
         self
     }
 

@@ -164,13 +164,19 @@ pub fn state_machine_ops(data: &[u8]) -> Vec<Op> {
 /// checkpoint / clock moves / rate checks / compaction / reopen), with I/O failures injected at a
 /// fuzzer-chosen operation count and power cuts, against the reference model
 /// ([`Harness`]). After a failure the store must refuse work, reopen, and match the last durable
-/// model (or the model with the failed operation applied: its commit is in doubt).
+/// model (or the model with the failed operation applied: its commit is in doubt). Each input
+/// runs twice: on a store writing redb directly, and on one writing through its write-ahead log.
 pub fn state_machine(data: &[u8]) {
     let ops = state_machine_ops(data);
-    let mut harness = Harness::new();
-    for (index, op) in ops.iter().enumerate() {
-        if let Err(message) = harness.apply(op) {
-            panic!("operation {index} of {ops:?}: {message}");
+    for (mode, start) in [
+        ("direct", Harness::new as fn() -> Harness),
+        ("through the log", Harness::with_write_ahead_log),
+    ] {
+        let mut harness = start();
+        for (index, op) in ops.iter().enumerate() {
+            if let Err(message) = harness.apply(op) {
+                panic!("{mode}: operation {index} of {ops:?}: {message}");
+            }
         }
     }
 }

@@ -89,7 +89,7 @@ pub enum Op {
     InjectFailure {
         after: u16,
     },
-    /// Power is cut now; the store reopens on what the disk kept (see [`SimDisk::crash_image`]).
+    /// Power is cut now; the store reopens on what the disk kept (see [`SimDisk::crashed`]).
     PowerCut {
         seed: u64,
     },
@@ -135,6 +135,8 @@ struct PostgresTarget {
 /// and the leases held.
 pub struct Harness {
     disk: SimDisk,
+    /// The store writes through its write-ahead log (on the disk's second file).
+    logged: bool,
     #[cfg(feature = "postgres")]
     postgres: Option<PostgresTarget>,
     clock: ManualClock,
@@ -207,6 +209,20 @@ impl Harness {
         Self::start(Self::unopened())
     }
 
+    /// A fresh store on an empty simulated disk, writing through its write-ahead log: every
+    /// change is acknowledged at the log's sync and applied to redb by the applier thread (so an
+    /// injected failure or a power cut may meet either file, and either thread). Small segments
+    /// make the log's ring wrap, and the overlay's cap make writers wait for the applier, within
+    /// a short sequence.
+    ///
+    /// # Panics
+    /// If the store cannot be opened.
+    pub fn with_write_ahead_log() -> Self {
+        let mut harness = Self::unopened();
+        harness.logged = true;
+        Self::start(harness)
+    }
+
     /// A fresh store on a fresh (or empty) schema `schema` of the PostgreSQL server at `conn`.
     ///
     /// # Panics
@@ -232,6 +248,7 @@ impl Harness {
     fn unopened() -> Self {
         Self {
             disk: SimDisk::new(),
+            logged: false,
             #[cfg(feature = "postgres")]
             postgres: None,
             clock: ManualClock::new(SystemTime::UNIX_EPOCH + Duration::from_secs(START)),
@@ -261,10 +278,10 @@ impl Harness {
     /// Replaces the disk by what a power cut now leaves on it (torn by `seed`).
     fn cut_power(&mut self, seed: u64) {
         self.cuts.total += 1;
-        if self.disk.unsynced_writes() > 0 {
+        if self.disk.unsynced_writes() + self.disk.log_file().unsynced_writes() > 0 {
             self.cuts.with_unsynced_writes += 1;
         }
-        self.disk = SimDisk::from_image(self.disk.crash_image(seed));
+        self.disk = self.disk.crashed(seed);
     }
 
     fn store(&self) -> Result<&Store, String> {
@@ -284,6 +301,9 @@ impl Harness {
             .record_ttl(Duration::from_secs(RECORD_TTL))
             .rate_durability(RateDurability::Immediate)
             .background_compaction(false)
+            .write_ahead_log(self.logged)
+            .log_segment_bytes_for_tests(4096)
+            .log_memory(8192)
     }
 
     /// Opens the store on the disk. An injected failure during open is healed and the open

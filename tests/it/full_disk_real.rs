@@ -3,6 +3,11 @@
 //! keep answering, writes get `Error::StorageFull` with the file's path, and once a ballast file
 //! is deleted writes resume by themselves. Then the filesystem is remounted read-only: a store
 //! opened on it serves replays and refuses writes with `Error::ReadOnly`, until it is writable.
+//!
+//! Through the write-ahead log, the disk usually fills when the applier copies acknowledged
+//! changes into redb: they are safe in the log, and what the freed space must hold is what redb
+//! lacks, which `log_memory` bounds (writers wait beyond it). The test bounds it to 256 KiB, a
+//! quarter of the ballast.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -72,7 +77,12 @@ fn a_real_full_disk_and_a_read_only_filesystem() {
     let path = mount_point.join("store.redb");
     let ballast = mount_point.join("ballast");
     std::fs::write(&ballast, vec![7u8; 1024 * 1024]).unwrap();
-    let builder = || fixture.builder().background_compaction(false);
+    let builder = || {
+        fixture
+            .builder()
+            .background_compaction(false)
+            .log_memory(256 * 1024)
+    };
     let store = builder().open(&path).unwrap();
 
     let mut acknowledged = Vec::new();

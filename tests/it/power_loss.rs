@@ -36,8 +36,20 @@ const STEP: Duration = Duration::from_secs(7);
 /// Seeds for torn images per sync point (0 is the synced bytes only).
 const SEEDS: [u64; 4] = [0, 1, 2, 3];
 
-fn builder(clock: &ManualClock, durability: RateDurability) -> StoreBuilder {
+/// How the store writes: `Direct` into redb at each commit; `Logged` through the write-ahead log
+/// (acknowledged at the log's sync, applied to redb by the applier thread), with small segments
+/// so the ring wraps within the workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Direct,
+    Logged,
+}
+
+fn builder(clock: &ManualClock, durability: RateDurability, mode: Mode) -> StoreBuilder {
     Store::builder()
+        .write_ahead_log(mode == Mode::Logged)
+        .log_segment_bytes_for_tests(4096)
+        .log_memory(8192)
         .clock(clock.clone())
         .lease_ttl(Duration::from_secs(30))
         .record_ttl(Duration::from_secs(3600))
@@ -144,18 +156,17 @@ fn workload(store: &Store, clock: &ManualClock, keys: usize, log: &mut Log) {
     }
 }
 
-/// Reopens `image` and checks the invariants against `log`.
+/// Reopens `disk` (what the cut left of both files) and checks the invariants against `log`.
 fn verify(
-    image: Vec<u8>,
+    disk: &SimDisk,
     clock: &ManualClock,
-    durability: RateDurability,
+    (durability, mode): (RateDurability, Mode),
     keys: usize,
     log: &Log,
     context: &str,
 ) {
-    let disk = SimDisk::from_image(image);
-    let store = builder(clock, durability)
-        .open_simulated(&disk)
+    let store = builder(clock, durability, mode)
+        .open_simulated(disk)
         .unwrap_or_else(|e| panic!("{context}: the store does not reopen: {e}"));
     counts_match_records(&store, &format!("{context}, after the reopen"));
     for i in 0..keys {
@@ -271,14 +282,20 @@ fn counts_match_records(store: &Store, context: &str) {
     );
 }
 
-/// Runs the workload with the power cut at `sync`, then verifies every image the cut may leave.
-fn crash_at(sync: u64, keys: usize, durability: RateDurability, seeds: &[u64]) -> bool {
+/// Runs the workload with the power cut at `sync` (of either file), then verifies every image the
+/// cut may leave.
+fn crash_at(
+    sync: u64,
+    keys: usize,
+    (durability, mode): (RateDurability, Mode),
+    seeds: &[u64],
+) -> bool {
     let start = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     let clock = ManualClock::new(start);
     let disk = SimDisk::new();
     disk.cut_power_at_sync(sync);
     let mut log = Log::default();
-    let Ok(store) = builder(&clock, durability).open_simulated(&disk) else {
+    let Ok(store) = builder(&clock, durability, mode).open_simulated(&disk) else {
         // Cut while the store was being created: on a real file system the file would not exist
         // yet (tests/it/interrupted_creation.rs), so there is nothing to reopen.
         return true;
@@ -290,11 +307,12 @@ fn crash_at(sync: u64, keys: usize, durability: RateDurability, seeds: &[u64]) -
     }
     for &seed in seeds {
         let verify_clock = ManualClock::new(tollgate::Clock::now(&clock));
-        let context = format!("{durability:?}, {keys} keys, power cut at sync {sync}, seed {seed}");
+        let context =
+            format!("{mode:?}, {durability:?}, {keys} keys, power cut at sync {sync}, seed {seed}");
         verify(
-            disk.crash_image(seed),
+            &disk.crashed(seed),
             &verify_clock,
-            durability,
+            (durability, mode),
             keys,
             &log,
             &context,
@@ -303,8 +321,7 @@ fn crash_at(sync: u64, keys: usize, durability: RateDurability, seeds: &[u64]) -
     true
 }
 
-#[test]
-fn power_cut_at_every_sync_point_loses_nothing_acknowledged() {
+fn every_sync_point(mode: Mode) {
     for durability in [
         RateDurability::Immediate,
         RateDurability::Batched {
@@ -313,21 +330,42 @@ fn power_cut_at_every_sync_point_loses_nothing_acknowledged() {
     ] {
         let mut points = 0;
         for sync in 1.. {
-            if !crash_at(sync, 12, durability, &SEEDS) {
+            if !crash_at(sync, 12, (durability, mode), &SEEDS) {
                 break;
             }
             points += 1;
         }
         assert!(points > 20, "the workload syncs {points} times");
         println!(
-            "{durability:?}: {points} crash points, {} images each",
+            "{mode:?}, {durability:?}: {points} crash points, {} images each",
             SEEDS.len()
         );
     }
 }
 
 #[test]
+fn power_cut_at_every_sync_point_loses_nothing_acknowledged() {
+    every_sync_point(Mode::Direct);
+}
+
+/// The same through the write-ahead log: the cut comes at a sync of the log or of redb (the
+/// applier's commits, recovery's), and tears what either file had unsynced.
+#[test]
+fn power_cut_at_every_sync_point_of_either_file_loses_nothing_acknowledged_by_the_log() {
+    every_sync_point(Mode::Logged);
+}
+
+#[test]
 fn power_cut_at_random_sync_points_of_a_larger_workload() {
+    random_sync_points(Mode::Direct);
+}
+
+#[test]
+fn power_cut_at_random_sync_points_of_a_larger_workload_through_the_log() {
+    random_sync_points(Mode::Logged);
+}
+
+fn random_sync_points(mode: Mode) {
     let cases: u64 = std::env::var("TOLLGATE_POWER_LOSS_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
@@ -340,7 +378,9 @@ fn power_cut_at_random_sync_points_of_a_larger_workload() {
         max_delay: Duration::from_secs(3600),
     };
     {
-        let store = builder(&clock, durability).open_simulated(&probe).unwrap();
+        let store = builder(&clock, durability, mode)
+            .open_simulated(&probe)
+            .unwrap();
         workload(&store, &clock, keys, &mut Log::default());
         store.close().unwrap();
     }
@@ -352,7 +392,7 @@ fn power_cut_at_random_sync_points_of_a_larger_workload() {
         state ^= state << 17;
         let sync = 1 + state % total;
         assert!(
-            crash_at(sync, keys, durability, &[0, case + 1]),
+            crash_at(sync, keys, (durability, mode), &[0, case + 1]),
             "sync {sync} of {total} was reached"
         );
     }

@@ -68,12 +68,23 @@ fn on_postgres() {
 
 #[test]
 fn store_agrees_with_the_reference_model() {
-    let config = fixture::proptest_config(file!(), 512);
+    agrees_with_the_reference_model(Harness::new, 512);
+}
+
+/// The same through the write-ahead log: the applier writes redb in the background, so a failure
+/// or a power cut meets the log's writes or the applier's, and reads must see the overlay.
+#[test]
+fn store_through_the_log_agrees_with_the_reference_model() {
+    agrees_with_the_reference_model(Harness::with_write_ahead_log, 256);
+}
+
+fn agrees_with_the_reference_model(harness: fn() -> Harness, cases: u32) {
+    let config = fixture::proptest_config(file!(), cases);
     let mut runner = TestRunner::new(config);
     let cuts = AtomicU64::new(0);
     let torn = AtomicU64::new(0);
     let result = runner.run(&prop::collection::vec(op(), 1..40), |ops| {
-        let mut harness = Harness::new();
+        let mut harness = harness();
         let outcome = ops
             .iter()
             .try_for_each(|op| harness.apply(op).map_err(TestCaseError::fail));

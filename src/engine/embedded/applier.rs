@@ -27,7 +27,7 @@ use super::writer::{Cause, Failure};
 use crate::error::Error;
 
 /// Bytes of frames recovery applies per transaction.
-const RECOVERY_BYTES: usize = 4 * 1024 * 1024;
+const RECOVERY_BYTES: usize = 256 * 1024;
 
 /// What redb holds, kept by whoever writes it.
 #[derive(Debug, Clone, Copy)]

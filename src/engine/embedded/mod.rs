@@ -183,8 +183,14 @@ impl Embedded {
             RateDurability::Immediate => None,
         };
         let log = LogSettings {
-            // In-memory stores have no log file (nothing of theirs outlives the process).
-            enabled: builder.write_ahead_log && matches!(location, Location::File(_)),
+            // In-memory stores have no log file (nothing of theirs outlives the process); the
+            // simulated disk has one when a test asks for it.
+            enabled: match location {
+                Location::File(_) => builder.write_ahead_log.unwrap_or(true),
+                Location::Memory(_) => false,
+                #[cfg(any(test, feature = "test-support"))]
+                Location::Simulated(_) => builder.write_ahead_log.unwrap_or(false),
+            },
             geometry: log_geometry(builder)?,
             memory: builder.log_memory,
         };
@@ -716,10 +722,23 @@ enum LogAccess {
 /// The log's device for the store at `location`.
 fn log_device(location: &Location, access: LogAccess) -> Result<Box<dyn redb::StorageBackend>> {
     let create = access == LogAccess::Create;
-    let Location::File(path) = location else {
-        return Err(Error::Corrupted(
-            "a store with a write-ahead log outside a file".into(),
-        ));
+    let path = match location {
+        Location::File(path) => path,
+        #[cfg(any(test, feature = "test-support"))]
+        Location::Simulated(disk) => {
+            let log = disk.log_file();
+            if !create && !log.has_bytes() {
+                return Err(Error::Corrupted(
+                    "the simulated disk's write-ahead log is missing".into(),
+                ));
+            }
+            return Ok(Box::new(log));
+        }
+        Location::Memory(_) => {
+            return Err(Error::Corrupted(
+                "an in-memory store with a write-ahead log".into(),
+            ));
+        }
     };
     let log = log_path(path);
     if !create && !log.exists() {

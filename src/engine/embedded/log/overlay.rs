@@ -197,7 +197,10 @@ impl Overlay {
         progress.published = progress.published.max(end);
         progress.next_token = progress.next_token.max(next_token);
         progress.clock = progress.clock.max(clock);
-        progress.bytes = progress.bytes.saturating_add(added).saturating_sub(replaced);
+        progress.bytes = progress
+            .bytes
+            .saturating_add(added)
+            .saturating_sub(replaced);
         drop(progress);
         self.changed.notify_all();
     }
@@ -215,7 +218,9 @@ impl Overlay {
                 }
                 let pending = progress.published > progress.applied;
                 if pending && (!progress.held || progress.stopping) {
-                    let since = progress.pending_since.map_or(APPLY_DELAY, |at| at.elapsed());
+                    let since = progress
+                        .pending_since
+                        .map_or(APPLY_DELAY, |at| at.elapsed());
                     if progress.stopping
                         || progress.waiters > 0
                         || progress.bytes >= self.limit / EARLY_FRACTION

@@ -24,6 +24,12 @@
 //! with [`std::io::ErrorKind::StorageFull`] (and changes nothing); writes within the image still
 //! succeed, as on a real full filesystem, and [`SimDisk::unlimit_size`] gives the space back.
 //!
+//! A disk holds two files, as a store's directory does: the store's (the handle [`SimDisk::new`]
+//! returns) and its write-ahead log's ([`SimDisk::log_file`]). They share the power, the count of
+//! syncs and operations (a cut at sync `n` counts the syncs of both), the injected failures and
+//! the space; each keeps its own images, and [`SimDisk::crashed`] gives both at once what one
+//! power cut could leave.
+//!
 //! Cost: a sync copies the whole image, so this is for small test stores only.
 
 use std::sync::Arc;
@@ -39,14 +45,53 @@ pub struct SimDisk {
     state: Arc<Mutex<DiskState>>,
     /// Wakes syncs held by [`SimDisk::hold_syncs`].
     sync_gate: Arc<Condvar>,
+    /// Which of the disk's files this handle reads and writes: 0 the store's, 1 its log's.
+    file: usize,
 }
 
+/// One file's bytes.
 #[derive(Debug, Default)]
-struct DiskState {
+struct FileImage {
     live: Vec<u8>,
     durable: Vec<u8>,
     /// Writes since the last completed sync, oldest first: (offset, bytes).
     unsynced: Vec<(usize, Vec<u8>)>,
+}
+
+impl FileImage {
+    /// What a power cut now could leave of this file, chosen by `random` (see
+    /// [`SimDisk::crash_image`]).
+    fn crash_image(&self, random: Option<&mut SplitMix>) -> Vec<u8> {
+        let mut image = self.durable.clone();
+        let Some(random) = random else {
+            return image;
+        };
+        let length = if random.next() % 2 == 0 {
+            self.live.len()
+        } else {
+            self.durable.len()
+        };
+        image.resize(length, 0);
+        for (offset, bytes) in &self.unsynced {
+            match random.next() % 3 {
+                0 => {}
+                1 => overlay(&mut image, *offset, bytes),
+                _ => {
+                    for (index, sector) in bytes.chunks(SECTOR).enumerate() {
+                        if random.next() % 2 == 0 {
+                            overlay(&mut image, offset + index * SECTOR, sector);
+                        }
+                    }
+                }
+            }
+        }
+        image
+    }
+}
+
+#[derive(Debug, Default)]
+struct DiskState {
+    files: [FileImage; 2],
     /// Completed syncs.
     syncs: u64,
     /// Mutating operations attempted (writes, length changes, syncs).
@@ -77,15 +122,54 @@ impl SimDisk {
         Self::default()
     }
 
-    /// A disk holding `image`, durable as if just synced.
+    /// A disk holding `image` as the store's file (and no log), durable as if just synced.
     pub fn from_image(image: Vec<u8>) -> Self {
+        Self::from_images(image, Vec::new())
+    }
+
+    /// A disk holding `store` as the store's file and `log` as its log's, durable as if just
+    /// synced.
+    pub fn from_images(store: Vec<u8>, log: Vec<u8>) -> Self {
         let disk = Self::default();
         {
             let mut state = disk.state.lock();
-            state.durable.clone_from(&image);
-            state.live = image;
+            for (file, image) in state.files.iter_mut().zip([store, log]) {
+                file.durable.clone_from(&image);
+                file.live = image;
+            }
         }
         disk
+    }
+
+    /// The disk's other file, for the store's write-ahead log (the same disk: power, syncs,
+    /// failures and space are shared). From a log handle, the store's file again.
+    #[must_use]
+    pub fn log_file(&self) -> SimDisk {
+        SimDisk {
+            state: Arc::clone(&self.state),
+            sync_gate: Arc::clone(&self.sync_gate),
+            file: 1 - self.file,
+        }
+    }
+
+    /// Whether this handle's file holds any bytes (a log never written has none).
+    pub fn has_bytes(&self) -> bool {
+        !self.state.lock().files[self.file].live.is_empty()
+    }
+
+    /// A new disk holding what one power cut now could leave of both files: as
+    /// [`SimDisk::crash_image`], the store's file first and then the log's from one stream of
+    /// `seed`. `seed == 0` keeps no unsynced write of either.
+    #[must_use]
+    pub fn crashed(&self, seed: u64) -> SimDisk {
+        let (store, log) = {
+            let state = self.state.lock();
+            let mut random = SplitMix(seed);
+            let store = state.files[0].crash_image((seed != 0).then_some(&mut random));
+            let log = state.files[1].crash_image((seed != 0).then_some(&mut random));
+            (store, log)
+        };
+        SimDisk::from_images(store, log)
     }
 
     /// Syncs completed so far.
@@ -98,9 +182,10 @@ impl SimDisk {
         self.state.lock().operations
     }
 
-    /// Writes made since the last completed sync (what a power cut now could tear or lose).
+    /// Writes made to this file since its last completed sync (what a power cut now could tear
+    /// or lose).
     pub fn unsynced_writes(&self) -> usize {
-        self.state.lock().unsynced.len()
+        self.state.lock().files[self.file].unsynced.len()
     }
 
     /// Whether the simulated power cut has happened.
@@ -156,15 +241,16 @@ impl SimDisk {
         self.state.lock().syncs_waiting
     }
 
-    /// Fills the disk: from now on the image cannot grow past `bytes` (nor past its current size,
-    /// if that is larger). Growing writes and length changes fail with `StorageFull`.
+    /// Fills the disk: from now on its files together cannot grow past `bytes` (nor past their
+    /// current size, if that is larger). Growing writes and length changes fail with
+    /// `StorageFull`.
     pub fn limit_size(&self, bytes: u64) {
         let mut state = self.state.lock();
         let bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
-        state.size_limit = Some(bytes.max(state.live.len()));
+        state.size_limit = Some(bytes.max(state.used()));
     }
 
-    /// Fills the disk at the image's current size ([`SimDisk::limit_size`]).
+    /// Fills the disk at its files' current size ([`SimDisk::limit_size`]).
     pub fn fill(&self) {
         self.limit_size(0);
     }
@@ -179,9 +265,9 @@ impl SimDisk {
         self.state.lock().refused_for_space
     }
 
-    /// The current size of the image (what the running process sees).
+    /// The current size of this file's image (what the running process sees).
     pub fn size(&self) -> u64 {
-        self.state.lock().live.len() as u64
+        self.state.lock().files[self.file].live.len() as u64
     }
 
     /// Ends injected failures: later operations succeed again on the live image.
@@ -191,41 +277,18 @@ impl SimDisk {
         state.fail_from_operation = None;
     }
 
-    /// The image as of the last completed sync.
+    /// This file's image as of its last completed sync.
     pub fn durable_image(&self) -> Vec<u8> {
-        self.state.lock().durable.clone()
+        self.state.lock().files[self.file].durable.clone()
     }
 
-    /// What a power cut now could leave on the disk: the durable image plus, chosen by `seed`,
+    /// What a power cut now could leave of this file: the durable image plus, chosen by `seed`,
     /// some of the unsynced writes, each kept whole, dropped, or torn at sector boundaries, and
     /// the unsynced file length kept or lost. `seed == 0` keeps no unsynced write.
     pub fn crash_image(&self, seed: u64) -> Vec<u8> {
         let state = self.state.lock();
-        let mut image = state.durable.clone();
-        if seed == 0 {
-            return image;
-        }
         let mut random = SplitMix(seed);
-        let length = if random.next() % 2 == 0 {
-            state.live.len()
-        } else {
-            state.durable.len()
-        };
-        image.resize(length, 0);
-        for (offset, bytes) in &state.unsynced {
-            match random.next() % 3 {
-                0 => {}
-                1 => overlay(&mut image, *offset, bytes),
-                _ => {
-                    for (index, sector) in bytes.chunks(SECTOR).enumerate() {
-                        if random.next() % 2 == 0 {
-                            overlay(&mut image, offset + index * SECTOR, sector);
-                        }
-                    }
-                }
-            }
-        }
-        image
+        state.files[self.file].crash_image((seed != 0).then_some(&mut random))
     }
 
     /// Counts a mutating operation and reports whether it must fail.
@@ -256,9 +319,21 @@ fn overlay(image: &mut [u8], offset: usize, bytes: &[u8]) {
     image[offset..end].copy_from_slice(&bytes[..end - offset]);
 }
 
-/// Refuses growing the image to `end` bytes on a full disk.
-fn check_space(state: &mut DiskState, end: usize) -> Result<(), std::io::Error> {
-    if end > state.live.len() && state.size_limit.is_some_and(|limit| end > limit) {
+impl DiskState {
+    /// Bytes the files take.
+    fn used(&self) -> usize {
+        self.files.iter().map(|file| file.live.len()).sum()
+    }
+}
+
+/// Refuses growing `file` to `end` bytes on a full disk.
+fn check_space(state: &mut DiskState, file: usize, end: usize) -> Result<(), std::io::Error> {
+    let current = state.files[file].live.len();
+    if end > current
+        && state
+            .size_limit
+            .is_some_and(|limit| state.used() - current + end > limit)
+    {
         state.refused_for_space += 1;
         return Err(std::io::Error::new(
             std::io::ErrorKind::StorageFull,
@@ -282,7 +357,7 @@ impl redb::StorageBackend for SimDisk {
         if state.dead {
             return Err(power_lost());
         }
-        Ok(state.live.len() as u64)
+        Ok(state.files[self.file].live.len() as u64)
     }
 
     fn read(&self, offset: u64, out: &mut [u8]) -> Result<(), std::io::Error> {
@@ -293,7 +368,7 @@ impl redb::StorageBackend for SimDisk {
         let start = to_index(offset)?;
         let bytes = start
             .checked_add(out.len())
-            .and_then(|end| state.live.get(start..end))
+            .and_then(|end| state.files[self.file].live.get(start..end))
             .ok_or_else(|| std::io::Error::from(std::io::ErrorKind::UnexpectedEof))?;
         out.copy_from_slice(bytes);
         Ok(())
@@ -303,8 +378,8 @@ impl redb::StorageBackend for SimDisk {
         let mut state = self.state.lock();
         Self::start_operation(&mut state)?;
         let len = to_index(len)?;
-        check_space(&mut state, len)?;
-        state.live.resize(len, 0);
+        check_space(&mut state, self.file, len)?;
+        state.files[self.file].live.resize(len, 0);
         Ok(())
     }
 
@@ -326,9 +401,13 @@ impl redb::StorageBackend for SimDisk {
             return Err(power_lost());
         }
         state.syncs += 1;
-        let DiskState { live, durable, .. } = &mut *state;
+        let FileImage {
+            live,
+            durable,
+            unsynced,
+        } = &mut state.files[self.file];
         durable.clone_from(live);
-        state.unsynced.clear();
+        unsynced.clear();
         Ok(())
     }
 
@@ -339,12 +418,13 @@ impl redb::StorageBackend for SimDisk {
         let end = start
             .checked_add(data.len())
             .ok_or_else(|| std::io::Error::other("write beyond the address space"))?;
-        check_space(&mut state, end)?;
-        if end > state.live.len() {
-            state.live.resize(end, 0);
+        check_space(&mut state, self.file, end)?;
+        let file = &mut state.files[self.file];
+        if end > file.live.len() {
+            file.live.resize(end, 0);
         }
-        state.live[start..end].copy_from_slice(data);
-        state.unsynced.push((start, data.to_vec()));
+        file.live[start..end].copy_from_slice(data);
+        file.unsynced.push((start, data.to_vec()));
         Ok(())
     }
 }
