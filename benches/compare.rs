@@ -651,7 +651,7 @@ fn print_goals(rows: &[Row]) {
     goal(
         "1 thread cycles vs naive redb",
         ratio("cycle/tollgate/1", "cycle/naive-redb/1"),
-        0.9,
+        1.0,
         "x",
     );
     // Not goals: where the 1-thread goal's ceiling is (the format's writes with no tollgate code),
@@ -675,6 +675,12 @@ fn print_goals(rows: &[Row]) {
         "x",
     );
     goal(
+        "64 threads cycles vs naive PostgreSQL loop (embedded store)",
+        ratio("cycle/tollgate/64", "cycle/naive-pg/64"),
+        4.0,
+        "x",
+    );
+    goal(
         "64 threads cycles vs SQLite",
         ratio("cycle/tollgate/64", "cycle/sqlite/64"),
         5.0,
@@ -683,7 +689,13 @@ fn print_goals(rows: &[Row]) {
     goal(
         "replays per second, 1 thread (millions)",
         rate("replay/tollgate/1").map(|r| r / 1e6),
-        1.0,
+        5.0,
+        "M",
+    );
+    goal(
+        "uncached replays per second, 1 thread (millions)",
+        rate("replay/tollgate-uncached/1").map(|r| r / 1e6),
+        0.8,
         "M",
     );
     goal(
@@ -791,6 +803,7 @@ fn main() {
                 Box::new(|d| tollgate_pg_cycles(1, d)),
             ),
             ("cycle/naive-pg/1", Box::new(|d| naive_pg_cycles(1, d))),
+            ("cycle/naive-pg/8", Box::new(|d| naive_pg_cycles(8, d))),
             (
                 "cycle/tollgate-pg/64",
                 Box::new(|d| tollgate_pg_cycles(64, d)),
@@ -843,4 +856,120 @@ fn main() {
     }
     print_table(&rows);
     print_goals(&rows);
+    write_chart(&rows);
+}
+
+/// The cycle rows as an SVG chart: cycles per second (log scale) against threads, one line per
+/// system. Written to `TOLLGATE_COMPARE_SVG` (default `target/compare-cycles.svg`) when the run
+/// has cycle rows of at least two thread counts.
+fn write_chart(rows: &[Row]) {
+    const SYSTEMS: [(&str, &str, &str); 5] = [
+        ("tollgate", "tollgate (embedded)", "#d62728"),
+        ("naive-redb", "naive redb loop", "#1f77b4"),
+        ("sqlite", "SQLite (WAL)", "#2ca02c"),
+        ("naive-pg", "naive PostgreSQL loop", "#9467bd"),
+        ("tollgate-pg", "tollgate on PostgreSQL", "#ff7f0e"),
+    ];
+    const THREADS: [u32; 3] = [1, 8, 64];
+    let point = |system: &str, threads: u32| {
+        rows.iter()
+            .find(|row| row.name == format!("cycle/{system}/{threads}"))
+            .map(Row::per_second)
+    };
+    let lines: Vec<_> = SYSTEMS
+        .iter()
+        .filter_map(|&(system, label, colour)| {
+            let points: Vec<(usize, f64)> = THREADS
+                .iter()
+                .enumerate()
+                .filter_map(|(i, &t)| point(system, t).map(|v| (i, v)))
+                .collect();
+            (points.len() >= 2).then_some((label, colour, points))
+        })
+        .collect();
+    if lines.is_empty() {
+        return;
+    }
+    let (width, height, left, right, top, bottom) = (640.0, 400.0, 70.0, 190.0, 30.0, 50.0);
+    let values = lines.iter().flat_map(|(_, _, p)| p.iter().map(|&(_, v)| v));
+    let (low, high) = values.fold((f64::MAX, 0.0_f64), |(lo, hi), v| (lo.min(v), hi.max(v)));
+    let (decade_low, decade_high) = (
+        low.log10().floor(),
+        high.log10().ceil().max(low.log10().floor() + 1.0),
+    );
+    let x = |i: usize| left + (width - left - right) * i as f64 / (THREADS.len() - 1) as f64;
+    let y = |v: f64| {
+        top + (height - top - bottom) * (decade_high - v.log10()) / (decade_high - decade_low)
+    };
+    let mut svg = format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{height}\" \
+         font-family=\"sans-serif\" font-size=\"12\">\n\
+         <rect width=\"100%\" height=\"100%\" fill=\"white\"/>\n\
+         <text x=\"{left}\" y=\"18\" font-size=\"14\">begin + complete cycles per second \
+         (log scale), fsync on, one machine</text>\n"
+    );
+    let mut decade = decade_low;
+    while decade <= decade_high {
+        for step in [1.0, 2.0, 5.0] {
+            let v = 10f64.powf(decade) * step;
+            if v.log10() > decade_high + 1e-9 {
+                continue;
+            }
+            let at = y(v);
+            svg += &format!(
+                "<line x1=\"{left}\" x2=\"{}\" y1=\"{at:.1}\" y2=\"{at:.1}\" stroke=\"#ddd\"/>\n\
+                 <text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\">{v:.0}</text>\n",
+                width - right,
+                left - 6.0,
+                at + 4.0
+            );
+        }
+        decade += 1.0;
+    }
+    for (i, threads) in THREADS.iter().enumerate() {
+        svg += &format!(
+            "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">{threads}</text>\n",
+            x(i),
+            height - bottom + 18.0
+        );
+    }
+    svg += &format!(
+        "<text x=\"{:.1}\" y=\"{}\" text-anchor=\"middle\">threads</text>\n",
+        (left + width - right) / 2.0,
+        height - 12.0
+    );
+    for (n, (label, colour, points)) in lines.iter().enumerate() {
+        let path: Vec<String> = points
+            .iter()
+            .map(|&(i, v)| format!("{:.1},{:.1}", x(i), y(v)))
+            .collect();
+        svg += &format!(
+            "<polyline fill=\"none\" stroke=\"{colour}\" stroke-width=\"2.5\" points=\"{}\"/>\n",
+            path.join(" ")
+        );
+        for &(i, v) in points {
+            svg += &format!(
+                "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{colour}\"/>\n",
+                x(i),
+                y(v)
+            );
+        }
+        let legend = top + 20.0 * n as f64 + 10.0;
+        svg += &format!(
+            "<line x1=\"{}\" x2=\"{}\" y1=\"{legend}\" y2=\"{legend}\" stroke=\"{colour}\" \
+             stroke-width=\"2.5\"/><text x=\"{}\" y=\"{}\">{label}</text>\n",
+            width - right + 12.0,
+            width - right + 32.0,
+            width - right + 38.0,
+            legend + 4.0
+        );
+    }
+    svg += "</svg>\n";
+    let path = std::env::var("TOLLGATE_COMPARE_SVG").unwrap_or_else(|_| {
+        concat!(env!("CARGO_MANIFEST_DIR"), "/target/compare-cycles.svg").into()
+    });
+    match std::fs::write(&path, svg) {
+        Ok(()) => eprintln!("chart written to {path}"),
+        Err(error) => eprintln!("chart not written to {path}: {error}"),
+    }
 }

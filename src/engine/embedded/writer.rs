@@ -36,7 +36,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError};
 use parking_lot::Mutex;
 
 use super::applier::RedbSide;
@@ -106,14 +106,14 @@ pub(crate) enum Command {
 /// A caller's reply channel, with the answer once the command was applied. The answer is sent
 /// only after the batch committed ([`Command::answer`]), or replaced by the batch's error.
 pub(crate) struct Pending<T> {
-    reply: Sender<Result<T, Error>>,
+    reply: super::oneshot::Sender<Result<T, Error>>,
     outcome: Option<Result<T, Error>>,
 }
 
 impl<T> Pending<T> {
     /// A reply and the receiver its caller waits on.
-    pub(crate) fn channel() -> (Self, Receiver<Result<T, Error>>) {
-        let (reply, answer) = crossbeam_channel::bounded(1);
+    pub(crate) fn channel() -> (Self, super::oneshot::Receiver<Result<T, Error>>) {
+        let (reply, answer) = super::oneshot::channel();
         (
             Self {
                 reply,
@@ -141,7 +141,7 @@ impl<T> Pending<T> {
 
     fn send(self, outcome: Result<T, Error>) {
         // The caller may have gone (its thread ended); nothing to do then.
-        let _ = self.reply.send(outcome);
+        self.reply.send(outcome);
     }
 
     /// Sends the kept answer (or `error` if the command was never applied).

@@ -30,10 +30,12 @@ pub(crate) const APPLY_DELAY: Duration = Duration::from_millis(100);
 /// The applier starts a round early once the entries hold this fraction of the overlay's limit.
 const EARLY_FRACTION: usize = 4;
 
-/// The applier starts a round early once the log holds this many bytes redb lacks. Acknowledged
-/// data takes room twice until it is applied (in the log and then in redb): a short lag keeps
-/// what a full disk must find room for, once space returns, small.
-pub(crate) const EARLY_LAG_BYTES: u64 = 256 * 1024;
+/// The applier starts a round early once the log holds this many bytes redb lacks (a segment):
+/// rounds larger than this buy little more sharing of leaves. What bounds the lag is the
+/// overlay's cap (`log_memory`): writers wait beyond it. Acknowledged data takes room twice until
+/// it is applied (in the log, then in redb), so that cap is also what a full disk must find room
+/// for once space returns.
+pub(crate) const EARLY_LAG_BYTES: u64 = 4 * 1024 * 1024;
 
 /// Bytes an entry is charged beyond its response (keys, the record's fields, the map's slot).
 const ENTRY_OVERHEAD: usize = 160;
