@@ -47,6 +47,26 @@ pub(crate) struct BeginRequest {
     pub record_ttl: u64,
 }
 
+/// What a caller's own read of a key saw, for the engine's begin to trust if it still holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Seen {
+    /// Nothing to trust: the engine reads the key.
+    Nothing,
+    /// The key was absent, read after the embedded overlay's generation was `generation` (the
+    /// writer trusts it while the generation is unchanged: see `log::overlay`).
+    Absent { generation: u64 },
+}
+
+/// How a begin that read first went on.
+// Returned by value once per begin: boxing the answer would allocate on the replay path.
+#[allow(clippy::large_enum_variant)]
+pub(crate) enum Early {
+    /// Answered without writing (a replay, in flight, a mismatch), with the record read.
+    Answer(BeginDecision, Record),
+    /// The begin must write: through [`RecordEngine::begin`], with what the read saw.
+    Write(Seen),
+}
+
 /// Records for a bulk load, produced inside the engine's transaction: called with 0, 1, 2, …
 /// until it returns `None`. Each record's times are relative to the `now` it is given.
 pub(crate) type BulkRecords = Box<dyn FnMut(u64, u64) -> Option<(Digest, Record)> + Send>;
@@ -90,16 +110,14 @@ pub(crate) trait RecordEngine: Send + Sync {
     fn read(&self, digest: &Digest) -> Result<Option<Record>>;
 
     /// A begin's answer if it needs no write (a replay, a mismatch, a key in flight), decided on
-    /// the latest committed record, with that record; `None` if the begin must go through
-    /// [`RecordEngine::begin`]. An engine whose `begin` reads as cheaply may always say `None`.
-    fn begin_without_writing(
-        &self,
-        digest: &Digest,
-        request: BeginRequest,
-    ) -> Result<Option<(BeginDecision, Record)>>;
+    /// the latest committed record, with that record; else [`Early::Write`], with what the read
+    /// saw, for [`RecordEngine::begin`]. An engine whose `begin` reads as cheaply may always say
+    /// `Early::Write(Seen::Nothing)` without reading.
+    fn begin_without_writing(&self, digest: &Digest, request: BeginRequest) -> Result<Early>;
 
-    /// Decides a begin on the current record and stores the decision.
-    fn begin(&self, digest: Digest, request: BeginRequest) -> Result<BeginDecision>;
+    /// Decides a begin on the current record and stores the decision. `seen` is what the
+    /// caller's own read of the key saw ([`Seen::Nothing`] if it did not read).
+    fn begin(&self, digest: Digest, request: BeginRequest, seen: Seen) -> Result<BeginDecision>;
 
     /// Applies a lease owner's resolution, fenced by its token. Returns the lease's new expiry
     /// for an extension.

@@ -47,7 +47,7 @@ pub use stats::{CompactionReport, DegradedCause, Stats};
 
 use crate::engine::embedded::Embedded;
 use crate::engine::embedded::storage::Location;
-use crate::engine::{BeginRequest, Engine};
+use crate::engine::{BeginRequest, Early, Engine, Seen};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, RecordInfo, Replay};
@@ -388,16 +388,22 @@ impl Store {
         }
         if let FromCache::NotCached = cached {
             let generation = self.shared.replays.as_ref().map(ReplayCache::generation);
-            if let Some((decision, record)) = records.begin_without_writing(&digest, request)? {
-                if let (Some(cache), Some(generation)) = (&self.shared.replays, generation) {
-                    if matches!(decision, BeginDecision::Replay { .. }) {
-                        cache.insert(digest, record, generation);
+            match records.begin_without_writing(&digest, request)? {
+                Early::Answer(decision, record) => {
+                    if let (Some(cache), Some(generation)) = (&self.shared.replays, generation) {
+                        if matches!(decision, BeginDecision::Replay { .. }) {
+                            cache.insert(digest, record, generation);
+                        }
                     }
+                    return Ok(self.to_begin(digest, decision));
                 }
-                return Ok(self.to_begin(digest, decision));
+                Early::Write(seen) => {
+                    let decision = records.begin(digest, request, seen)?;
+                    return Ok(self.to_begin(digest, decision));
+                }
             }
         }
-        let decision = records.begin(digest, request)?;
+        let decision = records.begin(digest, request, Seen::Nothing)?;
         Ok(self.to_begin(digest, decision))
     }
 

@@ -3,10 +3,31 @@
 
 use super::Embedded;
 use super::writer::Command;
-use crate::engine::{BeginRequest, BulkRecords, RecordEngine};
+use crate::engine::{BeginRequest, BulkRecords, Early, RecordEngine, Seen};
 use crate::error::Result;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Resolution};
 use crate::idempotency::{Digest, Record};
+
+impl Embedded {
+    /// The latest acknowledged record (the overlay's, else redb's), and, if there is none and
+    /// the store writes through its log, the overlay's generation read before looking: the
+    /// writer may trust the absence while the generation holds (see `log::overlay`).
+    fn read_seen(&self, digest: &Digest) -> Result<(Option<Record>, Seen)> {
+        self.with_backend(|backend, overlay| {
+            let Some(overlay) = overlay else {
+                return Ok((backend.read_record(digest)?, Seen::Nothing));
+            };
+            let generation = overlay.generation();
+            match overlay.record(digest) {
+                Some(latest) => Ok((latest.map(|record| (*record).clone()), Seen::Nothing)),
+                None => match backend.read_record(digest)? {
+                    Some(record) => Ok((Some(record), Seen::Nothing)),
+                    None => Ok((None, Seen::Absent { generation })),
+                },
+            }
+        })
+    }
+}
 
 impl RecordEngine for Embedded {
     fn now(&self) -> u64 {
@@ -14,21 +35,13 @@ impl RecordEngine for Embedded {
     }
 
     fn read(&self, digest: &Digest) -> Result<Option<Record>> {
-        self.with_backend(|backend, overlay| {
-            match overlay.and_then(|overlay| overlay.record(digest)) {
-                Some(latest) => Ok(latest.map(|record| (*record).clone())),
-                None => backend.read_record(digest),
-            }
-        })
+        self.read_seen(digest).map(|(record, _)| record)
     }
 
-    fn begin_without_writing(
-        &self,
-        digest: &Digest,
-        request: BeginRequest,
-    ) -> Result<Option<(BeginDecision, Record)>> {
-        let Some(record) = self.read(digest)? else {
-            return Ok(None);
+    fn begin_without_writing(&self, digest: &Digest, request: BeginRequest) -> Result<Early> {
+        let (record, seen) = self.read_seen(digest)?;
+        let Some(record) = record else {
+            return Ok(Early::Write(seen));
         };
         let params = BeginParams {
             fingerprint: request.fingerprint,
@@ -40,15 +53,16 @@ impl RecordEngine for Embedded {
             next_token: 0,
         };
         Ok(match machine::begin(Some(&record), &params) {
-            BeginDecision::Acquired { .. } => None,
-            decision => Some((decision, record)),
+            BeginDecision::Acquired { .. } => Early::Write(Seen::Nothing),
+            decision => Early::Answer(decision, record),
         })
     }
 
-    fn begin(&self, digest: Digest, request: BeginRequest) -> Result<BeginDecision> {
+    fn begin(&self, digest: Digest, request: BeginRequest, seen: Seen) -> Result<BeginDecision> {
         self.send(|reply| Command::Begin {
             digest,
             request,
+            seen,
             reply,
         })
     }

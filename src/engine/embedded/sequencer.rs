@@ -14,7 +14,7 @@ use super::writer::{Applied, Command};
 use crate::clock::StoreTime;
 use crate::engine::Swept;
 use crate::engine::codec::StoredRate;
-use crate::engine::{BeginRequest, BulkRecords, lease_expiry, stored_rate};
+use crate::engine::{BeginRequest, BulkRecords, Seen, lease_expiry, stored_rate};
 use crate::error::Error;
 use crate::idempotency::Digest;
 use crate::idempotency::Record;
@@ -47,6 +47,9 @@ pub(crate) trait Txn {
     fn record_count(&mut self) -> Result<u64, Error>;
     /// Removes up to `limit` due records and idle counters.
     fn sweep(&mut self, now: u64, limit: usize) -> Result<Swept, Error>;
+    /// The caller read `digest` as absent at the overlay's `generation`: a view may answer
+    /// [`Txn::record`] from that while the generation holds, instead of reading redb again.
+    fn absent_since(&mut self, _digest: &Digest, _generation: u64) {}
 }
 
 impl Txn for Tables<'_> {
@@ -108,8 +111,12 @@ impl Sequencer {
             Command::Begin {
                 digest,
                 request,
+                seen,
                 reply,
             } => {
+                if let Seen::Absent { generation } = seen {
+                    tables.absent_since(digest, *generation);
+                }
                 let outcome = self.begin(tables, digest, request, now);
                 reply.set(outcome)
             }

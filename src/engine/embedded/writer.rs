@@ -70,6 +70,8 @@ pub(crate) enum Command {
     Begin {
         digest: Digest,
         request: BeginRequest,
+        /// What the caller's own read saw (see [`crate::engine::Seen`]).
+        seen: crate::engine::Seen,
         reply: Pending<BeginDecision>,
     },
     /// A lease resolution; answered with the lease's new expiry for an extension.
@@ -744,6 +746,10 @@ impl Core {
         self.commit(&mut one);
         side.counts = self.sequencer.record_counts;
         drop(side);
+        // redb changed beside the overlay: an absence read before this is not to be trusted.
+        if let Some(wal) = &self.wal {
+            wal.overlay.bump_generation();
+        }
         if let (Some(wal), Ok(records)) = (self.wal.as_mut(), self.backend.record_count()) {
             wal.records = records;
         }

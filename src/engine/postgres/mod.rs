@@ -42,7 +42,7 @@ use session::Connector;
 use sql::Sql;
 use worker::Queue;
 
-use super::{BeginRequest, BulkRecords, CounterEngine, RecordEngine, Swept};
+use super::{BeginRequest, BulkRecords, CounterEngine, Early, RecordEngine, Seen, Swept};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
@@ -335,17 +335,13 @@ impl RecordEngine for Postgres {
             .call(move |session| maintenance::read_record(session, &clock, &digest))
     }
 
-    fn begin_without_writing(
-        &self,
-        _digest: &Digest,
-        _request: BeginRequest,
-    ) -> Result<Option<(BeginDecision, Record)>> {
+    fn begin_without_writing(&self, _digest: &Digest, _request: BeginRequest) -> Result<Early> {
         // A begin's batch reads and decides in one transaction; reading first would only add a
         // round trip.
-        Ok(None)
+        Ok(Early::Write(Seen::Nothing))
     }
 
-    fn begin(&self, digest: Digest, request: BeginRequest) -> Result<BeginDecision> {
+    fn begin(&self, digest: Digest, request: BeginRequest, _seen: Seen) -> Result<BeginDecision> {
         self.queue()?.change(|reply| Change::Begin {
             digest,
             request,

@@ -7,10 +7,18 @@
 //! that finds a key here sees the latest acknowledged state, and a read that misses reads redb,
 //! which then holds it: an entry leaves only after redb committed it.
 //!
+//! A *generation* counts the moments an entry may have left the overlay for redb, or redb
+//! changed beside it: it moves before each retirement removes anything, and at each direct
+//! commit. A caller that read the generation, then found a key in neither the overlay nor redb,
+//! knows redb still lacks the key while the generation holds and the overlay has no entry for
+//! it: the writer trusts that absence instead of reading redb again ([`crate::engine::Seen`]).
+//! Generations of different overlays never meet (each starts at its own base).
+//!
 //! Bounded: the writer waits ([`Overlay::wait_for_room`]) while the entries hold more than the
 //! limit's bytes, or while the log's ring has no room, until the applier catches up.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use hashbrown::HashMap;
@@ -21,6 +29,10 @@ use crate::error::Error;
 use crate::idempotency::{Digest, Record, RecordBody};
 
 const SHARDS: usize = 16;
+
+/// Where the next overlay's generations start: far apart, so that no two overlays of a process
+/// share one.
+static NEXT_BASE: AtomicU64 = AtomicU64::new(1);
 
 /// How long published changes wait for the applier, at most, when nobody needs them in redb
 /// sooner: the longer, the more writes share each copied B-tree leaf, and the more begin/complete
@@ -85,6 +97,8 @@ pub(crate) struct Overlay {
     records: Vec<RwLock<HashMap<Digest, Slot<Arc<Record>>>>>,
     rates: RwLock<HashMap<[u8; 16], Slot<StoredRate>>>,
     limit: usize,
+    /// See the module's documentation.
+    generation: AtomicU64,
     progress: Mutex<Progress>,
     /// Signalled when something is published, applied, or the overlay fails or stops.
     changed: Condvar,
@@ -110,6 +124,7 @@ impl Overlay {
             records: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
             rates: RwLock::new(HashMap::new()),
             limit,
+            generation: AtomicU64::new(NEXT_BASE.fetch_add(1, Ordering::Relaxed) << 32),
             progress: Mutex::new(Progress {
                 published: applied,
                 applied,
@@ -134,6 +149,16 @@ impl Overlay {
             .read()
             .get(digest)
             .map(|slot| slot.value.clone())
+    }
+
+    /// The current generation (see the module's documentation).
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Moves the generation: entries are about to leave, or redb was written beside the overlay.
+    pub(crate) fn bump_generation(&self) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
     /// [`Overlay::record`] for a rate counter.
@@ -269,6 +294,9 @@ impl Overlay {
     /// After redb committed `round`: drops every entry still at the stamp applied, and moves the
     /// applied position.
     pub(crate) fn retire(&self, round: &Round) {
+        // Before anything leaves: a reader that misses an entry removed below then sees the
+        // new generation (the shard's lock orders the two).
+        self.bump_generation();
         let mut freed = 0usize;
         for (digest, stamp, _) in &round.records {
             let mut shard = self.shard(digest).write();

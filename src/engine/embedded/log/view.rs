@@ -86,6 +86,8 @@ pub(crate) struct View<'a> {
     /// Records stored before this command (redb and the overlay, and the batch's).
     records_before: u64,
     changes: Changes,
+    /// A key the caller read as absent, and the overlay's generation before it looked.
+    absent: Option<(Digest, u64)>,
 }
 
 impl<'a> View<'a> {
@@ -101,6 +103,7 @@ impl<'a> View<'a> {
             staged,
             records_before,
             changes: Changes::default(),
+            absent: None,
         }
     }
 
@@ -121,7 +124,20 @@ impl Txn for View<'_> {
         if let Some(value) = self.overlay.record(digest) {
             return Ok(value.as_deref().cloned());
         }
+        // Not in the overlay now, and no entry left it since the caller found the key in
+        // neither the overlay nor redb: redb still lacks it (only the writer adds entries, and
+        // an entry reaches redb only before it leaves the overlay).
+        if self
+            .absent
+            .is_some_and(|(d, generation)| d == *digest && self.overlay.generation() == generation)
+        {
+            return Ok(None);
+        }
         self.backend.read_record(digest)
+    }
+
+    fn absent_since(&mut self, digest: &Digest, generation: u64) {
+        self.absent = Some((*digest, generation));
     }
 
     fn put_record(
@@ -179,5 +195,104 @@ impl Txn for View<'_> {
     fn sweep(&mut self, _now: u64, _limit: usize) -> Result<Swept, Error> {
         self.changes.needs_btree = true;
         Ok(Swept::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::embedded::log::overlay::Round;
+    use crate::engine::embedded::storage::{Location, OpenOptions, SimDisk};
+    use crate::idempotency::{RecordBody, StoredResponse};
+
+    fn backend() -> Backend {
+        let options = OpenOptions {
+            cache_size: 1 << 20,
+            now: 1_800_000_000_000_000_000,
+            batched_rates: false,
+            quick_repair: false,
+            verify: false,
+            secret_if_new: None,
+            same_session: false,
+            write_ahead_log: false,
+        };
+        Backend::open(&Location::Simulated(SimDisk::new()), options)
+            .map(|(backend, _)| backend)
+            .expect("open")
+    }
+
+    fn completed() -> Record {
+        Record {
+            fingerprint: [3; 32],
+            created_at: 1,
+            expires_at: u64::MAX / 2,
+            attempts: 1,
+            record_ttl: 1,
+            body: RecordBody::Completed(StoredResponse::new(201, b"done".to_vec())),
+        }
+    }
+
+    /// A caller finds the key absent; before the writer gets to its begin, another begin of the
+    /// key is published, applied to redb and retired from the overlay. The writer must see the
+    /// record (reading redb), not trust the stale absence: the double execution the hint risks.
+    #[test]
+    fn an_absence_read_before_an_entry_left_the_overlay_is_not_trusted() {
+        let (overlay, backend, staged) =
+            (Overlay::new(1 << 20, 0, 1, 0), backend(), Staged::default());
+        let digest = Digest([9; 32]);
+        let seen = overlay.generation();
+        assert!(overlay.record(&digest).is_none());
+        assert!(backend.read_record(&digest).expect("read").is_none());
+
+        let record = Arc::new(completed());
+        overlay.publish([(digest, Some(Arc::clone(&record)))], [], 100, 1, 0);
+        backend
+            .write(|tables| tables.put_record(&digest, None, &record))
+            .expect("apply");
+        overlay.retire(&Round {
+            records: vec![(digest, 100, Some(Arc::clone(&record)))],
+            rates: Vec::new(),
+            published: 100,
+            next_token: 1,
+            clock: 0,
+        });
+        assert!(overlay.record(&digest).is_none(), "retired");
+
+        let mut view = View::new(&overlay, &backend, &staged, 1);
+        view.absent_since(&digest, seen);
+        let found = view.record(&digest).expect("read");
+        assert_eq!(
+            found.as_ref(),
+            Some(&*record),
+            "the stale absence was trusted"
+        );
+    }
+
+    /// While nothing left the overlay, the view answers the absence without reading redb: shown
+    /// by a record written into redb behind the overlay's back (which no engine path does), that
+    /// the view does not see. Publishing (of another key) leaves the generation alone; the
+    /// overlay still answers first.
+    #[test]
+    fn an_absence_is_trusted_while_no_entry_left_the_overlay() {
+        let (overlay, backend, staged) =
+            (Overlay::new(1 << 20, 0, 1, 0), backend(), Staged::default());
+        let (digest, other) = (Digest([9; 32]), Digest([8; 32]));
+        let seen = overlay.generation();
+        overlay.publish([(other, Some(Arc::new(completed())))], [], 100, 1, 0);
+        assert_eq!(overlay.generation(), seen, "publishing moves no generation");
+        backend
+            .write(|tables| tables.put_record(&digest, None, &completed()))
+            .expect("behind the overlay's back");
+        let mut view = View::new(&overlay, &backend, &staged, 1);
+        view.absent_since(&digest, seen);
+        assert_eq!(view.record(&digest).expect("read"), None, "redb was read");
+        assert!(
+            view.record(&other).expect("read").is_some(),
+            "the overlay answers first"
+        );
+        // Another key's absence is not this one's.
+        let mut view = View::new(&overlay, &backend, &staged, 1);
+        view.absent_since(&other, seen);
+        assert!(view.record(&digest).expect("read").is_some());
     }
 }
