@@ -231,6 +231,74 @@ fn child_kill(path: &Path, quick_repair: bool) {
     });
 }
 
+/// Child: opens the store with its log's applier held, and writes with 64 threads until the
+/// log is full (writers wait: no cycle completes for a second), says so, and waits for the kill.
+fn child_full_log(path: &Path) {
+    let store = Store::builder()
+        .background_compaction(false)
+        .open(path)
+        .expect("open");
+    assert!(
+        store.hold_log_applier_for_tests(true),
+        "the store has a log"
+    );
+    let done = AtomicU64::new(0);
+    std::thread::scope(|scope| {
+        let prefix = format!("full{}", std::process::id());
+        let (store, done) = (&store, &done);
+        for t in 0..64 {
+            let prefix = format!("{prefix}-{t}");
+            scope.spawn(move || {
+                let fingerprint = Fingerprint::of(b"POST /scale");
+                for n in 0.. {
+                    if let Ok(Begin::Acquired(lease)) = store.begin(&key(&prefix, n), &fingerprint)
+                    {
+                        let _ = lease.complete(StoredResponse::new(201, BODY.to_vec()));
+                    }
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+        let mut last = 0;
+        loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let now = done.load(Ordering::Relaxed);
+            if now == last && now > 0 {
+                println!("FULL {now}");
+                break;
+            }
+            last = now;
+        }
+        // The parent kills the process now.
+        std::thread::sleep(Duration::from_secs(3600));
+    });
+}
+
+/// Fills the log of the store at `path` (its applier held) in a child, kills it, and times the
+/// open that replays the whole log into redb.
+fn full_log_and_time_open(path: &Path) -> (Duration, u64, u64) {
+    let mut child = child_command("--child-full-log", path)
+        .spawn()
+        .expect("spawn");
+    let stdout = child.stdout.take().expect("stdout");
+    let cycles = BufReader::new(stdout)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("FULL ").and_then(|n| n.parse().ok()))
+        .expect("the child filled its log");
+    child.kill().expect("kill");
+    child.wait().expect("wait");
+    let log = std::fs::metadata(Store::log_path(path)).map_or(0, |m| m.len());
+    let started = Instant::now();
+    let store = Store::builder()
+        .background_compaction(false)
+        .open(path)
+        .expect("reopen");
+    let elapsed = started.elapsed();
+    store.close().expect("close");
+    (elapsed, cycles, log)
+}
+
 fn kill_and_time_open(path: &Path, quick_repair: bool) -> Duration {
     let mode = if quick_repair {
         "--child-kill-quick"
@@ -304,6 +372,11 @@ fn large(dir: &Path, records: u64) {
     println!("open after kill -9, quick-repair off: {unclean:.2?}");
     let unclean_quick = kill_and_time_open(&path, true);
     println!("open after kill -9, quick-repair on:  {unclean_quick:.2?}");
+    let (full, cycles, log) = full_log_and_time_open(&path);
+    println!(
+        "open after kill -9 with a full log ({cycles} cycles unapplied, log file {:.1} MiB): {full:.2?}",
+        log as f64 / f64::from(1 << 20)
+    );
 }
 
 fn main() {
@@ -312,6 +385,7 @@ fn main() {
         Some("--child-rss") => return child_rss(Path::new(&args[2])),
         Some("--child-kill") => return child_kill(Path::new(&args[2]), false),
         Some("--child-kill-quick") => return child_kill(Path::new(&args[2]), true),
+        Some("--child-full-log") => return child_full_log(Path::new(&args[2])),
         _ => {}
     }
     // `cargo bench` passes `--bench`; `cargo test --benches` passes nothing and should not run this.

@@ -475,9 +475,13 @@ impl Log {
             self.end
         };
         let grows = self.geometry.offset(start) + needed > self.allocated;
+        // Back to the ring's start only if at least half the file is free there: a log whose
+        // applier lags by more than that grows instead (to about twice the lag), rather than
+        // making writers wait for the applier at the start of every lap.
+        let half_file = (self.allocated.saturating_sub(HEADER_BYTES) / 2).max(needed);
         if grows
             && room >= HEADER as u64
-            && self.end + lap + needed <= applied + self.geometry.ring()
+            && self.end + lap + half_file <= applied + self.geometry.ring()
         {
             self.scratch.clear();
             frame::encode_padding(&mut self.scratch, self.key, self.end, epoch, KIND_WRAP, lap);
@@ -718,6 +722,30 @@ mod tests {
                 image = Some(crashed);
             }
         }
+    }
+
+    /// The applier lags by more than the space it freed at the ring's start: the log grows
+    /// rather than going back to the start, where it would soon have no room and make writers
+    /// wait for the applier.
+    #[test]
+    fn a_log_whose_applier_lags_grows_rather_than_waiting_at_the_start() {
+        let disk = SimDisk::new();
+        let geometry = Geometry::new(4096, 64).expect("geometry");
+        let mut log = Log::create(Box::new(disk.clone()), geometry, KEY).expect("create");
+        let start = log.end();
+        let payload = vec![5u8; 300];
+        while disk.size() < HEADER_BYTES + 5 * 4096 {
+            assert!(log.room(start, payload.len()));
+            log.append(1, &payload, start).expect("append");
+        }
+        // The applier has freed the first segment only, and the writer goes on.
+        let applied = start + 4096;
+        let before = disk.size();
+        for n in 0..40 {
+            assert!(log.room(applied, payload.len()), "no room after {n} frames");
+            log.append(1, &payload, applied).expect("append");
+        }
+        assert!(disk.size() > before, "the file grew");
     }
 
     #[test]
