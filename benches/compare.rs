@@ -155,8 +155,17 @@ fn response() -> StoredResponse {
 // begin + complete cycles
 
 fn tollgate_cycles(threads: usize, duration: Duration) -> Row {
+    tollgate_cycles_with(threads, duration, true)
+}
+
+/// `write_ahead_log`: through the log (the default), or redb directly (one transaction per batch,
+/// as before the log): `cycle/tollgate-direct/*`.
+fn tollgate_cycles_with(threads: usize, duration: Duration, write_ahead_log: bool) -> Row {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(dir.path().join("cycles.redb")).expect("open");
+    let store = Store::builder()
+        .write_ahead_log(write_ahead_log)
+        .open(dir.path().join("cycles.redb"))
+        .expect("open");
     let before = store.stats().expect("stats");
     let worker = store.clone();
     let result = drive(threads, duration, 1, move |t, n| {
@@ -171,7 +180,12 @@ fn tollgate_cycles(threads: usize, duration: Duration) -> Row {
     });
     let per_commit = per_commit(&store, &before).map(|writes| writes / 2.0);
     store.close().expect("close");
-    row(format!("cycle/tollgate/{threads}"), result, per_commit)
+    let name = if write_ahead_log {
+        "tollgate"
+    } else {
+        "tollgate-direct"
+    };
+    row(format!("cycle/{name}/{threads}"), result, per_commit)
 }
 
 const NAIVE_RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
@@ -680,6 +694,13 @@ fn print_goals(rows: &[Row]) {
         4.0,
         "x",
     );
+    // Not a goal: what the write-ahead log buys.
+    goal(
+        "(log) 64 threads cycles, through the log vs redb directly",
+        ratio("cycle/tollgate/64", "cycle/tollgate-direct/64"),
+        1.0,
+        "x",
+    );
     goal(
         "64 threads cycles vs SQLite",
         ratio("cycle/tollgate/64", "cycle/sqlite/64"),
@@ -762,6 +783,14 @@ fn main() {
             Box::new(|d| naive_redb_cycles(64, d)),
         ),
         ("cycle/sqlite/64", Box::new(|d| sqlite_cycles(64, d))),
+        (
+            "cycle/tollgate-direct/1",
+            Box::new(|d| tollgate_cycles_with(1, d, false)),
+        ),
+        (
+            "cycle/tollgate-direct/64",
+            Box::new(|d| tollgate_cycles_with(64, d, false)),
+        ),
         (
             "replay/tollgate/1",
             Box::new(|d| tollgate_replays(1, true, d)),

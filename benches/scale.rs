@@ -5,6 +5,8 @@
 //! TOLLGATE_SCALE_RECORDS=1000000 cargo bench --bench scale   # a smaller "large" store
 //! TOLLGATE_SCALE_CACHE_MIB=1024 cargo bench --bench scale     # page cache (default 64 MiB)
 //! TOLLGATE_SCALE_ONLY=compaction cargo bench --bench scale    # or `large`: one half only
+//! TOLLGATE_SCALE_WAL=0 cargo bench --bench scale              # redb directly, no write-ahead log
+//! TOLLGATE_SCALE_LOG_MIB=64 cargo bench --bench scale         # log_memory (default 16 MiB)
 //! ```
 //!
 //! Targets (issue "TTL compaction"):
@@ -42,8 +44,21 @@ fn cache_size() -> usize {
         .map_or(DEFAULT_CACHE_SIZE, |mib| mib << 20)
 }
 
+/// Every store of the run: through the write-ahead log unless `TOLLGATE_SCALE_WAL=0`.
+fn base_builder() -> StoreBuilder {
+    let wal = std::env::var("TOLLGATE_SCALE_WAL").map_or(true, |v| v != "0");
+    let builder = Store::builder().write_ahead_log(wal);
+    match std::env::var("TOLLGATE_SCALE_LOG_MIB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        Some(mib) => builder.log_memory(mib << 20),
+        None => builder,
+    }
+}
+
 fn builder(clock: &ManualClock) -> StoreBuilder {
-    Store::builder()
+    base_builder()
         .clock(clock.clone())
         .background_compaction(false)
         .cache_size(cache_size())
@@ -194,7 +209,7 @@ fn child_command(mode: &str, path: &Path) -> Command {
 
 /// Child: opens the store, runs 64 threads of begin+complete for 5 s, prints its resident memory.
 fn child_rss(path: &Path) {
-    let store = Store::builder()
+    let store = base_builder()
         .background_compaction(false)
         .cache_size(cache_size())
         .open(path)
@@ -217,7 +232,7 @@ fn child_rss(path: &Path) {
 
 /// Child: opens the store and writes until it is killed.
 fn child_kill(path: &Path, quick_repair: bool) {
-    let store = Store::builder()
+    let store = base_builder()
         .background_compaction(false)
         .quick_repair(quick_repair)
         .open(path)
@@ -234,7 +249,7 @@ fn child_kill(path: &Path, quick_repair: bool) {
 /// Child: opens the store with its log's applier held, and writes with 64 threads until the
 /// log is full (writers wait: no cycle completes for a second), says so, and waits for the kill.
 fn child_full_log(path: &Path) {
-    let store = Store::builder()
+    let store = base_builder()
         .background_compaction(false)
         .open(path)
         .expect("open");
@@ -290,7 +305,7 @@ fn full_log_and_time_open(path: &Path) -> (Duration, u64, u64) {
     child.wait().expect("wait");
     let log = std::fs::metadata(Store::log_path(path)).map_or(0, |m| m.len());
     let started = Instant::now();
-    let store = Store::builder()
+    let store = base_builder()
         .background_compaction(false)
         .open(path)
         .expect("reopen");
@@ -315,7 +330,7 @@ fn kill_and_time_open(path: &Path, quick_repair: bool) -> Duration {
     child.kill().expect("kill");
     child.wait().expect("wait");
     let started = Instant::now();
-    let store = Store::builder()
+    let store = base_builder()
         .background_compaction(false)
         .quick_repair(quick_repair)
         .open(path)
@@ -372,6 +387,9 @@ fn large(dir: &Path, records: u64) {
     println!("open after kill -9, quick-repair off: {unclean:.2?}");
     let unclean_quick = kill_and_time_open(&path, true);
     println!("open after kill -9, quick-repair on:  {unclean_quick:.2?}");
+    if std::env::var("TOLLGATE_SCALE_WAL").is_ok_and(|v| v == "0") {
+        return;
+    }
     let (full, cycles, log) = full_log_and_time_open(&path);
     println!(
         "open after kill -9 with a full log ({cycles} cycles unapplied, log file {:.1} MiB): {full:.2?}",

@@ -85,8 +85,31 @@
 //! # Durability
 //!
 //! `begin` (when it creates or takes over a record) and every lease resolution return only after
-//! their write is committed with an fsync. See `docs/DESIGN.md` for the invariants and the
-//! durability rules, and `docs/FORMAT.md` for the on-disk layout.
+//! their write is durable: on a file store, appended to the store's write-ahead log
+//! ([`Store::log_path`], beside the file) and synced; a background thread then copies the changes
+//! into the redb file in large transactions, and reads see them at once. The two files are one
+//! store: copy, move and delete them together. In-memory stores and
+//! [`StoreBuilder::write_ahead_log`]`(false)` commit each batch to redb with an fsync instead.
+//! See `docs/DESIGN.md` for the invariants and the durability rules, and `docs/FORMAT.md` for
+//! the on-disk layout.
+//!
+//! ```
+//! # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
+//! # let path = dir.path().join("orders.redb");
+//! use tollgate::Store;
+//! use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
+//!
+//! let store = Store::builder()
+//!     .log_memory(16 * 1024 * 1024) // at most 16 MiB of changes wait for the redb file
+//!     .open(&path)?;
+//! let key = IdempotencyKey::new("orders", "retry-7")?;
+//! if let Begin::Acquired(lease) = store.begin(&key, &Fingerprint::of(b"POST /orders"))? {
+//!     lease.complete(StoredResponse::new(201, b"order 7".to_vec()))?; // durable in the log
+//! }
+//! assert!(Store::log_path(&path).exists());
+//! store.close()?; // applies the log into the file first
+//! # Ok::<(), tollgate::Error>(())
+//! ```
 
 #![forbid(unsafe_code)]
 // On docs.rs (which builds with every feature and `--cfg docsrs`), each feature-gated item says

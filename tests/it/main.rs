@@ -50,6 +50,7 @@ mod interrupted_creation;
 mod kill_cycles;
 mod limits_and_bad_input;
 mod list_records;
+mod log_missing_or_foreign;
 #[cfg(feature = "metrics")]
 mod observability_metrics;
 #[cfg(feature = "tracing")]

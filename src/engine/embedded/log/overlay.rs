@@ -49,8 +49,12 @@ const EARLY_FRACTION: usize = 4;
 /// for once space returns.
 pub(crate) const EARLY_LAG_BYTES: u64 = 4 * 1024 * 1024;
 
-/// Bytes an entry is charged beyond its response (keys, the record's fields, the map's slot).
-const ENTRY_OVERHEAD: usize = 160;
+/// Bytes an entry is charged beyond its response: the record's fields, the map's slot with its
+/// key and stamp, and 64 for the `Arc`'s counts, the allocator's headers and the map's spare
+/// capacity (measured: the resident memory of a store whose overlay sits at its cap is within a
+/// few MiB of the cache plus the cap, `docs/BENCHMARKS.md`).
+const ENTRY_OVERHEAD: usize =
+    std::mem::size_of::<Record>() + std::mem::size_of::<(Digest, Slot<Arc<Record>>)>() + 64;
 
 /// A published value: `None` is a deletion.
 #[derive(Debug, Clone)]
@@ -114,6 +118,30 @@ fn record_bytes(record: Option<&Arc<Record>>) -> usize {
         _ => 0,
     };
     response + ENTRY_OVERHEAD
+}
+
+/// Where a round over entries of these (stamp, bytes) should stop, if they exceed `budget`: the
+/// largest stamp such that the entries at or before it stay within the budget (the first stamp's
+/// entries at least). Every frame ending at or before the cut is then applied: each key it wrote
+/// is either in the round or was written again after the cut (and recovery from the cut replays
+/// that).
+fn round_cut(mut charged: Vec<(u64, usize)>, budget: usize) -> Option<u64> {
+    let total = charged
+        .iter()
+        .fold(0usize, |sum, (_, bytes)| sum.saturating_add(*bytes));
+    if total <= budget {
+        return None;
+    }
+    charged.sort_unstable();
+    let (mut sum, mut cut) = (0usize, None);
+    for (stamp, bytes) in charged {
+        if cut.is_some_and(|cut| stamp > cut) && sum.saturating_add(bytes) > budget {
+            break;
+        }
+        sum = sum.saturating_add(bytes);
+        cut = Some(stamp);
+    }
+    cut
 }
 
 impl Overlay {
@@ -271,17 +299,31 @@ impl Overlay {
         // Everything published up to `published` is in the maps now (published before the
         // position moved); entries published since are taken too, which is harmless.
         let mut records = Vec::new();
+        let mut charged = Vec::new();
         for shard in &self.records {
             for (digest, slot) in shard.read().iter() {
                 records.push((*digest, slot.stamp, slot.value.clone()));
+                charged.push((slot.stamp, slot.bytes));
             }
         }
-        let rates = self
-            .rates
-            .read()
-            .iter()
-            .map(|(key, slot)| (*key, slot.stamp, slot.value))
-            .collect();
+        let mut rates: Vec<_> = {
+            let map = self.rates.read();
+            charged.extend(map.values().map(|slot| (slot.stamp, slot.bytes)));
+            map.iter()
+                .map(|(key, slot)| (*key, slot.stamp, slot.value))
+                .collect()
+        };
+        // At most a quarter of the cap per round: redb holds a transaction's dirty pages in
+        // memory, and a round of a full overlay's random keys would dirty most of a large
+        // tree's leaves.
+        let published = match round_cut(charged, self.limit / EARLY_FRACTION) {
+            Some(cut) => {
+                records.retain(|(_, stamp, _)| *stamp <= cut);
+                rates.retain(|(_, stamp, _)| *stamp <= cut);
+                cut.min(published)
+            }
+            None => published,
+        };
         Some(Round {
             records,
             rates,
@@ -434,6 +476,39 @@ mod tests {
         assert!(overlay.record(&digest).is_none());
         let progress = overlay.progress();
         assert_eq!((progress.applied, progress.bytes), (200, 0));
+    }
+
+    /// A round over more than a quarter of the cap stops at a frame boundary within it: the
+    /// entries of later frames stay for the next round, the applied position is the cut, and
+    /// the next round takes the rest.
+    #[test]
+    fn a_round_takes_at_most_a_quarter_of_the_cap_and_stops_at_a_frame() {
+        let bytes = record_bytes(Some(&record(b"x")));
+        let overlay = Overlay::new(8 * bytes, 0, 1, 0);
+        for n in 0..6u8 {
+            let digest = Digest([n; 32]);
+            overlay.publish(
+                [(digest, Some(record(b"x")))],
+                [],
+                100 * (u64::from(n) + 1),
+                1,
+                0,
+            );
+        }
+        overlay.stop();
+        let first = overlay.next_round().expect("a round");
+        assert_eq!(
+            first.published, 200,
+            "two entries of {bytes} bytes fit 8 * {bytes} / 4"
+        );
+        assert_eq!(first.records.len(), 2);
+        overlay.retire(&first);
+        assert!(
+            overlay.record(&Digest([2; 32])).is_some(),
+            "later frames stay"
+        );
+        let second = overlay.next_round().expect("a round");
+        assert_eq!((second.published, second.records.len()), (400, 2));
     }
 
     #[test]
