@@ -100,7 +100,7 @@
 //! use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 //!
 //! let store = Store::builder()
-//!     .log_memory(16 * 1024 * 1024) // at most 16 MiB of changes wait for the redb file
+//!     .log_memory(32 * 1024 * 1024) // up to 32 MiB of changes may wait for the redb file
 //!     .open(&path)?;
 //! let key = IdempotencyKey::new("orders", "retry-7")?;
 //! if let Begin::Acquired(lease) = store.begin(&key, &Fingerprint::of(b"POST /orders"))? {

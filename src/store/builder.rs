@@ -16,8 +16,8 @@ pub const DEFAULT_RECORD_TTL: Duration = Duration::from_secs(24 * 60 * 60);
 pub const DEFAULT_LEASE_TTL: Duration = Duration::from_secs(30);
 /// Default largest stored response: 1 MiB.
 pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 1024 * 1024;
-/// Default [`StoreBuilder::log_memory`]: 8 MiB.
-pub const DEFAULT_LOG_MEMORY: usize = 8 * 1024 * 1024;
+/// Default [`StoreBuilder::log_memory`]: 4 MiB.
+pub const DEFAULT_LOG_MEMORY: usize = 4 * 1024 * 1024;
 /// The write-ahead log's segment size: 4 MiB, so a frame holds a default-sized response.
 pub(crate) const LOG_SEGMENT_BYTES: u32 = 4 * 1024 * 1024;
 /// Largest `max_response_bytes` accepted: 256 MiB, well inside the engine's value limit.
@@ -320,9 +320,9 @@ impl StoreBuilder {
 
     /// The most bytes of acknowledged changes that wait in memory for redb (and, rounded up to
     /// whole 4 MiB segments, the size of the log's ring on disk). When the applier falls behind
-    /// this, writers wait for it rather than memory growing. Default = 16 MiB (about 50,000
-    /// short requests, each charged its response plus 256 bytes: a second of the engine's
-    /// fastest writes); the log's ring is at
+    /// this, writers wait for it rather than memory growing. Default = 4 MiB (about 13,000
+    /// short requests, each charged its response plus 256 bytes: a third of a second of the
+    /// engine's fastest writes); the log's ring is at
     /// least 8 MiB (two segments). A larger cap lets the applier lag further behind bursts; it
     /// also bounds what an open after a crash replays (see `docs/BENCHMARKS.md`).
     pub fn log_memory(mut self, bytes: usize) -> Self {

@@ -631,7 +631,7 @@ impl Core {
     /// capacity sweep, or changes larger than a frame) is applied directly to redb, after what is
     /// staged is durable and the applier has written everything into redb.
     fn commit_logged(&mut self, batch: &mut Vec<Command>) {
-        let mut staged = Staged::default();
+        let mut staged = Staged::new();
         let mut done: Vec<Command> = Vec::with_capacity(batch.len());
         let mut commands = std::mem::take(batch).into_iter();
         while let Some(mut command) = commands.next() {
@@ -724,7 +724,7 @@ impl Core {
         self.sequencer.record_counts = counts;
         crate::observe::commit(done.len(), staged.writes, started.elapsed());
         self.counters.committed(staged.writes, counts);
-        *staged = Staged::default();
+        staged.clear();
         for command in done.drain(..) {
             command.answer();
         }

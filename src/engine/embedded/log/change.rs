@@ -41,6 +41,7 @@ pub(crate) enum Change {
 
 /// Appends a record put, its value already encoded.
 pub(crate) fn put_record(out: &mut Vec<u8>, digest: &Digest, encoded: &[u8]) {
+    out.reserve(1 + 32 + 4 + encoded.len());
     out.push(PUT_RECORD);
     out.extend_from_slice(digest.as_bytes());
     let length = u32::try_from(encoded.len()).unwrap_or(u32::MAX);

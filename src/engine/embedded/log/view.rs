@@ -37,7 +37,28 @@ pub(crate) struct Staged {
     pub writes: u64,
 }
 
+/// Room a batch's payload starts with: a batch of short requests fits without growing it.
+const PAYLOAD_CAPACITY: usize = 64 * 1024;
+
 impl Staged {
+    /// An empty batch, its payload's room reserved.
+    pub(crate) fn new() -> Self {
+        Self {
+            payload: Vec::with_capacity(PAYLOAD_CAPACITY),
+            ..Self::default()
+        }
+    }
+
+    /// Empties the batch after it was published, keeping the payload's room.
+    pub(crate) fn clear(&mut self) {
+        let mut payload = std::mem::take(&mut self.payload);
+        payload.clear();
+        *self = Self {
+            payload,
+            ..Self::default()
+        };
+    }
+
     pub(crate) fn is_empty(&self) -> bool {
         self.payload.is_empty()
     }
