@@ -66,6 +66,22 @@ pub(crate) enum NoAnswer {
 }
 
 impl<T> Answer<T> {
+    /// Waits for the answer, however long it takes (a writer that answers after its commit).
+    ///
+    /// # Errors
+    /// [`NoAnswer::Dropped`] if the writer dropped the request unanswered.
+    pub(crate) fn recv(self) -> Result<T, NoAnswer> {
+        let mut state = self.0.state.lock();
+        loop {
+            match std::mem::replace(&mut *state, State::Gone) {
+                State::Answered(value) => return Ok(value),
+                State::Gone => return Err(NoAnswer::Dropped),
+                State::Waiting => *state = State::Waiting,
+            }
+            self.0.ready.wait(&mut state);
+        }
+    }
+
     /// Waits at most `timeout` for the answer.
     pub(crate) fn wait(&self, timeout: Duration) -> Result<T, NoAnswer> {
         let deadline = Instant::now() + timeout;
@@ -96,6 +112,18 @@ mod tests {
         let (reply, answer) = channel();
         let writer = std::thread::spawn(move || reply.send(7));
         assert_eq!(answer.wait(Duration::from_secs(10)), Ok(7));
+        writer.join().unwrap();
+    }
+
+    #[test]
+    fn an_untimed_wait_gets_the_answer_or_learns_it_was_dropped() {
+        let (reply, answer) = channel();
+        let writer = std::thread::spawn(move || reply.send(7));
+        assert_eq!(answer.recv(), Ok(7));
+        writer.join().unwrap();
+        let (reply, answer) = channel::<u8>();
+        let writer = std::thread::spawn(move || drop(reply));
+        assert_eq!(answer.recv(), Err(NoAnswer::Dropped));
         writer.join().unwrap();
     }
 

@@ -13,7 +13,6 @@
 mod applier;
 mod counters;
 pub(crate) mod log;
-mod oneshot;
 mod rate_cache;
 mod records;
 mod recovery;

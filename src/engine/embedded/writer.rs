@@ -108,14 +108,14 @@ pub(crate) enum Command {
 /// A caller's reply channel, with the answer once the command was applied. The answer is sent
 /// only after the batch committed ([`Command::answer`]), or replaced by the batch's error.
 pub(crate) struct Pending<T> {
-    reply: super::oneshot::Sender<Result<T, Error>>,
+    reply: crate::store::oneshot::Reply<Result<T, Error>>,
     outcome: Option<Result<T, Error>>,
 }
 
 impl<T> Pending<T> {
     /// A reply and the receiver its caller waits on.
-    pub(crate) fn channel() -> (Self, super::oneshot::Receiver<Result<T, Error>>) {
-        let (reply, answer) = super::oneshot::channel();
+    pub(crate) fn channel() -> (Self, crate::store::oneshot::Answer<Result<T, Error>>) {
+        let (reply, answer) = crate::store::oneshot::channel();
         (
             Self {
                 reply,

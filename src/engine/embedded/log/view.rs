@@ -223,24 +223,8 @@ impl Txn for View<'_> {
 mod tests {
     use super::*;
     use crate::engine::embedded::log::overlay::Round;
-    use crate::engine::embedded::storage::{Location, OpenOptions, SimDisk};
+    use crate::engine::embedded::storage::test_backend as backend;
     use crate::idempotency::{RecordBody, StoredResponse};
-
-    fn backend() -> Backend {
-        let options = OpenOptions {
-            cache_size: 1 << 20,
-            now: 1_800_000_000_000_000_000,
-            batched_rates: false,
-            quick_repair: false,
-            verify: false,
-            secret_if_new: None,
-            same_session: false,
-            write_ahead_log: false,
-        };
-        Backend::open(&Location::Simulated(SimDisk::new()), options)
-            .map(|(backend, _)| backend)
-            .expect("open")
-    }
 
     fn completed() -> Record {
         Record {

@@ -61,4 +61,6 @@ impl Location {
         }
     }
 }
+#[cfg(test)]
+pub(crate) use tables::tests::backend as test_backend;
 pub(crate) use tables::{RecordCounts, Tables};

@@ -423,14 +423,15 @@ impl Tables<'_> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::engine::embedded::storage::{Backend, Location, OpenOptions, SimDisk};
     use crate::idempotency::StoredResponse;
 
     const SECOND: u64 = 1_000_000_000;
 
-    fn backend() -> Backend {
+    /// A store without a log on a fresh simulated disk (for other modules' tests too).
+    pub(crate) fn backend() -> Backend {
         let options = OpenOptions {
             cache_size: 1 << 20,
             now: 1_800_000_000 * SECOND,
