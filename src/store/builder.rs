@@ -133,6 +133,7 @@ pub(crate) struct RedisSettings {
     /// Denials from Redis are remembered and answered locally until their retry time.
     denial_cache: bool,
     /// The certificate authority (PEM) `rediss://` trusts instead of the system's.
+    #[cfg_attr(not(feature = "redis"), allow(dead_code))]
     ca_certificate: Option<Vec<u8>>,
 }
 

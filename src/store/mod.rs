@@ -22,7 +22,6 @@ mod bulk;
 mod compaction;
 mod health;
 mod notify;
-#[cfg(any(feature = "postgres", feature = "redis"))]
 pub(crate) mod oneshot;
 mod rate;
 mod replay_cache;

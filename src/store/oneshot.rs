@@ -60,6 +60,8 @@ impl<T> Drop for Reply<T> {
 /// Why [`Answer::wait`] returned without an answer.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum NoAnswer {
+    /// (Only the server engines' calls have timeouts.)
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
     TimedOut,
     /// The writer dropped the request.
     Dropped,
@@ -83,6 +85,7 @@ impl<T> Answer<T> {
     }
 
     /// Waits at most `timeout` for the answer.
+    #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
     pub(crate) fn wait(&self, timeout: Duration) -> Result<T, NoAnswer> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.state.lock();
