@@ -75,10 +75,8 @@ impl<T> Answer<T> {
     pub(crate) fn recv(self) -> Result<T, NoAnswer> {
         let mut state = self.0.state.lock();
         loop {
-            match std::mem::replace(&mut *state, State::Gone) {
-                State::Answered(value) => return Ok(value),
-                State::Gone => return Err(NoAnswer::Dropped),
-                State::Waiting => *state = State::Waiting,
+            if let Some(outcome) = take(&mut state) {
+                return outcome;
             }
             self.0.ready.wait(&mut state);
         }
@@ -90,18 +88,25 @@ impl<T> Answer<T> {
         let deadline = Instant::now() + timeout;
         let mut state = self.0.state.lock();
         loop {
-            match std::mem::replace(&mut *state, State::Gone) {
-                State::Answered(value) => return Ok(value),
-                State::Gone => return Err(NoAnswer::Dropped),
-                State::Waiting => *state = State::Waiting,
+            if let Some(outcome) = take(&mut state) {
+                return outcome;
             }
             if self.0.ready.wait_until(&mut state, deadline).timed_out() {
-                return match std::mem::replace(&mut *state, State::Gone) {
-                    State::Answered(value) => Ok(value),
-                    State::Gone => Err(NoAnswer::Dropped),
-                    State::Waiting => Err(NoAnswer::TimedOut),
-                };
+                return take(&mut state).unwrap_or(Err(NoAnswer::TimedOut));
             }
+        }
+    }
+}
+
+/// The answer if it is there (or that there will be none), leaving the slot empty; `None` while
+/// it is still awaited.
+fn take<T>(state: &mut State<T>) -> Option<Result<T, NoAnswer>> {
+    match std::mem::replace(state, State::Gone) {
+        State::Answered(value) => Some(Ok(value)),
+        State::Gone => Some(Err(NoAnswer::Dropped)),
+        State::Waiting => {
+            *state = State::Waiting;
+            None
         }
     }
 }
