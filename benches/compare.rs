@@ -5,6 +5,7 @@
 //! cargo bench --bench compare                          # 3 s per row, about 2 minutes
 //! TOLLGATE_BENCH_SECONDS=10 cargo bench --bench compare
 //! TOLLGATE_COMPARE_ONLY=replay cargo bench --bench compare   # rows whose name contains "replay"
+//! TOLLGATE_COMPARE_ROUNDS=5 cargo bench --bench compare      # every row 5 times, in turn
 //! ```
 //!
 //! Rows:
@@ -34,7 +35,11 @@
 //!
 //! Each row reports operations per second, p50 and p99 latency (hdrhistogram; the fast rows time
 //! one operation in 16 so the clock does not dominate), and for tollgate the operations per
-//! commit from `stats()`, which shows group commit at work. Then the goals, as ratios.
+//! commit from `stats()`, which shows group commit at work. Then the goals, as ratios. With
+//! `TOLLGATE_COMPARE_ROUNDS=N` every selected row runs N times, the rows in turn round by round,
+//! and each goal is the median of its N per-round ratios (with their range): on a shared machine
+//! whose disk and CPU drift from one minute to the next, a ratio of two rows run seconds apart
+//! is steadier than one of rows run minutes apart.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Barrier};
@@ -648,19 +653,52 @@ fn print_table(rows: &[Row]) {
     }
 }
 
-fn print_goals(rows: &[Row]) {
-    let rate = |name: &str| rows.iter().find(|r| r.name == name).map(Row::per_second);
-    let ratio = |a: &str, b: &str| rate(a).zip(rate(b)).map(|(a, b)| a / b);
+/// The goals, each from every round that has its rows: one round prints its value; several
+/// print the median of the rounds' values (which decides "met") and their range.
+fn print_goals(rounds: &[Vec<Row>]) {
+    let rate = |name: &str| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|rows| rows.iter().find(|r| r.name == name).map(Row::per_second))
+            .collect()
+    };
+    let ratio = |a: &str, b: &str| -> Vec<f64> {
+        rounds
+            .iter()
+            .filter_map(|rows| {
+                let per_second =
+                    |name: &str| rows.iter().find(|r| r.name == name).map(Row::per_second);
+                per_second(a).zip(per_second(b)).map(|(a, b)| a / b)
+            })
+            .collect()
+    };
     println!();
     println!("| goal | measured | target | met |");
     println!("|---|---:|---:|---|");
-    let goal = |what: &str, value: Option<f64>, target: f64, unit: &str| {
-        if let Some(value) = value {
-            println!(
-                "| {what} | {value:.2}{unit} | ≥ {target}{unit} | {} |",
-                if value >= target { "yes" } else { "**no**" }
-            );
+    let goal = |what: &str, mut values: Vec<f64>, target: f64, unit: &str| {
+        if values.is_empty() {
+            return;
         }
+        values.sort_by(f64::total_cmp);
+        let median = if values.len() % 2 == 1 {
+            values[values.len() / 2]
+        } else {
+            (values[values.len() / 2 - 1] + values[values.len() / 2]) / 2.0
+        };
+        let measured = if values.len() == 1 {
+            format!("{median:.2}{unit}")
+        } else {
+            format!(
+                "{median:.2}{unit} (median of {} rounds, {:.2}–{:.2})",
+                values.len(),
+                values[0],
+                values[values.len() - 1]
+            )
+        };
+        println!(
+            "| {what} | {measured} | ≥ {target}{unit} | {} |",
+            if median >= target { "yes" } else { "**no**" }
+        );
     };
     goal(
         "1 thread cycles vs naive redb",
@@ -709,13 +747,19 @@ fn print_goals(rows: &[Row]) {
     );
     goal(
         "replays per second, 1 thread (millions)",
-        rate("replay/tollgate/1").map(|r| r / 1e6),
+        rate("replay/tollgate/1")
+            .into_iter()
+            .map(|r| r / 1e6)
+            .collect(),
         5.0,
         "M",
     );
     goal(
         "uncached replays per second, 1 thread (millions)",
-        rate("replay/tollgate-uncached/1").map(|r| r / 1e6),
+        rate("replay/tollgate-uncached/1")
+            .into_iter()
+            .map(|r| r / 1e6)
+            .collect(),
         0.8,
         "M",
     );
@@ -868,24 +912,46 @@ fn main() {
         benches.extend(redis);
         benches
     };
-    let mut rows = Vec::new();
-    for (name, bench) in &benches {
-        if !name.contains(only.as_str()) {
-            continue;
+    // Rounds: every selected row once per round, in turn, so that a ratio pairs two rows
+    // measured minutes apart at most (this machine's speed drifts); the goals report the median
+    // of the per-round ratios and their range.
+    let rounds = std::env::var("TOLLGATE_COMPARE_ROUNDS")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .unwrap_or(1)
+        .max(1);
+    let mut all: Vec<Vec<Row>> = Vec::new();
+    for round in 1..=rounds {
+        let mut rows = Vec::new();
+        for (name, bench) in &benches {
+            if !name.contains(only.as_str()) {
+                continue;
+            }
+            let row = bench(duration);
+            eprintln!(
+                "{:<28} {:>12.0} ops/s ({} ops in {:.2} s){}",
+                row.name,
+                row.per_second(),
+                row.ops,
+                row.elapsed.as_secs_f64(),
+                if rounds > 1 {
+                    format!(" [round {round}/{rounds}]")
+                } else {
+                    String::new()
+                }
+            );
+            rows.push(row);
         }
-        let row = bench(duration);
-        eprintln!(
-            "{:<28} {:>12.0} ops/s ({} ops in {:.2} s)",
-            row.name,
-            row.per_second(),
-            row.ops,
-            row.elapsed.as_secs_f64()
-        );
-        rows.push(row);
+        if rounds > 1 {
+            println!("\nround {round} of {rounds}:");
+        }
+        print_table(&rows);
+        all.push(rows);
     }
-    print_table(&rows);
-    print_goals(&rows);
-    write_chart(&rows);
+    print_goals(&all);
+    if let Some(rows) = all.last() {
+        write_chart(rows);
+    }
 }
 
 /// The cycle rows as an SVG chart: cycles per second (log scale) against threads, one line per

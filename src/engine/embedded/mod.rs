@@ -802,6 +802,8 @@ fn unreadable(running: &Running) -> Error {
 }
 
 /// Whether the store's bytes exist already (a new file cannot be created for reads).
+// The other locations (memory, and the simulated disk with `test-support`) vary by feature.
+#[allow(clippy::match_wildcard_for_single_variants)]
 fn location_exists(location: &Location) -> bool {
     match location {
         Location::File(path) => path.exists(),

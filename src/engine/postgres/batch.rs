@@ -37,7 +37,7 @@ use crate::idempotency::{Digest, Record, RecordBody};
 use crate::ratelimit::RateState;
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 use crate::store::Counters;
-use crate::store::oneshot::Reply;
+use crate::store::oneshot::{self, Delivery, Reply};
 
 /// Most changes in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;
@@ -85,26 +85,26 @@ impl Answer {
 }
 
 impl Change {
-    fn send(&self, answer: Answer) {
-        // A caller that gave up waiting has gone; nothing to do then.
+    /// The change's answer on its way, for [`oneshot::deliver`] (a caller that gave up waiting
+    /// has gone; its answer is dropped then).
+    fn delivery(self, answer: Answer) -> Delivery {
         match (self, answer) {
-            (Change::Begin { reply, .. }, Answer::Begin(outcome)) => reply.send(outcome),
-            (Change::Resolve { reply, .. }, Answer::Resolve(outcome)) => {
-                reply.send(outcome);
-            }
+            (Change::Begin { reply, .. }, Answer::Begin(outcome)) => reply.delivery(outcome),
+            (Change::Resolve { reply, .. }, Answer::Resolve(outcome)) => reply.delivery(outcome),
             (Change::Rate { reply, .. }, Answer::Rate(outcome)) => {
-                reply.send(outcome.map(|(outcome, _)| outcome));
+                reply.delivery(outcome.map(|(outcome, _)| outcome))
             }
             // Answers are built from their change (`decide`), so the kinds always match.
-            (change, _) => change.fail(Error::Unavailable("internal: mismatched answer".into())),
+            (change, _) => change.failure(Error::Unavailable("internal: mismatched answer".into())),
         }
     }
 
-    pub(crate) fn fail(&self, error: Error) {
+    /// The change's failure on its way, for [`oneshot::deliver`].
+    fn failure(self, error: Error) -> Delivery {
         match self {
-            Change::Begin { reply, .. } => reply.send(Err(error)),
-            Change::Resolve { reply, .. } => reply.send(Err(error)),
-            Change::Rate { reply, .. } => reply.send(Err(error)),
+            Change::Begin { reply, .. } => reply.delivery(Err(error)),
+            Change::Resolve { reply, .. } => reply.delivery(Err(error)),
+            Change::Rate { reply, .. } => reply.delivery(Err(error)),
         }
     }
 }
@@ -157,29 +157,36 @@ pub(crate) fn run(
     pipe: &mut Pipe,
     node: &NodeInfo,
     slot: &str,
-    changes: &[Change],
+    changes: Vec<Change>,
     now: &mut Option<u64>,
     counters: &Counters,
 ) -> Stats {
     for _ in 0..MAX_ATTEMPTS {
-        match attempt(pipe, node, slot, changes, now) {
+        match attempt(pipe, node, slot, &changes, now) {
             Attempt::Committed(answers, stats) => {
                 // Counted before the answers, so that a caller reading `stats()` after its answer
                 // sees its own write.
                 if stats.committed {
                     counters.committed_writes(stats.writes);
                 }
-                for (change, answer) in changes.iter().zip(answers) {
-                    change.send(answer);
-                }
+                oneshot::deliver(
+                    changes
+                        .into_iter()
+                        .zip(answers)
+                        .map(|(change, answer)| change.delivery(answer))
+                        .collect(),
+                );
                 return stats;
             }
             Attempt::Retry => pipe.roll_back(),
             Attempt::Failed(error) => {
                 pipe.roll_back();
-                for change in changes {
-                    change.fail(copy(&error));
-                }
+                oneshot::deliver(
+                    changes
+                        .into_iter()
+                        .map(|change| change.failure(copy(&error)))
+                        .collect(),
+                );
                 return Stats::default();
             }
             Attempt::InDoubt(answers, error) => {
@@ -188,22 +195,33 @@ pub(crate) fn run(
                     Error::Unavailable(message) => message.clone(),
                     other => other.to_string(),
                 };
-                for (change, answer) in changes.iter().zip(answers) {
-                    if answer.writes() {
-                        change.fail(Error::InDoubt(message.clone()));
-                    } else {
-                        change.send(answer);
-                    }
-                }
+                oneshot::deliver(
+                    changes
+                        .into_iter()
+                        .zip(answers)
+                        .map(|(change, answer)| {
+                            if answer.writes() {
+                                change.failure(Error::InDoubt(message.clone()))
+                            } else {
+                                change.delivery(answer)
+                            }
+                        })
+                        .collect(),
+                );
                 return Stats::default();
             }
         }
     }
-    for change in changes {
-        change.fail(Error::Unavailable(
-            "the batch met a conflict on every attempt; retry".into(),
-        ));
-    }
+    oneshot::deliver(
+        changes
+            .into_iter()
+            .map(|change| {
+                change.failure(Error::Unavailable(
+                    "the batch met a conflict on every attempt; retry".into(),
+                ))
+            })
+            .collect(),
+    );
     Stats::default()
 }
 

@@ -161,8 +161,9 @@ impl Writer {
             };
             let changes = self.gather(first, last);
             let started = Instant::now();
-            self.apply(&changes);
-            last = (changes.len(), started.elapsed());
+            let size = changes.len();
+            self.apply(changes);
+            last = (size, started.elapsed());
         }
     }
 
@@ -188,7 +189,7 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, changes: &[Change]) {
+    fn apply(&mut self, changes: Vec<Change>) {
         let mut now = None;
         let stats = batch::run(
             &mut self.pipe,

@@ -459,13 +459,15 @@ impl Io {
             }
         }
         let mut retry = Vec::new();
+        let mut deliveries = Vec::with_capacity(jobs.len());
         for (index, (job, answer)) in jobs.into_iter().zip(answers).enumerate() {
             if again.contains(&index) {
                 retry.push(job);
             } else {
-                job.reply.send(answer);
+                deliveries.push(job.reply.delivery(answer));
             }
         }
+        oneshot::deliver(deliveries);
         if !retry.is_empty() {
             self.sha = None;
             match self.ready() {
