@@ -136,39 +136,36 @@ impl<T> Answer<T> {
     /// # Errors
     /// [`NoAnswer::Dropped`] if the writer dropped the request unanswered.
     pub(crate) fn recv(self) -> Result<T, NoAnswer> {
-        let mut state = self.0.state.lock();
-        loop {
-            if let Some((outcome, rest)) = take(&mut state) {
-                drop(state);
-                deliver(rest);
-                return outcome;
-            }
-            *state = State::Parked;
-            self.0.ready.wait(&mut state);
-        }
+        self.wait_until(None)
     }
 
     /// Waits at most `timeout` for the answer.
     #[cfg_attr(not(any(feature = "postgres", feature = "redis")), allow(dead_code))]
     pub(crate) fn wait(&self, timeout: Duration) -> Result<T, NoAnswer> {
-        let deadline = Instant::now() + timeout;
+        self.wait_until(Some(Instant::now() + timeout))
+    }
+
+    /// Waits for the answer until `deadline` (`None`: however long it takes), then makes the
+    /// deliveries it carries.
+    fn wait_until(&self, deadline: Option<Instant>) -> Result<T, NoAnswer> {
         let mut state = self.0.state.lock();
+        let mut timed_out = false;
         loop {
             if let Some((outcome, rest)) = take(&mut state) {
                 drop(state);
                 deliver(rest);
                 return outcome;
             }
-            *state = State::Parked;
-            if self.0.ready.wait_until(&mut state, deadline).timed_out() {
-                if let Some((outcome, rest)) = take(&mut state) {
-                    drop(state);
-                    deliver(rest);
-                    return outcome;
-                }
+            if timed_out {
                 // Nobody waits any more: a late answer's deliveries are its sender's to make.
                 *state = State::Abandoned;
                 return Err(NoAnswer::TimedOut);
+            }
+            *state = State::Parked;
+            if let Some(deadline) = deadline {
+                timed_out = self.0.ready.wait_until(&mut state, deadline).timed_out();
+            } else {
+                self.0.ready.wait(&mut state);
             }
         }
     }
