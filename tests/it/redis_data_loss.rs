@@ -75,6 +75,18 @@ fn a_restart_without_persistence_mints_nothing() {
     let store = node(&server.url, &namespace, CrashPolicy::DrainOnRecovery);
     let limit = Limit::new("guesses", Quota::new(10, DAY)).unwrap();
     assert_eq!(allowed(&[&store], &limit, "user:42", 9), 9);
+    // Checks from many threads at once, so that every connection of the store is open when the
+    // server goes: after the restart, the first call to find it gone must be the only one.
+    std::thread::scope(|scope| {
+        for thread in 0..16 {
+            let (store, limit) = (&store, &limit);
+            scope.spawn(move || {
+                for _ in 0..20 {
+                    store.check(limit, &format!("warm:{thread}")).unwrap();
+                }
+            });
+        }
+    });
     server.kill();
     server.start().unwrap();
     assert!(

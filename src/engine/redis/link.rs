@@ -83,6 +83,10 @@ struct Shared {
     /// Script calls and pipelines sent (for stats and tests).
     calls: AtomicU64,
     pipelines: AtomicU64,
+    /// Bumped each time a connection finds the server gone: the other threads' connections
+    /// predate that and are opened again before their next call, so that a server restart
+    /// costs the calls in flight, not one more failed call per connection.
+    lost: AtomicU64,
 }
 
 /// A server and its I/O thread.
@@ -254,6 +258,8 @@ struct Io {
     shared: Arc<Shared>,
     connection: Option<redis::Connection>,
     sha: Option<String>,
+    /// `Shared::lost` when the connection was opened.
+    opened_after: u64,
 }
 
 impl Io {
@@ -263,6 +269,7 @@ impl Io {
             shared,
             connection: None,
             sha: None,
+            opened_after: 0,
         }
     }
 
@@ -305,6 +312,10 @@ impl Io {
 
     /// Connects (if needed) and loads the script; on failure opens the breaker.
     fn ready(&mut self) -> Result<(), String> {
+        if self.opened_after != self.shared.lost.load(Ordering::Acquire) {
+            // Another connection found the server gone since this one was opened.
+            self.connection = None;
+        }
         if self.connection.is_some() && self.sha.is_some() {
             return Ok(());
         }
@@ -316,6 +327,7 @@ impl Io {
     }
 
     fn connect(&mut self) -> Result<(), String> {
+        let opened_after = self.shared.lost.load(Ordering::Acquire);
         let timeout = self.config.timeout;
         let client = redis::Client::open(self.config.info.clone()).map_err(|e| e.to_string())?;
         let mut connection = client
@@ -332,14 +344,23 @@ impl Io {
             .map_err(|e| format!("SCRIPT LOAD failed: {e}"))?;
         self.connection = Some(connection);
         self.sha = Some(sha);
+        self.opened_after = opened_after;
         Ok(())
     }
 
     /// Opens the breaker: the connection is dropped, callers are refused until a probe succeeds.
     fn trip(&mut self, why: &str) {
-        self.connection = None;
+        self.lose_connection();
         *self.shared.reason.lock() = why.to_string();
         self.shared.open.store(true, Ordering::Release);
+    }
+
+    /// Drops this thread's connection after it failed, and tells the others theirs predate the
+    /// failure.
+    fn lose_connection(&mut self) {
+        if self.connection.take().is_some() {
+            self.shared.lost.fetch_add(1, Ordering::AcqRel);
+        }
     }
 
     fn probe(&mut self) {
@@ -483,7 +504,7 @@ impl Io {
 
     /// Answers every job after the pipeline failed: each may have run.
     fn fail_all(&mut self, jobs: Vec<Job>, why: &str) {
-        self.connection = None;
+        self.lose_connection();
         for job in jobs {
             let failure = if job.ops.iter().any(|op| op.code.writes()) {
                 Failure::InDoubt(why.to_string())
