@@ -268,17 +268,22 @@ mod tests {
         (replies, threads)
     }
 
+    /// Delivers to each reply its index, as one tree.
+    fn deliver_indexes(replies: Vec<Reply<usize>>) {
+        deliver(
+            replies
+                .into_iter()
+                .enumerate()
+                .map(|(i, reply)| reply.delivery(i))
+                .collect(),
+        );
+    }
+
     #[test]
     fn a_delivered_tree_answers_every_caller_once() {
         for n in [0, 1, 2, 3, 7, 64, 100] {
             let (replies, threads) = callers(n);
-            deliver(
-                replies
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, reply)| reply.delivery(i))
-                    .collect(),
-            );
+            deliver_indexes(replies);
             let answers: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
             assert_eq!(answers, (0..n).map(Some).collect::<Vec<_>>(), "{n} callers");
         }
@@ -303,8 +308,8 @@ mod tests {
                 if i % 4 == 0 {
                     drop(answer);
                 }
-                // Kept, not waiting: its answer arrives, nobody takes it, and it is dropped
-                // below with its share still to make.
+                // Kept but no longer waiting (abandoned by its timeout): its sender makes its
+                // share, and its answer is dropped.
                 else {
                     waiting.push((i, None, Some(answer)));
                 }
@@ -318,13 +323,7 @@ mod tests {
                 ));
             }
         }
-        deliver(
-            replies
-                .into_iter()
-                .enumerate()
-                .map(|(i, reply)| reply.delivery(i))
-                .collect(),
-        );
+        deliver_indexes(replies);
         for (i, thread, idle) in waiting {
             if let Some(thread) = thread {
                 assert_eq!(thread.join().unwrap(), Some(i));
