@@ -266,7 +266,8 @@ local function store(key, sp, st)
   local ttl = floor((idle_at(sp, st) - now + 999) / 1000)
   if ttl < 1 then ttl = 1 end
   ttl = ttl + margin
-  call('SET', key, encode(st), 'PX', ttl)
+  -- As an integer: Redis writes a number argument with '%.17g', which costs more.
+  call('SET', key, encode(st), 'PX', format('%d', ttl))
 end
 
 -- What a cost-1 request would get, without charging it: allowed, remaining, reset, retry.
@@ -349,6 +350,37 @@ local function reply(status, allowed, deciding, remaining, reset, retry)
                            reset or 0, retry or -1)
 end
 
+-- The most common operation, a charge of one GCRA counter: `load`, `evaluate` and `store`
+-- above, inlined for that case, without a table per step. `from` is as in `load`.
+local function charge_gcra(sp, key, from, cost)
+  local T = sp.a
+  local cap = T * sp.b
+  local v = call('GET', key)
+  local tat = now
+  if v and #v == 9 and v:byte(1) == 103 then tat = unpack('>d', v, 2) end
+  if from > 0 and from + cap > tat then tat = from + cap end
+  local base = max(tat, now)
+  local charged = base + cost * T
+  local allowed = charged - now <= cap
+  if allowed then tat = charged else tat = base end
+  local used = tat - now
+  local left = cap - used
+  if left < 0 then left = 0 end
+  local remaining = divmod(left, T)
+  local retry = nil
+  if not allowed and cost <= sp.b then retry = charged - now - cap end
+  if allowed and cost > 0 then
+    if tat <= now then
+      call('DEL', key)
+    else
+      local ttl = floor((tat - now + 999) / 1000)
+      if ttl < 1 then ttl = 1 end
+      call('SET', key, pack('>Bd', 103, tat), 'PX', format('%d', ttl + margin))
+    end
+  end
+  return reply(0, allowed, 0, remaining, used, retry)
+end
+
 local function run(kind, amount, recover, id)
   if kind == 'i' then
     -- A new namespace: the bucket's sentinel, unless it has one.
@@ -391,6 +423,7 @@ local function run(kind, amount, recover, id)
     local _, remaining, reset, retry = peek(sp, nil, now)
     return reply(0, true, 0, remaining, reset, retry)
   end
+  if tcount == 1 and sp.k == 'g' then return charge_gcra(sp, KEYS[tkey[1]], tfrom[1], amount) end
   if tcount == 1 then
     -- Charge of one counter: its evaluation is the decision.
     local allowed, st, remaining, reset, retry = evaluate(sp, load(1), now, amount)
