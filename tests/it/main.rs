@@ -82,6 +82,8 @@ mod redis_counters;
 #[cfg(feature = "redis")]
 mod redis_data_loss;
 #[cfg(feature = "redis")]
+mod redis_script_flush;
+#[cfg(feature = "redis")]
 mod redis_tls_and_auth;
 #[cfg(feature = "redis")]
 mod redis_unavailable;

@@ -14,8 +14,13 @@
 -- exact, and without the cost of formatting and parsing decimals; sentinels are text ('%.0f':
 -- tostring would round to 14 digits).
 --
--- KEYS: the sentinels of the buckets and the counters the operations touch, referenced by index.
--- ARGV[1]: the call, in binary (`struct` formats, big-endian; `script.rs` writes it):
+-- One source, run two ways (`script.rs` adds the last line): as a script (`EVALSHA`, ending in
+-- `return main(KEYS, ARGV)`), or as a function library (`FCALL`, Redis 7, ending in
+-- `redis.register_function`), whose helpers are made once at load instead of at every call.
+--
+-- `main(keys, args)`:
+-- keys: the sentinels of the buckets and the counters the operations touch, referenced by index.
+-- args[1]: the call, in binary (`struct` formats, big-endian; `script.rs` writes it):
 --   header  >BdBdH  has now (0: use Redis TIME), now, drain (1: a lost bucket is drained from
 --                   the time the loss is found), expiry margin (ms added to every counter's time
 --                   to live: its expiry runs on Redis's clock, while a given `now` may run on
@@ -25,30 +30,29 @@
 --   op      >BBBdH  kind (c charge, p peek, r refund, x reset; on a bucket's sentinel alone: i
 --                   create it if missing, m mark the bucket drained, M replace a sentinel of
 --                   another secret), recover (1: a missing sentinel is recreated, else the
---                   operation reports it lost), secret id (index into ARGV after the first),
+--                   operation reports it lost), secret id (index into args after the first),
 --                   amount, number of targets
 --   target  >HHH    counter key index, sentinel key index, limit index
--- ARGV[2..]: the secret ids the operations name.
+-- args[2..]: the secret ids the operations name.
 -- Returns one string: per operation >BBHddd: status, allowed, deciding, remaining, reset_after,
 --   retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
 --   to another secret. An operation with status 1 or 2 changed nothing.
 
--- The library functions the hot path calls, as locals (a global lookup per call costs).
-local floor, max, min = math.floor, math.max, math.min
-local format, match = string.format, string.match
-local call, num = redis.call, tonumber
+-- The library functions the hot path calls, as upvalues (a global lookup per call costs). A
+-- function library may not read them while it loads (Redis 7.0), so `main` binds them first.
+local floor, max, min, huge, format, match, call, num, pack, unpack, char, concat
+local function bind()
+  floor, max, min, huge = math.floor, math.max, math.min, math.huge
+  format, match = string.format, string.match
+  call, num = redis.call, tonumber
+  pack, unpack, char, concat = struct.pack, struct.unpack, string.char, table.concat
+end
 
 local POW52 = 4503599627370496
 
-local pack, unpack, char = struct.pack, struct.unpack, string.char
-local call_blob = ARGV[1]
-local has_now, given_now, drain_flag, margin, nspecs, pos = unpack('>BdBdH', call_blob, 1)
-local now = given_now
-if has_now == 0 then
-  local t = call('TIME')
-  now = num(t[1]) * 1000000 + num(t[2])
-end
-local drain = drain_flag == 1
+-- The call being run (`main` sets them): its keys, its time, whether lost buckets are drained,
+-- the expiry margin.
+local K, now, drain, margin
 
 local function str(x) return format('%.0f', x) end
 
@@ -282,7 +286,7 @@ end
 local function rank(e)
   local wait = e.retry
   if wait == nil then
-    if e.allowed then wait = 0 else wait = math.huge end
+    if e.allowed then wait = 0 else wait = huge end
   end
   local denied = 1
   if e.allowed then denied = 0 end
@@ -302,7 +306,7 @@ end
 -- bucket is found to be is kept per secret id (an operation of an older secret may share the
 -- call).
 local LOST, FOREIGN = -1, -2
-local seen = {}
+local seen
 local function bucket(i, id, recover)
   local buckets = seen[id]
   if not buckets then
@@ -311,12 +315,12 @@ local function bucket(i, id, recover)
   end
   local found = buckets[i]
   if found ~= nil and not (found == LOST and recover) then return found end
-  local v = call('GET', KEYS[i])
+  local v = call('GET', K[i])
   if not v then
     if recover then
       found = 0
       if drain then found = now end
-      call('SET', KEYS[i], id .. ' ' .. str(found))
+      call('SET', K[i], id .. ' ' .. str(found))
     else
       found = LOST
     end
@@ -336,14 +340,14 @@ local tkey, tbucket, tspec, tcount = {}, {}, {}, 0
 local tfrom = {}
 local function load(i)
   local sp = tspec[i]
-  local st = decode(call('GET', KEYS[tkey[i]]))
+  local st = decode(call('GET', K[tkey[i]]))
   local from = tfrom[i]
   if from > 0 then st = most_restrictive(sp, st, drained(sp, from), now) end
   return st
 end
 
 -- Replies go into one string, 28 bytes per operation (concatenated at the end).
-local replies, nreplies = {}, 0
+local replies, nreplies
 local function reply(status, allowed, deciding, remaining, reset, retry)
   nreplies = nreplies + 1
   replies[nreplies] = pack('>BBHddd', status, allowed and 1 or 0, deciding, remaining or 0,
@@ -385,7 +389,7 @@ local function run(kind, amount, recover, id)
   if kind == 'i' then
     -- A new namespace: the bucket's sentinel, unless it has one.
     local i = tbucket[1]
-    if not call('GET', KEYS[i]) then call('SET', KEYS[i], id .. ' 0') end
+    if not call('GET', K[i]) then call('SET', K[i], id .. ' 0') end
     return reply(0, false, 0)
   end
   if kind == 'm' or kind == 'M' then
@@ -395,7 +399,7 @@ local function run(kind, amount, recover, id)
     if kind == 'M' or found >= 0 then
       local from = 0
       if drain then from = now elseif found > 0 then from = found end
-      call('SET', KEYS[i], id .. ' ' .. str(from))
+      call('SET', K[i], id .. ' ' .. str(from))
       if not seen[id] then seen[id] = {} end
       seen[id][i] = from
     end
@@ -414,20 +418,20 @@ local function run(kind, amount, recover, id)
   end
   if kind == 'r' then
     local refunded = refund(sp, load(1), now, amount)
-    store(KEYS[tkey[1]], sp, refunded)
+    store(K[tkey[1]], sp, refunded)
     local allowed, remaining, reset, retry = peek(sp, refunded, now)
     return reply(0, allowed, 0, remaining, reset, retry)
   end
   if kind == 'x' then
-    store(KEYS[tkey[1]], sp, nil)
+    store(K[tkey[1]], sp, nil)
     local _, remaining, reset, retry = peek(sp, nil, now)
     return reply(0, true, 0, remaining, reset, retry)
   end
-  if tcount == 1 and sp.k == 'g' then return charge_gcra(sp, KEYS[tkey[1]], tfrom[1], amount) end
+  if tcount == 1 and sp.k == 'g' then return charge_gcra(sp, K[tkey[1]], tfrom[1], amount) end
   if tcount == 1 then
     -- Charge of one counter: its evaluation is the decision.
     local allowed, st, remaining, reset, retry = evaluate(sp, load(1), now, amount)
-    if allowed and amount > 0 then store(KEYS[tkey[1]], sp, st) end
+    if allowed and amount > 0 then store(K[tkey[1]], sp, st) end
     return reply(0, allowed, 0, remaining, reset, retry)
   end
   -- Charge: every limit evaluated first; all charged, or none.
@@ -445,30 +449,45 @@ local function run(kind, amount, recover, id)
     end
   end
   if allowed and amount > 0 then
-    for i = 1, tcount do store(KEYS[tkey[i]], tspec[i], evaluations[i].st) end
+    for i = 1, tcount do store(K[tkey[i]], tspec[i], evaluations[i].st) end
   end
   return reply(0, allowed, deciding, decided.remaining, decided.reset, decided.retry)
 end
 
 local KINDS = {[99]='c', [112]='p', [114]='r', [120]='x', [105]='i', [109]='m', [77]='M'}
-local specs = {}
-for i = 1, nspecs do
-  local k, a, b
-  k, a, b, pos = unpack('>Bdd', call_blob, pos)
-  specs[i] = {k=char(k), a=a, b=b}
-end
-local nops
-nops, pos = unpack('>H', call_blob, pos)
-for _ = 1, nops do
-  local kind, recover, id, amount
-  kind, recover, id, amount, tcount, pos = unpack('>BBBdH', call_blob, pos)
-  for i = 1, tcount do
-    local key, sentinel, spec
-    key, sentinel, spec, pos = unpack('>HHH', call_blob, pos)
-    tkey[i] = key
-    tbucket[i] = sentinel
-    tspec[i] = specs[spec]
+
+local function main(keys, args)
+  if not call then bind() end
+  K = keys
+  local blob = args[1]
+  local has_now, given_now, drain_flag, nspecs, pos
+  has_now, given_now, drain_flag, margin, nspecs, pos = unpack('>BdBdH', blob, 1)
+  now = given_now
+  if has_now == 0 then
+    local t = call('TIME')
+    now = num(t[1]) * 1000000 + num(t[2])
   end
-  run(KINDS[kind], amount, recover == 1, ARGV[1 + id])
+  drain = drain_flag == 1
+  seen, replies, nreplies = {}, {}, 0
+  local specs = {}
+  for i = 1, nspecs do
+    local k, a, b
+    k, a, b, pos = unpack('>Bdd', blob, pos)
+    specs[i] = {k=char(k), a=a, b=b}
+  end
+  local nops
+  nops, pos = unpack('>H', blob, pos)
+  for _ = 1, nops do
+    local kind, recover, id, amount
+    kind, recover, id, amount, tcount, pos = unpack('>BBBdH', blob, pos)
+    for i = 1, tcount do
+      local key, sentinel, spec
+      key, sentinel, spec, pos = unpack('>HHH', blob, pos)
+      tkey[i] = key
+      tbucket[i] = sentinel
+      tspec[i] = specs[spec]
+    end
+    run(KINDS[kind], amount, recover == 1, args[1 + id])
+  end
+  return concat(replies)
 end
-return table.concat(replies)

@@ -139,7 +139,7 @@ fn case() -> impl Strategy<Value = Case> {
 /// Runs `case` on keys named after `test` (tests run in parallel on one server).
 fn run(
     connection: &mut redis::Connection,
-    sha: &str,
+    invoke: &script::Invoke,
     test: &str,
     case: &Case,
 ) -> Result<(), TestCaseError> {
@@ -180,7 +180,7 @@ fn run(
             .collect(),
     };
     let value: redis::Value = script::command(
-        sha,
+        invoke,
         script::ScriptTime {
             now: Some(case.now),
             // The case's time is not Redis's: keep what it stores from expiring meanwhile.
@@ -267,13 +267,27 @@ fn check_against_the_rules(
     Ok(())
 }
 
-/// Loads the script; its SHA-1.
-fn load_script(connection: &mut redis::Connection) -> String {
-    redis::cmd("SCRIPT")
+/// Loads both forms of the script: each case runs through each.
+fn load_script(connection: &mut redis::Connection) -> [script::Invoke; 2] {
+    let function = script::load(connection).unwrap();
+    let info: String = redis::cmd("INFO").arg("server").query(connection).unwrap();
+    let major = info
+        .lines()
+        .find_map(|line| line.strip_prefix("redis_version:"))
+        .and_then(|version| version.split('.').next()?.parse::<u32>().ok())
+        .unwrap_or(0);
+    if major >= 7 {
+        assert!(
+            matches!(function, script::Invoke::Function(_)),
+            "Redis {major} takes the function library: {function:?}"
+        );
+    }
+    let sha: String = redis::cmd("SCRIPT")
         .arg("LOAD")
-        .arg(script::SOURCE)
+        .arg(&*script::SCRIPT)
         .query(connection)
-        .unwrap()
+        .unwrap();
+    [function, script::Invoke::Script(sha)]
 }
 
 #[allow(clippy::needless_pass_by_value)] // used as `map_err(fail)`
@@ -287,7 +301,7 @@ fn the_script_decides_as_the_pure_rules_do() {
         return;
     };
     let mut connection = server.connection().unwrap();
-    let sha = load_script(&mut connection);
+    let forms = load_script(&mut connection);
     let connection = std::cell::RefCell::new(connection);
     let cases = std::env::var("PROPTEST_CASES")
         .ok()
@@ -302,7 +316,10 @@ fn the_script_decides_as_the_pure_rules_do() {
         ..Config::default()
     };
     let result = TestRunner::new(config).run(&case(), |case| {
-        run(&mut connection.borrow_mut(), &sha, "differential", &case)
+        for form in &forms {
+            run(&mut connection.borrow_mut(), form, "differential", &case)?;
+        }
+        Ok(())
     });
     if let Err(error) = result {
         panic!("{error}");
@@ -317,7 +334,7 @@ fn a_sliding_window_past_two_to_the_53_decides_exactly() {
         return;
     };
     let mut connection = server.connection().unwrap();
-    let sha = load_script(&mut connection);
+    let forms = load_script(&mut connection);
     let spec = MicroSpec {
         kind: "s",
         a: u64::from(u32::MAX),
@@ -336,6 +353,8 @@ fn a_sliding_window_past_two_to_the_53_decides_exactly() {
             now: start + elapsed,
             drained_from: 0,
         };
-        run(&mut connection, &sha, "edge", &case).unwrap();
+        for form in &forms {
+            run(&mut connection, form, "edge", &case).unwrap();
+        }
     }
 }

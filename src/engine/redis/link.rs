@@ -11,7 +11,7 @@
 //! **Timeouts and the breaker.** Connecting, writing and reading are bounded by the store's
 //! Redis timeout. When a call fails for want of the server (no connection, an I/O error, no
 //! answer in time), the breaker opens: every job is refused at once, without I/O, as
-//! [`Failure::NotSent`], while the thread probes the server (connect, `PING`, `SCRIPT LOAD`)
+//! [`Failure::NotSent`], while the thread probes the server (connect, load the script)
 //! every [`PROBE_INTERVAL`]; the first probe that succeeds closes it. So while Redis is down, at
 //! most the calls in flight when it went pay the timeout.
 
@@ -257,7 +257,8 @@ struct Io {
     config: LinkConfig,
     shared: Arc<Shared>,
     connection: Option<redis::Connection>,
-    sha: Option<String>,
+    /// How this connection calls the script (loaded when it connected).
+    script: Option<script::Invoke>,
     /// `Shared::lost` when the connection was opened.
     opened_after: u64,
 }
@@ -268,7 +269,7 @@ impl Io {
             config,
             shared,
             connection: None,
-            sha: None,
+            script: None,
             opened_after: 0,
         }
     }
@@ -316,7 +317,7 @@ impl Io {
             // Another connection found the server gone since this one was opened.
             self.connection = None;
         }
-        if self.connection.is_some() && self.sha.is_some() {
+        if self.connection.is_some() && self.script.is_some() {
             return Ok(());
         }
         let result = self.connect();
@@ -337,13 +338,9 @@ impl Io {
             .set_read_timeout(Some(timeout))
             .and_then(|()| connection.set_write_timeout(Some(timeout)))
             .map_err(|e| e.to_string())?;
-        let sha: String = redis::cmd("SCRIPT")
-            .arg("LOAD")
-            .arg(script::SOURCE)
-            .query(&mut connection)
-            .map_err(|e| format!("SCRIPT LOAD failed: {e}"))?;
+        let invoke = script::load(&mut connection)?;
         self.connection = Some(connection);
-        self.sha = Some(sha);
+        self.script = Some(invoke);
         self.opened_after = opened_after;
         Ok(())
     }
@@ -400,12 +397,13 @@ impl Io {
         self.send(live, true);
     }
 
-    /// Sends `jobs` as one pipeline of script calls and answers each. A call refused with
-    /// `NOSCRIPT` (the server lost its scripts: a restart, `SCRIPT FLUSH`) did not run: the
-    /// script is loaded again and those jobs are sent once more.
+    /// Sends `jobs` as one pipeline of script calls and answers each. A call refused because
+    /// the server no longer has the script (a restart, `SCRIPT FLUSH`, `FUNCTION FLUSH`) did not
+    /// run: the script is loaded again and those jobs are sent once more.
     fn send(&mut self, jobs: Vec<Job>, first_try: bool) {
         let calls = plan(&jobs);
-        let (Some(connection), Some(sha)) = (self.connection.as_mut(), self.sha.as_deref()) else {
+        let (Some(connection), Some(invoke)) = (self.connection.as_mut(), self.script.as_ref())
+        else {
             return;
         };
         let now = (self.config.now)();
@@ -418,7 +416,7 @@ impl Io {
                     .unwrap_or_default()
                     .iter()
             });
-            pipe.add_command(script::command(sha, now, self.config.drain, ops));
+            pipe.add_command(script::command(invoke, now, self.config.drain, ops));
         }
         self.shared.pipelines.fetch_add(1, Ordering::Relaxed);
         self.shared
@@ -458,7 +456,7 @@ impl Io {
                     code: None,
                     message,
                 }),
-                Err(error) if error.code() == Some("NOSCRIPT") && first_try => {
+                Err(error) if script::is_missing(&error) && first_try => {
                     again.extend(call.iter().map(|&(job, _)| job));
                     continue;
                 }
@@ -490,7 +488,7 @@ impl Io {
         }
         oneshot::deliver(deliveries);
         if !retry.is_empty() {
-            self.sha = None;
+            self.script = None;
             match self.ready() {
                 Ok(()) => self.send(retry, false),
                 Err(why) => {

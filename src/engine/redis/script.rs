@@ -1,17 +1,84 @@
-//! The counters script (`counters.lua`) as Rust sees it: the operations a call carries, the
-//! `EVALSHA` command that carries them, and the replies it returns.
+//! The counters script (`counters.lua`) as Rust sees it: how a connection loads it, the
+//! operations a call carries, the command that carries them, and the replies it returns.
+//!
+//! **Two forms, one source.** On Redis 7 the script is loaded as a function library and called
+//! with `FCALL`: its helpers are made once, at load, where a script (`EVALSHA`) makes them again
+//! at every call (callgrind: 76k Redis instructions per empty call as a script, 34k as a
+//! function). Where `FUNCTION LOAD` is refused (Redis 6.2, or an ACL without it), the same
+//! source runs as a script. The library's name carries a hash of the source, so that stores of
+//! two versions sharing a server never call each other's code.
 //!
 //! One call runs any number of operations on keys of one cluster slot, atomically and in order
 //! (a later operation sees an earlier one's writes), so a pipelined batch of concurrent checks
 //! costs Redis one script invocation instead of one each.
 
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
+
+use sha2::{Digest, Sha256};
 
 use super::namespace::MicroSpec;
 use crate::ratelimit::charge::OpKind;
 
-/// The script's source, loaded into Redis with `SCRIPT LOAD` (calls use its SHA-1).
-pub(crate) const SOURCE: &str = include_str!("counters.lua");
+/// What both forms share: `counters.lua`, which defines `main(keys, args)`.
+const BODY: &str = include_str!("counters.lua");
+
+/// The script form, for `SCRIPT LOAD` and `EVALSHA`.
+pub(crate) static SCRIPT: LazyLock<String> =
+    LazyLock::new(|| format!("{BODY}\nreturn main(KEYS, ARGV)\n"));
+
+/// The function form: the function's name (also the library's) and the library, for
+/// `FUNCTION LOAD` and `FCALL`.
+pub(crate) static LIBRARY: LazyLock<(String, String)> = LazyLock::new(|| {
+    let digest = Sha256::digest(BODY.as_bytes());
+    let hex = digest.iter().take(8).fold(String::new(), |mut hex, byte| {
+        use std::fmt::Write as _;
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
+    let name = format!("tollgate_counters_{hex}");
+    let library = format!("#!lua name={name}\n{BODY}\nredis.register_function('{name}', main)\n");
+    (name, library)
+});
+
+/// How a connection calls the script.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Invoke {
+    /// `FCALL` of this function (Redis 7).
+    Function(String),
+    /// `EVALSHA` of the script with this SHA-1.
+    Script(String),
+}
+
+/// Loads the script on `connection`: as a function library where the server takes one, else
+/// as a script.
+///
+/// # Errors
+/// A message if the server takes neither (or the connection fails).
+pub(crate) fn load(connection: &mut redis::Connection) -> Result<Invoke, String> {
+    let (name, library) = &*LIBRARY;
+    let loaded: redis::RedisResult<String> = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg("REPLACE")
+        .arg(library)
+        .query(connection);
+    match loaded {
+        Ok(_) => Ok(Invoke::Function(name.clone())),
+        // A server without functions, or a user not allowed them: the script. (A connection
+        // that failed fails again below, with its own message.)
+        Err(_) => redis::cmd("SCRIPT")
+            .arg("LOAD")
+            .arg(&*SCRIPT)
+            .query(connection)
+            .map(Invoke::Script)
+            .map_err(|e| format!("SCRIPT LOAD failed: {e}")),
+    }
+}
+
+/// Whether Redis refused a call because it no longer has the script or the function (a
+/// restart, `SCRIPT FLUSH`, `FUNCTION FLUSH`): the call did not run.
+pub(crate) fn is_missing(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOSCRIPT") || error.to_string().contains("Function not found")
+}
 
 /// What an operation does (the script's `kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,11 +191,11 @@ fn index(blob: &mut Vec<u8>, value: usize) {
     blob.extend_from_slice(&u16::try_from(value).unwrap_or(u16::MAX).to_be_bytes());
 }
 
-/// The `EVALSHA` that runs `ops` in one call at `time`; `drain`: lost buckets are drained (the
-/// `DrainOnRecovery` crash policy). The call is one binary string (`counters.lua` has its
-/// layout) and the secret ids it names.
+/// The `FCALL` or `EVALSHA` that runs `ops` in one call at `time`; `drain`: lost buckets are
+/// drained (the `DrainOnRecovery` crash policy). The call is one binary string (`counters.lua`
+/// has its layout) and the secret ids it names.
 pub(crate) fn command<'a>(
-    sha: &str,
+    invoke: &Invoke,
     time: ScriptTime,
     drain: bool,
     ops: impl Iterator<Item = &'a Op>,
@@ -194,8 +261,19 @@ pub(crate) fn command<'a>(
             index(&mut blob, spec);
         }
     }
-    let mut cmd = redis::cmd("EVALSHA");
-    cmd.arg(sha).arg(keys.len()).arg(&keys).arg(blob).arg(&ids);
+    let mut cmd = match invoke {
+        Invoke::Function(name) => {
+            let mut cmd = redis::cmd("FCALL");
+            cmd.arg(name);
+            cmd
+        }
+        Invoke::Script(sha) => {
+            let mut cmd = redis::cmd("EVALSHA");
+            cmd.arg(sha);
+            cmd
+        }
+    };
+    cmd.arg(keys.len()).arg(&keys).arg(blob).arg(&ids);
     cmd
 }
 
@@ -315,7 +393,7 @@ mod tests {
             now: Some(7),
             expiry_margin_ms: 9,
         };
-        let cmd = command("sha", time, true, ops.iter());
+        let cmd = command(&Invoke::Script("sha".into()), time, true, ops.iter());
         let args: Vec<Vec<u8>> = cmd
             .args_iter()
             .map(|arg| match arg {
