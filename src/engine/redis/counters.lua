@@ -252,6 +252,15 @@ local function idle_at(sp, st)
   return st.w + 2 * sp.b
 end
 
+-- The time to live of a counter idle from `idle` on: rounded up to a millisecond, at least one,
+-- plus the margin; as an integer string (Redis writes a number argument with '%.17g', which
+-- costs more).
+local function ttl(idle)
+  local ms = floor((idle - now + 999) / 1000)
+  if ms < 1 then ms = 1 end
+  return format('%d', ms + margin)
+end
+
 -- Stores a counter, or deletes it when it is idle (an idle counter equals a fresh one). It
 -- expires when it turns idle, rounded up to a millisecond, plus the margin: expiry only collects
 -- idle counters, so late is always safe.
@@ -267,11 +276,7 @@ local function store(key, sp, st)
     call('DEL', key)
     return
   end
-  local ttl = floor((idle_at(sp, st) - now + 999) / 1000)
-  if ttl < 1 then ttl = 1 end
-  ttl = ttl + margin
-  -- As an integer: Redis writes a number argument with '%.17g', which costs more.
-  call('SET', key, encode(st), 'PX', format('%d', ttl))
+  call('SET', key, encode(st), 'PX', ttl(idle_at(sp, st)))
 end
 
 -- What a cost-1 request would get, without charging it: allowed, remaining, reset, retry.
@@ -377,9 +382,7 @@ local function charge_gcra(sp, key, from, cost)
     if tat <= now then
       call('DEL', key)
     else
-      local ttl = floor((tat - now + 999) / 1000)
-      if ttl < 1 then ttl = 1 end
-      call('SET', key, pack('>Bd', 103, tat), 'PX', format('%d', ttl + margin))
+      call('SET', key, pack('>Bd', 103, tat), 'PX', ttl(tat))
     end
   end
   return reply(0, allowed, 0, remaining, used, retry)
