@@ -33,6 +33,8 @@
 --                   operation reports it lost), secret id (index into args after the first),
 --                   amount, number of targets
 --   target  >HHH    counter key index, sentinel key index, limit index
+--   padding         6 zero bytes (an operation is read with its first target in one `unpack`;
+--                   a last operation without targets reads these)
 -- args[2..]: the secret ids the operations name.
 -- Returns one string: per operation >BBHddd: status, allowed, deciding, remaining, reset_after,
 --   retry_after (-1: none); status 0 ok, 1 a bucket's sentinel is missing, 2 a bucket belongs
@@ -40,12 +42,13 @@
 
 -- The library functions the hot path calls, as upvalues (a global lookup per call costs). A
 -- function library may not read them while it loads (Redis 7.0), so `main` binds them first.
-local floor, max, min, huge, format, match, call, num, pack, unpack, char, concat
+local floor, max, min, huge, format, match, call, num, pack, unpack, char, concat, byte
 local function bind()
   floor, max, min, huge = math.floor, math.max, math.min, math.huge
   format, match = string.format, string.match
   call, num = redis.call, tonumber
   pack, unpack, char, concat = struct.pack, struct.unpack, string.char, table.concat
+  byte = string.byte
 end
 
 local POW52 = 4503599627370496
@@ -366,26 +369,34 @@ local function charge_gcra(sp, key, from, cost)
   local cap = T * sp.b
   local v = call('GET', key)
   local tat = now
-  if v and #v == 9 and v:byte(1) == 103 then tat = unpack('>d', v, 2) end
+  if v and #v == 9 and byte(v, 1) == 103 then tat = unpack('>d', v, 2) end
   if from > 0 and from + cap > tat then tat = from + cap end
-  local base = max(tat, now)
+  local base = now
+  if tat > now then base = tat end
   local charged = base + cost * T
   local allowed = charged - now <= cap
   if allowed then tat = charged else tat = base end
   local used = tat - now
   local left = cap - used
   if left < 0 then left = 0 end
-  local remaining = divmod(left, T)
-  local retry = nil
+  -- divmod(left, T), inlined
+  local remaining = floor(left / T)
+  local r = left - remaining * T
+  if r < 0 then remaining = remaining - 1 elseif r >= T then remaining = remaining + 1 end
+  local retry = -1
   if not allowed and cost <= sp.b then retry = charged - now - cap end
   if allowed and cost > 0 then
     if tat <= now then
       call('DEL', key)
     else
-      call('SET', key, pack('>Bd', 103, tat), 'PX', ttl(tat))
+      -- ttl(tat), inlined
+      local ms = floor((tat - now + 999) / 1000)
+      if ms < 1 then ms = 1 end
+      call('PSETEX', key, format('%d', ms + margin), pack('>Bd', 103, tat))
     end
   end
-  return reply(0, allowed, 0, remaining, used, retry)
+  nreplies = nreplies + 1
+  replies[nreplies] = pack('>BBHddd', 0, allowed and 1 or 0, 0, remaining, used, retry)
 end
 
 local function run(kind, amount, recover, id)
@@ -481,16 +492,36 @@ local function main(keys, args)
   local nops
   nops, pos = unpack('>H', blob, pos)
   for _ = 1, nops do
-    local kind, recover, id, amount
-    kind, recover, id, amount, tcount, pos = unpack('>BBBdH', blob, pos)
-    for i = 1, tcount do
-      local key, sentinel, spec
-      key, sentinel, spec, pos = unpack('>HHH', blob, pos)
-      tkey[i] = key
-      tbucket[i] = sentinel
-      tspec[i] = specs[spec]
+    -- The operation and its first target in one read (the blob ends in 6 bytes of padding,
+    -- read as the first target of a last operation without targets).
+    local kind, recover, id, amount, count, key, sentinel, spec
+    kind, recover, id, amount, count, key, sentinel, spec, pos = unpack('>BBBdHHHH', blob, pos)
+    if count ~= 1 then pos = pos - 6 end
+    local sp = specs[spec]
+    if kind == 99 and count == 1 and sp.k == 'g' then
+      -- The most common operation, a charge of one GCRA counter, without `run`.
+      local sid = args[1 + id]
+      local buckets = seen[sid]
+      local found = buckets and buckets[sentinel]
+      if not found or found < 0 then found = bucket(sentinel, sid, recover == 1) end
+      if found == LOST then reply(1, false, 0)
+      elseif found == FOREIGN then reply(2, false, 0)
+      else charge_gcra(sp, K[key], found, amount) end
+    else
+      tcount = count
+      local first = 1
+      if count == 1 then
+        tkey[1], tbucket[1], tspec[1] = key, sentinel, sp
+        first = 2
+      end
+      for i = first, count do
+        key, sentinel, spec, pos = unpack('>HHH', blob, pos)
+        tkey[i] = key
+        tbucket[i] = sentinel
+        tspec[i] = specs[spec]
+      end
+      run(KINDS[kind], amount, recover == 1, args[1 + id])
     end
-    run(KINDS[kind], amount, recover == 1, args[1 + id])
   end
   return concat(replies)
 end

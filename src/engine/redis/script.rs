@@ -179,6 +179,9 @@ pub(crate) struct ScriptTime {
 /// call then names fewer than 2^15 keys and limits, within the script's 16-bit indexes.
 pub(crate) const MAX_TARGETS: usize = 256;
 
+/// Zero bytes ending every call's binary string: one target's size (`counters.lua`).
+const PADDING: usize = 6;
+
 /// Appends `value` as a big-endian double (every number the script takes is an integer below
 /// 2^53, exact as a double).
 fn double(blob: &mut Vec<u8>, value: u64) {
@@ -235,7 +238,8 @@ pub(crate) fn command<'a>(
             refs.push((counter, sentinel, spec));
         }
     }
-    let mut blob = Vec::with_capacity(24 + specs.len() * 17 + ops.len() * 13 + refs.len() * 6);
+    let mut blob =
+        Vec::with_capacity(24 + specs.len() * 17 + ops.len() * 13 + refs.len() * 6 + PADDING);
     blob.push(u8::from(time.now.is_some()));
     double(&mut blob, time.now.unwrap_or(0));
     blob.push(u8::from(drain));
@@ -261,6 +265,9 @@ pub(crate) fn command<'a>(
             index(&mut blob, spec);
         }
     }
+    // The script reads an operation with its first target in one go: after a last operation
+    // without targets, it reads these bytes (and ignores them).
+    blob.extend_from_slice(&[0; PADDING]);
     let mut cmd = match invoke {
         Invoke::Function(name) => {
             let mut cmd = redis::cmd("FCALL");
@@ -423,6 +430,7 @@ mod tests {
             blob.extend(d(2.0));
             blob.extend([0, 1, 0, counter, 0, 2, 0, 1]);
         }
+        blob.extend([0; 6]);
         assert_eq!(text[6], blob.as_slice());
     }
 
