@@ -389,10 +389,7 @@ local function charge_gcra(sp, key, from, cost)
     if tat <= now then
       call('DEL', key)
     else
-      -- ttl(tat), inlined
-      local ms = floor((tat - now + 999) / 1000)
-      if ms < 1 then ms = 1 end
-      call('PSETEX', key, format('%d', ms + margin), pack('>Bd', 103, tat))
+      call('PSETEX', key, ttl(tat), pack('>Bd', 103, tat))
     end
   end
   nreplies = nreplies + 1
