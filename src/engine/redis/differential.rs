@@ -5,7 +5,8 @@
 //! The states and limits are drawn over the whole range the script accepts (counts up to 2^32,
 //! windows up to 2^50 µs, times of this century), so `muldiv`, `divmod` and every sum near the
 //! 2^53 edge of exact doubles are exercised, along with time going backwards, unaligned windows
-//! (a quota that changed), lost-and-drained buckets, and multi-limit charges. The pure rules are
+//! (a quota that changed), lost-and-drained buckets, multi-limit charges, and states a
+//! microsecond either side of the time of the call. The pure rules are
 //! unit-agnostic integers: here they run in microseconds, as the script does.
 //!
 //! `PROPTEST_CASES` runs more cases (default 1500). Skipped, loudly, without `redis-server`.
@@ -52,6 +53,9 @@ fn state(spec: MicroSpec) -> impl Strategy<Value = Option<RateState>> {
         (0..4 * window.min(1 << 40)).prop_map(|d| NOW - d),
         (0..4 * window.min(1 << 40)).prop_map(|d| NOW + d),
         (0..(1u64 << 50)).prop_map(|d| NOW - d),
+        // At the case's most common `now` or a microsecond either side: where a rule's
+        // comparison with now (`max(tat, now)`, a window's start) changes its answer.
+        (0..=2u64).prop_map(|d| NOW - 1 + d),
     ];
     let count = prop_oneof![0..=limit, 0..=limit.saturating_add(3), Just(limit)];
     let align = proptest::bool::weighted(0.8);
