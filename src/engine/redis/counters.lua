@@ -493,25 +493,17 @@ local function main(keys, args)
     -- read as the first target of a last operation without targets).
     local kind, recover, id, amount, count, key, sentinel, spec
     kind, recover, id, amount, count, key, sentinel, spec, pos = unpack('>BBBdHHHH', blob, pos)
-    if count ~= 1 then pos = pos - 6 end
-    local sp = specs[spec]
-    if kind == 99 and count == 1 and sp.k == 'g' then
+    local sp = count == 1 and specs[spec]
+    if kind == 99 and sp and sp.k == 'g' then
       -- The most common operation, a charge of one GCRA counter, without `run`.
-      local sid = args[1 + id]
-      local buckets = seen[sid]
-      local found = buckets and buckets[sentinel]
-      if not found or found < 0 then found = bucket(sentinel, sid, recover == 1) end
+      local found = bucket(sentinel, args[1 + id], recover == 1)
       if found == LOST then reply(1, false, 0)
       elseif found == FOREIGN then reply(2, false, 0)
       else charge_gcra(sp, K[key], found, amount) end
     else
+      pos = pos - 6 -- the targets again, from the first
       tcount = count
-      local first = 1
-      if count == 1 then
-        tkey[1], tbucket[1], tspec[1] = key, sentinel, sp
-        first = 2
-      end
-      for i = first, count do
+      for i = 1, count do
         key, sentinel, spec, pos = unpack('>HHH', blob, pos)
         tkey[i] = key
         tbucket[i] = sentinel
