@@ -27,7 +27,8 @@
 //!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` (one connection per thread, prepared
 //!   statements, one autocommit statement per transition), and `rate/tollgate-pg/64` vs
 //!   `rate/naive-pg/64` (one autocommit upsert per check). `TOLLGATE_BENCH_PG_POOL` sets
-//!   tollgate's `postgres_pool_size` (default 3).
+//!   tollgate's `postgres_pool_size` (default 4), `TOLLGATE_BENCH_PG_WRITERS` its
+//!   `postgres_writers` (default 2).
 //! - With `--features redis`, against one local Redis (see `redis_peer/mod.rs`):
 //!   `rate/tollgate-redis/64` vs `rate/naive-redis/64` (one `EVALSHA` of a single-key GCRA script
 //!   per check, one connection per thread), and a flood of denied checks with and without the
@@ -476,8 +477,14 @@ fn tollgate_pg_store(conn: &str, schema: &str) -> Store {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(tollgate::DEFAULT_POSTGRES_POOL_SIZE);
-    Store::builder()
-        .postgres_pool_size(pool)
+    let mut builder = Store::builder().postgres_pool_size(pool);
+    if let Some(writers) = std::env::var("TOLLGATE_BENCH_PG_WRITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        builder = builder.postgres_writers(writers);
+    }
+    builder
         .postgres_schema(schema)
         .background_compaction(false)
         .open_postgres(conn)

@@ -113,6 +113,8 @@ pub struct StoreBuilder {
     pub(crate) node_id: Option<String>,
     /// Connections (worker threads) per PostgreSQL store.
     pub(crate) postgres_pool_size: Option<usize>,
+    /// How many of them write (`None`: the engine's default for the pool's size).
+    pub(crate) postgres_writers: Option<usize>,
     /// The rate-counter secret of a newly created file (test support only; `None`: random).
     pub(crate) rate_secret: Option<(u64, u64)>,
     /// Rate counters on Redis.
@@ -159,6 +161,7 @@ impl Default for StoreBuilder {
             postgres_schema: None,
             node_id: None,
             postgres_pool_size: None,
+            postgres_writers: None,
             rate_secret: None,
             redis: RedisSettings {
                 url: None,
@@ -192,6 +195,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("postgres_schema", &self.postgres_schema)
             .field("node_id", &self.node_id)
             .field("postgres_pool_size", &self.postgres_pool_size)
+            .field("postgres_writers", &self.postgres_writers)
             .field("redis_counters", &self.redis.url.is_some())
             .field("redis_namespace", &self.redis.namespace)
             .field("redis_timeout", &self.redis.timeout)
@@ -463,13 +467,27 @@ impl StoreBuilder {
         self
     }
 
-    /// How many connections (each with its worker thread) a PostgreSQL store keeps: one for the
-    /// writer, which puts every change of the moment into one transaction, and the others for
-    /// reads and maintenance (plus one more, held for the node's lock). At least 2; default = 3.
+    /// How many connections (each with its worker thread) a PostgreSQL store keeps: its writers
+    /// ([`postgres_writers`](Self::postgres_writers)), which put the changes of the moment into
+    /// one transaction each, and the others for reads and maintenance (plus one more, held for
+    /// the node's lock). At least 2; default 4 (two writers, two for reads).
     #[cfg(feature = "postgres")]
     #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres_pool_size(mut self, connections: usize) -> Self {
         self.postgres_pool_size = Some(connections);
+        self
+    }
+
+    /// How many of a PostgreSQL store's connections are writers. Each writer gathers the changes
+    /// queued while it is free (begins, resolutions, rate changes) into one transaction, so with
+    /// two, one batch's commit waits for its flush while the next batch is locked and decided
+    /// on another connection. Default 2 (1 if the pool has only 2 connections); it must leave
+    /// at least one connection of [`postgres_pool_size`](Self::postgres_pool_size) for reads.
+    /// A server further away (round trips of milliseconds) gains from more.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn postgres_writers(mut self, writers: usize) -> Self {
+        self.postgres_writers = Some(writers);
         self
     }
 

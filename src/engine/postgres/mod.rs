@@ -53,9 +53,11 @@ use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder}
 /// Default schema for tollgate's tables.
 pub const DEFAULT_SCHEMA: &str = "tollgate";
 /// Default number of connections (each with a worker thread) per store, besides the one that
-/// holds the node's lock: one writer that batches every change, and two for reads and
-/// maintenance.
-pub const DEFAULT_POOL_SIZE: usize = 3;
+/// holds the node's lock: [`DEFAULT_WRITERS`] writers that batch the changes, and two for reads
+/// and maintenance.
+pub const DEFAULT_POOL_SIZE: usize = 4;
+/// Default number of writers per store (fewer if the pool leaves no connection for reads).
+pub const DEFAULT_WRITERS: usize = 2;
 /// The longest a call waits for its answer: a connect timeout plus a statement timeout, with
 /// room for a retried batch. Past it, a read gets [`Error::Unavailable`] and a change
 /// [`Error::InDoubt`].
@@ -122,13 +124,7 @@ impl Postgres {
                     .into(),
             ));
         }
-        let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
-        if pool_size < 2 {
-            return Err(Error::InvalidArgument(format!(
-                "postgres_pool_size must be at least 2 (the writer's connection and one for \
-                 reads), not {pool_size}"
-            )));
-        }
+        let (pool_size, writers) = pool_shape(builder)?;
         let schema = builder.postgres_schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
         let sql = Arc::new(Sql::new(schema)?);
         let info = ConnInfo::parse(conn)?;
@@ -163,6 +159,7 @@ impl Postgres {
         let clock = Arc::new(ServerClock::new(clock_reading));
         let (queue, workers) = worker::start(&worker::Pool {
             size: pool_size,
+            writers,
             connector: &connector,
             sql: &sql,
             node: &node,
@@ -395,5 +392,61 @@ impl CounterEngine for Postgres {
     fn flush(&self) -> Result<()> {
         // Counters on PostgreSQL are durable when a check returns.
         self.check_usable()
+    }
+}
+
+/// The pool's size and how many of its connections write, checked.
+fn pool_shape(builder: &StoreBuilder) -> Result<(usize, usize)> {
+    let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+    if pool_size < 2 {
+        return Err(Error::InvalidArgument(format!(
+            "postgres_pool_size must be at least 2 (a writer's connection and one for \
+             reads), not {pool_size}"
+        )));
+    }
+    let writers = builder
+        .postgres_writers
+        .unwrap_or_else(|| DEFAULT_WRITERS.min(pool_size - 1));
+    if writers == 0 || writers >= pool_size {
+        return Err(Error::InvalidArgument(format!(
+            "postgres_writers must be at least 1 and leave one of the postgres_pool_size \
+             connections ({pool_size}) for reads, not {writers}"
+        )));
+    }
+    Ok((pool_size, writers))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Store;
+
+    #[test]
+    fn the_pool_keeps_a_connection_for_reads_and_writers_default_to_two() {
+        let shape = |pool: Option<usize>, writers: Option<usize>| {
+            let mut builder = Store::builder();
+            if let Some(pool) = pool {
+                builder = builder.postgres_pool_size(pool);
+            }
+            if let Some(writers) = writers {
+                builder = builder.postgres_writers(writers);
+            }
+            pool_shape(&builder)
+        };
+        assert_eq!(shape(None, None).ok(), Some((4, 2)));
+        assert_eq!(shape(Some(2), None).ok(), Some((2, 1)));
+        assert_eq!(shape(Some(3), None).ok(), Some((3, 2)));
+        assert_eq!(shape(Some(8), Some(5)).ok(), Some((8, 5)));
+        for (pool, writers) in [
+            (Some(1), None),
+            (None, Some(0)),
+            (None, Some(4)),
+            (Some(3), Some(3)),
+        ] {
+            assert!(
+                matches!(shape(pool, writers), Err(Error::InvalidArgument(_))),
+                "pool {pool:?}, writers {writers:?}"
+            );
+        }
     }
 }

@@ -11,6 +11,9 @@
 //! neither parses nor plans them; `SET LOCAL enable_seqscan = off` keeps their cached generic
 //! plans on the primary keys however small the tables were when they were planned, and
 //! `SET LOCAL jit = off` keeps the cost that adds from starting the JIT compiler.
+//! `SET LOCAL plan_cache_mode = force_generic_plan` keeps the server from planning them afresh
+//! for each batch: with array parameters it judges a custom plan cheaper every time, and planning
+//! took 100–180 µs a statement (measured, `docs/BENCHMARKS.md`).
 //!
 //! Every round trip has a deadline on the client side too ([`ROUND_TRIP_TIMEOUT`]): a server that
 //! stops answering (a network partition, a paused VM) costs the batch that long, never more; the
@@ -72,7 +75,8 @@ impl Pipe {
             sql,
             opening: format!(
                 "BEGIN; SELECT set_config('statement_timeout', '{}', true), \
-                 set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true)",
+                 set_config('enable_seqscan', 'off', true), set_config('jit', 'off', true), \
+                 set_config('plan_cache_mode', 'force_generic_plan', true)",
                 STATEMENT_TIMEOUT.as_millis()
             ),
         })

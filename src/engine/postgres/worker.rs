@@ -1,12 +1,15 @@
 //! The worker threads of a PostgreSQL store, each owning one connection.
 //!
-//! Changes (begins, resolutions, rate changes) go to one *writer*, which gathers every change
-//! queued into one transaction (`batch.rs`) on its own pipelined connection (`pipe.rs`): one
-//! writer per node keeps batches whole, where several would split the same callers into smaller
-//! batches and pay a transaction's fixed cost (two round trips, a commit) once each (measured:
-//! two writers are slower, `docs/BENCHMARKS.md`). Reads and maintenance (`get`,
-//! `list_records`, peeks, `stats`, compaction steps, bulk loads) are *jobs* for the other
-//! connections, so they never wait behind a batch.
+//! Changes (begins, resolutions, rate changes) go to the *writers* (two by default), each of
+//! which gathers every change queued while it was busy into one transaction (`batch.rs`) on its
+//! own pipelined connection (`pipe.rs`). Two keep the server busy: while one batch's `COMMIT`
+//! waits for its flush on one connection, the next is locked and decided on the other (a backend
+//! does nothing else while its commit flushes). More than two split the same callers into
+//! batches too small for the transaction's fixed cost (measured, `docs/BENCHMARKS.md`). Two
+//! writers of one node are to each other what two nodes are: their batches lock rows in the
+//! same order and a row created under one starts the other's batch over (`batch.rs`).
+//! Reads and maintenance (`get`, `list_records`, peeks, `stats`, compaction steps, bulk loads)
+//! are *jobs* for the other connections, so they never wait behind a batch.
 //!
 //! After a batch of many, the writer waits a moment (at most a quarter of that batch's duration)
 //! for the callers it just answered to come back, so that the next batch is as large; a lone
@@ -88,8 +91,10 @@ fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
 
 /// What the workers are started with.
 pub(crate) struct Pool<'a> {
-    /// Connections in all: the writer's, and `size - 1` for jobs (at least one).
+    /// Connections in all: the writers', and `size - writers` for jobs (at least one).
     pub size: usize,
+    /// Writers, each with its connection, taking changes from one queue.
+    pub writers: usize,
     pub connector: &'a Connector,
     pub sql: &'a Arc<Sql>,
     pub node: &'a NodeInfo,
@@ -110,20 +115,27 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
             .spawn(run)
             .map_err(Error::storage)
     };
-    let writer = Writer {
-        changes: change_queue,
-        pipe: Pipe::new(pool.connector.clone(), Arc::clone(pool.sql))?,
-        node: pool.node.clone(),
-        slot: format!("{}/writer", pool.node.id),
-        clock: Arc::clone(pool.clock),
-        counters: Arc::clone(pool.counters),
-        notifier: Arc::clone(pool.notifier),
-    };
-    let mut workers = vec![spawn(
-        "tollgate-pg-writer".into(),
-        Box::new(move || writer.run()),
-    )?];
-    for index in 1..pool.size {
+    let mut workers = Vec::with_capacity(pool.size);
+    for index in 0..pool.writers {
+        let writer = Writer {
+            changes: change_queue.clone(),
+            pipe: Pipe::new(pool.connector.clone(), Arc::clone(pool.sql))?,
+            node: pool.node.clone(),
+            // The first writer's row keeps the name it had when a node had one writer.
+            slot: match index {
+                0 => format!("{}/writer", pool.node.id),
+                _ => format!("{}/writer-{}", pool.node.id, index + 1),
+            },
+            clock: Arc::clone(pool.clock),
+            counters: Arc::clone(pool.counters),
+            notifier: Arc::clone(pool.notifier),
+        };
+        workers.push(spawn(
+            format!("tollgate-pg-writer-{}", index + 1),
+            Box::new(move || writer.run()),
+        )?);
+    }
+    for index in pool.writers..pool.size {
         let queue = job_queue.clone();
         let mut session = session();
         workers.push(spawn(
