@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Two round trips per transaction whatever its size (`pipe.rs` sends each pair together), two
-//! prepared statements with their values in binary.
+//! prepared statements with their values in binary, each in the version for the tables the batch
+//! touches (`sql.rs` `Tables`: a batch of begins and resolutions only starts no counter parts).
 //!
 //! # Rules
 //! - Every decision is taken by `idempotency::machine` or `ratelimit::charge` on rows locked
@@ -30,6 +31,7 @@ use std::collections::BTreeMap;
 use super::node::NodeInfo;
 use super::pipe::{Failure, Pipe, ROUND_TRIP_TIMEOUT};
 use super::session::{Kind, classify, kind, unavailable};
+use super::sql::Tables;
 use crate::engine::{BeginRequest, codec, lease_expiry, stored_rate};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
@@ -297,7 +299,8 @@ fn attempt(
     }
     let digests: Vec<&[u8]> = records.keys().map(<[u8; 32]>::as_slice).collect();
     let keys: Vec<&[u8]> = rates.keys().map(<[u8; 16]>::as_slice).collect();
-    let rows = match pipe.lock(&[&digests, &keys, &begins, &node.id]) {
+    let tables = Tables::of(!records.is_empty(), !rates.is_empty());
+    let rows = match pipe.lock(tables, &[&digests, &keys, &begins, &node.id]) {
         Ok(rows) => rows,
         Err(failure) => return failed(failure, "cannot lock the batch's rows"),
     };
@@ -441,31 +444,34 @@ fn attempt(
             (false, None) => {}
         }
     }
-    let result = pipe.write_and_commit(&[
-        &update.digests,
-        &update.values,
-        &update.states,
-        &update.expires,
-        &update.owners,
-        &remove,
-        &create.digests,
-        &create.values,
-        &create.states,
-        &create.expires,
-        &create.owners,
-        &rate_update.keys,
-        &rate_update.values,
-        &rate_update.idle,
-        &rate_remove,
-        &rate_create.keys,
-        &rate_create.values,
-        &rate_create.idle,
-        &slot,
-        &counts[0],
-        &counts[1],
-        &counts[2],
-        &counts[3],
-    ]);
+    let result = pipe.write_and_commit(
+        tables,
+        &[
+            &update.digests,
+            &update.values,
+            &update.states,
+            &update.expires,
+            &update.owners,
+            &remove,
+            &create.digests,
+            &create.values,
+            &create.states,
+            &create.expires,
+            &create.owners,
+            &rate_update.keys,
+            &rate_update.values,
+            &rate_update.idle,
+            &rate_remove,
+            &rate_create.keys,
+            &rate_create.values,
+            &rate_create.idle,
+            &slot,
+            &counts[0],
+            &counts[1],
+            &counts[2],
+            &counts[3],
+        ],
+    );
     match result {
         Ok(_) => Attempt::Committed(
             answers,

@@ -26,7 +26,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, Statement};
 
 use super::session::{self, Connector, STATEMENT_TIMEOUT};
-use super::sql::Sql;
+use super::sql::{Sql, Tables};
 use crate::error::{Error, Result};
 
 /// The longest a round trip may take before the writer gives up on the connection: the server's
@@ -46,8 +46,9 @@ pub(crate) enum Failure {
 
 /// The writer's prepared statements, in the order of [`Pipe::statements`].
 struct Prepared {
-    lock: Statement,
-    write: Statement,
+    /// By [`Tables`].
+    lock: Vec<Statement>,
+    write: Vec<Statement>,
 }
 
 /// A connection for the writer, opened on first use and again after it failed.
@@ -107,8 +108,11 @@ impl Pipe {
                 tokio::spawn(connection);
                 let set_up = async {
                     client.batch_execute(&session::setup()).await?;
-                    let lock = client.prepare_typed(&sql.lock, LOCK_TYPES).await?;
-                    let write = client.prepare_typed(&sql.write, WRITE_TYPES).await?;
+                    let (mut lock, mut write) = (Vec::new(), Vec::new());
+                    for (locks, writes) in sql.lock.iter().zip(&sql.write) {
+                        lock.push(client.prepare_typed(locks, LOCK_TYPES).await?);
+                        write.push(client.prepare_typed(writes, WRITE_TYPES).await?);
+                    }
                     Ok::<_, tokio_postgres::Error>(Prepared { lock, write })
                 };
                 match set_up.await {
@@ -134,22 +138,25 @@ impl Pipe {
         }
     }
 
-    /// Round trip 1: opens the transaction and runs the lock statement with `params`.
+    /// Round trip 1: opens the transaction and runs the lock statement's version for `tables`
+    /// with `params`.
     pub(crate) fn lock(
         &mut self,
+        tables: Tables,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, Failure> {
         self.connected()?;
         let Some((client, prepared)) = &self.client else {
             return Err(no_connection());
         };
+        let Some(lock) = prepared.lock.get(tables as usize) else {
+            return Err(no_connection());
+        };
         let opening = &self.opening;
         let answer = self.runtime.block_on(async {
             let both = async {
-                let (begun, locked) = tokio::join!(
-                    client.batch_execute(opening),
-                    client.query(&prepared.lock, params)
-                );
+                let (begun, locked) =
+                    tokio::join!(client.batch_execute(opening), client.query(lock, params));
                 begun?;
                 locked
             };
@@ -158,22 +165,25 @@ impl Pipe {
         self.settle(answer)
     }
 
-    /// Round trip 2: runs the write statement with `params`, then `COMMIT` (which, after a failed
-    /// write, ends the transaction as a rollback). Returns the write's rows.
+    /// Round trip 2: runs the write statement's version for `tables` with `params`, then
+    /// `COMMIT` (which, after a failed write, ends the transaction as a rollback). Returns the
+    /// write's rows.
     pub(crate) fn write_and_commit(
         &mut self,
+        tables: Tables,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Vec<Row>, Failure> {
         // Nothing is sent without a connection, so nothing can be in doubt.
         let Some((client, prepared)) = &self.client else {
             return Err(no_connection());
         };
+        let Some(write) = prepared.write.get(tables as usize) else {
+            return Err(no_connection());
+        };
         let answer = self.runtime.block_on(async {
             let both = async {
-                let (written, committed) = tokio::join!(
-                    client.query(&prepared.write, params),
-                    client.batch_execute("COMMIT")
-                );
+                let (written, committed) =
+                    tokio::join!(client.query(write, params), client.batch_execute("COMMIT"));
                 let rows = written?;
                 committed?;
                 Ok(rows)

@@ -5,7 +5,7 @@
 //! `statement_timeout` set for it; a transaction also sets it with `SET LOCAL`, so that it holds
 //! behind PgBouncer's transaction mode, where session settings do not stick. Statements on these
 //! connections are sent with their parameter types (`query_typed`): parsed, bound and run in one
-//! round trip, nothing prepared. (The writer prepares its two statements: `pipe.rs`.)
+//! round trip, nothing prepared. (The writers prepare theirs: `pipe.rs`.)
 //!
 //! Errors are sorted into three kinds:
 //! - the server could not be reached, went away, or timed out: [`Error::Unavailable`] (the

@@ -7,23 +7,31 @@
 -- not locked: a batch that creates one inserts it (write_*.sql), which fails with a unique violation
 -- if another transaction created it first; the batch then starts over.
 --
+-- Versions (sql.rs `Tables`): a batch without counters runs this statement with the
+-- `-- counters { … } else …` part replaced by what follows `else` (no rows, nothing to plan or
+-- start), a batch without records likewise; a batch with both runs it as written.
+--
 -- kind 4: this node's current epoch ($4: its id), which must still be this store's: a store whose
 -- node id was opened again since (a second process with the same id) is superseded and may not
 -- take leases as that node any more.
 -- kind 0: the clock (in `number`; {s}.now_ns() written out, which saves a function call); 1: a token; 2: a record with its owner's current epoch
 -- (0 if its owner never registered: a node without a node id); 3: a counter.
 WITH locked_records AS (
+    -- records {
     SELECT r.digest, r.value, coalesce(n.epoch, 0) AS owner_epoch
       FROM {s}.records r LEFT JOIN {s}.nodes n ON n.id = r.owner
      WHERE r.digest = ANY($1::bytea[])
      ORDER BY r.digest
        FOR UPDATE OF r
+    -- } else SELECT NULL::bytea AS digest, NULL::bytea AS value, 0::bigint AS owner_epoch WHERE false
 ), locked_rates AS (
+    -- counters {
     SELECT c.key, c.value
       FROM {s}.rates c
      WHERE c.key = ANY($2::bytea[])
      ORDER BY c.key
        FOR UPDATE OF c
+    -- } else SELECT NULL::bytea AS key, NULL::bytea AS value WHERE false
 )
 SELECT 0 AS kind, NULL::bytea AS key, NULL::bytea AS value,
        coalesce(c.stopped_at,
