@@ -70,9 +70,13 @@ impl Denial {
     }
 }
 
-/// Denials by counter key.
+/// A counter, as the cache knows it: the keyed hash its Redis key is written from
+/// (`Namespace::counter_key`), so that a lookup needs no string.
+pub(crate) type Key = [u8; 16];
+
+/// Denials by counter.
 pub(crate) struct DenialCache {
-    shards: Vec<Mutex<HashMap<String, Denial>>>,
+    shards: Vec<Mutex<HashMap<Key, Denial>>>,
     /// Entries held (roughly): while none, lookups and forgets skip the locks.
     held: AtomicUsize,
 }
@@ -85,16 +89,13 @@ impl DenialCache {
         }
     }
 
-    fn shard(&self, key: &str) -> Option<&Mutex<HashMap<String, Denial>>> {
-        // The keys end in hex digits of a keyed hash: their last four spread them.
-        let spread = key.bytes().rev().take(4).fold(0usize, |hash, byte| {
-            hash.wrapping_mul(31).wrapping_add(usize::from(byte))
-        });
-        self.shards.get(spread % SHARDS)
+    fn shard(&self, key: &Key) -> Option<&Mutex<HashMap<Key, Denial>>> {
+        // The key is a keyed hash: any of its bytes spreads the keys evenly.
+        self.shards.get(usize::from(key[15]) % SHARDS)
     }
 
     /// The cached answer for a check of cost 1 on `key` at `now`.
-    pub(crate) fn answer(&self, key: &str, now: u64) -> Option<Answer> {
+    pub(crate) fn answer(&self, key: &Key, now: u64) -> Option<Answer> {
         if self.held.load(Ordering::Relaxed) == 0 {
             return None;
         }
@@ -102,7 +103,7 @@ impl DenialCache {
     }
 
     /// Keeps a denial Redis gave for `key`.
-    pub(crate) fn insert(&self, key: &str, denial: Denial) {
+    pub(crate) fn insert(&self, key: &Key, denial: Denial) {
         let Some(shard) = self.shard(key) else { return };
         let mut shard = shard.lock();
         if shard.len() >= MAX_ENTRIES / SHARDS && !shard.contains_key(key) {
@@ -113,13 +114,13 @@ impl DenialCache {
                 return;
             }
         }
-        if shard.insert(key.to_string(), denial).is_none() {
+        if shard.insert(*key, denial).is_none() {
             self.held.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// Forgets `key`'s denial (a refund or reset here, or an allowance).
-    pub(crate) fn forget(&self, key: &str) {
+    pub(crate) fn forget(&self, key: &Key) {
         if self.held.load(Ordering::Relaxed) == 0 {
             return;
         }
@@ -140,43 +141,53 @@ impl DenialCache {
 mod tests {
     use super::*;
 
+    /// A key as a keyed hash would give it, from `i`.
+    fn key(i: usize) -> Key {
+        let mut key = [0; 16];
+        key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+        key[15] = u8::try_from(i % 251).unwrap_or(0);
+        key
+    }
+
     #[test]
     fn a_denial_counts_down_and_ends_at_its_retry_time_or_the_cap() {
         let cache = DenialCache::new();
-        cache.insert("k0", Denial::new(1000, 300, 500));
-        assert_eq!(cache.answer("k0", 999), None, "not before it was made");
+        cache.insert(&key(0), Denial::new(1000, 300, 500));
+        assert_eq!(cache.answer(&key(0), 999), None, "not before it was made");
         assert_eq!(
-            cache.answer("k0", 1100),
+            cache.answer(&key(0), 1100),
             Some(Answer {
                 retry_after: 200,
                 reset_after: 400
             })
         );
         assert_eq!(
-            cache.answer("k0", 1300),
+            cache.answer(&key(0), 1300),
             None,
             "Redis decides from the retry time"
         );
         // A long wait is used for CAP only.
-        cache.insert("k1", Denial::new(0, 60 * CAP, 60 * CAP));
+        cache.insert(&key(1), Denial::new(0, 60 * CAP, 60 * CAP));
         assert_eq!(
-            cache.answer("k1", CAP - 1).map(|a| a.retry_after),
+            cache.answer(&key(1), CAP - 1).map(|a| a.retry_after),
             Some(59 * CAP + 1)
         );
-        assert_eq!(cache.answer("k1", CAP), None);
-        cache.forget("k0");
-        assert_eq!(cache.answer("k0", 1100), None);
+        assert_eq!(cache.answer(&key(1), CAP), None);
+        cache.forget(&key(0));
+        assert_eq!(cache.answer(&key(0), 1100), None);
     }
 
     #[test]
     fn the_cache_is_bounded_and_drops_expired_entries_first() {
         let cache = DenialCache::new();
         for i in 0..MAX_ENTRIES + 100 {
-            cache.insert(&format!("key-{i:x}"), Denial::new(0, 10, 10));
+            cache.insert(&key(i), Denial::new(0, 10, 10));
         }
         assert!(cache.len() <= MAX_ENTRIES, "{}", cache.len());
         // Later the old entries have expired: as many new ones fit again, each answering.
-        let fresh: Vec<String> = (0..MAX_ENTRIES).map(|i| format!("new-{i:x}")).collect();
+        let fresh: Vec<Key> = (MAX_ENTRIES + 100..2 * MAX_ENTRIES + 100)
+            .map(key)
+            .collect();
         for key in &fresh {
             cache.insert(key, Denial::new(100, 10, 10));
         }

@@ -91,7 +91,8 @@ struct Shared {
 
 /// A server and its I/O thread.
 pub(crate) struct Link {
-    pub(crate) addr: String,
+    /// `host:port`, shared with every [`Pending`] for its messages.
+    pub(crate) addr: Arc<str>,
     sender: Sender<Message>,
     shared: Arc<Shared>,
     threads: Mutex<Vec<JoinHandle<()>>>,
@@ -127,7 +128,7 @@ impl Link {
             }
         }
         Ok(Link {
-            addr,
+            addr: Arc::from(addr),
             sender,
             shared,
             threads: Mutex::new(threads),
@@ -162,7 +163,7 @@ impl Link {
             refused,
             writes,
             timeout,
-            addr: self.addr.clone(),
+            addr: Arc::clone(&self.addr),
             shared: Arc::clone(&self.shared),
         };
         if let Some(reason) = self.open_reason() {
@@ -217,7 +218,7 @@ pub(crate) struct Pending {
     refused: Option<Failure>,
     writes: bool,
     timeout: Duration,
-    addr: String,
+    addr: Arc<str>,
     shared: Arc<Shared>,
 }
 

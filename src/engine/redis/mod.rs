@@ -40,7 +40,7 @@ use crate::engine::CounterEngine;
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{OpKind, RateOutcome};
 use crate::ratelimit::{CounterKeys, CrashPolicy, Evaluation, Limit};
-use denials::{Denial, DenialCache};
+use denials::{Denial, DenialCache, Key};
 use link::{Failure, Link, LinkConfig};
 pub(crate) use namespace::check_namespace;
 use namespace::{CLUSTER_BUCKETS, MicroSpec, Namespace};
@@ -375,7 +375,7 @@ impl Redis {
 
     /// A cost-1 check of one counter that the denial cache can answer: a denial Redis gave,
     /// counted down.
-    fn cached_denial(&self, kind: OpKind, key: &str, limit: &Limit) -> Option<RateOutcome> {
+    fn cached_denial(&self, kind: OpKind, key: &Key, limit: &Limit) -> Option<RateOutcome> {
         if kind != (OpKind::Charge { cost: 1 }) {
             return None;
         }
@@ -395,7 +395,7 @@ impl Redis {
 
     /// Keeps what Redis answered a single-counter operation for the denial cache: a denied
     /// cost-1 check is remembered; any other change of the counter forgets it.
-    fn remember(&self, kind: OpKind, key: &str, reply: &Reply, asked_at: u64) {
+    fn remember(&self, kind: OpKind, key: &Key, reply: &Reply, asked_at: u64) {
         let Some(denials) = &self.denials else { return };
         match (kind, reply.allowed, reply.retry_after) {
             (OpKind::Charge { cost: 1 }, false, Some(retry)) => {
@@ -434,20 +434,20 @@ impl Redis {
             let namespace = Arc::clone(&self.namespace.read());
             let mut buckets = Vec::with_capacity(checks.len());
             let mut targets = Vec::with_capacity(checks.len());
+            let mut hashes = None;
             for ((limit, subject), spec) in checks.iter().zip(&specs) {
                 let bucket = namespace.bucket(subject)?;
+                let (counter, hash) = namespace.counter_key(limit.name(), subject, bucket)?;
+                hashes.get_or_insert(hash);
                 targets.push(Target {
-                    counter: namespace.counter_key(limit.name(), subject, bucket)?,
+                    counter,
                     sentinel: namespace.sentinel(bucket),
                     spec: *spec,
                 });
                 buckets.push(bucket);
             }
-            // One counter: its key, for the denial cache.
-            let single = match targets.as_slice() {
-                [target] => Some(target.counter.clone()),
-                _ => None,
-            };
+            // One counter: its name for the denial cache.
+            let single = hashes.filter(|_| targets.len() == 1);
             if let (Some(key), [(limit, _)]) = (&single, checks) {
                 if let Some(outcome) = self.cached_denial(kind, key, limit) {
                     return Ok(outcome);

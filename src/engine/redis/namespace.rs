@@ -199,8 +199,14 @@ impl Namespace {
         Ok(u16::from_be_bytes([hash.0[0], hash.0[1]]) % buckets)
     }
 
-    /// The key of `subject`'s counter under the limit named `limit`.
-    pub(crate) fn counter_key(&self, limit: &str, subject: &str, bucket: u16) -> Result<String> {
+    /// The key of `subject`'s counter under the limit named `limit`, and the keyed hash it is
+    /// written from (which names the counter for the denial cache).
+    pub(crate) fn counter_key(
+        &self,
+        limit: &str,
+        subject: &str,
+        bucket: u16,
+    ) -> Result<(String, [u8; 16])> {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let CounterKey(hash) = self.keys.key(limit, subject)?;
         let prefix = self
@@ -213,7 +219,7 @@ impl Namespace {
             key.push(char::from(HEX[usize::from(byte >> 4)]));
             key.push(char::from(HEX[usize::from(byte & 15)]));
         }
-        Ok(key)
+        Ok((key, hash))
     }
 
     /// The sentinel key of `bucket`.
@@ -253,7 +259,7 @@ mod tests {
         let tagged = ns.bucket("{user:42}:ip").unwrap();
         assert_eq!(tagged, ns.bucket("{user:42}:device").unwrap());
         assert_eq!(tagged, ns.bucket("user:42").unwrap());
-        let key = ns.counter_key("login", "user:42", tagged).unwrap();
+        let (key, _) = ns.counter_key("login", "user:42", tagged).unwrap();
         assert!(key.starts_with(&format!("ns:{{ns:{tagged}}}:")), "{key}");
         assert_eq!(key.len(), format!("ns:{{ns:{tagged}}}:").len() + 32);
         assert!(!key.contains("user"), "the subject is hashed: {key}");

@@ -57,11 +57,11 @@ impl Routes {
                 )));
             };
             let addr = format!("{host}:{port}");
-            let index = if let Some(index) = links.iter().position(|link| link.addr == addr) {
+            let index = if let Some(index) = links.iter().position(|link| *link.addr == *addr) {
                 index
             } else {
                 let reused = old
-                    .and_then(|old| old.links.iter().find(|link| link.addr == addr))
+                    .and_then(|old| old.links.iter().find(|link| *link.addr == *addr))
                     .cloned();
                 let link = if let Some(link) = reused {
                     link
