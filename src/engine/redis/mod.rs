@@ -406,9 +406,9 @@ impl Redis {
         }
     }
 
-    /// The operation's limits in the script's units, once the store is open and the operation
-    /// is one Redis can run.
-    fn check_operation(&self, checks: &[(&Limit, &str)]) -> Result<Vec<MicroSpec>> {
+    /// Whether the store is open and the operation is one Redis can run. (Each limit's spec in
+    /// the script's units is checked where its target is made, before anything is sent.)
+    fn check_operation(&self, checks: &[(&Limit, &str)]) -> Result<()> {
         self.check_usable()?;
         if checks.len() > script::MAX_TARGETS {
             return Err(Error::InvalidArgument(format!(
@@ -420,34 +420,29 @@ impl Redis {
         if self.cluster {
             check_one_slot(checks)?;
         }
-        checks
-            .iter()
-            .map(|(limit, _)| MicroSpec::of(&limit.spec))
-            .collect()
+        Ok(())
     }
 
     fn run_op(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let specs = self.check_operation(checks)?;
+        self.check_operation(checks)?;
         let (code, amount) = Code::of(kind);
         let (mut recover, mut replace) = (false, false);
         for _ in 0..ATTEMPTS {
             let namespace = Arc::clone(&self.namespace.read());
-            let mut buckets = Vec::with_capacity(checks.len());
             let mut targets = Vec::with_capacity(checks.len());
-            let mut hashes = None;
-            for ((limit, subject), spec) in checks.iter().zip(&specs) {
+            // The first counter's bucket and hash (its name for the denial cache).
+            let mut first = None;
+            for (limit, subject) in checks {
                 let bucket = namespace.bucket(subject)?;
                 let (counter, hash) = namespace.counter_key(limit.name(), subject, bucket)?;
-                hashes.get_or_insert(hash);
+                first.get_or_insert((bucket, hash));
                 targets.push(Target {
                     counter,
                     sentinel: namespace.sentinel(bucket),
-                    spec: *spec,
+                    spec: MicroSpec::of(&limit.spec)?,
                 });
-                buckets.push(bucket);
             }
-            // One counter: its name for the denial cache.
-            let single = hashes.filter(|_| targets.len() == 1);
+            let single = first.map(|(_, hash)| hash).filter(|_| targets.len() == 1);
             if let (Some(key), [(limit, _)]) = (&single, checks) {
                 if let Some(outcome) = self.cached_denial(kind, key, limit) {
                     return Ok(outcome);
@@ -455,9 +450,13 @@ impl Redis {
             }
             let asked_at = self.cache_now();
             let id = Arc::clone(&namespace.secret_id);
-            let bucket = buckets.first().copied().unwrap_or(0);
-            let mut ops = Vec::with_capacity(1 + usize::from(replace) * buckets.len());
+            let bucket = first.map_or(0, |(bucket, _)| bucket);
+            let mut ops = Vec::with_capacity(1 + usize::from(replace) * checks.len());
             if replace {
+                let mut buckets = checks
+                    .iter()
+                    .map(|(_, subject)| namespace.bucket(subject))
+                    .collect::<Result<Vec<u16>>>()?;
                 buckets.sort_unstable();
                 buckets.dedup();
                 for &bucket in &buckets {
