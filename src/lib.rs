@@ -146,7 +146,7 @@ pub use clock::{Clock, ManualClock, SystemClock};
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub use engine::postgres::{
     CALL_TIMEOUT as POSTGRES_CALL_TIMEOUT, DEFAULT_POOL_SIZE as DEFAULT_POSTGRES_POOL_SIZE,
-    DEFAULT_SCHEMA as DEFAULT_POSTGRES_SCHEMA,
+    DEFAULT_SCHEMA as DEFAULT_POSTGRES_SCHEMA, DEFAULT_WRITERS as DEFAULT_POSTGRES_WRITERS,
 };
 pub use error::{Error, Result, StorageError};
 pub use store::{

@@ -53,7 +53,7 @@ use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder}
 /// Default schema for tollgate's tables.
 pub const DEFAULT_SCHEMA: &str = "tollgate";
 /// Default number of connections (each with a worker thread) per store, besides the one that
-/// holds the node's lock: [`DEFAULT_WRITERS`] writers that batch the changes, and two for reads
+/// holds the node's lock: [`DEFAULT_POSTGRES_WRITERS`](crate::DEFAULT_POSTGRES_WRITERS) writers that batch the changes, and two for reads
 /// and maintenance.
 pub const DEFAULT_POOL_SIZE: usize = 4;
 /// Default number of writers per store (fewer if the pool leaves no connection for reads).
