@@ -28,6 +28,23 @@ pub fn free_port() -> Result<u16, String> {
         .map_err(|e| e.to_string())
 }
 
+/// Says that `what` did not run and why, on the process's standard error itself.
+///
+/// A test's `eprintln!` goes to libtest's capture, which shows nothing for a test that passes: a
+/// test that returned early for want of a server would look like one that ran. This writes past
+/// the capture, once per skipped test, naming the test (libtest names each test's thread after
+/// it), so that `cargo test` prints every skip. A failed write is ignored: there is nowhere left
+/// to say it.
+pub fn say_skipped(what: &str, why: &str) {
+    use std::io::Write as _;
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("(unnamed thread)");
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "#### SKIPPED {test}: {what} did not run: {why}"
+    );
+}
+
 /// How many panics inside redb (which it documents for damaged files) this process has caught
 /// and turned into typed errors: lets a test show that the containment actually ran.
 pub fn contained_panics() -> u64 {

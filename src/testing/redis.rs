@@ -7,8 +7,9 @@
 //! empty). Every server started here runs without persistence, and a watchdog shell stops it
 //! once this process is gone, however it ended.
 //!
-//! Without a `redis-server` binary these say loudly that the Redis tests are skipped and return
-//! `None`; with `TOLLGATE_REQUIRE_REDIS=1` they panic instead, so that CI cannot skip them.
+//! Without a `redis-server` binary these say loudly, for each test that asks, that it is skipped
+//! ([`super::say_skipped`]: past libtest's capture) and return `None`; with
+//! `TOLLGATE_REQUIRE_REDIS=1` they panic instead, so that CI cannot skip them.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,32 +37,36 @@ pub struct Cluster {
     pub nodes: Vec<Server>,
 }
 
-static SERVER: OnceLock<Option<Server>> = OnceLock::new();
-static CLUSTER: OnceLock<Option<Cluster>> = OnceLock::new();
+/// The shared server, or why there is none.
+static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+/// The shared cluster, or why there is none.
+static CLUSTER: OnceLock<Result<Cluster, String>> = OnceLock::new();
 
 /// Whether a missing server must fail the test (`TOLLGATE_REQUIRE_REDIS=1`).
 fn required() -> bool {
     std::env::var("TOLLGATE_REQUIRE_REDIS").is_ok_and(|v| v == "1")
 }
 
-/// Says loudly that a test is skipped, or panics when Redis is required.
+/// Says loudly that the calling test is skipped (each caller, past libtest's capture), or panics
+/// when Redis is required.
 fn skipped(what: &str, why: &str) {
     assert!(
         !required(),
         "TOLLGATE_REQUIRE_REDIS=1 but the tests have no {what}: {why}"
     );
-    eprintln!(
-        "\n#### SKIPPED: the Redis tests that need a {what} did not run: {why}.\n\
-         #### Install redis-server (Debian: redis-server), or set TOLLGATE_TEST_REDIS.\n"
+    super::say_skipped(
+        &format!("a Redis test that needs a {what}"),
+        &format!("{why} (install redis-server, Debian: redis-server; or set TOLLGATE_TEST_REDIS)"),
     );
 }
 
-/// The shared test server, started on first use; `None` (after a loud message) without one.
+/// The shared test server, started on first use; `None` (after a loud message, at every call)
+/// without one.
 pub fn server() -> Option<&'static Server> {
     SERVER
         .get_or_init(|| {
             if let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS") {
-                return Some(Server {
+                return Ok(Server {
                     url,
                     port: 0,
                     child: None,
@@ -71,27 +76,28 @@ pub fn server() -> Option<&'static Server> {
                 });
             }
             Server::spawn(&[])
-                .map_err(|why| skipped("Redis server", &why))
-                .ok()
         })
         .as_ref()
+        .map_err(|why| skipped("Redis server", why))
+        .ok()
 }
 
-/// The shared test cluster, started on first use; `None` (after a loud message) without one.
+/// The shared test cluster, started on first use; `None` (after a loud message, at every call)
+/// without one.
 pub fn cluster() -> Option<&'static Cluster> {
     CLUSTER
         .get_or_init(|| {
             if let Ok(url) = std::env::var("TOLLGATE_TEST_REDIS_CLUSTER") {
-                return Some(Cluster {
+                return Ok(Cluster {
                     url,
                     nodes: Vec::new(),
                 });
             }
             start_cluster()
-                .map_err(|why| skipped("Redis Cluster", &why))
-                .ok()
         })
         .as_ref()
+        .map_err(|why| skipped("Redis Cluster", why))
+        .ok()
 }
 
 /// The `redis-server` binary: `REDIS_SERVER`, or the first on `PATH`.

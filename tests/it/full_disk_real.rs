@@ -67,9 +67,9 @@ fn a_real_full_disk_and_a_read_only_filesystem() {
     let mounted = match Mounted::new(&mount_point, "4m") {
         Ok(mounted) => mounted,
         Err(why) => {
-            eprintln!(
-                "\n#### SKIPPED: the real-filesystem full-disk test did not run: {why}.\n\
-                 #### The simulated full disk (tests/it/full_disk.rs) ran instead.\n"
+            tollgate::testing::say_skipped(
+                "the real-filesystem full-disk test",
+                &format!("{why} (the simulated full disk, tests/it/full_disk.rs, ran instead)"),
             );
             return;
         }
@@ -150,7 +150,7 @@ fn a_store_file_deleted_while_degraded_is_not_created_again() {
     let _mounted = match Mounted::new(&mount_point, "2m") {
         Ok(mounted) => mounted,
         Err(why) => {
-            eprintln!("\n#### SKIPPED: the deleted-file test did not run: {why}.\n");
+            tollgate::testing::say_skipped("the deleted-file test", &why);
             return;
         }
     };

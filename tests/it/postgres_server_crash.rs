@@ -38,7 +38,10 @@ fn a_server_crash_under_load_loses_nothing_acknowledged_and_the_store_recovers_b
     }
     let server = require_postgres!();
     if !server.is_throwaway() {
-        eprintln!("#### SKIPPED: TOLLGATE_TEST_POSTGRES is not a server this test may crash");
+        tollgate::testing::say_skipped(
+            "the PostgreSQL crash test",
+            "TOLLGATE_TEST_POSTGRES is not a server this test may crash",
+        );
         assert!(
             std::env::var("TOLLGATE_REQUIRE_POSTGRES").is_err(),
             "TOLLGATE_REQUIRE_POSTGRES=1 needs a throwaway server for the crash test"

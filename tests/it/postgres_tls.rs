@@ -33,8 +33,9 @@ fn verify_full_connects_over_tls_and_a_wrong_root_is_refused() {
             std::env::var("TOLLGATE_REQUIRE_POSTGRES").is_err(),
             "TOLLGATE_REQUIRE_POSTGRES=1 but the test server has no certificate (openssl missing?)"
         );
-        eprintln!(
-            "#### SKIPPED: the test server offers no TLS (no openssl, or an external server)"
+        tollgate::testing::say_skipped(
+            "the PostgreSQL TLS test",
+            "the test server offers no TLS (no openssl, or an external server)",
         );
         return;
     };

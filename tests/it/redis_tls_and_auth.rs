@@ -52,7 +52,7 @@ fn a_tls_server_serves_checks_when_its_ca_is_trusted() {
                 std::env::var("TOLLGATE_REQUIRE_REDIS").is_err(),
                 "TOLLGATE_REQUIRE_REDIS=1 but no TLS Redis: {why}"
             );
-            eprintln!("\n#### SKIPPED: the Redis TLS test did not run: {why}\n");
+            tollgate::testing::say_skipped("the Redis TLS test", &why);
             return;
         }
     };
