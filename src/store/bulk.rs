@@ -40,7 +40,9 @@ impl Store {
     /// # Errors
     /// [`Error::CapacityExceeded`], [`Error::InvalidArgument`] for a zero TTL,
     /// [`Error::Corrupted`] if a record it would replace cannot be decoded, and any storage error.
-    /// Nothing is written when it fails.
+    /// Nothing is written when it fails, except on [`Error::InDoubt`] (PostgreSQL: the connection
+    /// was lost once the commit was sent): then the whole load or none of it was written, and
+    /// loading it again is safe.
     pub fn bulk_load(
         &self,
         count: u64,

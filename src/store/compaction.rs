@@ -161,6 +161,10 @@ impl Store {
     ///
     /// # Errors
     /// [`Error::Closed`](crate::Error::Closed), [`Error::Poisoned`](crate::Error::Poisoned), [`Error::Storage`](crate::Error::Storage) (which poisons the store).
+    /// On PostgreSQL, [`Error::Unavailable`](crate::Error::Unavailable) (nothing was removed by
+    /// the failed step) or [`Error::InDoubt`](crate::Error::InDoubt) (the connection was lost
+    /// once a step's commit was sent: that step's removals may have been committed; a later
+    /// sweep finishes the work either way).
     pub fn compact_now(&self) -> Result<CompactionReport> {
         self.compact_with_progress(|_| {})
     }

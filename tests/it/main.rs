@@ -56,6 +56,7 @@ mod observability_metrics;
 #[cfg(feature = "tracing")]
 mod observability_tracing;
 mod operations_are_atomic;
+mod postgres_commit_in_doubt;
 mod postgres_node_killed;
 mod postgres_nodes;
 mod postgres_schema_addition;

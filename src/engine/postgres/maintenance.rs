@@ -4,7 +4,9 @@
 //! Reads run outside any transaction (autocommit, one round trip each) and return the
 //! database clock's reading with their rows, which keeps the node's clock estimate fresh.
 //! Compaction steps and bulk loads are transactions of their own; a step removes at most
-//! `compaction_batch` records and counters, skipping rows that traffic holds.
+//! `compaction_batch` records and counters, skipping rows that traffic holds. A connection lost
+//! once such a transaction's `COMMIT` was sent (or a caller that stopped waiting for it) is
+//! [`Error::InDoubt`], as for the writer's batches.
 
 use std::sync::Arc;
 
@@ -38,6 +40,48 @@ fn with_client<T>(
             }
             Err(classify(&error, what))
         }
+    }
+}
+
+/// Whether a write job's `COMMIT` has been sent: from then on, a lost connection leaves the
+/// transaction's outcome unknown.
+#[derive(Default)]
+struct Commit {
+    sent: bool,
+}
+
+impl Commit {
+    /// Commits `txn`, noting that the `COMMIT` is on its way first.
+    fn send(&mut self, txn: postgres::Transaction<'_>) -> Result<(), postgres::Error> {
+        self.sent = true;
+        txn.commit()
+    }
+}
+
+/// [`with_client`] for work that writes and ends by committing through its [`Commit`]: a
+/// connection that fails once the `COMMIT` was sent is [`Error::InDoubt`] (the server may have
+/// committed), never `Unavailable`, which promises that nothing was changed.
+fn with_client_writing<T>(
+    session: &mut Session,
+    what: &str,
+    work: impl FnOnce(
+        &mut postgres::Client,
+        &super::sql::Sql,
+        &mut Commit,
+    ) -> Result<T, postgres::Error>,
+) -> Result<T> {
+    let mut commit = Commit::default();
+    let result = with_client(session, what, |client, sql| work(client, sql, &mut commit));
+    in_doubt_once_sent(result, commit.sent)
+}
+
+/// `result`, with an `Unavailable` that came after the `COMMIT` was sent made `InDoubt`.
+fn in_doubt_once_sent<T>(result: Result<T>, sent: bool) -> Result<T> {
+    match result {
+        Err(Error::Unavailable(message)) if sent => Err(Error::InDoubt(format!(
+            "{message} (after the COMMIT was sent: it may have been committed)"
+        ))),
+        other => other,
     }
 }
 
@@ -160,12 +204,12 @@ pub(super) fn compact_step(
 ) -> Result<Swept> {
     let clock = Arc::clone(clock);
     let slot = format!("{node}/compactor");
-    queue.call(move |session| compact(session, &clock, &slot, limit))
+    queue.call_writing(move |session| compact(session, &clock, &slot, limit))
 }
 
 fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize) -> Result<Swept> {
     let limit = i64::try_from(limit.max(1)).unwrap_or(i64::MAX);
-    let result = with_client(session, "cannot compact", |client, sql| {
+    let result = with_client_writing(session, "cannot compact", |client, sql, commit| {
         let mut txn = client.transaction()?;
         txn.batch_execute(&format!(
             "SET LOCAL statement_timeout = {}",
@@ -198,7 +242,7 @@ fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize)
                 ],
             )?;
         }
-        txn.commit()?;
+        commit.send(txn)?;
         Ok((now, removed))
     });
     let (now, removed) = result?;
@@ -253,7 +297,7 @@ pub(super) fn bulk_load(
 ) -> Result<u64> {
     let slot = format!("{node}/bulk");
     let mut encode_error = None;
-    let result = with_client(session, "cannot bulk-load", |client, sql| {
+    let result = with_client_writing(session, "cannot bulk-load", |client, sql, commit| {
         let mut txn = client.transaction()?;
         let now: i64 = txn.query_typed_one(&sql.now, &[])?.try_get(0)?;
         let mut written = 0u64;
@@ -330,7 +374,7 @@ pub(super) fn bulk_load(
                 (&deltas[2], Type::INT8),
             ],
         )?;
-        txn.commit()?;
+        commit.send(txn)?;
         Ok((now, written))
     });
     if let Some(error) = encode_error {
@@ -339,4 +383,29 @@ pub(super) fn bulk_load(
     let (now, written) = result?;
     clock.observe(to_u64(now));
     Ok(written)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lost_connection_is_in_doubt_only_once_the_commit_was_sent() {
+        let lost = || Err::<(), _>(Error::Unavailable("connection closed".into()));
+        assert!(matches!(
+            in_doubt_once_sent(lost(), true),
+            Err(Error::InDoubt(_))
+        ));
+        assert!(matches!(
+            in_doubt_once_sent(lost(), false),
+            Err(Error::Unavailable(_))
+        ));
+        // A server's refusal is a refusal, sent or not: the server said the commit failed.
+        let refused = Err::<(), _>(Error::InvalidArgument("refused".into()));
+        assert!(matches!(
+            in_doubt_once_sent(refused, true),
+            Err(Error::InvalidArgument(_))
+        ));
+        assert!(in_doubt_once_sent(Ok(()), true).is_ok());
+    }
 }

@@ -367,7 +367,7 @@ impl RecordEngine for Postgres {
         let node = self.node.id.clone();
         let written = self
             .queue()?
-            .call(move |session| maintenance::bulk_load(session, &clock, &node, records))?;
+            .call_writing(move |session| maintenance::bulk_load(session, &clock, &node, records))?;
         self.counters.committed_writes(written);
         Ok(written)
     }

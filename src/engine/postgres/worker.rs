@@ -43,10 +43,29 @@ pub(crate) struct Queue {
 }
 
 impl Queue {
-    /// Runs `job` on a worker and waits (at most [`CALL_TIMEOUT`]) for its result.
+    /// Runs `job` (a read) on a worker and waits (at most [`CALL_TIMEOUT`]) for its result; past
+    /// that, `Unavailable`.
     pub(crate) fn call<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run(job, false, CALL_TIMEOUT)
+    }
+
+    /// [`Queue::call`] for a job that writes (a bulk load, a compaction step): past
+    /// [`CALL_TIMEOUT`] it may still commit, so the caller gets `InDoubt`.
+    pub(crate) fn call_writing<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        self.run(job, true, CALL_TIMEOUT)
+    }
+
+    fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
+        writes: bool,
+        timeout: Duration,
     ) -> Result<T> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.jobs
@@ -54,7 +73,7 @@ impl Queue {
                 let _ = reply.send(job(session));
             }))
             .map_err(|_| Error::Closed)?;
-        wait(&answer, false)
+        wait(&answer, writes, timeout)
     }
 
     /// Queues a change for the writer and waits (at most [`CALL_TIMEOUT`]) for its answer.
@@ -72,19 +91,14 @@ impl Queue {
     }
 }
 
-/// A caller past [`CALL_TIMEOUT`] stops waiting: a read is `Unavailable`; a change may still be
+/// A caller past `timeout` stops waiting: a read is `Unavailable`; a write may still be
 /// committed by its worker, so it is `InDoubt`.
-fn wait<T>(answer: &Receiver<Result<T>>, changes: bool) -> Result<T> {
-    match answer.recv_timeout(CALL_TIMEOUT) {
+fn wait<T>(answer: &Receiver<Result<T>>, writes: bool, timeout: Duration) -> Result<T> {
+    let late = || format!("no answer from the database within {} s", timeout.as_secs());
+    match answer.recv_timeout(timeout) {
         Ok(result) => result,
-        Err(RecvTimeoutError::Timeout) if changes => Err(Error::InDoubt(format!(
-            "no answer from the database within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
-        Err(RecvTimeoutError::Timeout) => Err(Error::Unavailable(format!(
-            "no answer from the database within {} s",
-            CALL_TIMEOUT.as_secs()
-        ))),
+        Err(RecvTimeoutError::Timeout) if writes => Err(Error::InDoubt(late())),
+        Err(RecvTimeoutError::Timeout) => Err(Error::Unavailable(late())),
         Err(RecvTimeoutError::Disconnected) => Err(Error::Closed),
     }
 }
@@ -217,5 +231,25 @@ impl Writer {
         if stats.committed {
             self.notifier.bump();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A job whose worker has not answered in time: a write may still commit (`InDoubt`), a
+    /// read changed nothing (`Unavailable`); a worker gone without answering is `Closed`.
+    #[test]
+    fn a_late_write_is_in_doubt_and_a_late_read_unavailable() {
+        let (reply, answer) = crossbeam_channel::bounded::<Result<()>>(1);
+        let short = Duration::from_millis(1);
+        assert!(matches!(wait(&answer, true, short), Err(Error::InDoubt(_))));
+        assert!(matches!(
+            wait(&answer, false, short),
+            Err(Error::Unavailable(_))
+        ));
+        drop(reply);
+        assert!(matches!(wait(&answer, true, short), Err(Error::Closed)));
     }
 }

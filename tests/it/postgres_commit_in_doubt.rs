@@ -1,0 +1,167 @@
+//! A commit whose outcome the client could not learn is reported as `InDoubt`, never as a plain
+//! failure (`Unavailable` promises that nothing was changed).
+//!
+//! The store talks to PostgreSQL through a proxy (`fixture::cut_proxy`) that delivers a
+//! transaction's `COMMIT` to the server and then cuts the store off before the answer comes back:
+//! the server commits, the store hears nothing. Each operation that writes must answer `InDoubt`,
+//! and the database then shows that the change was indeed made, which is why `Unavailable` would
+//! have been a lie. A cut before the `COMMIT` (at the writer's `BEGIN`) must answer
+//! `Unavailable` with nothing written. The store keeps working afterwards (it reconnects).
+//!
+//! Guards against: a maintenance write (`bulk_load`, compaction) whose `COMMIT` was lost on its
+//! way back reporting `Unavailable` (it did before the tenth session), and a writer batch doing so.
+
+#![cfg(feature = "postgres")]
+
+use crate::fixture;
+
+use std::time::Duration;
+
+use fixture::cut_proxy::CutProxy;
+use fixture::postgres::unique_schema;
+use fixture::{acquired, key, request, response};
+use tollgate::idempotency::{Fingerprint, IdempotencyKey, RecordState, StoredResponse};
+use tollgate::{BeginOptions, Error, Store, StoreBuilder};
+
+/// The test server behind a cut proxy, or `None` after saying why the test cannot run.
+fn proxied(server: &fixture::postgres::Server) -> Option<(CutProxy, String)> {
+    let Some(address) = server.address() else {
+        assert!(
+            std::env::var("TOLLGATE_REQUIRE_POSTGRES").is_err(),
+            "TOLLGATE_REQUIRE_POSTGRES=1 needs a server given as host=… port=… for the proxy"
+        );
+        tollgate::testing::say_skipped(
+            "the commit-in-doubt test",
+            "TOLLGATE_TEST_POSTGRES does not name its host and port as host=… port=…",
+        );
+        return None;
+    };
+    let proxy = CutProxy::start(address);
+    let conn = format!(
+        "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=5 sslmode=disable",
+        proxy.port()
+    );
+    Some((proxy, conn))
+}
+
+fn open(conn: &str, schema: &str, node: &str) -> Store {
+    StoreBuilder::default()
+        .postgres_schema(schema)
+        .node_id(node)
+        .lease_ttl(Duration::from_secs(30))
+        // No sweep of its own may send a COMMIT the proxy would take for the test's.
+        .background_compaction(false)
+        .open_postgres(conn)
+        .expect("open through the proxy")
+}
+
+fn state(store: &Store, key: &IdempotencyKey) -> Option<RecordState> {
+    store.get(key).expect("get").map(|info| info.state)
+}
+
+#[test]
+fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = proxied(server) else {
+        return;
+    };
+    let schema = unique_schema("commit_in_doubt");
+    let store = open(&conn, &schema, "cut");
+    let lease = acquired(store.begin(&key("pay-1"), &request("r")).unwrap());
+
+    proxy.cut_after(b"COMMIT\0");
+    let outcome = lease.complete(response("charged"));
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the writer at its COMMIT");
+    assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
+
+    // The server did commit it: seen from a store that connects directly.
+    let direct = open(&server.conn, &schema, "direct");
+    assert_eq!(state(&direct, &key("pay-1")), Some(RecordState::Completed));
+    direct.close().unwrap();
+    // And the cut store reconnects by itself.
+    assert_eq!(state(&store, &key("pay-1")), Some(RecordState::Completed));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = proxied(server) else {
+        return;
+    };
+    let schema = unique_schema("cut_before_commit");
+    let store = open(&conn, &schema, "cut");
+    let lease = acquired(store.begin(&key("pay-2"), &request("r")).unwrap());
+
+    // The writer's batch opens with `BEGIN; SELECT set_config(…` sent with its lock statement:
+    // cut there, the server sees an open transaction end with its connection.
+    proxy.cut_after(b"BEGIN; SELECT set_config");
+    let outcome = lease.complete(response("charged"));
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the writer at its BEGIN");
+    assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
+    assert_eq!(state(&store, &key("pay-2")), Some(RecordState::Running));
+    store.close().unwrap();
+}
+
+#[test]
+fn a_bulk_load_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = proxied(server) else {
+        return;
+    };
+    let schema = unique_schema("bulk_in_doubt");
+    let store = open(&conn, &schema, "cut");
+
+    proxy.cut_after(b"COMMIT\0");
+    let loaded = store.bulk_load(100, Duration::from_secs(3600), |i| {
+        (
+            IdempotencyKey::new("bulk", &format!("key-{i}")).expect("a valid key"),
+            Fingerprint::of(b"request"),
+            StoredResponse::new(200, b"ok".to_vec()),
+        )
+    });
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the bulk load at its COMMIT");
+    assert!(matches!(loaded, Err(Error::InDoubt(_))), "{loaded:?}");
+
+    let all = |store: &Store| {
+        (0..100).all(|i| {
+            let key = IdempotencyKey::new("bulk", &format!("key-{i}")).expect("a valid key");
+            state(store, &key) == Some(RecordState::Completed)
+        })
+    };
+    assert!(
+        all(&store),
+        "every record of the in-doubt load was committed"
+    );
+    store.close().unwrap();
+}
+
+#[test]
+fn a_compaction_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = proxied(server) else {
+        return;
+    };
+    let schema = unique_schema("compact_in_doubt");
+    let store = open(&conn, &schema, "cut");
+    let short = BeginOptions {
+        record_ttl: Some(Duration::from_secs(1)),
+        lease_ttl: None,
+        wait: None,
+    };
+    for name in ["old-1", "old-2"] {
+        let lease = acquired(store.begin_with(&key(name), &request("r"), &short).unwrap());
+        lease.complete(response("done")).unwrap();
+    }
+    store
+        .advance_database_clock_for_tests(Duration::from_secs(2))
+        .unwrap();
+
+    proxy.cut_after(b"COMMIT\0");
+    let swept = store.compact_now();
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the sweep at its COMMIT");
+    assert!(matches!(swept, Err(Error::InDoubt(_))), "{swept:?}");
+    assert_eq!(state(&store, &key("old-1")), None);
+    assert_eq!(state(&store, &key("old-2")), None);
+    store.close().unwrap();
+}
