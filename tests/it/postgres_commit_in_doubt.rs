@@ -74,9 +74,12 @@ fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     assert_eq!(proxy.cuts(), 1, "the proxy cut the writer at its COMMIT");
     assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
 
-    // The server did commit it: seen from a store that connects directly.
+    // The server did commit it: seen from a store that connects directly (the server may still
+    // be finishing the COMMIT the store was cut off from, hence the wait).
     let direct = open(&server.conn, &schema, "direct");
-    assert_eq!(state(&direct, &key("pay-1")), Some(RecordState::Completed));
+    fixture::wait_for("the cut-off completion to be committed", || {
+        state(&direct, &key("pay-1")) == Some(RecordState::Completed)
+    });
     direct.close().unwrap();
     // And the cut store reconnects by itself.
     assert_eq!(state(&store, &key("pay-1")), Some(RecordState::Completed));
@@ -129,10 +132,9 @@ fn a_bulk_load_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
             state(store, &key) == Some(RecordState::Completed)
         })
     };
-    assert!(
-        all(&store),
-        "every record of the in-doubt load was committed"
-    );
+    fixture::wait_for("every record of the cut-off load to be committed", || {
+        all(&store)
+    });
     store.close().unwrap();
 }
 
@@ -161,7 +163,8 @@ fn a_compaction_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     let swept = store.compact_now();
     assert_eq!(proxy.cuts(), 1, "the proxy cut the sweep at its COMMIT");
     assert!(matches!(swept, Err(Error::InDoubt(_))), "{swept:?}");
-    assert_eq!(state(&store, &key("old-1")), None);
-    assert_eq!(state(&store, &key("old-2")), None);
+    fixture::wait_for("the cut-off sweep to be committed", || {
+        state(&store, &key("old-1")).is_none() && state(&store, &key("old-2")).is_none()
+    });
     store.close().unwrap();
 }
