@@ -77,6 +77,8 @@ mod raw_key_absent;
 mod reads_do_not_wait_for_the_writer;
 mod reclaim_space;
 #[cfg(feature = "redis")]
+mod redis_charge_in_doubt;
+#[cfg(feature = "redis")]
 mod redis_cluster;
 #[cfg(feature = "redis")]
 mod redis_counters;
