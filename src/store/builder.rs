@@ -424,7 +424,10 @@ impl StoreBuilder {
     /// Opens a store on PostgreSQL: records and counters in tables of one schema, shared by
     /// every store (every *node*) opened on it. `conn` is a libpq connection string or URL
     /// (`host=db user=app dbname=orders sslmode=verify-full sslrootcert=/etc/ca.pem`, or
-    /// `postgresql://app@db/orders?sslmode=require`); `connect_timeout` defaults to 5 s.
+    /// `postgresql://app@db/orders?sslmode=require`); `connect_timeout` defaults to 5 s, TCP
+    /// keepalives to `keepalives_idle=5 keepalives_interval=2 keepalives_retries=3` and
+    /// `tcp_user_timeout` to 10 s (so that a connection to a vanished host fails within seconds),
+    /// each unless the string sets it.
     ///
     /// The schema is created, or checked and migrated, at open. Decisions are taken on the
     /// database server's clock: a `clock` set on this builder does not decide here. Rate counters

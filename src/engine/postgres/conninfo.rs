@@ -2,8 +2,10 @@
 //!
 //! The client understands libpq's keyword/value strings and URLs, but not every libpq keyword:
 //! `sslmode=verify-ca` / `verify-full` and `sslrootcert` it refuses. Those are taken out here (in
-//! either form) and applied by tollgate's TLS setup (`tls.rs`); everything else goes to the
-//! client as written. A missing `connect_timeout` gets tollgate's default.
+//! either form) and applied by tollgate's TLS setup (`tls.rs`), and so is `tcp_user_timeout`,
+//! which libpq reads in milliseconds and the client in seconds; everything else goes to the
+//! client as written. A missing `connect_timeout`, and missing TCP keepalive and user timeout
+//! settings, get tollgate's defaults (`session.rs` `apply_defaults`).
 
 use crate::error::{Error, Result};
 
@@ -30,6 +32,12 @@ pub(crate) struct ConnInfo {
     pub ssl_mode: SslMode,
     pub ssl_root_cert: Option<String>,
     pub has_connect_timeout: bool,
+    /// Whether the string sets `keepalives_idle` (the client's getter cannot tell a value set to
+    /// its default from one not set).
+    pub has_keepalives_idle: bool,
+    /// `tcp_user_timeout` in milliseconds, as libpq reads it (the Rust client would read seconds),
+    /// `0` for the kernel's default; `None` if the string does not set it.
+    pub tcp_user_timeout_ms: Option<u64>,
 }
 
 impl ConnInfo {
@@ -46,6 +54,8 @@ impl ConnInfo {
             ssl_mode: SslMode::Prefer,
             ssl_root_cert: None,
             has_connect_timeout: false,
+            has_keepalives_idle: false,
+            tcp_user_timeout_ms: None,
         };
         if let Some(pairs) = pairs {
             let mut kept = Vec::new();
@@ -99,6 +109,19 @@ impl ConnInfo {
             "connect_timeout" => {
                 self.has_connect_timeout = true;
                 Ok(false)
+            }
+            "keepalives_idle" => {
+                self.has_keepalives_idle = true;
+                Ok(false)
+            }
+            "tcp_user_timeout" => {
+                let ms = value.trim().parse::<u64>().map_err(|_| {
+                    Error::InvalidArgument(format!(
+                        "tcp_user_timeout={value} is not a number of milliseconds"
+                    ))
+                })?;
+                self.tcp_user_timeout_ms = Some(ms);
+                Ok(true)
             }
             _ => Ok(false),
         }
@@ -212,7 +235,18 @@ mod tests {
         let info = ConnInfo::parse(r"password='it\'s \\ secret' connect_timeout=3").unwrap();
         assert_eq!(info.rest, r"password='it\'s \\ secret' connect_timeout='3'");
         assert!(info.has_connect_timeout);
+        assert!(!info.has_keepalives_idle);
         assert_eq!(info.ssl_mode, SslMode::Prefer);
+        assert!(
+            ConnInfo::parse("keepalives_idle=30")
+                .unwrap()
+                .has_keepalives_idle
+        );
+        assert!(
+            ConnInfo::parse("postgres://db/x?keepalives_idle=30")
+                .unwrap()
+                .has_keepalives_idle
+        );
     }
 
     #[test]
@@ -238,6 +272,7 @@ mod tests {
             "host",
             "host='db",
             "sslmode=sometimes",
+            "tcp_user_timeout=10s",
             "postgres://db?sslrootcert=%zz",
         ] {
             assert!(

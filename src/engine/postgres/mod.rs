@@ -133,9 +133,7 @@ impl Postgres {
             Error::InvalidArgument(format!("bad PostgreSQL connection string: {error}"))
         })?;
         config.ssl_mode(ssl_mode);
-        if !info.has_connect_timeout {
-            config.connect_timeout(session::DEFAULT_CONNECT_TIMEOUT);
-        }
+        session::apply_defaults(&mut config, &info);
         if config.get_application_name().is_none() {
             config.application_name("tollgate");
         }
