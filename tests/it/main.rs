@@ -61,6 +61,7 @@ mod postgres_node_killed;
 mod postgres_nodes;
 mod postgres_schema_addition;
 mod postgres_server_crash;
+mod postgres_stalled_server;
 mod postgres_tls;
 mod power_loss;
 mod quick_repair;
