@@ -17,32 +17,10 @@ use crate::fixture;
 
 use std::time::Duration;
 
-use fixture::cut_proxy::CutProxy;
 use fixture::postgres::unique_schema;
 use fixture::{acquired, key, request, response};
 use tollgate::idempotency::{Fingerprint, IdempotencyKey, RecordState, StoredResponse};
 use tollgate::{BeginOptions, Error, Store, StoreBuilder};
-
-/// The test server behind a cut proxy, or `None` after saying why the test cannot run.
-fn proxied(server: &fixture::postgres::Server) -> Option<(CutProxy, String)> {
-    let Some(address) = server.address() else {
-        assert!(
-            std::env::var("TOLLGATE_REQUIRE_POSTGRES").is_err(),
-            "TOLLGATE_REQUIRE_POSTGRES=1 needs a server given as host=… port=… for the proxy"
-        );
-        tollgate::testing::say_skipped(
-            "the commit-in-doubt test",
-            "TOLLGATE_TEST_POSTGRES does not name its host and port as host=… port=…",
-        );
-        return None;
-    };
-    let proxy = CutProxy::start(address);
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=5 sslmode=disable",
-        proxy.port()
-    );
-    Some((proxy, conn))
-}
 
 fn open(conn: &str, schema: &str, node: &str) -> Store {
     StoreBuilder::default()
@@ -62,7 +40,8 @@ fn state(store: &Store, key: &IdempotencyKey) -> Option<RecordState> {
 #[test]
 fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     let server = require_postgres!();
-    let Some((proxy, conn)) = proxied(server) else {
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
+    else {
         return;
     };
     let schema = unique_schema("commit_in_doubt");
@@ -89,7 +68,8 @@ fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
 #[test]
 fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
     let server = require_postgres!();
-    let Some((proxy, conn)) = proxied(server) else {
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
+    else {
         return;
     };
     let schema = unique_schema("cut_before_commit");
@@ -109,7 +89,8 @@ fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
 #[test]
 fn a_bulk_load_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     let server = require_postgres!();
-    let Some((proxy, conn)) = proxied(server) else {
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
+    else {
         return;
     };
     let schema = unique_schema("bulk_in_doubt");
@@ -141,7 +122,8 @@ fn a_bulk_load_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
 #[test]
 fn a_compaction_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     let server = require_postgres!();
-    let Some((proxy, conn)) = proxied(server) else {
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
+    else {
         return;
     };
     let schema = unique_schema("compact_in_doubt");

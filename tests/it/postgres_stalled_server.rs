@@ -14,7 +14,6 @@ use crate::fixture;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use fixture::cut_proxy::CutProxy;
 use fixture::postgres::unique_schema;
 use fixture::{acquired, key, request, response};
 use tollgate::idempotency::Begin;
@@ -45,22 +44,10 @@ fn within_a_minute<T>(
 #[test]
 fn a_stalled_server_costs_bounded_typed_errors_and_service_resumes() {
     let server = require_postgres!();
-    let Some(address) = server.address() else {
-        assert!(
-            std::env::var("TOLLGATE_REQUIRE_POSTGRES").is_err(),
-            "TOLLGATE_REQUIRE_POSTGRES=1 needs a server given as host=… port=… for the proxy"
-        );
-        tollgate::testing::say_skipped(
-            "the stalled-server test",
-            "TOLLGATE_TEST_POSTGRES does not name its host and port as host=… port=…",
-        );
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the stalled-server test")
+    else {
         return;
     };
-    let proxy = CutProxy::start(address);
-    let conn = format!(
-        "host=127.0.0.1 port={} user=postgres dbname=postgres connect_timeout=5 sslmode=disable",
-        proxy.port()
-    );
     let store = StoreBuilder::default()
         .postgres_schema(&unique_schema("stalled"))
         .node_id("stalled")
