@@ -99,6 +99,7 @@ impl Log {
 }
 
 fn child(dir: &Path, cycle: u64) -> ! {
+    fixture::exit_with_parent();
     let clock = session_clock(cycle);
     let store = builder(&clock).open(dir.join("store.redb")).unwrap();
     if cycle % 2 == 0 {

@@ -32,6 +32,7 @@ fn node(conn: &str, schema: &str, id: &str) -> Store {
 
 /// The child: completes one request, begins another, says so, and waits to be killed.
 fn child(conn: &str, schema: &str) {
+    fixture::exit_with_parent();
     let store = node(conn, schema, "victim");
     acquired(store.begin(&key("done"), &request("r")).unwrap())
         .complete(response("acknowledged"))
