@@ -50,7 +50,11 @@ fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
 
     proxy.cut_after(b"COMMIT\0");
     let outcome = lease.complete(response("charged"));
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the writer at its COMMIT");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the writer at its COMMIT: {outcome:?}"
+    );
     assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
 
     // The server did commit it: seen from a store that connects directly (the server may still
@@ -80,7 +84,11 @@ fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
     // cut there, the server sees an open transaction end with its connection.
     proxy.cut_after(b"BEGIN; SELECT set_config");
     let outcome = lease.complete(response("charged"));
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the writer at its BEGIN");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the writer at its BEGIN: {outcome:?}"
+    );
     assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
     assert_eq!(state(&store, &key("pay-2")), Some(RecordState::Running));
     store.close().unwrap();
@@ -104,7 +112,11 @@ fn a_bulk_load_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
             StoredResponse::new(200, b"ok".to_vec()),
         )
     });
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the bulk load at its COMMIT");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the bulk load at its COMMIT: {loaded:?}"
+    );
     assert!(matches!(loaded, Err(Error::InDoubt(_))), "{loaded:?}");
 
     let all = |store: &Store| {
@@ -143,7 +155,11 @@ fn a_compaction_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
 
     proxy.cut_after(b"COMMIT\0");
     let swept = store.compact_now();
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the sweep at its COMMIT");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the sweep at its COMMIT: {swept:?}"
+    );
     assert!(matches!(swept, Err(Error::InDoubt(_))), "{swept:?}");
     fixture::wait_for("the cut-off sweep to be committed", || {
         state(&store, &key("old-1")).is_none() && state(&store, &key("old-2")).is_none()

@@ -53,7 +53,11 @@ fn a_charge_whose_reply_is_lost_is_in_doubt_and_was_charged() {
     // Every call of this store names its namespace in its keys.
     proxy.cut_after(namespace.as_bytes());
     let outcome = store.check(&limit, "user:1");
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the store at its call");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the store at its call: {outcome:?}"
+    );
     assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
 
     // Redis ran the call: the quota is one lower.
@@ -73,7 +77,11 @@ fn a_peek_whose_reply_is_lost_is_unavailable_and_charged_nothing() {
 
     proxy.cut_after(namespace.as_bytes());
     let outcome = store.peek(&limit, "user:2");
-    assert_eq!(proxy.cuts(), 1, "the proxy cut the store at its call");
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy cut the store at its call: {outcome:?}"
+    );
     assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
     wait_for_remaining(&store, &limit, "user:2", 4);
     store.close().unwrap();
