@@ -49,7 +49,7 @@ impl Queue {
         &self,
         job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.run(job, false, CALL_TIMEOUT)
+        self.run(job, false)
     }
 
     /// [`Queue::call`] for a job that writes (a bulk load, a compaction step): past
@@ -58,14 +58,13 @@ impl Queue {
         &self,
         job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
     ) -> Result<T> {
-        self.run(job, true, CALL_TIMEOUT)
+        self.run(job, true)
     }
 
     fn run<T: Send + 'static>(
         &self,
         job: impl FnOnce(&mut Session) -> Result<T> + Send + 'static,
         writes: bool,
-        timeout: Duration,
     ) -> Result<T> {
         let (reply, answer) = crossbeam_channel::bounded(1);
         self.jobs
@@ -73,7 +72,7 @@ impl Queue {
                 let _ = reply.send(job(session));
             }))
             .map_err(|_| Error::Closed)?;
-        wait(&answer, writes, timeout)
+        wait(&answer, writes, CALL_TIMEOUT)
     }
 
     /// Queues a change for the writer and waits (at most [`CALL_TIMEOUT`]) for its answer.
