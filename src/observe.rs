@@ -10,6 +10,9 @@
 //! | `tollgate_resolutions_total` | counter | `kind` = `complete`, `fail`, `release`, `extend`, `checkpoint`; `result` = `ok`, `fenced` | lease owners' writes; `fenced` is a stale owner refused |
 //! | `tollgate_rate_checks_total` | counter | `limit`, `decision` = `allowed`, `denied` | rate decisions (by the deciding limit) |
 //! | `tollgate_rate_shadow_denials_total` | counter | `limit` | requests a `RateLimitLayer` in shadow mode let through that its limits denied |
+//! | `tollgate_http_leases_lost_total` | counter | | running handlers whose lease an `IdempotencyLayer` found taken over (their responses are not stored) |
+//! | `tollgate_http_lease_extension_failures_total` | counter | | failed extensions of a running handler's lease (tried again a third of a lease later) |
+//! | `tollgate_http_responses_not_recorded_total` | counter | | handler responses an `IdempotencyLayer` could not store (the store failed) |
 //! | `tollgate_rate_unavailable_total` | counter | `decision` = `allowed` (fail open), `denied` (fail closed) | requests a `RateLimitLayer` decided without its counters, which could not be reached |
 //! | `tollgate_degraded` | gauge | | 1 while the store refuses writes and serves reads only, 0 once it writes again |
 //! | `tollgate_degraded_total` | counter | | times the store entered the degraded state |
@@ -129,6 +132,41 @@ pub(crate) fn rate_unavailable(open: bool, error: &crate::Error) {
     tracing::warn!(target: "tollgate", decision, error = %error, "rate_unavailable: the rate counters could not be reached");
     #[cfg(feature = "metrics")]
     metrics::counter!("tollgate_rate_unavailable_total", "decision" => decision).increment(1);
+}
+
+/// An `IdempotencyLayer` found the lease of a running handler lost (taken over after it lapsed):
+/// the handler's response is not stored.
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn lease_lost_in_handler(digest: Option<&Digest>) {
+    #[cfg(feature = "tracing")]
+    {
+        let key = digest.map_or_else(String::new, prefix);
+        tracing::error!(target: "tollgate", key = %key, "lease_lost: a running handler's lease was taken over; its response is not stored");
+    }
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_http_leases_lost_total").increment(1);
+}
+
+/// An `IdempotencyLayer` could not extend a running handler's lease (it tries again).
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn lease_extension_failed(error: &crate::Error) {
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tollgate", error = %error, "lease_extension_failed: a running handler's lease could not be extended");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_http_lease_extension_failures_total").increment(1);
+}
+
+/// An `IdempotencyLayer` could not store a handler's response (the key stays RUNNING until its
+/// lease lapses; a retry then is a recovery).
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn response_not_recorded(error: &crate::Error) {
+    #[cfg(feature = "tracing")]
+    tracing::error!(target: "tollgate", error = %error, "response_not_recorded: a handler's response could not be stored");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_http_responses_not_recorded_total").increment(1);
 }
 
 /// The embedded store stopped writing and serves reads only (`reason`), until it can write again.

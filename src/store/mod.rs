@@ -638,6 +638,12 @@ impl Store {
         self.shared.engine.epoch()
     }
 
+    /// The default lease length ([`StoreBuilder::lease_ttl`]): a lease taken without
+    /// [`BeginOptions::lease_ttl`] lapses this long after it was taken or last extended.
+    pub fn lease_ttl(&self) -> Duration {
+        Duration::from_nanos(self.shared.settings.lease_ttl)
+    }
+
     /// The configured `max_response_bytes`.
     pub fn max_response_bytes(&self) -> usize {
         self.shared.settings.max_response_bytes

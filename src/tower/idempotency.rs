@@ -4,15 +4,20 @@
 //! 1. no key where one is required, or a malformed key: 400, before any state;
 //! 2. a body over `max_body_bytes`: 413, before any state;
 //! 3. `begin` on the store: a replay answers with the stored status, headers and body plus
-//!    `Idempotent-Replayed: true`; a request in flight gets 409 with `Retry-After` (or waits, if
-//!    configured); the same key with a different request (method, path with query, body, and the
+//!    `Idempotent-Replayed: true`; a request in flight gets 409 with `Retry-After: 1`, a poll
+//!    hint (or waits, if configured); the same key with a different request (method, path with query, body, and the
 //!    header fields named in [`IdempotencyLayer::fingerprint_headers`]) gets 422. A replay the
 //!    replay cache holds is answered on the async worker ([`Store::try_begin`]); a begin that
 //!    reads the disk or the network, or writes, runs in `spawn_blocking`;
 //! 4. otherwise the inner service runs, as its own task (a client that disconnects does not cancel
-//!    a side effect half-way), with an [`IdempotencyContext`] in the request's extensions; its
-//!    response is stored if the policy says so (default: 2xx–4xx), else the key is released so the
-//!    client may retry (default: 5xx). A handler that panics releases the key and answers 500.
+//!    a side effect half-way, nor the storing of its response), with an [`IdempotencyContext`] in
+//!    the request's extensions. The lease is extended every third of the store's `lease_ttl`
+//!    while the handler runs, so a slow handler is never taken over by a retry; a process that
+//!    dies stops extending, and its lease lapses on time. The response is stored if the policy
+//!    says so (default: 2xx–4xx), else the key is released so the client may retry (default:
+//!    5xx). A handler that panics releases the key and answers 500. A handler whose lease was
+//!    found lost (taken over after the process stalled past it) still answers its client, but
+//!    its response is not stored (logged, and counted in `tollgate_http_leases_lost_total`).
 //!
 //! Responses over the store's `max_response_bytes` are returned but not stored (the key is
 //! released). Hop-by-hop header fields are not stored.
@@ -30,7 +35,7 @@ use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use super::key_header;
-use super::problem::{problem, retry_after_seconds, unavailable};
+use super::problem::{problem, unavailable};
 use crate::idempotency::{Begin, Checkpoint, Fingerprint, IdempotencyKey, Lease, StoredResponse};
 use crate::{BeginOptions, Error, Store};
 
@@ -45,7 +50,31 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 /// Default limit on a request body read to fingerprint it: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
 
-/// What the handler of a fresh or recovered execution learns, from the request's extensions.
+/// What the handler of a fresh or recovered execution learns, from the request's extensions
+/// (in axum: `Extension<IdempotencyContext>`), and its way to the lease the layer holds for it.
+///
+/// The layer keeps the lease alive while the handler runs (it extends it every third of the
+/// store's [`lease_ttl`](crate::StoreBuilder::lease_ttl)), so a handler slower than the lease
+/// is never taken over by a retry. A handler that works in steps saves its progress with
+/// [`IdempotencyContext::save_checkpoint`]; an execution that takes over from a crashed one
+/// (`recovered`) finds the last checkpoint in `checkpoint`.
+///
+/// ```
+/// # #[cfg(feature = "tower")] {
+/// use tollgate::tower::IdempotencyContext;
+///
+/// // An axum handler: `async fn pay(Extension(context): Extension<IdempotencyContext>) -> ...`
+/// async fn pay(context: IdempotencyContext) -> Result<String, tollgate::Error> {
+///     let step = context.checkpoint.as_ref().map_or("start", |c| c.name.as_str());
+///     if step == "start" {
+///         // ... reserve the funds, then remember that it was done ...
+///         context.save_checkpoint("reserved", b"hold_81").await?;
+///     }
+///     // ... capture, then answer; the layer stores the answer as the key's outcome.
+///     Ok(format!("paid (attempt {}, recovered: {})", context.attempt, context.recovered))
+/// }
+/// # let _ = pay; }
+/// ```
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct IdempotencyContext {
@@ -57,6 +86,114 @@ pub struct IdempotencyContext {
     pub token: u64,
     /// The last checkpoint an earlier execution saved.
     pub checkpoint: Option<Checkpoint>,
+    lease: LeaseSlot,
+}
+
+impl IdempotencyContext {
+    /// Saves progress that a later execution receives on takeover (in its `checkpoint`), as
+    /// [`Lease::save_checkpoint`] does; durable on return. Runs on a blocking thread.
+    ///
+    /// # Errors
+    /// As for [`Lease::save_checkpoint`]; [`Error::LeaseLost`] also once the layer found the
+    /// lease lost, or after the handler's response was recorded.
+    pub async fn save_checkpoint(&self, name: &str, data: &[u8]) -> crate::Result<()> {
+        let slot = self.lease.clone();
+        let (name, data) = (name.to_owned(), data.to_vec());
+        blocking(move || slot.with_lease(|lease| lease.save_checkpoint(&name, &data))).await
+    }
+
+    /// Whether the lease was found lost while the handler ran (the record was taken over, e.g.
+    /// after this process stalled past the lease): the handler's response will not be stored,
+    /// and a handler that can should stop before further side effects.
+    pub fn lease_lost(&self) -> bool {
+        self.lease.is_lost()
+    }
+}
+
+/// The lease of one execution, shared by the layer (which extends it, then resolves it) and the
+/// handler (which saves checkpoints under it).
+#[derive(Clone)]
+struct LeaseSlot {
+    inner: Arc<SlotInner>,
+}
+
+struct SlotInner {
+    /// `None` once the layer took the lease to resolve it.
+    lease: parking_lot::Mutex<Option<Lease>>,
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for LeaseSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeaseSlot")
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LeaseSlot {
+    fn new(lease: Lease) -> Self {
+        Self {
+            inner: Arc::new(SlotInner {
+                lease: parking_lot::Mutex::new(Some(lease)),
+                lost: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn is_lost(&self) -> bool {
+        self.inner.lost.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// Runs `work` on the lease (blocking: call it off the async workers); a lease found lost is
+    /// remembered.
+    fn with_lease(&self, work: impl FnOnce(&mut Lease) -> crate::Result<()>) -> crate::Result<()> {
+        let mut slot = self.inner.lease.lock();
+        let Some(lease) = slot.as_mut() else {
+            return Err(Error::LeaseLost);
+        };
+        if self.is_lost() {
+            return Err(Error::LeaseLost);
+        }
+        let result = work(lease);
+        if matches!(result, Err(Error::LeaseLost)) {
+            self.inner
+                .lost
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        result
+    }
+
+    /// Takes the lease out to resolve it (blocking: waits for an extension in progress).
+    fn take(&self) -> Option<Lease> {
+        self.inner.lease.lock().take()
+    }
+}
+
+/// Extends the lease in `slot` by `ttl` every `period` until the task is aborted or the lease is
+/// found lost. An extension that fails for another reason (the store is unavailable) is tried
+/// again at the next period: if the store stays away the lease lapses, and fencing refuses this
+/// execution's later writes.
+async fn keep_alive(slot: LeaseSlot, period: Duration, ttl: Duration) {
+    loop {
+        tokio::time::sleep(period).await;
+        let extending = slot.clone();
+        match blocking(move || extending.with_lease(|lease| lease.extend(ttl))).await {
+            Ok(()) => {}
+            Err(Error::LeaseLost) => {
+                let digest = slot.inner.lease.lock().as_ref().map(Lease::digest);
+                crate::observe::lease_lost_in_handler(digest.as_ref());
+                return;
+            }
+            Err(error) => crate::observe::lease_extension_failed(&error),
+        }
+    }
+}
+
+/// How often a running handler's lease is extended: a third of its length, so two extensions
+/// can fail before it lapses.
+fn keep_alive_period(ttl: Duration) -> Duration {
+    (ttl / 3).max(Duration::from_millis(1))
 }
 
 #[derive(Clone)]
@@ -338,17 +475,16 @@ where
     let lease = match begun {
         Ok(Begin::Acquired(lease)) => lease,
         Ok(Begin::Replay(replay)) => return Ok(replayed(replay.into_response())),
-        Ok(Begin::InFlight { retry_after }) => {
+        Ok(Begin::InFlight { .. }) => {
+            // A poll hint, not the lease's remaining time: the lease is kept alive while its
+            // handler runs, and a client told to come back when it would lapse would come back
+            // at the worst moment, or much later than the answer is ready.
             let mut response = problem(
                 StatusCode::CONFLICT,
                 "Request in progress",
                 "a request with this Idempotency-Key is being processed; retry later",
             );
-            insert_header(
-                &mut response,
-                "retry-after",
-                &retry_after_seconds(retry_after).to_string(),
-            );
+            insert_header(&mut response, "retry-after", IN_FLIGHT_RETRY_AFTER);
             return Ok(response);
         }
         Ok(Begin::Mismatch) => {
@@ -360,12 +496,26 @@ where
         }
         Err(error) => return Ok(store_error(&error)),
     };
-    execute(&config, inner, parts, body, lease).await
+    // The execution and the recording of its outcome run as one task: a client that goes away
+    // cancels neither the side effect half-way nor the storing of its response.
+    let running = tokio::spawn(execute(config, inner, parts, body, lease));
+    match running.await {
+        Ok(result) => result,
+        Err(_) => Ok(problem(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Handler failed",
+            "the request failed before producing a response; it may be retried",
+        )),
+    }
 }
 
-/// Runs the inner service under `lease` and records (or releases) its outcome.
+/// `Retry-After` of a 409 for a duplicate in flight: a poll hint, in seconds.
+const IN_FLIGHT_RETRY_AFTER: &str = "1";
+
+/// Runs the inner service under `lease`, kept alive while it runs, and records (or releases) its
+/// outcome.
 async fn execute<S, B, R>(
-    config: &Config,
+    config: Arc<Config>,
     mut inner: S,
     mut parts: Parts,
     body: Bytes,
@@ -379,24 +529,36 @@ where
     R: Body<Data = Bytes> + From<Bytes> + Send + 'static,
     R::Error: Into<BoxError>,
 {
-    parts.extensions.insert(IdempotencyContext {
-        recovered: lease.recovered(),
-        attempt: lease.attempt(),
-        token: lease.token(),
-        checkpoint: lease.checkpoint().cloned(),
-    });
+    let ttl = config.store.lease_ttl();
+    let slot = LeaseSlot::new(lease);
+    {
+        let lease = slot.inner.lease.lock();
+        if let Some(lease) = lease.as_ref() {
+            parts.extensions.insert(IdempotencyContext {
+                recovered: lease.recovered(),
+                attempt: lease.attempt(),
+                token: lease.token(),
+                checkpoint: lease.checkpoint().cloned(),
+                lease: slot.clone(),
+            });
+        }
+    }
     let request = Request::from_parts(parts, B::from(body));
-    // The handler runs as its own task: a client that goes away does not cancel it half-way, and
-    // a panic is reported here instead of unwinding through the server.
+    // The lease is extended while the handler runs and its body is read, and no longer: a
+    // process that dies takes this task with it, and the lease lapses on time.
+    let keeper = tokio::spawn(keep_alive(slot.clone(), keep_alive_period(ttl), ttl));
+    let keeper = AbortOnDrop(keeper);
+    // The handler runs as its own task: a panic is reported here instead of unwinding through
+    // the server.
     let outcome = tokio::spawn(async move { inner.call(request).await }).await;
     let response = match outcome {
         Ok(Ok(response)) => response,
         Ok(Err(error)) => {
-            release(lease).await;
+            release(slot).await;
             return Err(error);
         }
         Err(_) => {
-            release(lease).await;
+            release(slot).await;
             return Ok(problem(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "Handler failed",
@@ -408,28 +570,53 @@ where
     let Ok(collected) = body.collect().await else {
         // The side effect ran but its answer is lost: leave the key RUNNING, so that a retry
         // after the lease expires is told it is a recovery.
-        drop(lease);
+        drop(keeper);
         return Ok(problem(
             StatusCode::INTERNAL_SERVER_ERROR,
             "Response failed",
             "the response body could not be read",
         ));
     };
+    drop(keeper);
     let body = collected.to_bytes();
     if (config.store_status)(parts.status) {
         let stored = to_stored(&parts, &body);
-        blocking(move || match lease.complete(stored) {
-            Err(Error::ResponseTooLarge {
-                lease: Some(lease), ..
-            }) => lease.release(),
-            other => other,
+        let recorded = blocking(move || {
+            // Waits for an extension in progress; the keeper is stopped, so none starts.
+            let Some(lease) = slot.take().filter(|_| !slot.is_lost()) else {
+                return Err(Error::LeaseLost);
+            };
+            let digest = lease.digest();
+            match lease.complete(stored) {
+                Err(Error::ResponseTooLarge {
+                    lease: Some(lease), ..
+                }) => lease.release(),
+                Err(Error::LeaseLost) => {
+                    crate::observe::lease_lost_in_handler(Some(&digest));
+                    Err(Error::LeaseLost)
+                }
+                other => other,
+            }
         })
-        .await
-        .ok();
+        .await;
+        if let Err(error) = recorded {
+            if !matches!(error, Error::LeaseLost) {
+                crate::observe::response_not_recorded(&error);
+            }
+        }
     } else {
-        release(lease).await;
+        release(slot).await;
     }
     Ok(Response::from_parts(parts, R::from(body)))
+}
+
+/// Aborts a task when dropped: the lease keeper stops however `execute` ends.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// The request's fingerprint: method, path with query, the chosen header fields, and body.
@@ -467,9 +654,13 @@ async fn blocking<T: Send + 'static>(
         .unwrap_or(Err(Error::Poisoned))
 }
 
-async fn release(lease: Lease) {
+async fn release(slot: LeaseSlot) {
     // A failed release leaves the key RUNNING until its lease expires; nothing better to do.
-    let _ = blocking(move || lease.release()).await;
+    let _ = blocking(move || match slot.take() {
+        Some(lease) if !slot.is_lost() => lease.release(),
+        _ => Ok(()),
+    })
+    .await;
 }
 
 /// Header fields that describe one connection, not the response: never stored.

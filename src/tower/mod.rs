@@ -20,7 +20,7 @@
 //! |---|---|
 //! | covered method without a key (when required), malformed key | 400 |
 //! | request body over the limit | 413, before any state |
-//! | same key, same request, still running | 409 with `Retry-After` (or wait, if configured) |
+//! | same key, same request, still running | 409 with `Retry-After: 1`, a poll hint (or wait, if configured) |
 //! | same key, different request | 422 |
 //! | same key, finished | the stored status, headers and body, plus `Idempotent-Replayed: true` |
 //! | handler answered 5xx or panicked | the answer (500 for a panic); the key is released |

@@ -60,11 +60,6 @@ pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> 
     }
 }
 
-/// Seconds for `Retry-After`, rounded up so that a client waiting that long is never early.
-pub(crate) fn retry_after_seconds(wait: std::time::Duration) -> u64 {
-    wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
-}
-
 /// A JSON string literal.
 fn json_string(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
@@ -130,13 +125,5 @@ mod tests {
             assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
             assert!(response.headers().get(header::RETRY_AFTER).is_none());
         }
-    }
-
-    #[test]
-    fn retry_after_rounds_up() {
-        use std::time::Duration;
-        assert_eq!(retry_after_seconds(Duration::from_millis(1)), 1);
-        assert_eq!(retry_after_seconds(Duration::from_secs(2)), 2);
-        assert_eq!(retry_after_seconds(Duration::from_millis(2001)), 3);
     }
 }

@@ -43,6 +43,8 @@ mod http_redis_down;
 #[cfg(feature = "tower")]
 mod http_restart_replay;
 #[cfg(feature = "tower")]
+mod http_slow_handler;
+#[cfg(feature = "tower")]
 mod http_statuses;
 mod http_two_nodes;
 mod in_memory;
