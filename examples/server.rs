@@ -281,11 +281,12 @@ pub fn app(
         // Innermost: one key space per user, so that two callers never share a response.
         .layer(
             IdempotencyLayer::new(store.clone())
-                .scope(|request| user_of(request).unwrap_or_default()),
+                // No user: refused with 401, never one key space shared by every such caller.
+                .scope(user_of),
         )
         .layer(
             RateLimitLayer::new(store.clone(), [])
-                .limit_by(per_user, user_of)
+                .limit_by_required(per_user, user_of)
                 .limit_by(per_address, |request| {
                     let ConnectInfo(address) =
                         request.extensions.get::<ConnectInfo<SocketAddr>>()?;

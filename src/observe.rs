@@ -13,6 +13,7 @@
 //! | `tollgate_http_leases_lost_total` | counter | | running handlers whose lease an `IdempotencyLayer` found taken over (their responses are not stored) |
 //! | `tollgate_http_lease_extension_failures_total` | counter | | failed extensions of a running handler's lease (tried again a third of a lease later) |
 //! | `tollgate_http_responses_not_recorded_total` | counter | | handler responses an `IdempotencyLayer` could not store (the store failed) |
+//! | `tollgate_http_store_errors_total` | counter | `status` = `503`, `500` | requests a tower layer answered with a store failure (the cause is in the `store_error` event, never in the body) |
 //! | `tollgate_rate_unavailable_total` | counter | `decision` = `allowed` (fail open), `denied` (fail closed) | requests a `RateLimitLayer` decided without its counters, which could not be reached |
 //! | `tollgate_degraded` | gauge | | 1 while the store refuses writes and serves reads only, 0 once it writes again |
 //! | `tollgate_degraded_total` | counter | | times the store entered the degraded state |
@@ -24,7 +25,9 @@
 //!
 //! Events (target `tollgate`): `begin` (debug; info for a takeover), `resolution` (debug; warn when
 //! fenced), `rate_denied` (debug), `rate_shadow_denied` (info), `rate_unavailable` (warn), `commit` (trace, inside a `writer_batch` span), `sweep_step`
-//! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again), `redis_data_lost` (error).
+//! (debug when it removed something), `poisoned` (error: a write failed), `degraded` (error: writes refused, reads go on), `recovered` (warn: writing again), `redis_data_lost` (error), and
+//! from the tower layers `lease_lost` (error), `lease_extension_failed` (warn),
+//! `response_not_recorded` (error), `store_error` (warn).
 
 use crate::idempotency::Digest;
 
@@ -167,6 +170,18 @@ pub(crate) fn response_not_recorded(error: &crate::Error) {
     tracing::error!(target: "tollgate", error = %error, "response_not_recorded: a handler's response could not be stored");
     #[cfg(feature = "metrics")]
     metrics::counter!("tollgate_http_responses_not_recorded_total").increment(1);
+}
+
+/// A tower layer answered a request with a store failure (`temporary`: 503, else 500); the
+/// client's body names none of it, so the cause is told here.
+#[cfg(feature = "tower")]
+#[allow(unused_variables)]
+pub(crate) fn store_error_answered(what: &str, temporary: bool, error: &crate::Error) {
+    let status = if temporary { "503" } else { "500" };
+    #[cfg(feature = "tracing")]
+    tracing::warn!(target: "tollgate", what, status, error = %error, "store_error: a request was answered with a store failure");
+    #[cfg(feature = "metrics")]
+    metrics::counter!("tollgate_http_store_errors_total", "status" => status).increment(1);
 }
 
 /// The embedded store stopped writing and serves reads only (`reason`), until it can write again.

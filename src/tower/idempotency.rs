@@ -41,7 +41,7 @@ use crate::{BeginOptions, Error, Store};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
-type ScopeFn = Arc<dyn Fn(&Parts) -> String + Send + Sync>;
+type ScopeFn = Arc<dyn Fn(&Parts) -> Option<String> + Send + Sync>;
 type StatusPolicy = Arc<dyn Fn(StatusCode) -> bool + Send + Sync>;
 
 /// The header a replayed response carries.
@@ -203,6 +203,7 @@ struct Config {
     routes: Option<Predicate>,
     key_required: bool,
     scope: ScopeFn,
+    unidentified: StatusCode,
     max_body_bytes: usize,
     wait: Option<Duration>,
     store_status: StatusPolicy,
@@ -218,6 +219,30 @@ struct FingerprintRule {
     ignore_query_order: bool,
 }
 
+/// What a scope function returns: a key space, or (`None`) no identity, which is refused.
+pub trait IntoScope {
+    /// The key space, or `None` when the request has no identity.
+    fn into_scope(self) -> Option<String>;
+}
+
+impl IntoScope for String {
+    fn into_scope(self) -> Option<String> {
+        Some(self)
+    }
+}
+
+impl IntoScope for Option<String> {
+    fn into_scope(self) -> Option<String> {
+        self
+    }
+}
+
+impl IntoScope for &'static str {
+    fn into_scope(self) -> Option<String> {
+        Some(self.to_owned())
+    }
+}
+
 /// A tower layer that makes covered requests idempotent under an `Idempotency-Key`.
 ///
 /// ```
@@ -230,13 +255,8 @@ struct FingerprintRule {
 /// let layer = IdempotencyLayer::new(store)
 ///     .methods([Method::POST, Method::PUT])
 ///     .scope(|request| {
-///         // One key space per authenticated caller.
-///         request
-///             .headers
-///             .get("x-user")
-///             .and_then(|v| v.to_str().ok())
-///             .unwrap_or("anonymous")
-///             .to_owned()
+///         // One key space per authenticated caller; a request without one is refused (401).
+///         request.headers.get("x-user")?.to_str().ok().map(str::to_owned)
 ///     });
 /// # let _ = layer; }
 /// ```
@@ -255,7 +275,8 @@ impl IdempotencyLayer {
                 methods: vec![Method::POST, Method::PATCH],
                 routes: None,
                 key_required: true,
-                scope: Arc::new(|_| "default".to_owned()),
+                scope: Arc::new(|_| Some("default".to_owned())),
+                unidentified: StatusCode::UNAUTHORIZED,
                 max_body_bytes: DEFAULT_MAX_BODY_BYTES,
                 wait: None,
                 store_status: Arc::new(|status| status.as_u16() < 500),
@@ -292,10 +313,32 @@ impl IdempotencyLayer {
     }
 
     /// The key space of a request, e.g. the authenticated user, so that two callers' keys never
-    /// collide. Default = one scope for everyone.
+    /// collide. `scope` returns a `String`, or an `Option<String>` whose `None` says the request
+    /// has no identity: such a request is refused (401, or [`IdempotencyLayer::unidentified`])
+    /// before any state, instead of sharing one key space with every other caller without one.
+    /// Default = one scope for everyone.
+    ///
+    /// ```
+    /// # #[cfg(feature = "tower")] {
+    /// use tollgate::Store;
+    /// use tollgate::tower::IdempotencyLayer;
+    ///
+    /// let layer = IdempotencyLayer::new(Store::in_memory().unwrap()).scope(|request| {
+    ///     // No (readable) user header: no identity, 401. Never `unwrap_or_default()` here.
+    ///     request.headers.get("x-user")?.to_str().ok().map(str::to_owned)
+    /// });
+    /// # let _ = layer; }
+    /// ```
     #[must_use]
-    pub fn scope(self, scope: impl Fn(&Parts) -> String + Send + Sync + 'static) -> Self {
-        self.with(|c| c.scope = Arc::new(scope))
+    pub fn scope<T: IntoScope>(self, scope: impl Fn(&Parts) -> T + Send + Sync + 'static) -> Self {
+        self.with(|c| c.scope = Arc::new(move |parts| scope(parts).into_scope()))
+    }
+
+    /// The status of the refusal of a covered request whose [`scope`](IdempotencyLayer::scope)
+    /// found no identity. Default = 401 Unauthorized.
+    #[must_use]
+    pub fn unidentified(self, status: StatusCode) -> Self {
+        self.with(|c| c.unidentified = status)
     }
 
     /// The largest request body read (to fingerprint it); larger ones get 413 before any state.
@@ -429,15 +472,9 @@ where
             ));
         }
     };
-    let key = match IdempotencyKey::new(&(config.scope)(&parts), &raw_key) {
+    let key = match scoped_key(&config, &parts, &raw_key) {
         Ok(key) => key,
-        Err(reason) => {
-            return Ok(problem(
-                StatusCode::BAD_REQUEST,
-                "Idempotency-Key is malformed",
-                &reason.to_string(),
-            ));
-        }
+        Err(refusal) => return Ok(refusal),
     };
     let body = match Limited::new(body, config.max_body_bytes).collect().await {
         Ok(collected) => collected.to_bytes(),
@@ -452,7 +489,7 @@ where
                 problem(
                     StatusCode::BAD_REQUEST,
                     "Unreadable request body",
-                    &error.to_string(),
+                    "the request body could not be read",
                 )
             });
         }
@@ -507,6 +544,29 @@ where
             "the request failed before producing a response; it may be retried",
         )),
     }
+}
+
+/// The request's key in its caller's scope, or the refusal when the scope finds no identity or
+/// the key is not valid.
+fn scoped_key<R: From<Bytes>>(
+    config: &Config,
+    parts: &Parts,
+    raw_key: &str,
+) -> Result<IdempotencyKey, Response<R>> {
+    let Some(scope) = (config.scope)(parts) else {
+        return Err(problem(
+            config.unidentified,
+            "Caller not identified",
+            "this endpoint needs an identified caller for its Idempotency-Key",
+        ));
+    };
+    IdempotencyKey::new(&scope, raw_key).map_err(|reason| {
+        problem(
+            StatusCode::BAD_REQUEST,
+            "Idempotency-Key is malformed",
+            &reason.to_string(),
+        )
+    })
 }
 
 /// `Retry-After` of a 409 for a duplicate in flight: a poll hint, in seconds.

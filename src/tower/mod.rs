@@ -19,6 +19,7 @@
 //! | situation | answer |
 //! |---|---|
 //! | covered method without a key (when required), malformed key | 400 |
+//! | a scope or a required subject found no identity | 401 (configurable), before any state |
 //! | request body over the limit | 413, before any state |
 //! | same key, same request, still running | 409 with `Retry-After: 1`, a poll hint (or wait, if configured) |
 //! | same key, different request | 422 |
@@ -37,6 +38,7 @@ mod rate_limit;
 
 pub use idempotency::{
     DEFAULT_MAX_BODY_BYTES, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext, IdempotencyLayer,
+    IntoScope,
 };
 pub use key_header::IDEMPOTENCY_KEY;
 pub use rate_limit::{RateLimit, RateLimitLayer, WhenUnavailable};

@@ -47,18 +47,30 @@ pub(crate) fn is_temporary(error: &crate::Error) -> bool {
     )
 }
 
+///
+/// The body says what a client may know, in fixed words: never the error's own text, which can
+/// hold a file path, an operating system's message or a database server's. The cause goes to
+/// `tracing` (a `store_error` event) and to `tollgate_http_store_errors_total` only.
 pub(crate) fn unavailable<B: From<Bytes>>(title: &str, error: &crate::Error) -> Response<B> {
-    if is_temporary(error) {
-        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, title, &error.to_string());
+    let temporary = is_temporary(error);
+    crate::observe::store_error_answered(title, temporary, error);
+    if temporary {
+        let mut response = problem(StatusCode::SERVICE_UNAVAILABLE, title, TEMPORARY_DETAIL);
         response.headers_mut().insert(
             header::RETRY_AFTER,
             HeaderValue::from_static(UNAVAILABLE_RETRY_AFTER),
         );
         response
     } else {
-        problem(StatusCode::INTERNAL_SERVER_ERROR, title, &error.to_string())
+        problem(StatusCode::INTERNAL_SERVER_ERROR, title, LASTING_DETAIL)
     }
 }
+
+/// The detail of a 503: all a client may know, and what to do.
+const TEMPORARY_DETAIL: &str = "the service cannot record this request right now; retry later";
+
+/// The detail of a 500 for a store failure.
+const LASTING_DETAIL: &str = "the service failed to process this request";
 
 /// A JSON string literal.
 fn json_string(text: &str) -> String {
@@ -97,6 +109,49 @@ mod tests {
                 br#"{"type":"about:blank","title":"Bad \"key\"","status":400,"detail":"line\u000abreak\\"}"#
             )
         );
+    }
+
+    /// Every error the store can answer a layer with, each carrying a path, an OS message and a
+    /// server message where its variant can: none of them reaches the body.
+    #[test]
+    fn error_bodies_carry_no_paths_nor_server_or_os_text() {
+        let secret_path = "/srv/secret-dir/orders.redb";
+        let server_text = "FATAL: terminating connection due to administrator command";
+        let os_text = "Read-only file system (os error 30)";
+        let errors = vec![
+            crate::Error::Unavailable(format!("{server_text} at {secret_path}")),
+            crate::Error::InDoubt(server_text.into()),
+            crate::Error::StorageFull {
+                path: secret_path.into(),
+            },
+            crate::Error::ReadOnly {
+                path: secret_path.into(),
+                reason: os_text.into(),
+            },
+            crate::Error::Corrupted(format!("record at {secret_path}")),
+            crate::Error::NotAStore(secret_path.into()),
+            crate::Error::InvalidArgument(secret_path.into()),
+            crate::Error::storage(std::io::Error::other(format!("{os_text}: {secret_path}"))),
+            crate::Error::Poisoned,
+            crate::Error::Closed,
+            crate::Error::AlreadyOpen,
+            crate::Error::Superseded,
+            crate::Error::CapacityExceeded { limit: 10 },
+        ];
+        for error in &errors {
+            let response: Response<Bytes> = unavailable("Store unavailable", error);
+            let body = String::from_utf8_lossy(response.body());
+            for secret in [secret_path, "secret-dir", server_text, os_text, "os error"] {
+                assert!(
+                    !body.contains(secret),
+                    "the answer to {error:?} shows {secret:?}: {body}"
+                );
+            }
+            assert!(
+                body.contains(TEMPORARY_DETAIL) || body.contains(LASTING_DETAIL),
+                "{body}"
+            );
+        }
     }
 
     #[test]

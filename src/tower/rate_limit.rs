@@ -42,6 +42,8 @@ enum Subject {
     Key,
     /// A function of the limit's own.
     Own(SubjectFn),
+    /// A function of the limit's own whose `None` refuses the request.
+    Required(SubjectFn),
     /// One counter for every request.
     Global,
 }
@@ -102,6 +104,8 @@ struct Config {
     store: Store,
     rules: Vec<Rule>,
     key: SubjectFn,
+    key_required: bool,
+    unidentified: StatusCode,
     cost: Option<CostFn>,
     shadow: bool,
     when_unavailable: WhenUnavailable,
@@ -124,21 +128,28 @@ pub enum WhenUnavailable {
 }
 
 impl Config {
-    /// The `(rule, subject)` pairs that apply to a request.
-    fn subjects(&self, parts: &Parts) -> Vec<(usize, String)> {
+    /// The `(rule, subject)` pairs that apply to a request, or `None` when a required subject
+    /// found no identity (the request is refused).
+    fn subjects(&self, parts: &Parts) -> Option<Vec<(usize, String)>> {
         let mut key: Option<Option<String>> = None;
         let mut subjects = Vec::with_capacity(self.rules.len());
         for (index, rule) in self.rules.iter().enumerate() {
-            let subject = match &rule.subject {
-                Subject::Key => key.get_or_insert_with(|| (self.key)(parts)).clone(),
-                Subject::Own(subject) => subject(parts),
-                Subject::Global => Some(GLOBAL_SUBJECT.to_owned()),
+            let (subject, required) = match &rule.subject {
+                Subject::Key => (
+                    key.get_or_insert_with(|| (self.key)(parts)).clone(),
+                    self.key_required,
+                ),
+                Subject::Own(subject) => (subject(parts), false),
+                Subject::Required(subject) => (subject(parts), true),
+                Subject::Global => (Some(GLOBAL_SUBJECT.to_owned()), false),
             };
-            if let Some(subject) = subject {
-                subjects.push((index, subject));
+            match subject {
+                Some(subject) => subjects.push((index, subject)),
+                None if required => return None,
+                None => {}
             }
         }
-        subjects
+        Some(subjects)
     }
 
     fn checks<'a>(&'a self, subjects: &'a [(usize, String)]) -> Vec<(&'a Limit, &'a str)> {
@@ -216,6 +227,8 @@ impl RateLimitLayer {
                     .map(|limit| Rule::new(limit, Subject::Key))
                     .collect(),
                 key: Arc::new(|_| Some(GLOBAL_SUBJECT.to_owned())),
+                key_required: false,
+                unidentified: StatusCode::UNAUTHORIZED,
                 cost: None,
                 shadow: false,
                 when_unavailable: WhenUnavailable::default(),
@@ -246,6 +259,35 @@ impl RateLimitLayer {
     ) -> Self {
         let subject = Subject::Own(Arc::new(subject));
         self.with(|c| c.rules.push(Rule::new(limit, subject)))
+    }
+
+    /// Whether a request for which [`RateLimitLayer::key`] says `None` is refused (401, or
+    /// [`RateLimitLayer::unidentified`]) instead of passing the key's limits unlimited: for limits
+    /// that must hold for everyone, such as per-user limits behind optional authentication.
+    /// Default = not required (`None` passes those limits).
+    #[must_use]
+    pub fn key_required(self, required: bool) -> Self {
+        self.with(|c| c.key_required = required)
+    }
+
+    /// Adds `limit`, counted per `subject`, which every request must have: a request for which
+    /// `subject` says `None` is refused (401, or [`RateLimitLayer::unidentified`]) before any
+    /// counter is charged, instead of passing unlimited.
+    #[must_use]
+    pub fn limit_by_required(
+        self,
+        limit: Limit,
+        subject: impl Fn(&Parts) -> Option<String> + Send + Sync + 'static,
+    ) -> Self {
+        let subject = Subject::Required(Arc::new(subject));
+        self.with(|c| c.rules.push(Rule::new(limit, subject)))
+    }
+
+    /// The status of the refusal of a request a required subject found no identity for. Default
+    /// = 401 Unauthorized.
+    #[must_use]
+    pub fn unidentified(self, status: StatusCode) -> Self {
+        self.with(|c| c.unidentified = status)
     }
 
     /// Adds `limit` with one counter for every request (a global ceiling).
@@ -328,7 +370,13 @@ where
         let config = Arc::clone(&self.config);
         Box::pin(async move {
             let (parts, body) = request.into_parts();
-            let subjects = config.subjects(&parts);
+            let Some(subjects) = config.subjects(&parts) else {
+                return Ok(problem(
+                    config.unidentified,
+                    "Caller not identified",
+                    "this endpoint's limits need an identified caller",
+                ));
+            };
             if subjects.is_empty() {
                 return inner.call(Request::from_parts(parts, body)).await;
             }

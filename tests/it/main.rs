@@ -47,6 +47,8 @@ mod http_slow_handler;
 #[cfg(feature = "tower")]
 mod http_statuses;
 mod http_two_nodes;
+#[cfg(feature = "tower")]
+mod http_unidentified_callers;
 mod in_memory;
 mod interrupted_creation;
 mod kill_cycles;
