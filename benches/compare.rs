@@ -20,8 +20,11 @@
 //! - `replay/*`: `begin` of an already completed key (the read path), 1 and 2 threads, with the
 //!   replay cache (its default size; the 10,000 keys fit) and without it (every replay reads redb).
 //! - `rate/*`: checks over 10,000 subjects round-robin with a quota that allows every check:
-//!   tollgate Batched vs governor's keyed limiter (1 thread); tollgate Immediate vs a naive redb
-//!   loop (one write transaction per check) at 64 threads.
+//!   tollgate Batched vs governor's keyed limiter (1 and 2 threads; tollgate's subjects each
+//!   checked once before the clock starts, so that their first reservations are written: the
+//!   steady state); `rate/tollgate-batched-new/1`, Batched checks of subjects never seen (each
+//!   writes its first reservation); tollgate Immediate vs a naive redb loop (one write
+//!   transaction per check) at 64 threads.
 //! - With `--features postgres`, against one local PostgreSQL (`TOLLGATE_BENCH_POSTGRES`, else a
 //!   throwaway cluster with `fsync` and `synchronous_commit` on; skipped with a message if there
 //!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` (one connection per thread, prepared
@@ -381,6 +384,25 @@ fn tollgate_rate(durability: RateDurability, threads: usize, duration: Duration)
         .expect("open");
     let limit = Limit::new("api", Quota::per_second(1_000_000)).expect("limit");
     let subjects = subjects();
+    if matches!(durability, RateDurability::Batched { .. }) {
+        // Steady state: each subject's first check writes its first reservation (an eighth of
+        // the burst; `rate/tollgate-batched-new/1` measures that cost alone), so every subject is
+        // checked once before the clock starts, by 64 threads whose first reservations share
+        // commits. (A GCRA reservation also runs out with time: this quota's eighth of a burst
+        // is 125 ms of refill, renewed ahead by the writer while the subject is checked.)
+        std::thread::scope(|scope| {
+            for chunk in subjects.chunks(subjects.len().div_ceil(64)) {
+                let (store, limit) = (&store, &limit);
+                scope.spawn(move || {
+                    for subject in chunk {
+                        assert!(store.check(limit, subject).expect("check").allowed());
+                    }
+                });
+            }
+        });
+        // One flush renews the reservations the warm-up's first checks made, all at once.
+        store.flush().expect("flush");
+    }
     let before = store.stats().expect("stats");
     let worker = store.clone();
     let sample = if matches!(durability, RateDurability::Immediate) {
@@ -403,6 +425,23 @@ fn tollgate_rate(durability: RateDurability, threads: usize, duration: Duration)
         result,
         per_commit,
     )
+}
+
+/// Batched checks of subjects never seen before, one thread: each writes its first reservation
+/// (a commit of its own, as nothing else is waiting).
+fn tollgate_rate_new_subjects(duration: Duration) -> Row {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(dir.path().join("rate-new.redb")).expect("open");
+    let limit = Limit::new("api", Quota::per_second(1_000_000)).expect("limit");
+    let before = store.stats().expect("stats");
+    let worker = store.clone();
+    let result = drive(1, duration, 1, move |_, n| {
+        let subject = format!("new-{n}");
+        assert!(worker.check(&limit, &subject).expect("check").allowed());
+    });
+    let per_commit = per_commit(&store, &before);
+    store.close().expect("close");
+    row("rate/tollgate-batched-new/1".to_owned(), result, per_commit)
 }
 
 fn governor_rate(threads: usize, duration: Duration) -> Row {
@@ -863,6 +902,10 @@ fn main() {
             Box::new(|d| tollgate_rate(RateDurability::default(), 1, d)),
         ),
         ("rate/governor/1", Box::new(|d| governor_rate(1, d))),
+        (
+            "rate/tollgate-batched-new/1",
+            Box::new(tollgate_rate_new_subjects),
+        ),
         (
             "rate/tollgate-batched/2",
             Box::new(|d| tollgate_rate(RateDurability::default(), 2, d)),

@@ -10,7 +10,7 @@ use std::time::Duration;
 use crate::fixture;
 use fixture::{Fixture, RECORD_TTL, acquired, key, request, response};
 use tollgate::idempotency::Begin;
-use tollgate::ratelimit::{Limit, Quota, RateDurability};
+use tollgate::ratelimit::{CrashPolicy, Limit, Quota, RateDurability};
 use tollgate::{BeginOptions, Error};
 
 fn batched(fixture: &Fixture) -> tollgate::Store {
@@ -19,6 +19,9 @@ fn batched(fixture: &Fixture) -> tollgate::Store {
             fixture
                 .builder()
                 .background_compaction(false)
+                // Every charge answered from memory: under the default BoundedLoss only those a
+                // reservation on disk covers are (tests/it/rate_reservations.rs).
+                .crash_policy(CrashPolicy::TrustLastFlush)
                 .rate_durability(RateDurability::Batched {
                     max_delay: Duration::from_secs(60),
                 }),

@@ -78,6 +78,7 @@ mod rate_headers;
 mod rate_model;
 mod rate_operations;
 mod rate_persistence;
+mod rate_reservations;
 mod raw_key_absent;
 mod reads_do_not_wait_for_the_writer;
 mod reclaim_space;

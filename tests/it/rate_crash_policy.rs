@@ -38,7 +38,7 @@ fn open(path: &Path, seconds_after_start: u64, policy: CrashPolicy) -> Store {
 /// In the child: spend all 5 attempts of "victim", only 2 of them flushed, then wait to be killed.
 fn child(path: &Path) -> ! {
     fixture::exit_with_parent();
-    let store = open(path, 0, CrashPolicy::default());
+    let store = open(path, 0, CrashPolicy::DrainOnRecovery);
     for _ in 0..2 {
         assert!(store.check(&login(), "victim").unwrap().allowed());
     }

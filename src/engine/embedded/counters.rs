@@ -10,7 +10,7 @@
 use std::cell::Cell;
 
 use super::Embedded;
-use super::rate_cache::{Loader, Query, RateCache};
+use super::rate_cache::{Loader, Query, RateCache, Step};
 use super::writer::Command;
 use crate::engine::CounterEngine;
 use crate::error::{Error, Result};
@@ -46,16 +46,26 @@ impl CounterEngine for Embedded {
         if missed.get() {
             return Ok(None);
         }
-        outcome.map(Some)
+        match outcome? {
+            Step::Done(outcome) => Ok(Some(outcome)),
+            // A reservation must be written first: the blocking way flushes.
+            Step::Reserve => Ok(None),
+        }
     }
 
     fn flush(&self) -> Result<()> {
-        self.send(|reply| Command::Flush { reply })
+        self.send(|reply| Command::Flush { reply, evict: true })
     }
 }
 
+/// How many times one operation reserves and runs again before giving up. Each round writes a
+/// reservation of an eighth of the burst, so only other callers spending all of it before this
+/// caller runs again, round after round, exhausts them.
+const MAX_RESERVATION_ROUNDS: usize = 32;
+
 impl Embedded {
-    /// Batched mode: decide from memory; the writer flushes changes within `max_delay`.
+    /// Batched mode: decide from memory; the writer flushes changes within `max_delay`, and
+    /// writes a reservation at once when a charge needs one.
     fn run_batched(
         &self,
         cache: &RateCache,
@@ -65,14 +75,29 @@ impl Embedded {
         self.check_usable()?;
         // No store-wide lock on the hot path: the cache refuses work once `close` marked its
         // shards, and the backend is needed only to load a counter that is not in memory.
-        let now = self.time.now();
         let recovery = self.recovery;
-        let loader = |key: &CounterKey, spec: &Spec| {
-            let stored =
-                self.read_backend(|backend, overlay| latest_rate(backend, overlay, &key.0))?;
-            Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
-        };
-        run_in_cache(cache, kind, checks, now, &loader)
+        for _ in 0..MAX_RESERVATION_ROUNDS {
+            let now = self.time.now();
+            let loader = |key: &CounterKey, spec: &Spec| {
+                let stored =
+                    self.read_backend(|backend, overlay| latest_rate(backend, overlay, &key.0))?;
+                Ok(recovery.on_load(spec, stored.map(|rate| rate.state), now))
+            };
+            match run_in_cache(cache, kind, checks, now, &loader)? {
+                Step::Done(outcome) => return Ok(outcome),
+                // A counter needs a larger reservation on disk before this charge: one group
+                // commit writes it (with every other waiting), then the operation runs again.
+                Step::Reserve => self.send(|reply| Command::Flush {
+                    reply,
+                    evict: false,
+                })?,
+            }
+        }
+        Err(Error::Unavailable(
+            "a rate counter's reservations were used up by other callers faster than they \
+             could be written; retry"
+                .into(),
+        ))
     }
 
     /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
@@ -118,7 +143,7 @@ fn run_in_cache(
     checks: &[(&Limit, &str)],
     now: u64,
     loader: &impl Loader,
-) -> Result<RateOutcome> {
+) -> Result<Step> {
     if let [(limit, subject)] = checks {
         // One counter, without allocation.
         cache.run(kind, &[Query { limit, subject }], now, loader)

@@ -31,7 +31,7 @@ use parking_lot::{Mutex, RwLock};
 use super::Swept;
 use crate::clock::{Clock, StoreTime, system_time_to_nanos};
 use crate::error::{Error, IoKind, Result};
-use crate::ratelimit::{CounterKeys, RateDurability};
+use crate::ratelimit::{CounterKeys, CrashPolicy, RateDurability};
 use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
 use applier::{Applier, RedbSide};
 use log::overlay::Overlay;
@@ -224,7 +224,9 @@ impl Embedded {
         counters.set_records(persisted.record_counts);
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
         let rate_keys = CounterKeys::new(persisted.rate_secret);
-        let rate_cache = rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys)));
+        let reservations = builder.crash_policy == CrashPolicy::BoundedLoss;
+        let rate_cache =
+            rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys, reservations)));
         let time = Arc::new(StoreTime::new(
             Arc::clone(&builder.clock),
             persisted.clock_high_water,

@@ -15,7 +15,9 @@ impl Recovery {
         Self {
             drain_from: match policy {
                 CrashPolicy::DrainOnRecovery => recovered_at,
-                CrashPolicy::TrustLastFlush => None,
+                // BoundedLoss: the disk holds each counter's reservation, at least as spent as it
+                // was; TrustLastFlush: the last flush is believed.
+                CrashPolicy::BoundedLoss | CrashPolicy::TrustLastFlush => None,
             },
         }
     }

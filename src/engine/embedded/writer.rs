@@ -44,6 +44,7 @@ use super::log::Log;
 use super::log::change;
 use super::log::overlay::Overlay;
 use super::log::view::{COUNTERS_BYTES, Staged, View};
+use super::rate_cache::RELEASE_EVERY;
 use super::rate_cache::RateCache;
 use super::sequencer::Sequencer;
 use super::storage::{Backend, io_kind};
@@ -86,9 +87,11 @@ pub(crate) enum Command {
         op: RateOp,
         reply: Pending<(RateOutcome, bool)>,
     },
-    /// Flush batched rate counters now and drop idle ones from memory.
+    /// Flush batched rate counters now and, with `evict`, drop idle ones from memory (without:
+    /// a caller waiting for its reservation to be written).
     Flush {
         reply: Pending<()>,
+        evict: bool,
     },
     /// Remove up to `limit` due expiry-index entries with their records and counters.
     Compact {
@@ -173,7 +176,7 @@ impl Command {
             Command::Begin { reply, .. } => reply.send(Err(error)),
             Command::Resolve { reply, .. } => reply.send(Err(error)),
             Command::Rate { reply, .. } => reply.send(Err(error)),
-            Command::Flush { reply } => reply.send(Err(error)),
+            Command::Flush { reply, .. } => reply.send(Err(error)),
             Command::Compact { reply, .. } => reply.send(Err(error)),
             Command::Bulk { reply, .. } => reply.send(Err(error)),
             Command::Shutdown => {}
@@ -185,7 +188,7 @@ impl Command {
             Command::Begin { reply, .. } => reply.finish(error),
             Command::Resolve { reply, .. } => reply.finish(error),
             Command::Rate { reply, .. } => reply.finish(error),
-            Command::Flush { reply } => reply.finish(error),
+            Command::Flush { reply, .. } => reply.finish(error),
             Command::Compact { reply, .. } => reply.finish(error),
             Command::Bulk { reply, .. } => reply.finish(error),
             Command::Shutdown => {}
@@ -411,12 +414,14 @@ impl Writer {
     pub(crate) fn run(self) {
         let failure = Arc::clone(&self.core.lock().failure);
         let _guard = PoisonOnPanic(&failure);
-        let flush_every = self
-            .core
-            .lock()
-            .rate_flush
-            .as_ref()
-            .map(|(_, every)| *every);
+        let flush_every = self.core.lock().rate_flush.as_ref().map(|(cache, every)| {
+            // Reservations of idle counters are released at least this often.
+            if cache.reserves() {
+                (*every).min(RELEASE_EVERY)
+            } else {
+                *every
+            }
+        });
         let mut next_flush = flush_every.map(|every| Instant::now() + every);
         let mut next_evict = Instant::now() + EVICT_EVERY;
         loop {
@@ -443,7 +448,8 @@ impl Writer {
             }
             if let (Some(deadline), Some(every)) = (next_flush.as_mut(), flush_every) {
                 if Instant::now() >= *deadline {
-                    core.flush_rates(false);
+                    // Each timed flush releases idle reservations and renews active ones.
+                    core.flush_rates(false, true);
                     *deadline = Instant::now() + every;
                     if Instant::now() >= next_evict {
                         core.evict_rates(core.sequencer.time.high_water());
@@ -455,7 +461,7 @@ impl Writer {
         // Shutting down (or every handle is gone): the final commit saves the counters (the clock's
         // high-water mark includes reads) and, in Batched mode, flushes and marks the session clean.
         let mut core = self.core.lock();
-        core.flush_rates(true);
+        core.flush_rates(true, true);
         core.stopped = true;
     }
 }
@@ -510,14 +516,20 @@ impl Core {
     }
 
     /// Writes every changed batched counter in one transaction; `last` also saves the counters
-    /// and records that the session ended cleanly. A failure marks the writer failed (the
-    /// counters it took stay in memory, and are written again after the reopen).
-    fn flush_rates(&mut self, last: bool) {
+    /// and records that the session ended cleanly. With `release`, counters not charged for a
+    /// while have their reservations released (`last` releases every one). A failure marks the
+    /// writer failed (the counters it took stay in memory, and are written again after the
+    /// reopen).
+    fn flush_rates(&mut self, last: bool, release: bool) {
         if self.failure.is_failed() {
             return;
         }
         let dirty = match &self.rate_flush {
-            Some((cache, _)) => cache.take_dirty(),
+            Some((cache, _)) => {
+                let now = self.sequencer.time.high_water();
+                let release = (release || last).then_some(now);
+                cache.take_dirty(release, last)
+            }
             None => Vec::new(),
         };
         if dirty.is_empty() && !last {
@@ -544,8 +556,11 @@ impl Core {
         // the store's time moves only with operations.
         let now = sequencer.time.high_water();
         let written = self.backend.write(|tables| {
-            for (key, spec, state) in &dirty {
-                tables.put_rate(&key.0, stored_rate(spec, *state, now).as_ref())?;
+            for counter in &dirty {
+                tables.put_rate(
+                    &counter.key.0,
+                    stored_rate(&counter.spec, counter.state, now).as_ref(),
+                )?;
             }
             if last && batched {
                 tables.mark_rates_clean()?;
@@ -555,9 +570,13 @@ impl Core {
         });
         drop(side);
         match written {
-            Ok(()) => self
-                .counters
-                .committed(dirty.len() as u64, self.sequencer.record_counts),
+            Ok(()) => {
+                if let Some((cache, _)) = &self.rate_flush {
+                    cache.committed(&dirty);
+                }
+                self.counters
+                    .committed(dirty.len() as u64, self.sequencer.record_counts);
+            }
             Err(error) => {
                 crate::observe::poisoned(&error);
                 self.failure.set(Cause::of(&error, self.path.clone()));
@@ -608,12 +627,19 @@ impl Core {
         if !flushes.is_empty() {
             // A flush is an operation: it reads the clock, so idleness is judged as of now.
             let now = self.sequencer.time.now();
-            self.flush_rates(false);
-            self.evict_rates(now);
+            let evict = flushes
+                .iter()
+                .any(|flush| matches!(flush, Command::Flush { evict: true, .. }));
+            // An explicit flush (`Store::flush`) also releases what is idle; a caller's wait for
+            // its reservation writes only what is dirty.
+            self.flush_rates(false, evict);
+            if evict {
+                self.evict_rates(now);
+            }
             for flush in flushes {
                 if self.failure.is_failed() {
                     flush.fail(self.failure.error());
-                } else if let Command::Flush { reply } = flush {
+                } else if let Command::Flush { reply, .. } = flush {
                     reply.send(Ok(()));
                 }
             }

@@ -170,7 +170,9 @@ impl Redis {
             info: info.clone(),
             timeout,
             now,
-            drain: policy == CrashPolicy::DrainOnRecovery,
+            // Redis decides every charge itself, so there is no reservation to bound a loss of
+            // its data: every policy but TrustLastFlush drains.
+            drain: policy != CrashPolicy::TrustLastFlush,
         };
         let mut setup = connect(&info, timeout)?;
         let info_text: String = redis::cmd("INFO")
