@@ -12,7 +12,7 @@ use std::time::Duration;
 use crate::fixture;
 use fixture::{Fixture, LEASE_TTL, acquired, key, replay, request, response};
 use tollgate::idempotency::Begin;
-use tollgate::ratelimit::{Limit, Quota, RateDurability};
+use tollgate::ratelimit::{CrashPolicy, Limit, Quota, RateDurability};
 use tollgate::testing::SimDisk;
 use tollgate::{DegradedCause, Error, Health, Store};
 
@@ -176,12 +176,17 @@ fn an_open_on_a_full_disk_serves_replays_and_takes_no_lease_over() {
     store.close().unwrap();
 }
 
+/// Under the policies without reservations (here `DrainOnRecovery`) counters are flushed, and a
+/// full disk fails the flush while memory keeps deciding.
 #[test]
 fn batched_counters_keep_deciding_and_are_written_once_there_is_room() {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
     let batched = RateDurability::Batched {
         max_delay: Duration::from_secs(3600),
+    };
+    let builder = |fixture: &Fixture, batched| {
+        builder(fixture, batched).crash_policy(CrashPolicy::DrainOnRecovery)
     };
     let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
     let limit = Limit::new("login", Quota::per_minute(5)).unwrap();
@@ -211,6 +216,43 @@ fn batched_counters_keep_deciding_and_are_written_once_there_is_room() {
     let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
     assert!(!store.check(&limit, "victim").unwrap().allowed());
     assert_eq!(store.peek(&limit, "other7").unwrap().remaining(), 4);
+    store.close().unwrap();
+}
+
+/// Under `BoundedLoss` (the default) a full disk stops only the charges that need a new
+/// reservation: they are refused with `StorageFull` and charge nothing (answering them would let
+/// a crash mint quota); charges within a reservation already on disk go on; once there is room
+/// again everything does, and nothing was minted.
+#[test]
+fn a_full_disk_refuses_only_charges_that_need_a_reservation() {
+    let fixture = Fixture::new();
+    let disk = SimDisk::new();
+    let batched = RateDurability::Batched {
+        max_delay: Duration::from_secs(3600),
+    };
+    let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
+    // 16 an hour: reservations of 2 units. The first check reserves 3.
+    let limit = Limit::new("login", Quota::per_hour(16)).unwrap();
+    assert_eq!(store.check(&limit, "victim").unwrap().remaining(), 15);
+    fill_up(&store, &disk, "filler");
+    // Within the reservation: answered from memory.
+    assert_eq!(store.check(&limit, "victim").unwrap().remaining(), 14);
+    assert_eq!(store.check(&limit, "victim").unwrap().remaining(), 13);
+    // Past it: refused, typed, nothing charged; a subject never seen alike.
+    let refused = store.check(&limit, "victim").unwrap_err();
+    assert!(
+        is_full(&refused) || matches!(refused, Error::Poisoned),
+        "{refused:?}"
+    );
+    assert!(store.check(&limit, "newcomer").is_err());
+    disk.unlimit_size();
+    fixture.clock.advance(Duration::from_secs(2));
+    let after = store.check(&limit, "victim").unwrap();
+    assert_eq!(after.remaining(), 12, "the refused charge was not charged");
+    store.close().unwrap();
+    let store = builder(&fixture, batched).open_simulated(&disk).unwrap();
+    assert_eq!(store.peek(&limit, "victim").unwrap().remaining(), 12);
+    assert_eq!(store.peek(&limit, "newcomer").unwrap().remaining(), 16);
     store.close().unwrap();
 }
 

@@ -16,11 +16,12 @@
 //!    the first may be told too, when a kill landed between `begin` and its log line);
 //! 4. lease tokens are never reused, and grow with every execution of a key;
 //! 5. in every rate window (each spans two sessions, so a kill lands in its middle) the allowances
-//!    the log confirms never exceed the quota. Batched counters are never flushed within a
-//!    session, so what a killed session spent exists only in its log: without the crash policy's
-//!    drain the next session would grant the quota again (this check fails when the drain is
-//!    disabled). `tests/it/rate_crash_policy.rs` checks the policy deterministically; here under
-//!    random kills.
+//!    the log confirms never exceed the quota. Batched counters are never flushed by a timer
+//!    within a session (`max_delay` is an hour), so what a killed session spent is on disk only
+//!    as far as the default policy's (`BoundedLoss`) reservations put it there: without them the
+//!    next session would grant the quota again (this check fails with reservations disabled).
+//!    `tests/it/rate_reservations.rs` and `tests/it/rate_crash_policy.rs` check the policies
+//!    deterministically; here under random kills.
 //!
 //! `TOLLGATE_KILL_CYCLES` sets the number of cycles (default 20, what CI runs).
 
