@@ -174,3 +174,46 @@ fn a_store_file_deleted_while_degraded_is_not_created_again() {
     );
     drop(store);
 }
+
+/// A store created on a disk with no space left is refused (`StorageFull`, naming the file) and
+/// leaves nothing behind: no store file, no half-made `.creating` file, no log.
+#[test]
+fn creating_a_store_on_a_full_disk_leaves_nothing_behind() {
+    let fixture = Fixture::new();
+    let mount_point = fixture.dir.path().join("small");
+    std::fs::create_dir(&mount_point).unwrap();
+    let _mounted = match Mounted::new(&mount_point, "1m") {
+        Ok(mounted) => mounted,
+        Err(why) => {
+            tollgate::testing::say_skipped("the full-disk creation test", &why);
+            return;
+        }
+    };
+    // Fill the filesystem to the last byte.
+    let ballast = mount_point.join("ballast");
+    {
+        use std::io::Write;
+        let mut file = std::fs::File::create(&ballast).unwrap();
+        let chunk = vec![7u8; 4096];
+        while file.write_all(&chunk).is_ok() {}
+        let _ = file.sync_all();
+    }
+    let before: Vec<_> = std::fs::read_dir(&mount_point)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    let path = mount_point.join("store.redb");
+    let refused = fixture.builder().open(&path).unwrap_err();
+    assert!(
+        matches!(&refused, Error::StorageFull { path: at } if *at == path),
+        "{refused:?}"
+    );
+    let after: Vec<_> = std::fs::read_dir(&mount_point)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        before, after,
+        "the refused creation left files ({refused:?})"
+    );
+}

@@ -96,6 +96,7 @@ mod redis_script_flush;
 mod redis_tls_and_auth;
 #[cfg(feature = "redis")]
 mod redis_unavailable;
+mod refused_open_changes_nothing;
 mod replay_cache;
 mod restart_durability;
 mod state_machine_model;

@@ -204,17 +204,7 @@ impl Embedded {
             same_session: false,
             write_ahead_log: log.enabled,
         };
-        let (backend, mut persisted, degraded) = match Backend::open(&location, options) {
-            Ok((backend, persisted)) => (backend, persisted, None),
-            Err(error) if io_kind(&error) != IoKind::Other && location_exists(&location) => {
-                let cause = Cause::of(&error, location.path());
-                let (backend, persisted) =
-                    Backend::open_for_reads(&location, options).map_err(|_| cause.error())?;
-                crate::observe::degraded(&cause.reason());
-                (backend, persisted, Some(cause))
-            }
-            Err(error) => return Err(error),
-        };
+        let (backend, mut persisted, degraded, mut created) = open_backend(&location, options)?;
         // Whatever the log holds goes into redb before anything reads the counters.
         let (session_log, read_overlay) = if degraded.is_some() {
             (None, read_only_overlay(&location, &persisted)?)
@@ -271,6 +261,7 @@ impl Embedded {
             },
         };
         *engine.running.write() = Some(running);
+        created.0 = None;
         Ok(engine)
     }
 
@@ -782,6 +773,67 @@ fn recover_log(
         persisted,
     )?;
     Ok(settings.enabled.then_some(log))
+}
+
+/// Opens the backend for `location`: for writing, or for reads only when the existing file
+/// cannot be written (the cause returned). What would refuse the open is found first, without
+/// writing anything; a store this open creates is removed again if the open fails after all
+/// (disarm the guard returned once it succeeded).
+fn open_backend(
+    location: &Location,
+    options: OpenOptions,
+) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
+    let existed = location_exists(location);
+    if let (Location::File(path), true) = (location, existed) {
+        if let Some(log) = Backend::check_before_writing(path)? {
+            check_log_before_writing(location, Some(log))?;
+        }
+    }
+    let (backend, persisted, degraded) = match Backend::open(location, options) {
+        Ok((backend, persisted)) => (backend, persisted, None),
+        Err(error) if io_kind(&error) != IoKind::Other && existed => {
+            let cause = Cause::of(&error, location.path());
+            let (backend, persisted) =
+                Backend::open_for_reads(location, options).map_err(|_| cause.error())?;
+            crate::observe::degraded(&cause.reason());
+            (backend, persisted, Some(cause))
+        }
+        // A creation refused by a full disk or a read-only filesystem says so, with its path.
+        Err(error) if io_kind(&error) != IoKind::Other => {
+            return Err(Cause::of(&error, location.path()).error());
+        }
+        Err(error) => return Err(error),
+    };
+    let created = CreatedHere(match location {
+        Location::File(path) if !existed => Some(path.clone()),
+        _ => None,
+    });
+    Ok((backend, persisted, degraded, created))
+}
+
+/// A store file (and its log) created by an open that has not succeeded yet: removed on drop
+/// unless the open disarmed it by taking the path. Unlinking while redb still has the file open
+/// is fine on Unix; another process that opens the path meanwhile creates a store of its own.
+struct CreatedHere(Option<std::path::PathBuf>);
+
+impl Drop for CreatedHere {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(log_path(&path));
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Refuses a store whose log holds frames (its floor is set) but is missing, or belongs to another
+/// store, without writing anything (the writable open's recovery would find the same, after
+/// bumping the epoch).
+fn check_log_before_writing(location: &Location, log: Option<storage::LogState>) -> Result<()> {
+    let Some(state) = log.filter(|state| state.floor > 0) else {
+        return Ok(());
+    };
+    let device = log_device(location, LogAccess::ReadOnly)?;
+    log::Log::open(device, log::LogKey(state.key.0, state.key.1)).map(drop)
 }
 
 /// For a store opened for reads only: the log's unapplied frames, for reads to see.

@@ -335,6 +335,61 @@ impl Backend {
         ))
     }
 
+    /// What would refuse an open of the existing store file at `path`, read through redb's
+    /// read-only open, which never writes: so that an open about to be refused (a file of
+    /// another program, a newer format, a damaged header; with the log state returned, a
+    /// missing or foreign log) is refused before anything is written. The log state is `None`
+    /// too when the file cannot be opened that way because redb must recover it first (after a
+    /// crash), or it has no tables yet: the writable open does, and checks again.
+    ///
+    /// # Errors
+    /// The refusal: [`Error::NotAStore`], [`Error::IncompatibleFormat`], [`Error::Corrupted`],
+    /// [`Error::AlreadyOpen`], or the I/O error of reading the file.
+    pub(crate) fn check_before_writing(path: &Path) -> Result<Option<LogState>, Error> {
+        let builder = redb::Builder::new();
+        let opened = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)));
+        let db = match opened {
+            Ok(Ok(db)) => Db::ReadOnly(db),
+            // A file redb must repair first, or that it reads only when writable: the writable
+            // open decides.
+            Ok(Err(DatabaseError::RepairAborted | DatabaseError::TransactionInProgress)) => {
+                return Ok(None);
+            }
+            Ok(Err(error)) => return Err(open_error(error)),
+            Err(_) => {
+                count_contained_panic();
+                return Err(Error::Corrupted(
+                    "the storage engine panicked while opening the file".into(),
+                ));
+            }
+        };
+        let found = contained(|| {
+            let txn = db.begin_read()?;
+            let meta = match txn.open_table(META) {
+                Ok(meta) => meta,
+                // An empty redb file (tollgate's creation was interrupted after redb's):
+                // tollgate makes its tables at the writable open.
+                Err(redb::TableError::TableDoesNotExist(_)) if is_empty(&db)? => return Ok(None),
+                Err(redb::TableError::TableDoesNotExist(_)) => {
+                    return Err(Error::NotAStore(
+                        "a redb database without tollgate's tables".into(),
+                    ));
+                }
+                Err(error) => return Err(storage(error)),
+            };
+            let found = StoredMeta::read(&meta)?;
+            check_format(found.format, true)?;
+            Ok(found.log())
+        });
+        if let Db::ReadOnly(db) = db {
+            // Dropped inside the containment, as every redb handle of a file that may be damaged.
+            if catch_unwind(AssertUnwindSafe(move || drop(db))).is_err() {
+                count_contained_panic();
+            }
+        }
+        found
+    }
+
     /// The persisted counters, read without writing (for [`Backend::open_for_reads`]).
     fn read_counters(db: &Db, options: OpenOptions) -> Result<Counters, Error> {
         let txn = db.begin_read()?;
@@ -386,11 +441,27 @@ impl Backend {
         let mut temporary = path.as_os_str().to_owned();
         temporary.push(".creating");
         let temporary = std::path::PathBuf::from(temporary);
-        let db = match create(builder, &temporary) {
+        let created = Self::create_at(builder, path, &temporary, options);
+        if created.is_err() {
+            // A refused creation (a full disk, say) leaves nothing behind; the temporary file is
+            // this open's own (a leftover of a crash was replaced by it).
+            let _ = std::fs::remove_file(&temporary);
+        }
+        created
+    }
+
+    /// [`Backend::create_atomically`] through `temporary`.
+    fn create_at(
+        builder: &redb::Builder,
+        path: &Path,
+        temporary: &Path,
+        options: OpenOptions,
+    ) -> Result<(Self, Counters), Error> {
+        let db = match create(builder, temporary) {
             Err(Error::NotAStore(_)) => {
                 // An interrupted creation: redb writes its magic number last.
-                std::fs::remove_file(&temporary).map_err(storage)?;
-                create(builder, &temporary)?
+                std::fs::remove_file(temporary).map_err(storage)?;
+                create(builder, temporary)?
             }
             other => other?,
         };
@@ -401,18 +472,18 @@ impl Backend {
                 return Err(error);
             }
         };
-        match std::fs::hard_link(&temporary, path) {
+        match std::fs::hard_link(temporary, path) {
             Ok(()) => {}
             Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {
                 // Someone else created the store first: use theirs.
                 discard(db);
-                std::fs::remove_file(&temporary).map_err(storage)?;
+                std::fs::remove_file(temporary).map_err(storage)?;
                 return Self::open(&Location::File(path.to_owned()), options);
             }
             // A file system without hard links: rename (which would replace a store another
             // process created in the same instant; such file systems get no better).
             Err(_) => {
-                std::fs::rename(&temporary, path).map_err(storage)?;
+                std::fs::rename(temporary, path).map_err(storage)?;
                 sync_directory(path)?;
                 return Ok((
                     Self {
@@ -423,7 +494,7 @@ impl Backend {
                 ));
             }
         }
-        std::fs::remove_file(&temporary).map_err(storage)?;
+        std::fs::remove_file(temporary).map_err(storage)?;
         sync_directory(path)?;
         Ok((
             Self {
@@ -483,6 +554,18 @@ fn contained<R>(read: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
             "the storage engine panicked while reading: the file is damaged".into(),
         ))
     })
+}
+
+/// Whether a database has no table at all.
+fn is_empty(db: &Db) -> Result<bool, Error> {
+    let txn = db.begin_read()?;
+    let no_tables = txn.list_tables().map_err(storage)?.next().is_none();
+    let no_multimap = txn
+        .list_multimap_tables()
+        .map_err(storage)?
+        .next()
+        .is_none();
+    Ok(no_tables && no_multimap)
 }
 
 /// Refuses a redb database that another program made (no tollgate meta table).
