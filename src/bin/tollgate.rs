@@ -9,13 +9,20 @@
 //! tollgate reclaim  STORE                      rewrite the file to hold only live data
 //! ```
 //!
-//! `stats`, `inspect`, `list` and `compact` also work on PostgreSQL: `--postgres CONN
-//! [--schema S]` instead of `STORE` (with the `postgres` feature). There the command joins the
-//! schema as a node of its own (a random id, so no epoch changes) while servers run.
+//! `stats`, `inspect` and `list` only read: a store file is opened read-only
+//! (`StoreBuilder::open_read_only`: no epoch bumped, nothing written, byte for byte). `compact`,
+//! `check` and `reclaim` write.
 //!
-//! A store file must not be open elsewhere (a running server holds it): every command says so
-//! instead of waiting. Raw keys are never printed: the store holds only their digests.
+//! `stats`, `inspect`, `list` and `compact` also work on PostgreSQL: `--postgres CONN
+//! [--schema S]` instead of `STORE` (with the `postgres` feature). A schema that does not exist is
+//! an error that names it (nothing is created); the command joins the schema as a node of its own
+//! (a random id, so no epoch of a server changes) while servers run.
+//!
+//! A store file must not be open for writing elsewhere (a running server holds it): every command
+//! says so instead of waiting. Output into a pipe closed early (`| head`) ends the program
+//! quietly. Raw keys are never printed: the store holds only their digests.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -25,6 +32,42 @@ use indicatif::{ProgressBar, ProgressStyle};
 use tollgate::idempotency::{IdempotencyKey, RecordInfo, RecordState};
 use tollgate::ratelimit::RateDurability;
 use tollgate::{Error, Store};
+
+/// Why a command stopped: a message for the operator, or its output pipe closed (`| head`),
+/// which ends it quietly.
+enum Failure {
+    Message(String),
+    ClosedPipe,
+}
+
+impl From<String> for Failure {
+    fn from(message: String) -> Self {
+        Failure::Message(message)
+    }
+}
+
+impl From<&str> for Failure {
+    fn from(message: &str) -> Self {
+        Failure::Message(message.to_owned())
+    }
+}
+
+impl From<std::io::Error> for Failure {
+    fn from(error: std::io::Error) -> Self {
+        if error.kind() == std::io::ErrorKind::BrokenPipe {
+            Failure::ClosedPipe
+        } else {
+            Failure::Message(format!("cannot write the output: {error}"))
+        }
+    }
+}
+
+/// `println!` that reports a closed pipe instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        writeln!(std::io::stdout(), $($arg)*)?
+    };
+}
 
 #[derive(Parser)]
 #[command(
@@ -91,16 +134,20 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match run(cli.command) {
+    match run(cli.command).and_then(|code| {
+        std::io::stdout().flush()?;
+        Ok(code)
+    }) {
         Ok(code) => code,
-        Err(message) => {
+        Err(Failure::ClosedPipe) => ExitCode::SUCCESS,
+        Err(Failure::Message(message)) => {
             eprintln!("tollgate: {message}");
             ExitCode::FAILURE
         }
     }
 }
 
-fn run(command: Command) -> Result<ExitCode, String> {
+fn run(command: Command) -> Result<ExitCode, Failure> {
     match command {
         Command::Stats { target } => stats(&target),
         Command::Inspect { target, scope, key } => inspect(&target, &scope, &key),
@@ -119,7 +166,8 @@ fn run(command: Command) -> Result<ExitCode, String> {
 fn explain(shown: &dyn std::fmt::Display, error: &Error) -> String {
     match error {
         Error::AlreadyOpen => format!(
-            "{shown} is in use by another process (a running server?); stop it and try again"
+            "{shown} is open for writing in another process (a running server?); stop it and try \
+             again (reading a live store through its server comes with shared stores)"
         ),
         Error::Unavailable(reason) => format!("{shown}: the database is unavailable ({reason})"),
         Error::NotAStore(reason) => format!("{shown} is not a tollgate store ({reason})"),
@@ -134,18 +182,33 @@ fn explain(shown: &dyn std::fmt::Display, error: &Error) -> String {
 fn must_exist(path: &Path) -> Result<(), String> {
     if path.is_file() {
         Ok(())
+    } else if path.is_dir() {
+        Err(format!(
+            "{} is a directory: name the store file in it",
+            path.display()
+        ))
     } else {
         Err(format!("{}: no such store file", path.display()))
     }
 }
 
-/// Opens an existing store for a command (no background sweeps; rate checks are not needed).
+/// Opens an existing store for a command that writes (no background sweeps; rate checks are not
+/// needed).
 fn open(path: &Path) -> Result<Store, String> {
     must_exist(path)?;
     Store::builder()
         .background_compaction(false)
         .rate_durability(RateDurability::Immediate)
         .open(path)
+        .map_err(|error| explain(&path.display(), &error))
+}
+
+/// Opens an existing store for a command that only reads: nothing is written.
+fn open_read_only(path: &Path) -> Result<Store, String> {
+    must_exist(path)?;
+    Store::builder()
+        .rate_durability(RateDurability::Immediate)
+        .open_read_only(path)
         .map_err(|error| explain(&path.display(), &error))
 }
 
@@ -159,9 +222,10 @@ impl Target {
         }
     }
 
-    /// Opens the store for a command (no background sweeps).
-    fn open(&self) -> Result<Store, String> {
+    /// Opens the store for a command (no background sweeps), read-only for one that only reads.
+    fn open(&self, reads_only: bool) -> Result<Store, String> {
         match (&self.store, &self.postgres) {
+            (Some(path), _) if reads_only => open_read_only(path),
             (Some(path), _) => open(path),
             (None, Some(conn)) => open_postgres(conn, self.schema.as_deref(), &self.name()),
             (None, None) => Err("name a store file, or --postgres CONN".into()),
@@ -171,7 +235,10 @@ impl Target {
 
 #[cfg(feature = "postgres")]
 fn open_postgres(conn: &str, schema: Option<&str>, name: &str) -> Result<Store, String> {
-    let mut builder = Store::builder().background_compaction(false);
+    // A schema that does not exist is an error naming it, never a new schema.
+    let mut builder = Store::builder()
+        .background_compaction(false)
+        .postgres_create_schema(false);
     if let Some(schema) = schema {
         builder = builder.postgres_schema(schema);
     }
@@ -185,19 +252,19 @@ fn open_postgres(_conn: &str, _schema: Option<&str>, _name: &str) -> Result<Stor
     Err("this tollgate was built without the postgres feature".into())
 }
 
-fn stats(target: &Target) -> Result<ExitCode, String> {
+fn stats(target: &Target) -> Result<ExitCode, Failure> {
     let name = target.name();
-    let store = target.open()?;
+    let store = target.open(true)?;
     let stats = store.stats().map_err(|e| explain(&name, &e))?;
-    println!("store          {name} ({})", store.engine_name());
-    println!("size           {} bytes", stats.file_bytes);
-    println!("running        {}", stats.running);
-    println!("completed      {}", stats.completed);
-    println!("failed         {}", stats.failed);
-    println!("rate counters  {}", stats.rate_states);
+    say!("store          {name} ({})", store.engine_name());
+    say!("size           {} bytes", stats.file_bytes);
+    say!("running        {}", stats.running);
+    say!("completed      {}", stats.completed);
+    say!("failed         {}", stats.failed);
+    say!("rate counters  {}", stats.rate_states);
     if target.store.is_some() {
-        println!(
-            "epoch          {} (opens so far, this one included)",
+        say!(
+            "epoch          {} (opens for writing so far)",
             store.epoch()
         );
     }
@@ -235,51 +302,54 @@ fn unix_seconds(time: SystemTime) -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-fn inspect(target: &Target, scope: &str, key: &str) -> Result<ExitCode, String> {
+fn inspect(target: &Target, scope: &str, key: &str) -> Result<ExitCode, Failure> {
     let key = IdempotencyKey::new(scope, key).map_err(|e| format!("bad key: {e}"))?;
     let name = target.name();
-    let store = target.open()?;
+    let store = target.open(true)?;
     let found = store.get(&key).map_err(|e| explain(&name, &e))?;
-    println!("digest   {}", key.digest());
+    say!("digest   {}", key.digest());
     match found {
-        None => println!("state    absent (never used, expired, or released)"),
-        Some(info) => print_info(&info),
+        None => say!("state    absent (never used, expired, or released)"),
+        Some(info) => print_info(&info)?,
     }
     store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn print_info(info: &RecordInfo) {
-    println!("state    {}", state_name(info.state));
-    println!("attempts {}", info.attempts);
-    println!(
+fn print_info(info: &RecordInfo) -> Result<(), Failure> {
+    say!("state    {}", state_name(info.state));
+    say!("attempts {}", info.attempts);
+    say!(
         "created  {} ({})",
         unix_seconds(info.created_at),
         relative(info.created_at)
     );
-    println!(
+    say!(
         "expires  {} ({})",
         unix_seconds(info.expires_at),
         relative(info.expires_at)
     );
     if let Some(lease) = info.lease_expires_at {
-        println!(
+        say!(
             "lease    until {} ({})",
             unix_seconds(lease),
             relative(lease)
         );
     }
+    Ok(())
 }
 
-fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, String> {
+fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, Failure> {
     let name = target.name();
-    let store = target.open()?;
+    let store = target.open(true)?;
     let mut after = None;
     let mut printed = 0;
     if !json {
-        println!(
+        say!(
             "{:<18} {:<10} {:>8}  expires",
-            "digest", "state", "attempts"
+            "digest",
+            "state",
+            "attempts"
         );
     }
     while printed < limit {
@@ -294,7 +364,7 @@ fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, String> {
             printed += 1;
             let prefix = digest.short_hex(8);
             match (info, json) {
-                (Ok(info), true) => println!(
+                (Ok(info), true) => say!(
                     "{}",
                     serde_json::json!({
                         "digest_prefix": prefix,
@@ -305,17 +375,17 @@ fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, String> {
                         "lease_expires_at": info.lease_expires_at.map(unix_seconds),
                     })
                 ),
-                (Ok(info), false) => println!(
+                (Ok(info), false) => say!(
                     "{prefix:<18} {:<10} {:>8}  {}",
                     state_name(info.state),
                     info.attempts,
                     relative(info.expires_at)
                 ),
-                (Err(error), true) => println!(
+                (Err(error), true) => say!(
                     "{}",
                     serde_json::json!({"digest_prefix": prefix, "error": error.to_string()})
                 ),
-                (Err(error), false) => println!("{prefix:<18} undecodable: {error}"),
+                (Err(error), false) => say!("{prefix:<18} undecodable: {error}"),
             }
         }
     }
@@ -323,9 +393,9 @@ fn list(target: &Target, limit: usize, json: bool) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn compact(target: &Target) -> Result<ExitCode, String> {
+fn compact(target: &Target) -> Result<ExitCode, Failure> {
     let name = target.name();
-    let store = target.open()?;
+    let store = target.open(false)?;
     let bar = ProgressBar::new_spinner().with_style(
         ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
             .unwrap_or_else(|_| ProgressStyle::default_spinner()),
@@ -340,33 +410,36 @@ fn compact(target: &Target) -> Result<ExitCode, String> {
         })
         .map_err(|e| explain(&name, &e))?;
     bar.finish_and_clear();
-    println!(
+    say!(
         "removed {} expired records and {} idle rate counters in {} steps ({:.1?})",
-        report.removed_records, report.removed_rate_states, report.batches, report.elapsed
+        report.removed_records,
+        report.removed_rate_states,
+        report.batches,
+        report.elapsed
     );
     store.close().map_err(|e| explain(&name, &e))?;
     Ok(ExitCode::SUCCESS)
 }
 
-fn check(path: &Path) -> Result<ExitCode, String> {
+fn check(path: &Path) -> Result<ExitCode, Failure> {
     must_exist(path)?;
     match Store::check_integrity(path) {
         Ok(true) => {
-            println!("{}: intact", path.display());
+            say!("{}: intact", path.display());
             Ok(ExitCode::SUCCESS)
         }
         Ok(false) => {
-            println!("{}: damaged, and repaired", path.display());
+            say!("{}: damaged, and repaired", path.display());
             Ok(ExitCode::from(3))
         }
-        Err(error) => Err(explain(&path.display(), &error)),
+        Err(error) => Err(explain(&path.display(), &error).into()),
     }
 }
 
-fn reclaim(path: &Path) -> Result<ExitCode, String> {
+fn reclaim(path: &Path) -> Result<ExitCode, Failure> {
     must_exist(path)?;
     let reclaimed = Store::reclaim_space(path).map_err(|e| explain(&path.display(), &e))?;
-    println!(
+    say!(
         "{}: {} bytes -> {} bytes",
         path.display(),
         reclaimed.before_bytes,

@@ -85,6 +85,8 @@ impl Settings {
 
 /// Configures and opens a [`Store`]. Made by [`Store::builder`].
 #[must_use]
+// Independent switches of the open, each with its own setter: not a state machine.
+#[allow(clippy::struct_excessive_bools)]
 pub struct StoreBuilder {
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) record_ttl: Duration,
@@ -103,12 +105,16 @@ pub struct StoreBuilder {
     /// Changes are acknowledged at the write-ahead log and applied to redb in the background
     /// (`None`: the default for the location, on for files, off for simulated disks).
     pub(crate) write_ahead_log: Option<bool>,
+    /// Set by [`StoreBuilder::open_read_only`]: nothing is written, ever.
+    pub(crate) read_only: bool,
     /// The most bytes of acknowledged changes not yet in redb (the overlay's cap).
     pub(crate) log_memory: usize,
     /// The log's segment size (test support shrinks it); its segments follow from `log_memory`.
     pub(crate) log_segment_bytes: u32,
     /// The PostgreSQL schema (`None`: `tollgate`).
     pub(crate) postgres_schema: Option<String>,
+    /// Whether `open_postgres` may create (or upgrade) its schema.
+    pub(crate) postgres_create_schema: bool,
     /// This node's stable name on PostgreSQL (`None`: a random one per open).
     pub(crate) node_id: Option<String>,
     /// Connections (worker threads) per PostgreSQL store.
@@ -150,6 +156,7 @@ impl Default for StoreBuilder {
             cache_size: DEFAULT_CACHE_SIZE,
             replay_cache_size: DEFAULT_REPLAY_CACHE_SIZE,
             rate_durability: None,
+            read_only: false,
             crash_policy: CrashPolicy::default(),
             compaction_interval: Some(DEFAULT_COMPACTION_INTERVAL),
             compaction_batch: DEFAULT_COMPACTION_BATCH,
@@ -159,6 +166,7 @@ impl Default for StoreBuilder {
             log_memory: DEFAULT_LOG_MEMORY,
             log_segment_bytes: LOG_SEGMENT_BYTES,
             postgres_schema: None,
+            postgres_create_schema: true,
             node_id: None,
             postgres_pool_size: None,
             postgres_writers: None,
@@ -193,6 +201,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("log_memory", &self.log_memory)
             .field("verify_on_open", &self.verify_on_open)
             .field("postgres_schema", &self.postgres_schema)
+            .field("postgres_create_schema", &self.postgres_create_schema)
             .field("node_id", &self.node_id)
             .field("postgres_pool_size", &self.postgres_pool_size)
             .field("postgres_writers", &self.postgres_writers)
@@ -368,6 +377,46 @@ impl StoreBuilder {
         self
     }
 
+    /// Opens the existing store at `path` for reads only, writing nothing, ever: no epoch is
+    /// bumped, no table made, no log recovered into the file (the log's frames not yet in the
+    /// file are read and shown, as a degraded store shows them). `get`, `list_records`, `stats`,
+    /// `peek` and replays answer; every write is refused with [`Error::ReadOnly`]. For tools
+    /// that look at a store (the `tollgate` CLI), and for copies of a store that must stay as
+    /// they are. The file must not be open for writing elsewhere: a store served by a running
+    /// process is refused with [`Error::AlreadyOpen`] (redb locks the file; read-only opens share
+    /// it with each other).
+    ///
+    /// ```
+    /// # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
+    /// # let path = dir.path().join("orders.redb");
+    /// use tollgate::Store;
+    /// use tollgate::idempotency::{Fingerprint, IdempotencyKey};
+    ///
+    /// let key = IdempotencyKey::new("orders", "o-1")?;
+    /// let store = Store::open(&path)?;
+    /// let _ = store.begin(&key, &Fingerprint::of(b"POST /orders"))?; // a lease, RUNNING
+    /// store.close()?;
+    /// # let read = |p: &std::path::Path| std::fs::read(p).map_err(|e| tollgate::Error::InvalidArgument(e.to_string()));
+    /// let before = read(&path)?;
+    /// let view = Store::builder().open_read_only(&path)?;
+    /// assert!(view.get(&key)?.is_some());
+    /// assert!(view.begin(&IdempotencyKey::new("orders", "o-2")?, &Fingerprint::of(b"x")).is_err());
+    /// view.close()?;
+    /// assert!(read(&path)? == before, "a read-only open writes nothing");
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    ///
+    /// # Errors
+    /// - [`Error::Storage`] naming the path if there is no file at `path`.
+    /// - [`Error::AlreadyOpen`] if a process has the file open for writing.
+    /// - [`Error::NotAStore`], [`Error::IncompatibleFormat`], [`Error::Corrupted`] (a missing or
+    ///   foreign log among them), as for [`StoreBuilder::open`].
+    pub fn open_read_only(mut self, path: impl AsRef<Path>) -> Result<Store> {
+        self.read_only = true;
+        self.compaction_interval = None;
+        Store::open_embedded(&self, Location::File(path.as_ref().to_owned()))
+    }
+
     /// Opens the store at `path`, creating the file if it does not exist.
     ///
     /// # Errors
@@ -456,6 +505,17 @@ impl StoreBuilder {
     #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
     pub fn postgres_schema(mut self, name: &str) -> Self {
         self.postgres_schema = Some(name.to_string());
+        self
+    }
+
+    /// Whether [`StoreBuilder::open_postgres`] creates its schema and tables when they do not
+    /// exist (and upgrades an older schema). With `false`, such a schema is an error that names
+    /// it, and nothing is created: for tools that look at a schema (the `tollgate` CLI), where a
+    /// mistyped name must not become a new schema. Default = `true`.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn postgres_create_schema(mut self, create: bool) -> Self {
+        self.postgres_create_schema = create;
         self
     }
 

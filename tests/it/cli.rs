@@ -136,7 +136,9 @@ fn clear_errors_for_missing_busy_and_foreign_files() {
         let output = tollgate(&[command, busy.to_str().unwrap()]);
         assert!(!output.status.success(), "{command}");
         assert!(
-            text(&output).1.contains("in use by another process"),
+            text(&output)
+                .1
+                .contains("open for writing in another process"),
             "{command}: {:?}",
             text(&output)
         );

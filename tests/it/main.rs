@@ -17,6 +17,8 @@ mod answers_from_memory;
 mod batch_isolation;
 #[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_read_only;
 mod clock_steps_back;
 mod close_semantics;
 mod compaction_close;

@@ -80,6 +80,8 @@ struct Reopen {
     notifier: Arc<Notifier>,
     /// Whether this session writes through the log, and the log's shape and memory cap.
     log: LogSettings,
+    /// Opened with `open_read_only`: never opened for writing.
+    read_only: bool,
 }
 
 /// How the engine uses the write-ahead log.
@@ -204,7 +206,11 @@ impl Embedded {
             same_session: false,
             write_ahead_log: log.enabled,
         };
-        let (backend, mut persisted, degraded, mut created) = open_backend(&location, options)?;
+        let (backend, mut persisted, degraded, mut created) = if builder.read_only {
+            open_read_view(&location, options)?
+        } else {
+            open_backend(&location, options)?
+        };
         // Whatever the log holds goes into redb before anything reads the counters.
         let (session_log, read_overlay) = if degraded.is_some() {
             (None, read_only_overlay(&location, &persisted)?)
@@ -245,6 +251,7 @@ impl Embedded {
                 compaction_interval: builder.compaction_interval,
                 notifier,
                 log,
+                read_only: builder.read_only,
             },
         };
         let backend = Arc::new(backend);
@@ -414,6 +421,8 @@ impl Embedded {
         }
         let running = self.running.write().take();
         match running {
+            // A read-only view had nothing to write.
+            Some(running) if self.reopen.read_only => running.shut_down(),
             // What could not be written (the clock's mark, Batched counters) is lost with this
             // close: say so (a crash-like end, which the next open treats as one).
             Some(Running {
@@ -552,11 +561,13 @@ impl Embedded {
     }
 
     fn time_to_reopen(&self, degraded: &Degraded) -> bool {
-        self.reopen
-            .clock
-            .now()
-            .duration_since(degraded.tried)
-            .map_or(true, |since| since >= REOPEN_INTERVAL)
+        !self.reopen.read_only
+            && self
+                .reopen
+                .clock
+                .now()
+                .duration_since(degraded.tried)
+                .map_or(true, |since| since >= REOPEN_INTERVAL)
     }
 
     /// After a write failure: stops the failed writer, closes the file (redb refuses every
@@ -773,6 +784,31 @@ fn recover_log(
         persisted,
     )?;
     Ok(settings.enabled.then_some(log))
+}
+
+/// Opens the existing store file at `location` for reads only, for good: the backend, its
+/// counters, and the degraded state that refuses every write (never retried).
+fn open_read_view(
+    location: &Location,
+    options: OpenOptions,
+) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
+    let Location::File(path) = location else {
+        return Err(Error::InvalidArgument(
+            "only a store file can be opened read-only".into(),
+        ));
+    };
+    if !path.is_file() {
+        return Err(Error::storage(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}: no such store file", path.display()),
+        )));
+    }
+    let (backend, persisted) = Backend::open_read_view(path, options)?;
+    let cause = Cause::ReadOnly {
+        path: path.clone(),
+        reason: "opened read-only".into(),
+    };
+    Ok((backend, persisted, Some(cause), CreatedHere(None)))
 }
 
 /// Opens the backend for `location`: for writing, or for reads only when the existing file

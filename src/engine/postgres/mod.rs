@@ -147,7 +147,7 @@ impl Postgres {
             connector.clone(),
             Arc::clone(&sql),
             builder.node_id.clone(),
-            secret,
+            builder.postgres_create_schema.then_some(secret),
         )?;
         let node::Registered {
             node,

@@ -111,11 +111,13 @@ impl Holder {
 
 /// On a thread of its own: connects, migrates the schema, registers the node (taking its lock)
 /// and reads the clock; then keeps the connection until [`Holder::release`].
+/// With `secret_if_new` `None`, a schema without tollgate's tables (or one that needs an upgrade)
+/// is an error naming it: nothing is created.
 pub(crate) fn hold(
     connector: Connector,
     sql: Arc<Sql>,
     node_id: Option<String>,
-    secret_if_new: (u64, u64),
+    secret_if_new: Option<(u64, u64)>,
 ) -> Result<(Registered, Holder)> {
     let (ready, registered) = crossbeam_channel::bounded(1);
     let (release, released) = crossbeam_channel::bounded::<()>(1);
@@ -227,10 +229,37 @@ fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
 }
 
 /// Creates or checks the schema and returns the counter-key secret.
+/// Adds the clock's stop column to a schema made before it (with `may_change`; without, such a
+/// schema is an error naming it).
+fn add_clock_stop(txn: &mut postgres::Transaction<'_>, sql: &Sql, may_change: bool) -> Result<()> {
+    let has_clock_stop = txn
+        .query_typed(
+            "SELECT 1 FROM pg_catalog.pg_attribute a \
+               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
+               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE n.nspname = $1 AND c.relname = 'clock' \
+                AND a.attname = 'stopped_at' AND NOT a.attisdropped",
+            &[(&sql.schema_name, Type::TEXT)],
+        )
+        .map_err(storage("cannot look at the schema's clock"))?;
+    if has_clock_stop.is_empty() {
+        if !may_change {
+            return Err(Error::InvalidArgument(format!(
+                "the PostgreSQL schema {} needs an upgrade that only an open which may create \
+                 the schema makes",
+                sql.schema_name
+            )));
+        }
+        txn.batch_execute(&sql.clock_stop)
+            .map_err(storage("cannot add to the schema's clock"))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn migrate(
     client: &mut Client,
     sql: &Sql,
-    secret_if_new: (u64, u64),
+    secret_if_new: Option<(u64, u64)>,
 ) -> Result<(u64, u64)> {
     let mut txn = client
         .transaction()
@@ -273,21 +302,12 @@ pub(crate) fn migrate(
                 supported: u8::try_from(FORMAT).unwrap_or(u8::MAX),
             });
         }
-        Some(_) => {
-            let has_clock_stop = txn
-                .query_typed(
-                    "SELECT 1 FROM pg_catalog.pg_attribute a \
-                       JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-                       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-                      WHERE n.nspname = $1 AND c.relname = 'clock' \
-                        AND a.attname = 'stopped_at' AND NOT a.attisdropped",
-                    &[(&sql.schema_name, Type::TEXT)],
-                )
-                .map_err(storage("cannot look at the schema's clock"))?;
-            if has_clock_stop.is_empty() {
-                txn.batch_execute(&sql.clock_stop)
-                    .map_err(storage("cannot add to the schema's clock"))?;
-            }
+        Some(_) => add_clock_stop(&mut txn, sql, secret_if_new.is_some())?,
+        None if secret_if_new.is_none() => {
+            return Err(Error::InvalidArgument(format!(
+                "the PostgreSQL schema {} has no tollgate tables (nothing was created)",
+                sql.schema_name
+            )));
         }
         None => {
             txn.batch_execute(&sql.create)
@@ -301,16 +321,19 @@ pub(crate) fn migrate(
             .map_err(storage("cannot record the schema's format"))?;
         }
     }
-    let mut secret = Vec::with_capacity(16);
-    secret.extend_from_slice(&secret_if_new.0.to_be_bytes());
-    secret.extend_from_slice(&secret_if_new.1.to_be_bytes());
-    txn.query_typed(
-        &sql.put(
-            "INSERT INTO {s}.meta (key, value) VALUES ('rate_secret', $1) ON CONFLICT DO NOTHING",
-        ),
-        &[(&secret, Type::BYTEA)],
-    )
-    .map_err(storage("cannot store the counter-key secret"))?;
+    if let Some(secret_if_new) = secret_if_new {
+        let mut secret = Vec::with_capacity(16);
+        secret.extend_from_slice(&secret_if_new.0.to_be_bytes());
+        secret.extend_from_slice(&secret_if_new.1.to_be_bytes());
+        txn.query_typed(
+            &sql.put(
+                "INSERT INTO {s}.meta (key, value) VALUES ('rate_secret', $1) \
+                 ON CONFLICT DO NOTHING",
+            ),
+            &[(&secret, Type::BYTEA)],
+        )
+        .map_err(storage("cannot store the counter-key secret"))?;
+    }
     let row = txn
         .query_typed_one(
             &sql.put("SELECT value FROM {s}.meta WHERE key = 'rate_secret'"),

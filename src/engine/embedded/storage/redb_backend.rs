@@ -390,6 +390,42 @@ impl Backend {
         found
     }
 
+    /// Opens the existing store file at `path` through redb's read-only open, which never
+    /// writes (and shares the file with other read-only opens): for `open_read_only`.
+    ///
+    /// # Errors
+    /// [`Error::AlreadyOpen`] while a process has the file open for writing; the refusals of an
+    /// open; I/O errors.
+    pub(crate) fn open_read_view(
+        path: &Path,
+        options: OpenOptions,
+    ) -> Result<(Self, Counters), Error> {
+        let mut builder = redb::Builder::new();
+        builder.set_cache_size(options.cache_size);
+        let db = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)))
+            .map_err(|_| {
+                count_contained_panic();
+                Error::Corrupted("the storage engine panicked while opening the file".into())
+            })?
+            .map_err(|error| match error {
+                DatabaseError::RepairAborted => Error::Corrupted(
+                    "the file needs the recovery a writable open makes (its last writer \
+                     stopped mid-commit): it cannot be read without writing"
+                        .into(),
+                ),
+                other => open_error(other),
+            })?;
+        let db = Db::ReadOnly(db);
+        let counters = contained(|| Self::read_counters(&db, options))?;
+        Ok((
+            Self {
+                db,
+                quick_repair: options.quick_repair,
+            },
+            counters,
+        ))
+    }
+
     /// The persisted counters, read without writing (for [`Backend::open_for_reads`]).
     fn read_counters(db: &Db, options: OpenOptions) -> Result<Counters, Error> {
         let txn = db.begin_read()?;
