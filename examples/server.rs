@@ -52,12 +52,14 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde_json::{Value, json};
-use tollgate::Store;
 use tollgate::ratelimit::{Limit, Quota};
 use tollgate::tower::{IdempotencyContext, IdempotencyLayer, RateLimitLayer};
+use tollgate::{HealthWatch, Store};
 
 const STORE_FILE: &str = "tollgate-server.redb";
 const PAYMENTS_FILE: &str = "tollgate-payments.jsonl";
+/// How often `/health`'s answer is refreshed (by a thread of the store's health watch).
+const HEALTH_EVERY: Duration = Duration::from_secs(1);
 
 /// The payments, in memory and in an append-only file.
 pub struct Payments {
@@ -214,11 +216,11 @@ fn user_of(request: &axum::http::request::Parts) -> Option<String> {
 
 /// `GET /health`: the store's readiness (a round trip to the database on PostgreSQL, so off the
 /// async workers).
-async fn health(State(store): State<Store>) -> impl IntoResponse {
-    let (ready, health) = match tokio::task::spawn_blocking(move || store.health()).await {
-        Ok(health) => (health.is_ready(), health.to_string()),
-        Err(_) => (false, "the health probe panicked".to_owned()),
-    };
+async fn health(State(watch): State<Arc<HealthWatch>>) -> impl IntoResponse {
+    // Read from memory: the watch's thread asks the store (which may wait for PostgreSQL) every
+    // second, so this handler never blocks the runtime.
+    let health = watch.latest();
+    let (ready, health) = (health.is_ready(), health.to_string());
     let status = if ready {
         StatusCode::OK
     } else {
@@ -305,7 +307,11 @@ pub fn app(
             "/health/live",
             get(|| async { Json(json!({"live": true})) }),
         )
-        .with_state(store.clone());
+        .with_state(Arc::new(
+            store
+                .watch_health(HEALTH_EVERY)
+                .expect("the health watch's thread starts"),
+        ));
     let scrape = Router::new()
         .route("/metrics", get(metrics_text))
         .with_state(metrics);

@@ -153,7 +153,7 @@ pub use store::{
     BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,
     DEFAULT_COMPACTION_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_LOG_MEMORY, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_RECORD_TTL, DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, DegradedCause, Health,
-    MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store, StoreBuilder,
+    HealthWatch, MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store, StoreBuilder,
 };
 
 // The README's quickstart runs as a doctest, so it cannot drift from the API.

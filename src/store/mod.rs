@@ -21,6 +21,7 @@ mod builder;
 mod bulk;
 mod compaction;
 mod health;
+mod health_watch;
 mod notify;
 pub(crate) mod oneshot;
 mod rate;
@@ -40,6 +41,7 @@ pub use builder::{
 pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;
 pub use health::Health;
+pub use health_watch::HealthWatch;
 pub(crate) use notify::Notifier;
 pub(crate) use stats::Counters;
 pub use stats::{CompactionReport, DegradedCause, Stats};
@@ -496,6 +498,18 @@ impl Store {
             return redis.health();
         }
         health
+    }
+
+    /// Reads [`Store::health`] every `every` on a thread of its own, for readiness probes on an
+    /// async runtime: [`HealthWatch::latest`] answers from memory, where `health()` may wait for
+    /// a round trip to PostgreSQL or Redis. The watch holds a clone of the store until it is
+    /// dropped (which stops and joins its thread).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for a zero `every`; [`Error::Storage`] if the thread cannot
+    /// start.
+    pub fn watch_health(&self, every: Duration) -> Result<HealthWatch> {
+        HealthWatch::start(self, every)
     }
 
     /// Flushes, stops the writer thread, and releases the file, which can be opened again at once.

@@ -147,9 +147,19 @@ async fn scenario() {
         "{text}"
     );
 
-    // Closed: not ready, and the probe says why; the liveness probe still answers.
+    // Closed: not ready (once the health watch's next read, within a second, saw it), and the
+    // probe says why; the liveness probe still answers.
     store.clone().close().unwrap();
-    let closed = send(&client, get(&http.url("/health"))).await;
+    let closed = within("/health to say the store closed", async {
+        loop {
+            let answer = send(&client, get(&http.url("/health"))).await;
+            if answer.status != 200 {
+                return answer;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    })
+    .await;
     assert_eq!(closed.status, 503, "{}", closed.body);
     assert!(closed.body.contains("closed"), "{}", closed.body);
     let live = send(&client, get(&http.url("/health/live"))).await;
