@@ -1,4 +1,4 @@
-//! The demo payments server (`examples/server.rs`, built here as a module) over real HTTP: its
+//! The demo payments server (`demo/src/main.rs`, built here as a module) over real HTTP: its
 //! health check says ready, then 503 once the store is closed; idempotency keys are scoped by the
 //! bearer-token user (Alice's and Bob's same key and body are two payments); a request without a
 //! token is 401; and `/metrics` serves a Prometheus scrape with the replays, the rate denials and
@@ -14,7 +14,7 @@ use crate::fixture;
 use crate::web::{self, Server, client, send, within};
 
 #[allow(dead_code)] // its `main` and the constants `main` uses
-#[path = "../../examples/server.rs"]
+#[path = "../../demo/src/main.rs"]
 mod server;
 
 fn payment(url: &str, token: Option<&str>, key: &str, body: &str) -> Request<Full<Bytes>> {

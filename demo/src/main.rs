@@ -2,8 +2,8 @@
 //! with a health check and Prometheus metrics.
 //!
 //! ```text
-//! cargo run --features tower,metrics --example server            # http://127.0.0.1:3000
-//! PORT=3001 cargo run --features tower,metrics --example server
+//! cargo run -p tollgate-demo              # http://127.0.0.1:3000
+//! PORT=3001 cargo run -p tollgate-demo
 //! ```
 //!
 //! - Callers authenticate with a bearer token: `Authorization: Bearer alice-token` is user `alice`,
@@ -31,8 +31,8 @@
 //! one server is replayed by the other:
 //!
 //! ```text
-//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3000 cargo run --features tower,metrics,postgres --example server
-//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3001 cargo run --features tower,metrics,postgres --example server
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3000 cargo run -p tollgate-demo --features postgres
+//! TOLLGATE_POSTGRES="host=127.0.0.1 user=postgres" PORT=3001 cargo run -p tollgate-demo --features postgres
 //! ```
 //!
 //! The integration tests build this file as a module (`tests/it/demo_server.rs`) and drive
