@@ -197,6 +197,11 @@ pub struct StorageError {
 }
 
 impl StorageError {
+    /// The engine's error, owned.
+    pub(crate) fn into_inner(self) -> Box<dyn std::error::Error + Send + Sync + 'static> {
+        self.inner
+    }
+
     /// The engine's error itself.
     pub(crate) fn inner(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
         self.inner.as_ref()

@@ -132,6 +132,49 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// An open's error for the file at `path`, with the path in its message where the error does
+/// not name it already (what it is, and its variant, stay the same).
+fn naming(path: &Path, error: Error) -> Error {
+    let shown = path.display().to_string();
+    let named = |reason: String| {
+        if reason.contains(&shown) {
+            reason
+        } else {
+            format!("{shown}: {reason}")
+        }
+    };
+    match error {
+        Error::NotAStore(reason) => Error::NotAStore(named(reason)),
+        Error::Corrupted(reason) => Error::Corrupted(named(reason)),
+        Error::Storage(storage) if !storage.to_string().contains(&shown) => {
+            Error::storage(AtPath {
+                path: shown,
+                source: storage.into_inner(),
+            })
+        }
+        other => other,
+    }
+}
+
+/// A storage error of the open of the file at `path`: "`path`: the error", the error its source.
+#[derive(Debug)]
+struct AtPath {
+    path: String,
+    source: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl std::fmt::Display for AtPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.path, self.source)
+    }
+}
+
+impl std::error::Error for AtPath {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(self.source.as_ref())
+    }
+}
+
 impl Store {
     /// A new, empty store in memory with default settings: nothing is durable (see
     /// [`StoreBuilder::open_in_memory`]).
@@ -176,13 +219,21 @@ impl Store {
         let elsewhere = Elsewhere::open(builder)?;
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
+        let path = match &location {
+            Location::File(path) => Some(path.clone()),
+            _ => None,
+        };
         let engine = Embedded::open(
             builder,
             &settings,
             location,
             Arc::clone(&notifier),
             Arc::clone(&counters),
-        )?;
+        )
+        .map_err(|error| match &path {
+            Some(path) => naming(path, error),
+            None => error,
+        })?;
         Ok(Store::with_engine(
             builder,
             settings,

@@ -1,7 +1,8 @@
 //! An open that refuses changes nothing. Every refusal of an existing store (its log missing, a
 //! log of another store, a newer format, a damaged header, a redb database of another program)
 //! leaves the store's files byte for byte as they were: no epoch bumped, no table created, no
-//! log made. (A full disk at creation is in `full_disk_real.rs`: it needs a real filesystem.)
+//! log made; and its error names the file. (A full disk at creation is in `full_disk_real.rs`: it
+//! needs a real filesystem.)
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,14 @@ fn refused_without_a_trace(fixture: &Fixture, path: &Path, expected: impl Fn(&Er
     let before = snapshot(dir);
     let refusal = fixture.builder().open(path).unwrap_err();
     assert!(expected(&refusal), "{refusal:?}");
+    // An error with words of its own names the file (a newer format's says only the versions).
+    if !matches!(refusal, Error::IncompatibleFormat { .. }) {
+        let shown = path.display().to_string();
+        assert!(
+            refusal.to_string().contains(&shown),
+            "{refusal} does not name {shown}"
+        );
+    }
     let after = snapshot(dir);
     let names = |files: &[(String, Vec<u8>)]| files.iter().map(|f| f.0.clone()).collect::<Vec<_>>();
     assert_eq!(names(&before), names(&after), "after {refusal:?}");
