@@ -65,6 +65,7 @@ mod operations_are_atomic;
 mod postgres_commit_in_doubt;
 mod postgres_node_killed;
 mod postgres_nodes;
+mod postgres_restart_first_write;
 mod postgres_schema_addition;
 mod postgres_server_crash;
 mod postgres_stalled_server;

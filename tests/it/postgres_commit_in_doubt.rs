@@ -69,8 +69,11 @@ fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     store.close().unwrap();
 }
 
+/// A batch whose connection is cut while its rows are locked (before anything of it can commit)
+/// starts over once on a new connection: cut once, it commits; cut again there, it is
+/// `Unavailable` and wrote nothing.
 #[test]
-fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
+fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
     let server = require_postgres!();
     let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
     else {
@@ -78,10 +81,10 @@ fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
     };
     let schema = unique_schema("cut_before_commit");
     let store = open(&conn, &schema, "cut");
-    let lease = acquired(store.begin(&key("pay-2"), &request("r")).unwrap());
 
     // The writer's batch opens with `BEGIN; SELECT set_config(…` sent with its lock statement:
     // cut there, the server sees an open transaction end with its connection.
+    let lease = acquired(store.begin(&key("pay-2"), &request("r")).unwrap());
     proxy.cut_after(b"BEGIN; SELECT set_config");
     let outcome = lease.complete(response("charged"));
     assert_eq!(
@@ -89,8 +92,24 @@ fn a_batch_cut_before_its_commit_is_unavailable_and_wrote_nothing() {
         1,
         "the proxy cut the writer at its BEGIN: {outcome:?}"
     );
+    assert!(
+        outcome.is_ok(),
+        "a batch cut before its commit starts over: {outcome:?}"
+    );
+    assert_eq!(state(&store, &key("pay-2")), Some(RecordState::Completed));
+
+    // Cut at every BEGIN: the one new connection is cut too, and the caller is told.
+    let lease = acquired(store.begin(&key("pay-3"), &request("r")).unwrap());
+    proxy.cut_every_after(b"BEGIN; SELECT set_config");
+    let outcome = lease.complete(response("charged"));
+    proxy.disarm();
+    assert_eq!(
+        proxy.cuts(),
+        3,
+        "one cut, then the first and its one retry: {outcome:?}"
+    );
     assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
-    assert_eq!(state(&store, &key("pay-2")), Some(RecordState::Running));
+    assert_eq!(state(&store, &key("pay-3")), Some(RecordState::Running));
     store.close().unwrap();
 }
 

@@ -139,6 +139,9 @@ enum Attempt {
     Committed(Vec<Answer>, Stats),
     /// Start over (a row was created under us, a deadlock, a serialization failure).
     Retry,
+    /// The connection was found cut (a server restart, a failover) while locking the batch's
+    /// rows, before anything of it could commit: start over on a new connection, once.
+    Reconnect(Error),
     /// Nothing was committed.
     Failed(Error),
     /// The commit's outcome is unknown.
@@ -163,8 +166,18 @@ pub(crate) fn run(
     now: &mut Option<u64>,
     counters: &Counters,
 ) -> Stats {
+    let mut reconnected = false;
     for _ in 0..MAX_ATTEMPTS {
-        match attempt(pipe, node, slot, &changes, now) {
+        let outcome = match attempt(pipe, node, slot, &changes, now) {
+            Attempt::Reconnect(_) if !reconnected => {
+                reconnected = true;
+                pipe.reset();
+                continue;
+            }
+            Attempt::Reconnect(error) => Attempt::Failed(error),
+            other => other,
+        };
+        match outcome {
             Attempt::Committed(answers, stats) => {
                 // Counted before the answers, so that a caller reading `stats()` after its answer
                 // sees its own write.
@@ -181,6 +194,7 @@ pub(crate) fn run(
                 return stats;
             }
             Attempt::Retry => pipe.roll_back(),
+            Attempt::Reconnect(_) => {} // mapped above
             Attempt::Failed(error) => {
                 pipe.roll_back();
                 oneshot::deliver(
@@ -253,6 +267,19 @@ fn failed(failure: Failure, what: &str) -> Attempt {
     }
 }
 
+/// Whether `error` says the connection itself is gone: closed, cut (an I/O error), or ended by
+/// the server's shutdown or crash. A new connection may work at once (the server restarted).
+fn is_cut(error: &postgres::Error) -> bool {
+    use postgres::error::SqlState;
+    let io = std::error::Error::source(error)
+        .is_some_and(|source| source.downcast_ref::<std::io::Error>().is_some());
+    error.is_closed()
+        || io
+        || error.code().is_some_and(|code| {
+            *code == SqlState::ADMIN_SHUTDOWN || *code == SqlState::CRASH_SHUTDOWN
+        })
+}
+
 fn timed_out(what: &str) -> Error {
     Error::Unavailable(format!(
         "{what}: no answer from the database within {} s",
@@ -302,6 +329,9 @@ fn attempt(
     let tables = Tables::of(!records.is_empty(), !rates.is_empty());
     let rows = match pipe.lock(tables, &[&digests, &keys, &begins, &node.id]) {
         Ok(rows) => rows,
+        Err(Failure::Postgres(error)) if is_cut(&error) => {
+            return Attempt::Reconnect(classify(&error, "cannot lock the batch's rows"));
+        }
         Err(failure) => return failed(failure, "cannot lock the batch's rows"),
     };
     let mut now = 0u64;
