@@ -219,9 +219,10 @@ impl Store {
         let elsewhere = Elsewhere::open(builder)?;
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
-        let path = match &location {
-            Location::File(path) => Some(path.clone()),
-            _ => None,
+        let path = if let Location::File(path) = &location {
+            Some(path.clone())
+        } else {
+            None
         };
         let engine = Embedded::open(
             builder,
