@@ -5,7 +5,9 @@
 //! - a subject never seen has its whole quota;
 //! - the idle one has exactly what it really had left;
 //! - the active one has at most what it really had left (nothing minted), and at most
-//!   `max(1, burst / 8)` units less.
+//!   `max(1, burst / 8)` units less;
+//! - a subject reset, or given units back, just before the crash has exactly that (a refund and a
+//!   reset are written before they are answered).
 //!
 //! Within a reservation checks are answered from memory, and a reservation running low is renewed
 //! ahead by the writer's flush; past it, `try_check_all` has no answer (the charge needs a write)
@@ -66,7 +68,12 @@ fn child(path: &Path) -> ! {
     for limit in &limits() {
         for _ in 0..SPENT {
             assert!(store.check(limit, "active").unwrap().allowed());
+            assert!(store.check(limit, "reset").unwrap().allowed());
+            assert!(store.check(limit, "refunded").unwrap().allowed());
         }
+        // A reset and a refund are written before they are answered: the crash keeps them.
+        store.reset(limit, "reset").unwrap();
+        store.refund(limit, "refunded", 3).unwrap();
     }
     println!("SPENT");
     loop {
@@ -114,6 +121,14 @@ fn a_killed_session_costs_only_subjects_charged_in_its_last_second() {
         assert!(
             active + RESERVATION >= really_left,
             "{name}: {active} left of {really_left}: more than a reservation lost"
+        );
+        let reset = store.peek(limit, "reset").unwrap().remaining();
+        assert_eq!(reset, BURST, "{name}: the reset did not survive the crash");
+        let refunded = store.peek(limit, "refunded").unwrap().remaining();
+        assert_eq!(
+            refunded,
+            really_left + 3,
+            "{name}: the refund did not survive the crash"
         );
         // And it is a real bound, not a lockout: the active subject is still served.
         assert!(store.check(limit, "active").unwrap().allowed(), "{name}");

@@ -33,6 +33,9 @@ impl CounterEngine for Embedded {
         let Some(cache) = &self.rate_cache else {
             return Ok(None); // Immediate: every change waits for the writer's commit
         };
+        if !matches!(kind, OpKind::Charge { .. } | OpKind::Peek) {
+            return Ok(None); // a refund or a reset is written before it is answered
+        }
         self.check_usable()?;
         let now = self.time.now();
         // A counter that is not in memory stops the operation before anything is charged (the
@@ -50,6 +53,10 @@ impl CounterEngine for Embedded {
             Step::Done(outcome) => Ok(Some(outcome)),
             // A reservation must be written first: the blocking way flushes.
             Step::Reserve => Ok(None),
+            // Memory answers charges only (`try_check_all`); a refund or reset is not one.
+            Step::Write(_) => Err(Error::InvalidArgument(
+                "a refund or a reset cannot be answered from memory".into(),
+            )),
         }
     }
 
@@ -85,6 +92,15 @@ impl Embedded {
             };
             match run_in_cache(cache, kind, checks, now, &loader)? {
                 Step::Done(outcome) => return Ok(outcome),
+                // A refund or a reset, applied in memory: answered once written, so that a crash
+                // cannot undo it. If the write fails the store cannot write; memory keeps it.
+                Step::Write(outcome) => {
+                    self.send(|reply| Command::Flush {
+                        reply,
+                        evict: false,
+                    })?;
+                    return Ok(outcome);
+                }
                 // A counter needs a larger reservation on disk before this charge: one group
                 // commit writes it (with every other waiting), then the operation runs again.
                 Step::Reserve => self.send(|reply| Command::Flush {

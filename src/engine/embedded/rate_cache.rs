@@ -166,10 +166,18 @@ fn same_limit(stored: &Arc<str>, name: &str) -> bool {
     std::ptr::eq(stored.as_ptr(), name.as_ptr()) && stored.len() == name.len() || &**stored == name
 }
 
+/// Whether `kind` can only lower a counter (a refund, a reset).
+fn lowers(kind: OpKind) -> bool {
+    matches!(kind, OpKind::Refund { .. } | OpKind::Reset)
+}
+
 /// What an operation on the cache came to.
 pub(crate) enum Step {
     /// Decided (and applied, if it charged).
     Done(RateOutcome),
+    /// Applied, and to be answered once written (a refund or a reset under reservations):
+    /// flush, then answer.
+    Write(RateOutcome),
     /// Not applied: a counter needs a larger reservation first. Flush, then run it again.
     Reserve,
 }
@@ -273,6 +281,17 @@ impl Shard {
         let Shard { entries, dirty, .. } = self;
         if let Some(entry) = entries.find_mut(hash, |e| e.key == target.key) {
             apply_charge(entry, dirty, target.spec, state, now, reservations);
+        }
+    }
+
+    /// Gives back the reservation of the counter `hash`/`key` (its state is to be written).
+    fn release(&mut self, hash: u64, key: CounterKey) {
+        let Shard { entries, dirty, .. } = self;
+        if let Some(entry) = entries.find_mut(hash, |e| e.key == key) {
+            if entry.release() {
+                entry.dirty = true;
+                dirty.push((hash, key));
+            }
         }
     }
 
@@ -387,6 +406,16 @@ impl RateCache {
             let (outcome, changed) = charge::apply(kind, &targets, &mut states, now);
             if changed {
                 let spec = query.limit.spec;
+                if self.reservations && lowers(kind) {
+                    // A refund or a reset: applied, and written before it is answered, so that a
+                    // crash cannot undo it (the reservation on disk would).
+                    apply_charge(entry, dirty, spec, states[0], now, true);
+                    if entry.release() {
+                        entry.dirty = true;
+                        dirty.push((hash, entry.key));
+                    }
+                    return Ok(Step::Write(outcome));
+                }
                 if let (true, Some(state)) = (self.reservations, states[0]) {
                     if !covers(&spec, entry.durable, state, now) {
                         if entry.reserve_for(&spec, state, now) {
@@ -473,14 +502,21 @@ impl RateCache {
                 return Ok(Step::Reserve);
             }
         }
+        let release = self.reservations && lowers(kind);
         for (((target, hash), &position), state) in
             targets.iter().zip(&hashes).zip(&positions).zip(states)
         {
-            guards[position]
-                .1
-                .store(*hash, target, state, now, self.reservations);
+            let shard = &mut guards[position].1;
+            shard.store(*hash, target, state, now, self.reservations);
+            if release {
+                shard.release(*hash, target.key);
+            }
         }
-        Ok(Step::Done(outcome))
+        Ok(if release {
+            Step::Write(outcome)
+        } else {
+            Step::Done(outcome)
+        })
     }
 
     /// Refuses every later operation with [`Error::Closed`]. An operation that holds a shard is
