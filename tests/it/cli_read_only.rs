@@ -123,3 +123,53 @@ fn a_postgres_schema_that_does_not_exist_is_named_and_not_created() {
         .unwrap();
     assert!(found.is_empty(), "the CLI created the schema {typo}");
 }
+
+/// On an existing schema the reading commands write nothing either: every table's rows are the
+/// same before and after (the tool is an anonymous node, which registers no row).
+#[cfg(feature = "postgres")]
+#[test]
+fn reading_commands_on_postgres_write_no_row() {
+    let server = require_postgres!();
+    let schema = fixture::postgres::unique_schema("cli_rows");
+    let store = Store::builder()
+        .postgres_schema(&schema)
+        .node_id("web-1")
+        .open_postgres(&server.conn)
+        .unwrap();
+    let key = IdempotencyKey::new("shop", "order-1").unwrap();
+    if let Begin::Acquired(lease) = store.begin(&key, &Fingerprint::of(b"r")).unwrap() {
+        lease
+            .complete(StoredResponse::new(201, b"ok".to_vec()))
+            .unwrap();
+    }
+    store.close().unwrap();
+    let mut client = postgres::Client::connect(&server.conn, postgres::NoTls).unwrap();
+    let rows = |client: &mut postgres::Client| -> Vec<String> {
+        ["meta", "nodes", "records", "rates", "counts", "clock"]
+            .iter()
+            .map(|table| {
+                let query = format!("SELECT t::text FROM {schema}.{table} t ORDER BY 1");
+                let rows = client.query(query.as_str(), &[]).unwrap();
+                let texts: Vec<String> = rows.iter().map(|row| row.get(0)).collect();
+                format!("{table}: {texts:?}")
+            })
+            .collect()
+    };
+    let before = rows(&mut client);
+    for command in [
+        vec!["stats"],
+        vec!["list", "--json"],
+        vec!["inspect", "--scope", "shop", "--key", "order-1"],
+    ] {
+        let mut args = command.clone();
+        args.extend([
+            "--postgres",
+            server.conn.as_str(),
+            "--schema",
+            schema.as_str(),
+        ]);
+        let output = tollgate(&args);
+        assert!(output.status.success(), "{command:?}: {}", stderr(&output));
+        assert_eq!(rows(&mut client), before, "{command:?} wrote to the schema");
+    }
+}

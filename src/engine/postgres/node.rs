@@ -111,6 +111,7 @@ impl Holder {
 
 /// On a thread of its own: connects, migrates the schema, registers the node (taking its lock)
 /// and reads the clock; then keeps the connection until [`Holder::release`].
+///
 /// With `secret_if_new` `None`, a schema without tollgate's tables (or one that needs an upgrade)
 /// is an error naming it: nothing is created.
 pub(crate) fn hold(
@@ -204,7 +205,8 @@ fn try_lock(client: &mut Client, sql: &Sql, id: &str) -> Result<bool> {
 
 /// Moves the count rows of a node without an id into the shared `retired` row, in one
 /// transaction, so that a schema whose servers run without ids does not gain rows at every open.
-/// (A named node reuses its rows at its next open.) The sums do not change.
+/// (A named node reuses its rows at its next open.) The sums do not change; a node that wrote
+/// nothing (a tool that only read) changes no row.
 fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
     let mut txn = client
         .transaction()
@@ -217,6 +219,7 @@ fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
              INSERT INTO {s}.counts AS c (slot, running, completed, failed, rates) \
              SELECT 'retired', coalesce(sum(running), 0), coalesce(sum(completed), 0), \
              coalesce(sum(failed), 0), coalesce(sum(rates), 0) FROM gone \
+             HAVING count(*) > 0 \
              ON CONFLICT (slot) DO UPDATE SET running = c.running + EXCLUDED.running, \
              completed = c.completed + EXCLUDED.completed, failed = c.failed + EXCLUDED.failed, \
              rates = c.rates + EXCLUDED.rates",
@@ -228,7 +231,6 @@ fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
         .map_err(storage("cannot fold the node's counts"))
 }
 
-/// Creates or checks the schema and returns the counter-key secret.
 /// Adds the clock's stop column to a schema made before it (with `may_change`; without, such a
 /// schema is an error naming it).
 fn add_clock_stop(txn: &mut postgres::Transaction<'_>, sql: &Sql, may_change: bool) -> Result<()> {
@@ -256,6 +258,7 @@ fn add_clock_stop(txn: &mut postgres::Transaction<'_>, sql: &Sql, may_change: bo
     Ok(())
 }
 
+/// Creates or checks the schema and returns the counter-key secret.
 pub(crate) fn migrate(
     client: &mut Client,
     sql: &Sql,
