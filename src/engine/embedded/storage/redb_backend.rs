@@ -297,16 +297,9 @@ impl Backend {
             }
             Location::File(path) => match guarded(|| Database::builder().open(path)) {
                 Ok(db) => Db::Writable(db),
-                Err(error) if io_kind(&error) == IoKind::ReadOnly => Db::ReadOnly(
-                    catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)))
-                        .map_err(|_| {
-                            count_contained_panic();
-                            Error::Corrupted(
-                                "the storage engine panicked while opening the file".into(),
-                            )
-                        })?
-                        .map_err(open_error)?,
-                ),
+                Err(error) if io_kind(&error) == IoKind::ReadOnly => {
+                    Db::ReadOnly(guarded_read_only(&builder, path)?.map_err(open_error)?)
+                }
                 Err(error) => return Err(error),
             },
             Location::Memory(memory) => Db::Writable(guarded(|| {
@@ -346,40 +339,21 @@ impl Backend {
     /// The refusal: [`Error::NotAStore`], [`Error::IncompatibleFormat`], [`Error::Corrupted`],
     /// [`Error::AlreadyOpen`], or the I/O error of reading the file.
     pub(crate) fn check_before_writing(path: &Path) -> Result<Option<LogState>, Error> {
-        let builder = redb::Builder::new();
-        let opened = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)));
-        let db = match opened {
-            Ok(Ok(db)) => Db::ReadOnly(db),
+        let db = match guarded_read_only(&redb::Builder::new(), path)? {
+            Ok(db) => Db::ReadOnly(db),
             // A file redb must repair first, or that it reads only when writable: the writable
             // open decides.
-            Ok(Err(DatabaseError::RepairAborted | DatabaseError::TransactionInProgress)) => {
+            Err(DatabaseError::RepairAborted | DatabaseError::TransactionInProgress) => {
                 return Ok(None);
             }
-            Ok(Err(error)) => return Err(open_error(error)),
-            Err(_) => {
-                count_contained_panic();
-                return Err(Error::Corrupted(
-                    "the storage engine panicked while opening the file".into(),
-                ));
-            }
+            Err(error) => return Err(open_error(error)),
         };
-        let found = contained(|| {
-            let txn = db.begin_read()?;
-            let meta = match txn.open_table(META) {
-                Ok(meta) => meta,
-                // An empty redb file (tollgate's creation was interrupted after redb's):
-                // tollgate makes its tables at the writable open.
-                Err(redb::TableError::TableDoesNotExist(_)) if is_empty(&db)? => return Ok(None),
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Err(Error::NotAStore(
-                        "a redb database without tollgate's tables".into(),
-                    ));
-                }
-                Err(error) => return Err(storage(error)),
-            };
-            let found = StoredMeta::read(&meta)?;
-            check_format(found.format, true)?;
-            Ok(found.log())
+        let found = contained(|| match read_meta(&db)? {
+            Some(found) => Ok(found.log()),
+            // An empty redb file (tollgate's creation was interrupted after redb's): tollgate
+            // makes its tables at the writable open.
+            None if is_empty(&db)? => Ok(None),
+            None => Err(not_tollgate()),
         });
         if let Db::ReadOnly(db) = db {
             // Dropped inside the containment, as every redb handle of a file that may be damaged.
@@ -402,19 +376,14 @@ impl Backend {
     ) -> Result<(Self, Counters), Error> {
         let mut builder = redb::Builder::new();
         builder.set_cache_size(options.cache_size);
-        let db = catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path)))
-            .map_err(|_| {
-                count_contained_panic();
-                Error::Corrupted("the storage engine panicked while opening the file".into())
-            })?
-            .map_err(|error| match error {
-                DatabaseError::RepairAborted => Error::Corrupted(
-                    "the file needs the recovery a writable open makes (its last writer \
+        let db = guarded_read_only(&builder, path)?.map_err(|error| match error {
+            DatabaseError::RepairAborted => Error::Corrupted(
+                "the file needs the recovery a writable open makes (its last writer \
                      stopped mid-commit): it cannot be read without writing"
-                        .into(),
-                ),
-                other => open_error(other),
-            })?;
+                    .into(),
+            ),
+            other => open_error(other),
+        })?;
         let db = Db::ReadOnly(db);
         let counters = contained(|| Self::read_counters(&db, options))?;
         Ok((
@@ -428,18 +397,7 @@ impl Backend {
 
     /// The persisted counters, read without writing (for [`Backend::open_for_reads`]).
     fn read_counters(db: &Db, options: OpenOptions) -> Result<Counters, Error> {
-        let txn = db.begin_read()?;
-        let meta = match txn.open_table(META) {
-            Ok(meta) => meta,
-            Err(redb::TableError::TableDoesNotExist(_)) => {
-                return Err(Error::NotAStore(
-                    "a redb database without tollgate's tables".into(),
-                ));
-            }
-            Err(error) => return Err(storage(error)),
-        };
-        let found = StoredMeta::read(&meta)?;
-        check_format(found.format, true)?;
+        let found = read_meta(db)?.ok_or_else(not_tollgate)?;
         let [Some(low), Some(high)] = found.secret else {
             return Err(Error::Corrupted(
                 "the rate-counter secret is missing".into(),
@@ -592,6 +550,36 @@ fn contained<R>(read: impl FnOnce() -> Result<R, Error>) -> Result<R, Error> {
     })
 }
 
+/// Runs redb's read-only open of `path` (which never writes), containing a panic on a damaged
+/// file as [`guarded`] does; redb's own refusal is left to the caller to map.
+fn guarded_read_only(
+    builder: &redb::Builder,
+    path: &Path,
+) -> Result<Result<redb::ReadOnlyDatabase, DatabaseError>, Error> {
+    catch_unwind(AssertUnwindSafe(|| builder.open_read_only(path))).map_err(|_| {
+        count_contained_panic();
+        Error::Corrupted("the storage engine panicked while opening the file".into())
+    })
+}
+
+/// tollgate's meta values, checked for a format this build reads; `None` without a meta table.
+fn read_meta(db: &Db) -> Result<Option<StoredMeta>, Error> {
+    let txn = db.begin_read()?;
+    let meta = match txn.open_table(META) {
+        Ok(meta) => meta,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(error) => return Err(storage(error)),
+    };
+    let found = StoredMeta::read(&meta)?;
+    check_format(found.format, true)?;
+    Ok(Some(found))
+}
+
+/// The refusal of a redb database without tollgate's tables.
+fn not_tollgate() -> Error {
+    Error::NotAStore("a redb database without tollgate's tables".into())
+}
+
 /// Whether a database has no table at all.
 fn is_empty(db: &Db) -> Result<bool, Error> {
     let txn = db.begin_read()?;
@@ -611,9 +599,7 @@ fn require_tollgate_tables(db: &Database) -> Result<(), Error> {
     if names.any(|handle| handle.name() == META.name()) {
         Ok(())
     } else {
-        Err(Error::NotAStore(
-            "a redb database without tollgate's tables".into(),
-        ))
+        Err(not_tollgate())
     }
 }
 
@@ -668,9 +654,7 @@ fn check_tables(txn: &redb::WriteTransaction) -> Result<bool, Error> {
         .next()
         .is_some();
     if !has_meta && (!names.is_empty() || has_multimap) {
-        return Err(Error::NotAStore(
-            "a redb database without tollgate's tables".into(),
-        ));
+        return Err(not_tollgate());
     }
     Ok(has_meta)
 }
