@@ -6,18 +6,13 @@
 use crate::fixture;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 use std::time::Duration;
 
 use tollgate::Store;
 use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 
-fn tollgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .output()
-        .expect("run the tollgate binary")
-}
+use crate::fixture::tollgate_cli as tollgate;
 
 fn text(output: &Output) -> (String, String) {
     (

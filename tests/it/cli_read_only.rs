@@ -13,12 +13,7 @@ use std::process::{Command, Output, Stdio};
 use tollgate::Store;
 use tollgate::idempotency::{Begin, Fingerprint, IdempotencyKey, StoredResponse};
 
-fn tollgate(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_tollgate"))
-        .args(args)
-        .output()
-        .expect("run the tollgate binary")
-}
+use crate::fixture::tollgate_cli as tollgate;
 
 fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()

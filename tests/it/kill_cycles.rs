@@ -31,7 +31,6 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
@@ -165,19 +164,12 @@ fn child(dir: &Path, cycle: u64) -> ! {
 }
 
 fn run_child_and_kill(dir: &Path, cycle: u64, after: Duration) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            fixture::test_path(module_path!(), TEST_NAME).as_str(),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, dir)
-        .env(CYCLE_ENV, cycle.to_string())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let cycle = cycle.to_string();
+    let env = [
+        (CHILD_ENV, dir.as_os_str()),
+        (CYCLE_ENV, std::ffi::OsStr::new(&cycle)),
+    ];
+    let mut child = fixture::spawn_test_child(module_path!(), TEST_NAME, &env);
     fixture::wait_for_line(&mut child, "STARTED");
     std::thread::sleep(after); // the kill moment: not an ordering crutch, the point of the test
     child.kill().unwrap();

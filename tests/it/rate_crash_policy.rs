@@ -8,7 +8,6 @@
 use crate::fixture;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use tollgate::ratelimit::{CrashPolicy, Limit, Quota, RateDurability};
@@ -53,21 +52,8 @@ fn child(path: &Path) -> ! {
 }
 
 fn run_child_and_kill(path: &Path) {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            fixture::test_path(module_path!(), TEST_NAME).as_str(),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    fixture::wait_for_line(&mut child, "SPENT");
-    child.kill().unwrap(); // SIGKILL: no destructor, no final flush
-    child.wait().unwrap();
+    let env = [(CHILD_ENV, path.as_os_str())];
+    fixture::kill_test_child_at(module_path!(), TEST_NAME, &env, "SPENT");
 }
 
 #[test]

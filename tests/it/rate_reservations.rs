@@ -18,7 +18,6 @@
 use crate::fixture;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, SystemTime};
 
 use tollgate::ratelimit::{Limit, Quota};
@@ -88,21 +87,8 @@ fn a_killed_session_costs_only_subjects_charged_in_its_last_second() {
     }
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("reserved.redb");
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            fixture::test_path(module_path!(), TEST_NAME).as_str(),
-            "--exact",
-            "--nocapture",
-            "--test-threads=1",
-        ])
-        .env(CHILD_ENV, &path)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    fixture::wait_for_line(&mut child, "SPENT");
-    child.kill().unwrap(); // SIGKILL: no destructor, no final flush
-    child.wait().unwrap();
+    let env = [(CHILD_ENV, path.as_os_str())];
+    fixture::kill_test_child_at(module_path!(), TEST_NAME, &env, "SPENT");
 
     let store = open(&path, &clock_at(2));
     let really_left = BURST - SPENT;
