@@ -141,12 +141,9 @@ pub(crate) fn rate_unavailable(open: bool, error: &crate::Error) {
 /// the handler's response is not stored.
 #[cfg(feature = "tower")]
 #[allow(unused_variables)]
-pub(crate) fn lease_lost_in_handler(digest: Option<&Digest>) {
+pub(crate) fn lease_lost_in_handler(digest: &Digest) {
     #[cfg(feature = "tracing")]
-    {
-        let key = digest.map_or_else(String::new, prefix);
-        tracing::error!(target: "tollgate", key = %key, "lease_lost: a running handler's lease was taken over; its response is not stored");
-    }
+    tracing::error!(target: "tollgate", key = %prefix(digest), "lease_lost: a running handler's lease was taken over; its response is not stored");
     #[cfg(feature = "metrics")]
     metrics::counter!("tollgate_http_leases_lost_total").increment(1);
 }

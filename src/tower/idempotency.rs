@@ -120,6 +120,8 @@ struct LeaseSlot {
 struct SlotInner {
     /// `None` once the layer took the lease to resolve it.
     lease: parking_lot::Mutex<Option<Lease>>,
+    /// The record's digest, for the logs (read without the lock an extension may hold).
+    digest: crate::idempotency::Digest,
     lost: std::sync::atomic::AtomicBool,
 }
 
@@ -135,6 +137,7 @@ impl LeaseSlot {
     fn new(lease: Lease) -> Self {
         Self {
             inner: Arc::new(SlotInner {
+                digest: lease.digest(),
                 lease: parking_lot::Mutex::new(Some(lease)),
                 lost: std::sync::atomic::AtomicBool::new(false),
             }),
@@ -181,8 +184,7 @@ async fn keep_alive(slot: LeaseSlot, period: Duration, ttl: Duration) {
         match blocking(move || extending.with_lease(|lease| lease.extend(ttl))).await {
             Ok(()) => {}
             Err(Error::LeaseLost) => {
-                let digest = slot.inner.lease.lock().as_ref().map(Lease::digest);
-                crate::observe::lease_lost_in_handler(digest.as_ref());
+                crate::observe::lease_lost_in_handler(&slot.inner.digest);
                 return;
             }
             Err(error) => crate::observe::lease_extension_failed(&error),
@@ -590,19 +592,15 @@ where
     R::Error: Into<BoxError>,
 {
     let ttl = config.store.lease_ttl();
-    let slot = LeaseSlot::new(lease);
-    {
-        let lease = slot.inner.lease.lock();
-        if let Some(lease) = lease.as_ref() {
-            parts.extensions.insert(IdempotencyContext {
-                recovered: lease.recovered(),
-                attempt: lease.attempt(),
-                token: lease.token(),
-                checkpoint: lease.checkpoint().cloned(),
-                lease: slot.clone(),
-            });
-        }
-    }
+    let context = IdempotencyContext {
+        recovered: lease.recovered(),
+        attempt: lease.attempt(),
+        token: lease.token(),
+        checkpoint: lease.checkpoint().cloned(),
+        lease: LeaseSlot::new(lease),
+    };
+    let slot = context.lease.clone();
+    parts.extensions.insert(context);
     let request = Request::from_parts(parts, B::from(body));
     // The lease is extended while the handler runs and its body is read, and no longer: a
     // process that dies takes this task with it, and the lease lapses on time.
@@ -646,13 +644,12 @@ where
             let Some(lease) = slot.take().filter(|_| !slot.is_lost()) else {
                 return Err(Error::LeaseLost);
             };
-            let digest = lease.digest();
             match lease.complete(stored) {
                 Err(Error::ResponseTooLarge {
                     lease: Some(lease), ..
                 }) => lease.release(),
                 Err(Error::LeaseLost) => {
-                    crate::observe::lease_lost_in_handler(Some(&digest));
+                    crate::observe::lease_lost_in_handler(&slot.inner.digest);
                     Err(Error::LeaseLost)
                 }
                 other => other,
