@@ -453,10 +453,7 @@ impl StoreBuilder {
     /// # Errors
     /// [`Error::InvalidArgument`] for the settings [`StoreBuilder::open`] refuses.
     pub fn open_in_memory(self) -> Result<Store> {
-        Store::open_embedded(
-            &self,
-            Location::Memory(std::sync::Arc::new(redb::backends::InMemoryBackend::new())),
-        )
+        Store::open_embedded(&self, Location::memory())
     }
 
     /// Opens the store on a simulated disk (crash and I/O-failure tests only).

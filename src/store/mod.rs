@@ -1,12 +1,3 @@
-//! The store: an open file, its writer (a thread, or a caller leading a batch), and the operations
-//! on it.
-//!
-//! [`Store`] is a cheap `Arc` handle. Reads (replays, `get`) run in a read transaction on the
-//! caller's thread and never wait for the writer. Writes (`begin` that creates or takes over a
-//! record, every lease resolution) are group-committed by one writer at a time: the caller itself
-//! when the store is idle, otherwise the writer thread (see `writer`). `close` stops the writer, joins it and releases the file; any handle or lease used
-//! afterwards gets [`Error::Closed`].
-
 //! The store: the one public type, and everything about an operation that is the same on every
 //! engine.
 //!

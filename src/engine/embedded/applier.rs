@@ -22,7 +22,7 @@ use parking_lot::Mutex;
 use super::log::change::{self, Change};
 use super::log::overlay::{Overlay, Round};
 use super::log::{Geometry, Log, LogKey};
-use super::storage::{Backend, Counters, LogState, RecordCounts, Tables};
+use super::storage::{Backend, Counters, Device, LogState, RecordCounts, Tables};
 use super::writer::{Cause, Failure};
 use crate::error::Error;
 
@@ -152,7 +152,7 @@ pub(crate) fn readable_record(
 /// the log's and redb's I/O errors.
 pub(crate) fn recover(
     backend: &Backend,
-    device: impl FnOnce(bool) -> Result<Box<dyn redb::StorageBackend>, Error>,
+    device: impl FnOnce(bool) -> Result<Box<dyn Device>, Error>,
     geometry: Geometry,
     persisted: &mut Counters,
 ) -> Result<Log, Error> {
@@ -239,7 +239,7 @@ pub(crate) fn recover(
 /// overlay that reads consult (redb cannot be written to apply them). `None` if the store has no
 /// log or the log cannot be read.
 pub(crate) fn read_only_overlay(
-    device: Box<dyn redb::StorageBackend>,
+    device: Box<dyn Device>,
     persisted: &Counters,
 ) -> Result<Option<Arc<Overlay>>, Error> {
     let Some(state) = persisted.log.filter(|state| state.floor > 0) else {

@@ -724,7 +724,7 @@ enum LogAccess {
 }
 
 /// The log's device for the store at `location`.
-fn log_device(location: &Location, access: LogAccess) -> Result<Box<dyn redb::StorageBackend>> {
+fn log_device(location: &Location, access: LogAccess) -> Result<Box<dyn storage::Device>> {
     let create = access == LogAccess::Create;
     let path = match location {
         Location::File(path) => path,

@@ -42,7 +42,7 @@ pub(crate) mod view;
 
 use std::hash::Hasher;
 
-use redb::StorageBackend;
+use super::storage::Device as StorageBackend;
 use siphasher::sip::SipHasher13;
 
 pub(crate) use frame::LogKey;

@@ -22,6 +22,10 @@ pub(crate) use redb_backend::{
 #[cfg(any(test, feature = "test-support"))]
 pub use sim_disk::SimDisk;
 
+/// A device the write-ahead log writes through (a file, memory, or the simulated disk): redb's
+/// storage-backend trait, named here so that nothing outside `storage/` names redb.
+pub(crate) use redb::StorageBackend as Device;
+
 /// Where a store's bytes live.
 #[derive(Debug, Clone)]
 pub(crate) enum Location {
@@ -35,6 +39,11 @@ pub(crate) enum Location {
 }
 
 impl Location {
+    /// A new, empty store in memory.
+    pub(crate) fn memory() -> Location {
+        Location::Memory(std::sync::Arc::new(redb::backends::InMemoryBackend::new()))
+    }
+
     /// The file's path, or a description of where the bytes are, for error messages.
     pub(crate) fn path(&self) -> std::path::PathBuf {
         match self {
