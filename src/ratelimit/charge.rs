@@ -8,13 +8,32 @@
 //! left).
 
 use super::algorithm::{self, Evaluation, RateState, Spec};
-use super::key::CounterKey;
+use super::key::{CounterKey, CounterKeys};
+use super::quota::Limit;
+use crate::error::Result;
 
 /// One counter an operation touches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Target {
     pub key: CounterKey,
     pub spec: Spec,
+}
+
+/// The counters that `(limit, subject)` checks touch, keyed with `keys` and with their specs.
+///
+/// # Errors
+/// [`Error::InvalidArgument`](crate::Error::InvalidArgument) for an empty subject or one over
+/// 512 bytes.
+pub(crate) fn targets(keys: &CounterKeys, checks: &[(&Limit, &str)]) -> Result<Vec<Target>> {
+    checks
+        .iter()
+        .map(|(limit, subject)| {
+            Ok(Target {
+                key: keys.key(limit.name(), subject)?,
+                spec: limit.spec,
+            })
+        })
+        .collect()
 }
 
 /// What to do to the targets.

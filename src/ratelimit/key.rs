@@ -43,22 +43,6 @@ impl CounterKeys {
         Self { secret }
     }
 
-    /// The counters that `(limit, subject)` checks touch, keyed and with their specs.
-    pub(crate) fn targets(
-        &self,
-        checks: &[(&super::Limit, &str)],
-    ) -> Result<Vec<super::charge::Target>> {
-        checks
-            .iter()
-            .map(|(limit, subject)| {
-                Ok(super::charge::Target {
-                    key: self.key(limit.name(), subject)?,
-                    spec: limit.spec,
-                })
-            })
-            .collect()
-    }
-
     /// A fresh secret from the operating system's randomness (through std's randomly seeded
     /// `RandomState`), mixed with the time and process id.
     pub(crate) fn generate_secret(now: u64) -> (u64, u64) {

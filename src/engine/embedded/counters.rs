@@ -119,7 +119,7 @@ impl Embedded {
     /// Immediate mode: changes go through the writer (durable on return); peeks read the latest
     /// committed state.
     fn run_immediate(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let targets = self.rate_keys.targets(checks)?;
+        let targets = crate::ratelimit::charge::targets(&self.rate_keys, checks)?;
         if kind.writes() {
             let op = RateOp { kind, targets };
             return self

@@ -377,7 +377,7 @@ impl RecordEngine for Postgres {
 
 impl CounterEngine for Postgres {
     fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
-        let targets = self.rate_keys.targets(checks)?;
+        let targets = crate::ratelimit::charge::targets(&self.rate_keys, checks)?;
         if kind.writes() {
             let op = RateOp { kind, targets };
             return self.queue()?.change(|reply| Change::Rate { op, reply });
