@@ -133,6 +133,7 @@ mod error;
 pub mod idempotency;
 mod observe;
 pub mod ratelimit;
+mod status;
 mod store;
 #[cfg(any(test, feature = "test-support"))]
 #[doc(hidden)]
@@ -149,11 +150,12 @@ pub use engine::postgres::{
     DEFAULT_SCHEMA as DEFAULT_POSTGRES_SCHEMA, DEFAULT_WRITERS as DEFAULT_POSTGRES_WRITERS,
 };
 pub use error::{Error, Result, StorageError};
+pub use status::{CompactionReport, DegradedCause, Health, Stats};
 pub use store::{
-    BeginOptions, CompactionReport, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH,
-    DEFAULT_COMPACTION_INTERVAL, DEFAULT_LEASE_TTL, DEFAULT_LOG_MEMORY, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_RECORD_TTL, DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, DegradedCause, Health,
-    HealthWatch, MAX_RESPONSE_BYTES_LIMIT, Reclaimed, Stats, Store, StoreBuilder,
+    BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
+    DEFAULT_LEASE_TTL, DEFAULT_LOG_MEMORY, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
+    DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, HealthWatch, MAX_RESPONSE_BYTES_LIMIT,
+    Reclaimed, Store, StoreBuilder,
 };
 
 // The README's quickstart runs as a doctest, so it cannot drift from the API.

@@ -25,18 +25,22 @@
 //! - **Raw keys never reach storage.** Records are named by digests, counters by keyed hashes.
 
 pub(crate) mod codec;
+pub(crate) mod compactor;
 pub(crate) mod embedded;
+pub(crate) mod notify;
+pub(crate) mod oneshot;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+pub(crate) mod write_counters;
 
 use crate::error::Result;
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{OpKind, RateOutcome};
 use crate::ratelimit::{Limit, RateState, Spec, idle_at, is_idle};
-use crate::store::Stats;
+use crate::status::Stats;
 use codec::StoredRate;
 
 /// What a `begin` asks for, besides its key.

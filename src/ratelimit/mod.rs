@@ -28,6 +28,7 @@
 
 mod algorithm;
 pub(crate) mod charge;
+pub(crate) mod crash_policy;
 mod decision;
 mod key;
 mod quota;

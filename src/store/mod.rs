@@ -11,31 +11,25 @@
 mod builder;
 mod bulk;
 mod compaction;
-mod health;
 mod health_watch;
-mod notify;
-pub(crate) mod oneshot;
 mod rate;
 mod replay_cache;
-mod stats;
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::engine::notify::Notifier;
+use crate::engine::write_counters::Counters;
+use crate::status::{Health, Stats};
 pub(crate) use builder::Settings;
 pub use builder::{
     BeginOptions, DEFAULT_CACHE_SIZE, DEFAULT_COMPACTION_BATCH, DEFAULT_COMPACTION_INTERVAL,
     DEFAULT_LEASE_TTL, DEFAULT_LOG_MEMORY, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_RECORD_TTL,
     DEFAULT_REDIS_TIMEOUT, DEFAULT_REPLAY_CACHE_SIZE, MAX_RESPONSE_BYTES_LIMIT, StoreBuilder,
 };
-pub(crate) use compaction::Compactor;
 pub use compaction::Reclaimed;
-pub use health::Health;
 pub use health_watch::HealthWatch;
-pub(crate) use notify::Notifier;
-pub(crate) use stats::Counters;
-pub use stats::{CompactionReport, DegradedCause, Stats};
 
 use crate::engine::embedded::Embedded;
 use crate::engine::embedded::storage::Location;

@@ -15,7 +15,6 @@ mod counters;
 pub(crate) mod log;
 mod rate_cache;
 mod records;
-mod recovery;
 mod sequencer;
 pub(crate) mod storage;
 mod writer;
@@ -30,14 +29,18 @@ use parking_lot::{Mutex, RwLock};
 
 use super::Swept;
 use crate::clock::{Clock, StoreTime, system_time_to_nanos};
+use crate::engine::compactor::Compactor;
+use crate::engine::notify::Notifier;
+use crate::engine::write_counters::Counters;
 use crate::error::{Error, IoKind, Result};
+use crate::ratelimit::crash_policy::Recovery;
 use crate::ratelimit::{CounterKeys, CrashPolicy, RateDurability};
-use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
+use crate::status::Stats;
+use crate::store::{Settings, StoreBuilder};
 use applier::{Applier, RedbSide};
 use log::overlay::Overlay;
 use log::{Geometry, LogFile};
 use rate_cache::RateCache;
-use recovery::Recovery;
 use sequencer::Sequencer;
 use storage::{Backend, Location, OpenOptions, io_kind};
 pub(crate) use writer::Command;
@@ -217,7 +220,7 @@ impl Embedded {
         } else {
             (recover_log(&backend, &location, log, &mut persisted)?, None)
         };
-        counters.set_records(persisted.record_counts);
+        counters.set_records(persisted.record_counts.as_array());
         let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
         let rate_keys = CounterKeys::new(persisted.rate_secret);
         let reservations = builder.crash_policy == CrashPolicy::BoundedLoss;
@@ -659,7 +662,7 @@ impl Embedded {
         });
         match attempt {
             Ok((running, records)) => {
-                self.counters.set_records(records);
+                self.counters.set_records(records.as_array());
                 // Whatever a failed flush took from the cache is written again.
                 if let Some(cache) = &self.rate_cache {
                     cache.mark_all_dirty();
@@ -899,4 +902,15 @@ fn location_exists(location: &Location) -> bool {
         Location::File(path) => path.exists(),
         _ => true,
     }
+}
+
+/// Runs redb's integrity check on the file of a closed store (`Store::check_integrity`).
+pub(crate) fn check_integrity(path: &std::path::Path) -> Result<bool> {
+    Backend::check_integrity(path)
+}
+
+/// Rewrites the file of a closed store to hold only live pages (`Store::reclaim_space`): its
+/// size before and after.
+pub(crate) fn reclaim(path: &std::path::Path) -> Result<(u64, u64)> {
+    Backend::reclaim(path)
 }

@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 
-use super::recovery::Recovery;
 use super::storage::{RecordCounts, Tables};
 use super::writer::{Applied, Command};
 use crate::clock::StoreTime;
@@ -20,6 +19,7 @@ use crate::idempotency::Digest;
 use crate::idempotency::Record;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
+use crate::ratelimit::crash_policy::Recovery;
 
 /// Expired records removed, at most, to make room when the store is at `max_records`.
 const CAPACITY_SWEEP: usize = 64;

@@ -48,12 +48,13 @@ use super::rate_cache::RELEASE_EVERY;
 use super::rate_cache::RateCache;
 use super::sequencer::Sequencer;
 use super::storage::{Backend, io_kind};
+use crate::engine::notify::Notifier;
+use crate::engine::write_counters::Counters;
 use crate::engine::{BeginRequest, BulkRecords, Swept, stored_rate};
 use crate::error::{Error, IoKind};
 use crate::idempotency::Digest;
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::ratelimit::charge::{RateOp, RateOutcome};
-use crate::store::{Counters, Notifier};
 
 /// Most commands applied in one transaction. Bounds the latency a single batch can add.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -111,14 +112,14 @@ pub(crate) enum Command {
 /// A caller's reply channel, with the answer once the command was applied. The answer is sent
 /// only after the batch committed ([`Command::answer`]), or replaced by the batch's error.
 pub(crate) struct Pending<T> {
-    reply: crate::store::oneshot::Reply<Result<T, Error>>,
+    reply: crate::engine::oneshot::Reply<Result<T, Error>>,
     outcome: Option<Result<T, Error>>,
 }
 
 impl<T> Pending<T> {
     /// A reply and the receiver its caller waits on.
-    pub(crate) fn channel() -> (Self, crate::store::oneshot::Answer<Result<T, Error>>) {
-        let (reply, answer) = crate::store::oneshot::channel();
+    pub(crate) fn channel() -> (Self, crate::engine::oneshot::Answer<Result<T, Error>>) {
+        let (reply, answer) = crate::engine::oneshot::channel();
         (
             Self {
                 reply,
@@ -575,7 +576,7 @@ impl Core {
                     cache.committed(&dirty);
                 }
                 self.counters
-                    .committed(dirty.len() as u64, self.sequencer.record_counts);
+                    .committed(dirty.len() as u64, self.sequencer.record_counts.as_array());
             }
             Err(error) => {
                 crate::observe::poisoned(&error);
@@ -749,7 +750,7 @@ impl Core {
         let counts = self.sequencer.record_counts.plus(staged.deltas);
         self.sequencer.record_counts = counts;
         crate::observe::commit(done.len(), staged.writes, started.elapsed());
-        self.counters.committed(staged.writes, counts);
+        self.counters.committed(staged.writes, counts.as_array());
         staged.clear();
         for command in done.drain(..) {
             command.answer();
@@ -857,7 +858,7 @@ impl Core {
                     if let Some((writes, counts)) = wrote {
                         crate::observe::commit(size, writes, started.elapsed());
                         self.sequencer.record_counts = counts;
-                        self.counters.committed(writes, counts);
+                        self.counters.committed(writes, counts.as_array());
                     }
                     for command in batch.drain(..) {
                         command.answer();

@@ -32,14 +32,14 @@ use super::node::NodeInfo;
 use super::pipe::{Failure, Pipe, ROUND_TRIP_TIMEOUT};
 use super::session::{Kind, classify, kind, unavailable};
 use super::sql::Tables;
+use crate::engine::oneshot::{self, Delivery, Reply};
+use crate::engine::write_counters::Counters;
 use crate::engine::{BeginRequest, codec, lease_expiry, stored_rate};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
 use crate::idempotency::{Digest, Record, RecordBody};
 use crate::ratelimit::RateState;
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
-use crate::store::Counters;
-use crate::store::oneshot::{self, Delivery, Reply};
 
 /// Most changes in one transaction.
 pub(crate) const MAX_BATCH: usize = 256;

@@ -43,12 +43,16 @@ use sql::Sql;
 use worker::Queue;
 
 use super::{BeginRequest, BulkRecords, CounterEngine, Early, RecordEngine, Seen, Swept};
+use crate::engine::compactor::Compactor;
+use crate::engine::notify::Notifier;
+use crate::engine::write_counters::Counters;
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{OpKind, RateOp, RateOutcome};
 use crate::ratelimit::{CounterKeys, Limit, RateDurability};
-use crate::store::{Compactor, Counters, Notifier, Settings, Stats, StoreBuilder};
+use crate::status::Stats;
+use crate::store::{Settings, StoreBuilder};
 
 /// Default schema for tollgate's tables.
 pub const DEFAULT_SCHEMA: &str = "tollgate";

@@ -28,9 +28,10 @@ use super::node::NodeInfo;
 use super::pipe::Pipe;
 use super::session::{Connector, Session};
 use super::sql::Sql;
+use crate::engine::notify::Notifier;
+use crate::engine::oneshot::{self, NoAnswer, Reply};
+use crate::engine::write_counters::Counters;
 use crate::error::{Error, Result};
-use crate::store::oneshot::{self, NoAnswer, Reply};
-use crate::store::{Counters, Notifier};
 
 /// A read or a maintenance step: runs alone on a connection and sends its own answer.
 pub(crate) type Job = Box<dyn FnOnce(&mut Session) + Send>;

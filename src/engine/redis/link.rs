@@ -24,7 +24,7 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
 use parking_lot::Mutex;
 
 use super::script::{self, Op, Reply, ScriptTime};
-use crate::store::oneshot;
+use crate::engine::oneshot;
 
 /// The most jobs one pipeline carries.
 pub(crate) const MAX_JOBS: usize = 256;

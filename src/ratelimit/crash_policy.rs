@@ -1,7 +1,7 @@
 //! The crash policy for rate counters: how counters loaded from disk are adjusted after an
 //! unclean Batched session.
 
-use crate::ratelimit::{CrashPolicy, RateState, Spec, most_restrictive};
+use super::{CrashPolicy, RateState, Spec, most_restrictive};
 
 /// How counters loaded from disk are adjusted after an unclean batched session.
 #[derive(Debug, Clone, Copy)]

@@ -1,6 +1,71 @@
-//! [`Health`]: what a store can tell about its ability to serve, for readiness probes.
+//! What a store tells about itself: [`Health`] (its ability to serve, for readiness probes),
+//! [`Stats`] (its counts), [`CompactionReport`] (a sweep), [`DegradedCause`].
+//!
+//! A leaf: engines fill these in, the store hands them out; nothing here reads anything.
 
 use std::fmt;
+use std::time::{Duration, SystemTime};
+
+/// What one compaction sweep removed, from [`Store::compact_now`](crate::Store::compact_now) or the
+/// background thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactionReport {
+    /// Expired idempotency records removed.
+    pub removed_records: u64,
+    /// Idle rate counters removed.
+    pub removed_rate_states: u64,
+    /// Write transactions the sweep used (each at most `compaction_batch` removals).
+    pub batches: u64,
+    /// Wall time of the sweep.
+    pub elapsed: Duration,
+    /// When the sweep finished, by the wall clock.
+    pub finished_at: SystemTime,
+}
+
+/// A snapshot of the store's counters, from [`Store::stats`](crate::Store::stats). Counts start at
+/// zero at every open.
+///
+/// On PostgreSQL the record and counter counts are the whole schema's (every node's), exact,
+/// summed from per-connection deltas without a scan; `commits` and `writes` are this node's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Stats {
+    /// RUNNING records on disk, expired or not.
+    pub running: u64,
+    /// COMPLETED records on disk, expired or not.
+    pub completed: u64,
+    /// FAILED records on disk, expired or not.
+    pub failed: u64,
+    /// Rate counters on disk (idle ones are deleted when written or swept).
+    pub rate_states: u64,
+    /// Size of the store file in bytes (on PostgreSQL: of the records and counters tables, with
+    /// their indexes).
+    pub file_bytes: u64,
+    /// The last compaction sweep since this open, if any.
+    pub last_compaction: Option<CompactionReport>,
+    /// Write transactions committed (each one fsync).
+    pub commits: u64,
+    /// Changes committed: records created, taken over or resolved, rate counters written.
+    pub writes: u64,
+    /// Rate counters held in memory (Batched mode; 0 in Immediate mode).
+    pub rate_counters_in_memory: u64,
+    /// Why the store refuses writes and serves reads only, if it does; `None` when it writes.
+    /// [`Store::health`](crate::Store::health) gives the full message.
+    pub degraded: Option<DegradedCause>,
+}
+
+/// Why a store serves reads only ([`Stats::degraded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DegradedCause {
+    /// No space left for its file (or over a disk quota).
+    StorageFull,
+    /// Its file or filesystem cannot be written.
+    ReadOnly,
+    /// A write failed with another I/O error (or the thread applying writes panicked).
+    WriteFailed,
+}
 
 /// Whether a store can serve now, as [`Store::health`](crate::Store::health) reports it.
 ///
