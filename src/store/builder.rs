@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::Store;
 use crate::clock::{Clock, SystemClock, duration_to_nanos};
-use crate::engine::embedded::storage::Location;
+use crate::engine::embedded::Location;
 use crate::error::{Error, Result};
 use crate::ratelimit::{CrashPolicy, RateDurability};
 
@@ -658,6 +658,48 @@ impl StoreBuilder {
     }
 
     /// Whether the rate counters live elsewhere than on the store's engine.
+    /// The embedded engine's options, from this builder and its checked `settings`.
+    pub(crate) fn embedded_options(&self, settings: &Settings) -> crate::engine::embedded::Options {
+        crate::engine::embedded::Options {
+            clock: Arc::clone(&self.clock),
+            rate_flush_every: match self.rate_durability.unwrap_or_default() {
+                // Counters on another engine: this one keeps none (and no cache for them).
+                _ if self.counters_elsewhere() => None,
+                RateDurability::Batched { max_delay } => Some(max_delay),
+                RateDurability::Immediate => None,
+            },
+            crash_policy: self.crash_policy,
+            write_ahead_log: self.write_ahead_log,
+            log_memory: self.log_memory,
+            log_segment_bytes: self.log_segment_bytes,
+            cache_size: self.cache_size,
+            quick_repair: self.quick_repair,
+            verify_on_open: self.verify_on_open,
+            rate_secret: self.rate_secret,
+            read_only: self.read_only,
+            compaction_interval: self.compaction_interval,
+            compaction_batch: settings.compaction_batch,
+            max_records: settings.max_records,
+        }
+    }
+
+    /// The PostgreSQL engine's options, from this builder and its checked `settings`.
+    #[cfg(feature = "postgres")]
+    pub(crate) fn postgres_options(&self, settings: &Settings) -> crate::engine::postgres::Options {
+        crate::engine::postgres::Options {
+            schema: self.postgres_schema.clone(),
+            create_schema: self.postgres_create_schema,
+            node_id: self.node_id.clone(),
+            pool_size: self.postgres_pool_size,
+            writers: self.postgres_writers,
+            rate_secret: self.rate_secret,
+            batched_rates: matches!(self.rate_durability, Some(RateDurability::Batched { .. })),
+            max_records: settings.max_records.is_some(),
+            compaction_interval: self.compaction_interval,
+            compaction_batch: settings.compaction_batch,
+        }
+    }
+
     pub(crate) fn counters_elsewhere(&self) -> bool {
         self.redis.url.is_some()
     }

@@ -32,7 +32,7 @@ pub use compaction::Reclaimed;
 pub use health_watch::HealthWatch;
 
 use crate::engine::embedded::Embedded;
-use crate::engine::embedded::storage::Location;
+use crate::engine::embedded::Location;
 use crate::engine::{BeginRequest, Early, Engine, Seen};
 use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, BeginParams, Resolution, begin as decide};
@@ -210,8 +210,7 @@ impl Store {
             None
         };
         let engine = Embedded::open(
-            builder,
-            &settings,
+            &builder.embedded_options(&settings),
             location,
             Arc::clone(&notifier),
             Arc::clone(&counters),
@@ -237,8 +236,7 @@ impl Store {
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
         let engine = crate::engine::postgres::Postgres::open(
-            builder,
-            &settings,
+            &builder.postgres_options(&settings),
             conn,
             &notifier,
             Arc::clone(&counters),
@@ -596,7 +594,7 @@ impl Store {
     #[doc(hidden)]
     pub fn command_queue_for_tests(&self) -> Option<crate::testing::CommandQueue> {
         match &self.shared.engine {
-            Engine::Embedded(engine) => engine.command_queue(),
+            Engine::Embedded(engine) => engine.command_queue().map(crate::testing::CommandQueue),
             #[cfg(feature = "postgres")]
             Engine::Postgres(_) => None,
         }

@@ -13,6 +13,7 @@
 mod applier;
 mod counters;
 pub(crate) mod log;
+mod options;
 mod rate_cache;
 mod records;
 mod sequencer;
@@ -34,15 +35,16 @@ use crate::engine::notify::Notifier;
 use crate::engine::write_counters::Counters;
 use crate::error::{Error, IoKind, Result};
 use crate::ratelimit::crash_policy::Recovery;
-use crate::ratelimit::{CounterKeys, CrashPolicy, RateDurability};
+use crate::ratelimit::{CounterKeys, CrashPolicy};
 use crate::status::Stats;
-use crate::store::{Settings, StoreBuilder};
 use applier::{Applier, RedbSide};
 use log::overlay::Overlay;
 use log::{Geometry, LogFile};
+pub(crate) use options::Options;
 use rate_cache::RateCache;
 use sequencer::Sequencer;
-use storage::{Backend, Location, OpenOptions, io_kind};
+pub(crate) use storage::Location;
+use storage::{Backend, OpenOptions, io_kind};
 pub(crate) use writer::Command;
 use writer::{Cause, Core, Failure, Pending, WalCore, Writer};
 
@@ -77,7 +79,8 @@ pub(crate) struct Embedded {
 struct Reopen {
     options: OpenOptions,
     clock: Arc<dyn Clock>,
-    settings: Settings,
+    max_records: Option<u64>,
+    compaction_batch: usize,
     rate_flush_every: Option<Duration>,
     compaction_interval: Option<Duration>,
     notifier: Arc<Notifier>,
@@ -175,44 +178,38 @@ impl Embedded {
     /// space left, a read-only file or filesystem) opens for reads only: the store serves reads
     /// and refuses writes, and tries to open for writing again at its next write.
     pub(crate) fn open(
-        builder: &StoreBuilder,
-        settings: &Settings,
+        options: &Options,
         location: Location,
         notifier: Arc<Notifier>,
         counters: Arc<Counters>,
     ) -> Result<Self> {
-        let rate_flush_every = match builder.rate_durability.unwrap_or_default() {
-            // Counters on another engine: this one keeps none (and no cache for them).
-            _ if builder.counters_elsewhere() => None,
-            RateDurability::Batched { max_delay } => Some(max_delay),
-            RateDurability::Immediate => None,
-        };
+        let rate_flush_every = options.rate_flush_every;
         let log = LogSettings {
             // In-memory stores have no log file (nothing of theirs outlives the process); the
             // simulated disk has one when a test asks for it.
             enabled: match location {
-                Location::File(_) => builder.write_ahead_log.unwrap_or(true),
+                Location::File(_) => options.write_ahead_log.unwrap_or(true),
                 Location::Memory(_) => false,
                 #[cfg(any(test, feature = "test-support"))]
-                Location::Simulated(_) => builder.write_ahead_log.unwrap_or(false),
+                Location::Simulated(_) => options.write_ahead_log.unwrap_or(false),
             },
-            geometry: log_geometry(builder)?,
-            memory: builder.log_memory,
+            geometry: log_geometry(options)?,
+            memory: options.log_memory,
         };
-        let options = OpenOptions {
-            cache_size: builder.cache_size,
-            now: system_time_to_nanos(builder.clock.now()),
+        let open = OpenOptions {
+            cache_size: options.cache_size,
+            now: system_time_to_nanos(options.clock.now()),
             batched_rates: rate_flush_every.is_some(),
-            quick_repair: builder.quick_repair,
-            verify: builder.verify_on_open,
-            secret_if_new: builder.rate_secret,
+            quick_repair: options.quick_repair,
+            verify: options.verify_on_open,
+            secret_if_new: options.rate_secret,
             same_session: false,
             write_ahead_log: log.enabled,
         };
-        let (backend, mut persisted, degraded, mut created) = if builder.read_only {
-            open_read_view(&location, options)?
+        let (backend, mut persisted, degraded, mut created) = if options.read_only {
+            open_read_view(&location, open)?
         } else {
-            open_backend(&location, options)?
+            open_backend(&location, open)?
         };
         // Whatever the log holds goes into redb before anything reads the counters.
         let (session_log, read_overlay) = if degraded.is_some() {
@@ -221,13 +218,13 @@ impl Embedded {
             (recover_log(&backend, &location, log, &mut persisted)?, None)
         };
         counters.set_records(persisted.record_counts.as_array());
-        let recovery = Recovery::new(builder.crash_policy, persisted.rate_recovery_at);
+        let recovery = Recovery::new(options.crash_policy, persisted.rate_recovery_at);
         let rate_keys = CounterKeys::new(persisted.rate_secret);
-        let reservations = builder.crash_policy == CrashPolicy::BoundedLoss;
+        let reservations = options.crash_policy == CrashPolicy::BoundedLoss;
         let rate_cache =
             rate_flush_every.map(|_| Arc::new(RateCache::new(rate_keys, reservations)));
         let time = Arc::new(StoreTime::new(
-            Arc::clone(&builder.clock),
+            Arc::clone(&options.clock),
             persisted.clock_high_water,
         ));
         let alarm = Arc::new(AtomicBool::new(false));
@@ -246,15 +243,16 @@ impl Embedded {
             reopen: Reopen {
                 options: OpenOptions {
                     same_session: true,
-                    ..options
+                    ..open
                 },
-                clock: Arc::clone(&builder.clock),
-                settings: *settings,
+                clock: Arc::clone(&options.clock),
+                max_records: options.max_records,
+                compaction_batch: options.compaction_batch,
                 rate_flush_every,
-                compaction_interval: builder.compaction_interval,
+                compaction_interval: options.compaction_interval,
                 notifier,
                 log,
-                read_only: builder.read_only,
+                read_only: options.read_only,
             },
         };
         let backend = Arc::new(backend);
@@ -326,7 +324,7 @@ impl Embedded {
                 time: Arc::clone(&self.time),
                 epoch: persisted.epoch,
                 next_token: persisted.next_token,
-                max_records: self.reopen.settings.max_records,
+                max_records: self.reopen.max_records,
                 recovery: self.recovery,
                 record_counts: persisted.record_counts,
             },
@@ -350,7 +348,7 @@ impl Embedded {
         let queue = commands.clone();
         let compactor = Compactor::start(
             self.reopen.compaction_interval,
-            self.reopen.settings.compaction_batch,
+            self.reopen.compaction_batch,
             &self.counters,
             move |limit| {
                 let (reply, answer) = Pending::channel();
@@ -482,13 +480,13 @@ impl Embedded {
     /// A view of the writer's command queue that outlives `close` (test support). `None` once
     /// closed, or while the store cannot write.
     #[cfg(any(test, feature = "test-support"))]
-    pub(crate) fn command_queue(&self) -> Option<crate::testing::CommandQueue> {
+    pub(crate) fn command_queue(&self) -> Option<Receiver<Command>> {
         let running = self.running.read();
         running
             .as_ref()?
             .writer
             .as_ref()
-            .map(|writer| crate::testing::CommandQueue(writer.queue.clone()))
+            .map(|writer| writer.queue.clone())
     }
 
     /// Holds or releases the log applier (test support); whether the store writes a log.
@@ -698,10 +696,10 @@ impl Embedded {
     }
 }
 
-/// The log's shape for `builder`: its segment size, and enough segments for its memory cap.
-fn log_geometry(builder: &StoreBuilder) -> Result<Geometry> {
-    let segment = builder.log_segment_bytes;
-    let segments = builder
+/// The log's shape for `options`: its segment size, and enough segments for its memory cap.
+fn log_geometry(options: &Options) -> Result<Geometry> {
+    let segment = options.log_segment_bytes;
+    let segments = options
         .log_memory
         .div_ceil(segment.max(1) as usize)
         .clamp(log::MIN_SEGMENTS as usize, 1 << 16);

@@ -22,11 +22,14 @@ mod clock;
 mod conninfo;
 mod maintenance;
 mod node;
+mod options;
 mod pipe;
 mod session;
 mod sql;
 mod tls;
 mod worker;
+
+pub(crate) use options::Options;
 
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -50,9 +53,8 @@ use crate::error::{Error, Result};
 use crate::idempotency::machine::{BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
 use crate::ratelimit::charge::{OpKind, RateOp, RateOutcome};
-use crate::ratelimit::{CounterKeys, Limit, RateDurability};
+use crate::ratelimit::{CounterKeys, Limit};
 use crate::status::Stats;
-use crate::store::{Settings, StoreBuilder};
 
 /// Default schema for tollgate's tables.
 pub const DEFAULT_SCHEMA: &str = "tollgate";
@@ -107,13 +109,12 @@ impl Drop for Postgres {
 impl Postgres {
     /// Connects, migrates the schema, registers the node and starts the workers.
     pub(crate) fn open(
-        builder: &StoreBuilder,
-        settings: &Settings,
+        options: &Options,
         conn: &str,
         notifier: &Arc<Notifier>,
         counters: Arc<Counters>,
     ) -> Result<Self> {
-        if let Some(RateDurability::Batched { .. }) = builder.rate_durability {
+        if options.batched_rates {
             return Err(Error::InvalidArgument(
                 "RateDurability::Batched is not available on PostgreSQL: a node's in-memory \
                  counters would let the fleet exceed a quota. Counters on PostgreSQL are always \
@@ -121,15 +122,15 @@ impl Postgres {
                     .into(),
             ));
         }
-        if settings.max_records.is_some() {
+        if options.max_records {
             return Err(Error::InvalidArgument(
                 "max_records is not available on PostgreSQL: bound the table with the \
                  database's own means"
                     .into(),
             ));
         }
-        let (pool_size, writers) = pool_shape(builder)?;
-        let schema = builder.postgres_schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
+        let (pool_size, writers) = pool_shape(options.pool_size, options.writers)?;
+        let schema = options.schema.as_deref().unwrap_or(DEFAULT_SCHEMA);
         let sql = Arc::new(Sql::new(schema)?);
         let info = ConnInfo::parse(conn)?;
         let (tls, ssl_mode) = tls::connector(&info)?;
@@ -142,7 +143,7 @@ impl Postgres {
             config.application_name("tollgate");
         }
         let connector = Connector::new(config, tls);
-        let secret = builder.rate_secret.unwrap_or_else(|| {
+        let secret = options.rate_secret.unwrap_or_else(|| {
             CounterKeys::generate_secret(crate::clock::system_time_to_nanos(
                 std::time::SystemTime::now(),
             ))
@@ -150,8 +151,8 @@ impl Postgres {
         let (registered, holder) = node::hold(
             connector.clone(),
             Arc::clone(&sql),
-            builder.node_id.clone(),
-            builder.postgres_create_schema.then_some(secret),
+            options.node_id.clone(),
+            options.create_schema.then_some(secret),
         )?;
         let node::Registered {
             node,
@@ -175,8 +176,8 @@ impl Postgres {
             let id = node.id.clone();
             let sweep_counters = Arc::clone(&counters);
             Compactor::start(
-                builder.compaction_interval,
-                settings.compaction_batch,
+                options.compaction_interval,
+                options.compaction_batch,
                 &counters,
                 move |limit| {
                     let swept = maintenance::compact_step(&queue, &sweep_clock, &id, limit)?;
@@ -398,17 +399,15 @@ impl CounterEngine for Postgres {
 }
 
 /// The pool's size and how many of its connections write, checked.
-fn pool_shape(builder: &StoreBuilder) -> Result<(usize, usize)> {
-    let pool_size = builder.postgres_pool_size.unwrap_or(DEFAULT_POOL_SIZE);
+fn pool_shape(pool_size: Option<usize>, writers: Option<usize>) -> Result<(usize, usize)> {
+    let pool_size = pool_size.unwrap_or(DEFAULT_POOL_SIZE);
     if pool_size < 2 {
         return Err(Error::InvalidArgument(format!(
             "postgres_pool_size must be at least 2 (a writer's connection and one for \
              reads), not {pool_size}"
         )));
     }
-    let writers = builder
-        .postgres_writers
-        .unwrap_or_else(|| DEFAULT_WRITERS.min(pool_size - 1));
+    let writers = writers.unwrap_or_else(|| DEFAULT_WRITERS.min(pool_size - 1));
     if writers == 0 || writers >= pool_size {
         return Err(Error::InvalidArgument(format!(
             "postgres_writers must be at least 1 and leave one of the postgres_pool_size \
@@ -421,20 +420,10 @@ fn pool_shape(builder: &StoreBuilder) -> Result<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Store;
 
     #[test]
     fn the_pool_keeps_a_connection_for_reads_and_writers_default_to_two() {
-        let shape = |pool: Option<usize>, writers: Option<usize>| {
-            let mut builder = Store::builder();
-            if let Some(pool) = pool {
-                builder = builder.postgres_pool_size(pool);
-            }
-            if let Some(writers) = writers {
-                builder = builder.postgres_writers(writers);
-            }
-            pool_shape(&builder)
-        };
+        let shape = pool_shape;
         assert_eq!(shape(None, None).ok(), Some((4, 2)));
         assert_eq!(shape(Some(2), None).ok(), Some((2, 1)));
         assert_eq!(shape(Some(3), None).ok(), Some((3, 2)));
