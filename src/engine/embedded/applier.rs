@@ -19,11 +19,11 @@ use std::thread::JoinHandle;
 
 use parking_lot::Mutex;
 
+use super::failure::{Cause, Failure};
 use super::log::change::{self, Change};
 use super::log::overlay::{Overlay, Round};
 use super::log::{Geometry, Log, LogKey};
 use super::storage::{Backend, Counters, Device, LogState, RecordCounts, Tables};
-use super::writer::{Cause, Failure};
 use crate::error::Error;
 
 /// Bytes of frames recovery applies per transaction.

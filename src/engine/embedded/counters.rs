@@ -10,8 +10,8 @@
 use std::cell::Cell;
 
 use super::Embedded;
+use super::command::Command;
 use super::rate_cache::{Loader, Query, RateCache, Step};
-use super::writer::Command;
 use crate::engine::CounterEngine;
 use crate::error::{Error, Result};
 use crate::ratelimit::charge::{self, OpKind, RateOp, RateOutcome};

@@ -11,14 +11,19 @@
 //! joins both and releases the file; any call afterwards gets [`Error::Closed`].
 
 mod applier;
+mod command;
 mod counters;
+mod failure;
 pub(crate) mod log;
 mod options;
 mod rate_cache;
 mod records;
 mod sequencer;
 pub(crate) mod storage;
+mod txn;
+mod wal_commit;
 mod writer;
+mod writer_core;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,6 +43,9 @@ use crate::ratelimit::crash_policy::Recovery;
 use crate::ratelimit::{CounterKeys, CrashPolicy};
 use crate::status::Stats;
 use applier::{Applier, RedbSide};
+pub(crate) use command::Command;
+use command::Pending;
+use failure::{Cause, Failure};
 use log::overlay::Overlay;
 use log::{Geometry, LogFile};
 pub(crate) use options::Options;
@@ -45,8 +53,8 @@ use rate_cache::RateCache;
 use sequencer::Sequencer;
 pub(crate) use storage::Location;
 use storage::{Backend, OpenOptions, io_kind};
-pub(crate) use writer::Command;
-use writer::{Cause, Core, Failure, Pending, WalCore, Writer};
+use writer::Writer;
+use writer_core::{Core, WalCore};
 
 /// How often a store that cannot write tries to reopen its file for writing, at most (on the
 /// store's clock, at its next write).

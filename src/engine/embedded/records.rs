@@ -2,7 +2,7 @@
 //! waiting for the writer), changes through the writer.
 
 use super::Embedded;
-use super::writer::Command;
+use super::command::Command;
 use crate::engine::{BeginRequest, BulkRecords, Early, RecordEngine, Seen};
 use crate::error::Result;
 use crate::idempotency::machine::{self, BeginDecision, BeginParams, Resolution};

@@ -15,8 +15,8 @@ use super::change;
 use super::overlay::Overlay;
 use crate::engine::Swept;
 use crate::engine::codec::{self, StoredRate};
-use crate::engine::embedded::sequencer::Txn;
 use crate::engine::embedded::storage::{Backend, RecordCounts};
+use crate::engine::embedded::txn::Txn;
 use crate::error::Error;
 use crate::idempotency::{Digest, Record};
 
