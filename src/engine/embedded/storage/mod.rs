@@ -1,5 +1,12 @@
 //! The embedded engine's storage: the only code that names redb's types.
 //!
+//! - `schema.rs`: the tables, meta keys and format checks;
+//! - `open.rs`: creating or checking the file at open, the persisted counters;
+//! - `backend.rs`: reads, the write transaction, counts, offline integrity and reclaim;
+//! - `tables.rs`: one write transaction's tables, with the expiry index kept in step;
+//! - `containment.rs`: redb's errors and panics as tollgate's;
+//! - `sim_disk.rs`: a simulated disk for crash tests.
+//!
 //! - open: create or check the file, durably bump the boot epoch, return the persisted counters;
 //! - read one record or counter from the latest committed state, without blocking the writer;
 //! - run a batch of reads and writes in one atomic, durable transaction (`write`), where the batch
@@ -9,16 +16,20 @@
 //! Values are encoded by the engines' shared codec (`engine::codec`); the byte layout is in
 //! `docs/FORMAT.md`.
 
-mod redb_backend;
+mod backend;
+mod containment;
+mod open;
+mod schema;
 #[cfg(any(test, feature = "test-support"))]
 mod sim_disk;
 mod tables;
 
+pub(crate) use backend::Backend;
 #[cfg(any(test, feature = "test-support"))]
-pub(crate) use redb_backend::contained_panics;
-pub(crate) use redb_backend::{
-    Backend, Counters, LogState, OpenOptions, io_kind, sync_directory as sync_parent,
-};
+pub(crate) use containment::contained_panics;
+pub(crate) use containment::io_kind;
+pub(crate) use open::{Counters, OpenOptions, sync_directory as sync_parent};
+pub(crate) use schema::LogState;
 #[cfg(any(test, feature = "test-support"))]
 pub use sim_disk::SimDisk;
 
@@ -59,13 +70,13 @@ impl Location {
         match self {
             Location::File(path) => std::fs::metadata(path)
                 .map(|meta| meta.len())
-                .map_err(redb_backend::storage),
+                .map_err(containment::storage),
             Location::Memory(memory) => {
-                redb::StorageBackend::len(memory.as_ref()).map_err(redb_backend::storage)
+                redb::StorageBackend::len(memory.as_ref()).map_err(containment::storage)
             }
             #[cfg(any(test, feature = "test-support"))]
             Location::Simulated(disk) => {
-                redb::StorageBackend::len(disk).map_err(redb_backend::storage)
+                redb::StorageBackend::len(disk).map_err(containment::storage)
             }
         }
     }

@@ -8,9 +8,10 @@ use redb::{
     Key, ReadableTable, ReadableTableMetadata, Table, TableDefinition, Value, WriteTransaction,
 };
 
-use super::redb_backend::{
+use super::containment::storage;
+use super::schema::{
     EXPIRY, META, META_CLOCK, META_LOG_APPLIED, META_LOG_FLOOR, META_NEXT_TOKEN, META_RATE_CLEAN,
-    RATES, RECORD_COUNT_KEYS, RECORDS, RUNNING, storage,
+    RATES, RECORD_COUNT_KEYS, RECORDS, RUNNING,
 };
 use crate::engine::Swept;
 use crate::engine::codec::{self, EXPIRY_KEY_LEN, KIND_RATE, KIND_RECORD, StoredRate};
