@@ -2,7 +2,7 @@
 //! of its own.
 //!
 //! Each round takes everything the overlay holds (`log::overlay`), writes it through the same
-//! [`Tables`] methods a direct commit uses (so the expiry index and the record counts stay in
+//! `Tables` methods a direct commit uses (so the expiry index and the record counts stay in
 //! step), saves the writer's counters and the applied log position in the same commit, and then
 //! retires the entries. Writes of one key coalesce: a request begun and completed between two
 //! rounds is written once, as its final record, and never enters the running table.
@@ -20,14 +20,10 @@ use std::thread::JoinHandle;
 use parking_lot::Mutex;
 
 use super::failure::{Cause, Failure};
-use super::log::change::{self, Change};
 use super::log::overlay::{Overlay, Round};
-use super::log::{Geometry, Log, LogKey};
-use super::storage::{Backend, Counters, Device, LogState, RecordCounts, Tables};
+use super::log::recovery::readable_record;
+use super::storage::{Backend, RecordCounts};
 use crate::error::Error;
-
-/// Bytes of frames recovery applies per transaction.
-const RECOVERY_BYTES: usize = 256 * 1024;
 
 /// What redb holds, kept by whoever writes it.
 #[derive(Debug, Clone, Copy)]
@@ -127,148 +123,4 @@ fn apply(
         tables.save_log_position(round.published, epoch)?;
         Ok(counts)
     })
-}
-
-/// The record redb holds for `digest`, or `None` if its value does not decode: the new state
-/// replaces it (the stale index entry it leaves is dropped by a sweep, which checks entries
-/// against their records).
-pub(crate) fn readable_record(
-    tables: &mut Tables<'_>,
-    digest: &crate::idempotency::Digest,
-) -> Result<Option<crate::idempotency::Record>, Error> {
-    match tables.record(digest) {
-        Err(Error::Corrupted(_)) => Ok(None),
-        other => other,
-    }
-}
-
-/// Opens the store's log (creating it if the store never had one) and applies to redb every
-/// change it holds after the applied position, in one transaction that also moves the applied
-/// position to the log's end under this session's `epoch`. Updates `persisted` (counters and
-/// record counts) to what redb then holds, and returns the log, positioned at its end.
-///
-/// # Errors
-/// [`Error::Corrupted`] if a store that had a log has lost it, or the log is another store's;
-/// the log's and redb's I/O errors.
-pub(crate) fn recover(
-    backend: &Backend,
-    device: impl FnOnce(bool) -> Result<Box<dyn Device>, Error>,
-    geometry: Geometry,
-    persisted: &mut Counters,
-) -> Result<Log, Error> {
-    let Some(state) = persisted.log else {
-        return Err(Error::Corrupted("the store has no log key".into()));
-    };
-    let key = LogKey(state.key.0, state.key.1);
-    let epoch = persisted.epoch;
-    let mut log = if state.floor == 0 {
-        // Never created (or its creation was interrupted): nothing in it was acknowledged.
-        Log::create(device(true)?, geometry, key)?
-    } else {
-        Log::open(device(false)?, key)?
-    };
-    // In transactions of about RECOVERY_BYTES of frames each, so that applying a full log
-    // needs no more free space than a round of the applier; each commit moves the applied
-    // position (a crash meanwhile resumes from there).
-    let mut base = *persisted;
-    let (mut applied, mut floor) = (state.applied, state.floor);
-    loop {
-        let (scanned, counts, next_token, clock) = backend.write(|tables| {
-            let (mut next_token, mut clock) = (base.next_token, base.clock_high_water);
-            let mut budget = RECOVERY_BYTES;
-            let scanned = log.scan_some(applied, floor, epoch, |_, _, payload| {
-                budget = budget.saturating_sub(payload.len());
-                for change in change::decode(payload)? {
-                    match change {
-                        Change::PutRecord(digest, record) => {
-                            let old = readable_record(tables, &digest)?;
-                            tables.put_record(&digest, old.as_ref(), &record)?;
-                        }
-                        Change::DeleteRecord(digest) => {
-                            if let Some(old) = readable_record(tables, &digest)? {
-                                tables.delete_record(&digest, &old)?;
-                            }
-                        }
-                        Change::PutRate(key, rate) => tables.put_rate(&key, Some(&rate))?,
-                        Change::DeleteRate(key) => tables.put_rate(&key, None)?,
-                        Change::Counters {
-                            next_token: token,
-                            clock: mark,
-                        } => {
-                            next_token = next_token.max(token);
-                            clock = clock.max(mark);
-                        }
-                    }
-                }
-                Ok(budget > 0)
-            })?;
-            let counts = base.record_counts.plus(tables.count_deltas());
-            tables.save_counters(next_token, clock, counts)?;
-            // Once the end is reached, this session's frames follow: its epoch is the floor.
-            let floor = if scanned.complete {
-                epoch
-            } else {
-                scanned.floor
-            };
-            tables.save_log_position(scanned.end, floor)?;
-            Ok((scanned, counts, next_token, clock))
-        })?;
-        base.record_counts = counts;
-        base.next_token = next_token;
-        base.clock_high_water = clock;
-        applied = scanned.end;
-        floor = scanned.floor;
-        if scanned.complete {
-            break;
-        }
-    }
-    let counts = base.record_counts;
-    let (next_token, clock) = (base.next_token, base.clock_high_water);
-    persisted.record_counts = counts;
-    persisted.next_token = next_token;
-    persisted.clock_high_water = clock;
-    persisted.log = Some(LogState {
-        applied: log.end(),
-        floor: epoch,
-        ..state
-    });
-    Ok(log)
-}
-
-/// For a store opened for reads only: the log's frames after the applied position, in an
-/// overlay that reads consult (redb cannot be written to apply them). `None` if the store has no
-/// log or the log cannot be read.
-pub(crate) fn read_only_overlay(
-    device: Box<dyn Device>,
-    persisted: &Counters,
-) -> Result<Option<Arc<Overlay>>, Error> {
-    let Some(state) = persisted.log.filter(|state| state.floor > 0) else {
-        return Ok(None);
-    };
-    let mut log = Log::open(device, LogKey(state.key.0, state.key.1))?;
-    let overlay = Overlay::new(usize::MAX, state.applied, persisted.next_token, 0);
-    log.scan(
-        state.applied,
-        state.floor,
-        // A store opened for reads does not bump the epoch: frames of the last session are at it.
-        persisted.epoch,
-        |_, _, payload| {
-            let mut records = Vec::new();
-            let mut rates = Vec::new();
-            for change in change::decode(payload)? {
-                match change {
-                    Change::PutRecord(digest, record) => {
-                        records.push((digest, Some(Arc::new(record))));
-                    }
-                    Change::DeleteRecord(digest) => records.push((digest, None)),
-                    Change::PutRate(key, rate) => rates.push((key, Some(rate))),
-                    Change::DeleteRate(key) => rates.push((key, None)),
-                    Change::Counters { .. } => {}
-                }
-            }
-            overlay.publish(records, rates, state.applied, 0, 0);
-            Ok(())
-        },
-    )?;
-    Ok(Some(Arc::new(overlay)))
 }

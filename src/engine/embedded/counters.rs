@@ -5,7 +5,7 @@
 //! latest committed state. Both paths load counters through [`Recovery::on_load`], which applies
 //! the crash policy, and both decide with the same pure `charge::apply`.
 //!
-//! [`Recovery::on_load`]: super::recovery::Recovery::on_load
+//! [`Recovery::on_load`]: crate::ratelimit::crash_policy::Recovery::on_load
 
 use std::cell::Cell;
 

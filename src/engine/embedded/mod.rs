@@ -9,11 +9,25 @@
 //!
 //! `close` stops the compactor, then the writer (after it applied everything queued before),
 //! joins both and releases the file; any call afterwards gets [`Error::Closed`].
+//!
+//! The files of this engine, by concern:
+//! - this file: the engine's lifecycle (open, start the writer, close) and its dispatch;
+//! - `options.rs`: what it is opened with; `files.rs`: opening the store file;
+//!   `degraded.rs`: a store that cannot write, and its reopening;
+//! - `records.rs`, `counters.rs`: the two halves of the seam (`engine::RecordEngine`,
+//!   `engine::CounterEngine`);
+//! - `command.rs` (the protocol), `writer.rs` and `writer_core.rs` (group commit),
+//!   `sequencer.rs` and `txn.rs` (what a command does), `failure.rs` (the failure model);
+//! - `log/` (the write-ahead log, its recovery in `log/recovery.rs`), `wal_commit.rs` (the
+//!   commit through it), `applier.rs` (the log into redb);
+//! - `rate_cache.rs`: Batched counters in memory; `storage/`: redb.
 
 mod applier;
 mod command;
 mod counters;
+mod degraded;
 mod failure;
+mod files;
 pub(crate) mod log;
 mod options;
 mod rate_cache;
@@ -28,7 +42,7 @@ mod writer_core;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
 use parking_lot::{Mutex, RwLock};
@@ -38,27 +52,28 @@ use crate::clock::{Clock, StoreTime, system_time_to_nanos};
 use crate::engine::compactor::Compactor;
 use crate::engine::notify::Notifier;
 use crate::engine::write_counters::Counters;
-use crate::error::{Error, IoKind, Result};
+use crate::error::{Error, Result};
 use crate::ratelimit::crash_policy::Recovery;
 use crate::ratelimit::{CounterKeys, CrashPolicy};
 use crate::status::Stats;
 use applier::{Applier, RedbSide};
 pub(crate) use command::Command;
 use command::Pending;
-use failure::{Cause, Failure};
+use degraded::{Degraded, unreadable};
+use failure::Failure;
+pub(crate) use files::{check_integrity, reclaim};
+use files::{open_backend, open_read_view};
+use log::Geometry;
 use log::overlay::Overlay;
-use log::{Geometry, LogFile};
+pub(crate) use log::recovery::log_path;
+use log::recovery::{read_only_overlay, recover_log};
 pub(crate) use options::Options;
 use rate_cache::RateCache;
 use sequencer::Sequencer;
 pub(crate) use storage::Location;
-use storage::{Backend, OpenOptions, io_kind};
+use storage::{Backend, OpenOptions};
 use writer::Writer;
 use writer_core::{Core, WalCore};
-
-/// How often a store that cannot write tries to reopen its file for writing, at most (on the
-/// store's clock, at its next write).
-pub(crate) const REOPEN_INTERVAL: Duration = Duration::from_secs(1);
 
 /// An open store file and its writer.
 pub(crate) struct Embedded {
@@ -128,12 +143,6 @@ struct WriterParts {
     applier: Option<Applier>,
 }
 
-struct Degraded {
-    cause: Cause,
-    /// When the last reopen for writing was tried, on the store's clock.
-    tried: SystemTime,
-}
-
 impl WriterParts {
     /// Stops the compactor, then the writer (after it applied everything queued before) and
     /// joins both. Returns whether the writer thread ended normally.
@@ -201,7 +210,7 @@ impl Embedded {
                 #[cfg(any(test, feature = "test-support"))]
                 Location::Simulated(_) => options.write_ahead_log.unwrap_or(false),
             },
-            geometry: log_geometry(options)?,
+            geometry: options.log_geometry()?,
             memory: options.log_memory,
         };
         let open = OpenOptions {
@@ -223,7 +232,16 @@ impl Embedded {
         let (session_log, read_overlay) = if degraded.is_some() {
             (None, read_only_overlay(&location, &persisted)?)
         } else {
-            (recover_log(&backend, &location, log, &mut persisted)?, None)
+            (
+                recover_log(
+                    &backend,
+                    &location,
+                    log.geometry,
+                    log.enabled,
+                    &mut persisted,
+                )?,
+                None,
+            )
         };
         counters.set_records(persisted.record_counts.as_array());
         let recovery = Recovery::new(options.crash_policy, persisted.rate_recovery_at);
@@ -568,355 +586,4 @@ impl Embedded {
             }
         })?
     }
-
-    fn time_to_reopen(&self, degraded: &Degraded) -> bool {
-        !self.reopen.read_only
-            && self
-                .reopen
-                .clock
-                .now()
-                .duration_since(degraded.tried)
-                .map_or(true, |since| since >= REOPEN_INTERVAL)
-    }
-
-    /// After a write failure: stops the failed writer, closes the file (redb refuses every
-    /// operation on a handle after an I/O error) and opens it again, for writing if it can, else
-    /// for reads. `Ok` once the store can serve reads; `Closed` if it was closed.
-    fn settle(&self) -> Result<()> {
-        if !self.alarm.load(Ordering::Acquire) {
-            if self.degraded.load(Ordering::Acquire) {
-                self.try_reopen();
-            }
-            return Ok(());
-        }
-        let mut running = self.running.write();
-        let failure = Arc::clone(&self.failure.read());
-        if !failure.is_failed() {
-            return Ok(()); // another caller settled it
-        }
-        let Some(current) = running.take() else {
-            return Err(Error::Closed);
-        };
-        let cause = failure.cause().unwrap_or(Cause::Failed {
-            reason: "a write failed".into(),
-        });
-        crate::observe::degraded(&cause.reason());
-        let _ = current.shut_down();
-        // Settled: the failed writer is gone; a new writer gets a flag of its own.
-        *self.failure.write() = Arc::new(Failure::new(Arc::clone(&self.alarm)));
-        self.alarm.store(false, Ordering::Release);
-        *running = Some(self.reopened(cause));
-        Ok(())
-    }
-
-    /// Tries to open the file for writing again (the store could not write), if the last try
-    /// is [`REOPEN_INTERVAL`] old.
-    fn try_reopen(&self) {
-        let due = self.running.read().as_ref().is_some_and(|running| {
-            running
-                .degraded
-                .as_ref()
-                .is_some_and(|degraded| self.time_to_reopen(degraded))
-        });
-        if !due {
-            return;
-        }
-        let mut running = self.running.write();
-        let Some(current) = running.take() else {
-            return;
-        };
-        // Checked again under the lock: another caller may have reopened it meanwhile.
-        let due = current
-            .degraded
-            .as_ref()
-            .is_some_and(|degraded| self.time_to_reopen(degraded));
-        if !due {
-            *running = Some(current);
-            return;
-        }
-        let cause = current
-            .degraded
-            .as_ref()
-            .map(|degraded| degraded.cause.clone());
-        let _ = current.shut_down();
-        *running = Some(self.reopened(cause.unwrap_or(Cause::Failed {
-            reason: "a write failed".into(),
-        })));
-    }
-
-    /// Opens the (closed) file again: for writing, with a new epoch, if it can; else for reads,
-    /// remembering `cause` (or the new one) and the attempt.
-    fn reopened(&self, cause: Cause) -> Running {
-        // The options of the first open, continuing its session (its `now` decides nothing here:
-        // a session's own reopen neither starts a rate recovery nor creates a file).
-        let options = self.reopen.options;
-        // A file that disappeared is not opened again: `open` would create a new, empty store
-        // (new epochs and tokens from the start) under the same name.
-        let attempt = if location_exists(&self.location) {
-            Backend::open(&self.location, options)
-        } else {
-            Err(Error::storage(std::io::Error::new(
-                std::io::ErrorKind::NotFound,
-                format!("{} is gone", self.location.path().display()),
-            )))
-        };
-        let attempt = attempt.and_then(|(backend, mut persisted)| {
-            let log = recover_log(&backend, &self.location, self.reopen.log, &mut persisted)?;
-            let records = persisted.record_counts;
-            let running = self.start_writer(Arc::new(backend), persisted, log)?;
-            Ok((running, records))
-        });
-        match attempt {
-            Ok((running, records)) => {
-                self.counters.set_records(records.as_array());
-                // Whatever a failed flush took from the cache is written again.
-                if let Some(cache) = &self.rate_cache {
-                    cache.mark_all_dirty();
-                }
-                crate::observe::recovered();
-                self.degraded.store(false, Ordering::Release);
-                self.reopen.notifier.bump();
-                running
-            }
-            Err(error) => {
-                let cause = match io_kind(&error) {
-                    IoKind::Other => cause,
-                    _ => Cause::of(&error, self.location.path()),
-                };
-                let opened = Backend::open_for_reads(&self.location, options).ok();
-                let overlay = opened
-                    .as_ref()
-                    .and_then(|(_, persisted)| read_only_overlay(&self.location, persisted).ok())
-                    .flatten();
-                let backend = opened.map(|(backend, _)| Arc::new(backend));
-                self.degraded.store(true, Ordering::Release);
-                Running {
-                    backend,
-                    writer: None,
-                    degraded: Some(Degraded {
-                        cause,
-                        tried: self.reopen.clock.now(),
-                    }),
-                    overlay,
-                }
-            }
-        }
-    }
-}
-
-/// The log's shape for `options`: its segment size, and enough segments for its memory cap.
-fn log_geometry(options: &Options) -> Result<Geometry> {
-    let segment = options.log_segment_bytes;
-    let segments = options
-        .log_memory
-        .div_ceil(segment.max(1) as usize)
-        .clamp(log::MIN_SEGMENTS as usize, 1 << 16);
-    Geometry::new(segment, u32::try_from(segments).unwrap_or(u32::MAX))
-}
-
-/// The path of the log of the store file at `path`: `<path>.log`.
-pub(crate) fn log_path(path: &std::path::Path) -> std::path::PathBuf {
-    let mut name = path.as_os_str().to_owned();
-    name.push(".log");
-    std::path::PathBuf::from(name)
-}
-
-/// How a log file is opened.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LogAccess {
-    /// For writes, created if missing.
-    Create,
-    /// For writes; it must exist.
-    Existing,
-    /// For reads; it must exist.
-    ReadOnly,
-}
-
-/// The log's device for the store at `location`.
-fn log_device(location: &Location, access: LogAccess) -> Result<Box<dyn storage::Device>> {
-    let create = access == LogAccess::Create;
-    let path = match location {
-        Location::File(path) => path,
-        #[cfg(any(test, feature = "test-support"))]
-        Location::Simulated(disk) => {
-            let log = disk.log_file();
-            if !create && !log.has_bytes() {
-                return Err(Error::Corrupted(
-                    "the simulated disk's write-ahead log is missing".into(),
-                ));
-            }
-            return Ok(Box::new(log));
-        }
-        Location::Memory(_) => {
-            return Err(Error::Corrupted(
-                "an in-memory store with a write-ahead log".into(),
-            ));
-        }
-    };
-    let log = log_path(path);
-    if !create && !log.exists() {
-        return Err(Error::Corrupted(format!(
-            "the write-ahead log {} is missing: it may hold acknowledged changes",
-            log.display()
-        )));
-    }
-    let file =
-        LogFile::open(&log, access != LogAccess::ReadOnly, create).map_err(Error::storage)?;
-    if create {
-        storage::sync_parent(&log)?;
-    }
-    Ok(Box::new(file))
-}
-
-/// Applies what the log of a store opened for writing holds (if the store has a log) and returns
-/// the log if this session writes through it.
-fn recover_log(
-    backend: &Backend,
-    location: &Location,
-    settings: LogSettings,
-    persisted: &mut storage::Counters,
-) -> Result<Option<log::Log>> {
-    if persisted.log.is_none() {
-        return Ok(None);
-    }
-    let log = applier::recover(
-        backend,
-        |create| {
-            let access = if create {
-                LogAccess::Create
-            } else {
-                LogAccess::Existing
-            };
-            log_device(location, access)
-        },
-        settings.geometry,
-        persisted,
-    )?;
-    Ok(settings.enabled.then_some(log))
-}
-
-/// Opens the existing store file at `location` for reads only, for good: the backend, its
-/// counters, and the degraded state that refuses every write (never retried).
-fn open_read_view(
-    location: &Location,
-    options: OpenOptions,
-) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
-    let Location::File(path) = location else {
-        return Err(Error::InvalidArgument(
-            "only a store file can be opened read-only".into(),
-        ));
-    };
-    if !path.is_file() {
-        return Err(Error::storage(std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            format!("{}: no such store file", path.display()),
-        )));
-    }
-    let (backend, persisted) = Backend::open_read_view(path, options)?;
-    let cause = Cause::ReadOnly {
-        path: path.clone(),
-        reason: "opened read-only".into(),
-    };
-    Ok((backend, persisted, Some(cause), CreatedHere(None)))
-}
-
-/// Opens the backend for `location`: for writing, or for reads only when the existing file
-/// cannot be written (the cause returned). What would refuse the open is found first, without
-/// writing anything; a store this open creates is removed again if the open fails after all
-/// (disarm the guard returned once it succeeded).
-fn open_backend(
-    location: &Location,
-    options: OpenOptions,
-) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
-    let existed = location_exists(location);
-    if let (Location::File(path), true) = (location, existed) {
-        if let Some(log) = Backend::check_before_writing(path)? {
-            check_log_before_writing(location, Some(log))?;
-        }
-    }
-    let (backend, persisted, degraded) = match Backend::open(location, options) {
-        Ok((backend, persisted)) => (backend, persisted, None),
-        Err(error) if io_kind(&error) != IoKind::Other && existed => {
-            let cause = Cause::of(&error, location.path());
-            let (backend, persisted) =
-                Backend::open_for_reads(location, options).map_err(|_| cause.error())?;
-            crate::observe::degraded(&cause.reason());
-            (backend, persisted, Some(cause))
-        }
-        // A creation refused by a full disk or a read-only filesystem says so, with its path.
-        Err(error) if io_kind(&error) != IoKind::Other => {
-            return Err(Cause::of(&error, location.path()).error());
-        }
-        Err(error) => return Err(error),
-    };
-    let created = CreatedHere(match location {
-        Location::File(path) if !existed => Some(path.clone()),
-        _ => None,
-    });
-    Ok((backend, persisted, degraded, created))
-}
-
-/// A store file (and its log) created by an open that has not succeeded yet: removed on drop
-/// unless the open disarmed it by taking the path. Unlinking while redb still has the file open
-/// is fine on Unix; another process that opens the path meanwhile creates a store of its own.
-struct CreatedHere(Option<std::path::PathBuf>);
-
-impl Drop for CreatedHere {
-    fn drop(&mut self) {
-        if let Some(path) = self.0.take() {
-            let _ = std::fs::remove_file(log_path(&path));
-            let _ = std::fs::remove_file(&path);
-        }
-    }
-}
-
-/// Refuses a store whose log holds frames (its floor is set) but is missing, or belongs to another
-/// store, without writing anything (the writable open's recovery would find the same, after
-/// bumping the epoch).
-fn check_log_before_writing(location: &Location, log: Option<storage::LogState>) -> Result<()> {
-    let Some(state) = log.filter(|state| state.floor > 0) else {
-        return Ok(());
-    };
-    let device = log_device(location, LogAccess::ReadOnly)?;
-    log::Log::open(device, log::LogKey(state.key.0, state.key.1)).map(drop)
-}
-
-/// For a store opened for reads only: the log's unapplied frames, for reads to see.
-fn read_only_overlay(
-    location: &Location,
-    persisted: &storage::Counters,
-) -> Result<Option<Arc<Overlay>>> {
-    if persisted.log.is_none_or(|state| state.floor == 0) {
-        return Ok(None);
-    }
-    applier::read_only_overlay(log_device(location, LogAccess::ReadOnly)?, persisted)
-}
-
-/// The error of an operation the store cannot serve: the cause of its degraded state.
-fn unreadable(running: &Running) -> Error {
-    running
-        .degraded
-        .as_ref()
-        .map_or(Error::Poisoned, |degraded| degraded.cause.error())
-}
-
-/// Whether the store's bytes exist already (a new file cannot be created for reads).
-// The other locations (memory, and the simulated disk with `test-support`) vary by feature.
-#[allow(clippy::match_wildcard_for_single_variants)]
-fn location_exists(location: &Location) -> bool {
-    match location {
-        Location::File(path) => path.exists(),
-        _ => true,
-    }
-}
-
-/// Runs redb's integrity check on the file of a closed store (`Store::check_integrity`).
-pub(crate) fn check_integrity(path: &std::path::Path) -> Result<bool> {
-    Backend::check_integrity(path)
-}
-
-/// Rewrites the file of a closed store to hold only live pages (`Store::reclaim_space`): its
-/// size before and after.
-pub(crate) fn reclaim(path: &std::path::Path) -> Result<(u64, u64)> {
-    Backend::reclaim(path)
 }

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::log::{self, Geometry};
 use crate::clock::Clock;
+use crate::error::Error;
 use crate::ratelimit::CrashPolicy;
 
 /// The embedded engine's options.
@@ -39,4 +41,16 @@ pub(crate) struct Options {
     pub compaction_batch: usize,
     /// The most records the file may hold (`None`: no bound).
     pub max_records: Option<u64>,
+}
+
+impl Options {
+    /// The log's shape: its segment size, and enough segments for its memory cap.
+    pub(crate) fn log_geometry(&self) -> Result<Geometry, Error> {
+        let segment = self.log_segment_bytes;
+        let segments = self
+            .log_memory
+            .div_ceil(segment.max(1) as usize)
+            .clamp(log::MIN_SEGMENTS as usize, 1 << 16);
+        Geometry::new(segment, u32::try_from(segments).unwrap_or(u32::MAX))
+    }
 }

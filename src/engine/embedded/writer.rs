@@ -20,9 +20,9 @@
 //!   only; the rest of the batch commits. A command that fails leaves nothing: if it had written
 //!   before failing, the transaction is rolled back and the batch applied again without it.
 //! - A bulk load and each compaction step get a transaction of their own.
-//! - Every command carries a reply of its own answer's type ([`Pending`]), so an answer can only
+//! - Every command carries a reply of its own answer's type ([`Pending`](super::command::Pending)), so an answer can only
 //!   reach the caller that asked for it, in the shape it asked for.
-//! - A *storage* error aborts the batch and marks the writer failed ([`Failure`]): every caller
+//! - A *storage* error aborts the batch and marks the writer failed ([`Failure`](super::failure::Failure)): every caller
 //!   in the batch gets an error that says what happened (no space left; otherwise the commit is
 //!   in doubt), and every command after it gets the failure's error. The engine then stops this
 //!   writer and reopens the file (`mod.rs`): a failed fsync is never retried as if the earlier

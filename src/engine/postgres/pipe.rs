@@ -44,7 +44,7 @@ pub(crate) enum Failure {
     Connect(Error),
 }
 
-/// The writer's prepared statements, in the order of [`Pipe::statements`].
+/// The writer's prepared statements, one per statement family (and per [`Tables`] version).
 struct Prepared {
     /// By [`Tables`].
     lock: Vec<Statement>,

@@ -80,7 +80,7 @@ pub(super) fn open_error(error: DatabaseError) -> Error {
     }
 }
 
-/// Panics inside redb caught so far by [`guarded`], [`contained`] and [`Backend::write`], in this
+/// Panics inside redb caught so far by [`guarded`], [`contained`] and `Backend::write`, in this
 /// process (test support reads it to show the containment ran).
 pub(super) static CONTAINED_PANICS: AtomicU64 = AtomicU64::new(0);
 

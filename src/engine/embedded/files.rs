@@ -1,0 +1,105 @@
+//! Opening the store's files: the backend for writing, or for reads only when an existing file
+//! cannot be written (or for good, `open_read_only`), what would refuse an open found before
+//! anything is written, and the guard that removes a file an open created if that open fails;
+//! the offline operations on a closed file.
+
+use super::failure::Cause;
+use super::log::recovery::{check_log_before_writing, log_path};
+use super::storage::{self, Backend, Location, OpenOptions, io_kind};
+use crate::error::{Error, IoKind, Result};
+
+/// Opens the existing store file at `location` for reads only, for good: the backend, its
+/// counters, and the degraded state that refuses every write (never retried).
+pub(super) fn open_read_view(
+    location: &Location,
+    options: OpenOptions,
+) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
+    let Location::File(path) = location else {
+        return Err(Error::InvalidArgument(
+            "only a store file can be opened read-only".into(),
+        ));
+    };
+    if !path.is_file() {
+        return Err(Error::storage(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{}: no such store file", path.display()),
+        )));
+    }
+    let (backend, persisted) = Backend::open_read_view(path, options)?;
+    let cause = Cause::ReadOnly {
+        path: path.clone(),
+        reason: "opened read-only".into(),
+    };
+    Ok((backend, persisted, Some(cause), CreatedHere(None)))
+}
+
+/// Opens the backend for `location`: for writing, or for reads only when the existing file
+/// cannot be written (the cause returned). What would refuse the open is found first, without
+/// writing anything; a store this open creates is removed again if the open fails after all
+/// (disarm the guard returned once it succeeded).
+pub(super) fn open_backend(
+    location: &Location,
+    options: OpenOptions,
+) -> Result<(Backend, storage::Counters, Option<Cause>, CreatedHere)> {
+    let existed = location_exists(location);
+    if let (Location::File(path), true) = (location, existed) {
+        if let Some(log) = Backend::check_before_writing(path)? {
+            check_log_before_writing(location, Some(log))?;
+        }
+    }
+    let (backend, persisted, degraded) = match Backend::open(location, options) {
+        Ok((backend, persisted)) => (backend, persisted, None),
+        Err(error) if io_kind(&error) != IoKind::Other && existed => {
+            let cause = Cause::of(&error, location.path());
+            let (backend, persisted) =
+                Backend::open_for_reads(location, options).map_err(|_| cause.error())?;
+            crate::observe::degraded(&cause.reason());
+            (backend, persisted, Some(cause))
+        }
+        // A creation refused by a full disk or a read-only filesystem says so, with its path.
+        Err(error) if io_kind(&error) != IoKind::Other => {
+            return Err(Cause::of(&error, location.path()).error());
+        }
+        Err(error) => return Err(error),
+    };
+    let created = CreatedHere(match location {
+        Location::File(path) if !existed => Some(path.clone()),
+        _ => None,
+    });
+    Ok((backend, persisted, degraded, created))
+}
+
+/// A store file (and its log) created by an open that has not succeeded yet: removed on drop
+/// unless the open disarmed it by taking the path. Unlinking while redb still has the file open
+/// is fine on Unix; another process that opens the path meanwhile creates a store of its own.
+pub(super) struct CreatedHere(pub(super) Option<std::path::PathBuf>);
+
+impl Drop for CreatedHere {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(log_path(&path));
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+}
+
+/// Whether the store's bytes exist already (a new file cannot be created for reads).
+// The other locations (memory, and the simulated disk with `test-support`) vary by feature.
+#[allow(clippy::match_wildcard_for_single_variants)]
+pub(super) fn location_exists(location: &Location) -> bool {
+    match location {
+        Location::File(path) => path.exists(),
+        _ => true,
+    }
+}
+
+/// Runs redb's integrity check on the file of a closed store (`Store::check_integrity`).
+pub(crate) fn check_integrity(path: &std::path::Path) -> Result<bool> {
+    Backend::check_integrity(path)
+}
+
+/// Rewrites the file of a closed store to hold only live pages (`Store::reclaim_space`): its
+/// size before and after.
+pub(crate) fn reclaim(path: &std::path::Path) -> Result<(u64, u64)> {
+    Backend::reclaim(path)
+}
