@@ -30,14 +30,20 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::request::Parts;
-use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderName, Method, Request, Response, StatusCode};
 use http_body::Body;
 use http_body_util::{BodyExt, Limited};
 
 use super::key_header;
-use super::problem::{problem, unavailable};
-use crate::idempotency::{Begin, Checkpoint, Fingerprint, IdempotencyKey, Lease, StoredResponse};
+use super::problem::problem;
+use crate::idempotency::{Begin, Fingerprint, IdempotencyKey};
 use crate::{BeginOptions, Error, Store};
+
+mod context;
+mod execute;
+
+pub use context::IdempotencyContext;
+use execute::{IN_FLIGHT_RETRY_AFTER, execute, insert_header, replayed, store_error};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Predicate = Arc<dyn Fn(&Parts) -> bool + Send + Sync>;
@@ -49,154 +55,6 @@ pub const IDEMPOTENT_REPLAYED: &str = "idempotent-replayed";
 
 /// Default limit on a request body read to fingerprint it: 1 MiB.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
-
-/// What the handler of a fresh or recovered execution learns, from the request's extensions
-/// (in axum: `Extension<IdempotencyContext>`), and its way to the lease the layer holds for it.
-///
-/// The layer keeps the lease alive while the handler runs (it extends it every third of the
-/// store's [`lease_ttl`](crate::StoreBuilder::lease_ttl)), so a handler slower than the lease
-/// is never taken over by a retry. A handler that works in steps saves its progress with
-/// [`IdempotencyContext::save_checkpoint`]; an execution that takes over from a crashed one
-/// (`recovered`) finds the last checkpoint in `checkpoint`.
-///
-/// ```
-/// # #[cfg(feature = "tower")] {
-/// use tollgate::tower::IdempotencyContext;
-///
-/// // An axum handler: `async fn pay(Extension(context): Extension<IdempotencyContext>) -> ...`
-/// async fn pay(context: IdempotencyContext) -> Result<String, tollgate::Error> {
-///     let step = context.checkpoint.as_ref().map_or("start", |c| c.name.as_str());
-///     if step == "start" {
-///         // ... reserve the funds, then remember that it was done ...
-///         context.save_checkpoint("reserved", b"hold_81").await?;
-///     }
-///     // ... capture, then answer; the layer stores the answer as the key's outcome.
-///     Ok(format!("paid (attempt {}, recovered: {})", context.attempt, context.recovered))
-/// }
-/// # let _ = pay; }
-/// ```
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct IdempotencyContext {
-    /// An earlier execution of this request may have run (its owner crashed or stalled).
-    pub recovered: bool,
-    /// 1 for the first execution, plus one per takeover.
-    pub attempt: u32,
-    /// The lease's fencing token, for downstream systems that reject stale owners.
-    pub token: u64,
-    /// The last checkpoint an earlier execution saved.
-    pub checkpoint: Option<Checkpoint>,
-    lease: LeaseSlot,
-}
-
-impl IdempotencyContext {
-    /// Saves progress that a later execution receives on takeover (in its `checkpoint`), as
-    /// [`Lease::save_checkpoint`] does; durable on return. Runs on a blocking thread.
-    ///
-    /// # Errors
-    /// As for [`Lease::save_checkpoint`]; [`Error::LeaseLost`] also once the layer found the
-    /// lease lost, or after the handler's response was recorded.
-    pub async fn save_checkpoint(&self, name: &str, data: &[u8]) -> crate::Result<()> {
-        let slot = self.lease.clone();
-        let (name, data) = (name.to_owned(), data.to_vec());
-        blocking(move || slot.with_lease(|lease| lease.save_checkpoint(&name, &data))).await
-    }
-
-    /// Whether the lease was found lost while the handler ran (the record was taken over, e.g.
-    /// after this process stalled past the lease): the handler's response will not be stored,
-    /// and a handler that can should stop before further side effects.
-    pub fn lease_lost(&self) -> bool {
-        self.lease.is_lost()
-    }
-}
-
-/// The lease of one execution, shared by the layer (which extends it, then resolves it) and the
-/// handler (which saves checkpoints under it).
-#[derive(Clone)]
-struct LeaseSlot {
-    inner: Arc<SlotInner>,
-}
-
-struct SlotInner {
-    /// `None` once the layer took the lease to resolve it.
-    lease: parking_lot::Mutex<Option<Lease>>,
-    /// The record's digest, for the logs (read without the lock an extension may hold).
-    digest: crate::idempotency::Digest,
-    lost: std::sync::atomic::AtomicBool,
-}
-
-impl std::fmt::Debug for LeaseSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LeaseSlot")
-            .field("lost", &self.is_lost())
-            .finish_non_exhaustive()
-    }
-}
-
-impl LeaseSlot {
-    fn new(lease: Lease) -> Self {
-        Self {
-            inner: Arc::new(SlotInner {
-                digest: lease.digest(),
-                lease: parking_lot::Mutex::new(Some(lease)),
-                lost: std::sync::atomic::AtomicBool::new(false),
-            }),
-        }
-    }
-
-    fn is_lost(&self) -> bool {
-        self.inner.lost.load(std::sync::atomic::Ordering::Acquire)
-    }
-
-    /// Runs `work` on the lease (blocking: call it off the async workers); a lease found lost is
-    /// remembered.
-    fn with_lease(&self, work: impl FnOnce(&mut Lease) -> crate::Result<()>) -> crate::Result<()> {
-        let mut slot = self.inner.lease.lock();
-        let Some(lease) = slot.as_mut() else {
-            return Err(Error::LeaseLost);
-        };
-        if self.is_lost() {
-            return Err(Error::LeaseLost);
-        }
-        let result = work(lease);
-        if matches!(result, Err(Error::LeaseLost)) {
-            self.inner
-                .lost
-                .store(true, std::sync::atomic::Ordering::Release);
-        }
-        result
-    }
-
-    /// Takes the lease out to resolve it (blocking: waits for an extension in progress).
-    fn take(&self) -> Option<Lease> {
-        self.inner.lease.lock().take()
-    }
-}
-
-/// Extends the lease in `slot` by `ttl` every `period` until the task is aborted or the lease is
-/// found lost. An extension that fails for another reason (the store is unavailable) is tried
-/// again at the next period: if the store stays away the lease lapses, and fencing refuses this
-/// execution's later writes.
-async fn keep_alive(slot: LeaseSlot, period: Duration, ttl: Duration) {
-    loop {
-        tokio::time::sleep(period).await;
-        let extending = slot.clone();
-        match blocking(move || extending.with_lease(|lease| lease.extend(ttl))).await {
-            Ok(()) => {}
-            Err(Error::LeaseLost) => {
-                crate::observe::lease_lost_in_handler(&slot.inner.digest);
-                return;
-            }
-            Err(error) => crate::observe::lease_extension_failed(&error),
-        }
-    }
-}
-
-/// How often a running handler's lease is extended: a third of its length, so two extensions
-/// can fail before it lapses.
-fn keep_alive_period(ttl: Duration) -> Duration {
-    (ttl / 3).max(Duration::from_millis(1))
-}
 
 #[derive(Clone)]
 struct Config {
@@ -571,111 +429,6 @@ fn scoped_key<R: From<Bytes>>(
     })
 }
 
-/// `Retry-After` of a 409 for a duplicate in flight: a poll hint, in seconds.
-const IN_FLIGHT_RETRY_AFTER: &str = "1";
-
-/// Runs the inner service under `lease`, kept alive while it runs, and records (or releases) its
-/// outcome.
-async fn execute<S, B, R>(
-    config: Arc<Config>,
-    mut inner: S,
-    mut parts: Parts,
-    body: Bytes,
-    lease: Lease,
-) -> Result<Response<R>, S::Error>
-where
-    S: tower_service::Service<Request<B>, Response = Response<R>> + Send + 'static,
-    S::Future: Send + 'static,
-    S::Error: Send + 'static,
-    B: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-    R: Body<Data = Bytes> + From<Bytes> + Send + 'static,
-    R::Error: Into<BoxError>,
-{
-    let ttl = config.store.lease_ttl();
-    let context = IdempotencyContext {
-        recovered: lease.recovered(),
-        attempt: lease.attempt(),
-        token: lease.token(),
-        checkpoint: lease.checkpoint().cloned(),
-        lease: LeaseSlot::new(lease),
-    };
-    let slot = context.lease.clone();
-    parts.extensions.insert(context);
-    let request = Request::from_parts(parts, B::from(body));
-    // The lease is extended while the handler runs and its body is read, and no longer: a
-    // process that dies takes this task with it, and the lease lapses on time.
-    let keeper = tokio::spawn(keep_alive(slot.clone(), keep_alive_period(ttl), ttl));
-    let keeper = AbortOnDrop(keeper);
-    // The handler runs as its own task: a panic is reported here instead of unwinding through
-    // the server.
-    let outcome = tokio::spawn(async move { inner.call(request).await }).await;
-    let response = match outcome {
-        Ok(Ok(response)) => response,
-        Ok(Err(error)) => {
-            release(slot).await;
-            return Err(error);
-        }
-        Err(_) => {
-            release(slot).await;
-            return Ok(problem(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Handler failed",
-                "the request failed before producing a response; it may be retried",
-            ));
-        }
-    };
-    let (parts, body) = response.into_parts();
-    let Ok(collected) = body.collect().await else {
-        // The side effect ran but its answer is lost: leave the key RUNNING, so that a retry
-        // after the lease expires is told it is a recovery.
-        drop(keeper);
-        return Ok(problem(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "Response failed",
-            "the response body could not be read",
-        ));
-    };
-    drop(keeper);
-    let body = collected.to_bytes();
-    if (config.store_status)(parts.status) {
-        let stored = to_stored(&parts, &body);
-        let recorded = blocking(move || {
-            // Waits for an extension in progress; the keeper is stopped, so none starts.
-            let Some(lease) = slot.take().filter(|_| !slot.is_lost()) else {
-                return Err(Error::LeaseLost);
-            };
-            match lease.complete(stored) {
-                Err(Error::ResponseTooLarge {
-                    lease: Some(lease), ..
-                }) => lease.release(),
-                Err(Error::LeaseLost) => {
-                    crate::observe::lease_lost_in_handler(&slot.inner.digest);
-                    Err(Error::LeaseLost)
-                }
-                other => other,
-            }
-        })
-        .await;
-        if let Err(error) = recorded {
-            if !matches!(error, Error::LeaseLost) {
-                crate::observe::response_not_recorded(&error);
-            }
-        }
-    } else {
-        release(slot).await;
-    }
-    Ok(Response::from_parts(parts, R::from(body)))
-}
-
-/// Aborts a task when dropped: the lease keeper stops however `execute` ends.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
 /// The request's fingerprint: method, path with query, the chosen header fields, and body.
 fn fingerprint(rule: &FingerprintRule, parts: &Parts, body: &[u8]) -> Fingerprint {
     let mut fingerprint = Fingerprint::request().method(parts.method.as_str());
@@ -709,84 +462,4 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work)
         .await
         .unwrap_or(Err(Error::Poisoned))
-}
-
-async fn release(slot: LeaseSlot) {
-    // A failed release leaves the key RUNNING until its lease expires; nothing better to do.
-    let _ = blocking(move || match slot.take() {
-        Some(lease) if !slot.is_lost() => lease.release(),
-        _ => Ok(()),
-    })
-    .await;
-}
-
-/// Header fields that describe one connection, not the response: never stored.
-const HOP_BY_HOP: [&str; 9] = [
-    "connection",
-    "keep-alive",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
-    "content-length",
-];
-
-fn to_stored(parts: &http::response::Parts, body: &Bytes) -> StoredResponse {
-    let mut stored = StoredResponse::new(parts.status.as_u16(), body.to_vec());
-    for (name, value) in &parts.headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
-            stored = stored.with_header(name.as_str(), value.as_bytes().to_vec());
-        }
-    }
-    stored
-}
-
-/// A stored response, replayed.
-fn replayed<R: From<Bytes>>(stored: StoredResponse) -> Response<R> {
-    let mut response = Response::new(R::from(Bytes::from(stored.body)));
-    *response.status_mut() =
-        StatusCode::from_u16(stored.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    for (name, value) in stored.headers {
-        if let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(name.as_bytes()),
-            HeaderValue::from_bytes(&value),
-        ) {
-            response.headers_mut().append(name, value);
-        }
-    }
-    insert_header(&mut response, IDEMPOTENT_REPLAYED, "true");
-    response
-}
-
-fn insert_header<R>(response: &mut Response<R>, name: &'static str, value: &str) {
-    if let Ok(value) = HeaderValue::from_str(value) {
-        response
-            .headers_mut()
-            .insert(HeaderName::from_static(name), value);
-    }
-}
-
-fn store_error<R: From<Bytes>>(error: &Error) -> Response<R> {
-    match error {
-        Error::CapacityExceeded { .. } => {
-            let mut response = problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Idempotency store full",
-                "no room for another idempotency record; retry later",
-            );
-            response.headers_mut().insert(
-                http::header::RETRY_AFTER,
-                http::HeaderValue::from_static("1"),
-            );
-            response
-        }
-        Error::InvalidKey(reason) => problem(
-            StatusCode::BAD_REQUEST,
-            "Idempotency-Key is malformed",
-            &reason.to_string(),
-        ),
-        other => unavailable("Idempotency store unavailable", other),
-    }
 }
