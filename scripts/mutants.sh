@@ -4,7 +4,7 @@
 # on 2 cores).
 #
 #   scripts/mutants.sh rules        # the pure rules: idempotency machine and record, rate algorithm and charge
-#   scripts/mutants.sh write-path   # writer, sequencer, crash-policy recovery, compaction sweep, tables, codec
+#   scripts/mutants.sh write-path   # writer (and its log commit, commands), sequencer, compaction sweep, tables, codec
 #   scripts/mutants.sh FILE...      # any files, against every test
 #   SURVIVORS=1 scripts/mutants.sh rules|write-path
 #                                   # only the mutants a previous run of the group did not catch
@@ -28,7 +28,7 @@ tests=()
 case "$group" in
 rules)
     files=(src/idempotency/machine.rs src/idempotency/record.rs src/ratelimit/algorithm.rs
-        src/ratelimit/charge.rs)
+        src/ratelimit/reservation.rs src/ratelimit/charge.rs src/ratelimit/crash_policy.rs)
     # The lib's unit tests of these files and the scenarios of the `it` test binary that claim
     # them, as name filters (a filter selects tests in both binaries).
     tests=(--lib --test=it -- idempotency:: ratelimit:: state_machine_model:: rate_model::
@@ -36,8 +36,9 @@ rules)
         limits_and_bad_input:: waiting::)
     ;;
 write-path)
-    files=(src/engine/embedded/writer.rs src/engine/embedded/sequencer.rs
-        src/engine/embedded/counters.rs src/store/compaction.rs
+    files=(src/engine/embedded/writer.rs src/engine/embedded/wal_commit.rs
+        src/engine/embedded/command.rs src/engine/embedded/sequencer.rs
+        src/engine/embedded/counters.rs src/engine/compactor.rs
         src/engine/embedded/storage/tables.rs src/engine/codec.rs)
     tests=(--lib --test=it -- engine:: store:: state_machine_model:: rate_model:: close_semantics::
         batch_isolation:: power_loss:: rate_crash_policy:: compaction_expiry:: compaction_race::

@@ -32,18 +32,18 @@ pub(crate) mod crash_policy;
 mod decision;
 mod key;
 mod quota;
+mod reservation;
 
 use std::time::Duration;
 
 #[cfg(feature = "redis")]
 pub(crate) use algorithm::Evaluation;
-pub(crate) use algorithm::{
-    RateState, Spec, covers, idle_at, is_idle, most_restrictive, reservation_units, reserve,
-};
+pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
 pub(crate) use decision::PolicyName;
 pub(crate) use key::{CounterKey, CounterKeys, check_subject};
 pub use quota::{Limit, MAX_LIMIT_NAME_LEN, MAX_SUBJECT_LEN, Quota};
+pub(crate) use reservation::{covers, reservation_units, reserve};
 
 /// When a charging decision reaches the disk. Set with
 /// [`StoreBuilder::rate_durability`](crate::StoreBuilder::rate_durability).
