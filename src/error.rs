@@ -156,6 +156,14 @@ pub enum Error {
     #[error("corrupted store data: {0}")]
     Corrupted(String),
 
+    /// An internal rule of tollgate did not hold (for example, a PostgreSQL batch met a row it
+    /// had not locked): a bug. The operation was not applied; retrying is safe but may meet the
+    /// same bug. Please report it with the message.
+    #[error(
+        "internal error in tollgate (a bug, please report it); the operation was not applied: {0}"
+    )]
+    Internal(String),
+
     /// The storage engine failed. The message includes the engine's own (for example the I/O
     /// error); whatever caused *that* is in [`source`](std::error::Error::source).
     #[error(transparent)]

@@ -137,6 +137,7 @@ mod tests {
             crate::Error::AlreadyOpen,
             crate::Error::Superseded,
             crate::Error::CapacityExceeded { limit: 10 },
+            crate::Error::Internal(format!("{server_text} at {secret_path}")),
         ];
         for error in &errors {
             let response: Response<Bytes> = unavailable("Store unavailable", error);
@@ -175,6 +176,7 @@ mod tests {
         for lasting in [
             crate::Error::Closed,
             crate::Error::Corrupted("a bad record".into()),
+            crate::Error::Internal("a batch's record was not locked".into()),
         ] {
             let response: Response<Bytes> = unavailable("Store unavailable", &lasting);
             assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
