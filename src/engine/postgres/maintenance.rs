@@ -107,10 +107,7 @@ pub(super) fn read_record(
 ) -> Result<Option<Record>> {
     let key = digest.as_bytes().to_vec();
     let (reading, value) = with_client(session, "cannot read a record", |client, sql| {
-        let row = client.query_typed_one(
-            &sql.put("SELECT {s}.now_ns(), (SELECT value FROM {s}.records WHERE digest = $1)"),
-            &[(&key, Type::BYTEA)],
-        )?;
+        let row = client.query_typed_one(&sql.jobs.read_record, &[(&key, Type::BYTEA)])?;
         Ok((
             row.try_get::<_, i64>(0)?,
             row.try_get::<_, Option<Vec<u8>>>(1)?,
@@ -129,7 +126,7 @@ pub(super) fn list_records(
     let limit = i64::try_from(limit).unwrap_or(i64::MAX);
     let rows = with_client(session, "cannot list records", |client, sql| {
         client.query_typed(
-            &sql.list_records,
+            &sql.jobs.list_records,
             &[(&after, Type::BYTEA), (&limit, Type::INT8)],
         )
     })?;
@@ -158,13 +155,7 @@ pub(super) fn peek(
 ) -> Result<RateOutcome> {
     let keys: Vec<Vec<u8>> = targets.iter().map(|target| target.key.0.to_vec()).collect();
     let rows = with_client(session, "cannot read counters", |client, sql| {
-        client.query_typed(
-            &sql.put(
-                "SELECT {s}.now_ns(), c.key, c.value FROM (SELECT 1) AS one \
-                 LEFT JOIN {s}.rates c ON c.key = ANY($1::bytea[])",
-            ),
-            &[(&keys, Type::BYTEA_ARRAY)],
-        )
+        client.query_typed(&sql.jobs.peek_counters, &[(&keys, Type::BYTEA_ARRAY)])
     })?;
     let mut now = 0;
     let mut found = Vec::with_capacity(rows.len());
@@ -215,7 +206,7 @@ fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize)
             "SET LOCAL statement_timeout = {}",
             super::session::STATEMENT_TIMEOUT.as_millis()
         ))?;
-        let now: i64 = txn.query_typed_one(&sql.now, &[])?.try_get(0)?;
+        let now: i64 = txn.query_typed_one(&sql.jobs.now, &[])?.try_get(0)?;
         let rows = txn.query_typed(&sql.compact, &[(&now, Type::INT8), (&limit, Type::INT8)])?;
         let mut removed = [0i64; 4];
         for row in rows {
@@ -227,12 +218,7 @@ fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize)
         }
         if removed.iter().any(|count| *count > 0) {
             txn.query_typed(
-                &sql.put(
-                    "INSERT INTO {s}.counts AS c (slot, running, completed, failed, rates) \
-                     VALUES ($1, -$2::bigint, -$3::bigint, -$4::bigint, -$5::bigint) \
-                     ON CONFLICT (slot) DO UPDATE SET running = c.running - $2, \
-                     completed = c.completed - $3, failed = c.failed - $4, rates = c.rates - $5",
-                ),
+                &sql.jobs.count_removed,
                 &[
                     (&slot, Type::TEXT),
                     (&removed[0], Type::INT8),
@@ -261,17 +247,7 @@ fn compact(session: &mut Session, clock: &ServerClock, slot: &str, limit: usize)
 /// the two tables take.
 pub(super) fn counts(session: &mut Session) -> Result<([u64; 4], u64)> {
     with_client(session, "cannot read the counts", |client, sql| {
-        let row = client.query_typed_one(
-            &sql.put(&format!(
-                "SELECT coalesce(sum(running), 0)::bigint, coalesce(sum(completed), 0)::bigint, \
-                 coalesce(sum(failed), 0)::bigint, coalesce(sum(rates), 0)::bigint, \
-                 pg_total_relation_size('{}.records') + pg_total_relation_size('{}.rates') \
-                 FROM {{s}}.counts",
-                sql.schema.replace('\'', "''"),
-                sql.schema.replace('\'', "''"),
-            )),
-            &[],
-        )?;
+        let row = client.query_typed_one(&sql.jobs.counts, &[])?;
         let mut counts = [0u64; 4];
         for (index, count) in counts.iter_mut().enumerate() {
             *count = to_u64(row.try_get::<_, i64>(index)?);
@@ -299,7 +275,7 @@ pub(super) fn bulk_load(
     let mut encode_error = None;
     let result = with_client_writing(session, "cannot bulk-load", |client, sql, commit| {
         let mut txn = client.transaction()?;
-        let now: i64 = txn.query_typed_one(&sql.now, &[])?.try_get(0)?;
+        let now: i64 = txn.query_typed_one(&sql.jobs.now, &[])?.try_get(0)?;
         let mut written = 0u64;
         let mut deltas = [0i64; 3];
         'chunks: loop {
@@ -327,10 +303,7 @@ pub(super) fn bulk_load(
                 break;
             }
             // Replaced records leave their state's count.
-            for row in txn.query_typed(
-                &sql.put("SELECT state FROM {s}.records WHERE digest = ANY($1) FOR UPDATE"),
-                &[(&digests, Type::BYTEA_ARRAY)],
-            )? {
+            for row in txn.query_typed(&sql.jobs.bulk_lock, &[(&digests, Type::BYTEA_ARRAY)])? {
                 let state: i16 = row.try_get(0)?;
                 if let Some(delta) = usize::try_from(state).ok().and_then(|s| deltas.get_mut(s)) {
                     *delta -= 1;
@@ -342,13 +315,7 @@ pub(super) fn bulk_load(
                 }
             }
             txn.query_typed(
-                &sql.put(
-                    "INSERT INTO {s}.records (digest, value, state, expires_at, owner) \
-                     SELECT d, v, s, e, NULL FROM unnest($1::bytea[], $2::bytea[], \
-                     $3::smallint[], $4::bigint[]) AS u(d, v, s, e) \
-                     ON CONFLICT (digest) DO UPDATE SET value = EXCLUDED.value, \
-                     state = EXCLUDED.state, expires_at = EXCLUDED.expires_at, owner = NULL",
-                ),
+                &sql.jobs.bulk_write,
                 &[
                     (&digests, Type::BYTEA_ARRAY),
                     (&values, Type::BYTEA_ARRAY),
@@ -362,11 +329,7 @@ pub(super) fn bulk_load(
             return Ok((now, 0));
         }
         txn.query_typed(
-            &sql.put(
-                "INSERT INTO {s}.counts AS c (slot, running, completed, failed) \
-                 VALUES ($1, $2, $3, $4) ON CONFLICT (slot) DO UPDATE SET \
-                 running = c.running + $2, completed = c.completed + $3, failed = c.failed + $4",
-            ),
+            &sql.jobs.bulk_count,
             &[
                 (&slot, Type::TEXT),
                 (&deltas[0], Type::INT8),

@@ -287,7 +287,7 @@ impl Postgres {
     #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn set_clock(&self, at: u64) -> Result<()> {
         self.change_clock(
-            "WITH moved AS (UPDATE {s}.clock SET stopped_at = $1) SELECT $1",
+            |sql| &sql.jobs.stop_clock,
             i64::try_from(at).unwrap_or(i64::MAX),
         )
     }
@@ -296,8 +296,7 @@ impl Postgres {
     #[cfg(any(test, feature = "test-support"))]
     pub(crate) fn advance_clock(&self, by: Duration) -> Result<()> {
         self.change_clock(
-            "WITH moved AS (UPDATE {s}.clock SET offset_ns = offset_ns + $1, \
-             stopped_at = stopped_at + $1) SELECT {s}.now_ns() + $1",
+            |sql| &sql.jobs.advance_clock,
             i64::try_from(by.as_nanos()).unwrap_or(i64::MAX),
         )
     }
@@ -305,16 +304,13 @@ impl Postgres {
     /// Runs `statement` (which changes the clock by `value` and returns the new reading), and
     /// follows the reading.
     #[cfg(any(test, feature = "test-support"))]
-    fn change_clock(&self, statement: &'static str, value: i64) -> Result<()> {
+    fn change_clock(&self, statement: fn(&Sql) -> &String, value: i64) -> Result<()> {
         let clock = Arc::clone(&self.clock);
         self.queue()?.call(move |session| {
             let sql = Arc::clone(&session.sql);
             let client = session.client()?;
             let reading: i64 = client
-                .query_typed_one(
-                    &sql.put(statement),
-                    &[(&value, postgres::types::Type::INT8)],
-                )
+                .query_typed_one(statement(&sql), &[(&value, postgres::types::Type::INT8)])
                 .and_then(|row| row.try_get(0))
                 .map_err(|error| session::classify(&error, "cannot change the clock"))?;
             clock.observe(u64::try_from(reading).unwrap_or(0));

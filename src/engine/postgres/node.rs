@@ -130,7 +130,7 @@ pub(crate) fn hold(
                 let rate_secret = migrate(&mut client, &sql, secret_if_new)?;
                 let node = register(&mut client, &sql, node_id.as_deref())?;
                 let reading: i64 = client
-                    .query_typed_one(&sql.now, &[])
+                    .query_typed_one(&sql.jobs.now, &[])
                     .and_then(|row| row.try_get(0))
                     .map_err(storage("cannot read the database clock"))?;
                 Ok((
@@ -197,7 +197,7 @@ fn retake(client: &mut Client, sql: &Sql, id: &str) -> Result<()> {
 fn try_lock(client: &mut Client, sql: &Sql, id: &str) -> Result<bool> {
     let key = lock_key(&["tollgate-node", &sql.schema_name, id]);
     client
-        .query_typed_one("SELECT pg_try_advisory_lock($1)", &[(&key, Type::INT8)])
+        .query_typed_one(&sql.node.try_node_lock, &[(&key, Type::INT8)])
         .map_err(storage("cannot take the node's lock"))?
         .try_get(0)
         .map_err(storage("bad lock answer"))
@@ -212,21 +212,8 @@ fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
         .transaction()
         .map_err(storage("cannot fold the node's counts"))?;
     let prefix = format!("{node}/%");
-    txn.query_typed(
-        &sql.put(
-            "WITH gone AS (DELETE FROM {s}.counts WHERE slot LIKE $1 \
-             RETURNING running, completed, failed, rates) \
-             INSERT INTO {s}.counts AS c (slot, running, completed, failed, rates) \
-             SELECT 'retired', coalesce(sum(running), 0), coalesce(sum(completed), 0), \
-             coalesce(sum(failed), 0), coalesce(sum(rates), 0) FROM gone \
-             HAVING count(*) > 0 \
-             ON CONFLICT (slot) DO UPDATE SET running = c.running + EXCLUDED.running, \
-             completed = c.completed + EXCLUDED.completed, failed = c.failed + EXCLUDED.failed, \
-             rates = c.rates + EXCLUDED.rates",
-        ),
-        &[(&prefix, Type::TEXT)],
-    )
-    .map_err(storage("cannot fold the node's counts"))?;
+    txn.query_typed(&sql.node.fold_counts, &[(&prefix, Type::TEXT)])
+        .map_err(storage("cannot fold the node's counts"))?;
     txn.commit()
         .map_err(storage("cannot fold the node's counts"))
 }
@@ -235,14 +222,7 @@ fn fold_counts(client: &mut Client, sql: &Sql, node: &str) -> Result<()> {
 /// schema is an error naming it).
 fn add_clock_stop(txn: &mut postgres::Transaction<'_>, sql: &Sql, may_change: bool) -> Result<()> {
     let has_clock_stop = txn
-        .query_typed(
-            "SELECT 1 FROM pg_catalog.pg_attribute a \
-               JOIN pg_catalog.pg_class c ON c.oid = a.attrelid \
-               JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
-              WHERE n.nspname = $1 AND c.relname = 'clock' \
-                AND a.attname = 'stopped_at' AND NOT a.attisdropped",
-            &[(&sql.schema_name, Type::TEXT)],
-        )
+        .query_typed(&sql.node.has_clock_stop, &[(&sql.schema_name, Type::TEXT)])
         .map_err(storage("cannot look at the schema's clock"))?;
     if has_clock_stop.is_empty() {
         if !may_change {
@@ -268,7 +248,7 @@ pub(crate) fn migrate(
         .transaction()
         .map_err(storage("cannot begin the migration"))?;
     txn.query_typed(
-        "SELECT pg_advisory_xact_lock($1)",
+        &sql.node.lock_schema,
         &[(
             &lock_key(&["tollgate-schema", &sql.schema_name]),
             Type::INT8,
@@ -276,19 +256,13 @@ pub(crate) fn migrate(
     )
     .map_err(storage("cannot lock the schema for its migration"))?;
     let exists = txn
-        .query_typed(
-            "SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = $1 AND tablename = 'meta'",
-            &[(&sql.schema_name, Type::TEXT)],
-        )
+        .query_typed(&sql.node.has_schema, &[(&sql.schema_name, Type::TEXT)])
         .map_err(storage("cannot look for the schema"))?;
     let found = if exists.is_empty() {
         None
     } else {
         let rows = txn
-            .query_typed(
-                &sql.put("SELECT value FROM {s}.meta WHERE key = 'format'"),
-                &[],
-            )
+            .query_typed(&sql.node.read_format, &[])
             .map_err(storage("cannot read the schema's format"))?;
         match rows.first() {
             Some(row) => {
@@ -318,7 +292,7 @@ pub(crate) fn migrate(
             txn.batch_execute(&sql.clock_stop)
                 .map_err(storage("cannot create tollgate's clock"))?;
             txn.query_typed(
-                &sql.put("INSERT INTO {s}.meta (key, value) VALUES ('format', $1)"),
+                &sql.node.write_format,
                 &[(&codec::encode_meta(FORMAT).to_vec(), Type::BYTEA)],
             )
             .map_err(storage("cannot record the schema's format"))?;
@@ -328,20 +302,11 @@ pub(crate) fn migrate(
         let mut secret = Vec::with_capacity(16);
         secret.extend_from_slice(&secret_if_new.0.to_be_bytes());
         secret.extend_from_slice(&secret_if_new.1.to_be_bytes());
-        txn.query_typed(
-            &sql.put(
-                "INSERT INTO {s}.meta (key, value) VALUES ('rate_secret', $1) \
-                 ON CONFLICT DO NOTHING",
-            ),
-            &[(&secret, Type::BYTEA)],
-        )
-        .map_err(storage("cannot store the counter-key secret"))?;
+        txn.query_typed(&sql.node.put_secret, &[(&secret, Type::BYTEA)])
+            .map_err(storage("cannot store the counter-key secret"))?;
     }
     let row = txn
-        .query_typed_one(
-            &sql.put("SELECT value FROM {s}.meta WHERE key = 'rate_secret'"),
-            &[],
-        )
+        .query_typed_one(&sql.node.read_secret, &[])
         .map_err(storage("cannot read the counter-key secret"))?;
     let stored: Vec<u8> = row.try_get(0).map_err(storage("bad secret value"))?;
     let halves: Option<([u8; 8], [u8; 8])> = stored
@@ -384,14 +349,7 @@ pub(crate) fn register(client: &mut Client, sql: &Sql, node_id: Option<&str>) ->
         std::thread::sleep(Duration::from_millis(50));
     }
     let epoch: i64 = client
-        .query_typed_one(
-            &sql.put(
-                "INSERT INTO {s}.nodes AS n (id, epoch, opened_at) VALUES ($1, 1, {s}.now_ns()) \
-                 ON CONFLICT (id) DO UPDATE SET epoch = n.epoch + 1, \
-                 opened_at = EXCLUDED.opened_at RETURNING epoch",
-            ),
-            &[(&id, Type::TEXT)],
-        )
+        .query_typed_one(&sql.node.bump_epoch, &[(&id, Type::TEXT)])
         .map_err(storage("cannot bump the node's epoch"))?
         .try_get(0)
         .map_err(storage("bad epoch"))?;

@@ -1,7 +1,10 @@
 //! tollgate's SQL, one file per statement family under `sql/`, with the schema's name put in.
 //!
 //! Each `.sql` file opens with what it reads, what it locks and in what order; the Rust side
-//! (`batch.rs`, `node.rs`, `maintenance.rs`) only binds parameters and reads results. The schema
+//! (`batch/`, `node.rs`, `maintenance.rs`) only binds parameters and reads results. The writer's
+//! batch is `lock.sql` and `write.sql`, the schema `schema.sql` and `clock_stop.sql`, a node's
+//! life `node.sql`, the reader connections' jobs `jobs.sql` and `compact.sql`. Only session
+//! settings stay in Rust (a transaction's `statement_timeout`, `SELECT 1` as a probe). The schema
 //! name is checked to be a plain identifier before it is put in, and is always quoted.
 
 use crate::error::{Error, Result};
@@ -12,8 +15,6 @@ const MAX_SCHEMA_LEN: usize = 63;
 /// Every statement, for one schema.
 #[derive(Debug)]
 pub(crate) struct Sql {
-    /// The quoted schema name.
-    pub schema: String,
     /// The schema's name as given (for advisory-lock keys).
     pub schema_name: String,
     pub create: String,
@@ -23,8 +24,91 @@ pub(crate) struct Sql {
     /// `write.sql` in its three versions, by [`Tables`].
     pub write: [String; 3],
     pub compact: String,
-    pub list_records: String,
+    /// `node.sql`.
+    pub node: NodeStatements,
+    /// `jobs.sql`.
+    pub jobs: JobStatements,
+}
+
+/// The statements of `node.sql`, by name.
+#[derive(Debug)]
+pub(crate) struct NodeStatements {
+    pub lock_schema: String,
+    pub has_schema: String,
+    pub has_clock_stop: String,
+    pub read_format: String,
+    pub write_format: String,
+    pub put_secret: String,
+    pub read_secret: String,
+    pub try_node_lock: String,
+    pub bump_epoch: String,
+    pub fold_counts: String,
+}
+
+/// The statements of `jobs.sql`, by name.
+#[derive(Debug)]
+pub(crate) struct JobStatements {
     pub now: String,
+    pub read_record: String,
+    pub list_records: String,
+    pub peek_counters: String,
+    pub count_removed: String,
+    pub counts: String,
+    pub bulk_lock: String,
+    pub bulk_write: String,
+    pub bulk_count: String,
+    /// Test support (read in every build, so that the file's names are checked in every build).
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    pub stop_clock: String,
+    #[cfg_attr(not(any(test, feature = "test-support")), allow(dead_code))]
+    pub advance_clock: String,
+}
+
+/// A file of named statements (each opens with `-- statement: NAME`), taken one by one.
+struct Named {
+    file: &'static str,
+    statements: Vec<(String, String)>,
+}
+
+impl Named {
+    /// Splits `text` (the file `file`, the schema put in) at its `-- statement:` lines.
+    fn parse(file: &'static str, text: &str) -> Named {
+        let mut statements: Vec<(String, String)> = Vec::new();
+        for line in text.lines() {
+            if let Some(name) = line.strip_prefix("-- statement: ") {
+                statements.push((name.trim().to_string(), String::new()));
+            } else if let Some((_, statement)) = statements.last_mut() {
+                statement.push_str(line);
+                statement.push('\n');
+            }
+        }
+        for (_, statement) in &mut statements {
+            let end = statement.trim_end().len();
+            statement.truncate(end);
+        }
+        Named { file, statements }
+    }
+
+    /// The statement named `name`.
+    fn take(&mut self, name: &str) -> Result<String> {
+        let at = self
+            .statements
+            .iter()
+            .position(|(found, _)| found == name)
+            .ok_or_else(|| Error::Internal(format!("sql/{} has no statement {name}", self.file)))?;
+        Ok(self.statements.swap_remove(at).1)
+    }
+
+    /// Refuses a statement nothing took (a name the Rust side does not know).
+    fn finish(self) -> Result<()> {
+        match self.statements.first() {
+            None => Ok(()),
+            Some((name, _)) => Err(Error::Internal(format!(
+                "sql/{} has a statement nothing uses: {name}",
+                self.file
+            ))),
+        }
+    }
 }
 
 /// The tables a write batch touches, which picks the version of its two statements: the parts
@@ -112,18 +196,55 @@ impl Sql {
             lock: Tables::ALL.map(|tables| put(&tables.version(include_str!("sql/lock.sql")))),
             write: Tables::ALL.map(|tables| put(&tables.version(include_str!("sql/write.sql")))),
             compact: put(include_str!("sql/compact.sql")),
-            list_records: put(
-                "SELECT digest, value FROM {s}.records WHERE digest > $1 ORDER BY digest LIMIT $2",
-            ),
-            now: put("SELECT {s}.now_ns()"),
-            schema,
+            node: NodeStatements::from(Named::parse(
+                "node.sql",
+                &put(include_str!("sql/node.sql")),
+            ))?,
+            jobs: JobStatements::from(Named::parse(
+                "jobs.sql",
+                &put(include_str!("sql/jobs.sql")),
+            ))?,
             schema_name: schema_name.to_string(),
         })
     }
+}
 
-    /// `template` with the schema put in (for statements built at run time).
-    pub(crate) fn put(&self, template: &str) -> String {
-        template.replace("{s}", &self.schema)
+impl NodeStatements {
+    fn from(mut file: Named) -> Result<Self> {
+        let statements = Self {
+            lock_schema: file.take("lock_schema")?,
+            has_schema: file.take("has_schema")?,
+            has_clock_stop: file.take("has_clock_stop")?,
+            read_format: file.take("read_format")?,
+            write_format: file.take("write_format")?,
+            put_secret: file.take("put_secret")?,
+            read_secret: file.take("read_secret")?,
+            try_node_lock: file.take("try_node_lock")?,
+            bump_epoch: file.take("bump_epoch")?,
+            fold_counts: file.take("fold_counts")?,
+        };
+        file.finish()?;
+        Ok(statements)
+    }
+}
+
+impl JobStatements {
+    fn from(mut file: Named) -> Result<Self> {
+        let statements = Self {
+            now: file.take("now")?,
+            read_record: file.take("read_record")?,
+            list_records: file.take("list_records")?,
+            peek_counters: file.take("peek_counters")?,
+            count_removed: file.take("count_removed")?,
+            counts: file.take("counts")?,
+            bulk_lock: file.take("bulk_lock")?,
+            bulk_write: file.take("bulk_write")?,
+            bulk_count: file.take("bulk_count")?,
+            stop_clock: file.take("stop_clock")?,
+            advance_clock: file.take("advance_clock")?,
+        };
+        file.finish()?;
+        Ok(statements)
     }
 }
 
@@ -182,5 +303,48 @@ mod tests {
             assert!(statement.contains("\"orders_idem\"."));
             assert!(!statement.contains("{s}"));
         }
+        // The named statements that read tollgate's tables name them in the schema.
+        let jobs = &sql.jobs;
+        let node = &sql.node;
+        for statement in [
+            &jobs.now,
+            &jobs.read_record,
+            &jobs.list_records,
+            &jobs.peek_counters,
+            &jobs.count_removed,
+            &jobs.counts,
+            &jobs.bulk_lock,
+            &jobs.bulk_write,
+            &jobs.bulk_count,
+            &jobs.stop_clock,
+            &jobs.advance_clock,
+            &node.read_format,
+            &node.write_format,
+            &node.put_secret,
+            &node.read_secret,
+            &node.bump_epoch,
+            &node.fold_counts,
+        ] {
+            assert!(statement.contains("\"orders_idem\"."), "{statement}");
+            assert!(!statement.contains("{s}"), "{statement}");
+        }
+    }
+
+    #[test]
+    fn named_statements_are_split_at_their_markers_and_every_one_is_taken() {
+        let mut file = Named::parse(
+            "x.sql",
+            "-- header\n\n-- statement: a\n-- what a does\nSELECT 1\n\n-- statement: b\nSELECT\n  2\n",
+        );
+        assert_eq!(file.take("a").unwrap(), "-- what a does\nSELECT 1");
+        assert!(matches!(file.take("c"), Err(Error::Internal(_))));
+        assert!(matches!(
+            Named::parse("y.sql", "-- statement: b\nSELECT 2").finish(),
+            Err(Error::Internal(_))
+        ));
+        assert_eq!(file.take("b").unwrap(), "SELECT\n  2");
+        assert!(file.finish().is_ok());
+        // Every file's statements are all taken (Sql::new checks it): no name drifts.
+        assert!(Sql::new("t").is_ok());
     }
 }
