@@ -9,7 +9,7 @@ use super::replay_cache::ReplayCache;
 use super::{BeginOptions, Store};
 use crate::engine::{BeginRequest, Early, Seen};
 use crate::error::{Error, Result};
-use crate::idempotency::machine::{BeginDecision, BeginParams, begin as decide};
+use crate::idempotency::machine::{BeginDecision, begin as decide};
 use crate::idempotency::{Begin, Digest, Fingerprint, IdempotencyKey, Lease, Replay};
 use crate::observe::BeginOutcome;
 
@@ -138,15 +138,8 @@ impl Store {
             return Err(Error::Closed);
         }
         self.shared.engine.check_usable()?;
-        let params = BeginParams {
-            fingerprint: request.fingerprint,
-            now: self.shared.engine.records().now(),
-            epoch: self.shared.engine.epoch(),
-            owner_epoch: self.shared.engine.epoch(),
-            lease_ttl: request.lease_ttl,
-            record_ttl: request.record_ttl,
-            next_token: 0,
-        };
+        let epoch = self.shared.engine.epoch();
+        let params = request.params(self.shared.engine.records().now(), epoch, epoch, 0);
         Ok(match decide(Some(&cached), &params) {
             BeginDecision::Acquired { .. } => FromCache::MustWrite,
             decision => FromCache::Answer(decision),

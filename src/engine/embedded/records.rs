@@ -5,7 +5,7 @@ use super::Embedded;
 use super::command::Command;
 use crate::engine::{BeginRequest, BulkRecords, Early, RecordEngine, Seen};
 use crate::error::Result;
-use crate::idempotency::machine::{self, BeginDecision, BeginParams, Resolution};
+use crate::idempotency::machine::{self, BeginDecision, Resolution};
 use crate::idempotency::{Digest, Record};
 
 impl Embedded {
@@ -43,15 +43,7 @@ impl RecordEngine for Embedded {
         let Some(record) = record else {
             return Ok(Early::Write(seen));
         };
-        let params = BeginParams {
-            fingerprint: request.fingerprint,
-            now: self.time.now(),
-            epoch: self.epoch(),
-            owner_epoch: self.epoch(),
-            lease_ttl: request.lease_ttl,
-            record_ttl: request.record_ttl,
-            next_token: 0,
-        };
+        let params = request.params(self.time.now(), self.epoch(), self.epoch(), 0);
         Ok(match machine::begin(Some(&record), &params) {
             BeginDecision::Acquired { .. } => Early::Write(Seen::Nothing),
             decision => Early::Answer(decision, record),

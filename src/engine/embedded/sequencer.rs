@@ -15,7 +15,7 @@ use crate::clock::StoreTime;
 use crate::engine::{BeginRequest, BulkRecords, Seen, lease_expiry, stored_rate};
 use crate::error::Error;
 use crate::idempotency::Digest;
-use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
+use crate::idempotency::machine::{self, BeginDecision, Effect, Resolution};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 use crate::ratelimit::crash_policy::Recovery;
 
@@ -140,15 +140,7 @@ impl Sequencer {
         now: u64,
     ) -> Result<BeginDecision, Error> {
         let existing = tables.record(digest)?;
-        let params = BeginParams {
-            fingerprint: request.fingerprint,
-            now,
-            epoch: self.epoch,
-            owner_epoch: self.epoch,
-            lease_ttl: request.lease_ttl,
-            record_ttl: request.record_ttl,
-            next_token: self.next_token,
-        };
+        let params = request.params(now, self.epoch, self.epoch, self.next_token);
         let decision = machine::begin(existing.as_ref(), &params);
         if let BeginDecision::Acquired { record, .. } = &decision {
             if existing.is_none() {

@@ -17,7 +17,7 @@ use super::lock::{Locked, RateRow, RecordRow};
 use crate::engine::postgres::node::NodeInfo;
 use crate::engine::{BeginRequest, lease_expiry};
 use crate::error::{Error, Result};
-use crate::idempotency::machine::{self, BeginDecision, BeginParams, Effect, Resolution};
+use crate::idempotency::machine::{self, BeginDecision, Effect, Resolution};
 use crate::ratelimit::charge::{self, RateOp, RateOutcome};
 
 /// Decides every change on `locked`, leaving the rows as the batch would write them: each
@@ -78,15 +78,7 @@ fn begin(
     let token = tokens
         .next()
         .ok_or_else(|| Error::Internal("a batch's begin got no lease token".into()))?;
-    let params = BeginParams {
-        fingerprint: request.fingerprint,
-        now,
-        epoch: node.epoch,
-        owner_epoch,
-        lease_ttl: request.lease_ttl,
-        record_ttl: request.record_ttl,
-        next_token: token,
-    };
+    let params = request.params(now, node.epoch, owner_epoch, token);
     let decision = machine::begin(current.as_ref(), &params);
     if let BeginDecision::Acquired { record, .. } = &decision {
         row.current = Ok(Some(record.clone()));
