@@ -10,7 +10,7 @@
 
 use std::fmt;
 
-use crate::idempotency::{KeyError, Lease};
+use crate::idempotency::Lease;
 
 /// A `Result` with tollgate's [`Error`].
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -263,6 +263,34 @@ impl IoKind {
             _ => IoKind::Other,
         }
     }
+}
+
+/// Why a key or scope was refused by [`IdempotencyKey::new`](crate::idempotency::IdempotencyKey::new).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// The key is the empty string.
+    #[error("the key is empty; it must be 1 to 255 visible ASCII characters")]
+    Empty,
+    /// The key is longer than [`MAX_KEY_LEN`](crate::idempotency::MAX_KEY_LEN).
+    #[error("the key is {len} bytes long; at most 255 are allowed")]
+    KeyTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
+    /// The key holds a character outside visible ASCII (`!` to `~`): a space, a control character
+    /// or anything non-ASCII.
+    #[error("the key has a character that is not visible ASCII at byte {position}")]
+    InvalidCharacter {
+        /// Byte offset of the first offending character.
+        position: usize,
+    },
+    /// The scope is longer than [`MAX_SCOPE_LEN`](crate::idempotency::MAX_SCOPE_LEN) bytes.
+    #[error("the scope is {len} bytes long; at most 255 are allowed")]
+    ScopeTooLong {
+        /// Its length in bytes.
+        len: usize,
+    },
 }
 
 #[cfg(test)]

@@ -10,40 +10,14 @@ use std::fmt;
 
 use sha2::{Digest as _, Sha256};
 
+pub use crate::error::KeyError;
+
 /// Longest key accepted, in bytes (every byte is one visible ASCII character).
 pub const MAX_KEY_LEN: usize = 255;
 /// Longest scope accepted, in bytes of UTF-8.
 pub const MAX_SCOPE_LEN: usize = 255;
 
 const KEY_DOMAIN: &[u8] = b"tollgate/key/v1";
-
-/// Why a key or scope was refused by [`IdempotencyKey::new`].
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum KeyError {
-    /// The key is the empty string.
-    #[error("the key is empty; it must be 1 to 255 visible ASCII characters")]
-    Empty,
-    /// The key is longer than [`MAX_KEY_LEN`].
-    #[error("the key is {len} bytes long; at most 255 are allowed")]
-    KeyTooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-    /// The key holds a character outside visible ASCII (`!` to `~`): a space, a control character
-    /// or anything non-ASCII.
-    #[error("the key has a character that is not visible ASCII at byte {position}")]
-    InvalidCharacter {
-        /// Byte offset of the first offending character.
-        position: usize,
-    },
-    /// The scope is longer than [`MAX_SCOPE_LEN`] bytes.
-    #[error("the scope is {len} bytes long; at most 255 are allowed")]
-    ScopeTooLong {
-        /// Its length in bytes.
-        len: usize,
-    },
-}
 
 /// A validated idempotency key within its scope.
 ///
