@@ -3,7 +3,7 @@
 //! Each `Store` opened on a schema is a node. Its operations queue for a small set of worker
 //! threads, each owning one connection (the pool is bounded by construction, `worker.rs`). The
 //! writer takes every change queued (up to [`batch::MAX_BATCH`]) and runs them in one
-//! transaction of two pipelined round trips (`batch.rs`, `pipe.rs`): the embedded writer's group
+//! transaction of two pipelined round trips (`batch/`, `pipe.rs`): the embedded writer's group
 //! commit, applied to the client, so that concurrent callers on one node share round trips and a
 //! commit while PostgreSQL group-commits across nodes. Reads and maintenance run as jobs on the
 //! other workers.

@@ -1,13 +1,13 @@
 //! The worker threads of a PostgreSQL store, each owning one connection.
 //!
 //! Changes (begins, resolutions, rate changes) go to the *writers* (two by default), each of
-//! which gathers every change queued while it was busy into one transaction (`batch.rs`) on its
+//! which gathers every change queued while it was busy into one transaction (`batch/`) on its
 //! own pipelined connection (`pipe.rs`). Two keep the server busy: while one batch's `COMMIT`
 //! waits for its flush on one connection, the next is locked and decided on the other (a backend
 //! does nothing else while its commit flushes). More than two split the same callers into
 //! batches too small for the transaction's fixed cost (measured, `docs/BENCHMARKS.md`). Two
 //! writers of one node are to each other what two nodes are: their batches lock rows in the
-//! same order and a row created under one starts the other's batch over (`batch.rs`).
+//! same order and a row created under one starts the other's batch over (`batch/`).
 //! Reads and maintenance (`get`, `list_records`, peeks, `stats`, compaction steps, bulk loads)
 //! are *jobs* for the other connections, so they never wait behind a batch.
 //!
