@@ -14,11 +14,22 @@ use crate::web::{Server, client, post_json, send};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replays_go_on_and_writes_are_503_while_the_disk_is_full() {
+    scenario(false).await;
+}
+
+/// The same through the write-ahead log (the default for store files).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replays_go_on_and_writes_are_503_while_the_disk_is_full_with_the_log() {
+    scenario(true).await;
+}
+
+async fn scenario(log: bool) {
     let fixture = Fixture::new();
     let disk = SimDisk::new();
     let store = fixture
         .builder()
         .background_compaction(false)
+        .write_ahead_log(log)
         .open_simulated(&disk)
         .unwrap();
     let app = Router::new()

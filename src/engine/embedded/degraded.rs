@@ -63,7 +63,14 @@ impl Embedded {
         // Settled: the failed writer is gone; a new writer gets a flag of its own.
         *self.failure.write() = Arc::new(Failure::new(Arc::clone(&self.alarm)));
         self.alarm.store(false, Ordering::Release);
-        *running = Some(self.reopened(cause));
+        // A write refused for want of space (or by a read-only file or filesystem) is not
+        // retried at once: an open for writing may well succeed (redb's epoch bump can fit where
+        // the write-ahead log cannot grow) and every write would fail again behind a store that
+        // says it is ready. The store serves reads and tries again at a write a second later.
+        *running = Some(match cause {
+            Cause::Full { .. } | Cause::ReadOnly { .. } => self.reads_only(cause),
+            Cause::Failed { .. } => self.reopened(cause),
+        });
         Ok(())
     }
 
@@ -148,23 +155,29 @@ impl Embedded {
                     IoKind::Other => cause,
                     _ => Cause::of(&error, self.location.path()),
                 };
-                let opened = Backend::open_for_reads(&self.location, options).ok();
-                let overlay = opened
-                    .as_ref()
-                    .and_then(|(_, persisted)| read_only_overlay(&self.location, persisted).ok())
-                    .flatten();
-                let backend = opened.map(|(backend, _)| Arc::new(backend));
-                self.degraded.store(true, Ordering::Release);
-                Running {
-                    backend,
-                    writer: None,
-                    degraded: Some(Degraded {
-                        cause,
-                        tried: self.reopen.clock.now(),
-                    }),
-                    overlay,
-                }
+                self.reads_only(cause)
             }
+        }
+    }
+
+    /// Opens the (closed) file for reads only, remembering `cause` and the attempt: the store
+    /// serves reads and tries to write again at its next write once [`REOPEN_INTERVAL`] passed.
+    fn reads_only(&self, cause: Cause) -> Running {
+        let opened = Backend::open_for_reads(&self.location, self.reopen.options).ok();
+        let overlay = opened
+            .as_ref()
+            .and_then(|(_, persisted)| read_only_overlay(&self.location, persisted).ok())
+            .flatten();
+        let backend = opened.map(|(backend, _)| Arc::new(backend));
+        self.degraded.store(true, Ordering::Release);
+        Running {
+            backend,
+            writer: None,
+            degraded: Some(Degraded {
+                cause,
+                tried: self.reopen.clock.now(),
+            }),
+            overlay,
         }
     }
 }

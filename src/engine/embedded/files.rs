@@ -4,7 +4,12 @@
 //! the offline operations on a closed file.
 
 use super::failure::Cause;
-use super::log::recovery::{check_log_before_writing, log_path};
+use std::sync::Arc;
+
+use super::LogSettings;
+use super::log::Log;
+use super::log::overlay::Overlay;
+use super::log::recovery::{check_log_before_writing, log_path, read_only_overlay, recover_log};
 use super::storage::{self, Backend, Location, OpenOptions, io_kind};
 use crate::error::{Error, IoKind, Result};
 
@@ -102,4 +107,81 @@ pub(crate) fn check_integrity(path: &std::path::Path) -> Result<bool> {
 /// size before and after.
 pub(crate) fn reclaim(path: &std::path::Path) -> Result<(u64, u64)> {
     Backend::reclaim(path)
+}
+
+/// A store's file opened, with what its log holds applied (or, for reads, overlaid).
+pub(super) struct Opened {
+    pub backend: Backend,
+    /// Its counters, with the log's changes in.
+    pub persisted: storage::Counters,
+    /// Why it serves reads only, if it does.
+    pub degraded: Option<Cause>,
+    /// The file this open created, removed if the open fails after all.
+    pub created: CreatedHere,
+    /// The log this session writes through (a writable open with the log on).
+    pub session_log: Option<Log>,
+    /// The log's unapplied frames, for a store that serves reads only.
+    pub read_overlay: Option<Arc<Overlay>>,
+}
+
+/// Opens the store at `location` (for writing, else for reads; or as a read view for good with
+/// `read_only`) and applies what its log holds before anything reads the counters. An existing
+/// store whose log cannot be applied for want of space, or because the file or its filesystem
+/// cannot be written (redb's epoch bump fit, the log's changes did not), opens for reads, as
+/// when its own open cannot write (DESIGN, D2).
+pub(super) fn open_and_recover(
+    location: &Location,
+    open: OpenOptions,
+    read_only: bool,
+    log: LogSettings,
+) -> Result<Opened> {
+    let (backend, mut persisted, degraded, created) = if read_only {
+        open_read_view(location, open)?
+    } else {
+        open_backend(location, open)?
+    };
+    if degraded.is_some() {
+        let read_overlay = read_only_overlay(location, &persisted)?;
+        return Ok(Opened {
+            backend,
+            persisted,
+            degraded,
+            created,
+            session_log: None,
+            read_overlay,
+        });
+    }
+    match recover_log(
+        &backend,
+        location,
+        log.geometry,
+        log.enabled,
+        &mut persisted,
+    ) {
+        Ok(session_log) => Ok(Opened {
+            backend,
+            persisted,
+            degraded,
+            created,
+            session_log,
+            read_overlay: None,
+        }),
+        Err(error) if io_kind(&error) != IoKind::Other && created.0.is_none() => {
+            let cause = Cause::of(&error, location.path());
+            let _ = backend.close();
+            let (backend, persisted) =
+                Backend::open_for_reads(location, open).map_err(|_| cause.error())?;
+            crate::observe::degraded(&cause.reason());
+            let read_overlay = read_only_overlay(location, &persisted)?;
+            Ok(Opened {
+                backend,
+                persisted,
+                degraded: Some(cause),
+                created,
+                session_log: None,
+                read_overlay,
+            })
+        }
+        Err(error) => Err(error),
+    }
 }

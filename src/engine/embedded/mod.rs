@@ -61,12 +61,11 @@ pub(crate) use command::Command;
 use command::Pending;
 use degraded::{Degraded, unreadable};
 use failure::Failure;
+use files::Opened;
 pub(crate) use files::{check_integrity, reclaim};
-use files::{open_backend, open_read_view};
 use log::Geometry;
 use log::overlay::Overlay;
 pub(crate) use log::recovery::log_path;
-use log::recovery::{read_only_overlay, recover_log};
 pub(crate) use options::Options;
 use rate_cache::RateCache;
 use sequencer::Sequencer;
@@ -223,26 +222,14 @@ impl Embedded {
             same_session: false,
             write_ahead_log: log.enabled,
         };
-        let (backend, mut persisted, degraded, mut created) = if options.read_only {
-            open_read_view(&location, open)?
-        } else {
-            open_backend(&location, open)?
-        };
-        // Whatever the log holds goes into redb before anything reads the counters.
-        let (session_log, read_overlay) = if degraded.is_some() {
-            (None, read_only_overlay(&location, &persisted)?)
-        } else {
-            (
-                recover_log(
-                    &backend,
-                    &location,
-                    log.geometry,
-                    log.enabled,
-                    &mut persisted,
-                )?,
-                None,
-            )
-        };
+        let Opened {
+            backend,
+            persisted,
+            degraded,
+            mut created,
+            session_log,
+            read_overlay,
+        } = files::open_and_recover(&location, open, options.read_only, log)?;
         counters.set_records(persisted.record_counts.as_array());
         let recovery = Recovery::new(options.crash_policy, persisted.rate_recovery_at);
         let rate_keys = CounterKeys::new(persisted.rate_secret);
