@@ -1,7 +1,7 @@
 //! Every answer of the tower layers, over real HTTP on loopback: 201, replay with
 //! `Idempotent-Replayed`, 422 for a reused key, 400 for a missing or malformed key, 413 for a large
-//! body, 409 with `Retry-After` while in flight, 5xx and handler panics released (the retry runs
-//! again), and 429 with `Retry-After` and RateLimit fields from the rate limiter, which runs first.
+//! body, 409 with `Retry-After` while in flight, 5xx (a 503 and the handler's own 500) and handler
+//! panics released (the retry runs again), and 429 with `Retry-After` and RateLimit fields from the rate limiter, which runs first.
 
 use crate::web;
 
@@ -34,6 +34,8 @@ async fn charge(State(calls): State<Calls>, body: String) -> (StatusCode, String
 async fn flaky(State(calls): State<Calls>) -> (StatusCode, String) {
     match calls.flaky.fetch_add(1, Ordering::SeqCst) {
         0 => (StatusCode::SERVICE_UNAVAILABLE, "try again".into()),
+        // The handler's own 500 (not a panic): an error of this execution, not its outcome.
+        1 => (StatusCode::INTERNAL_SERVER_ERROR, "broke".into()),
         n => (StatusCode::CREATED, format!("flaky {n}")),
     }
 }
@@ -121,8 +123,11 @@ async fn every_status_of_the_layers_over_http() {
     // 5xx is released: the retry runs again and is stored.
     let failed = send(&client, post_json(&url("/flaky"), Some("k3"), "{}")).await;
     assert_eq!(failed.status, 503);
+    let broke = send(&client, post_json(&url("/flaky"), Some("k3"), "{}")).await;
+    assert_eq!((broke.status, broke.body.as_str()), (500, "broke"));
+    assert!(!broke.replayed(), "the 500 ran the handler again");
     let retried = send(&client, post_json(&url("/flaky"), Some("k3"), "{}")).await;
-    assert_eq!((retried.status, retried.body.as_str()), (201, "flaky 1"));
+    assert_eq!((retried.status, retried.body.as_str()), (201, "flaky 2"));
     assert!(
         send(&client, post_json(&url("/flaky"), Some("k3"), "{}"))
             .await

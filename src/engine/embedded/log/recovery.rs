@@ -270,3 +270,89 @@ fn overlay_of(
     )?;
     Ok(Some(Arc::new(overlay)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::codec;
+    use crate::engine::embedded::storage::{RecordCounts, SimDisk};
+    use crate::idempotency::{Digest, Record, RecordBody, StoredResponse};
+
+    const KEY: LogKey = LogKey(21, 22);
+
+    fn completed(body: &[u8]) -> Record {
+        Record {
+            fingerprint: [3; 32],
+            created_at: 1,
+            expires_at: u64::MAX / 2,
+            attempts: 1,
+            record_ttl: 1,
+            body: RecordBody::Completed(StoredResponse::new(201, body.to_vec())),
+        }
+    }
+
+    /// What the redb file says after an unclean end of the session at `epoch`: its log's
+    /// frames from `applied` on are not in redb.
+    fn persisted(epoch: u64, applied: u64, floor: u64) -> Counters {
+        Counters {
+            epoch,
+            next_token: 1,
+            clock_high_water: 0,
+            rate_recovery_at: None,
+            rate_secret: (1, 2),
+            record_counts: RecordCounts::default(),
+            log: Some(LogState {
+                key: (KEY.0, KEY.1),
+                applied,
+                floor,
+            }),
+        }
+    }
+
+    /// A store opened for reads only (no epoch bump: the last session's frames are at its
+    /// epoch) serves what the last session's frames hold past the applied position, and only
+    /// that: a frame before it is in redb already.
+    #[test]
+    fn a_read_only_overlay_holds_the_last_sessions_frames_after_the_applied_position() {
+        let disk = SimDisk::new();
+        let device = disk.log_file();
+        let mut log = Log::create(
+            Box::new(device.clone()),
+            Geometry::new(4096, 3).unwrap(),
+            KEY,
+        )
+        .unwrap();
+        let frame = |digest: Digest, body: &[u8], epoch: u64, log: &mut Log| {
+            let mut payload = Vec::new();
+            let encoded = codec::encode_record(&completed(body)).unwrap();
+            change::put_record(&mut payload, &digest, &encoded);
+            log.append(epoch, &payload, 0).unwrap();
+            log.sync().unwrap();
+        };
+        // Session 4 wrote a frame the applier copied into redb; session 5 (the last) one it
+        // did not.
+        frame(Digest([1; 32]), b"applied", 4, &mut log);
+        let applied = log.end();
+        frame(Digest([2; 32]), b"only in the log", 5, &mut log);
+
+        let overlay = overlay_of(Box::new(device.clone()), &persisted(5, applied, 4))
+            .unwrap()
+            .expect("an overlay");
+        let kept = overlay
+            .record(&Digest([2; 32]))
+            .flatten()
+            .expect("the last frame");
+        assert!(matches!(&kept.body, RecordBody::Completed(r) if r.body == b"only in the log"));
+        assert!(
+            overlay.record(&Digest([1; 32])).is_none(),
+            "before the applied position"
+        );
+
+        // A store that never created its log (floor 0) has no overlay.
+        assert!(
+            overlay_of(Box::new(device), &persisted(5, 0, 0))
+                .unwrap()
+                .is_none()
+        );
+    }
+}
