@@ -204,6 +204,65 @@ fn one_live_lease_per_key_across_nodes() {
     }
 }
 
+/// The same race inside one node's batches, when the expired lease's owner has a higher epoch
+/// than the node taking it over (it restarted more often): the batch that takes the lease over
+/// must decide the next begins of the key on the new lease, owned by this node at its epoch, not
+/// by the old owner's epoch (which would make the new lease look left over from an earlier run
+/// and hand it out again). Exactly one begin acquires.
+#[test]
+fn one_live_lease_per_key_inside_a_batch_when_the_old_owner_has_a_higher_epoch() {
+    use std::sync::{Arc, Barrier};
+
+    let server = require_postgres!();
+    let schema = unique_schema("one_lease_in_a_batch");
+    for _ in 0..3 {
+        node(&server.conn, &schema, "restarted").close().unwrap();
+    }
+    let old_owner = node(&server.conn, &schema, "restarted");
+    let taker = node(&server.conn, &schema, "taker");
+    assert!(
+        old_owner.epoch() > taker.epoch(),
+        "the old owner's epoch is the higher"
+    );
+    // Ten keys, so that some race lands two begins of its key in one batch whatever the timing.
+    let keys: Vec<String> = (0..10).map(|i| format!("k{i}")).collect();
+    for name in &keys {
+        drop(acquired(
+            old_owner.begin(&key(name), &request("r")).unwrap(),
+        ));
+    }
+    taker
+        .advance_database_clock_for_tests(Duration::from_secs(31))
+        .unwrap();
+    for name in &keys {
+        let barrier = Arc::new(Barrier::new(32));
+        let threads: Vec<_> = (0..32)
+            .map(|_| {
+                let (store, barrier, name) = (taker.clone(), Arc::clone(&barrier), name.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    match store.begin(&key(&name), &request("r")).unwrap() {
+                        Begin::Acquired(lease) => Some(lease),
+                        Begin::InFlight { .. } => None,
+                        other => panic!("unexpected {other:?}"),
+                    }
+                })
+            })
+            .collect();
+        let leases: Vec<_> = threads
+            .into_iter()
+            .filter_map(|t| t.join().unwrap())
+            .collect();
+        assert_eq!(leases.len(), 1, "one lease for {name}");
+        for lease in leases {
+            lease.complete(response("once")).unwrap();
+        }
+        replay(taker.begin(&key(name), &request("r")).unwrap());
+    }
+    old_owner.close().unwrap();
+    taker.close().unwrap();
+}
+
 /// A store whose node lock was lost (its connection was cut) while another store opened the
 /// same node id stops taking leases as that node: its next change is refused as superseded,
 /// instead of writing leases the other's epoch has already made stale.
