@@ -426,7 +426,7 @@ pub(crate) fn idle_at(spec: &Spec, state: RateState) -> u64 {
 }
 
 /// The exact time from which `state` is idle.
-fn exact_idle_at(spec: &Spec, state: RateState) -> u64 {
+pub(crate) fn exact_idle_at(spec: &Spec, state: RateState) -> u64 {
     match (*spec, state) {
         (_, RateState::Gcra { tat }) => tat,
         (Spec::FixedWindow { period, .. }, RateState::FixedWindow { window, .. }) => {

@@ -38,6 +38,8 @@ use std::time::Duration;
 
 #[cfg(feature = "redis")]
 pub(crate) use algorithm::Evaluation;
+#[cfg(all(test, feature = "redis"))]
+pub(crate) use algorithm::exact_idle_at;
 pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
 pub(crate) use decision::PolicyName;

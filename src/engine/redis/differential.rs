@@ -20,11 +20,14 @@ use super::namespace::MicroSpec;
 use super::script::{self, Code, Op, Status, Target};
 use crate::engine::stored_rate;
 use crate::ratelimit::charge::{self, OpKind};
-use crate::ratelimit::{CounterKey, RateState, Spec, most_restrictive};
+use crate::ratelimit::{CounterKey, RateState, Spec, exact_idle_at, most_restrictive};
 
 /// About 2026-12 in microseconds.
 const NOW: u64 = 1_796_000_000_000_000;
 const MAX_WINDOW: u64 = 1 << 50;
+/// The expiry margin the cases run with: the case's time is not Redis's, so what the script
+/// stores must not expire meanwhile.
+const EXPIRY_MARGIN_MS: u64 = 60_000;
 
 fn micro_spec() -> impl Strategy<Value = MicroSpec> {
     let small = prop_oneof![1..20u64, 1..1000u64];
@@ -188,7 +191,7 @@ fn run(
         script::ScriptTime {
             now: Some(case.now),
             // The case's time is not Redis's: keep what it stores from expiring meanwhile.
-            expiry_margin_ms: 60_000,
+            expiry_margin_ms: EXPIRY_MARGIN_MS,
         },
         true,
         std::iter::once(&op),
@@ -260,12 +263,25 @@ fn check_against_the_rules(
             before.map(encode)
         };
         prop_assert_eq!(&stored, &expected, "the stored state of {}", key);
-        if changed && stored.is_some() {
+        if let (true, Some(_), Some(state)) = (changed, &stored, after) {
+            // A counter expires exactly when the pure rules say it turns idle (rounded up to a
+            // millisecond, at least one), plus the margin: never earlier (a spent subject would
+            // get a fresh counter), and not later than that. PTTL counts down from the SET, a
+            // moment ago: a second of slack.
             let ttl: i64 = redis::cmd("PTTL")
                 .arg(key)
                 .query(connection)
                 .map_err(fail)?;
-            prop_assert!(ttl > 0, "a stored counter expires: {}", ttl);
+            let idle_in = exact_idle_at(&spec.spec(), *state).saturating_sub(case.now);
+            let expected = i64::try_from(idle_in.div_ceil(1000).max(1) + EXPIRY_MARGIN_MS)
+                .unwrap_or(i64::MAX);
+            prop_assert!(
+                ttl <= expected && ttl > expected.saturating_sub(1000),
+                "{} expires in {} ms; the rules say {} ms",
+                key,
+                ttl,
+                expected
+            );
         }
     }
     Ok(())
