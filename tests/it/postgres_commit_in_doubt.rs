@@ -69,6 +69,37 @@ fn a_completion_whose_commit_answer_is_lost_is_in_doubt_and_was_committed() {
     store.close().unwrap();
 }
 
+/// A completion whose `COMMIT` reached the server and whose answer never comes (the connection
+/// stays open, silent) is `InDoubt` once the writer's round-trip deadline passes, never
+/// `Unavailable` (which would promise that nothing changed): the server did commit it.
+#[test]
+fn a_completion_whose_commit_answer_never_comes_is_in_doubt_at_its_deadline() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the silent-commit test") else {
+        return;
+    };
+    let schema = unique_schema("commit_silent");
+    let store = open(&conn, &schema, "silenced");
+    let lease = acquired(store.begin(&key("pay-1"), &request("r")).unwrap());
+
+    proxy.silence_after(b"COMMIT\0");
+    let outcome = lease.complete(response("charged"));
+    assert_eq!(
+        proxy.cuts(),
+        1,
+        "the proxy silenced the writer at its COMMIT: {outcome:?}"
+    );
+    assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
+
+    let direct = open(&server.conn, &schema, "direct");
+    fixture::wait_for("the silenced completion to be committed", || {
+        state(&direct, &key("pay-1")) == Some(RecordState::Completed)
+    });
+    direct.close().unwrap();
+    assert_eq!(state(&store, &key("pay-1")), Some(RecordState::Completed));
+    store.close().unwrap();
+}
+
 /// A batch whose connection is cut while its rows are locked (before anything of it can commit)
 /// starts over once on a new connection: cut once, it commits; cut again there, it is
 /// `Unavailable` and wrote nothing.

@@ -273,8 +273,8 @@ fn check_against_the_rules(
                 .query(connection)
                 .map_err(fail)?;
             let idle_in = exact_idle_at(&spec.spec(), *state).saturating_sub(case.now);
-            let expected = i64::try_from(idle_in.div_ceil(1000).max(1) + EXPIRY_MARGIN_MS)
-                .unwrap_or(i64::MAX);
+            let expected =
+                i64::try_from(idle_in.div_ceil(1000).max(1) + EXPIRY_MARGIN_MS).unwrap_or(i64::MAX);
             prop_assert!(
                 ttl <= expected && ttl > expected.saturating_sub(1000),
                 "{} expires in {} ms; the rules say {} ms",
