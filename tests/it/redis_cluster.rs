@@ -2,7 +2,8 @@
 //! every master from one address, spreads subjects over all of them, charges a multi-limit
 //! check of one hash tag all or nothing in one slot, refuses one across slots with a clear
 //! error (never CROSSSLOT from Redis), and two nodes hammering one subject get exactly its
-//! quota. Losing one master's keys drains exactly the buckets that master held.
+//! quota. Losing one master's keys drains exactly the buckets that master held. A slot moved to
+//! another master while a store runs is followed (`MOVED`), on the same counter.
 
 use crate::fixture;
 
@@ -120,5 +121,96 @@ fn losing_one_masters_keys_drains_the_buckets_it_held() {
         "exactly the subjects of the lost master are drained"
     );
     assert_eq!(kept, subjects.len() - counters);
+    store.close().unwrap();
+}
+
+/// A slot moved to another master while a store runs (a resharding: `MIGRATING`/`IMPORTING`,
+/// the keys migrated, the slot assigned to its new master): the store's next check of a subject
+/// in that slot gets `MOVED`, reads the cluster's map again and carries on with the same counter,
+/// nothing lost and nothing minted.
+#[test]
+fn a_resharded_slot_is_followed_and_its_counter_carries_on() {
+    let cluster = require_redis_cluster!();
+    if cluster.nodes.len() < 2 {
+        tollgate::testing::say_skipped(
+            "redis_cluster::a_resharded_slot_is_followed_and_its_counter_carries_on",
+            "the cluster given by TOLLGATE_TEST_REDIS_CLUSTER names no masters to reshard",
+        );
+        return;
+    }
+    let namespace = unique_namespace("cluster_moved");
+    let store = node(&cluster.url, &namespace);
+    let limit = Limit::new("moved", Quota::new(10, DAY)).unwrap();
+    assert_eq!(store.check_n(&limit, "mover", 3).unwrap().remaining(), 7);
+
+    // The one counter of the namespace, and the master holding it.
+    let counter_of = |master: &tollgate::testing::redis::Server| -> Vec<String> {
+        master
+            .keys(&namespace)
+            .unwrap()
+            .into_iter()
+            .filter(|k| !k.ends_with(":sentinel") && !k.ends_with(":secret"))
+            .collect()
+    };
+    let (from, counter) = cluster
+        .nodes
+        .iter()
+        .enumerate()
+        .find_map(|(i, master)| counter_of(master).pop().map(|key| (i, key)))
+        .expect("the subject's counter is on a master");
+    let to = (from + 1) % cluster.nodes.len();
+    let (source, target) = (&cluster.nodes[from], &cluster.nodes[to]);
+    let mut source_connection = source.connection().unwrap();
+    let mut target_connection = target.connection().unwrap();
+    let slot: i64 = redis::cmd("CLUSTER")
+        .arg("KEYSLOT")
+        .arg(&counter)
+        .query(&mut source_connection)
+        .unwrap();
+    let id = |connection: &mut redis::Connection| -> String {
+        redis::cmd("CLUSTER").arg("MYID").query(connection).unwrap()
+    };
+    let (source_id, target_id) = (id(&mut source_connection), id(&mut target_connection));
+    let set_slot = |connection: &mut redis::Connection, state: &str, node: &str| {
+        let _: () = redis::cmd("CLUSTER")
+            .arg("SETSLOT")
+            .arg(slot)
+            .arg(state)
+            .arg(node)
+            .query(connection)
+            .unwrap();
+    };
+    set_slot(&mut target_connection, "IMPORTING", &source_id);
+    set_slot(&mut source_connection, "MIGRATING", &target_id);
+    loop {
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(100)
+            .query(&mut source_connection)
+            .unwrap();
+        if keys.is_empty() {
+            break;
+        }
+        let _: () = redis::cmd("MIGRATE")
+            .arg("127.0.0.1")
+            .arg(target.port)
+            .arg("")
+            .arg(0)
+            .arg(5000)
+            .arg("KEYS")
+            .arg(&keys)
+            .query(&mut source_connection)
+            .unwrap();
+    }
+    for master in &cluster.nodes {
+        set_slot(&mut master.connection().unwrap(), "NODE", &target_id);
+    }
+    assert!(counter_of(target).contains(&counter), "the counter moved");
+
+    // The store follows the slot to its new master, on the same counter.
+    assert_eq!(store.check(&limit, "mover").unwrap().remaining(), 6);
+    assert_eq!(store.peek(&limit, "mover").unwrap().remaining(), 6);
+    assert!(counter_of(target).contains(&counter));
     store.close().unwrap();
 }
