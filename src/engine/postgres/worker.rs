@@ -80,14 +80,21 @@ impl Queue {
     pub(crate) fn change<T>(&self, make: impl FnOnce(Reply<Result<T>>) -> Change) -> Result<T> {
         let (reply, answer) = oneshot::channel();
         self.changes.send(make(reply)).map_err(|_| Error::Closed)?;
-        match answer.wait(CALL_TIMEOUT) {
-            Ok(result) => result,
-            Err(NoAnswer::TimedOut) => Err(Error::InDoubt(format!(
-                "no answer from the database within {} s",
-                CALL_TIMEOUT.as_secs()
-            ))),
-            Err(NoAnswer::Dropped) => Err(Error::Closed),
-        }
+        wait_for_change(&answer, CALL_TIMEOUT)
+    }
+}
+
+/// A change's caller past `timeout` stops waiting: the writer may still commit its change, so it
+/// is `InDoubt`, never `Unavailable` (which promises that nothing changed); a writer gone is
+/// `Closed`.
+fn wait_for_change<T>(answer: &oneshot::Answer<Result<T>>, timeout: Duration) -> Result<T> {
+    match answer.wait(timeout) {
+        Ok(result) => result,
+        Err(NoAnswer::TimedOut) => Err(Error::InDoubt(format!(
+            "no answer from the database within {} s",
+            timeout.as_secs()
+        ))),
+        Err(NoAnswer::Dropped) => Err(Error::Closed),
     }
 }
 
@@ -251,5 +258,20 @@ mod tests {
         ));
         drop(reply);
         assert!(matches!(wait(&answer, true, short), Err(Error::Closed)));
+    }
+
+    #[test]
+    fn a_change_not_answered_in_time_is_in_doubt() {
+        let (reply, answer) = oneshot::channel::<Result<()>>();
+        let short = Duration::from_millis(1);
+        assert!(matches!(
+            wait_for_change(&answer, short),
+            Err(Error::InDoubt(_))
+        ));
+        drop(reply);
+        assert!(matches!(
+            wait_for_change(&answer, short),
+            Err(Error::Closed)
+        ));
     }
 }
