@@ -117,42 +117,47 @@ fn entering_and_leaving_the_degraded_state_is_recorded() {
     let snapshotter = recorder.snapshotter();
     recorder.install().unwrap();
 
-    let fixture = Fixture::new();
-    let (store, disk) = fixture::degraded_store(&fixture);
-    // A snapshot drains the counters: what each one saw is added up.
-    type Snapshot = Vec<(
-        metrics_util::CompositeKey,
-        Option<metrics::Unit>,
-        Option<metrics::SharedString>,
-        DebugValue,
-    )>;
-    let gauge = |snapshot: &Snapshot| {
-        snapshot.iter().find_map(|(key, _, _, value)| match value {
-            DebugValue::Gauge(level) if key.key().name() == "tollgate_degraded" => {
-                Some(level.into_inner())
-            }
-            _ => None,
-        })
-    };
-    let entered = |snapshot: &Snapshot| -> u64 {
-        snapshot
-            .iter()
-            .filter_map(|(key, _, _, value)| match value {
-                DebugValue::Counter(n) if key.key().name() == "tollgate_degraded_total" => Some(*n),
+    // Through the write-ahead log (the default for store files) and without it.
+    for log in [false, true] {
+        let fixture = Fixture::new();
+        let (store, disk) = fixture::degraded_store_with_log(&fixture, log);
+        // A snapshot drains the counters: what each one saw is added up.
+        type Snapshot = Vec<(
+            metrics_util::CompositeKey,
+            Option<metrics::Unit>,
+            Option<metrics::SharedString>,
+            DebugValue,
+        )>;
+        let gauge = |snapshot: &Snapshot| {
+            snapshot.iter().find_map(|(key, _, _, value)| match value {
+                DebugValue::Gauge(level) if key.key().name() == "tollgate_degraded" => {
+                    Some(level.into_inner())
+                }
                 _ => None,
             })
-            .sum()
-    };
-    let while_full = snapshotter.snapshot().into_vec();
-    assert_eq!(gauge(&while_full), Some(1.0), "{while_full:?}");
-    fixture::recover(&fixture, &store, &disk);
-    let after = snapshotter.snapshot().into_vec();
-    assert!(
-        entered(&while_full) + entered(&after) >= 1,
-        "{while_full:?}"
-    );
-    assert_eq!(gauge(&after), Some(0.0), "left the degraded state");
-    store.close().unwrap();
+        };
+        let entered = |snapshot: &Snapshot| -> u64 {
+            snapshot
+                .iter()
+                .filter_map(|(key, _, _, value)| match value {
+                    DebugValue::Counter(n) if key.key().name() == "tollgate_degraded_total" => {
+                        Some(*n)
+                    }
+                    _ => None,
+                })
+                .sum()
+        };
+        let while_full = snapshotter.snapshot().into_vec();
+        assert_eq!(gauge(&while_full), Some(1.0), "log {log}: {while_full:?}");
+        fixture::recover(&fixture, &store, &disk);
+        let after = snapshotter.snapshot().into_vec();
+        assert!(
+            entered(&while_full) + entered(&after) >= 1,
+            "{while_full:?}"
+        );
+        assert_eq!(gauge(&after), Some(0.0), "left the degraded state");
+        store.close().unwrap();
+    }
 }
 
 /// Counters on Redis: a loss found is counted by scope, and each request a `RateLimitLayer`

@@ -129,27 +129,30 @@ fn entering_and_leaving_the_degraded_state_are_events() {
     let collect = Collect::default();
     tracing::subscriber::set_global_default(tracing_subscriber::registry().with(collect.clone()))
         .unwrap();
-    let fixture = Fixture::new();
-    let (store, disk) = fixture::degraded_store(&fixture);
-    fixture::recover(&fixture, &store, &disk);
-    store.close().unwrap();
+    // Through the write-ahead log (the default for store files) and without it.
+    for log in [false, true] {
+        let fixture = Fixture::new();
+        let (store, disk) = fixture::degraded_store_with_log(&fixture, log);
+        fixture::recover(&fixture, &store, &disk);
+        store.close().unwrap();
 
-    let seen = collect.0.lock().unwrap().clone();
-    let degraded = seen
-        .iter()
-        .find(|e| e.message.starts_with("degraded"))
-        .expect("a degraded event");
-    assert_eq!(degraded.level, Level::ERROR);
-    assert!(
-        degraded
-            .fields
+        let seen = std::mem::take(&mut *collect.0.lock().unwrap());
+        let degraded = seen
             .iter()
-            .any(|(name, value)| name == "reason" && value.contains("no space")),
-        "{degraded:?}"
-    );
-    let recovered = seen
-        .iter()
-        .find(|e| e.message.starts_with("recovered"))
-        .expect("a recovered event");
-    assert_eq!(recovered.level, Level::WARN);
+            .find(|e| e.message.starts_with("degraded"))
+            .expect("a degraded event");
+        assert_eq!(degraded.level, Level::ERROR);
+        assert!(
+            degraded
+                .fields
+                .iter()
+                .any(|(name, value)| name == "reason" && value.contains("no space")),
+            "{degraded:?}"
+        );
+        let recovered = seen
+            .iter()
+            .find(|e| e.message.starts_with("recovered"))
+            .expect("a recovered event");
+        assert_eq!(recovered.level, Level::WARN);
+    }
 }
