@@ -55,10 +55,7 @@ pub(super) fn open_backend(
     let (backend, persisted, degraded) = match Backend::open(location, options) {
         Ok((backend, persisted)) => (backend, persisted, None),
         Err(error) if io_kind(&error) != IoKind::Other && existed => {
-            let cause = Cause::of(&error, location.path());
-            let (backend, persisted) =
-                Backend::open_for_reads(location, options).map_err(|_| cause.error())?;
-            crate::observe::degraded(&cause.reason());
+            let (backend, persisted, cause) = for_reads_after(location, options, &error)?;
             (backend, persisted, Some(cause))
         }
         // A creation refused by a full disk or a read-only filesystem says so, with its path.
@@ -72,6 +69,21 @@ pub(super) fn open_backend(
         _ => None,
     });
     Ok((backend, persisted, degraded, created))
+}
+
+/// Opens the existing store at `location` for reads only after its open for writing was
+/// refused by `error` (no space, a read-only file or filesystem): the backend, its counters and
+/// the cause the store is degraded by. If even that open fails, the cause's error.
+fn for_reads_after(
+    location: &Location,
+    options: OpenOptions,
+    error: &crate::Error,
+) -> Result<(Backend, storage::Counters, Cause)> {
+    let cause = Cause::of(error, location.path());
+    let (backend, persisted) =
+        Backend::open_for_reads(location, options).map_err(|_| cause.error())?;
+    crate::observe::degraded(&cause.reason());
+    Ok((backend, persisted, cause))
 }
 
 /// A store file (and its log) created by an open that has not succeeded yet: removed on drop
@@ -167,11 +179,8 @@ pub(super) fn open_and_recover(
             read_overlay: None,
         }),
         Err(error) if io_kind(&error) != IoKind::Other && created.0.is_none() => {
-            let cause = Cause::of(&error, location.path());
             let _ = backend.close();
-            let (backend, persisted) =
-                Backend::open_for_reads(location, open).map_err(|_| cause.error())?;
-            crate::observe::degraded(&cause.reason());
+            let (backend, persisted, cause) = for_reads_after(location, open, &error)?;
             let read_overlay = read_only_overlay(location, &persisted)?;
             Ok(Opened {
                 backend,

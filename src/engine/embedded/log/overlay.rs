@@ -444,11 +444,12 @@ impl Overlay {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::idempotency::StoredResponse;
 
-    fn record(body: &[u8]) -> Arc<Record> {
+    /// A completed record answering `body` (for the log's tests).
+    pub(crate) fn record(body: &[u8]) -> Arc<Record> {
         Arc::new(Record {
             fingerprint: [1; 32],
             created_at: 1,

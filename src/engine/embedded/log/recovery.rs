@@ -275,21 +275,11 @@ fn overlay_of(
 mod tests {
     use super::*;
     use crate::engine::codec;
+    use crate::engine::embedded::log::overlay::tests::record;
     use crate::engine::embedded::storage::{RecordCounts, SimDisk};
-    use crate::idempotency::{Digest, Record, RecordBody, StoredResponse};
+    use crate::idempotency::{Digest, RecordBody};
 
     const KEY: LogKey = LogKey(21, 22);
-
-    fn completed(body: &[u8]) -> Record {
-        Record {
-            fingerprint: [3; 32],
-            created_at: 1,
-            expires_at: u64::MAX / 2,
-            attempts: 1,
-            record_ttl: 1,
-            body: RecordBody::Completed(StoredResponse::new(201, body.to_vec())),
-        }
-    }
 
     /// What the redb file says after an unclean end of the session at `epoch`: its log's
     /// frames from `applied` on are not in redb.
@@ -324,7 +314,7 @@ mod tests {
         .unwrap();
         let frame = |digest: Digest, body: &[u8], epoch: u64, log: &mut Log| {
             let mut payload = Vec::new();
-            let encoded = codec::encode_record(&completed(body)).unwrap();
+            let encoded = codec::encode_record(&record(body)).unwrap();
             change::put_record(&mut payload, &digest, &encoded);
             log.append(epoch, &payload, 0).unwrap();
             log.sync().unwrap();
