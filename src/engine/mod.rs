@@ -31,8 +31,11 @@ pub(crate) mod notify;
 pub(crate) mod oneshot;
 #[cfg(feature = "postgres")]
 pub(crate) mod postgres;
+pub(crate) mod processes;
 #[cfg(feature = "redis")]
 pub(crate) mod redis;
+#[cfg(target_os = "linux")]
+pub(crate) mod shared;
 pub(crate) mod write_counters;
 
 pub(crate) mod seam;
@@ -52,6 +55,9 @@ pub(crate) enum Engine {
     Embedded(embedded::Embedded),
     #[cfg(feature = "postgres")]
     Postgres(postgres::Postgres),
+    /// A file shared by the processes of a host: this process owns it or is a client.
+    #[cfg(target_os = "linux")]
+    Shared(shared::Shared),
 }
 
 /// `$body` on whichever engine `$engine` is, as `$name`.
@@ -61,6 +67,8 @@ macro_rules! on_engine {
             Engine::Embedded($name) => $body,
             #[cfg(feature = "postgres")]
             Engine::Postgres($name) => $body,
+            #[cfg(target_os = "linux")]
+            Engine::Shared($name) => $body,
         }
     };
 }

@@ -16,6 +16,9 @@ pub(crate) struct BeginRequest {
     pub fingerprint: [u8; 32],
     pub lease_ttl: u64,
     pub record_ttl: u64,
+    /// The epoch of the process a new lease is taken for, if not the engine's own: set only by
+    /// a shared store's owner, from the connection the begin came on (never from its message).
+    pub holder: Option<u64>,
 }
 
 impl BeginRequest {
@@ -60,6 +63,8 @@ pub(crate) enum Early {
     Answer(BeginDecision, Record),
     /// The begin must write: through [`RecordEngine::begin`], with what the read saw.
     Write(Seen),
+    /// The engine read and wrote in one step (a shared store's client asks its owner once).
+    Written(BeginDecision),
 }
 
 /// Records for a bulk load, produced inside the engine's transaction: called with 0, 1, 2, …
@@ -67,7 +72,7 @@ pub(crate) enum Early {
 pub(crate) type BulkRecords = Box<dyn FnMut(u64, u64) -> Option<(Digest, Record)> + Send>;
 
 /// What one compaction step removed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Swept {
     pub records: u64,
     pub rate_states: u64,

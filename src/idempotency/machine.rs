@@ -50,7 +50,7 @@ pub(crate) struct BeginParams {
 }
 
 /// The lease handed out by a successful `begin`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Grant {
     pub token: u64,
     pub attempt: u32,
@@ -60,7 +60,7 @@ pub(crate) struct Grant {
 }
 
 /// What `begin` decided.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum BeginDecision {
     /// Write `record`; the caller owns it through `grant`.
     Acquired { record: Record, grant: Grant },
@@ -150,7 +150,7 @@ fn acquire(previous: Option<&Record>, params: &BeginParams) -> BeginDecision {
 }
 
 /// A lease owner's request to change its record.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum Resolution {
     Complete(StoredResponse),
     Fail(StoredResponse),

@@ -123,7 +123,7 @@ pub enum RecordState {
 }
 
 /// How a finished record ended, as a [`Replay`](super::Replay) reports it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Outcome {
     /// Resolved by [`Lease::complete`](super::Lease::complete).
     Completed,

@@ -30,7 +30,7 @@ pub(crate) enum Spec {
 }
 
 /// The persistent state of one (limit, subject).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum RateState {
     Gcra {
         tat: u64,
@@ -47,7 +47,7 @@ pub(crate) enum RateState {
 }
 
 /// What a check (or peek) found.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct Evaluation {
     pub allowed: bool,
     /// The state to store if this evaluation is applied (unchanged when denied or peeked).

@@ -37,7 +37,7 @@ pub(crate) fn targets(keys: &CounterKeys, checks: &[(&Limit, &str)]) -> Result<V
 }
 
 /// What to do to the targets.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) enum OpKind {
     /// Charge `cost` to every target, or to none.
     Charge { cost: u64 },
@@ -64,7 +64,7 @@ pub(crate) struct RateOp {
 }
 
 /// What an operation decided.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub(crate) struct RateOutcome {
     pub allowed: bool,
     /// Index into the op's targets of the limit the decision reports.

@@ -44,6 +44,7 @@ pub(crate) use algorithm::{RateState, Spec, idle_at, is_idle, most_restrictive};
 pub use decision::Decision;
 pub(crate) use decision::PolicyName;
 pub(crate) use key::{CounterKey, CounterKeys, check_subject};
+pub(crate) use quota::QuotaParts;
 pub use quota::{Limit, MAX_LIMIT_NAME_LEN, MAX_SUBJECT_LEN, Quota};
 pub(crate) use reservation::{covers, reservation_units, reserve};
 

@@ -149,6 +149,54 @@ impl Quota {
     }
 }
 
+/// A quota as plain values, for a shared store's protocol (`engine::shared`): the algorithm
+/// (0 GCRA, 1 fixed window, 2 sliding window), the count, the period in nanoseconds, the burst.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct QuotaParts {
+    pub algorithm: u8,
+    pub count: u32,
+    pub period_nanos: u64,
+    pub burst: Option<u32>,
+}
+
+impl Quota {
+    pub(crate) fn parts(&self) -> QuotaParts {
+        QuotaParts {
+            algorithm: match self.algorithm {
+                Algorithm::Gcra => 0,
+                Algorithm::FixedWindow => 1,
+                Algorithm::SlidingWindow => 2,
+            },
+            count: self.count,
+            period_nanos: u64::try_from(self.period.as_nanos()).unwrap_or(u64::MAX),
+            burst: self.burst,
+        }
+    }
+
+    /// The quota `parts` describe (checked by [`Limit::new`] like any other).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an unknown algorithm.
+    pub(crate) fn from_parts(parts: QuotaParts) -> Result<Quota> {
+        let algorithm = match parts.algorithm {
+            0 => Algorithm::Gcra,
+            1 => Algorithm::FixedWindow,
+            2 => Algorithm::SlidingWindow,
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "unknown rate algorithm {other}"
+                )));
+            }
+        };
+        Ok(Quota {
+            algorithm,
+            count: parts.count,
+            period: Duration::from_nanos(parts.period_nanos),
+            burst: parts.burst,
+        })
+    }
+}
+
 /// A named, validated quota. The name namespaces the counters: two limits with different names
 /// count separately for the same subject.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

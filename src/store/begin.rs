@@ -126,6 +126,7 @@ impl Store {
             fingerprint: fingerprint.0,
             lease_ttl,
             record_ttl,
+            holder: None,
         })
     }
 
@@ -169,6 +170,7 @@ impl Store {
                     let decision = records.begin(digest, request, seen)?;
                     return Ok(self.to_begin(digest, decision));
                 }
+                Early::Written(decision) => return Ok(self.to_begin(digest, decision)),
             }
         }
         let decision = records.begin(digest, request, Seen::Nothing)?;

@@ -241,12 +241,26 @@ impl Store {
         self.shared.engine.stats()
     }
 
-    /// Which engine the store runs on: `"embedded"` or `"postgres"`.
+    /// Which engine the store runs on: `"embedded"`, `"shared"` (a file shared by the processes
+    /// of a host, [`StoreBuilder::open_shared`]) or `"postgres"`.
     pub fn engine_name(&self) -> &'static str {
         match &self.shared.engine {
             Engine::Embedded(_) => "embedded",
+            #[cfg(target_os = "linux")]
+            Engine::Shared(_) => "shared",
             #[cfg(feature = "postgres")]
             Engine::Postgres(_) => "postgres",
+        }
+    }
+
+    /// For a store opened with [`StoreBuilder::open_shared`]: the process id of the process
+    /// that owns its file now (this process's own when it does), or `None` while no owner can
+    /// be reached. `None` for every other store.
+    pub fn shared_owner(&self) -> Option<u32> {
+        match &self.shared.engine {
+            #[cfg(target_os = "linux")]
+            Engine::Shared(engine) => engine.owner_pid(),
+            _ => None,
         }
     }
 

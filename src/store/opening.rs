@@ -116,6 +116,32 @@ impl Store {
         ))
     }
 
+    /// Opens the file at `path` shared by the processes of the host (`StoreBuilder::open_shared`).
+    #[cfg(target_os = "linux")]
+    pub(crate) fn open_shared_file(builder: &StoreBuilder, path: &Path) -> Result<Store> {
+        use crate::engine::shared::{Shared, SharedOptions};
+        let settings = builder.settings()?;
+        let elsewhere = Elsewhere::open(builder)?;
+        let notifier = Arc::new(Notifier::default());
+        let counters = Arc::new(Counters::default());
+        let engine = Shared::open(SharedOptions {
+            embedded: builder.embedded_options(&settings),
+            path: path.to_path_buf(),
+            max_response_bytes: settings.max_response_bytes,
+            notifier: Arc::clone(&notifier),
+            counters: Arc::clone(&counters),
+        })
+        .map_err(|error| naming(path, error))?;
+        Ok(Store::with_engine(
+            builder,
+            settings,
+            Engine::Shared(engine),
+            elsewhere,
+            notifier,
+            counters,
+        ))
+    }
+
     #[cfg(feature = "postgres")]
     pub(crate) fn open_postgres(builder: &StoreBuilder, conn: &str) -> Result<Store> {
         let settings = builder.settings()?;

@@ -19,6 +19,8 @@ impl Store {
             Engine::Embedded(engine) => engine.command_queue().map(crate::testing::CommandQueue),
             #[cfg(feature = "postgres")]
             Engine::Postgres(_) => None,
+            #[cfg(target_os = "linux")]
+            Engine::Shared(_) => None,
         }
     }
 
@@ -34,6 +36,8 @@ impl Store {
             Engine::Embedded(engine) => engine.hold_applier(hold),
             #[cfg(feature = "postgres")]
             Engine::Postgres(_) => false,
+            #[cfg(target_os = "linux")]
+            Engine::Shared(_) => false,
         }
     }
 
@@ -55,6 +59,8 @@ impl Store {
                 let _ = by;
                 Ok(())
             }
+            #[cfg(target_os = "linux")]
+            Engine::Shared(_) => Ok(()),
             #[cfg(feature = "postgres")]
             Engine::Postgres(engine) => engine.advance_clock(by),
         }
@@ -79,6 +85,8 @@ impl Store {
                 let _ = at;
                 Ok(())
             }
+            #[cfg(target_os = "linux")]
+            Engine::Shared(_) => Ok(()),
             #[cfg(feature = "postgres")]
             Engine::Postgres(engine) => engine.set_clock(crate::clock::system_time_to_nanos(at)),
         }

@@ -499,3 +499,86 @@ pub fn open_corrupt_seeds() -> Vec<Vec<u8>> {
         vec![0x40, 0x02, 0, 0x04, 0x00, 0x20, 0, 0x10],
     ]
 }
+
+/// `shared_protocol`: arbitrary bytes as a frame of the shared store's protocol, read as each
+/// message a peer may send. Never a panic, never an allocation beyond the frame limit; whatever
+/// decodes re-encodes to a frame that decodes the same, and the socket reader agrees with the
+/// whole-buffer decoder.
+#[cfg(target_os = "linux")]
+pub fn shared_protocol(data: &[u8]) {
+    use crate::engine::shared::frame;
+    use crate::engine::shared::message::{Hello, Reply, Request, Welcome};
+    /// A small limit, so that the fuzzer reaches "over the limit" too.
+    const LIMIT: usize = 1 << 16;
+    fn check<T>(data: &[u8])
+    where
+        T: serde::Serialize + serde::de::DeserializeOwned + PartialEq + std::fmt::Debug,
+    {
+        let whole = frame::decode::<T>(data, LIMIT);
+        let streamed = frame::read::<T>(&mut &data[..], LIMIT);
+        if let Ok(message) = whole {
+            let again = frame::encode(&message).expect("a decoded message encodes");
+            let decoded = frame::decode::<T>(&again, LIMIT).expect("a re-encoded message decodes");
+            assert_eq!(decoded, message, "message round trip");
+            assert_eq!(
+                streamed.expect("the socket reader reads what the decoder decodes"),
+                message
+            );
+        }
+    }
+    check::<Hello>(data);
+    check::<Welcome>(data);
+    check::<Request>(data);
+    check::<Reply>(data);
+}
+
+/// Starting inputs for `shared_protocol`: one frame of each kind of message.
+#[cfg(target_os = "linux")]
+pub fn shared_protocol_seeds() -> Vec<Vec<u8>> {
+    use crate::engine::shared::frame;
+    use crate::engine::shared::message::{Begun, Hello, Reply, Request, WireBegin, WireLimit};
+    use crate::idempotency::machine::{BeginDecision, Resolution};
+    let limit = Limit::new("api", Quota::per_second(5)).expect("a valid limit");
+    let hello = Hello {
+        pid: 42,
+        claim: Some(7),
+        anchor: true,
+        max_response_bytes: 1 << 20,
+    };
+    let begin = WireBegin {
+        fingerprint: [3; 32],
+        lease_ttl: 30_000_000_000,
+        record_ttl: 86_400_000_000_000,
+    };
+    let requests = [
+        Request::Read { digest: [1; 32] },
+        Request::Begin {
+            digest: [2; 32],
+            request: begin,
+        },
+        Request::Resolve {
+            digest: [2; 32],
+            token: 9,
+            resolution: Resolution::Complete(StoredResponse::new(201, b"ok".to_vec())),
+        },
+        Request::List {
+            after: None,
+            limit: 10,
+        },
+        Request::Rate {
+            kind: crate::ratelimit::charge::OpKind::Charge { cost: 1 },
+            checks: vec![(WireLimit::of(&limit), "user:1".into())],
+        },
+        Request::Stats,
+    ];
+    let mut seeds = vec![frame::encode(&hello).expect("encodes")];
+    seeds.extend(requests.iter().map(|r| frame::encode(r).expect("encodes")));
+    seeds.push(
+        frame::encode(&Reply::Begun(Begun::Written(BeginDecision::InFlight {
+            retry_after: 5,
+        })))
+        .expect("encodes"),
+    );
+    seeds.push(frame::encode(&Reply::Goodbye).expect("encodes"));
+    seeds
+}

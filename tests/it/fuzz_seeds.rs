@@ -110,3 +110,12 @@ fn log_recovery_seeds() {
         fuzz::log_recovery,
     );
 }
+
+#[test]
+fn shared_protocol_seeds() {
+    run(
+        "shared_protocol",
+        fuzz::shared_protocol_seeds(),
+        fuzz::shared_protocol,
+    );
+}

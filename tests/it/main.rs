@@ -102,6 +102,8 @@ mod redis_unavailable;
 mod refused_open_changes_nothing;
 mod replay_cache;
 mod restart_durability;
+#[cfg(target_os = "linux")]
+mod shared_processes;
 mod state_machine_model;
 mod stats_counts_writes;
 mod takeover_and_fencing;

@@ -24,6 +24,14 @@ fn hex(bytes: &[u8]) -> String {
 fn everything_stored(fixture: &Fixture) -> Vec<u8> {
     match &fixture.engine {
         Engine::Embedded => std::fs::read(fixture.path()).unwrap(),
+        // The owner still runs: what it acknowledged may be in its log only.
+        Engine::Shared => {
+            let mut bytes = std::fs::read(fixture.path()).unwrap();
+            bytes.extend(
+                std::fs::read(tollgate::Store::log_path(fixture.path())).unwrap_or_default(),
+            );
+            bytes
+        }
         Engine::Postgres { conn, schema } => {
             let mut client = postgres::Client::connect(conn, postgres::NoTls).unwrap();
             let tables: Vec<String> = client

@@ -51,6 +51,7 @@ use super::Swept;
 use crate::clock::{Clock, StoreTime, system_time_to_nanos};
 use crate::engine::compactor::Compactor;
 use crate::engine::notify::Notifier;
+use crate::engine::processes::Processes;
 use crate::engine::write_counters::Counters;
 use crate::error::{Error, Result};
 use crate::ratelimit::crash_policy::Recovery;
@@ -88,6 +89,8 @@ pub(crate) struct Embedded {
     counters: Arc<Counters>,
     /// This open's epoch; a reopen for writing after a failure bumps it.
     epoch: AtomicU64,
+    /// Whose leases are live: this open's, and on a shared store its connected processes'.
+    processes: Arc<Processes>,
     /// Present in Batched rate mode.
     rate_cache: Option<Arc<RateCache>>,
     recovery: Recovery,
@@ -221,6 +224,7 @@ impl Embedded {
             secret_if_new: options.rate_secret,
             same_session: false,
             write_ahead_log: log.enabled,
+            epoch_block: options.epoch_block,
         };
         let Opened {
             backend,
@@ -249,6 +253,7 @@ impl Embedded {
             degraded: AtomicBool::new(degraded.is_some()),
             counters,
             epoch: AtomicU64::new(persisted.epoch),
+            processes: Arc::new(Processes::single(persisted.epoch)),
             rate_cache,
             recovery,
             rate_keys,
@@ -336,6 +341,7 @@ impl Embedded {
             sequencer: Sequencer {
                 time: Arc::clone(&self.time),
                 epoch: persisted.epoch,
+                processes: Arc::clone(&self.processes),
                 next_token: persisted.next_token,
                 max_records: self.reopen.max_records,
                 recovery: self.recovery,
@@ -372,6 +378,7 @@ impl Embedded {
             },
         )?;
         self.epoch.store(persisted.epoch, Ordering::Release);
+        self.processes.opened(persisted.epoch, persisted.epoch_end);
         *self.failure.write() = failure;
         Ok(Running {
             backend: Some(backend),
@@ -390,6 +397,11 @@ impl Embedded {
 
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Whose leases are live (a shared store's owner admits its clients' epochs here).
+    pub(crate) fn processes(&self) -> &Arc<Processes> {
+        &self.processes
     }
 
     /// `Ok` while the store can serve reads (after a write failure, once its file is open again

@@ -41,6 +41,9 @@ pub(crate) struct Options {
     pub compaction_batch: usize,
     /// The most records the file may hold (`None`: no bound).
     pub max_records: Option<u64>,
+    /// How far each open for writing moves the stored epoch: 1, or a shared store owner's
+    /// block of process epochs (`engine::processes`).
+    pub epoch_block: u64,
 }
 
 impl Options {

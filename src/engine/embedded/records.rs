@@ -3,6 +3,7 @@
 
 use super::Embedded;
 use super::command::Command;
+use crate::engine::processes::owner_epoch;
 use crate::engine::{BeginRequest, BulkRecords, Early, RecordEngine, Seen};
 use crate::error::Result;
 use crate::idempotency::machine::{self, BeginDecision, Resolution};
@@ -43,7 +44,10 @@ impl RecordEngine for Embedded {
         let Some(record) = record else {
             return Ok(Early::Write(seen));
         };
-        let params = request.params(self.time.now(), self.epoch(), self.epoch(), 0);
+        let now = self.time.now();
+        let epoch = request.holder.unwrap_or(self.epoch());
+        let owner_epoch = owner_epoch(self.processes(), Some(&record), epoch, now);
+        let params = request.params(now, epoch, owner_epoch, 0);
         Ok(match machine::begin(Some(&record), &params) {
             BeginDecision::Acquired { .. } => Early::Write(Seen::Nothing),
             decision => Early::Answer(decision, record),

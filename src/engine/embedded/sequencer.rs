@@ -12,6 +12,7 @@ use super::command::{Applied, Command};
 use super::storage::RecordCounts;
 use super::txn::Txn;
 use crate::clock::StoreTime;
+use crate::engine::processes::{Processes, owner_epoch};
 use crate::engine::{BeginRequest, BulkRecords, Seen, lease_expiry, stored_rate};
 use crate::error::Error;
 use crate::idempotency::Digest;
@@ -26,6 +27,8 @@ const CAPACITY_SWEEP: usize = 64;
 pub(crate) struct Sequencer {
     pub time: Arc<StoreTime>,
     pub epoch: u64,
+    /// Whose leases are live: decides whether a RUNNING record's lease may be taken over.
+    pub processes: Arc<Processes>,
     pub next_token: u64,
     pub max_records: Option<u64>,
     pub recovery: Recovery,
@@ -140,7 +143,9 @@ impl Sequencer {
         now: u64,
     ) -> Result<BeginDecision, Error> {
         let existing = tables.record(digest)?;
-        let params = request.params(now, self.epoch, self.epoch, self.next_token);
+        let epoch = request.holder.unwrap_or(self.epoch);
+        let owner_epoch = owner_epoch(&self.processes, existing.as_ref(), epoch, now);
+        let params = request.params(now, epoch, owner_epoch, self.next_token);
         let decision = machine::begin(existing.as_ref(), &params);
         if let BeginDecision::Acquired { record, .. } = &decision {
             if existing.is_none() {

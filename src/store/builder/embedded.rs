@@ -160,7 +160,6 @@ impl StoreBuilder {
         Store::open_embedded(&self, Location::Simulated(disk.clone()))
     }
 
-    /// Whether the rate counters live elsewhere than on the store's engine.
     /// The embedded engine's options, from this builder and its checked `settings`.
     pub(crate) fn embedded_options(&self, settings: &Settings) -> crate::engine::embedded::Options {
         crate::engine::embedded::Options {
@@ -183,6 +182,7 @@ impl StoreBuilder {
             compaction_interval: self.compaction_interval,
             compaction_batch: settings.compaction_batch,
             max_records: settings.max_records,
+            epoch_block: 1,
         }
     }
 }

@@ -10,6 +10,8 @@ use crate::ratelimit::{CrashPolicy, RateDurability};
 mod embedded;
 mod postgres;
 mod redis;
+#[cfg(target_os = "linux")]
+mod shared;
 
 use redis::RedisSettings;
 
@@ -88,6 +90,7 @@ impl Settings {
 
 /// Configures and opens a [`Store`](crate::Store). Made by [`Store::builder`](crate::Store::builder).
 #[must_use]
+#[derive(Clone)]
 // Independent switches of the open, each with its own setter: not a state machine.
 #[allow(clippy::struct_excessive_bools)]
 pub struct StoreBuilder {

@@ -286,6 +286,7 @@ mod tests {
     fn persisted(epoch: u64, applied: u64, floor: u64) -> Counters {
         Counters {
             epoch,
+            epoch_end: epoch,
             next_token: 1,
             clock_high_water: 0,
             rate_recovery_at: None,

@@ -49,6 +49,9 @@ pub(crate) struct OpenOptions {
     pub same_session: bool,
     /// Whether this session writes through the write-ahead log (the file becomes format 3).
     pub write_ahead_log: bool,
+    /// How far the stored epoch moves at this open: 1, or a shared store owner's block of
+    /// process epochs (`engine::processes`). This open's own epoch is the first of the block.
+    pub epoch_block: u64,
 }
 
 /// The persisted counters, as found (and bumped) at open.
@@ -56,6 +59,9 @@ pub(crate) struct OpenOptions {
 pub(crate) struct Counters {
     /// This open's boot epoch (already incremented and durable).
     pub epoch: u64,
+    /// The end (exclusive) of the epochs this open may hand out to other processes: the stored
+    /// epoch, so that the next open's is above them all.
+    pub epoch_end: u64,
     /// The next lease token to hand out.
     pub next_token: u64,
     /// The latest time the store has used, in nanoseconds since the Unix epoch.
@@ -245,6 +251,7 @@ impl Backend {
         let clock_high_water = found.clock.unwrap_or(0);
         Ok(Counters {
             epoch: found.epoch.unwrap_or(0),
+            epoch_end: found.epoch.unwrap_or(0),
             next_token: found.next_token.unwrap_or(1),
             clock_high_water,
             rate_recovery_at: recovery_at(&found, options, clock_high_water),
@@ -414,8 +421,10 @@ impl Backend {
                     floor: 0,
                 })
             });
+            let stored_epoch = found.epoch.unwrap_or(0);
             let counters = Counters {
-                epoch: found.epoch.unwrap_or(0).saturating_add(1),
+                epoch: stored_epoch.saturating_add(1),
+                epoch_end: stored_epoch.saturating_add(options.epoch_block.max(1)),
                 next_token: found.next_token.unwrap_or(1),
                 clock_high_water,
                 rate_recovery_at,
@@ -429,7 +438,7 @@ impl Backend {
                 FORMAT_WITHOUT_LOG
             };
             let mut writes = vec![
-                (META_EPOCH, counters.epoch),
+                (META_EPOCH, counters.epoch_end),
                 (META_RATE_CLEAN, u64::from(!options.batched_rates)),
                 (META_RATE_SECRET[0], rate_secret.0),
                 (META_RATE_SECRET[1], rate_secret.1),

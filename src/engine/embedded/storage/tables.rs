@@ -442,6 +442,7 @@ pub(crate) mod tests {
             secret_if_new: None,
             same_session: false,
             write_ahead_log: false,
+            epoch_block: 1,
         };
         Backend::open(&Location::Simulated(SimDisk::new()), options)
             .map(|(backend, _)| backend)
