@@ -103,6 +103,8 @@ mod refused_open_changes_nothing;
 mod replay_cache;
 mod restart_durability;
 #[cfg(target_os = "linux")]
+mod shared_owner_change;
+#[cfg(target_os = "linux")]
 mod shared_processes;
 mod state_machine_model;
 mod stats_counts_writes;
