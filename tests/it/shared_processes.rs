@@ -163,7 +163,13 @@ fn worker(dir: &Path) -> ! {
     }
 }
 
-fn read_logs(dir: &Path) -> (Vec<(String, String, bool)>, Vec<(String, String)>) {
+/// What the workers' logs say: executions (key, body, recovered) and acknowledgements (key, body).
+struct Logs {
+    execs: Vec<(String, String, bool)>,
+    acks: Vec<(String, String)>,
+}
+
+fn read_logs(dir: &Path) -> Logs {
     let (mut execs, mut acks) = (Vec::new(), Vec::new());
     for entry in std::fs::read_dir(dir).unwrap() {
         let path = entry.unwrap().path();
@@ -185,7 +191,7 @@ fn read_logs(dir: &Path) -> (Vec<(String, String, bool)>, Vec<(String, String)>)
             }
         }
     }
-    (execs, acks)
+    Logs { execs, acks }
 }
 
 #[test]
@@ -208,10 +214,10 @@ fn killing_the_owner_twenty_times_under_load_loses_no_acknowledged_completion() 
         })
         .collect();
     for cycle in 0..kills {
-        let (_, acks_before) = read_logs(dir.path());
+        let acks_before = read_logs(dir.path()).acks;
         // Some work between kills, then the owner of the moment.
         fixture::wait_for("completions since the last kill", || {
-            read_logs(dir.path()).1.len() >= acks_before.len() + 5
+            read_logs(dir.path()).acks.len() >= acks_before.len() + 5
         });
         let mut owner_at = None;
         fixture::wait_for("a live worker to own the file", || {
@@ -233,7 +239,7 @@ fn killing_the_owner_twenty_times_under_load_loses_no_acknowledged_completion() 
         child.wait().unwrap();
     }
 
-    let (execs, acks) = read_logs(dir.path());
+    let Logs { execs, acks } = read_logs(dir.path());
     assert!(acks.len() >= kills * 5, "{} completions", acks.len());
     let store = builder().open(store_path(dir.path())).unwrap();
     for (name, body) in &acks {
