@@ -85,83 +85,85 @@ impl std::error::Error for AtPath {
     }
 }
 
+/// What every engine's open gets besides its own options: the store's checked settings, and the
+/// notifier and counters the façade shares with the engine.
+struct Parts<'a> {
+    settings: &'a Settings,
+    notifier: &'a Arc<Notifier>,
+    counters: &'a Arc<Counters>,
+}
+
 impl Store {
-    pub(crate) fn open_embedded(builder: &StoreBuilder, location: Location) -> Result<Store> {
+    /// Opens a store on the engine `open` makes: checks the builder's settings, opens the rate
+    /// counters that live elsewhere (first: a failure there leaves no engine open), then the
+    /// engine.
+    fn open_on(
+        builder: &StoreBuilder,
+        open: impl FnOnce(Parts<'_>) -> Result<Engine>,
+    ) -> Result<Store> {
         let settings = builder.settings()?;
         let elsewhere = Elsewhere::open(builder)?;
         let notifier = Arc::new(Notifier::default());
         let counters = Arc::new(Counters::default());
-        let path = if let Location::File(path) = &location {
-            Some(path.clone())
-        } else {
-            None
-        };
-        let engine = Embedded::open(
-            &builder.embedded_options(&settings),
-            location,
-            Arc::clone(&notifier),
-            Arc::clone(&counters),
-        )
-        .map_err(|error| match &path {
-            Some(path) => naming(path, error),
-            None => error,
+        let engine = open(Parts {
+            settings: &settings,
+            notifier: &notifier,
+            counters: &counters,
         })?;
         Ok(Store::with_engine(
-            builder,
-            settings,
-            Engine::Embedded(engine),
-            elsewhere,
-            notifier,
-            counters,
+            builder, settings, engine, elsewhere, notifier, counters,
         ))
+    }
+
+    pub(crate) fn open_embedded(builder: &StoreBuilder, location: Location) -> Result<Store> {
+        Store::open_on(builder, |parts| {
+            let path = if let Location::File(path) = &location {
+                Some(path.clone())
+            } else {
+                None
+            };
+            Embedded::open(
+                &builder.embedded_options(parts.settings),
+                location,
+                Arc::clone(parts.notifier),
+                Arc::clone(parts.counters),
+            )
+            .map(Engine::Embedded)
+            .map_err(|error| match &path {
+                Some(path) => naming(path, error),
+                None => error,
+            })
+        })
     }
 
     /// Opens the file at `path` shared by the processes of the host (`StoreBuilder::open_shared`).
     #[cfg(target_os = "linux")]
     pub(crate) fn open_shared_file(builder: &StoreBuilder, path: &Path) -> Result<Store> {
         use crate::engine::shared::{Shared, SharedOptions};
-        let settings = builder.settings()?;
-        let elsewhere = Elsewhere::open(builder)?;
-        let notifier = Arc::new(Notifier::default());
-        let counters = Arc::new(Counters::default());
-        let engine = Shared::open(SharedOptions {
-            embedded: builder.embedded_options(&settings),
-            path: path.to_path_buf(),
-            max_response_bytes: settings.max_response_bytes,
-            notifier: Arc::clone(&notifier),
-            counters: Arc::clone(&counters),
+        Store::open_on(builder, |parts| {
+            Shared::open(SharedOptions {
+                embedded: builder.embedded_options(parts.settings),
+                path: path.to_path_buf(),
+                max_response_bytes: parts.settings.max_response_bytes,
+                notifier: Arc::clone(parts.notifier),
+                counters: Arc::clone(parts.counters),
+            })
+            .map(Engine::Shared)
+            .map_err(|error| naming(path, error))
         })
-        .map_err(|error| naming(path, error))?;
-        Ok(Store::with_engine(
-            builder,
-            settings,
-            Engine::Shared(engine),
-            elsewhere,
-            notifier,
-            counters,
-        ))
     }
 
     #[cfg(feature = "postgres")]
     pub(crate) fn open_postgres(builder: &StoreBuilder, conn: &str) -> Result<Store> {
-        let settings = builder.settings()?;
-        let elsewhere = Elsewhere::open(builder)?;
-        let notifier = Arc::new(Notifier::default());
-        let counters = Arc::new(Counters::default());
-        let engine = crate::engine::postgres::Postgres::open(
-            &builder.postgres_options(&settings),
-            conn,
-            &notifier,
-            Arc::clone(&counters),
-        )?;
-        Ok(Store::with_engine(
-            builder,
-            settings,
-            Engine::Postgres(engine),
-            elsewhere,
-            notifier,
-            counters,
-        ))
+        Store::open_on(builder, |parts| {
+            crate::engine::postgres::Postgres::open(
+                &builder.postgres_options(parts.settings),
+                conn,
+                parts.notifier,
+                Arc::clone(parts.counters),
+            )
+            .map(Engine::Postgres)
+        })
     }
 
     #[cfg_attr(not(feature = "redis"), allow(clippy::needless_pass_by_value))]

@@ -9,6 +9,7 @@ use crate::fixture;
 use std::time::Duration;
 
 use fixture::{Fixture, acquired, key, replay, request, response};
+use tollgate::Store;
 use tollgate::idempotency::Begin;
 
 #[test]
@@ -26,29 +27,13 @@ fn clients_keep_their_leases_when_the_owner_goes_and_a_vanished_ones_are_taken_a
     first_owner.close().unwrap();
 
     // Whichever of b and c took the file over, the other one reconnected to it.
-    for (store, other) in [(&b, "c"), (&c, "b")] {
-        assert!(
-            matches!(
-                store.begin(&key(other), &request("r")).unwrap(),
-                Begin::InFlight { .. }
-            ),
-            "{other}'s lease right after the owner changed"
-        );
-    }
+    assert_each_sees_the_others_lease_live(&b, &c, "right after the owner changed");
     // Past the grace window, the clients' leases are still theirs (they claimed their epochs),
     // and the first owner's, whose process never came back, is taken over.
     fixture
         .clock
         .advance(tollgate_grace() + Duration::from_secs(1));
-    for (store, other) in [(&b, "c"), (&c, "b")] {
-        assert!(
-            matches!(
-                store.begin(&key(other), &request("r")).unwrap(),
-                Begin::InFlight { .. }
-            ),
-            "{other}'s lease after the grace window"
-        );
-    }
+    assert_each_sees_the_others_lease_live(&b, &c, "after the grace window");
     let taken = acquired(b.begin(&key("a"), &request("r")).unwrap());
     assert!(taken.recovered());
     taken.complete(response("a")).unwrap();
@@ -63,6 +48,19 @@ fn clients_keep_their_leases_when_the_owner_goes_and_a_vanished_ones_are_taken_a
     }
     b.close().unwrap();
     c.close().unwrap();
+}
+
+/// `b` holds the lease of key "b", `c` of "c": each sees the other's in flight.
+fn assert_each_sees_the_others_lease_live(b: &Store, c: &Store, when: &str) {
+    for (store, other) in [(b, "c"), (c, "b")] {
+        assert!(
+            matches!(
+                store.begin(&key(other), &request("r")).unwrap(),
+                Begin::InFlight { .. }
+            ),
+            "{other}'s lease {when}"
+        );
+    }
 }
 
 /// The new owner's grace window (`engine::shared::GRACE`).

@@ -40,7 +40,7 @@ mod writer;
 mod writer_core;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -87,9 +87,8 @@ pub(crate) struct Embedded {
     /// Set while the store cannot write (so that operations know to try to reopen, cheaply).
     degraded: AtomicBool,
     counters: Arc<Counters>,
-    /// This open's epoch; a reopen for writing after a failure bumps it.
-    epoch: AtomicU64,
-    /// Whose leases are live: this open's, and on a shared store its connected processes'.
+    /// Whose leases are live: this open's epoch (a reopen for writing after a failure bumps it),
+    /// and on a shared store its connected processes'.
     processes: Arc<Processes>,
     /// Present in Batched rate mode.
     rate_cache: Option<Arc<RateCache>>,
@@ -252,7 +251,6 @@ impl Embedded {
             alarm,
             degraded: AtomicBool::new(degraded.is_some()),
             counters,
-            epoch: AtomicU64::new(persisted.epoch),
             processes: Arc::new(Processes::single(persisted.epoch)),
             rate_cache,
             recovery,
@@ -377,7 +375,6 @@ impl Embedded {
                 answer.recv().map_err(|_| Error::Closed)?
             },
         )?;
-        self.epoch.store(persisted.epoch, Ordering::Release);
         self.processes.opened(persisted.epoch, persisted.epoch_end);
         *self.failure.write() = failure;
         Ok(Running {
@@ -396,7 +393,7 @@ impl Embedded {
     }
 
     pub(crate) fn epoch(&self) -> u64 {
-        self.epoch.load(Ordering::Acquire)
+        self.processes.own()
     }
 
     /// Whose leases are live (a shared store's owner admits its clients' epochs here).
