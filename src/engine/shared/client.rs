@@ -7,6 +7,7 @@
 //! it), so nothing happened and it may be sent again; it was sent and no answer came (the owner
 //! died), so a change may or may not have been made; or the owner answered.
 
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -53,7 +54,9 @@ pub(crate) struct Client {
     /// The agreed frame limit.
     limit: usize,
     anchor: Mutex<Option<UnixStream>>,
-    idle: Mutex<Vec<UnixStream>>,
+    /// Request connections not in use, each read through a buffer (a reply is usually one
+    /// system call).
+    idle: Mutex<Vec<BufReader<UnixStream>>>,
 }
 
 impl Client {
@@ -138,7 +141,7 @@ impl Client {
                 limit: self.limit,
             });
         }
-        if let Err(error) = std::io::Write::write_all(&mut stream, &frame) {
+        if let Err(error) = stream.get_mut().write_all(&frame) {
             return Err(CallError::NotSent(format!(
                 "the owner's connection failed: {error}"
             )));
@@ -161,7 +164,7 @@ impl Client {
         }
     }
 
-    fn open_connection(&self) -> Result<UnixStream, CallError> {
+    fn open_connection(&self) -> Result<BufReader<UnixStream>, CallError> {
         let hello = Hello {
             pid: std::process::id(),
             claim: Some(self.epoch),
@@ -174,7 +177,7 @@ impl Client {
                     .set_read_timeout(Some(CALL_TIMEOUT))
                     .and_then(|()| stream.set_write_timeout(Some(CALL_TIMEOUT)));
                 timeouts.map_err(|error| CallError::NotSent(error.to_string()))?;
-                Ok(stream)
+                Ok(BufReader::new(stream))
             }
             Ok((_, Welcome::EpochEnded)) => Err(CallError::NotSent(
                 "this process's epoch ended on the store's owner".into(),
@@ -186,7 +189,7 @@ impl Client {
     /// Closes every connection, the anchor last: the owner ends this process's epoch.
     pub(crate) fn close(&self) {
         for stream in self.idle.lock().drain(..) {
-            let _ = stream.shutdown(std::net::Shutdown::Both);
+            let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
         }
         if let Some(anchor) = self.anchor.lock().take() {
             let _ = anchor.shutdown(std::net::Shutdown::Both);

@@ -40,7 +40,7 @@ pub(crate) enum FrameError {
     /// The peer closed the connection before a frame began.
     #[error("the connection was closed")]
     Closed,
-    /// No frame began within the connection's read timeout ([`read_idle`]).
+    /// No frame began within the connection's read timeout.
     #[error("no frame came")]
     Idle,
     #[error("the connection failed: {0}")]
@@ -83,7 +83,8 @@ pub(crate) fn write(stream: &mut impl Write, message: &impl Serialize) -> Result
 /// Reads one frame of at most `limit` bytes (after its length) and decodes its message.
 ///
 /// # Errors
-/// [`FrameError::Closed`] at a clean end before the frame; the others as their names say.
+/// [`FrameError::Closed`] at a clean end before the frame, [`FrameError::Idle`] when the read
+/// timeout passed before it began; the others as their names say.
 pub(crate) fn read<T: DeserializeOwned>(
     stream: &mut impl Read,
     limit: usize,
@@ -96,6 +97,15 @@ pub(crate) fn read<T: DeserializeOwned>(
             Ok(0) => return Err(FrameError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(n) => got += n,
             Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error)
+                if got == 0
+                    && matches!(
+                        error.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+            {
+                return Err(FrameError::Idle);
+            }
             Err(error) => return Err(error.into()),
         }
     }
@@ -103,38 +113,6 @@ pub(crate) fn read<T: DeserializeOwned>(
     let mut rest = vec![0; length];
     stream.read_exact(&mut rest)?;
     decode_body(&rest)
-}
-
-/// [`read`] on a socket whose read timeout is its idle timeout: a frame that does not begin
-/// within it is [`FrameError::Idle`]; once it began, the rest must come within `rest_timeout`.
-///
-/// # Errors
-/// As for [`read`], and [`FrameError::Idle`].
-pub(crate) fn read_idle<T: DeserializeOwned>(
-    stream: &mut std::os::unix::net::UnixStream,
-    limit: usize,
-    rest_timeout: std::time::Duration,
-) -> Result<T, FrameError> {
-    let mut first = [0; 1];
-    loop {
-        match stream.read(&mut first) {
-            Ok(0) => return Err(FrameError::Closed),
-            Ok(_) => break,
-            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
-            Err(error)
-                if matches!(
-                    error.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                return Err(FrameError::Idle);
-            }
-            Err(error) => return Err(error.into()),
-        }
-    }
-    stream.set_read_timeout(Some(rest_timeout))?;
-    let mut chained = (&first[..]).chain(&mut *stream);
-    read(&mut chained, limit)
 }
 
 /// Decodes one whole frame held in `bytes` (its length first), of at most `limit` bytes after

@@ -377,3 +377,28 @@ impl WireHealth {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn an_owner_error_reaches_the_client_as_the_same_variant_without_the_owners_path() {
+        let full = Error::StorageFull {
+            path: "/owner/secret/path".into(),
+        };
+        let error = WireError::of(&full).into_error(Path::new("/client/path"));
+        assert!(matches!(&error, Error::StorageFull { path } if path == Path::new("/client/path")));
+        assert!(matches!(
+            WireError::of(&Error::LeaseLost).into_error(Path::new("x")),
+            Error::LeaseLost
+        ));
+        // The owner closing is not the client's store closing: nothing happened, retry.
+        assert!(matches!(
+            WireError::of(&Error::Closed).into_error(Path::new("x")),
+            Error::Unavailable(_)
+        ));
+    }
+}

@@ -36,7 +36,8 @@ use crate::ratelimit::check_subject;
 
 /// A connection with no request for this long is said goodbye to (its client connects again).
 pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-/// The longest a peer may take to send the rest of a frame, or to take an answer.
+/// The longest a peer may take to say hello, or to take an answer. (Once a frame began, the
+/// rest must come within the connection's read timeout: [`IDLE_TIMEOUT`] after the hello.)
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// The most connections served at once (a client keeps one per thread calling at once).
 const MAX_CONNECTIONS: usize = 1024;
@@ -193,6 +194,7 @@ fn serve(mut stream: UnixStream, context: &Context) {
     let Ok(hello) = frame::read::<Hello>(&mut stream, HELLO_LIMIT) else {
         return;
     };
+    let mut stream = std::io::BufReader::new(stream);
     let processes = context.engine.processes();
     let now = context.engine.now();
     let epoch = match (hello.anchor, hello.claim) {
@@ -216,7 +218,7 @@ fn serve(mut stream: UnixStream, context: &Context) {
         None if hello.claim.is_some() => Welcome::EpochEnded,
         None => Welcome::Refused("a connection that is not an anchor names its process".into()),
     };
-    if frame::write(&mut stream, &welcome).is_err() {
+    if frame::write(stream.get_mut(), &welcome).is_err() {
         if let (Some(epoch), true) = (epoch, hello.anchor) {
             processes.ended(epoch);
         }
@@ -225,38 +227,47 @@ fn serve(mut stream: UnixStream, context: &Context) {
     let Some(epoch) = epoch else { return };
     if hello.anchor {
         // An anchor carries nothing: it ends (EOF, an error, anything sent) when its process does.
-        let _ = stream.set_read_timeout(None);
+        let _ = stream.get_ref().set_read_timeout(None);
         let _ = frame::read::<Request>(&mut stream, HELLO_LIMIT);
         processes.ended(epoch);
         return;
     }
     let limit = max_response_bytes.saturating_add(FRAME_OVERHEAD);
-    requests(&mut stream, context, epoch, limit);
+    if stream
+        .get_ref()
+        .set_read_timeout(Some(IDLE_TIMEOUT))
+        .is_ok()
+    {
+        requests(&mut stream, context, epoch, limit);
+    }
 }
 
-/// Answers requests in order until the connection ends.
-fn requests(stream: &mut UnixStream, context: &Context, epoch: u64, limit: usize) {
+/// Answers requests in order until the connection ends. A frame read through `stream`'s buffer
+/// usually takes one system call.
+fn requests(
+    stream: &mut std::io::BufReader<UnixStream>,
+    context: &Context,
+    epoch: u64,
+    limit: usize,
+) {
     loop {
-        if stream.set_read_timeout(Some(IDLE_TIMEOUT)).is_err() {
-            return;
-        }
-        let request = match frame::read_idle::<Request>(stream, limit, IO_TIMEOUT) {
+        let request = match frame::read::<Request>(stream, limit) {
             Ok(request) => request,
             Err(FrameError::Idle | FrameError::Closed) => {
-                let _ = goodbye(stream);
+                let _ = goodbye(stream.get_mut());
                 return;
             }
             Err(_) => return,
         };
         if context.closing.load(Ordering::Acquire) {
-            let _ = goodbye(stream);
+            let _ = goodbye(stream.get_mut());
             return;
         }
         let reply = match execute(context, epoch, request, limit) {
             Ok(reply) => reply,
             Err(error) => Reply::Failed(WireError::of(&error)),
         };
-        if frame::write(stream, &reply).is_err() {
+        if frame::write(stream.get_mut(), &reply).is_err() {
             return;
         }
     }
@@ -346,31 +357,4 @@ fn list(engine: &Embedded, after: Option<[u8; 32]>, count: u32, limit: usize) ->
         records.push(entry);
     }
     Ok(Reply::Listed { records, end })
-}
-
-/// Keeps a failed request's error typed for the client (used by tests of the mapping).
-#[cfg(test)]
-pub(crate) fn reply_of(error: &Error) -> Reply {
-    Reply::Failed(WireError::of(error))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_owner_error_reaches_the_client_as_the_same_variant_without_the_owners_path() {
-        let full = Error::StorageFull {
-            path: "/owner/secret/path".into(),
-        };
-        let Reply::Failed(wire) = reply_of(&full) else {
-            panic!("a failure")
-        };
-        let error = wire.into_error(Path::new("/client/path"));
-        assert!(matches!(&error, Error::StorageFull { path } if path == Path::new("/client/path")));
-        let Reply::Failed(wire) = reply_of(&Error::LeaseLost) else {
-            panic!("a failure")
-        };
-        assert!(matches!(wire.into_error(Path::new("x")), Error::LeaseLost));
-    }
 }
