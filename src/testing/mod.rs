@@ -12,6 +12,8 @@ pub use crate::engine::embedded::storage::SimDisk;
 
 #[cfg(feature = "redis")]
 pub mod redis;
+#[cfg(target_os = "linux")]
+pub mod shared;
 mod tls;
 
 pub use tls::certificates;

@@ -7,6 +7,8 @@
 //!   begin/complete on the same keys: afterwards every acknowledged completion replays with the
 //!   response of the execution that was acknowledged, and a key executed twice was told so
 //!   (`recovered()`) every time after the first: no two live leases ever ran one key.
+//! - A process of another user (`nobody`, through `runuser`) is refused: by the socket's mode,
+//!   and, with the socket opened to everyone, by the owner's check of the peer's credentials.
 //!
 //! Each worker writes what it did to a log of its own, flushed before it goes on: `exec KEY
 //! BODY RECOVERED` once a lease is granted, `ack KEY BODY` once `complete` returned.
@@ -263,4 +265,87 @@ fn killing_the_owner_twenty_times_under_load_loses_no_acknowledged_completion() 
         assert!(bodies.len() <= 1, "{name}: executed as new by {bodies:?}");
     }
     store.close().unwrap();
+}
+
+/// Run as another user: connects to the socket and says how it was turned away.
+fn stranger(socket: &Path) -> ! {
+    fixture::exit_with_parent();
+    let verdict = match std::os::unix::net::UnixStream::connect(socket) {
+        Err(error) if error.kind() == std::io::ErrorKind::PermissionDenied => "REFUSED_BY_MODE",
+        Err(error) => panic!("connect: {error}"),
+        Ok(mut stream) => {
+            if tollgate::testing::shared::is_admitted(&mut stream) {
+                "ADMITTED"
+            } else {
+                "REFUSED_BY_PEER"
+            }
+        }
+    };
+    println!("VERDICT {verdict}");
+    std::process::exit(0);
+}
+
+/// Runs this test as the user `nobody` with `socket` to knock on; returns its verdict.
+fn knock_as_nobody(test: &str, socket: &Path) -> String {
+    let output = std::process::Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args([
+            fixture::test_path(module_path!(), test).as_str(),
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(DIR_ENV, socket)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let Some(at) = stdout.find("VERDICT ") else {
+        panic!(
+            "no verdict from the process run as nobody: {}\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    stdout[at + "VERDICT ".len()..]
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn the_socket_admits_only_the_owners_user() {
+    const TEST: &str = "the_socket_admits_only_the_owners_user";
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(socket) = std::env::var_os(DIR_ENV) {
+        stranger(Path::new(&socket));
+    }
+    if !is_root() {
+        tollgate::testing::say_skipped(TEST, "switching to another user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Another user may reach the directory: only the socket's mode and the peer check stand.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let owner = builder().open_shared(store_path(dir.path())).unwrap();
+    let socket = dir.path().join("shared.redb.sock");
+    // The owner's user is admitted: the handshake the stranger sends is a valid one.
+    let mut ours = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    assert!(tollgate::testing::shared::is_admitted(&mut ours));
+    drop(ours);
+
+    assert_eq!(knock_as_nobody(TEST, &socket), "REFUSED_BY_MODE");
+    // Even a socket anyone may open admits no other user: the kernel says who the peer is.
+    std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    assert_eq!(knock_as_nobody(TEST, &socket), "REFUSED_BY_PEER");
+    owner.close().unwrap();
+}
+
+/// Whether this process runs as root (the effective user id is 0).
+fn is_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    // A file this process creates is owned by its effective user.
+    let probe = tempfile::NamedTempFile::new().unwrap();
+    probe.as_file().metadata().unwrap().uid() == 0
 }
