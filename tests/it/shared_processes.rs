@@ -285,11 +285,13 @@ fn stranger(socket: &Path) -> ! {
     std::process::exit(0);
 }
 
-/// Runs this test as the user `nobody` with `socket` to knock on; returns its verdict.
-fn knock_as_nobody(test: &str, socket: &Path) -> String {
+/// Runs this test as the user `nobody` with `socket` to knock on; returns its verdict. `binary`
+/// is a copy of this test binary that `nobody` may run (the build directory may not be
+/// reachable to other users).
+fn knock_as_nobody(test: &str, binary: &Path, socket: &Path) -> String {
     let output = std::process::Command::new("runuser")
         .args(["-u", "nobody", "--"])
-        .arg(std::env::current_exe().unwrap())
+        .arg(binary)
         .args([
             fixture::test_path(module_path!(), test).as_str(),
             "--exact",
@@ -328,6 +330,9 @@ fn the_socket_admits_only_the_owners_user() {
     let dir = tempfile::tempdir().unwrap();
     // Another user may reach the directory: only the socket's mode and the peer check stand.
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let binary = dir.path().join("it");
+    std::fs::copy(std::env::current_exe().unwrap(), &binary).unwrap();
+    std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
     let owner = builder().open_shared(store_path(dir.path())).unwrap();
     let socket = dir.path().join("shared.redb.sock");
     // The owner's user is admitted: the handshake the stranger sends is a valid one.
@@ -335,10 +340,10 @@ fn the_socket_admits_only_the_owners_user() {
     assert!(tollgate::testing::shared::is_admitted(&mut ours));
     drop(ours);
 
-    assert_eq!(knock_as_nobody(TEST, &socket), "REFUSED_BY_MODE");
+    assert_eq!(knock_as_nobody(TEST, &binary, &socket), "REFUSED_BY_MODE");
     // Even a socket anyone may open admits no other user: the kernel says who the peer is.
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
-    assert_eq!(knock_as_nobody(TEST, &socket), "REFUSED_BY_PEER");
+    assert_eq!(knock_as_nobody(TEST, &binary, &socket), "REFUSED_BY_PEER");
     owner.close().unwrap();
 }
 
