@@ -166,8 +166,9 @@ fn run(command: Command) -> Result<ExitCode, Failure> {
 fn explain(shown: &dyn std::fmt::Display, error: &Error) -> String {
     match error {
         Error::AlreadyOpen => format!(
-            "{shown} is open for writing in another process (a running server?); stop it and try \
-             again (reading a live store through its server comes with shared stores)"
+            "{shown} is open for writing in another process (a running server?) that does not \
+             share it: stop it and try again, or open it there with open_shared, whose stores \
+             this command reads while they run"
         ),
         Error::Unavailable(reason) => format!("{shown}: the database is unavailable ({reason})"),
         Error::NotAStore(reason) => format!("{shown} is not a tollgate store ({reason})"),

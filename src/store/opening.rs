@@ -147,6 +147,7 @@ impl Store {
                 max_response_bytes: parts.settings.max_response_bytes,
                 notifier: Arc::clone(parts.notifier),
                 counters: Arc::clone(parts.counters),
+                read_only: builder.read_only,
             })
             .map(Engine::Shared)
             .map_err(|error| naming(path, error))

@@ -168,3 +168,51 @@ fn reading_commands_on_postgres_write_no_row() {
         assert_eq!(rows(&mut client), before, "{command:?} wrote to the schema");
     }
 }
+
+/// The reading commands on a store a running process shares (`open_shared`) read through that
+/// process: the live store's numbers and records, and no write on the owner. A store held by a
+/// plain `open` is refused with a message that says how to share it.
+#[cfg(target_os = "linux")]
+#[test]
+fn reading_commands_read_a_live_shared_store_through_its_owner() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("live.redb");
+    let owner = Store::builder().open_shared(&path).unwrap();
+    for i in 0..3 {
+        let key = IdempotencyKey::new("shop", &format!("order-{i}")).unwrap();
+        if let Begin::Acquired(lease) = owner.begin(&key, &Fingerprint::of(b"r")).unwrap() {
+            lease
+                .complete(StoredResponse::new(201, b"ok".to_vec()))
+                .unwrap();
+        }
+    }
+    let writes = owner.stats().unwrap().writes;
+    let file = path.to_str().unwrap();
+    let stats = tollgate(&["stats", file]);
+    assert!(stats.status.success(), "{}", stderr(&stats));
+    let shown = String::from_utf8_lossy(&stats.stdout);
+    assert!(shown.contains("completed      3"), "{shown}");
+    assert!(shown.contains("(shared)"), "{shown}");
+    let inspect = tollgate(&["inspect", file, "--scope", "shop", "--key", "order-1"]);
+    assert!(inspect.status.success(), "{}", stderr(&inspect));
+    assert!(String::from_utf8_lossy(&inspect.stdout).contains("completed"));
+    let list = tollgate(&["list", file]);
+    assert!(list.status.success(), "{}", stderr(&list));
+    assert_eq!(String::from_utf8_lossy(&list.stdout).lines().count(), 3 + 1);
+    assert_eq!(
+        owner.stats().unwrap().writes,
+        writes,
+        "the commands wrote nothing"
+    );
+    owner.close().unwrap();
+
+    let plain = Store::open(&path).unwrap();
+    let refused = tollgate(&["stats", file]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("open_shared"),
+        "{}",
+        stderr(&refused)
+    );
+    plain.close().unwrap();
+}

@@ -106,6 +106,8 @@ mod restart_durability;
 mod shared_owner_change;
 #[cfg(target_os = "linux")]
 mod shared_processes;
+#[cfg(target_os = "linux")]
+mod shared_read_only;
 #[cfg(all(feature = "tower", target_os = "linux"))]
 mod shared_rolling_restart;
 mod state_machine_model;

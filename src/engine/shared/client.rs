@@ -49,6 +49,7 @@ pub(crate) enum Connected {
 pub(crate) struct Client {
     socket: PathBuf,
     epoch: u64,
+    store_epoch: u64,
     owner_pid: u32,
     max_response_bytes: usize,
     /// The agreed frame limit.
@@ -79,7 +80,7 @@ impl Client {
         match welcome {
             Welcome::Admitted {
                 epoch,
-                store_epoch: _,
+                store_epoch,
                 owner_pid,
                 max_response_bytes: agreed,
             } => {
@@ -89,6 +90,7 @@ impl Client {
                 Connected::Admitted(Client {
                     socket: socket.to_path_buf(),
                     epoch,
+                    store_epoch,
                     owner_pid,
                     max_response_bytes,
                     limit: agreed
@@ -106,6 +108,11 @@ impl Client {
     /// This process's epoch on the store.
     pub(crate) fn epoch(&self) -> u64 {
         self.epoch
+    }
+
+    /// The owner's epoch.
+    pub(crate) fn store_epoch(&self) -> u64 {
+        self.store_epoch
     }
 
     /// The owner's process id.

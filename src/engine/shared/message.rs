@@ -116,6 +116,12 @@ pub(crate) enum Request {
         digest: [u8; 32],
         request: WireBegin,
     },
+    /// A begin's answer if it needs no write (`RecordEngine::begin_without_writing`), else
+    /// [`Begun::MustWrite`]: what a read-only client asks.
+    BeginRead {
+        digest: [u8; 32],
+        request: WireBegin,
+    },
     /// `RecordEngine::resolve`.
     Resolve {
         digest: [u8; 32],
@@ -153,6 +159,8 @@ pub(crate) enum Begun {
     Read(BeginDecision, Record),
     /// Decided and stored by the owner's writer.
     Written(BeginDecision),
+    /// The begin would write ([`Request::BeginRead`] only): nothing was done.
+    MustWrite,
 }
 
 /// The owner's answer to one request.

@@ -53,6 +53,9 @@ use crate::status::Stats;
 pub(crate) const GRACE: Duration = Duration::from_secs(3);
 /// The longest an open, or a move to a new owner, keeps trying before it gives up.
 const SWITCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a read-only open looks for an owner on the socket before it says the file is
+/// open in a process that does not share it.
+const ATTACH_TIMEOUT: Duration = Duration::from_secs(1);
 /// Pause between attempts to own or to connect.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
 /// How often a client waiting for a key in flight looks again (other processes' commits wake
@@ -66,6 +69,9 @@ pub(crate) struct SharedOptions {
     pub max_response_bytes: usize,
     pub notifier: Arc<Notifier>,
     pub counters: Arc<Counters>,
+    /// Attach to the owner only to read (`StoreBuilder::open_read_only`, the CLI): never take
+    /// the file over, refuse every change here.
+    pub read_only: bool,
 }
 
 /// The shared engine: this process's role on the file, and what it takes to change role.
@@ -120,7 +126,9 @@ impl Shared {
     ///
     /// # Errors
     /// Any error of the embedded open except `AlreadyOpen`; [`Error::Unavailable`] when the file
-    /// is owned but no owner answers on its socket within `SWITCH_TIMEOUT`.
+    /// is owned but no owner answers on its socket within `SWITCH_TIMEOUT`. Read-only:
+    /// [`Error::AlreadyOpen`] when no owner answers within `ATTACH_TIMEOUT` (the file is open in
+    /// a process that does not share it).
     pub(crate) fn open(options: SharedOptions) -> Result<Shared> {
         let socket = socket_path(&options.path);
         if socket.as_os_str().len() >= 104 {
@@ -141,18 +149,36 @@ impl Shared {
             closed: AtomicBool::new(false),
             watchers: Mutex::new(Vec::new()),
         });
-        Inner::switch(&inner, None, Instant::now() + SWITCH_TIMEOUT)?;
+        if inner.options.read_only {
+            Inner::switch(&inner, None, Instant::now() + ATTACH_TIMEOUT)
+                .map_err(|_| Error::AlreadyOpen)?;
+        } else {
+            Inner::switch(&inner, None, Instant::now() + SWITCH_TIMEOUT)?;
+        }
         Ok(Shared { inner })
     }
 
     /// This process's epoch on the store: the one its leases carry (a new one at every open,
-    /// and after a move to a new owner that did not let it keep its own).
+    /// and after a move to a new owner that did not let it keep its own). A read-only client
+    /// takes no lease: it reports the owner's.
     pub(crate) fn epoch(&self) -> u64 {
         match &*self.inner.role.read() {
             Role::Owner(owner) => owner.engine.epoch(),
+            Role::Client(client) if self.inner.options.read_only => client.store_epoch(),
             Role::Client(client) => client.epoch(),
             Role::Lost(_) => 0,
         }
+    }
+
+    /// `Ok` unless this is a read-only client: then the change is refused here, never sent.
+    pub(super) fn refuse_if_read_only(&self) -> Result<()> {
+        if self.inner.options.read_only {
+            return Err(Error::ReadOnly {
+                path: self.inner.options.path.clone(),
+                reason: "opened read-only: reads go through the process that owns the file".into(),
+            });
+        }
+        Ok(())
     }
 
     /// The process id of the file's owner (this process's if it owns it).
@@ -177,9 +203,16 @@ impl Shared {
                 _ => None,
             },
         );
-        health.unwrap_or_else(|error| crate::Health::Unreachable {
-            reason: error.to_string(),
-        })
+        match health {
+            // It reads, and refuses every write, as a read-only open of a file does.
+            Ok(crate::Health::Ready) if self.inner.options.read_only => crate::Health::Degraded {
+                reason: "opened read-only: reads go through the process that owns the file".into(),
+            },
+            Ok(health) => health,
+            Err(error) => crate::Health::Unreachable {
+                reason: error.to_string(),
+            },
+        }
     }
 
     pub(crate) fn check_usable(&self) -> Result<()> {
@@ -216,10 +249,14 @@ impl Shared {
         }) {
             stats.last_compaction = own;
         }
+        if self.inner.options.read_only && stats.degraded.is_none() {
+            stats.degraded = Some(crate::status::DegradedCause::ReadOnly);
+        }
         Ok(stats)
     }
 
     pub(crate) fn compact_step(&self, limit: usize) -> Result<Swept> {
+        self.refuse_if_read_only()?;
         let request = Request::Compact {
             limit: u32::try_from(limit).unwrap_or(u32::MAX),
         };
@@ -355,10 +392,16 @@ impl Inner {
         };
         drop(old);
         let outcome = loop {
-            match this.try_own(claim) {
-                Ok(owner) => break Ok(Role::Owner(Arc::new(owner))),
-                Err(Error::AlreadyOpen) => {}
-                Err(error) => break Err(error),
+            // A close while this waits for an owner ends the wait.
+            if this.closed.load(Ordering::Acquire) {
+                break Err(Error::Closed);
+            }
+            if !this.options.read_only {
+                match this.try_own(claim) {
+                    Ok(owner) => break Ok(Role::Owner(Arc::new(owner))),
+                    Err(Error::AlreadyOpen) => {}
+                    Err(error) => break Err(error),
+                }
             }
             match Client::connect(&this.socket, claim, this.options.max_response_bytes) {
                 Connected::Admitted(client) => break Ok(Role::Client(Arc::new(client))),

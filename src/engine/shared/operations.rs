@@ -36,13 +36,23 @@ impl RecordEngine for Shared {
 
     fn begin_without_writing(&self, digest: &Digest, request: BeginRequest) -> Result<Early> {
         // An owner's engine reads first as it always does; a client's begin is one request
-        // that reads first and writes if it must.
-        let wire = Request::Begin {
-            digest: digest.0,
-            request: WireBegin::of(request),
+        // that reads first and writes if it must (a read-only client's only reads).
+        let (digest_bytes, wire_request) = (digest.0, WireBegin::of(request));
+        let (wire, kind) = if self.inner.options.read_only {
+            let wire = Request::BeginRead {
+                digest: digest_bytes,
+                request: wire_request,
+            };
+            (wire, Kind::Read)
+        } else {
+            let wire = Request::Begin {
+                digest: digest_bytes,
+                request: wire_request,
+            };
+            (wire, Kind::Write)
         };
         self.inner.call(
-            Kind::Write,
+            kind,
             |engine| engine.begin_without_writing(digest, request),
             &wire,
             |reply| match reply {
@@ -50,12 +60,14 @@ impl RecordEngine for Shared {
                     Some(Early::Answer(decision, record))
                 }
                 Reply::Begun(Begun::Written(decision)) => Some(Early::Written(decision)),
+                Reply::Begun(Begun::MustWrite) => Some(Early::Write(Seen::Nothing)),
                 _ => None,
             },
         )
     }
 
     fn begin(&self, digest: Digest, request: BeginRequest, seen: Seen) -> Result<BeginDecision> {
+        self.refuse_if_read_only()?;
         let wire = Request::Begin {
             digest: digest.0,
             request: WireBegin::of(request),
@@ -72,6 +84,7 @@ impl RecordEngine for Shared {
     }
 
     fn resolve(&self, digest: Digest, token: u64, resolution: Resolution) -> Result<Option<u64>> {
+        self.refuse_if_read_only()?;
         let request = Request::Resolve {
             digest: digest.0,
             token,
@@ -140,6 +153,7 @@ impl RecordEngine for Shared {
     }
 
     fn bulk_load(&self, count: u64, records: BulkRecords) -> Result<u64> {
+        self.refuse_if_read_only()?;
         if let Role::Owner(owner) = &*self.inner.role.read() {
             return owner.engine.bulk_load(count, records);
         }
@@ -175,6 +189,9 @@ impl RecordEngine for Shared {
 
 impl CounterEngine for Shared {
     fn run(&self, kind: OpKind, checks: &[(&Limit, &str)]) -> Result<RateOutcome> {
+        if kind.writes() {
+            self.refuse_if_read_only()?;
+        }
         let request = Request::Rate {
             kind,
             checks: checks
@@ -210,6 +227,10 @@ impl CounterEngine for Shared {
     }
 
     fn flush(&self) -> Result<()> {
+        // A read-only client changed nothing: nothing of its own to make durable.
+        if self.inner.options.read_only {
+            return Ok(());
+        }
         self.inner.call(
             Kind::Write,
             CounterEngine::flush,

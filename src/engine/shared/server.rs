@@ -291,6 +291,13 @@ fn execute(context: &Context, epoch: u64, request: Request, limit: usize) -> Res
                 Early::Written(decision) => Begun::Written(decision),
             })
         }
+        Request::BeginRead { digest, request } => {
+            let (digest, request) = (Digest(digest), request.request(epoch));
+            Reply::Begun(match engine.begin_without_writing(&digest, request)? {
+                Early::Answer(decision, record) => Begun::Read(decision, record),
+                Early::Write(_) | Early::Written(_) => Begun::MustWrite,
+            })
+        }
         Request::Resolve {
             digest,
             token,

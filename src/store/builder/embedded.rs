@@ -75,9 +75,12 @@ impl StoreBuilder {
     /// file are read and shown, as a degraded store shows them). `get`, `list_records`, `stats`,
     /// `peek` and replays answer; every write is refused with [`Error::ReadOnly`](crate::Error::ReadOnly). For tools
     /// that look at a store (the `tollgate` CLI), and for copies of a store that must stay as
-    /// they are. The file must not be open for writing elsewhere: a store served by a running
-    /// process is refused with [`Error::AlreadyOpen`](crate::Error::AlreadyOpen) (redb locks the file; read-only opens share
-    /// it with each other).
+    /// they are. A file a process holds with [`StoreBuilder::open_shared`] is read through that
+    /// process (on Linux): the same answers, from the live store, and every change refused here
+    /// before it is sent; the reader never takes the file over. A file held by a process that
+    /// opened it with [`StoreBuilder::open`] is refused with
+    /// [`Error::AlreadyOpen`](crate::Error::AlreadyOpen) (redb locks it; read-only opens share it
+    /// with each other).
     ///
     /// ```
     /// # let dir = tempfile::tempdir().map_err(|e| tollgate::Error::InvalidArgument(e.to_string()))?;
@@ -107,7 +110,13 @@ impl StoreBuilder {
     pub fn open_read_only(mut self, path: impl AsRef<Path>) -> Result<Store> {
         self.read_only = true;
         self.compaction_interval = None;
-        Store::open_embedded(&self, Location::File(path.as_ref().to_owned()))
+        let path = path.as_ref();
+        match Store::open_embedded(&self, Location::File(path.to_owned())) {
+            // A process serves the file as a shared store: read through it.
+            #[cfg(target_os = "linux")]
+            Err(crate::Error::AlreadyOpen) => Store::open_shared_file(&self, path),
+            opened => opened,
+        }
     }
 
     /// Opens the store at `path`, creating the file if it does not exist.
