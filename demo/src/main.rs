@@ -352,8 +352,20 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 fn open_store(port: u16) -> Result<(Store, String), Box<dyn std::error::Error>> {
     match std::env::var("TOLLGATE_POSTGRES") {
         Ok(conn) => open_postgres(&conn, port),
-        Err(_) => Ok((Store::open(STORE_FILE)?, STORE_FILE.to_string())),
+        Err(_) => Ok((open_file()?, STORE_FILE.to_string())),
     }
+}
+
+/// The file, shared (on Linux): the `tollgate` CLI reads it while the server runs, and a second
+/// server process started on it (a rolling restart) shares it instead of being refused.
+#[cfg(target_os = "linux")]
+fn open_file() -> tollgate::Result<Store> {
+    Store::builder().open_shared(STORE_FILE)
+}
+
+#[cfg(not(target_os = "linux"))]
+fn open_file() -> tollgate::Result<Store> {
+    Store::open(STORE_FILE)
 }
 
 #[cfg(feature = "postgres")]

@@ -265,7 +265,7 @@ fn stats(target: &Target) -> Result<ExitCode, Failure> {
     say!("rate counters  {}", stats.rate_states);
     if target.store.is_some() {
         say!(
-            "epoch          {} (opens for writing so far)",
+            "epoch          {} (grows with every open for writing)",
             store.epoch()
         );
     }
