@@ -6,8 +6,11 @@
 //! - the idle one has exactly what it really had left;
 //! - the active one has at most what it really had left (nothing minted), and at most
 //!   `max(1, burst / 8)` units less;
-//! - a subject reset, or given units back, just before the crash has exactly that (a refund and a
-//!   reset are written before they are answered).
+//! - a subject reset, or given units back, just before the crash has that (a refund and a reset
+//!   are written before they are answered), less at most one reservation: the subject is still
+//!   active, and a flush of the writer's timer between the answer and the kill may renew its
+//!   reservation ahead. (Asserting "exactly" failed about one run in ten on a loaded machine,
+//!   before this session's changes too: 2 of 30 at the previous session's commit.)
 //!
 //! Within a reservation checks are answered from memory, and a reservation running low is renewed
 //! ahead by the writer's flush; past it, `try_check_all` has no answer (the charge needs a write)
@@ -108,13 +111,19 @@ fn a_killed_session_costs_only_subjects_charged_in_its_last_second() {
             active + RESERVATION >= really_left,
             "{name}: {active} left of {really_left}: more than a reservation lost"
         );
+        // Both were written before they were answered. Both subjects are still active, so a
+        // flush of the writer's timer after that may have renewed a reservation ahead (a crash
+        // costs an active subject at most that): within it, and a lost reset or refund would
+        // be below it (RESERVATION < 3 < BURST - SPENT).
         let reset = store.peek(limit, "reset").unwrap().remaining();
-        assert_eq!(reset, BURST, "{name}: the reset did not survive the crash");
+        assert!(
+            reset <= BURST && reset + RESERVATION >= BURST,
+            "{name}: the reset did not survive the crash ({reset} left)"
+        );
         let refunded = store.peek(limit, "refunded").unwrap().remaining();
-        assert_eq!(
-            refunded,
-            really_left + 3,
-            "{name}: the refund did not survive the crash"
+        assert!(
+            refunded <= really_left + 3 && refunded + RESERVATION >= really_left + 3,
+            "{name}: the refund did not survive the crash ({refunded} left)"
         );
         // And it is a real bound, not a lockout: the active subject is still served.
         assert!(store.check(limit, "active").unwrap().allowed(), "{name}");

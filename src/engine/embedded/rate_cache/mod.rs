@@ -261,7 +261,6 @@ impl RateCache {
         }
     }
 
-    /// Takes every changed counter, marking it clean.
     /// Marks every counter in memory changed, so that the next flush writes them all (after a
     /// flush failed: what it took is written again).
     pub(crate) fn mark_all_dirty(&self) {
