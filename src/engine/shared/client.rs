@@ -193,13 +193,41 @@ impl Client {
         }
     }
 
-    /// Closes every connection, the anchor last: the owner ends this process's epoch.
+    /// Closes every connection, the anchor last: the owner ends this process's epoch, and
+    /// answers once it has, so that when this returns this process's leases are free (within
+    /// `HELLO_TIMEOUT`, or at once if the owner has gone).
     pub(crate) fn close(&self) {
         for stream in self.idle.lock().drain(..) {
             let _ = stream.get_ref().shutdown(std::net::Shutdown::Both);
         }
-        if let Some(anchor) = self.anchor.lock().take() {
+        if let Some(mut anchor) = self.anchor.lock().take() {
+            let timeouts = anchor
+                .set_read_timeout(Some(HELLO_TIMEOUT))
+                .and_then(|()| anchor.set_write_timeout(Some(HELLO_TIMEOUT)));
+            if timeouts.is_ok() && frame::write(&mut anchor, &Request::Leave).is_ok() {
+                // `Done`, or the end of the connection (the watcher may have read `Done`):
+                // either comes after the owner ended the epoch.
+                let _ = frame::read::<Reply>(&mut anchor, HELLO_LIMIT);
+            }
             let _ = anchor.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Whether the owner's end of the anchor is still open (it has not exited, closed or been
+    /// killed). Looks without waiting and without taking anything from the socket.
+    pub(crate) fn owner_alive(&self) -> bool {
+        let anchor = self.anchor.lock();
+        let Some(anchor) = anchor.as_ref() else {
+            return false;
+        };
+        let mut byte = [0u8; 1];
+        let flags = rustix::net::RecvFlags::PEEK | rustix::net::RecvFlags::DONTWAIT;
+        match rustix::net::recv(anchor, &mut byte[..], flags) {
+            // Nothing to read: open. (The owner sends nothing on an anchor but `Done`.)
+            Err(rustix::io::Errno::AGAIN) => true,
+            // The end of the connection, or an error on it.
+            Ok((_, 0)) | Err(_) => false,
+            Ok(_) => true,
         }
     }
 }

@@ -150,6 +150,9 @@ pub(crate) enum Request {
     },
     Stats,
     Health,
+    /// On the anchor only: the process is leaving; its epoch ends, answered [`Reply::Done`] once it
+    /// has (so that a close returns only when its leases are free).
+    Leave,
 }
 
 /// How a [`Request::Begin`] went.

@@ -375,12 +375,21 @@ impl Inner {
     /// Becomes the owner, or a client of the owner, unless the role changed since `seen` (another
     /// thread moved on already). Keeps trying until `deadline`.
     fn switch(this: &Arc<Self>, seen: Option<u64>, deadline: Instant) -> Result<()> {
-        let _switching = this.switching.lock();
+        let switching = this.switching.lock();
         if this.closed.load(Ordering::Acquire) {
             return Err(Error::Closed);
         }
         if seen.is_some_and(|seen| seen != this.generation.load(Ordering::Acquire)) {
             return Ok(());
+        }
+        // A call that failed while its owner still runs (a connection refused, say) is tried
+        // again on the same owner: leaving it would end this process's epoch, and its leases.
+        if let Role::Client(client) = &*this.role.read() {
+            if client.owner_alive() {
+                drop(switching);
+                std::thread::sleep(RETRY_PAUSE);
+                return Ok(());
+            }
         }
         let old = std::mem::replace(&mut *this.role.write(), Role::Lost("switching".into()));
         let mut claim = match &old {

@@ -228,8 +228,11 @@ fn serve(mut stream: UnixStream, context: &Context) {
     if hello.anchor {
         // An anchor carries nothing: it ends (EOF, an error, anything sent) when its process does.
         let _ = stream.get_ref().set_read_timeout(None);
-        let _ = frame::read::<Request>(&mut stream, HELLO_LIMIT);
+        let left = frame::read::<Request>(&mut stream, HELLO_LIMIT);
         processes.ended(epoch);
+        if matches!(left, Ok(Request::Leave)) {
+            let _ = frame::write(stream.get_mut(), &Reply::Done);
+        }
         return;
     }
     let limit = max_response_bytes.saturating_add(FRAME_OVERHEAD);
@@ -339,6 +342,11 @@ fn execute(context: &Context, epoch: u64, request: Request, limit: usize) -> Res
         Request::Compact { limit } => Reply::Swept(engine.compact_step(limit as usize)?),
         Request::Stats => Reply::Stats(WireStats::of(&engine.stats()?)),
         Request::Health => Reply::Health(WireHealth::of(&engine.health())),
+        Request::Leave => {
+            return Err(Error::InvalidArgument(
+                "a process leaves on its anchor connection".into(),
+            ));
+        }
     })
 }
 
