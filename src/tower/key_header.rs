@@ -13,16 +13,46 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 /// The key sent with a request: `Ok(None)` if absent, `Err` with a reason if malformed.
 pub(crate) fn read(headers: &HeaderMap) -> Result<Option<String>, String> {
-    let mut values = headers.get_all(IDEMPOTENCY_KEY).iter();
-    let Some(value) = values.next() else {
-        return Ok(None);
+    let values: Vec<&[u8]> = headers
+        .get_all(IDEMPOTENCY_KEY)
+        .iter()
+        .map(http::HeaderValue::as_bytes)
+        .collect();
+    parse_idempotency_key(&values)
+}
+
+/// The `Idempotency-Key` of a request from the values of its header field, each as sent:
+/// `Ok(None)` when there is none, the key when it is an RFC 8941 String or a bare token, `Err`
+/// with a reason a client may read when it is malformed or sent more than once. For adapters
+/// outside tower (tollgate's Python middlewares use it), so that every adapter reads the field
+/// alike.
+///
+/// ```
+/// use tollgate::tower::parse_idempotency_key;
+///
+/// assert_eq!(parse_idempotency_key(&[b"\"order-17\""]), Ok(Some("order-17".to_owned())));
+/// assert_eq!(parse_idempotency_key(&[b"order-17"]), Ok(Some("order-17".to_owned())));
+/// assert_eq!(parse_idempotency_key(&[]), Ok(None));
+/// assert!(parse_idempotency_key(&[b"a", b"b"]).is_err());
+/// ```
+///
+/// # Errors
+/// The reason, in words a client may see, when the field is malformed or sent more than once.
+pub fn parse_idempotency_key(values: &[&[u8]]) -> Result<Option<String>, String> {
+    let [value] = values else {
+        return if values.is_empty() {
+            Ok(None)
+        } else {
+            Err("the Idempotency-Key field appears more than once".into())
+        };
     };
-    if values.next().is_some() {
-        return Err("the Idempotency-Key field appears more than once".into());
-    }
-    let text = value
-        .to_str()
-        .map_err(|_| "the Idempotency-Key field is not visible ASCII".to_owned())?
+    let text = std::str::from_utf8(value)
+        .ok()
+        .filter(|text| {
+            text.bytes()
+                .all(|b| b == b'\t' || (b' '..=b'~').contains(&b))
+        })
+        .ok_or_else(|| "the Idempotency-Key field is not visible ASCII".to_owned())?
         .trim_matches(' ');
     let key = if let Some(quoted) = text.strip_prefix('"') {
         parse_string(quoted)?

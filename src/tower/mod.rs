@@ -40,7 +40,7 @@ pub use idempotency::{
     DEFAULT_MAX_BODY_BYTES, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext, IdempotencyLayer,
     IntoScope,
 };
-pub use key_header::IDEMPOTENCY_KEY;
+pub use key_header::{IDEMPOTENCY_KEY, parse_idempotency_key};
 pub use rate_limit::{RateLimit, RateLimitLayer, WhenUnavailable};
 
 /// The inner service that `poll_ready` drove to readiness, for one call; a fresh clone takes its

@@ -1,0 +1,64 @@
+//! `tollgate._native`: tollgate's store, leases and rate limits for Python.
+//!
+//! The binding only translates: Python values into tollgate's types, tollgate's errors into
+//! Python exceptions (`errors`), and every call that may wait on an fsync, a database or the
+//! store's owner process runs with the GIL released (`Python::detach`). The answers memory can
+//! give (`try_begin`, `try_check_all`) keep the GIL: they never wait.
+//!
+//! The Python package `tollgate` (beside this crate) re-exports these classes and adds the ASGI
+//! and WSGI middlewares.
+
+use pyo3::prelude::*;
+
+mod clock;
+mod errors;
+mod idempotency;
+mod ratelimit;
+mod seconds;
+mod store;
+
+/// The native module. Its classes are re-exported by the `tollgate` package.
+#[pymodule]
+fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    module.add_class::<store::Store>()?;
+    module.add_class::<store::Stats>()?;
+    module.add_class::<clock::ManualClock>()?;
+    module.add_class::<idempotency::Acquired>()?;
+    module.add_class::<idempotency::Replay>()?;
+    module.add_class::<idempotency::InFlight>()?;
+    module.add_class::<idempotency::Mismatch>()?;
+    module.add_class::<idempotency::Lease>()?;
+    module.add_class::<ratelimit::Quota>()?;
+    module.add_class::<ratelimit::Limit>()?;
+    module.add_class::<ratelimit::Decision>()?;
+    module.add_function(wrap_pyfunction!(idempotency::fingerprint, module)?)?;
+    module.add_function(wrap_pyfunction!(
+        idempotency::parse_idempotency_key,
+        module
+    )?)?;
+    module.add_function(wrap_pyfunction!(raise_for_test, module)?)?;
+    Ok(())
+}
+
+/// Raises the exception a tollgate error of `kind` is raised as, through the one mapping every
+/// call uses (for the tests of errors a test cannot provoke, such as a commit cut half-way).
+#[pyfunction]
+fn raise_for_test(kind: &str) -> PyResult<()> {
+    use tollgate::Error;
+    let error = match kind {
+        "InDoubt" => Error::InDoubt("the connection broke during the commit".into()),
+        "Unavailable" => Error::Unavailable("the database did not answer".into()),
+        "StorageFull" => Error::StorageFull {
+            path: "/var/lib/app/store.redb".into(),
+        },
+        "Corrupted" => Error::Corrupted("a record that cannot be decoded".into()),
+        "NotAStore" => Error::NotAStore("a file of another program".into()),
+        "CapacityExceeded" => Error::CapacityExceeded { limit: 10 },
+        "Poisoned" => Error::Poisoned,
+        "Superseded" => Error::Superseded,
+        "Internal" => Error::Internal("a broken rule".into()),
+        other => return Err(errors::invalid(format!("no test error named {other:?}"))),
+    };
+    Err(errors::to_py(&error))
+}
