@@ -240,6 +240,27 @@ pub struct Lease {
 struct LeaseState {
     lease: Option<tollgate::idempotency::Lease>,
     expires_at: f64,
+    /// The store said `LeaseLost`: every later call says it too.
+    lost: bool,
+}
+
+impl LeaseState {
+    /// Why there is no lease to use: it was lost, or resolved.
+    fn gone(&self) -> PyErr {
+        if self.lost {
+            to_py(&Error::LeaseLost)
+        } else {
+            invalid("this lease was already resolved (completed, failed or released)")
+        }
+    }
+
+    /// Notes a `LeaseLost` answer.
+    fn noting<T>(&mut self, result: tollgate::Result<T>) -> tollgate::Result<T> {
+        if matches!(result, Err(Error::LeaseLost)) {
+            self.lost = true;
+        }
+        result
+    }
 }
 
 impl Lease {
@@ -254,6 +275,7 @@ impl Lease {
             state: Mutex::new(LeaseState {
                 expires_at: seconds::unix(lease.expires_at()),
                 lease: Some(lease),
+                lost: false,
             }),
         }
     }
@@ -267,8 +289,9 @@ impl Lease {
     ) -> PyResult<()> {
         py.detach(|| {
             let mut state = self.state.lock();
-            let lease = state.lease.take().ok_or_else(already_resolved)?;
-            match resolve(lease) {
+            let lease = state.lease.take().ok_or_else(|| state.gone())?;
+            let resolved = resolve(lease);
+            match state.noting(resolved) {
                 Err(Error::ResponseTooLarge {
                     size,
                     limit,
@@ -294,16 +317,16 @@ impl Lease {
     ) -> PyResult<()> {
         py.detach(|| {
             let mut state = self.state.lock();
-            let lease = state.lease.as_mut().ok_or_else(already_resolved)?;
-            change(lease).py()?;
-            state.expires_at = seconds::unix(lease.expires_at());
+            let Some(lease) = state.lease.as_mut() else {
+                return Err(state.gone());
+            };
+            let changed = change(lease);
+            let expires_at = seconds::unix(lease.expires_at());
+            state.noting(changed).py()?;
+            state.expires_at = expires_at;
             Ok(())
         })
     }
-}
-
-fn already_resolved() -> PyErr {
-    invalid("this lease was already resolved (completed, failed or released)")
 }
 
 /// A response from Python values.
