@@ -101,12 +101,8 @@ def postgres() -> Iterator[str]:
 # Redis ---------------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def redis_url() -> Iterator[str]:
-    """The URL of a throwaway ``redis-server`` on a free loopback port."""
-    if os.environ.get("TOLLGATE_TEST_REDIS"):
-        yield os.environ["TOLLGATE_TEST_REDIS"]
-        return
+def start_redis() -> "tuple[str, subprocess.Popen]":
+    """A throwaway ``redis-server`` on a free loopback port: its URL and process."""
     binary = shutil.which("redis-server")
     if binary is None:
         missing("redis-server", "TOLLGATE_REQUIRE_REDIS")
@@ -118,7 +114,32 @@ def redis_url() -> Iterator[str]:
     )
     try:
         wait_for_port(port, process)
-        yield f"redis://127.0.0.1:{port}"
+    except RuntimeError:
+        process.kill()
+        raise
+    return f"redis://127.0.0.1:{port}", process
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """The URL of a throwaway ``redis-server`` shared by the session's tests."""
+    if os.environ.get("TOLLGATE_TEST_REDIS"):
+        yield os.environ["TOLLGATE_TEST_REDIS"]
+        return
+    url, process = start_redis()
+    try:
+        yield url
+    finally:
+        process.kill()
+        process.wait()
+
+
+@pytest.fixture
+def lone_redis() -> Iterator["tuple[str, subprocess.Popen]"]:
+    """A ``redis-server`` of the test's own, which the test may kill."""
+    url, process = start_redis()
+    try:
+        yield url, process
     finally:
         process.kill()
         process.wait()
