@@ -61,41 +61,67 @@ def _as_postgres(command: List[str]) -> List[str]:
     return ["runuser", "-u", "postgres", "--"] + command if os.geteuid() == 0 else command
 
 
+class Postgres:
+    """A throwaway PostgreSQL cluster on a free loopback port."""
+
+    def __init__(self) -> None:
+        bin_dir = _postgres_bin()
+        if bin_dir is None:
+            missing("PostgreSQL", "TOLLGATE_REQUIRE_POSTGRES")
+        self.bin = bin_dir
+        self.base = tempfile.mkdtemp(prefix="tollgate-py-pg-")
+        os.chmod(self.base, 0o755)
+        if os.geteuid() == 0:
+            shutil.chown(self.base, "postgres", "postgres")
+        self.data = os.path.join(self.base, "data")
+        self.port = free_port()
+        initdb = subprocess.run(
+            _as_postgres([f"{bin_dir}/initdb", "-D", self.data, "-A", "trust", "-U", "postgres", "-N", "--no-instructions"]),
+            capture_output=True,
+            text=True,
+        )
+        if initdb.returncode != 0:
+            missing(f"PostgreSQL (initdb: {initdb.stderr.strip()})", "TOLLGATE_REQUIRE_POSTGRES")
+        options = f"-p {self.port} -c listen_addresses=127.0.0.1 -k {self.base} -c fsync=on -c max_connections=200"
+        start = subprocess.run(
+            _as_postgres([f"{bin_dir}/pg_ctl", "-D", self.data, "-l", os.path.join(self.base, "log"), "-w", "-t", "60", "-o", options, "start"]),
+            capture_output=True,
+            text=True,
+        )
+        if start.returncode != 0:
+            missing(f"PostgreSQL (pg_ctl: {start.stderr.strip()})", "TOLLGATE_REQUIRE_POSTGRES")
+        self.conninfo = f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres connect_timeout=5"
+
+    def stop(self) -> None:
+        """An immediate stop: no shutdown checkpoint, connections cut."""
+        subprocess.run(_as_postgres([f"{self.bin}/pg_ctl", "-D", self.data, "-m", "immediate", "-w", "stop"]), capture_output=True)
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def postgres() -> Iterator[str]:
-    """A conninfo string for a throwaway PostgreSQL cluster on a free loopback port."""
+    """A conninfo string for a throwaway PostgreSQL cluster shared by the session's tests."""
     if os.environ.get("TOLLGATE_TEST_POSTGRES"):
         yield os.environ["TOLLGATE_TEST_POSTGRES"]
         return
-    bin_dir = _postgres_bin()
-    if bin_dir is None:
-        missing("PostgreSQL", "TOLLGATE_REQUIRE_POSTGRES")
-    base = tempfile.mkdtemp(prefix="tollgate-py-pg-")
-    os.chmod(base, 0o755)
-    if os.geteuid() == 0:
-        shutil.chown(base, "postgres", "postgres")
-    data = os.path.join(base, "data")
-    port = free_port()
-    initdb = subprocess.run(
-        _as_postgres([f"{bin_dir}/initdb", "-D", data, "-A", "trust", "-U", "postgres", "-N", "--no-instructions"]),
-        capture_output=True,
-        text=True,
-    )
-    if initdb.returncode != 0:
-        missing(f"PostgreSQL (initdb: {initdb.stderr.strip()})", "TOLLGATE_REQUIRE_POSTGRES")
-    options = f"-p {port} -c listen_addresses=127.0.0.1 -k {base} -c fsync=on -c max_connections=200"
-    start = subprocess.run(
-        _as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-l", os.path.join(base, "log"), "-w", "-t", "60", "-o", options, "start"]),
-        capture_output=True,
-        text=True,
-    )
-    if start.returncode != 0:
-        missing(f"PostgreSQL (pg_ctl: {start.stderr.strip()})", "TOLLGATE_REQUIRE_POSTGRES")
+    server = Postgres()
     try:
-        yield f"host=127.0.0.1 port={port} user=postgres dbname=postgres connect_timeout=5"
+        yield server.conninfo
     finally:
-        subprocess.run(_as_postgres([f"{bin_dir}/pg_ctl", "-D", data, "-m", "immediate", "-w", "stop"]), capture_output=True)
-        shutil.rmtree(base, ignore_errors=True)
+        server.remove()
+
+
+@pytest.fixture
+def lone_postgres() -> Iterator[Postgres]:
+    """A PostgreSQL cluster of the test's own, which the test may stop."""
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.remove()
 
 
 # Redis ---------------------------------------------------------------------------------------
