@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The Python package as a user gets it: `pip install ./python` in a fresh virtual environment
+# (maturin builds the abi3 wheel from source), then its pytest suite against real servers
+# (uvicorn and gunicorn with two workers each, a throwaway PostgreSQL and Redis). Run by .ci/run;
+# by hand: scripts/python-tests.sh [pytest arguments].
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+venv="${TOLLGATE_PYTHON_VENV:-$(mktemp -d)/venv}"
+python3 -m venv "$venv"
+"$venv/bin/pip" install --quiet --disable-pip-version-check \
+    pytest httpx starlette uvicorn gunicorn flask anyio
+echo "-- pip install ./python (maturin, release build)"
+"$venv/bin/pip" install --quiet --disable-pip-version-check ./python
+# The installed package, not the source tree: pytest runs from the tests' directory, whose
+# parent (python/, which holds the package's sources without the native module) is not on the path.
+"$venv/bin/python" -c 'import tollgate, sys; print("tollgate", tollgate.__version__, "from", tollgate.__file__)'
+cd python/tests
+"$venv/bin/pytest" -q -p no:cacheprovider "$@"
