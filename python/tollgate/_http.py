@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import logging
 from http import HTTPStatus
-from typing import Callable, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._errors import CostTooLarge, InvalidArgument, TollgateError
 from ._native import Decision, Limit
@@ -158,8 +158,8 @@ class RateRules:
 
     def __init__(
         self,
-        limits: Sequence[Tuple[Limit, Optional[Callable[[object], Optional[str]]]]],
-        cost: Optional[Callable[[object], int]],
+        limits: Sequence[Tuple[Limit, Optional[Callable[[Any], Optional[str]]]]],
+        cost: Optional[Callable[[Any], int]],
         shadow: bool,
         when_unavailable: str,
     ) -> None:
@@ -175,7 +175,7 @@ class RateRules:
         self.shadow = shadow
         self.fail_open = when_unavailable == "open"
 
-    def checks(self, request: object) -> List[Tuple[Limit, str]]:
+    def checks(self, request: Any) -> List[Tuple[Limit, str]]:
         """The ``(limit, subject)`` pairs that apply to ``request``."""
         checks = []
         for limit, subject in self.limits:
@@ -187,7 +187,7 @@ class RateRules:
                     checks.append((limit, who))
         return checks
 
-    def cost_of(self, request: object) -> int:
+    def cost_of(self, request: Any) -> int:
         return 1 if self.cost is None else self.cost(request)
 
     def refused(self, error: TollgateError) -> Optional[Answer]:

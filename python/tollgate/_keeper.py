@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 from ._errors import TollgateError
 from ._native import Lease
@@ -19,7 +19,7 @@ class LeaseKeeper:
     def __init__(self, ttl: float) -> None:
         self._ttl = ttl
         self._period = ttl / 3.0
-        self._leases: Dict[int, tuple] = {}
+        self._leases: Dict[int, Tuple[Lease, float]] = {}
         self._condition = threading.Condition()
         self._thread: Optional[threading.Thread] = None
         self._pid = 0

@@ -124,7 +124,7 @@ class IdempotencyMiddleware:
         """The path with its query as sent: the server's raw target when it gives one."""
         for raw in ("RAW_URI", "REQUEST_URI"):
             if environ.get(raw):
-                return environ[raw]
+                return str(environ[raw])
         path = quote((environ.get("SCRIPT_NAME", "") + environ.get("PATH_INFO", "")).encode("latin-1"))
         query = environ.get("QUERY_STRING", "")
         return f"{path}?{query}" if query else path
@@ -140,10 +140,10 @@ class IdempotencyMiddleware:
                 return b""
             if int(length) > self.max_body_bytes:
                 return None
-            return stream.read(int(length))
+            return bytes(stream.read(int(length)))
         if not environ.get("wsgi.input_terminated"):
             return b""
-        body = stream.read(self.max_body_bytes + 1)
+        body = bytes(stream.read(self.max_body_bytes + 1))
         return None if len(body) > self.max_body_bytes else body
 
     def _execute(self, environ: Environ, start_response: StartResponse, lease: Any) -> Iterable[bytes]:
