@@ -137,22 +137,25 @@ impl Store {
     /// Raises ``AlreadyOpen``, ``Corrupted``, ``IncompatibleFormat``, ``StorageError``,
     /// ``InvalidArgument``.
     #[staticmethod]
-    #[pyo3(signature = (path, *, lease_ttl = 30.0, record_ttl = 86_400.0, rate_durability = "batched", rate_counters_redis = None, shared = true, clock = None))]
+    #[pyo3(signature = (path, *, lease_ttl = 30.0, record_ttl = 86_400.0, rate_durability = None, rate_counters_redis = None, shared = true, clock = None))]
     #[allow(clippy::too_many_arguments)]
     fn open(
         py: Python<'_>,
         path: PathBuf,
         lease_ttl: f64,
         record_ttl: f64,
-        rate_durability: &str,
+        rate_durability: Option<&str>,
         rate_counters_redis: Option<String>,
         shared: bool,
         clock: Option<Py<ManualClock>>,
     ) -> PyResult<Self> {
+        // Unset: the store's default (Batched on a file; on Redis, where an explicit choice is
+        // refused, Redis decides every check).
         let durability = match rate_durability {
-            "batched" => RateDurability::default(),
-            "immediate" => RateDurability::Immediate,
-            other => {
+            None => None,
+            Some("batched") => Some(RateDurability::default()),
+            Some("immediate") => Some(RateDurability::Immediate),
+            Some(other) => {
                 return Err(invalid(format!(
                     "rate_durability is \"batched\" or \"immediate\", not {other:?}"
                 )));
@@ -164,7 +167,10 @@ impl Store {
             rate_counters_redis,
             clock,
         };
-        let builder = common.builder()?.rate_durability(durability);
+        let mut builder = common.builder()?;
+        if let Some(durability) = durability {
+            builder = builder.rate_durability(durability);
+        }
         let store = py.detach(move || {
             if shared && cfg!(target_os = "linux") {
                 builder.open_shared(&path)

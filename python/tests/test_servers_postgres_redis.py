@@ -141,3 +141,14 @@ def test_a_database_that_stops_answers_503_without_internals_on_both_middlewares
         assert executed == []
     finally:
         store.close()
+
+
+def test_a_shared_file_store_with_counters_on_redis(tmp_path, redis_url):
+    limit = tollgate.Limit("file-redis-" + uuid.uuid4().hex[:8], tollgate.Quota.fixed_window(1, 60))
+    with tollgate.Store.open(tmp_path / "r.redb", rate_counters_redis=redis_url) as store:
+        assert store.check(limit, "a").allowed
+        assert not store.check(limit, "a").allowed
+        store.begin("s", "k", FP).lease.complete(201)
+    # On Redis, Redis decides each check: a durability choice is refused, and says so.
+    with pytest.raises(tollgate.InvalidArgument):
+        tollgate.Store.open(tmp_path / "r2.redb", rate_counters_redis=redis_url, rate_durability="batched")

@@ -153,7 +153,7 @@ class Store:
         *,
         lease_ttl: float = 30.0,
         record_ttl: float = 86400.0,
-        rate_durability: str = "batched",
+        rate_durability: Optional[str] = None,
         rate_counters_redis: Optional[str] = None,
         shared: bool = True,
         clock: Optional[ManualClock] = None,
