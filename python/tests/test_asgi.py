@@ -223,6 +223,20 @@ def test_a_handler_that_raises_releases_the_key_and_the_framework_answers(store)
     assert post(app, "n", body=b"http-404").headers["idempotent-replayed"] == "true"
 
 
+def test_an_app_that_raises_before_answering_releases_the_key(store):
+    runs = []
+
+    async def broken(scope, receive, send):
+        runs.append(1)
+        raise RuntimeError("no framework to catch this")
+
+    app = IdempotencyMiddleware(broken, store=store)
+    assert post(app, "k").status_code == 500
+    assert store.stats().running == 0
+    assert post(app, "k").status_code == 500
+    assert runs == [1, 1]
+
+
 def test_a_streamed_response_streams_and_is_stored_whole(store):
     orders = Orders()
     app = IdempotencyMiddleware(orders.app, store=store)
