@@ -85,7 +85,54 @@ def build():
 
             backend = RedisBackend(redis=Redis.from_url(REDIS))
         return IdempotencyHeaderMiddleware(inner, backend=backend)
+    if VARIANT.startswith("fastapi-"):
+        return fastapi_variant()
     raise SystemExit(f"unknown BENCH_VARIANT {VARIANT!r}")
+
+
+def fastapi_variant():
+    """fastapi-limiter is a FastAPI dependency: its scenario runs on FastAPI, against FastAPI's
+    own bare endpoint and tollgate's middleware on the same app."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import Depends, FastAPI
+
+    dependencies = []
+    lifespan = None
+    if VARIANT == "fastapi-limiter-redis":
+        from fastapi_limiter.depends import RateLimiter
+        from pyrate_limiter import Duration, Limiter, Rate
+        from pyrate_limiter.buckets.redis_bucket import RedisBucket
+        from redis.asyncio import Redis
+
+        holder = {}
+
+        @asynccontextmanager
+        async def lifespan(app):
+            bucket = await RedisBucket.init([Rate(PER_HOUR, Duration.HOUR)], Redis.from_url(REDIS), "bench")
+            holder["limiter"] = RateLimiter(limiter=Limiter(bucket))
+            yield
+
+        from fastapi import Request, Response
+
+        async def dependency(request: Request, response: Response):
+            await holder["limiter"](request, response)
+
+        dependencies = [Depends(dependency)]
+    app = FastAPI(lifespan=lifespan)
+
+    @app.get("/hello", dependencies=dependencies)
+    async def fastapi_hello():
+        return {"hello": "world"}
+
+    if VARIANT == "fastapi-tollgate-rate":
+        import tollgate
+        from tollgate.asgi import RateLimitMiddleware
+
+        store = tollgate.Store.open(STORE)
+        limit = tollgate.Limit("bench", tollgate.Quota.per_hour(PER_HOUR))
+        app.add_middleware(RateLimitMiddleware, store=store, limits=[(limit, client)])
+    return app
 
 
 app = build()

@@ -8,7 +8,7 @@ the rounds are printed. A throwaway redis-server serves the Redis-backed peers.
     python python/bench/run.py [--rounds 3] [--seconds 5] [--only rate|post|replay]
 
 Needs: wrk, redis-server, and in the Python environment: tollgate, starlette, uvicorn[standard],
-limits, slowapi, asgi-idempotency-header, redis.
+limits, slowapi, fastapi, fastapi-limiter, asgi-idempotency-header, redis.
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SCENARIOS = {
     # GET /hello under one limit per client (every request allowed): the cost of deciding.
     "rate": ("GET", ["bare", "tollgate-rate", "limits-memory", "limits-redis", "slowapi-redis"]),
+    # fastapi-limiter is a FastAPI dependency: the same measure on FastAPI.
+    "rate-fastapi": ("GET", ["fastapi-bare", "fastapi-tollgate-rate", "fastapi-limiter-redis"]),
     # POST /orders with a new Idempotency-Key each: a durable begin and completion per request.
     "post": ("POST-unique", ["bare", "tollgate-idempotency", "header-memory", "header-redis"]),
     # POST /orders with one key: the first executes, every other replays.
@@ -119,7 +121,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=5)
-    parser.add_argument("--only", choices=sorted(SCENARIOS))
+    parser.add_argument("--only", choices=sorted(SCENARIOS), action="append")
     args = parser.parse_args()
     redis_port = free_port()
     redis = subprocess.Popen(
@@ -130,7 +132,7 @@ def main() -> None:
     redis_url = f"redis://127.0.0.1:{redis_port}"
     try:
         for name, (method, variants) in SCENARIOS.items():
-            if args.only and name != args.only:
+            if args.only and name not in args.only:
                 continue
             rates = {variant: [] for variant in variants}
             for _ in range(args.rounds):
@@ -141,7 +143,8 @@ def main() -> None:
             print("|---|---|---|---|")
             ours = [v for v in variants if v.startswith("tollgate")][0]
             for variant in variants:
-                to_bare = statistics.median(r / b for r, b in zip(rates[variant], rates["bare"]))
+                bare = variants[0]
+                to_bare = statistics.median(r / b for r, b in zip(rates[variant], rates[bare]))
                 to_ours = statistics.median(r / t for r, t in zip(rates[variant], rates[ours]))
                 print(f"| {variant} | {statistics.median(rates[variant]):,.0f} | {to_bare:.2f} | {to_ours:.2f} |")
             sys.stdout.flush()

@@ -1,6 +1,7 @@
 //! Rate limits for Python: `Quota`, `Limit` and the `Decision` a check returns.
 
 use pyo3::prelude::*;
+use pyo3::types::PyBytes;
 use std::time::Duration;
 
 use crate::errors::IntoPy;
@@ -184,6 +185,28 @@ impl Decision {
     /// ``Retry-After`` when denied.
     fn headers(&self) -> Vec<(&'static str, String)> {
         self.inner.headers()
+    }
+
+    /// The same fields as ASGI sends them: lowercase names and values as bytes; without
+    /// ``Retry-After`` unless ``retry_after`` (an allowed answer, or one shadow mode let through,
+    /// carries none).
+    #[pyo3(signature = (retry_after = true))]
+    fn asgi_headers<'py>(
+        &self,
+        py: Python<'py>,
+        retry_after: bool,
+    ) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
+        self.inner
+            .headers()
+            .into_iter()
+            .filter(|(name, _)| retry_after || *name != "Retry-After")
+            .map(|(name, value)| {
+                (
+                    PyBytes::new(py, name.to_ascii_lowercase().as_bytes()),
+                    PyBytes::new(py, value.as_bytes()),
+                )
+            })
+            .collect()
     }
 
     fn __bool__(&self) -> bool {

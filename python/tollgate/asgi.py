@@ -341,7 +341,7 @@ class RateLimitMiddleware:
         if refusal is not None:
             await _answer(send, refusal)
             return
-        fields = [(n.encode("latin-1"), v.encode("latin-1")) for n, v in self.rules.fields(decision)]
+        fields = decision.asgi_headers(retry_after=False)
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
