@@ -41,12 +41,25 @@ def build():
         import tollgate
         from tollgate.asgi import IdempotencyMiddleware, RateLimitMiddleware
 
-        store = tollgate.Store.open(STORE)
-        if VARIANT == "tollgate-rate":
+        store = tollgate.Store.in_memory() if VARIANT.endswith("-memory") else tollgate.Store.open(STORE)
+        if VARIANT.startswith("tollgate-rate"):
             limit = tollgate.Limit("bench", tollgate.Quota.per_hour(PER_HOUR))
-            return RateLimitMiddleware(inner, store=store, limits=[(limit, client)])
+            fields = VARIANT.rsplit("-", 1)[1] if VARIANT.endswith(("-ietf", "-denials")) else "all"
+            return RateLimitMiddleware(inner, store=store, limits=[(limit, client)], fields=fields)
         if VARIANT == "tollgate-idempotency":
             return IdempotencyMiddleware(inner, store=store)
+    if VARIANT == "headers-only":
+        fields = [(b"ratelimit-policy", b'"bench";q=1000000000;w=3600'), (b"ratelimit", b'"bench";r=999999999;t=1'), (b"x-ratelimit-limit", b"1000000000"), (b"x-ratelimit-remaining", b"999999999"), (b"x-ratelimit-reset", b"1")]
+
+        async def with_fields(scope, receive, send):
+            async def sending(message):
+                if message["type"] == "http.response.start":
+                    message["headers"] = [*message.get("headers", ()), *fields]
+                await send(message)
+
+            await inner(scope, receive, sending)
+
+        return with_fields
     if VARIANT in ("limits-memory", "limits-redis"):
         from limits import parse
         from limits.aio.storage import MemoryStorage, RedisStorage

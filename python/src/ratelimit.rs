@@ -4,7 +4,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 use std::time::Duration;
 
-use crate::errors::IntoPy;
+use crate::errors::{IntoPy, invalid};
 use crate::seconds;
 
 /// How much a limit allows: a count per period, with a burst (GCRA), or a fixed or sliding
@@ -189,24 +189,36 @@ impl Decision {
 
     /// The same fields as ASGI sends them: lowercase names and values as bytes; without
     /// ``Retry-After`` unless ``retry_after`` (an allowed answer, or one shadow mode let through,
-    /// carries none).
-    #[pyo3(signature = (retry_after = true))]
+    /// carries none); with ``only="ietf"``, only ``RateLimit-Policy`` and ``RateLimit``.
+    #[pyo3(signature = (retry_after = true, only = "all"))]
     fn asgi_headers<'py>(
         &self,
         py: Python<'py>,
         retry_after: bool,
-    ) -> Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)> {
-        self.inner
+        only: &str,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Bound<'py, PyBytes>)>> {
+        let ietf_only = match only {
+            "all" => false,
+            "ietf" => true,
+            other => {
+                return Err(invalid(format!(
+                    "only is \"all\" or \"ietf\", not {other:?}"
+                )));
+            }
+        };
+        Ok(self
+            .inner
             .headers()
             .into_iter()
             .filter(|(name, _)| retry_after || *name != "Retry-After")
+            .filter(|(name, _)| !ietf_only || name.starts_with("RateLimit"))
             .map(|(name, value)| {
                 (
                     PyBytes::new(py, name.to_ascii_lowercase().as_bytes()),
                     PyBytes::new(py, value.as_bytes()),
                 )
             })
-            .collect()
+            .collect())
     }
 
     fn __bool__(&self) -> bool {

@@ -445,3 +445,17 @@ def redis_down_store(lone_redis):
         process.kill()
         process.wait()
         yield store
+
+
+def test_fields_say_which_header_fields_an_allowed_answer_carries(store):
+    limit = tollgate.Limit("api", tollgate.Quota.per_minute(2))
+    ietf = get(limited_app(store, limits=[(limit, lambda scope: "a")], fields="ietf"))
+    assert ietf.headers["ratelimit"].startswith('"api";r=1;') and "ratelimit-policy" in ietf.headers
+    assert "x-ratelimit-limit" not in ietf.headers
+    bare = limited_app(store, limits=[(limit, lambda scope: "a")], fields="denials")
+    allowed = get(bare)
+    assert allowed.status_code == 200 and not any(name.startswith(("ratelimit", "x-ratelimit")) for name in allowed.headers)
+    denied = get(bare)
+    assert denied.status_code == 429 and denied.headers["x-ratelimit-limit"] == "2" and "retry-after" in denied.headers
+    with pytest.raises(tollgate.InvalidArgument):
+        limited_app(store, limits=[(limit, None)], fields="some")

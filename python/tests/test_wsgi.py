@@ -293,3 +293,14 @@ def test_counters_out_of_reach_fail_closed_or_open(lone_redis):
         assert "127.0.0.1" not in closed.text
         opened = get(RateLimitMiddleware(hello, store=store, limits=[(limit, None)], when_unavailable="open"))
         assert opened.status_code == 200
+
+
+def test_fields_say_which_header_fields_an_allowed_answer_carries(store):
+    limit = tollgate.Limit("api", tollgate.Quota.per_minute(2))
+    ietf = get(RateLimitMiddleware(hello, store=store, limits=[(limit, lambda e: "a")], fields="ietf"))
+    assert ietf.headers["RateLimit"].startswith('"api";r=1;') and "X-RateLimit-Limit" not in ietf.headers
+    quiet = RateLimitMiddleware(hello, store=store, limits=[(limit, lambda e: "a")], fields="denials")
+    allowed = get(quiet)
+    assert allowed.status_code == 200 and "RateLimit" not in allowed.headers
+    denied = get(quiet)
+    assert denied.status_code == 429 and denied.headers["X-RateLimit-Limit"] == "2"

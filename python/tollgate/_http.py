@@ -44,6 +44,9 @@ LASTING_DETAIL = "the service failed to process this request"
 #: The header a replayed response carries.
 IDEMPOTENT_REPLAYED = "idempotent-replayed"
 
+#: The ``fields=`` of a rate middleware: which fields an allowed answer carries.
+FIELDS_ON_ALLOWED = {"all": "all", "ietf": "ietf", "denials": None}
+
 #: The subject every request is counted under by a limit without a subject function.
 GLOBAL_SUBJECT = "all"
 
@@ -162,9 +165,14 @@ class RateRules:
         cost: Optional[Callable[[Any], int]],
         shadow: bool,
         when_unavailable: str,
+        fields: str = "all",
     ) -> None:
         if when_unavailable not in ("closed", "open"):
             raise InvalidArgument(f'when_unavailable is "closed" or "open", not {when_unavailable!r}')
+        if fields not in FIELDS_ON_ALLOWED:
+            raise InvalidArgument(f'fields is "all", "ietf" or "denials", not {fields!r}')
+        #: Which fields an allowed answer carries: every one, the IETF pair, or none.
+        self.on_allowed = FIELDS_ON_ALLOWED[fields]
         self.limits = [(limit, subject) for limit, subject in limits]
         for limit, subject in self.limits:
             if not isinstance(limit, Limit):
@@ -221,4 +229,6 @@ class RateRules:
 
     def fields(self, decision: Decision) -> Headers:
         """The header fields an allowed (or shadow-passed) response carries: no ``Retry-After``."""
-        return [(n.lower(), v) for n, v in decision.headers() if n != "Retry-After"]
+        if self.on_allowed is None:
+            return []
+        return [(n.lower(), v) for n, v in decision.headers() if n != "Retry-After" and (self.on_allowed == "all" or n.startswith("RateLimit"))]

@@ -299,9 +299,11 @@ class RateLimitMiddleware:
     ``None`` for one counter shared by every request. ``cost(scope)`` says what a request costs
     (default 1). A denied request answers 429 with ``Retry-After``, ``RateLimit-Policy``,
     ``RateLimit`` and ``X-RateLimit-*``; an allowed one gets the same fields (without
-    ``Retry-After``) on its response. With ``shadow=True`` nothing is denied. When the counters
-    cannot be reached the request answers 503 (``when_unavailable="closed"``, the default) or
-    passes (``"open"``).
+    ``Retry-After``) on its response: ``fields="all"`` (the default), ``"ietf"`` (only
+    ``RateLimit-Policy`` and ``RateLimit``: each field costs the server time to write) or
+    ``"denials"`` (none on allowed answers). With ``shadow=True`` nothing is denied. When the
+    counters cannot be reached the request answers 503 (``when_unavailable="closed"``, the
+    default) or passes (``"open"``).
     """
 
     def __init__(
@@ -312,41 +314,47 @@ class RateLimitMiddleware:
         cost: Optional[Callable[[Scope], int]] = None,
         shadow: bool = False,
         when_unavailable: str = "closed",
+        fields: str = "all",
     ) -> None:
         self.app = app
         self.store = store
-        self.rules = _http.RateRules(limits, cost, shadow, when_unavailable)
+        self.rules = _http.RateRules(limits, cost, shadow, when_unavailable, fields)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        checks = self.rules.checks(scope)
+        rules = self.rules
+        checks = rules.checks(scope)
         if not checks:
             await self.app(scope, receive, send)
             return
-        cost = self.rules.cost_of(scope)
+        cost = 1 if rules.cost is None else rules.cost(scope)
         try:
             decision = self.store.try_check_all(checks, cost)
             if decision is None:
                 decision = await _in_thread(self.store.check_all, checks, cost)
         except TollgateError as error:
-            refusal = self.rules.refused(error)
+            refusal = rules.refused(error)
             if refusal is not None:
                 await _answer(send, refusal)
             else:
                 await self.app(scope, receive, send)
             return
-        refusal = self.rules.denied(decision)
-        if refusal is not None:
-            await _answer(send, refusal)
+        if not decision.allowed:
+            refusal = rules.denied(decision)
+            if refusal is not None:
+                await _answer(send, refusal)
+                return
+        if rules.on_allowed is None:
+            await self.app(scope, receive, send)
             return
-        fields = decision.asgi_headers(retry_after=False)
+        fields = decision.asgi_headers(retry_after=False, only=rules.on_allowed)
 
         async def send_with_fields(message: Message) -> None:
             if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = list(message.get("headers", ())) + fields
+                # Each message is the app's own, made for this send: extended in place.
+                message["headers"] = [*message.get("headers", ()), *fields]
             await send(message)
 
         await self.app(scope, receive, send_with_fields)

@@ -276,10 +276,11 @@ class RateLimitMiddleware:
         cost: Optional[Callable[[Environ], int]] = None,
         shadow: bool = False,
         when_unavailable: str = "closed",
+        fields: str = "all",
     ) -> None:
         self.app = app
         self.store = store
-        self.rules = _http.RateRules(limits, cost, shadow, when_unavailable)
+        self.rules = _http.RateRules(limits, cost, shadow, when_unavailable, fields)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         checks = self.rules.checks(environ)
@@ -296,6 +297,8 @@ class RateLimitMiddleware:
         if refusal is not None:
             return _answer(start_response, refusal)
         fields = self.rules.fields(decision)
+        if not fields:
+            return self.app(environ, start_response)
 
         def start_with_fields(status: str, headers: List[Tuple[str, str]], exc_info: Any = None) -> Any:
             headers = list(headers) + fields
