@@ -23,7 +23,7 @@ PY = os.path.join(ROOT, "python")
 MUTANTS = {
     "asgi-never-stores": (
         "tollgate/asgi.py",
-        [("await _in_thread(_complete, lease, recorder.status, recorder.body(), recorder.headers)", "await _in_thread(_release, lease)")],
+        [("await _complete(lease, recorder.status, recorder.body(), recorder.headers)", "await _release(lease)")],
         ["test_asgi.py", "-k", "replays_the_stored_response"],
     ),
     "asgi-answer-ends-before-it-is-stored": (
@@ -36,8 +36,13 @@ MUTANTS = {
     ),
     "asgi-raising-handler-keeps-the-key": (
         "tollgate/asgi.py",
-        [("            keeper.drop(lease)\n            if not recorder.recorded:\n                await _in_thread(_release, lease)\n            raise", "            keeper.drop(lease)\n            raise")],
+        [("            keeper.drop(lease)\n            if not recorder.recorded:\n                await _release(lease)\n            raise", "            keeper.drop(lease)\n            raise")],
         ["test_asgi.py", "-k", "raises"],
+    ),
+    "bridge-loses-errors": (
+        "tollgate/asgi.py",
+        [("            elif isinstance(value, BaseException):\n                future.set_exception(value)", "            else:\n                future.set_result(None)")],
+        ["test_servers_postgres_redis.py", "-k", "without_internals"],
     ),
     "keeper-never-extends": (
         "tollgate/_keeper.py",
@@ -59,10 +64,15 @@ MUTANTS = {
         [("        if isinstance(begun, InFlight):\n            return _answer(start_response, _http.in_flight())", "        if isinstance(begun, InFlight):\n            return self.app(environ, start_response)")],
         ["test_servers.py", "-k", "execute_once and gunicorn"],
     ),
-    "allowed-answers-carry-retry-after": (
+    "asgi-allowed-answers-carry-retry-after": (
+        "tollgate/asgi.py",
+        [("decision.asgi_headers(retry_after=False, only=rules.on_allowed)", "decision.asgi_headers(retry_after=True, only=rules.on_allowed)")],
+        ["test_asgi.py", "-k", "cost_and_shadow"],
+    ),
+    "wsgi-allowed-answers-carry-retry-after": (
         "tollgate/_http.py",
-        [('if n != "Retry-After"]', "if True]")],
-        ["test_asgi.py", "test_wsgi.py", "-k", "cost_and_shadow"],
+        [('if n != "Retry-After" and (', "if (")],
+        ["test_wsgi.py", "-k", "cost_and_shadow"],
     ),
     "shadow-mode-denies": (
         "tollgate/_http.py",

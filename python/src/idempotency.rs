@@ -247,10 +247,14 @@ struct LeaseState {
 impl LeaseState {
     /// Why there is no lease to use: it was lost, or resolved.
     fn gone(&self) -> PyErr {
+        self.failure().into_py()
+    }
+
+    fn failure(&self) -> Failure {
         if self.lost {
-            to_py(&Error::LeaseLost)
+            Failure::Store(Error::LeaseLost)
         } else {
-            invalid("this lease was already resolved (completed, failed or released)")
+            Failure::Resolved
         }
     }
 
@@ -287,26 +291,37 @@ impl Lease {
         py: Python<'_>,
         resolve: impl FnOnce(tollgate::idempotency::Lease) -> tollgate::Result<()> + Send,
     ) -> PyResult<()> {
-        py.detach(|| {
-            let mut state = self.state.lock();
-            let lease = state.lease.take().ok_or_else(|| state.gone())?;
-            let resolved = resolve(lease);
-            match state.noting(resolved) {
-                Err(Error::ResponseTooLarge {
+        py.detach(|| self.resolve_now(resolve))
+            .map_err(Failure::into_py)
+    }
+
+    /// `resolve` without the GIL and without Python objects: for the calling thread, or a
+    /// worker of the event-loop bridge.
+    pub(crate) fn resolve_now(
+        &self,
+        resolve: impl FnOnce(tollgate::idempotency::Lease) -> tollgate::Result<()>,
+    ) -> Result<(), Failure> {
+        let mut state = self.state.lock();
+        let Some(lease) = state.lease.take() else {
+            return Err(state.failure());
+        };
+        let resolved = resolve(lease);
+        match state.noting(resolved) {
+            Err(Error::ResponseTooLarge {
+                size,
+                limit,
+                lease: Some(lease),
+            }) => {
+                state.lease = Some(*lease);
+                Err(Failure::Store(Error::ResponseTooLarge {
                     size,
                     limit,
-                    lease: Some(lease),
-                }) => {
-                    state.lease = Some(*lease);
-                    Err(to_py(&Error::ResponseTooLarge {
-                        size,
-                        limit,
-                        lease: None,
-                    }))
-                }
-                other => other.py(),
+                    lease: None,
+                }))
             }
-        })
+            Err(error) => Err(Failure::Store(error)),
+            Ok(()) => Ok(()),
+        }
     }
 
     /// Runs `change` on the held lease, outside the GIL.
@@ -329,8 +344,28 @@ impl Lease {
     }
 }
 
+/// Why a lease could not be resolved, without Python objects (made into an exception later,
+/// with the GIL).
+pub(crate) enum Failure {
+    /// The store's error.
+    Store(Error),
+    /// The lease was resolved before.
+    Resolved,
+}
+
+impl Failure {
+    pub(crate) fn into_py(self) -> PyErr {
+        match self {
+            Failure::Store(error) => to_py(&error),
+            Failure::Resolved => {
+                invalid("this lease was already resolved (completed, failed or released)")
+            }
+        }
+    }
+}
+
 /// A response from Python values.
-fn response(
+pub(crate) fn response(
     status: u16,
     body: &[u8],
     headers: Vec<(HeaderValue, HeaderValue)>,

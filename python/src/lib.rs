@@ -10,6 +10,7 @@
 
 use pyo3::prelude::*;
 
+mod bridge;
 mod clock;
 mod errors;
 mod idempotency;
@@ -22,6 +23,7 @@ mod store;
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     module.add_class::<store::Store>()?;
+    module.add_class::<bridge::Bridge>()?;
     module.add_class::<store::Stats>()?;
     module.add_class::<clock::ManualClock>()?;
     module.add_class::<idempotency::Acquired>()?;

@@ -62,11 +62,11 @@ fn opened(store: tollgate::Store) -> Store {
     }
 }
 
-fn key(scope: &str, key: &str) -> PyResult<IdempotencyKey> {
+pub(crate) fn key(scope: &str, key: &str) -> PyResult<IdempotencyKey> {
     IdempotencyKey::new(scope, key).map_err(|reason| to_py(&Error::InvalidKey(reason)))
 }
 
-fn begin_options(wait: Option<f64>) -> PyResult<BeginOptions> {
+pub(crate) fn begin_options(wait: Option<f64>) -> PyResult<BeginOptions> {
     Ok(BeginOptions {
         wait: wait
             .map(|wait| seconds::duration("wait", wait, true))
@@ -91,7 +91,7 @@ fn with_checks<T>(
 
 impl Store {
     /// The open store, or `Closed`.
-    fn store(&self) -> PyResult<tollgate::Store> {
+    pub(crate) fn store(&self) -> PyResult<tollgate::Store> {
         let pid = std::process::id();
         if pid != self.pid {
             return Err(to_py(&Error::InvalidArgument(format!(

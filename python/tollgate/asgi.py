@@ -10,7 +10,9 @@ request's outcome.
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import weakref
 from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optional, Sequence, Tuple
 
 import anyio
@@ -19,7 +21,7 @@ import anyio.to_thread
 from . import _http
 from ._errors import InvalidArgument, TollgateError
 from ._keeper import LeaseKeeper
-from ._native import Acquired, InFlight, Limit, Mismatch, Replay, Store, fingerprint, parse_idempotency_key  # noqa: F401
+from ._native import Acquired, Bridge, InFlight, Limit, Mismatch, Replay, Store, fingerprint, parse_idempotency_key  # noqa: F401
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -45,6 +47,100 @@ def _header_values(scope: Scope, name: bytes) -> List[bytes]:
 async def _in_thread(function: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     return await anyio.to_thread.run_sync(functools.partial(function, *args, **kwargs))
 
+
+class _LoopBridge:
+    """Store calls that may wait, run on tollgate's worker threads, their results handed to the
+    event loop through a descriptor it watches (``Bridge`` in the native module says why). One
+    per asyncio loop; other event loops (trio) use anyio's worker threads instead."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.native = Bridge()
+        self.loop = loop
+        self.waiting: Dict[int, "asyncio.Future[Any]"] = {}
+        loop.add_reader(self.native.fileno(), self._deliver)
+
+    def _deliver(self) -> None:
+        for call, ok, value in self.native.take():
+            future = self.waiting.pop(call, None)
+            if future is None or future.done():
+                continue
+            if ok:
+                future.set_result(value)
+            elif isinstance(value, BaseException):
+                future.set_exception(value)
+
+    async def result(self, call: int) -> Any:
+        future = self.loop.create_future()
+        self.waiting[call] = future
+        try:
+            return await future
+        finally:
+            self.waiting.pop(call, None)
+
+
+_BRIDGES: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Optional[_LoopBridge]]" = weakref.WeakKeyDictionary()
+
+
+def _bridge() -> Optional[_LoopBridge]:
+    """The running asyncio loop's bridge, or ``None`` (another event loop, or one that cannot
+    watch a descriptor)."""
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+    if loop not in _BRIDGES:
+        try:
+            _BRIDGES[loop] = _LoopBridge(loop)
+        except (NotImplementedError, OSError, TollgateError):
+            _BRIDGES[loop] = None
+    return _BRIDGES[loop]
+
+
+async def _begin(store: Store, key_space: str, key: str, request: bytes, wait: Optional[float]) -> Any:
+    bridge = _bridge()
+    if bridge is None:
+        return await _in_thread(store.begin, key_space, key, request, wait=wait)
+    return await bridge.result(bridge.native.begin(store, key_space, key, request, wait))
+
+
+async def _check_all(store: Store, checks: List[Tuple[Limit, str]], cost: int) -> Any:
+    bridge = _bridge()
+    if bridge is None:
+        return await _in_thread(store.check_all, checks, cost)
+    return await bridge.result(bridge.native.check_all(store, checks, cost))
+
+
+
+
+
+
+async def _release(lease: Any) -> None:
+    bridge = _bridge()
+    try:
+        if bridge is None:
+            await _in_thread(lease.release)
+        else:
+            await bridge.result(bridge.native.release(lease))
+    except TollgateError as error:
+        # The key stays RUNNING until its lease expires; nothing better to do.
+        _http.logger.warning("could not release an idempotency key: %s", error)
+
+
+async def _complete(lease: Any, status: int, body: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
+    bridge = _bridge()
+    try:
+        if bridge is None:
+            await _in_thread(lease.complete, status, body, headers)
+        else:
+            await bridge.result(bridge.native.complete(lease, status, body, headers))
+    except TollgateError as error:
+        if isinstance(error, InvalidArgument) and not lease.resolved:
+            # Too large to store (the lease is handed back): the answer goes out, the key is
+            # released.
+            await _release(lease)
+        # The client gets its answer either way; a lost lease means another attempt owns the
+        # key now (this process stalled past its lease), so this answer is not stored.
+        _http.logger.warning("response not recorded: %s: %s", type(error).__name__, error)
 
 class IdempotencyMiddleware:
     """Makes the covered requests of an ASGI app idempotent under an ``Idempotency-Key``.
@@ -128,7 +224,7 @@ class IdempotencyMiddleware:
         try:
             begun = self.store.try_begin(key_space, key, request)
             if begun is None:
-                begun = await _in_thread(self.store.begin, key_space, key, request, wait=self.wait)
+                begun = await _begin(self.store, key_space, key, request, self.wait)
         except TollgateError as error:
             await _answer(send, _http.begin_error(error))
             return
@@ -214,23 +310,23 @@ class IdempotencyMiddleware:
         except BaseException:
             keeper.drop(lease)
             if not recorder.recorded:
-                await _in_thread(_release, lease)
+                await _release(lease)
             raise
         keeper.drop(lease)
         if not recorder.recorded:
             # The app returned without finishing its answer: nothing to store.
-            await _in_thread(_release, lease)
+            await _release(lease)
 
     async def _record(self, lease: Any, recorder: "_Recorder") -> None:
         recorder.recorded = True
         self._lease_keeper().drop(lease)
         if recorder.status is None:
-            await _in_thread(_release, lease)
+            await _release(lease)
             return
         if not recorder.storable or not self.store_when(recorder.status):
-            await _in_thread(_release, lease)
+            await _release(lease)
             return
-        await _in_thread(_complete, lease, recorder.status, recorder.body(), recorder.headers)
+        await _complete(lease, recorder.status, recorder.body(), recorder.headers)
 
 
 class _Recorder:
@@ -268,24 +364,6 @@ class _Recorder:
     def body(self) -> bytes:
         return b"".join(self.chunks)
 
-
-def _release(lease: Any) -> None:
-    try:
-        lease.release()
-    except TollgateError as error:
-        # The key stays RUNNING until its lease expires; nothing better to do.
-        _http.logger.warning("could not release an idempotency key: %s", error)
-
-
-def _complete(lease: Any, status: int, body: bytes, headers: List[Tuple[bytes, bytes]]) -> None:
-    try:
-        lease.complete(status, body, headers)
-    except TollgateError as error:
-        if isinstance(error, InvalidArgument):
-            _release(lease)
-        # The client gets its answer either way; a lost lease means another attempt owns the
-        # key now (this process stalled past its lease), so this answer is not stored.
-        _http.logger.warning("response not recorded: %s: %s", type(error).__name__, error)
 
 
 _DISCONNECTED = object()
@@ -333,7 +411,7 @@ class RateLimitMiddleware:
         try:
             decision = self.store.try_check_all(checks, cost)
             if decision is None:
-                decision = await _in_thread(self.store.check_all, checks, cost)
+                decision = await _check_all(self.store, checks, cost)
         except TollgateError as error:
             refusal = rules.refused(error)
             if refusal is not None:
