@@ -87,6 +87,9 @@ def serve(variant: str, redis_url: str, directory: str) -> "tuple[subprocess.Pop
         cwd=HERE,
         env=env,
         start_new_session=True,
+        # wrk cuts its connections when its time is up: the apps' ClientDisconnect tracebacks go
+        # to a file, not the table.
+        stderr=open(os.path.join(directory, "server.log"), "ab"),
     )
     wait_port(port, server)
     return server, port
