@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 venv="${TOLLGATE_PYTHON_VENV:-$(mktemp -d)/venv}"
 python3 -m venv "$venv"
 "$venv/bin/pip" install --quiet --disable-pip-version-check \
-    pytest httpx starlette fastapi uvicorn gunicorn flask anyio mypy
+    pytest httpx starlette fastapi uvicorn gunicorn flask anyio trio mypy
 echo "-- pip install ./python (maturin, release build)"
 "$venv/bin/pip" install --quiet --disable-pip-version-check ./python
 # The installed package, not the source tree: pytest runs from the tests' directory, whose

@@ -459,3 +459,33 @@ def test_fields_say_which_header_fields_an_allowed_answer_carries(store):
     assert denied.status_code == 429 and denied.headers["x-ratelimit-limit"] == "2" and "retry-after" in denied.headers
     with pytest.raises(tollgate.InvalidArgument):
         limited_app(store, limits=[(limit, None)], fields="some")
+
+
+def test_on_trio_the_middlewares_use_anyio_worker_threads(store):
+    """An event loop that is not asyncio has no bridge: the same answers through anyio."""
+    orders = Orders()
+    limit = tollgate.Limit("trio", tollgate.Quota.per_minute(5))
+    app = RateLimitMiddleware(IdempotencyMiddleware(orders.app, store=store, wait=30.0), store=store, limits=[(limit, None)])
+    fingerprint = tollgate.fingerprint(body=b"pay 10", method="POST", path="/orders")
+    lease = store.begin("default", "held", fingerprint).lease
+
+    async def go():
+        async with client(app) as http:
+            first = await http.post("/orders", content=b"pay 10", headers={"Idempotency-Key": "t1"})
+            again = await http.post("/orders", content=b"pay 10", headers={"Idempotency-Key": "t1"})
+            answers = []
+            async with anyio.create_task_group() as group:
+
+                async def duplicate():
+                    answers.append(await http.post("/orders", content=b"pay 10", headers={"Idempotency-Key": "held"}))
+
+                group.start_soon(duplicate)
+                await anyio.sleep(0.05)
+                await anyio.to_thread.run_sync(lambda: lease.complete(201, b"first"))
+            return first, again, answers[0]
+
+    first, again, waited = anyio.run(go, backend="trio")
+    assert first.status_code == 201 and again.headers["idempotent-replayed"] == "true"
+    assert first.headers["ratelimit-policy"] == '"trio";q=5;w=60'
+    assert waited.status_code == 201 and waited.content == b"first"
+    assert len(orders.executed) == 1
