@@ -22,6 +22,9 @@ mod store;
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // What the middlewares never store, and the header a replay carries: the tower layer's.
+    module.add("HOP_BY_HOP", tollgate::tower::HOP_BY_HOP.to_vec())?;
+    module.add("IDEMPOTENT_REPLAYED", tollgate::tower::IDEMPOTENT_REPLAYED)?;
     module.add_class::<store::Store>()?;
     module.add_class::<bridge::Bridge>()?;
     module.add_class::<store::Stats>()?;

@@ -10,24 +10,14 @@ from http import HTTPStatus
 from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple
 
 from ._errors import CostTooLarge, InvalidArgument, TollgateError
-from ._native import Decision, Limit
+from . import _native
+from ._keeper import LeaseKeeper
+from ._native import Decision, Limit, Store
 
 logger = logging.getLogger("tollgate")
 
-#: Header fields about one connection, never stored with a response.
-HOP_BY_HOP = frozenset(
-    {
-        "connection",
-        "keep-alive",
-        "proxy-authenticate",
-        "proxy-authorization",
-        "te",
-        "trailer",
-        "transfer-encoding",
-        "upgrade",
-        "content-length",
-    }
-)
+#: Header fields about one connection, never stored with a response (the tower layer's list).
+HOP_BY_HOP = frozenset(_native.HOP_BY_HOP)
 
 #: ``Retry-After`` of a 409 for a duplicate in flight: a poll hint, in seconds.
 IN_FLIGHT_RETRY_AFTER = "1"
@@ -42,7 +32,7 @@ TEMPORARY_DETAIL = "the service cannot record this request right now; retry late
 LASTING_DETAIL = "the service failed to process this request"
 
 #: The header a replayed response carries.
-IDEMPOTENT_REPLAYED = "idempotent-replayed"
+IDEMPOTENT_REPLAYED: str = _native.IDEMPOTENT_REPLAYED
 
 #: The ``fields=`` of a rate middleware: which fields an allowed answer carries.
 FIELDS_ON_ALLOWED = {"all": "all", "ietf": "ietf", "denials": None}
@@ -153,6 +143,42 @@ def reason_phrase(status: int) -> str:
 
 def status_line(status: int) -> str:
     return f"{status} {reason_phrase(status)}"
+
+
+class IdempotencySettings:
+    """An idempotency middleware's keywords, checked, and its lease keeper (made on first use,
+    in the process that serves)."""
+
+    def __init__(
+        self,
+        store: Store,
+        key_scope: Optional[Callable[[Any], Optional[str]]],
+        methods: Sequence[str],
+        key_required: bool,
+        wait: Optional[float],
+        max_body_bytes: int,
+        store_when: Optional[Callable[[int], bool]],
+    ) -> None:
+        if max_body_bytes < 0:
+            raise InvalidArgument("max_body_bytes must be ≥ 0")
+        if wait is not None and wait < 0:
+            raise InvalidArgument("wait must be ≥ 0 seconds, or None")
+        self.store = store
+        self.key_scope = key_scope
+        self.methods = frozenset(method.upper() for method in methods)
+        self.key_required = key_required
+        self.store_when = store_when or default_store_when
+        self._keeper: Optional[LeaseKeeper] = None
+
+    def key_space(self, request: Any) -> Optional[str]:
+        """The request's key space: one for everyone without ``key_scope``; ``None`` (refused
+        with 401) when ``key_scope`` finds no identity."""
+        return "default" if self.key_scope is None else self.key_scope(request)
+
+    def lease_keeper(self) -> LeaseKeeper:
+        if self._keeper is None:
+            self._keeper = LeaseKeeper(self.store.lease_ttl)
+        return self._keeper
 
 
 class RateRules:

@@ -4,6 +4,8 @@ import os
 from typing import Iterable, List, Optional, Sequence, Tuple, Union
 
 __version__: str
+HOP_BY_HOP: List[str]
+IDEMPOTENT_REPLAYED: str
 
 _HeaderValue = Union[str, bytes]
 _Headers = Iterable[Tuple[_HeaderValue, _HeaderValue]]

@@ -169,25 +169,17 @@ class IdempotencyMiddleware:
         store_when: Optional[Callable[[int], bool]] = None,
     ) -> None:
         self.app = app
+        self.settings = _http.IdempotencySettings(store, key_scope, methods, key_required, wait, max_body_bytes, store_when)
         self.store = store
-        self.key_scope = key_scope
-        self.methods = frozenset(method.upper() for method in methods)
-        self.key_required = key_required
         self.wait = wait
-        if max_body_bytes < 0:
-            raise InvalidArgument("max_body_bytes must be ≥ 0")
         self.max_body_bytes = max_body_bytes
         self.fingerprint_headers = [name.lower().encode("latin-1") for name in fingerprint_headers]
-        self.store_when = store_when or _http.default_store_when
-        self._keeper: Optional[LeaseKeeper] = None
 
     def _lease_keeper(self) -> LeaseKeeper:
-        if self._keeper is None:
-            self._keeper = LeaseKeeper(self.store.lease_ttl)
-        return self._keeper
+        return self.settings.lease_keeper()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in self.methods:
+        if scope["type"] != "http" or scope["method"] not in self.settings.methods:
             await self.app(scope, receive, send)
             return
         try:
@@ -196,12 +188,12 @@ class IdempotencyMiddleware:
             await _answer(send, _http.malformed_key(str(reason)))
             return
         if key is None:
-            if self.key_required:
+            if self.settings.key_required:
                 await _answer(send, _http.missing_key())
             else:
                 await self.app(scope, receive, send)
             return
-        key_space = "default" if self.key_scope is None else self.key_scope(scope)
+        key_space = self.settings.key_space(scope)
         if key_space is None:
             await _answer(send, _http.unidentified())
             return
@@ -323,7 +315,7 @@ class IdempotencyMiddleware:
         if recorder.status is None:
             await _release(lease)
             return
-        if not recorder.storable or not self.store_when(recorder.status):
+        if not recorder.storable or not self.settings.store_when(recorder.status):
             await _release(lease)
             return
         await _complete(lease, recorder.status, recorder.body(), recorder.headers)

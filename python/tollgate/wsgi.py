@@ -55,25 +55,17 @@ class IdempotencyMiddleware:
         store_when: Optional[Callable[[int], bool]] = None,
     ) -> None:
         self.app = app
+        self.settings = _http.IdempotencySettings(store, key_scope, methods, key_required, wait, max_body_bytes, store_when)
         self.store = store
-        self.key_scope = key_scope
-        self.methods = frozenset(method.upper() for method in methods)
-        self.key_required = key_required
         self.wait = wait
-        if max_body_bytes < 0:
-            raise InvalidArgument("max_body_bytes must be ≥ 0")
         self.max_body_bytes = max_body_bytes
         self.fingerprint_headers = [name.lower() for name in fingerprint_headers]
-        self.store_when = store_when or _http.default_store_when
-        self._keeper: Optional[LeaseKeeper] = None
 
     def _lease_keeper(self) -> LeaseKeeper:
-        if self._keeper is None:
-            self._keeper = LeaseKeeper(self.store.lease_ttl)
-        return self._keeper
+        return self.settings.lease_keeper()
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        if environ.get("REQUEST_METHOD", "GET").upper() not in self.methods:
+        if environ.get("REQUEST_METHOD", "GET").upper() not in self.settings.methods:
             return self.app(environ, start_response)
         sent = environ.get("HTTP_IDEMPOTENCY_KEY")
         try:
@@ -81,10 +73,10 @@ class IdempotencyMiddleware:
         except InvalidArgument as reason:
             return _answer(start_response, _http.malformed_key(str(reason)))
         if key is None:
-            if self.key_required:
+            if self.settings.key_required:
                 return _answer(start_response, _http.missing_key())
             return self.app(environ, start_response)
-        key_space = "default" if self.key_scope is None else self.key_scope(environ)
+        key_space = self.settings.key_space(environ)
         if key_space is None:
             return _answer(start_response, _http.unidentified())
         body = self._read_body(environ)
@@ -211,7 +203,7 @@ class IdempotencyMiddleware:
                 close()
 
     def _record(self, lease: Any, recorder: "_Recorder") -> None:
-        if recorder.status is None or not recorder.storable or not self.store_when(recorder.status):
+        if recorder.status is None or not recorder.storable or not self.settings.store_when(recorder.status):
             _release(lease)
             return
         try:

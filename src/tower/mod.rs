@@ -37,8 +37,8 @@ mod problem;
 mod rate_limit;
 
 pub use idempotency::{
-    DEFAULT_MAX_BODY_BYTES, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext, IdempotencyLayer,
-    IntoScope,
+    DEFAULT_MAX_BODY_BYTES, HOP_BY_HOP, IDEMPOTENT_REPLAYED, Idempotency, IdempotencyContext,
+    IdempotencyLayer, IntoScope,
 };
 pub use key_header::{IDEMPOTENCY_KEY, parse_idempotency_key};
 pub use rate_limit::{RateLimit, RateLimitLayer, WhenUnavailable};

@@ -122,8 +122,10 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// Header fields that describe one connection, not the response: never stored.
-pub(super) const HOP_BY_HOP: [&str; 9] = [
+/// Response header fields that describe one connection, not the response: never stored with a
+/// response (lowercase). Public for adapters outside tower (tollgate's Python middlewares), so
+/// that every adapter stores the same fields.
+pub const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",

@@ -43,6 +43,7 @@ mod context;
 mod execute;
 
 pub use context::IdempotencyContext;
+pub use execute::HOP_BY_HOP;
 use execute::{IN_FLIGHT_RETRY_AFTER, execute, insert_header, replayed, store_error};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
