@@ -421,10 +421,12 @@ class RateLimitMiddleware:
             return
         fields = decision.asgi_headers(retry_after=False, only=rules.on_allowed)
 
-        async def send_with_fields(message: Message) -> None:
+        def send_with_fields(message: Message) -> Awaitable[None]:
+            # A plain function returning the server's awaitable: no coroutine of its own per
+            # message (ASGI asks for an awaitable callable, not a coroutine function).
             if message["type"] == "http.response.start":
                 # Each message is the app's own, made for this send: extended in place.
                 message["headers"] = [*message.get("headers", ()), *fields]
-            await send(message)
+            return send(message)
 
         await self.app(scope, receive, send_with_fields)
