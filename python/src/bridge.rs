@@ -59,7 +59,6 @@ enum Job {
 
 enum How {
     Complete(StoredResponse),
-    Fail(StoredResponse),
     Release,
 }
 
@@ -96,7 +95,6 @@ fn run(job: Job) -> Done {
         } => Done::Begun(store.begin_with(&key, &fingerprint, &options)),
         Job::Resolve { lease, how } => Done::Resolved(lease.get().resolve_now(|lease| match how {
             How::Complete(response) => lease.complete(response),
-            How::Fail(response) => lease.fail(response),
             How::Release => lease.release(),
         })),
         Job::Check {
@@ -236,19 +234,6 @@ impl Bridge {
     ) -> PyResult<u64> {
         let response = response(status, body, headers)?;
         self.resolve(lease, How::Complete(response))
-    }
-
-    /// Submits `lease.fail(...)`.
-    #[pyo3(signature = (lease, status, body = b"".as_slice(), headers = Vec::new()))]
-    fn fail(
-        &self,
-        lease: Py<Lease>,
-        status: u16,
-        body: &[u8],
-        headers: Vec<(HeaderValue, HeaderValue)>,
-    ) -> PyResult<u64> {
-        let response = response(status, body, headers)?;
-        self.resolve(lease, How::Fail(response))
     }
 
     /// Submits `lease.release()`.

@@ -38,8 +38,11 @@ pub(crate) fn class<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyT
 
 /// The Python exception for `error`, its message the error's own.
 pub(crate) fn to_py(error: &Error) -> PyErr {
-    let message = error.to_string();
-    let name = class_name(error);
+    named(class_name(error), error.to_string())
+}
+
+/// The exception class `name` of `tollgate._errors` with `message`.
+pub(crate) fn named(name: &str, message: String) -> PyErr {
     Python::attach(|py| match class(py, name) {
         Ok(class) => PyErr::from_type(class, message),
         Err(lookup) => lookup,

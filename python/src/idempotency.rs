@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyTuple};
 use tollgate::Error;
 use tollgate::idempotency::{Begin, Fingerprint, Outcome, StoredResponse};
 
-use crate::errors::{IntoPy, invalid, to_py};
+use crate::errors::{invalid, to_py};
 use crate::seconds;
 
 /// The request's fingerprint: a SHA-256 over the method, the path (with its query as sent), the
@@ -246,10 +246,6 @@ struct LeaseState {
 
 impl LeaseState {
     /// Why there is no lease to use: it was lost, or resolved.
-    fn gone(&self) -> PyErr {
-        self.failure().into_py()
-    }
-
     fn failure(&self) -> Failure {
         if self.lost {
             Failure::Store(Error::LeaseLost)
@@ -333,14 +329,15 @@ impl Lease {
         py.detach(|| {
             let mut state = self.state.lock();
             let Some(lease) = state.lease.as_mut() else {
-                return Err(state.gone());
+                return Err(state.failure());
             };
             let changed = change(lease);
             let expires_at = seconds::unix(lease.expires_at());
-            state.noting(changed).py()?;
+            state.noting(changed).map_err(Failure::Store)?;
             state.expires_at = expires_at;
             Ok(())
         })
+        .map_err(Failure::into_py)
     }
 }
 

@@ -15,7 +15,7 @@ use tollgate::ratelimit::RateDurability;
 use tollgate::{BeginOptions, Error, Health, StoreBuilder};
 
 use crate::clock::ManualClock;
-use crate::errors::{IntoPy, invalid, to_py};
+use crate::errors::{IntoPy, invalid, named, to_py};
 use crate::idempotency::{fingerprint_arg, to_python};
 use crate::ratelimit::{Decision, Limit};
 use crate::seconds;
@@ -94,36 +94,21 @@ impl Store {
     pub(crate) fn store(&self) -> PyResult<tollgate::Store> {
         let pid = std::process::id();
         if pid != self.pid {
-            return Err(to_py(&Error::InvalidArgument(format!(
-                "this store was opened by process {} and is used in process {pid}, a fork of it: \
-                 open the store in each worker after the fork (gunicorn: not with --preload, or in \
-                 post_fork)",
-                self.pid
-            )))
-            .and_then_closed());
+            // Not open in this process: `Closed`, saying how to open it where it is used.
+            return Err(named(
+                "Closed",
+                format!(
+                    "this store was opened by process {} and is used in process {pid}, a fork of \
+                     it: open the store in each worker after the fork (gunicorn: not with \
+                     --preload, or in post_fork)",
+                    self.pid
+                ),
+            ));
         }
         self.inner
             .read()
             .clone()
             .ok_or_else(|| to_py(&Error::Closed))
-    }
-}
-
-/// A fork's misuse raised as `Closed` (the store is not open in this process), keeping its
-/// message.
-trait AndThenClosed {
-    fn and_then_closed(self) -> PyErr;
-}
-
-impl AndThenClosed for PyErr {
-    fn and_then_closed(self) -> PyErr {
-        Python::attach(|py| {
-            let message = self.value(py).to_string();
-            match crate::errors::class(py, "Closed") {
-                Ok(class) => PyErr::from_type(class, message),
-                Err(lookup) => lookup,
-            }
-        })
     }
 }
 

@@ -164,21 +164,7 @@ class IdempotencyMiddleware:
         settled = False
         try:
             pending: Optional[bytes] = None
-            iterator = iter(result)
-            while True:
-                if recorder.written:
-                    chunk = recorder.written.pop(0)
-                else:
-                    try:
-                        chunk = next(iterator)
-                    except StopIteration:
-                        break
-                if pending is not None:
-                    yield pending
-                recorder.add(chunk)
-                pending = chunk
-            while recorder.written:
-                chunk = recorder.written.pop(0)
+            for chunk in _in_order(result, recorder.written):
                 if pending is not None:
                     yield pending
                 recorder.add(chunk)
@@ -212,6 +198,17 @@ class IdempotencyMiddleware:
             if isinstance(error, InvalidArgument):
                 _release(lease)
             _http.logger.warning("response not recorded: %s: %s", type(error).__name__, error)
+
+
+def _in_order(result: Iterable[bytes], written: List[bytes]) -> Iterator[bytes]:
+    """The app's chunks in the order it made them: what it passed to ``write()`` (while it was
+    called, or while it made its next chunk) before that chunk."""
+    for chunk in result:
+        while written:
+            yield written.pop(0)
+        yield chunk
+    while written:
+        yield written.pop(0)
 
 
 class _Recorder:
