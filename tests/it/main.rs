@@ -62,6 +62,8 @@ mod observability_metrics;
 #[cfg(feature = "tracing")]
 mod observability_tracing;
 mod operations_are_atomic;
+mod partition_node_cut_off;
+mod partition_node_vanished;
 mod postgres_commit_in_doubt;
 mod postgres_node_killed;
 mod postgres_nodes;

@@ -94,6 +94,7 @@ impl Pipe {
         }
         self.client = None;
         let config = self.connector.async_config();
+        let setup = session::setup(&config);
         let tls = self.connector.tls.clone();
         let sql = Arc::clone(&self.sql);
         // The connect timeout bounds the connection; this bounds the setup after it too.
@@ -107,7 +108,7 @@ impl Pipe {
                 // The connection's task runs whenever this runtime does: during every round trip.
                 tokio::spawn(connection);
                 let set_up = async {
-                    client.batch_execute(&session::setup()).await?;
+                    client.batch_execute(&setup).await?;
                     let (mut lock, mut write) = (Vec::new(), Vec::new());
                     for (locks, writes) in sql.lock.iter().zip(&sql.write) {
                         lock.push(client.prepare_typed(locks, LOCK_TYPES).await?);
