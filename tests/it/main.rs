@@ -62,8 +62,12 @@ mod observability_metrics;
 #[cfg(feature = "tracing")]
 mod observability_tracing;
 mod operations_are_atomic;
+mod partition_database_cut_off;
 mod partition_node_cut_off;
+mod partition_node_deaf;
+mod partition_node_paused;
 mod partition_node_vanished;
+mod partition_redis_cut_off;
 mod postgres_commit_in_doubt;
 mod postgres_node_killed;
 mod postgres_nodes;

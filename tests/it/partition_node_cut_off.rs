@@ -29,6 +29,7 @@ fn a_node_cut_off_holding_leases_is_answered_in_time_then_fenced() {
         nodes: &["a", "b"],
         lease_ttl: LEASE,
         redis_limits: None,
+        writers: None,
     }) else {
         return;
     };

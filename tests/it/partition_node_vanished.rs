@@ -27,6 +27,7 @@ fn a_node_whose_host_vanished_is_restarted_elsewhere_and_frees_its_lease() {
         // Far longer than the test: only the restart's epoch can free the lease.
         lease_ttl: Duration::from_secs(600),
         redis_limits: None,
+        writers: None,
     };
     let Some(mut service) = start(&plan) else {
         return;
