@@ -1,8 +1,9 @@
 //! A node paused (SIGSTOP: a long GC pause, a frozen VM) past its lease, on PostgreSQL. Its
 //! connections stay open (its kernel still answers), so nothing tells the others it is gone: they
 //! see its lease live until it expires, then take it over (`recovered()`). When the node
-//! resumes, believing it still owns the key, its completion is refused (`LeaseLost`: fenced by
-//! the token the takeover replaced), and the taker's response is the one every node replays. A
+//! resumes while the taker is still executing, believing it still owns the key, its completion
+//! is refused (`LeaseLost`: fenced by the token the takeover replaced), and the taker's response
+//! is the one every node replays. A
 //! key it held that nobody took over is completed late, as an expired lease may be.
 
 #![cfg(feature = "postgres")]
@@ -46,10 +47,11 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
         done
     });
     assert_eq!(takeover.unwrap().words, ["acquired", "2", "1"]);
-    assert_eq!(b.call("complete taken by-b").kind(), "ok");
 
+    // a wakes while b is still executing: its completion must not land on b's lease.
     a.resume();
     assert_eq!(late.wait().error(), Some("LeaseLost"));
+    assert_eq!(b.call("complete taken by-b").kind(), "ok");
     for node in [a, b] {
         assert_eq!(node.call("begin taken r").words, ["replay", "by-b"]);
     }
