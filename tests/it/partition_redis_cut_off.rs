@@ -16,7 +16,7 @@ use fixture::node::Node;
 use fixture::partition::{Plan, start};
 
 const TEST: &str = "redis_out_of_reach_mid_charge_mints_nothing";
-const LIMIT: u32 = 20;
+const LIMIT: u32 = 100;
 
 /// Tallies of `check` answers.
 #[derive(Default, Debug)]
