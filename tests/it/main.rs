@@ -32,6 +32,8 @@ mod format_fixtures;
 mod full_disk;
 mod full_disk_real;
 mod fuzz_seeds;
+mod histories_counters;
+mod histories_records;
 #[cfg(feature = "tower")]
 mod http_concurrent_duplicates;
 #[cfg(feature = "tower")]

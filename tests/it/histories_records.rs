@@ -1,0 +1,353 @@
+//! Concurrent histories of idempotency records, checked whole against the sequential rules
+//! (`fixture::history`: linearizability, stateright's tester). Four workers begin and complete
+//! requests on two keys (sometimes with another request's fingerprint, sometimes holding a lease
+//! across a clock step so that its completion comes after a takeover), while a fifth thread steps
+//! the clock past every live lease. On every engine: one embedded store, two clients of a shared
+//! store, two PostgreSQL nodes on one schema.
+//!
+//! The model is DESIGN's state diagram for one key, without the implementation: absent → begin
+//! acquires (attempt 1); RUNNING with a live lease → `InFlight`; RUNNING expired → a takeover
+//! (attempt + 1, `recovered()`); finished → `Replay` of the stored body; another request's
+//! fingerprint → `Mismatch`; a completion by the current holder (even expired) finishes it, any
+//! other is `LeaseLost`. Leases here are named by the begin that acquired them.
+
+use crate::fixture;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use fixture::history::{Recorder, check, split};
+use fixture::{Engine, Fixture, LEASE_TTL, request, response};
+use stateright::semantics::SequentialSpec;
+use tollgate::idempotency::{Begin, Lease};
+use tollgate::{Error, Store, StoreBuilder};
+
+/// Histories per engine.
+const HISTORIES: usize = 30;
+/// Workers per history, and the steps each takes.
+const WORKERS: usize = 4;
+const STEPS: usize = 8;
+/// Keys per history.
+const KEYS: u8 = 2;
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    /// A begin of `key` with request `request`; an acquired lease is named `lease`.
+    Begin { key: u8, request: u8, lease: usize },
+    /// The completion of `key` by the lease named `lease`, storing `body`.
+    Complete { key: u8, lease: usize, body: usize },
+    /// The clock steps past every lease live now.
+    Expire,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Ret {
+    Acquired { attempt: u32, recovered: bool },
+    Replay { body: usize },
+    InFlight,
+    Mismatch,
+    Done,
+    LeaseLost,
+}
+
+#[derive(Debug, Clone)]
+enum Rec {
+    Running {
+        holder: usize,
+        request: u8,
+        attempt: u32,
+        expired: bool,
+    },
+    Finished {
+        request: u8,
+        body: usize,
+    },
+}
+
+/// One key's record, as the rules say it behaves.
+#[derive(Debug, Clone, Default)]
+pub struct KeyModel {
+    record: Option<Rec>,
+}
+
+impl SequentialSpec for KeyModel {
+    type Op = Op;
+    type Ret = Ret;
+
+    fn invoke(&mut self, op: &Op) -> Ret {
+        match (op, &mut self.record) {
+            (Op::Expire, Some(Rec::Running { expired, .. })) => {
+                *expired = true;
+                Ret::Done
+            }
+            (Op::Expire, _) => Ret::Done,
+            (Op::Begin { request, lease, .. }, None) => {
+                self.record = Some(Rec::Running {
+                    holder: *lease,
+                    request: *request,
+                    attempt: 1,
+                    expired: false,
+                });
+                Ret::Acquired {
+                    attempt: 1,
+                    recovered: false,
+                }
+            }
+            (Op::Begin { request, lease, .. }, Some(record)) => match record {
+                Rec::Running { request: r, .. } | Rec::Finished { request: r, .. }
+                    if r != request =>
+                {
+                    Ret::Mismatch
+                }
+                Rec::Finished { body, .. } => Ret::Replay { body: *body },
+                Rec::Running { expired: false, .. } => Ret::InFlight,
+                Rec::Running {
+                    holder,
+                    attempt,
+                    expired,
+                    ..
+                } => {
+                    *holder = *lease;
+                    *attempt += 1;
+                    *expired = false;
+                    Ret::Acquired {
+                        attempt: *attempt,
+                        recovered: true,
+                    }
+                }
+            },
+            (
+                Op::Complete { lease, body, .. },
+                Some(Rec::Running {
+                    holder, request, ..
+                }),
+            ) if holder == lease => {
+                self.record = Some(Rec::Finished {
+                    request: *request,
+                    body: *body,
+                });
+                Ret::Done
+            }
+            (Op::Complete { .. }, _) => Ret::LeaseLost,
+        }
+    }
+}
+
+/// The stores the workers use: one embedded store; two clients of a shared store; two nodes.
+fn stores(fixture: &Fixture) -> Vec<Store> {
+    match &fixture.engine {
+        Engine::Embedded => vec![fixture.open()],
+        Engine::Shared => vec![fixture.open(), fixture.open()],
+        #[cfg(feature = "postgres")]
+        Engine::Postgres { conn, schema } => ["n1", "n2"]
+            .iter()
+            .map(|id| {
+                StoreBuilder::default()
+                    .lease_ttl(LEASE_TTL)
+                    .postgres_schema(schema)
+                    .node_id(id)
+                    .open_postgres(conn)
+                    .expect("open a node")
+            })
+            .collect(),
+        #[cfg(not(feature = "postgres"))]
+        Engine::Postgres { .. } => unreachable!(),
+    }
+}
+
+/// A small deterministic generator (xorshift).
+struct Dice(u64);
+
+impl Dice {
+    fn roll(&mut self, sides: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % sides
+    }
+}
+
+fn key_name(history: usize, key: u8) -> String {
+    format!("h{history}-k{key}")
+}
+
+/// One worker's steps.
+fn work(
+    store: &Store,
+    worker: usize,
+    history: usize,
+    log: &Recorder<Op, Ret>,
+    names: &AtomicUsize,
+    progress: &AtomicUsize,
+) {
+    let by = format!("w{worker}");
+    let mut dice = Dice(0x9E37_79B9_7F4A_7C15 ^ ((history * 31 + worker) as u64 + 1));
+    let mut held: Vec<(u8, usize, Lease)> = Vec::new();
+    for _ in 0..STEPS {
+        progress.fetch_add(1, Ordering::Relaxed);
+        if !held.is_empty() && dice.roll(3) == 0 {
+            let (key, lease, handle) = held.remove(dice.roll(held.len() as u64) as usize);
+            let body = names.fetch_add(1, Ordering::Relaxed);
+            let id = log.invoke(&by, Op::Complete { key, lease, body });
+            match handle.complete(response(&body.to_string())) {
+                Ok(()) => log.returned(id, Ret::Done),
+                Err(Error::LeaseLost) => log.returned(id, Ret::LeaseLost),
+                Err(Error::Unavailable(_)) => log.void(id),
+                Err(Error::InDoubt(_)) => {}
+                Err(e) => panic!("complete: {e}"),
+            }
+            continue;
+        }
+        let key = dice.roll(u64::from(KEYS)) as u8;
+        let request_n = u8::from(dice.roll(8) == 0);
+        let lease = names.fetch_add(1, Ordering::Relaxed);
+        let id = log.invoke(
+            &by,
+            Op::Begin {
+                key,
+                request: request_n,
+                lease,
+            },
+        );
+        let answer = store.begin(
+            &fixture::key(&key_name(history, key)),
+            &request(&request_n.to_string()),
+        );
+        match answer {
+            Ok(Begin::Acquired(handle)) => {
+                log.returned(
+                    id,
+                    Ret::Acquired {
+                        attempt: handle.attempt(),
+                        recovered: handle.recovered(),
+                    },
+                );
+                held.push((key, lease, handle));
+            }
+            Ok(Begin::Replay(replay)) => {
+                let body = String::from_utf8_lossy(&replay.response().body)
+                    .parse()
+                    .expect("a body this test stored");
+                log.returned(id, Ret::Replay { body });
+            }
+            Ok(Begin::InFlight { .. }) => log.returned(id, Ret::InFlight),
+            Ok(Begin::Mismatch) => log.returned(id, Ret::Mismatch),
+            Err(Error::Unavailable(_)) => log.void(id),
+            Err(Error::InDoubt(_)) => {}
+            Err(e) => panic!("begin: {e}"),
+        }
+    }
+    // What is still held is left running: its record stays as a crash leaves it.
+    drop(held);
+}
+
+fn scenario(fixture: Fixture) {
+    let stores = stores(&fixture);
+    let names = AtomicUsize::new(0);
+    let (mut operations, mut parts) = (0, 0);
+    let mut seen = Seen::default();
+    for history in 0..HISTORIES {
+        let log = Recorder::<Op, Ret>::default();
+        let progress = AtomicUsize::new(0);
+        std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..WORKERS)
+                .map(|worker| {
+                    let (store, log, names, progress) =
+                        (&stores[worker % stores.len()], &log, &names, &progress);
+                    scope.spawn(move || work(store, worker, history, log, names, progress))
+                })
+                .collect();
+            // The clock steps at a quarter, half and three quarters of the workers' steps, so
+            // that leases held across a step are taken over and completed late.
+            let (log, fixture, store, progress) = (&log, &fixture, &stores[0], &progress);
+            scope.spawn(move || {
+                for quarter in 1..4 {
+                    while progress.load(Ordering::Relaxed) < quarter * WORKERS * STEPS / 4 {
+                        std::thread::yield_now();
+                    }
+                    let id = log.invoke("clock", Op::Expire);
+                    fixture.advance(store, LEASE_TTL + Duration::from_secs(1));
+                    log.returned(id, Ret::Done);
+                }
+            });
+            for worker in workers {
+                worker.join().expect("a worker");
+            }
+        });
+        let events = log.finish();
+        for event in &events {
+            if let fixture::history::Event::Return { ret, .. } = event {
+                match ret {
+                    Ret::Acquired {
+                        recovered: true, ..
+                    } => seen.takeovers += 1,
+                    Ret::LeaseLost => seen.fenced += 1,
+                    Ret::Mismatch => seen.mismatches += 1,
+                    Ret::Replay { .. } => seen.replays += 1,
+                    Ret::InFlight => seen.in_flight += 1,
+                    _ => {}
+                }
+            }
+        }
+        let by_key = split(&events, |op| match op {
+            Op::Begin { key, .. } | Op::Complete { key, .. } => vec![*key],
+            Op::Expire => (0..KEYS).collect(),
+        });
+        for (key, events) in &by_key {
+            match check(&KeyModel::default(), events) {
+                Ok(checked) => operations += checked,
+                Err(report) => panic!("history {history}, key {key}: {report}"),
+            }
+            parts += 1;
+        }
+    }
+    println!(
+        "{} records: {HISTORIES} histories, {parts} per-key histories, {operations} operations \
+         checked linearizable; answers among them: {seen:?}",
+        engine_name(&fixture)
+    );
+    // The histories must reach what the check is for.
+    assert!(
+        seen.takeovers > 0 && seen.fenced > 0 && seen.replays > 0,
+        "{seen:?}"
+    );
+    for store in stores {
+        store.close().expect("close");
+    }
+}
+
+/// How many answers of each interesting kind the histories held.
+#[derive(Debug, Default)]
+struct Seen {
+    takeovers: usize,
+    fenced: usize,
+    mismatches: usize,
+    replays: usize,
+    in_flight: usize,
+}
+
+fn engine_name(fixture: &Fixture) -> &'static str {
+    match fixture.engine {
+        Engine::Embedded => "embedded",
+        Engine::Shared => "shared",
+        Engine::Postgres { .. } => "postgres",
+    }
+}
+
+#[test]
+fn embedded() {
+    scenario(Fixture::new());
+}
+
+#[test]
+fn shared() {
+    scenario(Fixture::shared());
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn postgres() {
+    if let Some(fixture) = Fixture::postgres("histories_records") {
+        scenario(fixture);
+    }
+}
