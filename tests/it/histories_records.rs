@@ -5,11 +5,7 @@
 //! the clock past every live lease. On every engine: one embedded store, two clients of a shared
 //! store, two PostgreSQL nodes on one schema.
 //!
-//! The model is DESIGN's state diagram for one key, without the implementation: absent → begin
-//! acquires (attempt 1); RUNNING with a live lease → `InFlight`; RUNNING expired → a takeover
-//! (attempt + 1, `recovered()`); finished → `Replay` of the stored body; another request's
-//! fingerprint → `Mismatch`; a completion by the current holder (even expired) finishes it, any
-//! other is `LeaseLost`. Leases here are named by the begin that acquired them.
+//! The model is `fixture::record_model`: DESIGN's state diagram for one key.
 
 use crate::fixture;
 
@@ -17,8 +13,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use fixture::history::{Recorder, check, split};
+use fixture::record_model::{KeyModel, Op, Ret};
 use fixture::{Engine, Fixture, LEASE_TTL, request, response};
-use stateright::semantics::SequentialSpec;
 use tollgate::idempotency::{Begin, Lease};
 use tollgate::{Error, Store, StoreBuilder};
 
@@ -29,109 +25,6 @@ const WORKERS: usize = 4;
 const STEPS: usize = 8;
 /// Keys per history.
 const KEYS: u8 = 2;
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Op {
-    /// A begin of `key` with request `request`; an acquired lease is named `lease`.
-    Begin { key: u8, request: u8, lease: usize },
-    /// The completion of `key` by the lease named `lease`, storing `body`.
-    Complete { key: u8, lease: usize, body: usize },
-    /// The clock steps past every lease live now.
-    Expire,
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub enum Ret {
-    Acquired { attempt: u32, recovered: bool },
-    Replay { body: usize },
-    InFlight,
-    Mismatch,
-    Done,
-    LeaseLost,
-}
-
-#[derive(Debug, Clone)]
-enum Rec {
-    Running {
-        holder: usize,
-        request: u8,
-        attempt: u32,
-        expired: bool,
-    },
-    Finished {
-        request: u8,
-        body: usize,
-    },
-}
-
-/// One key's record, as the rules say it behaves.
-#[derive(Debug, Clone, Default)]
-pub struct KeyModel {
-    record: Option<Rec>,
-}
-
-impl SequentialSpec for KeyModel {
-    type Op = Op;
-    type Ret = Ret;
-
-    fn invoke(&mut self, op: &Op) -> Ret {
-        match (op, &mut self.record) {
-            (Op::Expire, Some(Rec::Running { expired, .. })) => {
-                *expired = true;
-                Ret::Done
-            }
-            (Op::Expire, _) => Ret::Done,
-            (Op::Begin { request, lease, .. }, None) => {
-                self.record = Some(Rec::Running {
-                    holder: *lease,
-                    request: *request,
-                    attempt: 1,
-                    expired: false,
-                });
-                Ret::Acquired {
-                    attempt: 1,
-                    recovered: false,
-                }
-            }
-            (Op::Begin { request, lease, .. }, Some(record)) => match record {
-                Rec::Running { request: r, .. } | Rec::Finished { request: r, .. }
-                    if r != request =>
-                {
-                    Ret::Mismatch
-                }
-                Rec::Finished { body, .. } => Ret::Replay { body: *body },
-                Rec::Running { expired: false, .. } => Ret::InFlight,
-                Rec::Running {
-                    holder,
-                    attempt,
-                    expired,
-                    ..
-                } => {
-                    *holder = *lease;
-                    *attempt += 1;
-                    *expired = false;
-                    Ret::Acquired {
-                        attempt: *attempt,
-                        recovered: true,
-                    }
-                }
-            },
-            (
-                Op::Complete { lease, body, .. },
-                Some(Rec::Running {
-                    holder, request, ..
-                }),
-            ) if holder == lease => {
-                self.record = Some(Rec::Finished {
-                    request: *request,
-                    body: *body,
-                });
-                Ret::Done
-            }
-            (Op::Complete { .. }, _) => Ret::LeaseLost,
-        }
-    }
-}
 
 /// The stores the workers use: one embedded store; two clients of a shared store; two nodes.
 fn stores(fixture: &Fixture) -> Vec<Store> {

@@ -65,6 +65,7 @@ mod observability_metrics;
 mod observability_tracing;
 mod operations_are_atomic;
 mod partition_database_cut_off;
+mod partition_histories;
 mod partition_node_cut_off;
 mod partition_node_deaf;
 mod partition_node_paused;
