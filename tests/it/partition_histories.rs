@@ -20,7 +20,6 @@ use fixture::record_model::{KeyModel, Op, Ret};
 
 const TEST: &str = "histories_across_a_partition_are_linearizable";
 /// Far longer than the test: leases expire only when the clock is stepped.
-
 const LEASE: Duration = Duration::from_secs(600);
 const KEYS: u8 = 2;
 const STEPS: usize = 24;
