@@ -119,6 +119,8 @@ mod shared_processes;
 mod shared_read_only;
 #[cfg(all(feature = "tower", target_os = "linux"))]
 mod shared_rolling_restart;
+mod simulation_rate_flush;
+mod simulation_wakeup;
 mod state_machine_model;
 mod stats_counts_writes;
 mod takeover_and_fencing;
