@@ -19,8 +19,12 @@ use std::collections::BTreeMap;
 use fixture::history::{Recorder, check};
 use fixture::{Engine, Fixture};
 use stateright::semantics::SequentialSpec;
+#[cfg(feature = "redis")]
+use tollgate::Clock;
+#[cfg(feature = "postgres")]
+use tollgate::StoreBuilder;
 use tollgate::ratelimit::{Limit, Quota};
-use tollgate::{Clock, Error, Store, StoreBuilder};
+use tollgate::{Error, Store};
 
 const HISTORIES: usize = 30;
 const WORKERS: usize = 3;

@@ -3,7 +3,8 @@
 //! requests on two keys (sometimes with another request's fingerprint, sometimes holding a lease
 //! across a clock step so that its completion comes after a takeover), while a fifth thread steps
 //! the clock past every live lease. On every engine: one embedded store, two clients of a shared
-//! store, two PostgreSQL nodes on one schema.
+//! store (whose owner, a process of its own with no lease, closes in the middle of every history:
+//! a client takes the file over, the other reconnects), two PostgreSQL nodes on one schema.
 //!
 //! The model is `fixture::record_model`: DESIGN's state diagram for one key.
 
@@ -15,8 +16,10 @@ use std::time::Duration;
 use fixture::history::{Recorder, check, split};
 use fixture::record_model::{KeyModel, Op, Ret};
 use fixture::{Engine, Fixture, LEASE_TTL, request, response};
+#[cfg(feature = "postgres")]
+use tollgate::StoreBuilder;
 use tollgate::idempotency::{Begin, Lease};
-use tollgate::{Error, Store, StoreBuilder};
+use tollgate::{Error, Store};
 
 /// Histories per engine.
 const HISTORIES: usize = 30;
@@ -82,7 +85,14 @@ fn work(
             let (key, lease, handle) = held.remove(dice.roll(held.len() as u64) as usize);
             let body = names.fetch_add(1, Ordering::Relaxed);
             let id = log.invoke(&by, Op::Complete { key, lease, body });
-            match handle.complete(response(&body.to_string())) {
+            let tok = handle.token();
+            let r = handle.complete(response(&body.to_string()));
+            if std::env::var("TGDBG").is_ok() {
+                eprintln!(
+                    "DBG h{history} w{worker} op{id} complete lease{lease} tok={tok} k{key} -> {r:?}"
+                );
+            }
+            match r {
                 Ok(()) => log.returned(id, Ret::Done),
                 Err(Error::LeaseLost) => log.returned(id, Ret::LeaseLost),
                 Err(Error::Unavailable(_)) => log.void(id),
@@ -106,6 +116,22 @@ fn work(
             &fixture::key(&key_name(history, key)),
             &request(&request_n.to_string()),
         );
+        if std::env::var("TGDBG").is_ok() {
+            let show = match &answer {
+                Ok(Begin::Acquired(l)) => format!(
+                    "acq tok={} att={} rec={}",
+                    l.token(),
+                    l.attempt(),
+                    l.recovered()
+                ),
+                Ok(other) => format!("{:?}", std::mem::discriminant(other)),
+                Err(e) => format!("err {e}"),
+            };
+            eprintln!(
+                "DBG h{history} w{worker} op{id} lease{lease} k{key} store-epoch={} -> {show}",
+                store.epoch()
+            );
+        }
         match answer {
             Ok(Begin::Acquired(handle)) => {
                 log.returned(
@@ -134,12 +160,21 @@ fn work(
     drop(held);
 }
 
-fn scenario(fixture: Fixture) {
-    let stores = stores(&fixture);
+fn scenario(first: Fixture) {
+    let mut fixture = first;
+    let mut stores = stores(&fixture);
     let names = AtomicUsize::new(0);
     let (mut operations, mut parts) = (0, 0);
     let mut seen = Seen::default();
     for history in 0..HISTORIES {
+        if fixture.is_shared() && history > 0 {
+            // A store of its own per history, whose owner goes in the middle of it.
+            for store in stores.drain(..) {
+                store.close().expect("close");
+            }
+            fixture = fixture.fresh("histories_records");
+            stores = self::stores(&fixture);
+        }
         let log = Recorder::<Op, Ret>::default();
         let progress = AtomicUsize::new(0);
         std::thread::scope(|scope| {
@@ -154,13 +189,32 @@ fn scenario(fixture: Fixture) {
             // that leases held across a step are taken over and completed late.
             let (log, fixture, store, progress) = (&log, &fixture, &stores[0], &progress);
             scope.spawn(move || {
-                for quarter in 1..4 {
-                    while progress.load(Ordering::Relaxed) < quarter * WORKERS * STEPS / 4 {
+                for eighth in 1..8 {
+                    while progress.load(Ordering::Relaxed) < eighth * WORKERS * STEPS / 8 {
                         std::thread::yield_now();
                     }
-                    let id = log.invoke("clock", Op::Expire);
-                    fixture.advance(store, LEASE_TTL + Duration::from_secs(1));
-                    log.returned(id, Ret::Done);
+                    if eighth == 3 {
+                        if std::env::var("TGDBG").is_ok() {
+                            eprintln!("DBG h{history} OWNER CLOSES");
+                        }
+                        // The shared store's owner (a process holding no lease of the
+                        // workers') closes: a client takes the file over, the other
+                        // reconnects and claims its leases back, with the workers' calls in
+                        // flight; no clock step follows at once, so a lease lost in the change
+                        // would be taken over where the model says InFlight.
+                        let owner = fixture.shared_owner.lock().unwrap().take();
+                        if let Some(owner) = owner {
+                            owner.close().expect("the owner closes");
+                        }
+                    }
+                    if eighth % 2 == 0 {
+                        if std::env::var("TGDBG").is_ok() {
+                            eprintln!("DBG h{history} EXPIRE");
+                        }
+                        let id = log.invoke("clock", Op::Expire);
+                        fixture.advance(store, LEASE_TTL + Duration::from_secs(1));
+                        log.returned(id, Ret::Done);
+                    }
                 }
             });
             for worker in workers {

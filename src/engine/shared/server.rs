@@ -220,7 +220,7 @@ fn serve(mut stream: UnixStream, context: &Context) {
     };
     if frame::write(stream.get_mut(), &welcome).is_err() {
         if let (Some(epoch), true) = (epoch, hello.anchor) {
-            processes.ended(epoch);
+            end_unless_closing(context, processes, epoch);
         }
         return;
     }
@@ -229,7 +229,7 @@ fn serve(mut stream: UnixStream, context: &Context) {
         // An anchor carries nothing: it ends (EOF, an error, anything sent) when its process does.
         let _ = stream.get_ref().set_read_timeout(None);
         let left = frame::read::<Request>(&mut stream, HELLO_LIMIT);
-        processes.ended(epoch);
+        end_unless_closing(context, processes, epoch);
         if matches!(left, Ok(Request::Leave)) {
             let _ = frame::write(stream.get_mut(), &Reply::Done);
         }
@@ -273,6 +273,21 @@ fn requests(
         if frame::write(stream.get_mut(), &reply).is_err() {
             return;
         }
+    }
+}
+
+/// `epoch`'s anchor closed: its process ended, and its leases are taken over at once, unless
+/// the anchor closed because this owner is closing (`Server::stop` shuts every connection). The
+/// process then lives on and will claim its epoch from the next owner; a request this owner
+/// still finishes must see its leases live. (Ending them here let a request in flight during
+/// the close take over a live process's lease: `tests/it/histories_records.rs::shared`.)
+fn end_unless_closing(
+    context: &Context,
+    processes: &crate::engine::processes::Processes,
+    epoch: u64,
+) {
+    if !context.closing.load(Ordering::Acquire) {
+        processes.ended(epoch);
     }
 }
 
