@@ -85,14 +85,7 @@ fn work(
             let (key, lease, handle) = held.remove(dice.roll(held.len() as u64) as usize);
             let body = names.fetch_add(1, Ordering::Relaxed);
             let id = log.invoke(&by, Op::Complete { key, lease, body });
-            let tok = handle.token();
-            let r = handle.complete(response(&body.to_string()));
-            if std::env::var("TGDBG").is_ok() {
-                eprintln!(
-                    "DBG h{history} w{worker} op{id} complete lease{lease} tok={tok} k{key} -> {r:?}"
-                );
-            }
-            match r {
+            match handle.complete(response(&body.to_string())) {
                 Ok(()) => log.returned(id, Ret::Done),
                 Err(Error::LeaseLost) => log.returned(id, Ret::LeaseLost),
                 Err(Error::Unavailable(_)) => log.void(id),
@@ -116,22 +109,6 @@ fn work(
             &fixture::key(&key_name(history, key)),
             &request(&request_n.to_string()),
         );
-        if std::env::var("TGDBG").is_ok() {
-            let show = match &answer {
-                Ok(Begin::Acquired(l)) => format!(
-                    "acq tok={} att={} rec={}",
-                    l.token(),
-                    l.attempt(),
-                    l.recovered()
-                ),
-                Ok(other) => format!("{:?}", std::mem::discriminant(other)),
-                Err(e) => format!("err {e}"),
-            };
-            eprintln!(
-                "DBG h{history} w{worker} op{id} lease{lease} k{key} store-epoch={} -> {show}",
-                store.epoch()
-            );
-        }
         match answer {
             Ok(Begin::Acquired(handle)) => {
                 log.returned(
@@ -194,9 +171,6 @@ fn scenario(first: Fixture) {
                         std::thread::yield_now();
                     }
                     if eighth == 3 {
-                        if std::env::var("TGDBG").is_ok() {
-                            eprintln!("DBG h{history} OWNER CLOSES");
-                        }
                         // The shared store's owner (a process holding no lease of the
                         // workers') closes: a client takes the file over, the other
                         // reconnects and claims its leases back, with the workers' calls in
@@ -208,9 +182,6 @@ fn scenario(first: Fixture) {
                         }
                     }
                     if eighth % 2 == 0 {
-                        if std::env::var("TGDBG").is_ok() {
-                            eprintln!("DBG h{history} EXPIRE");
-                        }
                         let id = log.invoke("clock", Op::Expire);
                         fixture.advance(store, LEASE_TTL + Duration::from_secs(1));
                         log.returned(id, Ret::Done);
