@@ -119,6 +119,7 @@ mod shared_processes;
 mod shared_read_only;
 #[cfg(all(feature = "tower", target_os = "linux"))]
 mod shared_rolling_restart;
+mod simulation_owner_close;
 mod simulation_rate_flush;
 mod simulation_wakeup;
 mod state_machine_model;
