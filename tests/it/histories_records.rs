@@ -22,7 +22,7 @@ use tollgate::idempotency::{Begin, Lease};
 use tollgate::{Error, Store};
 
 /// Histories per engine.
-const HISTORIES: usize = 30;
+const HISTORIES: usize = 60;
 /// Workers per history, and the steps each takes.
 const WORKERS: usize = 4;
 const STEPS: usize = 8;
