@@ -70,6 +70,7 @@ mod partition_node_cut_off;
 mod partition_node_deaf;
 mod partition_node_paused;
 mod partition_node_vanished;
+mod partition_redis_cluster;
 mod partition_redis_cut_off;
 mod postgres_commit_in_doubt;
 mod postgres_node_killed;

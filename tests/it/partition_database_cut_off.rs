@@ -60,6 +60,7 @@ fn a_database_cut_off_and_back_loses_nothing_acknowledged() {
         lease_ttl: Duration::from_secs(30),
         redis_limits: None,
         writers: None,
+        redis_cluster: false,
     }) else {
         return;
     };

@@ -111,6 +111,7 @@ fn histories_across_a_partition_are_linearizable() {
         lease_ttl: LEASE,
         redis_limits: None,
         writers: None,
+        redis_cluster: false,
     }) else {
         return;
     };

@@ -30,6 +30,7 @@ fn a_node_cut_off_holding_leases_is_answered_in_time_then_fenced() {
         lease_ttl: LEASE,
         redis_limits: None,
         writers: None,
+        redis_cluster: false,
     }) else {
         return;
     };

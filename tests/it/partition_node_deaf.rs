@@ -33,6 +33,7 @@ fn a_node_that_cannot_hear_leaves_nothing_locked_for_long() {
         // on an established connection (a second writer would first have to connect, and
         // its handshake's answer would be lost).
         writers: Some(1),
+        redis_cluster: false,
     }) else {
         return;
     };

@@ -28,6 +28,7 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
         lease_ttl: Duration::from_secs(3),
         redis_limits: None,
         writers: None,
+        redis_cluster: false,
     }) else {
         return;
     };

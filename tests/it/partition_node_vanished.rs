@@ -28,6 +28,7 @@ fn a_node_whose_host_vanished_is_restarted_elsewhere_and_frees_its_lease() {
         lease_ttl: Duration::from_secs(600),
         redis_limits: None,
         writers: None,
+        redis_cluster: false,
     };
     let Some(mut service) = start(&plan) else {
         return;

@@ -64,6 +64,7 @@ fn redis_out_of_reach_mid_charge_mints_nothing() {
         lease_ttl: Duration::from_secs(30),
         redis_limits: Some(&[("orders", LIMIT, Duration::from_secs(3600))]),
         writers: None,
+        redis_cluster: false,
     }) else {
         return;
     };
