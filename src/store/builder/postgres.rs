@@ -18,7 +18,10 @@ impl StoreBuilder {
     /// `postgresql://app@db/orders?sslmode=require`); `connect_timeout` defaults to 5 s, TCP
     /// keepalives to `keepalives_idle=5 keepalives_interval=2 keepalives_retries=3` and
     /// `tcp_user_timeout` to 10 s (so that a connection to a vanished host fails within seconds),
-    /// each unless the string sets it.
+    /// each unless the string sets it. The server is asked for the same on its side of each
+    /// session, so that it ends the sessions of a node whose host vanished within seconds too
+    /// (and the node, restarted elsewhere under its id, is not refused as `AlreadyOpen` for the
+    /// kernel's two hours): PostgreSQL 12 or newer.
     ///
     /// The schema is created, or checked and migrated, at open. Decisions are taken on the
     /// database server's clock: a `clock` set on this builder does not decide here. Rate counters
