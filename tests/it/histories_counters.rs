@@ -16,13 +16,11 @@ use crate::fixture;
 
 use std::collections::BTreeMap;
 
-use fixture::history::{Recorder, check};
+use fixture::history::{self, Dice, Recorder, check};
 use fixture::{Engine, Fixture};
 use stateright::semantics::SequentialSpec;
 #[cfg(feature = "redis")]
 use tollgate::Clock;
-#[cfg(feature = "postgres")]
-use tollgate::StoreBuilder;
 use tollgate::ratelimit::{Limit, Quota};
 use tollgate::{Error, Store};
 
@@ -88,34 +86,7 @@ fn stores(fixture: &Fixture) -> Vec<Store> {
             })
             .collect();
     }
-    match &fixture.engine {
-        Engine::Embedded => vec![fixture.open()],
-        Engine::Shared => vec![fixture.open(), fixture.open()],
-        #[cfg(feature = "postgres")]
-        Engine::Postgres { conn, schema } => ["n1", "n2"]
-            .iter()
-            .map(|id| {
-                StoreBuilder::default()
-                    .postgres_schema(schema)
-                    .node_id(id)
-                    .open_postgres(conn)
-                    .expect("open a node")
-            })
-            .collect(),
-        #[cfg(not(feature = "postgres"))]
-        Engine::Postgres { .. } => unreachable!(),
-    }
-}
-
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % sides
-    }
+    history::stores(fixture, fixture::LEASE_TTL)
 }
 
 fn work(

@@ -13,11 +13,9 @@ use crate::fixture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fixture::history::{Recorder, check, split};
+use fixture::history::{Dice, Recorder, check, split, stores};
 use fixture::record_model::{KeyModel, Op, Ret};
 use fixture::{Engine, Fixture, LEASE_TTL, request, response};
-#[cfg(feature = "postgres")]
-use tollgate::StoreBuilder;
 use tollgate::idempotency::{Begin, Lease};
 use tollgate::{Error, Store};
 
@@ -28,40 +26,6 @@ const WORKERS: usize = 4;
 const STEPS: usize = 8;
 /// Keys per history.
 const KEYS: u8 = 2;
-
-/// The stores the workers use: one embedded store; two clients of a shared store; two nodes.
-fn stores(fixture: &Fixture) -> Vec<Store> {
-    match &fixture.engine {
-        Engine::Embedded => vec![fixture.open()],
-        Engine::Shared => vec![fixture.open(), fixture.open()],
-        #[cfg(feature = "postgres")]
-        Engine::Postgres { conn, schema } => ["n1", "n2"]
-            .iter()
-            .map(|id| {
-                StoreBuilder::default()
-                    .lease_ttl(LEASE_TTL)
-                    .postgres_schema(schema)
-                    .node_id(id)
-                    .open_postgres(conn)
-                    .expect("open a node")
-            })
-            .collect(),
-        #[cfg(not(feature = "postgres"))]
-        Engine::Postgres { .. } => unreachable!(),
-    }
-}
-
-/// A small deterministic generator (xorshift).
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % sides
-    }
-}
 
 fn key_name(history: usize, key: u8) -> String {
     format!("h{history}-k{key}")
@@ -139,7 +103,7 @@ fn work(
 
 fn scenario(first: Fixture) {
     let mut fixture = first;
-    let mut stores = stores(&fixture);
+    let mut stores = stores(&fixture, LEASE_TTL);
     let names = AtomicUsize::new(0);
     let (mut operations, mut parts) = (0, 0);
     let mut seen = Seen::default();
@@ -150,7 +114,7 @@ fn scenario(first: Fixture) {
                 store.close().expect("close");
             }
             fixture = fixture.fresh("histories_records");
-            stores = self::stores(&fixture);
+            stores = self::stores(&fixture, LEASE_TTL);
         }
         let log = Recorder::<Op, Ret>::default();
         let progress = AtomicUsize::new(0);

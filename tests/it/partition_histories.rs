@@ -13,7 +13,7 @@ use crate::fixture;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use fixture::history::{Recorder, check, split};
+use fixture::history::{Dice, Recorder, check, split};
 use fixture::node::Node;
 use fixture::partition::{Plan, start};
 use fixture::record_model::{KeyModel, Op, Ret};
@@ -26,17 +26,6 @@ const STEPS: usize = 24;
 
 /// Answers that said the node was cut off (`Unavailable`, `InDoubt`).
 static CUT_ANSWERS: AtomicUsize = AtomicUsize::new(0);
-
-struct Dice(u64);
-
-impl Dice {
-    fn roll(&mut self, sides: u64) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0 % sides
-    }
-}
 
 /// Records `reply` as operation `id`'s answer, as `fixture::history` wants it.
 fn record(log: &Recorder<Op, Ret>, id: usize, ret: Option<Ret>, reply: &fixture::node::Reply) {
