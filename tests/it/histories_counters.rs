@@ -16,8 +16,8 @@ use crate::fixture;
 
 use std::collections::BTreeMap;
 
+use fixture::Fixture;
 use fixture::history::{self, Dice, Recorder, check};
-use fixture::{Engine, Fixture};
 use stateright::semantics::SequentialSpec;
 #[cfg(feature = "redis")]
 use tollgate::Clock;
@@ -127,7 +127,7 @@ fn work(
     }
 }
 
-fn scenario(fixture: Fixture) {
+fn run(fixture: Fixture) {
     let stores = stores(&fixture);
     let limits = [
         Limit::new("first", Quota::per_hour(QUOTAS[0])).unwrap(),
@@ -160,15 +160,7 @@ fn scenario(fixture: Fixture) {
             Err(report) => panic!("history {history}: {report}"),
         }
     }
-    let engine = if fixture.is_redis() {
-        "redis"
-    } else {
-        match fixture.engine {
-            Engine::Embedded => "embedded",
-            Engine::Shared => "shared",
-            Engine::Postgres { .. } => "postgres",
-        }
-    };
+    let engine = fixture.name();
     println!(
         "{engine} counters: {HISTORIES} histories, {operations} checks checked linearizable \
          ({denied} denied)"
@@ -179,28 +171,8 @@ fn scenario(fixture: Fixture) {
     }
 }
 
-#[test]
-fn embedded() {
-    scenario(Fixture::new());
-}
-
-#[test]
-fn shared() {
-    scenario(Fixture::shared());
-}
-
-#[cfg(feature = "postgres")]
-#[test]
-fn postgres() {
-    if let Some(fixture) = Fixture::postgres("histories_counters") {
-        scenario(fixture);
-    }
-}
-
-#[cfg(feature = "redis")]
-#[test]
-fn redis() {
-    if let Some(fixture) = Fixture::redis("histories_counters") {
-        scenario(fixture);
+on_every_counter_engine! {
+    fn linearizable(fixture) {
+        run(fixture);
     }
 }

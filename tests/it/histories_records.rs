@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use fixture::history::{Dice, Recorder, check, split, stores};
 use fixture::record_model::{KeyModel, Op, Ret};
-use fixture::{Engine, Fixture, LEASE_TTL, request, response};
+use fixture::{Fixture, LEASE_TTL, request, response};
 use tollgate::idempotency::{Begin, Lease};
 use tollgate::{Error, Store};
 
@@ -101,7 +101,7 @@ fn work(
     drop(held);
 }
 
-fn scenario(first: Fixture) {
+fn run(first: Fixture) {
     let mut fixture = first;
     let mut stores = stores(&fixture, LEASE_TTL);
     let names = AtomicUsize::new(0);
@@ -186,7 +186,7 @@ fn scenario(first: Fixture) {
     println!(
         "{} records: {HISTORIES} histories, {parts} per-key histories, {operations} operations \
          checked linearizable; answers among them: {seen:?}",
-        engine_name(&fixture)
+        fixture.name()
     );
     // The histories must reach what the check is for.
     assert!(
@@ -208,28 +208,8 @@ struct Seen {
     in_flight: usize,
 }
 
-fn engine_name(fixture: &Fixture) -> &'static str {
-    match fixture.engine {
-        Engine::Embedded => "embedded",
-        Engine::Shared => "shared",
-        Engine::Postgres { .. } => "postgres",
-    }
-}
-
-#[test]
-fn embedded() {
-    scenario(Fixture::new());
-}
-
-#[test]
-fn shared() {
-    scenario(Fixture::shared());
-}
-
-#[cfg(feature = "postgres")]
-#[test]
-fn postgres() {
-    if let Some(fixture) = Fixture::postgres("histories_records") {
-        scenario(fixture);
+on_every_engine! {
+    fn linearizable(fixture) {
+        run(fixture);
     }
 }

@@ -8,7 +8,7 @@
 //! decided, against the live set. The claim: that decision never finds a live client's epoch
 //! ended, so it never takes a live client's lease over. Every interleaving (DFS); and the anchor
 //! that ends the epoch regardless (the code before 2026-12-07, found by
-//! `histories_records::shared`) must fail.
+//! `histories_records::linearizable::shared`) must fail.
 
 use shuttle::sync::atomic::{AtomicBool, Ordering};
 use shuttle::sync::{Arc, Mutex, mpsc};

@@ -280,7 +280,7 @@ fn requests(
 /// the anchor closed because this owner is closing (`Server::stop` shuts every connection). The
 /// process then lives on and will claim its epoch from the next owner; a request this owner
 /// still finishes must see its leases live. (Ending them here let a request in flight during
-/// the close take over a live process's lease: `tests/it/histories_records.rs::shared`.)
+/// the close take over a live process's lease: `tests/it/histories_records.rs::linearizable::shared`.)
 fn end_unless_closing(
     context: &Context,
     processes: &crate::engine::processes::Processes,
