@@ -48,6 +48,11 @@ pub struct Stats {
     pub commits: u64,
     /// Changes committed: records created, taken over or resolved, rate counters written.
     pub writes: u64,
+    /// Of `commits`, those of a lone caller's change sent with its `BEGIN` and `COMMIT` in one
+    /// round trip (PostgreSQL, [`postgres_one_round_trip`](crate::StoreBuilder::postgres_one_round_trip);
+    /// 0 on other engines). Low against the lone changes a node makes means their rows change
+    /// elsewhere (other nodes) between this node's changes, and they take two round trips.
+    pub one_round_trip_commits: u64,
     /// Rate counters held in memory (Batched mode; 0 in Immediate mode).
     pub rate_counters_in_memory: u64,
     /// Why the store refuses writes and serves reads only, if it does; `None` when it writes.

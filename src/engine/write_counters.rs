@@ -11,6 +11,7 @@ use crate::status::{CompactionReport, Stats};
 pub(crate) struct Counters {
     commits: AtomicU64,
     writes: AtomicU64,
+    one_round_trip: AtomicU64,
     records: [AtomicU64; 3],
     last_compaction: parking_lot::Mutex<Option<CompactionReport>>,
 }
@@ -37,6 +38,13 @@ impl Counters {
         self.writes.fetch_add(writes, Ordering::Relaxed);
     }
 
+    /// Counts a commit of one change that took one round trip (PostgreSQL's lone callers).
+    #[cfg(feature = "postgres")]
+    pub(crate) fn committed_in_one_round_trip(&self) {
+        self.committed_writes(1);
+        self.one_round_trip.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub(crate) fn compacted(&self, report: CompactionReport) {
         *self.last_compaction.lock() = Some(report);
     }
@@ -57,6 +65,7 @@ impl Counters {
             last_compaction: *self.last_compaction.lock(),
             commits: self.commits.load(Ordering::Relaxed),
             writes: self.writes.load(Ordering::Relaxed),
+            one_round_trip_commits: self.one_round_trip.load(Ordering::Relaxed),
             rate_counters_in_memory: 0,
             degraded: None,
         }

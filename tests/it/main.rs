@@ -73,6 +73,7 @@ mod partition_node_vanished;
 mod partition_redis_cluster;
 mod partition_redis_cut_off;
 mod postgres_commit_in_doubt;
+mod postgres_lone_round_trip;
 mod postgres_node_killed;
 mod postgres_nodes;
 mod postgres_restart_first_write;

@@ -61,6 +61,7 @@ fn a_database_cut_off_and_back_loses_nothing_acknowledged() {
         redis_limits: None,
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -101,6 +101,7 @@ fn histories_across_a_partition_are_linearizable() {
         redis_limits: None,
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -31,6 +31,7 @@ fn a_node_cut_off_holding_leases_is_answered_in_time_then_fenced() {
         redis_limits: None,
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -7,6 +7,10 @@
 //! tollgate asks for, or `idle_in_transaction_session_timeout`), and the other node, refused
 //! with `Unavailable` meanwhile, then finds the record as it was: still RUNNING under the deaf
 //! node's lease, nothing written.
+//!
+//! The nodes take every change in two round trips (`postgres_one_round_trip(false)`): a lone
+//! completion in one round trip sends its `COMMIT` with its write, so the server commits it and
+//! there is no transaction left open to test (`postgres_commit_in_doubt` covers that path).
 
 #![cfg(feature = "postgres")]
 
@@ -34,6 +38,7 @@ fn a_node_that_cannot_hear_leaves_nothing_locked_for_long() {
         // its handshake's answer would be lost).
         writers: Some(1),
         redis_cluster: false,
+        two_round_trips: true,
     }) else {
         return;
     };

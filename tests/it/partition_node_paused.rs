@@ -29,6 +29,7 @@ fn a_node_paused_past_its_lease_is_fenced_when_it_resumes() {
         redis_limits: None,
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -29,6 +29,7 @@ fn a_node_whose_host_vanished_is_restarted_elsewhere_and_frees_its_lease() {
         redis_limits: None,
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     };
     let Some(mut service) = start(&plan) else {
         return;

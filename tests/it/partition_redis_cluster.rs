@@ -82,6 +82,7 @@ fn a_partitioned_cluster_master_keeps_every_check_all_or_nothing() {
         redis_limits: Some(&[("first", QUOTAS[0], hour), ("second", QUOTAS[1], hour)]),
         writers: None,
         redis_cluster: true,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -65,6 +65,7 @@ fn redis_out_of_reach_mid_charge_mints_nothing() {
         redis_limits: Some(&[("orders", LIMIT, Duration::from_secs(3600))]),
         writers: None,
         redis_cluster: false,
+        two_round_trips: false,
     }) else {
         return;
     };

@@ -102,7 +102,8 @@ fn a_completion_whose_commit_answer_never_comes_is_in_doubt_at_its_deadline() {
 
 /// A batch whose connection is cut while its rows are locked (before anything of it can commit)
 /// starts over once on a new connection: cut once, it commits; cut again there, it is
-/// `Unavailable` and wrote nothing.
+/// `Unavailable` and wrote nothing. (Every change in two round trips, as batches of many take
+/// them; a lone change in one round trip is the next test's.)
 #[test]
 fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
     let server = require_postgres!();
@@ -111,7 +112,14 @@ fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
         return;
     };
     let schema = unique_schema("cut_before_commit");
-    let store = open(&conn, &schema, "cut");
+    let store = StoreBuilder::default()
+        .postgres_schema(&schema)
+        .node_id("cut")
+        .lease_ttl(Duration::from_secs(30))
+        .background_compaction(false)
+        .postgres_one_round_trip(false)
+        .open_postgres(&conn)
+        .expect("open through the proxy");
 
     // The writer's batch opens with `BEGIN; SELECT set_config(…` sent with its lock statement:
     // cut there, the server sees an open transaction end with its connection.
@@ -141,6 +149,41 @@ fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
     );
     assert!(matches!(outcome, Err(Error::Unavailable(_))), "{outcome:?}");
     assert_eq!(state(&store, &key("pay-3")), Some(RecordState::Running));
+    store.close().unwrap();
+}
+
+/// A lone completion goes in one round trip: its `BEGIN`, its write and its `COMMIT` leave
+/// together, so a connection cut once they are on their way leaves it in doubt, never
+/// `Unavailable` (the server may have it all). Whatever the server got, the record is either
+/// untouched or completed, and the store reconnects by itself.
+#[test]
+fn a_lone_change_cut_on_its_way_is_in_doubt() {
+    let server = require_postgres!();
+    let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
+    else {
+        return;
+    };
+    let schema = unique_schema("lone_cut");
+    let store = open(&conn, &schema, "cut");
+    acquired(store.begin(&key("warm-up"), &request("r")).unwrap())
+        .complete(response("ok"))
+        .unwrap();
+    let lease = acquired(store.begin(&key("pay-4"), &request("r")).unwrap());
+    let before = store.stats().unwrap().one_round_trip_commits;
+    proxy.cut_after(b"BEGIN; SELECT set_config");
+    let outcome = lease.complete(response("charged"));
+    assert_eq!(proxy.cuts(), 1, "the proxy cut the writer: {outcome:?}");
+    assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
+    assert_eq!(
+        store.stats().unwrap().one_round_trip_commits,
+        before,
+        "an answer in doubt is no commit"
+    );
+    let state = state(&store, &key("pay-4"));
+    assert!(
+        matches!(state, Some(RecordState::Running | RecordState::Completed)),
+        "{state:?}"
+    );
     store.close().unwrap();
 }
 

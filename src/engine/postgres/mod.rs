@@ -169,6 +169,7 @@ impl Postgres {
             clock: &clock,
             counters: &counters,
             notifier,
+            one_round_trip: options.one_round_trip,
         })?;
         let compactor = {
             let queue = queue.clone();

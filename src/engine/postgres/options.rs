@@ -6,6 +6,7 @@ use std::time::Duration;
 
 /// The PostgreSQL engine's options.
 #[derive(Debug, Clone)]
+#[allow(clippy::struct_excessive_bools)] // independent settings, each as the builder has it
 pub(crate) struct Options {
     /// The schema (`None`: [`DEFAULT_SCHEMA`](super::DEFAULT_SCHEMA)).
     pub schema: Option<String>,
@@ -27,4 +28,6 @@ pub(crate) struct Options {
     pub compaction_interval: Option<Duration>,
     /// The most removals in one compaction step.
     pub compaction_batch: usize,
+    /// Whether a lone caller's change goes in one round trip (`batch/lone.rs`).
+    pub one_round_trip: bool,
 }

@@ -49,6 +49,8 @@ struct Prepared {
     /// By [`Tables`].
     lock: Vec<Statement>,
     write: Vec<Statement>,
+    /// `lone.sql`'s record and counter statements.
+    lone: [Statement; 2],
 }
 
 /// A connection for the writer, opened on first use and again after it failed.
@@ -114,7 +116,15 @@ impl Pipe {
                         lock.push(client.prepare_typed(locks, LOCK_TYPES).await?);
                         write.push(client.prepare_typed(writes, WRITE_TYPES).await?);
                     }
-                    Ok::<_, tokio_postgres::Error>(Prepared { lock, write })
+                    let lone = [
+                        client
+                            .prepare_typed(&sql.lone.record, LONE_RECORD_TYPES)
+                            .await?,
+                        client
+                            .prepare_typed(&sql.lone.counter, LONE_COUNTER_TYPES)
+                            .await?,
+                    ];
+                    Ok::<_, tokio_postgres::Error>(Prepared { lock, write, lone })
                 };
                 match set_up.await {
                     Ok(prepared) => Ok((client, prepared)),
@@ -194,6 +204,48 @@ impl Pipe {
         self.settle(answer)
     }
 
+    /// A lone caller's one round trip: opens the transaction, runs `lone.sql`'s record statement
+    /// (or its counter statement, `counter`) with `params` and commits, all sent together.
+    /// Returns the statement's row.
+    ///
+    /// Before sending, the connection is given a moment to notice a close that already arrived
+    /// (a server restarted while this connection was idle): such a connection is opened again
+    /// first, since once the statement and its `COMMIT` are sent, a failure leaves them in doubt.
+    pub(crate) fn lone(
+        &mut self,
+        counter: bool,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> std::result::Result<Row, Failure> {
+        self.connected()?;
+        self.runtime.block_on(async {
+            // Each yield lets the runtime poll its I/O driver and run the connection's task,
+            // which ends on a close or reset already in its socket.
+            tokio::task::yield_now().await;
+            tokio::task::yield_now().await;
+        });
+        self.connected()?;
+        let Some((client, prepared)) = &self.client else {
+            return Err(no_connection());
+        };
+        let statement = &prepared.lone[usize::from(counter)];
+        let opening = &self.opening;
+        let answer = self.runtime.block_on(async {
+            let all = async {
+                let (begun, guarded, committed) = tokio::join!(
+                    client.batch_execute(opening),
+                    client.query_one(statement, params),
+                    client.batch_execute("COMMIT")
+                );
+                begun?;
+                let row = guarded?;
+                committed?;
+                Ok(row)
+            };
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, all).await
+        });
+        self.settle(answer)
+    }
+
     /// Ends whatever transaction is open; a connection that cannot is dropped.
     pub(crate) fn roll_back(&mut self) {
         let Some((client, _)) = &self.client else {
@@ -243,6 +295,41 @@ fn config_timeout(connector: &Connector) -> Duration {
         .copied()
         .unwrap_or(session::DEFAULT_CONNECT_TIMEOUT)
 }
+
+/// `lone.sql`'s record statement's parameters (see the file).
+const LONE_RECORD_TYPES: &[Type] = &[
+    Type::BYTEA,
+    Type::INT4,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::INT2,
+    Type::INT8,
+    Type::TEXT,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT4,
+];
+
+/// `lone.sql`'s counter statement's parameters (see the file).
+const LONE_COUNTER_TYPES: &[Type] = &[
+    Type::BYTEA,
+    Type::INT4,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
+];
 
 /// `lock.sql`'s parameters: record digests, counter keys, tokens wanted, this node's id.
 const LOCK_TYPES: &[Type] = &[Type::BYTEA_ARRAY, Type::BYTEA_ARRAY, Type::INT4, Type::TEXT];

@@ -2,7 +2,7 @@
 //!
 //! Each `.sql` file opens with what it reads, what it locks and in what order; the Rust side
 //! (`batch/`, `node.rs`, `maintenance.rs`) only binds parameters and reads results. The writer's
-//! batch is `lock.sql` and `write.sql`, the schema `schema.sql` and `clock_stop.sql`, a node's
+//! batch is `lock.sql` and `write.sql` (a lone caller's change, one row, `lone.sql`), the schema `schema.sql` and `clock_stop.sql`, a node's
 //! life `node.sql`, the reader connections' jobs `jobs.sql` and `compact.sql`. Only session
 //! settings stay in Rust (a transaction's `statement_timeout`, `SELECT 1` as a probe). The schema
 //! name is checked to be a plain identifier before it is put in, and is always quoted.
@@ -23,6 +23,8 @@ pub(crate) struct Sql {
     pub lock: [String; 3],
     /// `write.sql` in its three versions, by [`Tables`].
     pub write: [String; 3],
+    /// `lone.sql`: a lone caller's one round trip.
+    pub lone: LoneStatements,
     pub compact: String,
     /// `node.sql`.
     pub node: NodeStatements,
@@ -43,6 +45,24 @@ pub(crate) struct NodeStatements {
     pub try_node_lock: String,
     pub bump_epoch: String,
     pub fold_counts: String,
+}
+
+/// The statements of `lone.sql`, by name.
+#[derive(Debug)]
+pub(crate) struct LoneStatements {
+    pub record: String,
+    pub counter: String,
+}
+
+impl LoneStatements {
+    fn from(mut file: Named) -> Result<Self> {
+        let statements = Self {
+            record: file.take("record")?,
+            counter: file.take("counter")?,
+        };
+        file.finish()?;
+        Ok(statements)
+    }
 }
 
 /// The statements of `jobs.sql`, by name.
@@ -195,6 +215,10 @@ impl Sql {
             clock_stop: put(include_str!("sql/clock_stop.sql")),
             lock: Tables::ALL.map(|tables| put(&tables.version(include_str!("sql/lock.sql")))),
             write: Tables::ALL.map(|tables| put(&tables.version(include_str!("sql/write.sql")))),
+            lone: LoneStatements::from(Named::parse(
+                "lone.sql",
+                &put(include_str!("sql/lone.sql")),
+            ))?,
             compact: put(include_str!("sql/compact.sql")),
             node: NodeStatements::from(Named::parse(
                 "node.sql",
@@ -299,7 +323,12 @@ mod tests {
     fn every_statement_names_the_schema_quoted() {
         let sql = Sql::new("orders_idem").unwrap();
         let versions = sql.lock.iter().chain(&sql.write);
-        for statement in [&sql.create, &sql.compact].into_iter().chain(versions) {
+        let lone = [&sql.lone.record, &sql.lone.counter];
+        for statement in [&sql.create, &sql.compact]
+            .into_iter()
+            .chain(versions)
+            .chain(lone)
+        {
             assert!(statement.contains("\"orders_idem\"."));
             assert!(!statement.contains("{s}"));
         }

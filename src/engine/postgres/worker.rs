@@ -22,7 +22,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
 use super::CALL_TIMEOUT;
-use super::batch::{self, Change};
+use super::batch::{self, Change, Hints};
 use super::clock::ServerClock;
 use super::node::NodeInfo;
 use super::pipe::Pipe;
@@ -122,6 +122,8 @@ pub(crate) struct Pool<'a> {
     pub clock: &'a Arc<ServerClock>,
     pub counters: &'a Arc<Counters>,
     pub notifier: &'a Arc<Notifier>,
+    /// Whether a lone caller's change goes in one round trip (`batch/lone.rs`).
+    pub one_round_trip: bool,
 }
 
 /// Starts `pool.size` workers: the writer, then the readers. Dropping every clone of the returned
@@ -137,6 +139,8 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
             .map_err(Error::storage)
     };
     let mut workers = Vec::with_capacity(pool.size);
+    // Shared by the writers: a lease begun on one is often resolved on another.
+    let hints = Arc::new(Hints::default());
     for index in 0..pool.writers {
         let writer = Writer {
             changes: change_queue.clone(),
@@ -150,6 +154,8 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
             clock: Arc::clone(pool.clock),
             counters: Arc::clone(pool.counters),
             notifier: Arc::clone(pool.notifier),
+            hints: Arc::clone(&hints),
+            one_round_trip: pool.one_round_trip,
         };
         workers.push(spawn(
             format!("tollgate-pg-writer-{}", index + 1),
@@ -181,6 +187,10 @@ struct Writer {
     clock: Arc<ServerClock>,
     counters: Arc<Counters>,
     notifier: Arc<Notifier>,
+    /// The node's hints, which every batch feeds.
+    hints: Arc<Hints>,
+    /// Whether a lone change goes in one round trip, on the hints.
+    one_round_trip: bool,
 }
 
 impl Writer {
@@ -223,6 +233,27 @@ impl Writer {
     }
 
     fn apply(&mut self, changes: Vec<Change>) {
+        let changes = if self.one_round_trip {
+            let mut lone = batch::Lone {
+                pipe: &mut self.pipe,
+                node: &self.node,
+                slot: &self.slot,
+                hints: &self.hints,
+                clock: &self.clock,
+                counters: &self.counters,
+            };
+            match batch::run_lone(&mut lone, changes) {
+                Ok(stats) => {
+                    if stats.committed {
+                        self.notifier.bump();
+                    }
+                    return;
+                }
+                Err(changes) => changes,
+            }
+        } else {
+            changes
+        };
         let mut now = None;
         let stats = batch::run(
             &mut self.pipe,
@@ -231,6 +262,7 @@ impl Writer {
             changes,
             &mut now,
             &self.counters,
+            &self.hints,
         );
         if let Some(now) = now {
             self.clock.observe(now);

@@ -342,6 +342,8 @@ impl WireStats {
                     }
                 },
             ),
+            // Only PostgreSQL commits in one round trip; a shared store's owner is embedded.
+            one_round_trip_commits: 0,
             commits,
             writes,
             rate_counters_in_memory,

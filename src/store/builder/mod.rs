@@ -127,6 +127,8 @@ pub struct StoreBuilder {
     pub(crate) postgres_pool_size: Option<usize>,
     /// How many of them write (`None`: the engine's default for the pool's size).
     pub(crate) postgres_writers: Option<usize>,
+    /// Whether a lone caller's change goes to PostgreSQL in one round trip.
+    pub(crate) postgres_one_round_trip: bool,
     /// The rate-counter secret of a newly created file (test support only; `None`: random).
     pub(crate) rate_secret: Option<(u64, u64)>,
     /// Rate counters on Redis.
@@ -158,6 +160,7 @@ impl Default for StoreBuilder {
             node_id: None,
             postgres_pool_size: None,
             postgres_writers: None,
+            postgres_one_round_trip: true,
             rate_secret: None,
             redis: RedisSettings {
                 url: None,
@@ -193,6 +196,7 @@ impl std::fmt::Debug for StoreBuilder {
             .field("node_id", &self.node_id)
             .field("postgres_pool_size", &self.postgres_pool_size)
             .field("postgres_writers", &self.postgres_writers)
+            .field("postgres_one_round_trip", &self.postgres_one_round_trip)
             .field("redis_counters", &self.redis.url.is_some())
             .field("redis_namespace", &self.redis.namespace)
             .field("redis_timeout", &self.redis.timeout)

@@ -99,6 +99,31 @@ impl StoreBuilder {
         self
     }
 
+    /// Whether a change that finds its writer idle (a lone caller) goes to PostgreSQL in one round
+    /// trip instead of two. Default `true`.
+    ///
+    /// The writer decides the change with the same rules, on the rows as this node last wrote or
+    /// read them, and sends `BEGIN`, a write guarded by those rows and `COMMIT` together; the
+    /// server writes only if every row is still exactly as the decision read it, and the
+    /// decision's time (the server's clock as last read, plus the time since, less a margin) is
+    /// no later than its clock and at most 100 ms behind. Otherwise nothing is written and the
+    /// change takes the two round trips (lock, then write and commit) that a batch of many
+    /// takes. So a lone caller's begin and the completion of a lease this node granted usually
+    /// cost one round trip, as do rate checks of subjects this node charged last.
+    ///
+    /// What it changes for a caller: a connection that fails while the change is on its way
+    /// gives [`Error::InDoubt`](crate::Error::InDoubt) where the two round trips could often say
+    /// [`Error::Unavailable`](crate::Error::Unavailable) (their first carries no write); and a
+    /// decision may be taken at a time up to 100 ms before the server's reading (a lease a
+    /// little shorter, never a lease taken over early, never a rate quota larger). `false`
+    /// keeps every change on two round trips.
+    #[cfg(feature = "postgres")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+    pub fn postgres_one_round_trip(mut self, one_round_trip: bool) -> Self {
+        self.postgres_one_round_trip = one_round_trip;
+        self
+    }
+
     /// The PostgreSQL engine's options, from this builder and its checked `settings`.
     #[cfg(feature = "postgres")]
     pub(crate) fn postgres_options(&self, settings: &Settings) -> crate::engine::postgres::Options {
@@ -113,6 +138,7 @@ impl StoreBuilder {
             max_records: settings.max_records.is_some(),
             compaction_interval: self.compaction_interval,
             compaction_batch: settings.compaction_batch,
+            one_round_trip: self.postgres_one_round_trip,
         }
     }
 }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::hints::Hints;
 use super::{Attempt, Change, failed, is_cut};
 use crate::engine::codec;
 use crate::engine::postgres::node::NodeInfo;
@@ -63,6 +64,8 @@ pub(super) struct RecordRow {
 /// A counter row as locked, and as the batch leaves it.
 pub(super) struct RateRow {
     pub existed: bool,
+    /// The stored value as locked (for the node's hints).
+    pub stored: Option<Vec<u8>>,
     pub current: Result<Option<RateState>, String>,
     /// The spec it was last written under (for its idle time).
     pub spec: Option<Spec>,
@@ -90,7 +93,9 @@ pub(super) fn state_slot(record: &Record) -> usize {
     }
 }
 
-/// Locks the rows of `changes` and reads the clock, the tokens and this node's epoch.
+/// Locks the rows of `changes` and reads the clock, the tokens and this node's epoch; draws a
+/// spare token for `hints` (for the next lone begin, `lone.rs`) if they hold none or the batch
+/// draws tokens.
 ///
 /// # Errors
 /// The attempt's end when the lock fails: a retry, a reconnect (the connection was found cut),
@@ -99,6 +104,7 @@ pub(super) fn lock(
     pipe: &mut Pipe,
     node: &NodeInfo,
     changes: &[Change],
+    hints: &Hints,
 ) -> Result<Locked, Attempt> {
     let mut records: BTreeMap<[u8; 32], RecordRow> = BTreeMap::new();
     let mut rates: BTreeMap<[u8; 16], RateRow> = BTreeMap::new();
@@ -121,6 +127,7 @@ pub(super) fn lock(
                 for target in &op.targets {
                     rates.entry(target.key.0).or_insert_with(|| RateRow {
                         existed: false,
+                        stored: None,
                         current: Ok(None),
                         spec: None,
                         changed: false,
@@ -132,7 +139,11 @@ pub(super) fn lock(
     let digests: Vec<&[u8]> = records.keys().map(<[u8; 32]>::as_slice).collect();
     let keys: Vec<&[u8]> = rates.keys().map(<[u8; 16]>::as_slice).collect();
     let tables = Tables::of(!records.is_empty(), !rates.is_empty());
-    let rows = match pipe.lock(tables, &[&digests, &keys, &begins, &node.id]) {
+    // A spare must be the largest token this node drew, so that a lone begin's lease token
+    // follows the leases granted before it: a batch that draws tokens draws a new spare too.
+    let spare = begins > 0 || !hints.has_spare();
+    let wanted = begins + i32::from(spare);
+    let rows = match pipe.lock(tables, &[&digests, &keys, &wanted, &node.id]) {
         Ok(rows) => rows,
         Err(Failure::Postgres(error)) if is_cut(&error) => {
             return Err(Attempt::Reconnect(classify(
@@ -151,6 +162,10 @@ pub(super) fn lock(
     };
     for row in &rows {
         read_row(row, node, &mut locked).map_err(Attempt::Failed)?;
+    }
+    // The sequence's values come in order: the last, the largest, is the spare.
+    if spare && let Some(token) = locked.tokens.pop() {
+        hints.put_spare(token);
     }
     Ok(locked)
 }
@@ -191,6 +206,7 @@ fn read_row(row: &postgres::Row, node: &NodeInfo, locked: &mut Locked) -> Result
                 .and_then(|key| locked.rates.get_mut(&key))
             {
                 row.existed = true;
+                row.stored = Some(stored.to_vec());
                 row.current = codec::decode_rate(stored)
                     .map(|stored| Some(stored.state))
                     .map_err(|error| error.to_string());

@@ -27,8 +27,13 @@
 //!   get [`Error::InDoubt`]; the others get their (read-only) answer.
 
 mod decide;
+mod hints;
 mod lock;
+mod lone;
 mod write;
+
+pub(crate) use hints::Hints;
+pub(crate) use lone::{Lone, run as run_lone};
 
 use super::node::NodeInfo;
 use super::pipe::{Failure, Pipe, ROUND_TRIP_TIMEOUT};
@@ -144,10 +149,11 @@ pub(crate) fn run(
     changes: Vec<Change>,
     now: &mut Option<u64>,
     counters: &Counters,
+    hints: &Hints,
 ) -> Stats {
     let mut reconnected = false;
     for _ in 0..MAX_ATTEMPTS {
-        let outcome = match attempt(pipe, node, slot, &changes, now) {
+        let outcome = match attempt(pipe, node, slot, &changes, now, hints) {
             Attempt::Reconnect(_) if !reconnected => {
                 reconnected = true;
                 pipe.reset();
@@ -186,10 +192,8 @@ pub(crate) fn run(
             }
             Attempt::InDoubt(answers, error) => {
                 pipe.reset();
-                let message = match &error {
-                    Error::Unavailable(message) => message.clone(),
-                    other => other.to_string(),
-                };
+                forget(&changes, hints);
+                let message = doubt_message(&error);
                 oneshot::deliver(
                     changes
                         .into_iter()
@@ -218,6 +222,27 @@ pub(crate) fn run(
             .collect(),
     );
     Stats::default()
+}
+
+/// What an in-doubt caller is told of the failure that left its commit in doubt.
+fn doubt_message(error: &Error) -> String {
+    match error {
+        Error::Unavailable(message) => message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Forgets the hints of every row `changes` touch (their outcome is unknown).
+fn forget(changes: &[Change], hints: &Hints) {
+    let mut records = Vec::new();
+    let mut counters = Vec::new();
+    for change in changes {
+        match change {
+            Change::Begin { digest, .. } | Change::Resolve { digest, .. } => records.push(digest.0),
+            Change::Rate { op, .. } => counters.extend(op.targets.iter().map(|t| t.key.0)),
+        }
+    }
+    hints.forget(&records, &counters);
 }
 
 /// An error again, for another caller (errors are not `Clone`).
@@ -276,12 +301,13 @@ fn attempt(
     slot: &str,
     changes: &[Change],
     now_out: &mut Option<u64>,
+    hints: &Hints,
 ) -> Attempt {
-    let mut locked = match lock::lock(pipe, node, changes) {
+    let mut locked = match lock::lock(pipe, node, changes, hints) {
         Ok(locked) => locked,
         Err(attempt) => return attempt,
     };
     *now_out = Some(locked.now);
     let (answers, writes) = decide::decide(&mut locked, node, changes);
-    write::write_and_commit(pipe, node, slot, &locked, answers, writes)
+    write::write_and_commit(pipe, node, slot, &locked, answers, writes, hints)
 }
