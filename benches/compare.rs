@@ -27,9 +27,10 @@
 //!   transaction per check) at 64 threads.
 //! - With `--features postgres`, against one local PostgreSQL (`TOLLGATE_BENCH_POSTGRES`, else a
 //!   throwaway cluster with `fsync` and `synchronous_commit` on; skipped with a message if there
-//!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` (one connection per thread, prepared
-//!   statements, one autocommit statement per transition), and `rate/tollgate-pg/64` vs
-//!   `rate/naive-pg/64` (one autocommit upsert per check). `TOLLGATE_BENCH_PG_POOL` sets
+//!   is none): `cycle/tollgate-pg/*` vs `cycle/naive-pg/*` at 1, 8 and 64 threads (one
+//!   connection per thread, prepared statements, one autocommit statement per transition), and
+//!   `rate/tollgate-pg/*` vs `rate/naive-pg/*` at 1 and 64 threads (one autocommit upsert per
+//!   check). `TOLLGATE_BENCH_PG_POOL` sets
 //!   tollgate's `postgres_pool_size` (default 4), `TOLLGATE_BENCH_PG_WRITERS` its
 //!   `postgres_writers` (default 2).
 //! - With `--features redis`, against one local Redis (see `redis_peer/mod.rs`):
@@ -822,6 +823,18 @@ fn print_goals(rounds: &[Vec<Row>]) {
         "x",
     );
     goal(
+        "PostgreSQL: 1 thread cycles vs naive autocommit loop",
+        ratio("cycle/tollgate-pg/1", "cycle/naive-pg/1"),
+        1.0,
+        "x",
+    );
+    goal(
+        "PostgreSQL: 1 thread rate checks vs naive upsert loop",
+        ratio("rate/tollgate-pg/1", "rate/naive-pg/1"),
+        1.0,
+        "x",
+    );
+    goal(
         "PostgreSQL: 64 threads cycles vs naive autocommit loop",
         ratio("cycle/tollgate-pg/64", "cycle/naive-pg/64"),
         2.0,
@@ -926,12 +939,18 @@ fn main() {
                 Box::new(|d| tollgate_pg_cycles(1, d)),
             ),
             ("cycle/naive-pg/1", Box::new(|d| naive_pg_cycles(1, d))),
+            (
+                "cycle/tollgate-pg/8",
+                Box::new(|d| tollgate_pg_cycles(8, d)),
+            ),
             ("cycle/naive-pg/8", Box::new(|d| naive_pg_cycles(8, d))),
             (
                 "cycle/tollgate-pg/64",
                 Box::new(|d| tollgate_pg_cycles(64, d)),
             ),
             ("cycle/naive-pg/64", Box::new(|d| naive_pg_cycles(64, d))),
+            ("rate/tollgate-pg/1", Box::new(|d| tollgate_pg_rate(1, d))),
+            ("rate/naive-pg/1", Box::new(|d| naive_pg_rate(1, d))),
             ("rate/tollgate-pg/64", Box::new(|d| tollgate_pg_rate(64, d))),
             ("rate/naive-pg/64", Box::new(|d| naive_pg_rate(64, d))),
         ];
