@@ -22,13 +22,20 @@ use fixture::{acquired, key, request, response};
 use tollgate::idempotency::{Fingerprint, IdempotencyKey, RecordState, StoredResponse};
 use tollgate::{BeginOptions, Error, Store, StoreBuilder};
 
+/// A store whose every change takes two round trips (lock, then write and `COMMIT`), the
+/// batch path these tests cut; `one_round_trip` for a lone change's own statement.
 fn open(conn: &str, schema: &str, node: &str) -> Store {
+    open_with(conn, schema, node, false)
+}
+
+fn open_with(conn: &str, schema: &str, node: &str, one_round_trip: bool) -> Store {
     StoreBuilder::default()
         .postgres_schema(schema)
         .node_id(node)
         .lease_ttl(Duration::from_secs(30))
         // No sweep of its own may send a COMMIT the proxy would take for the test's.
         .background_compaction(false)
+        .postgres_one_round_trip(one_round_trip)
         .open_postgres(conn)
         .expect("open through the proxy")
 }
@@ -102,8 +109,7 @@ fn a_completion_whose_commit_answer_never_comes_is_in_doubt_at_its_deadline() {
 
 /// A batch whose connection is cut while its rows are locked (before anything of it can commit)
 /// starts over once on a new connection: cut once, it commits; cut again there, it is
-/// `Unavailable` and wrote nothing. (Every change in two round trips, as batches of many take
-/// them; a lone change in one round trip is the next test's.)
+/// `Unavailable` and wrote nothing. (A lone change in one round trip is the next test's.)
 #[test]
 fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
     let server = require_postgres!();
@@ -112,14 +118,7 @@ fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
         return;
     };
     let schema = unique_schema("cut_before_commit");
-    let store = StoreBuilder::default()
-        .postgres_schema(&schema)
-        .node_id("cut")
-        .lease_ttl(Duration::from_secs(30))
-        .background_compaction(false)
-        .postgres_one_round_trip(false)
-        .open_postgres(&conn)
-        .expect("open through the proxy");
+    let store = open(&conn, &schema, "cut");
 
     // The writer's batch opens with `BEGIN; SELECT set_config(…` sent with its lock statement:
     // cut there, the server sees an open transaction end with its connection.
@@ -152,38 +151,39 @@ fn a_batch_cut_before_its_commit_starts_over_once_and_else_is_unavailable() {
     store.close().unwrap();
 }
 
-/// A lone completion goes in one round trip: its `BEGIN`, its write and its `COMMIT` leave
-/// together, so a connection cut once they are on their way leaves it in doubt, never
-/// `Unavailable` (the server may have it all). Whatever the server got, the record is either
-/// untouched or completed, and the store reconnects by itself.
+/// A lone completion goes in one round trip: one statement that is its own transaction. Cut
+/// once the statement has reached the server, it is in doubt, never `Unavailable`: the server
+/// runs it and commits, as the database then shows. The store reconnects by itself.
 #[test]
-fn a_lone_change_cut_on_its_way_is_in_doubt() {
+fn a_lone_change_whose_answer_is_lost_is_in_doubt_and_was_committed() {
     let server = require_postgres!();
     let Some((proxy, conn)) = fixture::cut_proxy::postgres(server, "the commit-in-doubt test")
     else {
         return;
     };
     let schema = unique_schema("lone_cut");
-    let store = open(&conn, &schema, "cut");
+    let store = open_with(&conn, &schema, "cut", true);
     acquired(store.begin(&key("warm-up"), &request("r")).unwrap())
         .complete(response("ok"))
         .unwrap();
     let lease = acquired(store.begin(&key("pay-4"), &request("r")).unwrap());
     let before = store.stats().unwrap().one_round_trip_commits;
-    proxy.cut_after(b"BEGIN; SELECT set_config");
-    let outcome = lease.complete(response("charged"));
+    // The statement carries the response's body in the record it writes.
+    proxy.cut_after(b"charged-lone");
+    let outcome = lease.complete(response("charged-lone"));
     assert_eq!(proxy.cuts(), 1, "the proxy cut the writer: {outcome:?}");
     assert!(matches!(outcome, Err(Error::InDoubt(_))), "{outcome:?}");
     assert_eq!(
         store.stats().unwrap().one_round_trip_commits,
         before,
-        "an answer in doubt is no commit"
+        "an answer in doubt is counted as no commit"
     );
-    let state = state(&store, &key("pay-4"));
-    assert!(
-        matches!(state, Some(RecordState::Running | RecordState::Completed)),
-        "{state:?}"
-    );
+    let direct = open(&server.conn, &schema, "direct");
+    fixture::wait_for("the cut-off lone completion to be committed", || {
+        state(&direct, &key("pay-4")) == Some(RecordState::Completed)
+    });
+    direct.close().unwrap();
+    assert_eq!(state(&store, &key("pay-4")), Some(RecordState::Completed));
     store.close().unwrap();
 }
 

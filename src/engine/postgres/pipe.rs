@@ -15,6 +15,9 @@
 //! for each batch: with array parameters it judges a custom plan cheaper every time, and planning
 //! took 100–180 µs a statement (measured, `docs/BENCHMARKS.md`).
 //!
+//! A lone caller's change (`batch/lone.rs`) is one prepared statement of `lone.sql` instead, in
+//! autocommit: one round trip, no `BEGIN`, `SET LOCAL` or `COMMIT`.
+//!
 //! Every round trip has a deadline on the client side too ([`ROUND_TRIP_TIMEOUT`]): a server that
 //! stops answering (a network partition, a paused VM) costs the batch that long, never more; the
 //! connection is then dropped and opened again for the next batch.
@@ -49,8 +52,8 @@ struct Prepared {
     /// By [`Tables`].
     lock: Vec<Statement>,
     write: Vec<Statement>,
-    /// `lone.sql`'s record and counter statements.
-    lone: [Statement; 2],
+    /// `lone.sql`'s record statements, then its counter statements, each by way of writing.
+    lone: Vec<Statement>,
 }
 
 /// A connection for the writer, opened on first use and again after it failed.
@@ -116,14 +119,13 @@ impl Pipe {
                         lock.push(client.prepare_typed(locks, LOCK_TYPES).await?);
                         write.push(client.prepare_typed(writes, WRITE_TYPES).await?);
                     }
-                    let lone = [
-                        client
-                            .prepare_typed(&sql.lone.record, LONE_RECORD_TYPES)
-                            .await?,
-                        client
-                            .prepare_typed(&sql.lone.counter, LONE_COUNTER_TYPES)
-                            .await?,
-                    ];
+                    let mut lone = Vec::new();
+                    for record in &sql.lone.record {
+                        lone.push(client.prepare_typed(record, LONE_RECORD_TYPES).await?);
+                    }
+                    for counter in &sql.lone.counter {
+                        lone.push(client.prepare_typed(counter, LONE_COUNTER_TYPES).await?);
+                    }
                     Ok::<_, tokio_postgres::Error>(Prepared { lock, write, lone })
                 };
                 match set_up.await {
@@ -204,9 +206,9 @@ impl Pipe {
         self.settle(answer)
     }
 
-    /// A lone caller's one round trip: opens the transaction, runs `lone.sql`'s record statement
-    /// (or its counter statement, `counter`) with `params` and commits, all sent together.
-    /// Returns the statement's row.
+    /// A lone caller's one round trip: `lone.sql`'s record statement for `way` (0 create,
+    /// 1 update, 2 delete; or its counter statement, `counter`) with `params`, in autocommit:
+    /// the statement is its transaction. Returns the statement's row.
     ///
     /// Before sending, the connection is given a moment to notice a close that already arrived
     /// (a server restarted while this connection was idle): such a connection is opened again
@@ -214,6 +216,7 @@ impl Pipe {
     pub(crate) fn lone(
         &mut self,
         counter: bool,
+        way: usize,
         params: &[&(dyn ToSql + Sync)],
     ) -> std::result::Result<Row, Failure> {
         self.connected()?;
@@ -227,21 +230,11 @@ impl Pipe {
         let Some((client, prepared)) = &self.client else {
             return Err(no_connection());
         };
-        let statement = &prepared.lone[usize::from(counter)];
-        let opening = &self.opening;
+        let Some(statement) = prepared.lone.get(usize::from(counter) * 3 + way) else {
+            return Err(no_connection());
+        };
         let answer = self.runtime.block_on(async {
-            let all = async {
-                let (begun, guarded, committed) = tokio::join!(
-                    client.batch_execute(opening),
-                    client.query_one(statement, params),
-                    client.batch_execute("COMMIT")
-                );
-                begun?;
-                let row = guarded?;
-                committed?;
-                Ok(row)
-            };
-            tokio::time::timeout(ROUND_TRIP_TIMEOUT, all).await
+            tokio::time::timeout(ROUND_TRIP_TIMEOUT, client.query_one(statement, params)).await
         });
         self.settle(answer)
     }

@@ -47,18 +47,26 @@ pub(crate) struct NodeStatements {
     pub fold_counts: String,
 }
 
-/// The statements of `lone.sql`, by name.
+/// The statements of `lone.sql`: for records and for counters, one per way of writing the row
+/// (create, update, delete: the way's part put in its table's statement).
 #[derive(Debug)]
 pub(crate) struct LoneStatements {
-    pub record: String,
-    pub counter: String,
+    pub record: [String; 3],
+    pub counter: [String; 3],
 }
 
 impl LoneStatements {
     fn from(mut file: Named) -> Result<Self> {
+        let mut each = |table: &str| -> Result<[String; 3]> {
+            let statement = file.take(table)?;
+            let mut way = |name: &str| -> Result<String> {
+                Ok(statement.replace("{write}", &file.take(&format!("{table}_{name}"))?))
+            };
+            Ok([way("create")?, way("update")?, way("delete")?])
+        };
         let statements = Self {
-            record: file.take("record")?,
-            counter: file.take("counter")?,
+            record: each("record")?,
+            counter: each("counter")?,
         };
         file.finish()?;
         Ok(statements)
@@ -323,12 +331,13 @@ mod tests {
     fn every_statement_names_the_schema_quoted() {
         let sql = Sql::new("orders_idem").unwrap();
         let versions = sql.lock.iter().chain(&sql.write);
-        let lone = [&sql.lone.record, &sql.lone.counter];
+        let lone = sql.lone.record.iter().chain(&sql.lone.counter);
         for statement in [&sql.create, &sql.compact]
             .into_iter()
             .chain(versions)
             .chain(lone)
         {
+            assert!(!statement.contains("{write}"));
             assert!(statement.contains("\"orders_idem\"."));
             assert!(!statement.contains("{s}"));
         }

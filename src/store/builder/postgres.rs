@@ -102,14 +102,14 @@ impl StoreBuilder {
     /// Whether a change that finds its writer idle (a lone caller) goes to PostgreSQL in one round
     /// trip instead of two. Default `true`.
     ///
-    /// The writer decides the change with the same rules, on the rows as this node last wrote or
-    /// read them, and sends `BEGIN`, a write guarded by those rows and `COMMIT` together; the
-    /// server writes only if every row is still exactly as the decision read it, and the
-    /// decision's time (the server's clock as last read, plus the time since, less a margin) is
-    /// no later than its clock and at most 100 ms behind. Otherwise nothing is written and the
-    /// change takes the two round trips (lock, then write and commit) that a batch of many
-    /// takes. So a lone caller's begin and the completion of a lease this node granted usually
-    /// cost one round trip, as do rate checks of subjects this node charged last.
+    /// The writer decides the change with the same rules, on the row as this node last wrote or
+    /// read it, and sends one statement, its own transaction, that writes the row only if it is
+    /// still exactly as the decision read it, the decision's time (the server's clock as last
+    /// read, plus the time since, less a margin) is no later than the server's clock and at most
+    /// 100 ms behind, and this node's epoch is its own. Otherwise nothing is written and the
+    /// change takes the two round trips (lock, then write and commit) a batch of many takes. So a
+    /// lone caller's begin of a new key, the completion of a lease this node granted and a rate
+    /// check of a subject this node charged last usually cost one round trip.
     ///
     /// What it changes for a caller: a connection that fails while the change is on its way
     /// gives [`Error::InDoubt`](crate::Error::InDoubt) where the two round trips could often say

@@ -4,12 +4,16 @@
 //! which a lone caller pays in full (a batch of many shares them). When a writer finds a single
 //! change queued that reads and writes one row its node's hints (`hints.rs`) know, it decides
 //! first, with the same pure rules (`decide.rs`) on the hinted row at a time the clock has
-//! already passed (`ServerClock::decision_time`), and sends `BEGIN`, the one-row write of
-//! `lone.sql` and `COMMIT` together:
+//! already passed (`ServerClock::decision_time`), and sends one statement of `lone.sql`, which is
+//! its own transaction (autocommit):
 //!
 //! ```text
-//! BEGIN; SET LOCAL …  +  write the row if it is as hinted (clock, epoch checked)  +  COMMIT
+//! write the row if it is as hinted (clock, epoch checked), and the counts    one round trip
 //! ```
+//!
+//! Not `BEGIN`, the batch's `SET LOCAL`s and `COMMIT` around it: they cost a lone caller a third
+//! of its time (measured, `docs/BENCHMARKS.md`), and this statement needs none of them (its
+//! plan is the server's own choice on primary keys; `statement_timeout` is the session's).
 //!
 //! # Rules
 //! - The decision is the one the batch path would take: `lone.sql` writes only if the row is,
@@ -22,8 +26,8 @@
 //! - Only a change whose decision writes exactly one row goes this way: an answer that writes
 //!   nothing (a key in flight, a lease lost, a denied check) was decided on a row nobody
 //!   confirmed, so it takes the batch path, which locks it.
-//! - Once the statement and its `COMMIT` are sent, a connection that fails or goes silent
-//!   leaves the change in doubt: [`Error::InDoubt`], as in the batch path's commit.
+//! - Once the statement is sent, a connection that fails or goes silent leaves the change in
+//!   doubt: [`Error::InDoubt`], as in the batch path's commit.
 //! - A resolution is only tried with its record hinted (this node wrote the lease); a begin
 //!   without a hint expects no row; a begin needs a spare lease token drawn within
 //!   [`SPARE_TOKEN_AGE`](super::hints::SPARE_TOKEN_AGE).
@@ -130,7 +134,7 @@ pub(crate) fn run(lone: &mut Lone<'_>, changes: Vec<Change>) -> Result<Stats, Ve
             })
         }
         // Refused by the server (a row created since, where the decision read none; a
-        // conflict): the COMMIT sent with it rolled the transaction back.
+        // conflict): the statement's transaction rolled back.
         Err(Failure::Postgres(error)) if error.as_db_error().is_some() => {
             forget();
             lone.hints.stale();
@@ -154,8 +158,8 @@ pub(crate) fn run(lone: &mut Lone<'_>, changes: Vec<Change>) -> Result<Stats, Ve
     }
 }
 
-/// Sends `single`, the row the decision writes (`expected`: its value as read), with its
-/// `BEGIN` and `COMMIT` in one round trip; `counts`: the counts' deltas; `now`: the decision's
+/// Sends `single`, the row the decision writes (`expected`: its value as read), in one round
+/// trip; `counts`: the counts' deltas; `now`: the decision's
 /// time.
 fn send(
     lone: &mut Lone<'_>,
@@ -178,9 +182,11 @@ fn send(
             expires,
             owner,
         } => {
+            let way = *op as usize;
             let op = *op as i32;
             lone.pipe.lone(
                 false,
+                way,
                 &[
                     digest,
                     &op,
@@ -207,9 +213,11 @@ fn send(
             value,
             idle,
         } => {
+            let way = *op as usize;
             let op = *op as i32;
             lone.pipe.lone(
                 true,
+                way,
                 &[
                     key,
                     &op,
