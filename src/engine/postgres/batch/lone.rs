@@ -121,13 +121,7 @@ pub(crate) fn run(lone: &mut Lone<'_>, changes: Vec<Change>) -> Result<Stats, Ve
             lone.hints.held();
             columns.committed(&expected.locked, lone.node, lone.hints);
             lone.counters.committed_in_one_round_trip();
-            oneshot::deliver(
-                changes
-                    .into_iter()
-                    .zip(answers)
-                    .map(|(change, answer)| change.delivery(answer))
-                    .collect(),
-            );
+            super::deliver(changes, answers);
             Ok(Stats {
                 writes,
                 committed: true,

@@ -169,13 +169,7 @@ pub(crate) fn run(
                 if stats.committed {
                     counters.committed_writes(stats.writes);
                 }
-                oneshot::deliver(
-                    changes
-                        .into_iter()
-                        .zip(answers)
-                        .map(|(change, answer)| change.delivery(answer))
-                        .collect(),
-                );
+                deliver(changes, answers);
                 return stats;
             }
             Attempt::Retry => pipe.roll_back(),
@@ -222,6 +216,17 @@ pub(crate) fn run(
             .collect(),
     );
     Stats::default()
+}
+
+/// Sends each change its decided answer (after the commit).
+fn deliver(changes: Vec<Change>, answers: Vec<Answer>) {
+    oneshot::deliver(
+        changes
+            .into_iter()
+            .zip(answers)
+            .map(|(change, answer)| change.delivery(answer))
+            .collect(),
+    );
 }
 
 /// What an in-doubt caller is told of the failure that left its commit in doubt.
