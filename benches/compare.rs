@@ -5,6 +5,7 @@
 //! cargo bench --bench compare                          # 3 s per row, about 2 minutes
 //! TOLLGATE_BENCH_SECONDS=10 cargo bench --bench compare
 //! TOLLGATE_COMPARE_ONLY=replay cargo bench --bench compare   # rows whose name contains "replay"
+//! TOLLGATE_COMPARE_ONLY=cycle/tollgate/64,cycle/naive-pg/64 cargo bench --features postgres --bench compare  # any of a list
 //! TOLLGATE_COMPARE_ROUNDS=5 cargo bench --bench compare      # every row 5 times, in turn
 //! ```
 //!
@@ -993,7 +994,7 @@ fn main() {
     for round in 1..=rounds {
         let mut rows = Vec::new();
         for (name, bench) in &benches {
-            if !name.contains(only.as_str()) {
+            if !only.split(',').any(|part| name.contains(part)) {
                 continue;
             }
             let row = bench(duration);
