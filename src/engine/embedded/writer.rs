@@ -173,10 +173,15 @@ impl Core {
         // Compaction steps get transactions of their own, after the foreground batch: a request
         // never shares a commit (and its larger fsync) with a sweep step, and waits behind at most
         // one step.
-        let (steps, foreground): (Vec<Command>, Vec<Command>) = batch
-            .into_iter()
-            .partition(|command| matches!(command, Command::Compact { .. }));
-        if !foreground.is_empty() {
+        // (Split only when there is a step: moving every command into new vectors costs a
+        // cycle 1.4k instructions, measured with callgrind.)
+        let is_step = |command: &Command| matches!(command, Command::Compact { .. });
+        let (steps, foreground): (Vec<Command>, Vec<Command>) = if batch.iter().any(is_step) {
+            batch.into_iter().partition(is_step)
+        } else {
+            (Vec::new(), batch)
+        };
+        if foreground.iter().any(Command::runs_alone) {
             let mut group = Vec::with_capacity(foreground.len());
             for command in foreground {
                 if command.runs_alone() {
@@ -192,6 +197,11 @@ impl Core {
             if !group.is_empty() {
                 self.stopped |= self.apply(&mut group);
             }
+            self.last_foreground = Instant::now();
+        } else if !foreground.is_empty() {
+            // The common batch: every command in one transaction, in the vector it came in.
+            let mut group = foreground;
+            self.stopped |= self.apply(&mut group);
             self.last_foreground = Instant::now();
         }
         let mut batch = Vec::with_capacity(1);
@@ -309,10 +319,14 @@ impl Core {
             return shutdown.is_some();
         }
         // Flush requests are answered after the batch and a flush, so that they cover it.
-        let (flushes, rest): (Vec<Command>, Vec<Command>) = batch
-            .drain(..)
-            .partition(|command| matches!(command, Command::Flush { .. }));
-        *batch = rest;
+        let is_flush = |command: &Command| matches!(command, Command::Flush { .. });
+        let flushes: Vec<Command> = if batch.iter().any(is_flush) {
+            let (flushes, rest) = batch.drain(..).partition(is_flush);
+            *batch = rest;
+            flushes
+        } else {
+            Vec::new()
+        };
         if self.wal.is_some() {
             self.commit_logged(batch);
         } else {
