@@ -289,10 +289,15 @@ fn config_timeout(connector: &Connector) -> Duration {
         .unwrap_or(session::DEFAULT_CONNECT_TIMEOUT)
 }
 
-/// `lone.sql`'s record statement's parameters (see the file).
+/// `lone.sql`'s record statement's parameters: the guard's, then the row's (see the file).
 const LONE_RECORD_TYPES: &[Type] = &[
-    Type::BYTEA,
+    // The guard's: decided_at, bound, node id, node epoch, spares wanted.
+    Type::INT8,
+    Type::INT8,
+    Type::TEXT,
+    Type::INT8,
     Type::INT4,
+    Type::BYTEA,
     Type::BYTEA,
     Type::BYTEA,
     Type::INT2,
@@ -302,23 +307,19 @@ const LONE_RECORD_TYPES: &[Type] = &[
     Type::INT8,
     Type::INT8,
     Type::INT8,
-    Type::INT8,
-    Type::INT8,
-    Type::TEXT,
-    Type::INT8,
-    Type::INT4,
 ];
 
-/// `lone.sql`'s counter statement's parameters (see the file).
+/// `lone.sql`'s counter statement's parameters: the guard's, then the row's (see the file).
 const LONE_COUNTER_TYPES: &[Type] = &[
-    Type::BYTEA,
-    Type::INT4,
-    Type::BYTEA,
-    Type::BYTEA,
+    // The guard's: decided_at, bound, node id, node epoch, spares wanted.
+    Type::INT8,
     Type::INT8,
     Type::TEXT,
     Type::INT8,
-    Type::INT8,
+    Type::INT4,
+    Type::BYTEA,
+    Type::BYTEA,
+    Type::BYTEA,
     Type::INT8,
     Type::TEXT,
     Type::INT8,

@@ -48,7 +48,7 @@ pub(crate) struct NodeStatements {
 }
 
 /// The statements of `lone.sql`: for records and for counters, one per way of writing the row
-/// (create, update, delete: the way's part put in its table's statement).
+/// (create, update, delete: the guard and the way's part put in the table's statement).
 #[derive(Debug)]
 pub(crate) struct LoneStatements {
     pub record: [String; 3],
@@ -57,8 +57,9 @@ pub(crate) struct LoneStatements {
 
 impl LoneStatements {
     fn from(mut file: Named) -> Result<Self> {
+        let guard = file.take("guard")?;
         let mut each = |table: &str| -> Result<[String; 3]> {
-            let statement = file.take(table)?;
+            let statement = file.take(table)?.replace("{guard}", &guard);
             let mut way = |name: &str| -> Result<String> {
                 Ok(statement.replace("{write}", &file.take(&format!("{table}_{name}"))?))
             };
@@ -337,7 +338,7 @@ mod tests {
             .chain(versions)
             .chain(lone)
         {
-            assert!(!statement.contains("{write}"));
+            assert!(!statement.contains("{write}") && !statement.contains("{guard}"));
             assert!(statement.contains("\"orders_idem\"."));
             assert!(!statement.contains("{s}"));
         }

@@ -35,6 +35,8 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use tokio_postgres::types::ToSql;
+
 use super::decide;
 use super::hints::Hints;
 use super::lock::{Locked, RateRow, RecordRow, state_slot};
@@ -66,10 +68,13 @@ pub(crate) struct Lone<'a> {
 /// Runs `changes` in one round trip if it is a single change the hints allow; gives the changes
 /// back for the batch path otherwise (nothing was written then).
 pub(crate) fn run(lone: &mut Lone<'_>, changes: Vec<Change>) -> Result<Stats, Vec<Change>> {
-    if changes.len() != 1 || !lone.hints.should_try() {
+    let [change] = changes.as_slice() else {
+        return Err(changes);
+    };
+    if !lone.hints.should_try() {
         return Err(changes);
     }
-    let Some(mut expected) = expect(lone.hints, lone.clock, &changes) else {
+    let Some(mut expected) = expect(lone.hints, lone.clock, change) else {
         return Err(changes);
     };
     let (answers, writes) = decide::decide(&mut expected.locked, lone.node, &changes);
@@ -152,9 +157,8 @@ pub(crate) fn run(lone: &mut Lone<'_>, changes: Vec<Change>) -> Result<Stats, Ve
     }
 }
 
-/// Sends `single`, the row the decision writes (`expected`: its value as read), in one round
-/// trip; `counts`: the counts' deltas; `now`: the decision's
-/// time.
+/// Sends `single`, the row the decision writes (`expected_value`: its value as read), in one
+/// round trip; `counts`: the counts' deltas; `now`: the decision's time.
 fn send(
     lone: &mut Lone<'_>,
     single: &Single<'_>,
@@ -167,6 +171,8 @@ fn send(
     let bound = to_i64(u64::try_from(DECISION_BOUND.as_nanos()).unwrap_or(u64::MAX));
     let node_epoch = to_i64(lone.node.epoch);
     let spares = i32::from(!lone.hints.has_spare());
+    let guard: [&(dyn ToSql + Sync); 5] =
+        [&decided_at, &bound, &lone.node.id, &node_epoch, &spares];
     match single {
         Single::Record {
             digest,
@@ -176,30 +182,20 @@ fn send(
             expires,
             owner,
         } => {
-            let way = *op as usize;
-            let op = *op as i32;
-            lone.pipe.lone(
-                false,
-                way,
-                &[
-                    digest,
-                    &op,
-                    &expected_value,
-                    value,
-                    state,
-                    expires,
-                    owner,
-                    &slot,
-                    &counts[0],
-                    &counts[1],
-                    &counts[2],
-                    &decided_at,
-                    &bound,
-                    &lone.node.id,
-                    &node_epoch,
-                    &spares,
-                ],
-            )
+            let row: [&(dyn ToSql + Sync); 10] = [
+                digest,
+                &expected_value,
+                value,
+                state,
+                expires,
+                owner,
+                &slot,
+                &counts[0],
+                &counts[1],
+                &counts[2],
+            ];
+            lone.pipe
+                .lone(false, *op as usize, &[&guard[..], &row].concat())
         }
         Single::Counter {
             key,
@@ -207,25 +203,10 @@ fn send(
             value,
             idle,
         } => {
-            let way = *op as usize;
-            let op = *op as i32;
-            lone.pipe.lone(
-                true,
-                way,
-                &[
-                    key,
-                    &op,
-                    &expected_value,
-                    value,
-                    idle,
-                    &slot,
-                    &counts[3],
-                    &decided_at,
-                    &bound,
-                    &lone.node.id,
-                    &node_epoch,
-                ],
-            )
+            let row: [&(dyn ToSql + Sync); 6] =
+                [key, &expected_value, value, idle, &slot, &counts[3]];
+            lone.pipe
+                .lone(true, *op as usize, &[&guard[..], &row].concat())
         }
     }
 }
@@ -247,71 +228,65 @@ struct Expected {
     value: Option<Vec<u8>>,
 }
 
-/// The hinted row of `changes` (one change, one row), or `None` if the hints cannot tell: a
-/// change of several rows, a resolution of a record not hinted, a begin without a spare token, a hint that does not decode, no
-/// decision time.
-fn expect(hints: &Hints, clock: &ServerClock, changes: &[Change]) -> Option<Expected> {
+/// The hinted row of `change`, or `None` if the hints cannot tell: a rate change of several
+/// counters, a resolution of a record not hinted, a hint that does not decode, a begin without a
+/// spare token, no decision time.
+fn expect(hints: &Hints, clock: &ServerClock, change: &Change) -> Option<Expected> {
     let now = clock.decision_time()?;
-    let mut records = BTreeMap::new();
-    let mut rates = BTreeMap::new();
-    let mut tokens = Vec::new();
-    let mut values = Vec::new();
-    for change in changes {
-        match change {
-            Change::Begin { digest, .. } | Change::Resolve { digest, .. } => {
-                let hint = hints.record(&digest.0);
-                if hint.is_none() && matches!(change, Change::Resolve { .. }) {
-                    return None;
-                }
-                let current = match &hint {
-                    Some(hint) => Some(codec::decode_record(&hint.value).ok()?),
-                    None => None,
-                };
-                records.insert(
-                    digest.0,
-                    RecordRow {
-                        existed: hint.is_some(),
-                        old_slot: current.as_ref().map(state_slot),
-                        owner_epoch: hint.as_ref().map_or(0, |hint| hint.owner_epoch),
-                        current: Ok(current),
-                        changed: false,
-                    },
-                );
-                values.push(hint.map(|hint| hint.value));
+    let mut locked = Locked {
+        records: BTreeMap::new(),
+        rates: BTreeMap::new(),
+        now,
+        tokens: Vec::new(),
+        tables: Tables::Records,
+    };
+    let value = match change {
+        Change::Begin { digest, .. } | Change::Resolve { digest, .. } => {
+            let hint = hints.record(&digest.0);
+            if hint.is_none() && matches!(change, Change::Resolve { .. }) {
+                return None;
             }
-            Change::Rate { op, .. } => {
-                for target in &op.targets {
-                    let stored = hints.counter(&target.key.0);
-                    let current = match &stored {
-                        Some(stored) => Some(codec::decode_rate(stored).ok()?.state),
-                        None => None,
-                    };
-                    rates.insert(
-                        target.key.0,
-                        RateRow {
-                            existed: stored.is_some(),
-                            stored: stored.clone(),
-                            current: Ok(current),
-                            spec: None,
-                            changed: false,
-                        },
-                    );
-                    values.push(stored);
-                }
+            let current = match &hint {
+                Some(hint) => Some(codec::decode_record(&hint.value).ok()?),
+                None => None,
+            };
+            locked.records.insert(
+                digest.0,
+                RecordRow {
+                    existed: hint.is_some(),
+                    old_slot: current.as_ref().map(state_slot),
+                    owner_epoch: hint.as_ref().map_or(0, |hint| hint.owner_epoch),
+                    current: Ok(current),
+                    changed: false,
+                },
+            );
+            if matches!(change, Change::Begin { .. }) {
+                locked.tokens.push(hints.take_spare()?);
             }
+            hint.map(|hint| hint.value)
         }
-        if matches!(change, Change::Begin { .. }) {
-            tokens.push(hints.take_spare()?);
+        Change::Rate { op, .. } => {
+            let [target] = op.targets.as_slice() else {
+                return None;
+            };
+            let stored = hints.counter(&target.key.0);
+            let current = match &stored {
+                Some(stored) => Some(codec::decode_rate(stored).ok()?.state),
+                None => None,
+            };
+            locked.rates.insert(
+                target.key.0,
+                RateRow {
+                    existed: stored.is_some(),
+                    stored: stored.clone(),
+                    current: Ok(current),
+                    spec: None,
+                    changed: false,
+                },
+            );
+            locked.tables = Tables::Counters;
+            stored
         }
-    }
-    Some(Expected {
-        locked: Locked {
-            tables: Tables::of(!records.is_empty(), !rates.is_empty()),
-            records,
-            rates,
-            now,
-            tokens,
-        },
-        value: values.pop().filter(|_| values.is_empty())?,
-    })
+    };
+    Some(Expected { locked, value })
 }

@@ -16,8 +16,8 @@
 -- - this node's epoch is still its own.
 -- Otherwise nothing is written (not even the counts) and the change takes the batch path.
 --
--- One statement per table and way of writing (sql.rs puts the way, a named part below, in the
--- table's statement at `{write}`), so that each has one plan: with the way as a parameter, the
+-- One statement per table and way of writing (sql.rs puts the guard, a named part below, at
+-- `{guard}` and the way at `{write}` in the table's statement), so that each has one plan: with the way as a parameter, the
 -- server judged the plan for each value cheaper and planned every execution afresh. The
 -- statements run without the batch's `SET LOCAL`s (no transaction of their own to put them in):
 -- their parameters are scalars and their tables are reached by primary key, so the server's own
@@ -25,32 +25,36 @@
 --
 -- Each returns one row: whether the row was written, the clock's reading, whether the clock is
 -- stopped, and a spare lease token if one was wanted.
+--
+-- Parameters, the guard's first: $1: decided_at; $2: bound; $3, $4: this node's id and epoch;
+-- $5: spare lease tokens wanted (0 or 1). Then the row's, from $6 (each way's statement has them
+-- all and leaves out what it does not use, which the prepared types keep typed).
 
--- statement: record
--- Parameters (each way's statement has them all; a way leaves out what it does not use, which
--- the prepared types keep typed): $1: digest; $2: the way (0 create, 1 update, 2 delete: kept
--- in the list for the Rust side's one layout, unused here); $3: the value expected; $4..$7: the
--- new value, state, expires_at, owner (unused by a delete); $8: this connection's row in counts;
--- $9..$11: what to add to its running, completed, failed columns; $12: decided_at; $13: bound;
--- $14, $15: this node's id and epoch; $16: spare lease tokens wanted (0 or 1).
-WITH guard AS (
+-- statement: guard
+guard AS (
     SELECT k.now, k.stopped,
-           k.now >= $12::bigint
-           AND k.now - $12::bigint <= CASE WHEN k.stopped THEN 0 ELSE $13::bigint END
+           k.now >= $1::bigint
+           AND k.now - $1::bigint <= CASE WHEN k.stopped THEN 0 ELSE $2::bigint END
            AND NOT EXISTS (SELECT 1 FROM {s}.nodes n
-                            WHERE n.id = $14::text AND n.epoch <> $15::bigint) AS ok,
-           CASE WHEN $16::int > 0 THEN nextval('{s}.tokens') END AS spare
+                            WHERE n.id = $3::text AND n.epoch <> $4::bigint) AS ok,
+           CASE WHEN $5::int > 0 THEN nextval('{s}.tokens') END AS spare
       FROM (SELECT coalesce(c.stopped_at,
                             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000
                                 + c.offset_ns) AS now,
                    c.stopped_at IS NOT NULL AS stopped
               FROM {s}.clock c) AS k
-), written AS (
+)
+
+-- statement: record
+-- $6: digest; $7: the value expected; $8..$11: the new value, state, expires_at, owner (unused by
+-- a delete); $12: this connection's row in counts; $13..$15: what to add to its running,
+-- completed, failed columns.
+WITH {guard}, written AS (
 {write}
 ), counted AS (
     INSERT INTO {s}.counts AS n (slot, running, completed, failed, rates)
-    SELECT $8::text, $9::bigint, $10::bigint, $11::bigint, 0
-     WHERE ($9::bigint <> 0 OR $10::bigint <> 0 OR $11::bigint <> 0)
+    SELECT $12::text, $13::bigint, $14::bigint, $15::bigint, 0
+     WHERE ($13::bigint <> 0 OR $14::bigint <> 0 OR $15::bigint <> 0)
        AND (SELECT count(*) FROM written) = 1
         ON CONFLICT (slot) DO UPDATE
        SET running = n.running + excluded.running, completed = n.completed + excluded.completed,
@@ -60,59 +64,47 @@ SELECT g.ok AND (SELECT count(*) FROM written) = 1, g.now, g.stopped, g.spare FR
 
 -- statement: record_create
     INSERT INTO {s}.records (digest, value, state, expires_at, owner)
-    SELECT $1::bytea, $4::bytea, $5::smallint, $6::bigint, $7::text
+    SELECT $6::bytea, $8::bytea, $9::smallint, $10::bigint, $11::text
      WHERE (SELECT ok FROM guard)
     RETURNING 1
 
 -- statement: record_update
     UPDATE {s}.records
-       SET value = $4::bytea, state = $5::smallint, expires_at = $6::bigint, owner = $7::text
-     WHERE digest = $1::bytea AND value = $3::bytea AND (SELECT ok FROM guard)
+       SET value = $8::bytea, state = $9::smallint, expires_at = $10::bigint, owner = $11::text
+     WHERE digest = $6::bytea AND value = $7::bytea AND (SELECT ok FROM guard)
     RETURNING 1
 
 -- statement: record_delete
     DELETE FROM {s}.records
-     WHERE digest = $1::bytea AND value = $3::bytea AND (SELECT ok FROM guard)
+     WHERE digest = $6::bytea AND value = $7::bytea AND (SELECT ok FROM guard)
     RETURNING 1
 
 -- statement: counter
--- $1: key; $2: the way (unused here, as for records); $3: the value expected (a create expects none); $4, $5: the new
--- value and idle_at (unused by a delete: the counter is idle, equal to a fresh one); $6: this
--- connection's row in counts; $7: what to add to its rates column; $8: decided_at; $9: bound;
--- $10, $11: this node's id and epoch.
-WITH guard AS (
-    SELECT k.now, k.stopped,
-           k.now >= $8::bigint
-           AND k.now - $8::bigint <= CASE WHEN k.stopped THEN 0 ELSE $9::bigint END
-           AND NOT EXISTS (SELECT 1 FROM {s}.nodes n
-                            WHERE n.id = $10::text AND n.epoch <> $11::bigint) AS ok
-      FROM (SELECT coalesce(c.stopped_at,
-                            (extract(epoch FROM clock_timestamp()) * 1000000)::bigint * 1000
-                                + c.offset_ns) AS now,
-                   c.stopped_at IS NOT NULL AS stopped
-              FROM {s}.clock c) AS k
-), written AS (
+-- $6: key; $7: the value expected; $8, $9: the new value and idle_at (unused by a delete: the
+-- counter is idle, equal to a fresh one); $10: this connection's row in counts; $11: what to add
+-- to its rates column.
+WITH {guard}, written AS (
 {write}
 ), counted AS (
     INSERT INTO {s}.counts AS n (slot, running, completed, failed, rates)
-    SELECT $6::text, 0, 0, 0, $7::bigint
-     WHERE $7::bigint <> 0 AND (SELECT count(*) FROM written) = 1
+    SELECT $10::text, 0, 0, 0, $11::bigint
+     WHERE $11::bigint <> 0 AND (SELECT count(*) FROM written) = 1
         ON CONFLICT (slot) DO UPDATE SET rates = n.rates + excluded.rates
 )
-SELECT g.ok AND (SELECT count(*) FROM written) = 1, g.now, g.stopped, NULL::bigint FROM guard g
+SELECT g.ok AND (SELECT count(*) FROM written) = 1, g.now, g.stopped, g.spare FROM guard g
 
 -- statement: counter_create
     INSERT INTO {s}.rates (key, value, idle_at)
-    SELECT $1::bytea, $4::bytea, $5::bigint
+    SELECT $6::bytea, $8::bytea, $9::bigint
      WHERE (SELECT ok FROM guard)
     RETURNING 1
 
 -- statement: counter_update
-    UPDATE {s}.rates SET value = $4::bytea, idle_at = $5::bigint
-     WHERE key = $1::bytea AND value = $3::bytea AND (SELECT ok FROM guard)
+    UPDATE {s}.rates SET value = $8::bytea, idle_at = $9::bigint
+     WHERE key = $6::bytea AND value = $7::bytea AND (SELECT ok FROM guard)
     RETURNING 1
 
 -- statement: counter_delete
     DELETE FROM {s}.rates
-     WHERE key = $1::bytea AND value = $3::bytea AND (SELECT ok FROM guard)
+     WHERE key = $6::bytea AND value = $7::bytea AND (SELECT ok FROM guard)
     RETURNING 1
