@@ -140,7 +140,7 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
     };
     let mut workers = Vec::with_capacity(pool.size);
     // Shared by the writers: a lease begun on one is often resolved on another.
-    let hints = Arc::new(Hints::default());
+    let hints = Arc::new(Hints::new(pool.one_round_trip));
     for index in 0..pool.writers {
         let writer = Writer {
             changes: change_queue.clone(),
@@ -155,7 +155,6 @@ pub(crate) fn start(pool: &Pool<'_>) -> Result<(Queue, Vec<JoinHandle<()>>)> {
             counters: Arc::clone(pool.counters),
             notifier: Arc::clone(pool.notifier),
             hints: Arc::clone(&hints),
-            one_round_trip: pool.one_round_trip,
         };
         workers.push(spawn(
             format!("tollgate-pg-writer-{}", index + 1),
@@ -187,10 +186,9 @@ struct Writer {
     clock: Arc<ServerClock>,
     counters: Arc<Counters>,
     notifier: Arc<Notifier>,
-    /// The node's hints, which every batch feeds.
+    /// The node's hints, which every batch feeds; enabled, a lone change goes in one round trip
+    /// on them.
     hints: Arc<Hints>,
-    /// Whether a lone change goes in one round trip, on the hints.
-    one_round_trip: bool,
 }
 
 impl Writer {
@@ -233,7 +231,7 @@ impl Writer {
     }
 
     fn apply(&mut self, changes: Vec<Change>) {
-        let changes = if self.one_round_trip {
+        let changes = if self.hints.enabled() {
             let mut lone = batch::Lone {
                 pipe: &mut self.pipe,
                 node: &self.node,

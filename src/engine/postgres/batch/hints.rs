@@ -38,9 +38,11 @@ pub(crate) struct RecordHint {
     pub owner_epoch: u64,
 }
 
-/// A node's hints, shared by its writers.
-#[derive(Debug, Default)]
+/// A node's hints, shared by its writers. Disabled (`postgres_one_round_trip(false)`), they keep
+/// nothing and the batches feed them nothing.
+#[derive(Debug)]
 pub(crate) struct Hints {
+    enabled: bool,
     inner: Mutex<Inner>,
 }
 
@@ -56,6 +58,18 @@ struct Inner {
 }
 
 impl Hints {
+    pub(crate) fn new(enabled: bool) -> Self {
+        Self {
+            enabled,
+            inner: Mutex::default(),
+        }
+    }
+
+    /// Whether lone changes use the hints (and batches keep them).
+    pub(crate) fn enabled(&self) -> bool {
+        self.enabled
+    }
+
     pub(crate) fn record(&self, digest: &[u8; 32]) -> Option<RecordHint> {
         self.inner.lock().records.get(digest).cloned()
     }
@@ -64,30 +78,37 @@ impl Hints {
         self.inner.lock().counters.get(key).cloned()
     }
 
-    /// Remembers `digest`'s stored value (`None`: no row, or not worth keeping).
-    pub(crate) fn set_record(&self, digest: [u8; 32], hint: Option<RecordHint>) {
+    /// Remembers what a committed batch left in its rows, under one lock: each record's stored
+    /// value (`None`: no row, or not worth keeping) and each counter's (`None`: no row).
+    pub(crate) fn learn(
+        &self,
+        records: impl IntoIterator<Item = ([u8; 32], Option<RecordHint>)>,
+        counters: impl IntoIterator<Item = ([u8; 16], Option<Vec<u8>>)>,
+    ) {
+        if !self.enabled {
+            return;
+        }
         let mut inner = self.inner.lock();
-        match hint {
-            Some(hint) if hint.value.len() <= MAX_RECORD_BYTES => {
-                make_room(&mut inner.records, &digest, MAX_RECORDS);
-                inner.records.insert(digest, hint);
-            }
-            _ => {
-                inner.records.remove(&digest);
+        for (digest, hint) in records {
+            match hint {
+                Some(hint) if hint.value.len() <= MAX_RECORD_BYTES => {
+                    make_room(&mut inner.records, &digest, MAX_RECORDS);
+                    inner.records.insert(digest, hint);
+                }
+                _ => {
+                    inner.records.remove(&digest);
+                }
             }
         }
-    }
-
-    /// Remembers `key`'s stored counter (`None`: no row).
-    pub(crate) fn set_counter(&self, key: [u8; 16], value: Option<Vec<u8>>) {
-        let mut inner = self.inner.lock();
-        match value {
-            Some(value) => {
-                make_room(&mut inner.counters, &key, MAX_COUNTERS);
-                inner.counters.insert(key, value);
-            }
-            None => {
-                inner.counters.remove(&key);
+        for (key, value) in counters {
+            match value {
+                Some(value) => {
+                    make_room(&mut inner.counters, &key, MAX_COUNTERS);
+                    inner.counters.insert(key, value);
+                }
+                None => {
+                    inner.counters.remove(&key);
+                }
             }
         }
     }
@@ -119,6 +140,9 @@ impl Hints {
     }
 
     pub(crate) fn put_spare(&self, token: u64) {
+        if !self.enabled {
+            return;
+        }
         self.inner.lock().spare = Some((token, Instant::now()));
     }
 
@@ -161,24 +185,25 @@ mod tests {
 
     #[test]
     fn hints_are_bounded_and_large_records_are_not_kept() {
-        let hints = Hints::default();
-        for i in 0..(MAX_COUNTERS + 10) {
+        let hints = Hints::new(true);
+        let counters = (0..(MAX_COUNTERS + 10)).map(|i| {
             let mut key = [0u8; 16];
             key[..8].copy_from_slice(&(i as u64).to_le_bytes());
-            hints.set_counter(key, Some(vec![1; 26]));
-        }
+            (key, Some(vec![1; 26]))
+        });
+        hints.learn([], counters);
         assert_eq!(hints.inner.lock().counters.len(), MAX_COUNTERS);
         let big = RecordHint {
             value: vec![0; MAX_RECORD_BYTES + 1],
             owner_epoch: 1,
         };
-        hints.set_record([1; 32], Some(big));
+        hints.learn([([1; 32], Some(big))], []);
         assert!(hints.record(&[1; 32]).is_none());
         let small = RecordHint {
             value: vec![0; 100],
             owner_epoch: 1,
         };
-        hints.set_record([1; 32], Some(small));
+        hints.learn([([1; 32], Some(small))], []);
         assert!(hints.record(&[1; 32]).is_some());
         hints.forget(&[[1; 32]], &[]);
         assert!(hints.record(&[1; 32]).is_none());
@@ -186,7 +211,7 @@ mod tests {
 
     #[test]
     fn a_spare_token_is_used_once_and_stale_hints_back_off_doubling() {
-        let hints = Hints::default();
+        let hints = Hints::new(true);
         assert_eq!(hints.take_spare(), None);
         hints.put_spare(7);
         assert!(hints.has_spare());
@@ -204,5 +229,22 @@ mod tests {
         hints.stale();
         assert!(!hints.should_try());
         assert!(hints.should_try());
+    }
+
+    #[test]
+    fn disabled_hints_keep_nothing() {
+        let hints = Hints::new(false);
+        hints.learn(
+            [(
+                [1; 32],
+                Some(RecordHint {
+                    value: vec![0; 10],
+                    owner_epoch: 1,
+                }),
+            )],
+            [],
+        );
+        hints.put_spare(7);
+        assert!(hints.record(&[1; 32]).is_none() && !hints.has_spare());
     }
 }

@@ -141,7 +141,7 @@ pub(super) fn lock(
     let tables = Tables::of(!records.is_empty(), !rates.is_empty());
     // A spare must be the largest token this node drew, so that a lone begin's lease token
     // follows the leases granted before it: a batch that draws tokens draws a new spare too.
-    let spare = begins > 0 || !hints.has_spare();
+    let spare = hints.enabled() && (begins > 0 || !hints.has_spare());
     let wanted = begins + i32::from(spare);
     let rows = match pipe.lock(tables, &[&digests, &keys, &wanted, &node.id]) {
         Ok(rows) => rows,

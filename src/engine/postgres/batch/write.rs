@@ -160,46 +160,42 @@ impl Columns {
     /// it wrote (owned by `node`), every counter it wrote or read; records it finished or
     /// removed are forgotten.
     pub(super) fn committed(&self, locked: &Locked, node: &NodeInfo, hints: &Hints) {
-        for columns in [&self.update, &self.create] {
-            let rows = columns
-                .digests
-                .iter()
-                .zip(&columns.values)
-                .zip(&columns.states);
-            for ((digest, value), state) in rows {
-                if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
-                    // Only a RUNNING record (state 0) is worth keeping: its lease's resolution
-                    // reads it; a finished one is replayed from the replay cache.
-                    let hint = (*state == 0).then(|| RecordHint {
-                        value: value.clone(),
-                        owner_epoch: node.owner_epoch,
-                    });
-                    hints.set_record(digest, hint);
-                }
-            }
-        }
-        for digest in &self.remove {
-            if let Ok(digest) = <[u8; 32]>::try_from(digest.as_slice()) {
-                hints.set_record(digest, None);
-            }
-        }
-        for (key, row) in &locked.rates {
-            if !row.changed {
-                hints.set_counter(*key, row.stored.clone());
-            }
-        }
-        for columns in [&self.rate_update, &self.rate_create] {
-            for (key, value) in columns.keys.iter().zip(&columns.values) {
-                if let Ok(key) = <[u8; 16]>::try_from(key.as_slice()) {
-                    hints.set_counter(key, Some(value.clone()));
-                }
-            }
-        }
-        for key in &self.rate_remove {
-            if let Ok(key) = <[u8; 16]>::try_from(key.as_slice()) {
-                hints.set_counter(key, None);
-            }
-        }
+        let digest = |digest: &Vec<u8>| <[u8; 32]>::try_from(digest.as_slice()).ok();
+        let key = |key: &Vec<u8>| <[u8; 16]>::try_from(key.as_slice()).ok();
+        let written = [&self.update, &self.create]
+            .into_iter()
+            .flat_map(|columns| {
+                let rows = columns.digests.iter().zip(&columns.values);
+                rows.zip(&columns.states)
+                    .filter_map(|((id, value), state)| {
+                        // Only a RUNNING record (state 0) is worth keeping: its lease's resolution reads
+                        // it; a finished one is replayed from the replay cache.
+                        let hint = (*state == 0).then(|| RecordHint {
+                            value: value.clone(),
+                            owner_epoch: node.owner_epoch,
+                        });
+                        Some((digest(id)?, hint))
+                    })
+            });
+        let removed = self
+            .remove
+            .iter()
+            .filter_map(|id| Some((digest(id)?, None)));
+        let read = (locked.rates.iter())
+            .filter(|(_, row)| !row.changed)
+            .map(|(key, row)| (*key, row.stored.clone()));
+        let rates_written = [&self.rate_update, &self.rate_create]
+            .into_iter()
+            .flat_map(|columns| columns.keys.iter().zip(&columns.values))
+            .filter_map(|(id, value)| Some((key(id)?, Some(value.clone()))));
+        let rates_removed = self
+            .rate_remove
+            .iter()
+            .filter_map(|id| Some((key(id)?, None)));
+        hints.learn(
+            written.chain(removed),
+            read.chain(rates_written).chain(rates_removed),
+        );
     }
 }
 
