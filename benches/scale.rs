@@ -6,7 +6,10 @@
 //! TOLLGATE_SCALE_CACHE_MIB=1024 cargo bench --bench scale     # page cache (default 64 MiB)
 //! TOLLGATE_SCALE_ONLY=compaction cargo bench --bench scale    # or `large`: one half only
 //! TOLLGATE_SCALE_WAL=0 cargo bench --bench scale              # redb directly, no write-ahead log
-//! TOLLGATE_SCALE_LOG_MIB=64 cargo bench --bench scale         # log_memory (default 16 MiB)
+//! TOLLGATE_SCALE_LOG_MIB=64 cargo bench --bench scale         # log_memory (default 4 MiB)
+//! TOLLGATE_SCALE_BASE=/tmp/10m.redb cargo bench --bench scale # keep the loaded store, reuse it
+//! TOLLGATE_SCALE_SECONDS=20 cargo bench --bench scale         # each workload's length (5 s)
+//! TOLLGATE_SCALE_RATE_ONLY=1 cargo bench --bench scale        # skip the memory and kill children
 //! ```
 //!
 //! Targets (issue "TTL compaction"):
@@ -115,12 +118,27 @@ fn workload(
     (rate, latencies)
 }
 
+/// The write-ahead log beside a store file (copied with it).
+fn log_of(store: &Path) -> PathBuf {
+    let mut name = store.as_os_str().to_owned();
+    name.push(".log");
+    PathBuf::from(name)
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
     let index = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len()) - 1;
     sorted[index]
+}
+
+/// How long each workload runs: `TOLLGATE_SCALE_SECONDS`, default 5.
+fn workload_seconds() -> u64 {
+    std::env::var("TOLLGATE_SCALE_SECONDS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(5)
 }
 
 fn for_seconds(seconds: u64) -> impl Fn() -> bool + Sync {
@@ -345,13 +363,32 @@ fn large(dir: &Path, records: u64) {
     let clock = clock();
     let small = builder(&clock).open(dir.join("small.redb")).expect("open");
     bulk(&small, "live", 10_000, Duration::from_secs(30 * 24 * 3600));
-    let (small_rate, small_lat) = workload(&small, 64, "small", &for_seconds(5));
+    let (small_rate, small_lat) = workload(&small, 64, "small", &for_seconds(workload_seconds()));
     small.close().expect("close");
 
     let path: PathBuf = dir.join("large.redb");
-    let store = builder(&clock).open(&path).expect("open");
-    let loaded = bulk(&store, "live", records, Duration::from_secs(30 * 24 * 3600));
-    store.close().expect("close");
+    // `TOLLGATE_SCALE_BASE=FILE`: the loaded store is copied from FILE if it exists (and saved
+    // there after a bulk load if not), so that runs after the first skip the load.
+    let base = std::env::var_os("TOLLGATE_SCALE_BASE").map(PathBuf::from);
+    let loaded = match &base {
+        Some(base) if base.exists() => {
+            let started = Instant::now();
+            std::fs::copy(base, &path).expect("copy the saved store");
+            std::fs::copy(log_of(base), log_of(&path)).expect("copy the saved log");
+            println!("copied the loaded store from {}", base.display());
+            started.elapsed()
+        }
+        _ => {
+            let store = builder(&clock).open(&path).expect("open");
+            let loaded = bulk(&store, "live", records, Duration::from_secs(30 * 24 * 3600));
+            store.close().expect("close");
+            if let Some(base) = &base {
+                std::fs::copy(&path, base).expect("save the loaded store");
+                std::fs::copy(log_of(&path), log_of(base)).expect("save the log");
+            }
+            loaded
+        }
+    };
     let file = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
     println!(
         "bulk load: {loaded:.1?}; file {:.2} GiB",
@@ -361,7 +398,8 @@ fn large(dir: &Path, records: u64) {
     let started = Instant::now();
     let store = builder(&clock).open(&path).expect("open");
     let open_clean = started.elapsed();
-    let (large_rate, large_lat) = workload(&store, 64, "large", &for_seconds(5));
+    println!("workload on the large store starts");
+    let (large_rate, large_lat) = workload(&store, 64, "large", &for_seconds(workload_seconds()));
     store.close().expect("close");
     println!(
         "64 threads: 10k {small_rate:.0} cycles/s (p99 {:.2?}), large {large_rate:.0} cycles/s (p99 {:.2?}): {:.0}% (target >= 70%)",
@@ -370,6 +408,9 @@ fn large(dir: &Path, records: u64) {
         100.0 * large_rate / small_rate
     );
     println!("open after clean shutdown: {open_clean:.2?} (target < 1 s)");
+    if std::env::var("TOLLGATE_SCALE_RATE_ONLY").is_ok_and(|v| v == "1") {
+        return;
+    }
 
     let mut child = child_command("--child-rss", &path).spawn().expect("spawn");
     let line = BufReader::new(child.stdout.take().expect("stdout"))
