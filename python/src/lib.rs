@@ -8,8 +8,12 @@
 //! The Python package `tollgate` (beside this crate) re-exports these classes and adds the ASGI
 //! and WSGI middlewares.
 
-use pyo3::prelude::*;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
+
+mod asgi;
 mod bridge;
 mod clock;
 mod errors;
@@ -18,14 +22,42 @@ mod ratelimit;
 mod seconds;
 mod store;
 
+/// Forks of this process made through `os.fork` (counted in each child), once the hook is in.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+static FORK_HOOK: AtomicBool = AtomicBool::new(false);
+
+/// How many forks this process comes from (each counted in the child by `os.register_at_fork`),
+/// or `None` where Python has no such hook (then callers compare process ids instead).
+pub(crate) fn fork_count() -> Option<u64> {
+    FORK_HOOK
+        .load(Ordering::Acquire)
+        .then(|| FORKS.load(Ordering::Acquire))
+}
+
+/// Run by `os.fork` in the child.
+#[pyfunction]
+fn _after_fork_in_child() {
+    FORKS.fetch_add(1, Ordering::AcqRel);
+}
+
 /// The native module. Its classes are re-exported by the `tollgate` package.
 #[pymodule]
 fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = module.py();
+    if let Ok(register) = py.import("os")?.getattr("register_at_fork") {
+        let hook = wrap_pyfunction!(_after_fork_in_child, module)?;
+        let keywords = PyDict::new(py);
+        keywords.set_item("after_in_child", hook)?;
+        register.call((), Some(&keywords))?;
+        FORK_HOOK.store(true, Ordering::Release);
+    }
     module.add("__version__", env!("CARGO_PKG_VERSION"))?;
     // What the middlewares never store, and the header a replay carries: the tower layer's.
     module.add("HOP_BY_HOP", tollgate::tower::HOP_BY_HOP.to_vec())?;
     module.add("IDEMPOTENT_REPLAYED", tollgate::tower::IDEMPOTENT_REPLAYED)?;
     module.add_class::<store::Store>()?;
+    module.add_class::<asgi::RateLimitCore>()?;
+    module.add_class::<asgi::SendWithFields>()?;
     module.add_class::<bridge::Bridge>()?;
     module.add_class::<store::Stats>()?;
     module.add_class::<clock::ManualClock>()?;

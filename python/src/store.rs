@@ -30,6 +30,10 @@ pub struct Store {
     inner: RwLock<Option<tollgate::Store>>,
     /// The process that opened the store.
     pid: u32,
+    /// How many forks this process had come from when it opened the store
+    /// (`crate::fork_count`): another count means a fork's copy, found without a `getpid` system
+    /// call per use.
+    forks: u64,
 }
 
 /// The settings every opener takes.
@@ -59,6 +63,7 @@ fn opened(store: tollgate::Store) -> Store {
     Store {
         inner: RwLock::new(Some(store)),
         pid: std::process::id(),
+        forks: crate::fork_count().unwrap_or(0),
     }
 }
 
@@ -92,8 +97,8 @@ fn with_checks<T>(
 impl Store {
     /// The open store, or `Closed`.
     pub(crate) fn store(&self) -> PyResult<tollgate::Store> {
-        let pid = std::process::id();
-        if pid != self.pid {
+        if !self.opened_here() {
+            let pid = std::process::id();
             // Not open in this process: `Closed`, saying how to open it where it is used.
             return Err(named(
                 "Closed",
@@ -109,6 +114,14 @@ impl Store {
             .read()
             .clone()
             .ok_or_else(|| to_py(&Error::Closed))
+    }
+
+    /// Whether this process opened the store (and is not a fork's copy of the one that did).
+    fn opened_here(&self) -> bool {
+        match crate::fork_count() {
+            Some(count) => count == self.forks,
+            None => self.pid == std::process::id(),
+        }
     }
 }
 
@@ -225,7 +238,7 @@ impl Store {
     fn close(&self, py: Python<'_>) -> PyResult<()> {
         let store = self.inner.write().take();
         match store {
-            Some(store) if self.pid == std::process::id() => py.detach(move || store.close()).py(),
+            Some(store) if self.opened_here() => py.detach(move || store.close()).py(),
             // A fork's copy: its threads are the parent's; forget it without joining them.
             Some(store) => {
                 std::mem::forget(store);

@@ -461,6 +461,111 @@ def test_fields_say_which_header_fields_an_allowed_answer_carries(store):
         limited_app(store, limits=[(limit, None)], fields="some")
 
 
+def slow_calls(middleware):
+    """Counts the requests `middleware` hands to its Python path (`_slow`), passing them on."""
+    calls = []
+    original = middleware._slow
+
+    def counting(scope, receive, send, checks, cost):
+        calls.append([(limit.name, subject) for limit, subject in checks])
+        return original(scope, receive, send, checks, cost)
+
+    middleware._slow = counting
+    return calls
+
+
+def test_allowed_requests_memory_decides_are_answered_natively_with_every_field(store):
+    # A quota large enough that a check fits the reservation on disk (an eighth of it): the
+    # Batched counters decide in memory.
+    limit = tollgate.Limit("api", tollgate.Quota.fixed_window(1000, 60))
+
+    async def hello(request):
+        return PlainTextResponse("hello", headers={"x-app": "kept"})
+
+    app = RateLimitMiddleware(Starlette(routes=[Route("/", hello)]), store=store, limits=[(limit, lambda scope: "u1")], cost=lambda scope: 2)
+    slow = slow_calls(app)
+    first, second, third = (get(app) for _ in range(3))
+    # The first check loads the counter (the Python path); the next ones are decided in memory.
+    assert slow == [[("api", "u1")]]
+    assert [a.status_code for a in (first, second, third)] == [200, 200, 200]
+    assert third.text == "hello" and third.headers["x-app"] == "kept"
+    assert third.headers["content-type"].startswith("text/plain")
+    assert third.headers["ratelimit"].startswith('"api";r=994;t=')
+    assert third.headers["ratelimit-policy"] == '"api";q=1000;w=60'
+    assert (third.headers["x-ratelimit-limit"], third.headers["x-ratelimit-remaining"]) == ("1000", "994")
+    assert third.headers["x-ratelimit-reset"] == third.headers["ratelimit"].rsplit("t=", 1)[1]
+    assert "retry-after" not in third.headers
+    assert store.peek(limit, "u1").remaining == 994
+
+
+def test_a_denial_goes_to_the_python_path_and_charges_nothing(store):
+    limit = tollgate.Limit("api", tollgate.Quota.fixed_window(2, 60))
+    app = limited_app(store, limits=[(limit, lambda scope: "u2")])
+    slow = slow_calls(app)
+    assert [get(app).status_code for _ in range(3)] == [200, 200, 429]
+    assert slow[-1] == [("api", "u2")] and store.peek(limit, "u2").remaining == 0
+
+
+def test_the_native_path_adds_fields_to_any_headers_and_passes_other_scopes_through(store):
+    limit = tollgate.Limit("api", tollgate.Quota.per_minute(100))
+    seen = []
+
+    async def raw(scope, receive, send):
+        seen.append(scope["type"])
+        if scope["type"] != "http":
+            return
+        # Headers as a tuple: the fields come after them, in a new list.
+        await send({"type": "http.response.start", "status": 204, "headers": ((b"x-raw", b"1"),)})
+        await send({"type": "http.response.body", "body": b""})
+
+    middleware = RateLimitMiddleware(raw, store=store, limits=[(limit, None)], fields="ietf")
+    slow = slow_calls(middleware)
+    scope = http_scope("unused", path="/")
+    run(call(middleware, dict(scope)))
+    sent = run(call(middleware, dict(scope)))
+    assert len(slow) == 1
+    assert sent[0]["headers"][:2] == [(b"x-raw", b"1"), (b"ratelimit-policy", b'"api";q=100;w=60')]
+    assert len(sent[0]["headers"]) == 3 and sent[0]["headers"][2][0] == b"ratelimit"
+    assert sent[0]["headers"][2][1].startswith(b'"api";r=98;t=')
+    assert sent[1] == {"type": "http.response.body", "body": b""}
+    run(call(middleware, {"type": "lifespan"}))
+    assert seen == ["http", "http", "lifespan"]
+
+
+def test_servers_see_an_asgi3_app_and_its_call_attribute_answers_the_same(store):
+    import asyncio
+
+    import uvicorn
+
+    limit = tollgate.Limit("api", tollgate.Quota.per_minute(100))
+    middleware = limited_app(store, limits=[(limit, None)])
+    assert asyncio.iscoroutinefunction(middleware.__call__)
+    config = uvicorn.Config(middleware)
+    config.load()
+    assert config.interface == "asgi3"
+    scope = dict(http_scope("unused", path="/"), method="GET")
+    through_attribute = run(call(middleware.__call__, scope))
+    direct = run(call(middleware, dict(scope)))
+    assert through_attribute[0]["status"] == direct[0]["status"] == 200
+    assert dict(direct[0]["headers"])[b"x-ratelimit-remaining"] == b"98"
+
+
+def test_a_subject_or_cost_of_the_wrong_type_raises_as_in_python(store):
+    limit = tollgate.Limit("api", tollgate.Quota.per_minute(100))
+    scope = http_scope("unused", path="/")
+
+    async def ok(scope, receive, send):
+        await send({"type": "http.response.start", "status": 204, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    run(call(RateLimitMiddleware(ok, store=store, limits=[(limit, lambda scope: "x")]), dict(scope)))
+    with pytest.raises(TypeError):
+        run(call(RateLimitMiddleware(ok, store=store, limits=[(limit, lambda scope: 42)]), dict(scope)))
+    with pytest.raises(TypeError):
+        run(call(RateLimitMiddleware(ok, store=store, limits=[(limit, lambda scope: "x")], cost=lambda scope: "2"), dict(scope)))
+    assert store.peek(limit, "x").remaining == 99
+
+
 def test_on_trio_the_middlewares_use_anyio_worker_threads(store):
     """An event loop that is not asyncio has no bridge: the same answers through anyio."""
     orders = Orders()

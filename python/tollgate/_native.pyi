@@ -1,7 +1,7 @@
 """Type stubs for tollgate's native module (re-exported by ``tollgate``)."""
 
 import os
-from typing import Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Awaitable, Callable, Iterable, List, Optional, Sequence, Tuple, Union
 
 __version__: str
 HOP_BY_HOP: List[str]
@@ -36,6 +36,28 @@ class Bridge:
     def release(self, lease: "Lease") -> int: ...
     def check_all(self, store: "Store", checks: Sequence[Tuple["Limit", str]], cost: int = 1) -> int: ...
     def take(self) -> List[Tuple[int, bool, object]]: ...
+
+class RateLimitCore:
+    """The native common path of ``tollgate.asgi.RateLimitMiddleware`` (its base class): an
+    allowed request that memory can decide, answered without a Python frame; everything else goes
+    to the subclass's ``_slow``. Not for direct use."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None: ...
+    def _configure(
+        self,
+        app: object,
+        store: "Store",
+        limits: Sequence[Tuple["Limit", Optional[Callable[..., Optional[str]]]]],
+        cost: Optional[Callable[..., int]],
+        on_allowed: Optional[str],
+    ) -> None: ...
+    def __call__(self, scope: Any, receive: Any, send: Any) -> Awaitable[None]: ...
+
+class SendWithFields:
+    """The ``send`` an allowed request's app gets from ``RateLimitCore``: the response's start
+    message carries the rate fields after its own."""
+
+    def __call__(self, message: Any) -> Awaitable[None]: ...
 
 class ManualClock:
     """A clock that moves only when told (for tests without sleeps)."""

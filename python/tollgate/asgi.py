@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable, Dict, List, MutableMapping, Optiona
 import anyio
 import anyio.to_thread
 
-from . import _http
+from . import _http, _native
 from ._errors import InvalidArgument, TollgateError
 from ._keeper import LeaseKeeper
 from ._native import Acquired, Bridge, InFlight, Limit, Mismatch, Replay, Store, fingerprint, parse_idempotency_key  # noqa: F401
@@ -361,7 +361,7 @@ class _Recorder:
 _DISCONNECTED = object()
 
 
-class RateLimitMiddleware:
+class RateLimitMiddleware(_native.RateLimitCore):
     """Charges each request to every limit that applies, all or nothing, before the app runs.
 
     ``limits`` holds ``(limit, subject)`` pairs: ``subject(scope)`` names whose counter the
@@ -374,6 +374,11 @@ class RateLimitMiddleware:
     ``"denials"`` (none on allowed answers). With ``shadow=True`` nothing is denied. When the
     counters cannot be reached the request answers 503 (``when_unavailable="closed"``, the
     default) or passes (``"open"``).
+
+    An allowed request that memory can decide (Batched counters already in the cache: the common
+    answer) is handled by native code (``_native.RateLimitCore``): no Python frame of the
+    middleware's runs, and the app's own awaitable is returned. Every other request goes through
+    ``_slow``.
     """
 
     def __init__(
@@ -389,17 +394,22 @@ class RateLimitMiddleware:
         self.app = app
         self.store = store
         self.rules = _http.RateRules(limits, cost, shadow, when_unavailable, fields)
+        if not isinstance(store, Store):
+            raise InvalidArgument(f"store is a tollgate.Store, not {type(store).__name__}")
+        self._configure(app, store, self.rules.limits, cost, self.rules.on_allowed)
+        # Calls go to the native ``__call__`` (the type's call slot). Servers that tell ASGI 3 from
+        # ASGI 2 by whether ``app.__call__`` is a coroutine function (uvicorn's and hypercorn's
+        # ``auto`` interface) look the attribute up on the instance first, and find this.
+        self.__call__ = self._asgi3  # type: ignore[method-assign]
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
+    async def _asgi3(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """The middleware called through its ``__call__`` attribute: the same native call."""
+        await _native.RateLimitCore.__call__(self, scope, receive, send)
+
+    async def _slow(self, scope: Scope, receive: Receive, send: Send, checks: List[Tuple[Limit, Any]], cost: Any) -> None:
+        """Everything the native path does not answer, given the ``(limit, subject)`` pairs and
+        the cost it found: a counter not in memory, a denial, an error."""
         rules = self.rules
-        checks = rules.checks(scope)
-        if not checks:
-            await self.app(scope, receive, send)
-            return
-        cost = 1 if rules.cost is None else rules.cost(scope)
         try:
             decision = self.store.try_check_all(checks, cost)
             if decision is None:

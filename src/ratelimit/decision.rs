@@ -110,33 +110,60 @@ impl Decision {
     /// # Ok::<(), tollgate::Error>(())
     /// ```
     pub fn headers(&self) -> Vec<(&'static str, String)> {
-        let reset = ceil_seconds(self.reset_after);
-        let mut headers = vec![
-            (
-                "RateLimit-Policy",
-                format!(
-                    "\"{}\";q={};w={}",
-                    self.policy.as_str(),
-                    self.limit,
-                    ceil_seconds(self.window)
-                ),
-            ),
-            (
-                "RateLimit",
-                format!(
-                    "\"{}\";r={};t={reset}",
-                    self.policy.as_str(),
-                    self.remaining
-                ),
-            ),
-            ("X-RateLimit-Limit", self.limit.to_string()),
-            ("X-RateLimit-Remaining", self.remaining.to_string()),
-            ("X-RateLimit-Reset", reset.to_string()),
-        ];
-        if let Some(retry) = self.retry_after {
-            headers.push(("Retry-After", ceil_seconds(retry).to_string()));
-        }
+        let mut headers = Vec::with_capacity(6);
+        self.for_each_header(|name, value| headers.push((name, value.to_owned())));
         headers
+    }
+
+    /// Each field of [`Decision::headers`], in the same order, passed to `field` as its name and
+    /// its value, formatted in one buffer reused from field to field: for a server adapter that
+    /// copies the values into its own response type, without a `String` per field.
+    ///
+    /// ```
+    /// # use tollgate::{Store, ratelimit::{Limit, Quota}};
+    /// let store = Store::in_memory()?;
+    /// let limit = Limit::new("api", Quota::per_minute(100))?;
+    /// let decision = store.check(&limit, "client-1")?;
+    /// let mut fields = Vec::new();
+    /// decision.for_each_header(|name, value| fields.push((name, value.to_owned())));
+    /// assert_eq!(fields, decision.headers());
+    /// # Ok::<(), tollgate::Error>(())
+    /// ```
+    pub fn for_each_header(&self, mut field: impl FnMut(&'static str, &str)) {
+        use std::fmt::Write as _;
+        let reset = ceil_seconds(self.reset_after);
+        let policy = self.policy.as_str();
+        let mut value = String::with_capacity(policy.len() + 40);
+        let mut emit = |name: &'static str, value: &mut String, write: &dyn Fn(&mut String)| {
+            value.clear();
+            write(value);
+            field(name, value);
+        };
+        emit("RateLimit-Policy", &mut value, &|v| {
+            let _ = write!(
+                v,
+                "\"{policy}\";q={};w={}",
+                self.limit,
+                ceil_seconds(self.window)
+            );
+        });
+        emit("RateLimit", &mut value, &|v| {
+            let _ = write!(v, "\"{policy}\";r={};t={reset}", self.remaining);
+        });
+        emit("X-RateLimit-Limit", &mut value, &|v| {
+            let _ = write!(v, "{}", self.limit);
+        });
+        emit("X-RateLimit-Remaining", &mut value, &|v| {
+            let _ = write!(v, "{}", self.remaining);
+        });
+        emit("X-RateLimit-Reset", &mut value, &|v| {
+            let _ = write!(v, "{reset}");
+        });
+        if let Some(retry) = self.retry_after {
+            emit("Retry-After", &mut value, &|v| {
+                let _ = write!(v, "{}", ceil_seconds(retry));
+            });
+        }
     }
 }
 
