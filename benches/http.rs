@@ -19,7 +19,8 @@
 //! client thread with a minimal HTTP/1.1 client, which also uses a core), or from `wrk` with
 //! `TOLLGATE_BENCH_WRK=1` (`wrk -t1 -c64`, a Lua script for the POST). The rows alternate, round by
 //! round, so that machine noise falls on all of them; each round prints requests per second and
-//! the ratio to `bare` of that round. Goals (issue 17): `rate` ≥ 0.8x and `replay` ≥ 0.7x `bare`.
+//! the ratio to `bare` of that round. Goals (issue 35; issue 17 asked 0.8x and 0.7x): `rate`
+//! ≥ 0.85x and `replay` ≥ 0.8x `bare`, with `wrk`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -130,7 +131,7 @@ fn main() {
     for (name, mut values) in ratios {
         values.sort_by(f64::total_cmp);
         let median = values[values.len() / 2];
-        let goal = if name == "rate" { 0.8 } else { 0.7 };
+        let goal = if name == "rate" { 0.85 } else { 0.8 };
         println!(
             "{name}/bare: median {median:.2}x over {} rounds (goal >= {goal}x: {})",
             values.len(),
