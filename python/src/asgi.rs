@@ -178,7 +178,7 @@ impl RateLimitCore {
         if core.on_allowed == OnAllowed::None {
             return app.call1((scope, receive, send));
         }
-        let fields = PyList::empty(py);
+        let mut fields: Vec<Py<PyTuple>> = Vec::with_capacity(5);
         let mut failed = None;
         let mut last = core.last.lock();
         decision.for_each_header(|name, value| {
@@ -191,7 +191,7 @@ impl RateLimitCore {
             let slot = last.iter().position(|(known, _, _)| *known == name);
             if let Some((_, cached, tuple)) = slot.and_then(|at| last.get(at)) {
                 if cached == value {
-                    failed = fields.append(tuple.bind(py)).err();
+                    fields.push(tuple.clone_ref(py));
                     return;
                 }
             }
@@ -206,7 +206,7 @@ impl RateLimitCore {
                     return;
                 }
             };
-            failed = fields.append(&tuple).err();
+            fields.push(tuple.clone().unbind());
             match slot.and_then(|at| last.get_mut(at)) {
                 Some(entry) => {
                     entry.1.clear();
@@ -224,7 +224,7 @@ impl RateLimitCore {
             py,
             SendWithFields {
                 send: send.clone().unbind(),
-                fields: fields.unbind(),
+                fields,
             },
         )?;
         app.call1((scope, receive, wrapped))
@@ -263,7 +263,7 @@ impl RateLimitCore {
 #[pyclass(frozen, module = "tollgate._native")]
 pub struct SendWithFields {
     send: Py<PyAny>,
-    fields: Py<PyList>,
+    fields: Vec<Py<PyTuple>>,
 }
 
 #[pymethods]
@@ -291,8 +291,8 @@ impl SendWithFields {
                     headers.append(header?)?;
                 }
             }
-            for field in self.fields.bind(py).iter() {
-                headers.append(field)?;
+            for field in &self.fields {
+                headers.append(field.bind(py))?;
             }
             message.set_item(pyo3::intern!(py, "headers"), headers)?;
         }
@@ -301,6 +301,9 @@ impl SendWithFields {
 
     fn __traverse__(&self, visit: PyVisit<'_>) -> Result<(), PyTraverseError> {
         visit.call(&self.send)?;
-        visit.call(&self.fields)
+        for field in &self.fields {
+            visit.call(field)?;
+        }
+        Ok(())
     }
 }
