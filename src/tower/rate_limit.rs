@@ -581,4 +581,121 @@ mod tests {
         }
         store.close().unwrap();
     }
+
+    #[test]
+    fn fixed_fields_are_taken_only_from_the_rule_of_the_deciding_limit() {
+        // The fields made once per rule are shared only with a decision of that very limit: same
+        // name, same quota, same window. Otherwise the fields are written from the decision.
+        let store = Store::builder()
+            .rate_durability(RateDurability::Immediate)
+            .open_in_memory()
+            .unwrap();
+        let minute = Duration::from_secs(60);
+        let deciding = Limit::new("api", Quota::fixed_window(5, minute)).unwrap();
+        let others = [
+            // Another name, the same quota and window.
+            Limit::new("other", Quota::fixed_window(5, minute)).unwrap(),
+            // The same name and window, another quota.
+            Limit::new("api", Quota::fixed_window(7, minute)).unwrap(),
+            // The same name and quota, another window.
+            Limit::new("api", Quota::fixed_window(5, Duration::from_secs(30))).unwrap(),
+        ];
+        let decision = store.check(&deciding, "s").unwrap();
+        for other in &others {
+            let rules = [Rule::new(other.clone(), Subject::Global)];
+            assert_eq!(
+                written(&decision, false, &rules),
+                reference(&decision, false),
+                "a rule of {other:?}"
+            );
+        }
+        // And with the deciding limit's own rule after another: its fields, shared.
+        let rules = [
+            Rule::new(others[0].clone(), Subject::Global),
+            Rule::new(deciding.clone(), Subject::Global),
+        ];
+        assert_eq!(written(&decision, false, &rules), reference(&decision, false));
+        store.close().unwrap();
+    }
+
+    /// An inner service that counts its calls and is ready only once `ready` is set.
+    #[derive(Clone)]
+    struct Inner {
+        ready: Arc<std::sync::atomic::AtomicBool>,
+        calls: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Inner {
+        fn new(ready: bool) -> Self {
+            Self {
+                ready: Arc::new(std::sync::atomic::AtomicBool::new(ready)),
+                calls: Arc::new(std::sync::atomic::AtomicUsize::new(0)),
+            }
+        }
+    }
+
+    impl tower_service::Service<Request<String>> for Inner {
+        type Response = Response<Bytes>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Response<Bytes>, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.ready.load(std::sync::atomic::Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, _: Request<String>) -> Self::Future {
+            self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            std::future::ready(Ok(Response::new(Bytes::from_static(b"served"))))
+        }
+    }
+
+    fn block_on<F: Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("a runtime")
+            .block_on(future)
+    }
+
+    #[test]
+    fn the_layer_is_ready_only_when_its_service_is() {
+        let store = Store::in_memory().unwrap();
+        let limit = Limit::new("api", Quota::per_second(10)).unwrap();
+        let inner = Inner::new(false);
+        let mut service =
+            tower_layer::Layer::layer(&RateLimitLayer::new(store, [limit]), inner.clone());
+        let waker = std::task::Waker::noop();
+        let mut context = Context::from_waker(waker);
+        let mut ready = |service: &mut RateLimit<Inner>| {
+            tower_service::Service::<Request<String>>::poll_ready(service, &mut context)
+        };
+        assert!(ready(&mut service).is_pending());
+        inner.ready.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(matches!(ready(&mut service), Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn a_lasting_store_failure_is_a_500_even_when_failing_open() {
+        // Failing open is for counters out of reach; a store that is closed (or damaged) is not
+        // that: the request is answered 500 and does not reach the service unlimited.
+        let store = Store::in_memory().unwrap();
+        let limit = Limit::new("api", Quota::per_second(10)).unwrap();
+        let inner = Inner::new(true);
+        let layer =
+            RateLimitLayer::new(store.clone(), [limit]).when_unavailable(WhenUnavailable::FailOpen);
+        let mut service = tower_layer::Layer::layer(&layer, inner.clone());
+        store.close().unwrap();
+        let response = block_on(tower_service::Service::call(
+            &mut service,
+            Request::new(String::new()),
+        ))
+        .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let body = String::from_utf8_lossy(response.body());
+        assert!(body.contains("Rate limiter failed"), "{body}");
+        assert_eq!(inner.calls.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 }
