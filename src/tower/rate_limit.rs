@@ -614,7 +614,10 @@ mod tests {
             Rule::new(others[0].clone(), Subject::Global),
             Rule::new(deciding.clone(), Subject::Global),
         ];
-        assert_eq!(written(&decision, false, &rules), reference(&decision, false));
+        assert_eq!(
+            written(&decision, false, &rules),
+            reference(&decision, false)
+        );
         store.close().unwrap();
     }
 
