@@ -123,4 +123,26 @@ mod tests {
         }
         assert!(key(&["a", "b"]).is_err());
     }
+
+    #[test]
+    fn the_reason_names_what_is_wrong() {
+        // Control characters and bytes outside ASCII are not visible ASCII; a tab is (HTTP's
+        // whitespace) but splits a token.
+        for invisible in [&b"a\x01b"[..], b"a\x7fb", "caf\u{e9}".as_bytes()] {
+            assert_eq!(
+                parse_idempotency_key(&[invisible]),
+                Err("the Idempotency-Key field is not visible ASCII".to_owned()),
+                "{invisible:?}"
+            );
+        }
+        // Nor may a quoted string hold one (RFC 8941 strings are visible ASCII and spaces).
+        assert_eq!(
+            parse_idempotency_key(&[b"\"a\tb\""]),
+            Err("a character the Idempotency-Key string cannot hold".to_owned())
+        );
+        assert_eq!(
+            parse_idempotency_key(&[b"a\tb"]),
+            Err("the Idempotency-Key must be a quoted string or a token without spaces".to_owned())
+        );
+    }
 }

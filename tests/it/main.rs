@@ -37,6 +37,8 @@ mod histories_records;
 #[cfg(feature = "tower")]
 mod http_concurrent_duplicates;
 #[cfg(feature = "tower")]
+mod http_coverage;
+#[cfg(feature = "tower")]
 mod http_fast_path;
 #[cfg(feature = "tower")]
 mod http_full_disk;

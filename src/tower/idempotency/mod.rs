@@ -464,3 +464,46 @@ async fn blocking<T: Send + 'static>(
         .await
         .unwrap_or(Err(Error::Poisoned))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::Full;
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    /// An inner service ready only once `ready` is set.
+    #[derive(Clone)]
+    struct Gated(Arc<AtomicBool>);
+
+    impl tower_service::Service<Request<Full<Bytes>>> for Gated {
+        type Response = Response<Full<Bytes>>;
+        type Error = std::convert::Infallible;
+        type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            if self.0.load(Ordering::SeqCst) {
+                Poll::Ready(Ok(()))
+            } else {
+                Poll::Pending
+            }
+        }
+
+        fn call(&mut self, _: Request<Full<Bytes>>) -> Self::Future {
+            std::future::ready(Ok(Response::new(Full::new(Bytes::new()))))
+        }
+    }
+
+    #[test]
+    fn the_layer_is_ready_only_when_its_service_is() {
+        let ready = Arc::new(AtomicBool::new(false));
+        let layer = IdempotencyLayer::new(Store::in_memory().unwrap());
+        let mut service = tower_layer::Layer::layer(&layer, Gated(Arc::clone(&ready)));
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        let mut poll = |service: &mut Idempotency<Gated>| {
+            tower_service::Service::<Request<Full<Bytes>>>::poll_ready(service, &mut context)
+        };
+        assert!(poll(&mut service).is_pending());
+        ready.store(true, Ordering::SeqCst);
+        assert!(matches!(poll(&mut service), Poll::Ready(Ok(()))));
+    }
+}
