@@ -104,6 +104,7 @@ async fn overtaken_order(
     Extension(context): Extension<IdempotencyContext>,
 ) -> (StatusCode, String) {
     assert!(!context.recovered && context.attempt == 1);
+    assert!(!context.lease_lost(), "a lease just taken is not lost");
     context.save_checkpoint("charged", b"ch_9").await.unwrap();
     signals.checkpointed.notify_one();
     signals.took_over.notified().await;

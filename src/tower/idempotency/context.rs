@@ -160,3 +160,22 @@ pub(super) async fn keep_alive(slot: LeaseSlot, period: Duration, ttl: Duration)
 pub(super) fn keep_alive_period(ttl: Duration) -> Duration {
     (ttl / 3).max(Duration::from_millis(1))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_is_extended_three_times_per_length_and_never_in_a_busy_loop() {
+        // Two extensions can fail before the lease lapses.
+        assert_eq!(
+            keep_alive_period(Duration::from_secs(30)),
+            Duration::from_secs(10)
+        );
+        assert_eq!(
+            keep_alive_period(Duration::from_millis(1)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(keep_alive_period(Duration::ZERO), Duration::from_millis(1));
+    }
+}
