@@ -92,6 +92,12 @@ async fn every_status_of_the_layers_over_http() {
         (201, first.body.as_str())
     );
     assert!(again.replayed());
+    // The handler's own fields are stored and replayed (the connection's are not).
+    assert_eq!(
+        again.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
+    assert_eq!(again.header("content-type"), first.header("content-type"));
     assert_eq!(calls.charge.load(Ordering::SeqCst), 1);
 
     // The same key for a different request.

@@ -35,6 +35,8 @@ mod fuzz_seeds;
 mod histories_counters;
 mod histories_records;
 #[cfg(feature = "tower")]
+mod http_broken_body;
+#[cfg(feature = "tower")]
 mod http_concurrent_duplicates;
 #[cfg(feature = "tower")]
 mod http_coverage;
