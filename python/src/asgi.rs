@@ -10,15 +10,13 @@
 //! before the hand-over: a check that memory cannot answer, a denied check and a failed one charge
 //! nothing, so `_slow` checks again.
 
+use pyo3::exceptions::PyKeyError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 use pyo3::{PyTraverseError, PyVisit};
 
 use crate::ratelimit::Limit;
 use crate::store::Store;
-
-/// The one subject of a limit configured without a subject function (`_http.GLOBAL_SUBJECT`).
-const GLOBAL_SUBJECT: &str = "all";
 
 /// Which fields an allowed answer carries.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -35,10 +33,9 @@ struct Core {
     limits: Vec<(Py<Limit>, Option<Py<PyAny>>)>,
     cost: Option<Py<PyAny>>,
     on_allowed: OnAllowed,
-    /// The field names, lowercased as ASGI sends them, made once.
-    names: Vec<(&'static str, Py<PyBytes>)>,
-    /// The last `(name, value)` tuple made for each field, with its value: a field whose value
-    /// did not change (the policy, the limit, mostly the reset) is sent as the same tuple again.
+    /// Per field: its name, its last value and the `(name, value)` tuple made for it, the name
+    /// lowercased as ASGI sends it. A field whose value did not change (the policy, the limit,
+    /// mostly the reset) is sent as the same tuple again.
     last: parking_lot::Mutex<Vec<(&'static str, String, Py<PyTuple>)>>,
 }
 
@@ -61,7 +58,6 @@ impl RateLimitCore {
     /// `"ietf"` or None).
     fn _configure(
         &mut self,
-        py: Python<'_>,
         app: Py<PyAny>,
         store: Py<Store>,
         limits: Vec<(Py<Limit>, Option<Py<PyAny>>)>,
@@ -78,28 +74,12 @@ impl RateLimitCore {
                 )));
             }
         };
-        let names = [
-            "RateLimit-Policy",
-            "RateLimit",
-            "X-RateLimit-Limit",
-            "X-RateLimit-Remaining",
-            "X-RateLimit-Reset",
-        ]
-        .into_iter()
-        .map(|name| {
-            (
-                name,
-                PyBytes::new(py, name.to_ascii_lowercase().as_bytes()).unbind(),
-            )
-        })
-        .collect();
         self.core = Some(Core {
             app,
             store,
             limits,
             cost,
             on_allowed,
-            names,
             last: parking_lot::Mutex::new(Vec::new()),
         });
         Ok(())
@@ -130,7 +110,7 @@ impl RateLimitCore {
             Vec::with_capacity(core.limits.len());
         for (index, (_, subject)) in core.limits.iter().enumerate() {
             let who = match subject {
-                None => PyString::new(py, GLOBAL_SUBJECT).into_any(),
+                None => PyString::new(py, tollgate::tower::GLOBAL_SUBJECT).into_any(),
                 Some(function) => function.bind(py).call1((scope,))?,
             };
             if who.is_none() {
@@ -188,32 +168,9 @@ impl RateLimitCore {
             {
                 return;
             }
-            let slot = last.iter().position(|(known, _, _)| *known == name);
-            if let Some((_, cached, tuple)) = slot.and_then(|at| last.get(at)) {
-                if cached == value {
-                    fields.push(tuple.clone_ref(py));
-                    return;
-                }
-            }
-            let name_bytes = match core.names.iter().find(|(known, _)| *known == name) {
-                Some((_, bytes)) => bytes.bind(py).clone(),
-                None => PyBytes::new(py, name.to_ascii_lowercase().as_bytes()),
-            };
-            let tuple = match PyTuple::new(py, [name_bytes, PyBytes::new(py, value.as_bytes())]) {
-                Ok(tuple) => tuple,
-                Err(error) => {
-                    failed = Some(error);
-                    return;
-                }
-            };
-            fields.push(tuple.clone().unbind());
-            match slot.and_then(|at| last.get_mut(at)) {
-                Some(entry) => {
-                    entry.1.clear();
-                    entry.1.push_str(value);
-                    entry.2 = tuple.unbind();
-                }
-                None => last.push((name, value.to_owned(), tuple.unbind())),
+            match field_tuple(py, &mut last, name, value) {
+                Ok(tuple) => fields.push(tuple),
+                Err(error) => failed = Some(error),
             }
         });
         drop(last);
@@ -257,6 +214,38 @@ impl RateLimitCore {
     }
 }
 
+/// The `(name, value)` tuple of one field, the one made last time when its value is the same
+/// (`last` keeps, per field, its last value and tuple, whose name is lowercased as ASGI sends it).
+fn field_tuple(
+    py: Python<'_>,
+    last: &mut Vec<(&'static str, String, Py<PyTuple>)>,
+    name: &'static str,
+    value: &str,
+) -> PyResult<Py<PyTuple>> {
+    let slot = last.iter().position(|(known, _, _)| *known == name);
+    let entry = slot.and_then(|at| last.get_mut(at));
+    if let Some((_, cached, tuple)) = &entry {
+        if cached == value {
+            return Ok(tuple.clone_ref(py));
+        }
+    }
+    let name_bytes = match &entry {
+        Some((_, _, tuple)) => tuple.bind(py).get_item(0)?,
+        None => PyBytes::new(py, name.to_ascii_lowercase().as_bytes()).into_any(),
+    };
+    let value_bytes = PyBytes::new(py, value.as_bytes()).into_any();
+    let tuple = PyTuple::new(py, [name_bytes, value_bytes])?.unbind();
+    match entry {
+        Some(entry) => {
+            entry.1.clear();
+            entry.1.push_str(value);
+            entry.2 = tuple.clone_ref(py);
+        }
+        None => last.push((name, value.to_owned(), tuple.clone_ref(py))),
+    }
+    Ok(tuple)
+}
+
 /// The `send` an allowed request's app gets: the response's start carries the rate fields too.
 /// A plain callable returning the server's awaitable (ASGI asks for an awaitable callable, not a
 /// coroutine function).
@@ -280,16 +269,15 @@ impl SendWithFields {
             // Each message is the app's own, made for this send: its headers are replaced by a
             // new list with the fields after them.
             let headers = PyList::empty(py);
-            if let Ok(dict) = message.cast::<PyDict>() {
-                if let Some(existing) = dict.get_item(pyo3::intern!(py, "headers"))? {
+            match message.get_item(pyo3::intern!(py, "headers")) {
+                Ok(existing) => {
                     for header in existing.try_iter()? {
                         headers.append(header?)?;
                     }
                 }
-            } else if let Ok(existing) = message.get_item(pyo3::intern!(py, "headers")) {
-                for header in existing.try_iter()? {
-                    headers.append(header?)?;
-                }
+                // A start message without headers has none to keep.
+                Err(error) if error.is_instance_of::<PyKeyError>(py) => {}
+                Err(error) => return Err(error),
             }
             for field in &self.fields {
                 headers.append(field.bind(py))?;

@@ -55,6 +55,7 @@ fn _native(module: &Bound<'_, PyModule>) -> PyResult<()> {
     // What the middlewares never store, and the header a replay carries: the tower layer's.
     module.add("HOP_BY_HOP", tollgate::tower::HOP_BY_HOP.to_vec())?;
     module.add("IDEMPOTENT_REPLAYED", tollgate::tower::IDEMPOTENT_REPLAYED)?;
+    module.add("GLOBAL_SUBJECT", tollgate::tower::GLOBAL_SUBJECT)?;
     module.add_class::<store::Store>()?;
     module.add_class::<asgi::RateLimitCore>()?;
     module.add_class::<asgi::SendWithFields>()?;

@@ -37,8 +37,9 @@ IDEMPOTENT_REPLAYED: str = _native.IDEMPOTENT_REPLAYED
 #: The ``fields=`` of a rate middleware: which fields an allowed answer carries.
 FIELDS_ON_ALLOWED = {"all": "all", "ietf": "ietf", "denials": None}
 
-#: The subject every request is counted under by a limit without a subject function.
-GLOBAL_SUBJECT = "all"
+#: The subject every request is counted under by a limit without a subject function (the tower
+#: layer's global subject).
+GLOBAL_SUBJECT: str = _native.GLOBAL_SUBJECT
 
 DEFAULT_METHODS = ("POST", "PUT", "PATCH", "DELETE")
 DEFAULT_MAX_BODY_BYTES = 1_048_576

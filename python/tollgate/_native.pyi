@@ -6,6 +6,7 @@ from typing import Any, Awaitable, Callable, Iterable, List, Optional, Sequence,
 __version__: str
 HOP_BY_HOP: List[str]
 IDEMPOTENT_REPLAYED: str
+GLOBAL_SUBJECT: str
 
 _HeaderValue = Union[str, bytes]
 _Headers = Iterable[Tuple[_HeaderValue, _HeaderValue]]

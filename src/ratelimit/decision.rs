@@ -134,35 +134,26 @@ impl Decision {
         let reset = ceil_seconds(self.reset_after);
         let policy = self.policy.as_str();
         let mut value = String::with_capacity(policy.len() + 40);
-        let mut emit = |name: &'static str, value: &mut String, write: &dyn Fn(&mut String)| {
+        let mut emit = |name: &'static str, text: std::fmt::Arguments<'_>| {
             value.clear();
-            write(value);
-            field(name, value);
+            let _ = value.write_fmt(text);
+            field(name, &value);
         };
-        emit("RateLimit-Policy", &mut value, &|v| {
-            let _ = write!(
-                v,
-                "\"{policy}\";q={};w={}",
-                self.limit,
-                ceil_seconds(self.window)
-            );
-        });
-        emit("RateLimit", &mut value, &|v| {
-            let _ = write!(v, "\"{policy}\";r={};t={reset}", self.remaining);
-        });
-        emit("X-RateLimit-Limit", &mut value, &|v| {
-            let _ = write!(v, "{}", self.limit);
-        });
-        emit("X-RateLimit-Remaining", &mut value, &|v| {
-            let _ = write!(v, "{}", self.remaining);
-        });
-        emit("X-RateLimit-Reset", &mut value, &|v| {
-            let _ = write!(v, "{reset}");
-        });
+        let window = ceil_seconds(self.window);
+        let (limit, remaining) = (self.limit, self.remaining);
+        emit(
+            "RateLimit-Policy",
+            format_args!("\"{policy}\";q={limit};w={window}"),
+        );
+        emit(
+            "RateLimit",
+            format_args!("\"{policy}\";r={remaining};t={reset}"),
+        );
+        emit("X-RateLimit-Limit", format_args!("{limit}"));
+        emit("X-RateLimit-Remaining", format_args!("{remaining}"));
+        emit("X-RateLimit-Reset", format_args!("{reset}"));
         if let Some(retry) = self.retry_after {
-            emit("Retry-After", &mut value, &|v| {
-                let _ = write!(v, "{}", ceil_seconds(retry));
-            });
+            emit("Retry-After", format_args!("{}", ceil_seconds(retry)));
         }
     }
 }

@@ -41,7 +41,7 @@ pub use idempotency::{
     IdempotencyLayer, IntoScope,
 };
 pub use key_header::{IDEMPOTENCY_KEY, parse_idempotency_key};
-pub use rate_limit::{RateLimit, RateLimitLayer, WhenUnavailable};
+pub use rate_limit::{GLOBAL_SUBJECT, RateLimit, RateLimitLayer, WhenUnavailable};
 
 /// The inner service that `poll_ready` drove to readiness, for one call; a fresh clone takes its
 /// place and waits for the next `poll_ready` (tower's rule for services used by spawned futures).

@@ -48,8 +48,10 @@ enum Subject {
     Global,
 }
 
-/// The subject every request is counted under by a global limit.
-const GLOBAL_SUBJECT: &str = "all";
+/// The subject every request is counted under by a global limit
+/// ([`RateLimitLayer::global_limit`]). Public for adapters outside tower (tollgate's Python
+/// middlewares), so that a global counter is the same counter through every adapter.
+pub const GLOBAL_SUBJECT: &str = "all";
 
 #[derive(Clone)]
 struct Rule {
